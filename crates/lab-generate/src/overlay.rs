@@ -1,0 +1,256 @@
+//! Reading an overlay directory: what is a template, what is copied, what is refused.
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use crate::GenerateError;
+
+/// Top-level names of an overlay that are not part of the guest's tree.
+pub const BLOBS_DIR: &str = "blobs";
+pub const DOMAIN_TEMPLATE: &str = "domain.xml.j2";
+
+/// One entry of a guest tree, by path relative to the tree's root.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The path inside the guest tree (template suffix stripped).
+    pub rel: PathBuf,
+    pub mode: u32,
+    pub kind: Kind,
+}
+
+#[derive(Debug, Clone)]
+pub enum Kind {
+    Dir,
+    /// A template; the string is its name in the template environment.
+    Template(String),
+    /// A file copied as is; its bytes are read once.
+    Verbatim(Arc<[u8]>),
+    Symlink(PathBuf),
+}
+
+/// A scanned overlay: the guest tree's entries in path order, and the templates' sources.
+#[derive(Debug)]
+pub struct Overlay {
+    pub dir: PathBuf,
+    pub entries: Vec<Entry>,
+    pub templates: Vec<(String, String)>,
+    pub has_domain: bool,
+}
+
+impl Overlay {
+    pub fn scan(dir: &Path) -> Result<Overlay, GenerateError> {
+        let meta = fs::metadata(dir).map_err(|source| GenerateError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        if !meta.is_dir() {
+            return Err(GenerateError::Overlay {
+                path: dir.to_path_buf(),
+                message: "is not a directory".to_owned(),
+            });
+        }
+        let mut entries = Vec::new();
+        let mut templates = Vec::new();
+        let mut has_domain = false;
+        let skip_top =
+            |rel: &Path| rel == Path::new(BLOBS_DIR) || rel == Path::new(DOMAIN_TEMPLATE);
+        for item in walk(dir, &skip_top)? {
+            let (rel, kind, mode) = item;
+            match kind {
+                RawKind::Dir => entries.push(Entry {
+                    rel,
+                    mode,
+                    kind: Kind::Dir,
+                }),
+                RawKind::Symlink(target) => entries.push(Entry {
+                    rel,
+                    mode,
+                    kind: Kind::Symlink(target),
+                }),
+                RawKind::File => {
+                    let path = dir.join(&rel);
+                    if rel.extension().is_some_and(|e| e == "j2") {
+                        let name = rel.to_string_lossy().into_owned();
+                        let source =
+                            fs::read_to_string(&path).map_err(|source| GenerateError::Io {
+                                path: path.clone(),
+                                source,
+                            })?;
+                        templates.push((name.clone(), source));
+                        entries.push(Entry {
+                            rel: rel.with_extension(""),
+                            mode,
+                            kind: Kind::Template(name),
+                        });
+                    } else {
+                        let bytes =
+                            fs::read(&path).map_err(|source| GenerateError::Io { path, source })?;
+                        entries.push(Entry {
+                            rel,
+                            mode,
+                            kind: Kind::Verbatim(bytes.into()),
+                        });
+                    }
+                }
+            }
+        }
+        let domain = dir.join(DOMAIN_TEMPLATE);
+        if domain.is_file() {
+            let source = fs::read_to_string(&domain).map_err(|source| GenerateError::Io {
+                path: domain.clone(),
+                source,
+            })?;
+            templates.push((DOMAIN_TEMPLATE.to_owned(), source));
+            has_domain = true;
+        }
+        entries.sort_by(|a, b| a.rel.cmp(&b.rel));
+        if let Some(pair) = entries.windows(2).find(|w| w[0].rel == w[1].rel) {
+            return Err(GenerateError::Overlay {
+                path: dir.join(&pair[0].rel),
+                message: "is produced twice (a file and a template of the same name)".to_owned(),
+            });
+        }
+        Ok(Overlay {
+            dir: dir.to_path_buf(),
+            entries,
+            templates,
+            has_domain,
+        })
+    }
+
+    /// The verbatim entries of `blobs/<hostname>/`, or none when the node has no blobs.
+    pub fn blobs(&self, hostname: &str) -> Result<Vec<Entry>, GenerateError> {
+        let dir = self.dir.join(BLOBS_DIR).join(hostname);
+        if !dir.is_dir() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for (rel, kind, mode) in walk(&dir, &|_| false)? {
+            let kind = match kind {
+                RawKind::Dir => Kind::Dir,
+                RawKind::Symlink(t) => Kind::Symlink(t),
+                RawKind::File => {
+                    let path = dir.join(&rel);
+                    let bytes =
+                        fs::read(&path).map_err(|source| GenerateError::Io { path, source })?;
+                    Kind::Verbatim(bytes.into())
+                }
+            };
+            out.push(Entry { rel, mode, kind });
+        }
+        out.sort_by(|a, b| a.rel.cmp(&b.rel));
+        Ok(out)
+    }
+}
+
+enum RawKind {
+    Dir,
+    File,
+    Symlink(PathBuf),
+}
+
+/// Every entry below `dir` (not `dir` itself), refusing what cannot be part of a guest tree.
+fn walk(
+    dir: &Path,
+    skip_top: &dyn Fn(&Path) -> bool,
+) -> Result<Vec<(PathBuf, RawKind, u32)>, GenerateError> {
+    let mut out = Vec::new();
+    let mut it = walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .follow_links(false)
+        .sort_by_file_name()
+        .into_iter();
+    while let Some(item) = it.next() {
+        let item = item.map_err(|e| GenerateError::Io {
+            path: e.path().unwrap_or(dir).to_path_buf(),
+            source: e
+                .into_io_error()
+                .unwrap_or_else(|| std::io::Error::other("filesystem loop")),
+        })?;
+        let rel = item
+            .path()
+            .strip_prefix(dir)
+            .expect("walkdir stays below its root")
+            .to_path_buf();
+        if item.depth() == 1 && skip_top(&rel) {
+            if item.file_type().is_dir() {
+                it.skip_current_dir();
+            }
+            continue;
+        }
+        let refuse = |message: String| GenerateError::Overlay {
+            path: item.path().to_path_buf(),
+            message,
+        };
+        let meta = item.metadata().map_err(|e| refuse(e.to_string()))?;
+        let mode = meta.permissions().mode() & 0o7777;
+        let ft = item.file_type();
+        let kind = if ft.is_dir() {
+            RawKind::Dir
+        } else if ft.is_file() {
+            RawKind::File
+        } else if ft.is_symlink() {
+            let target = fs::read_link(item.path()).map_err(|e| refuse(e.to_string()))?;
+            if !stays_inside(&rel, &target) {
+                return Err(refuse(format!(
+                    "is a symlink to {} which points outside the tree (use a relative target that stays inside)",
+                    target.display()
+                )));
+            }
+            RawKind::Symlink(target)
+        } else {
+            let what = if ft.is_block_device() || ft.is_char_device() {
+                "a device file"
+            } else if ft.is_fifo() {
+                "a named pipe"
+            } else if ft.is_socket() {
+                "a socket"
+            } else {
+                "not a regular file, directory or symlink"
+            };
+            return Err(refuse(format!(
+                "is {what}; overlays may only hold files, directories and symlinks"
+            )));
+        };
+        out.push((rel, kind, mode));
+    }
+    Ok(out)
+}
+
+/// Whether a symlink at `rel` (inside a tree) with `target` resolves, lexically, inside the tree.
+pub fn stays_inside(rel: &Path, target: &Path) -> bool {
+    if target.is_absolute() {
+        return false;
+    }
+    let mut depth: i64 = rel.components().count() as i64 - 1;
+    for c in target.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::ParentDir => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlink_containment() {
+        assert!(stays_inside(Path::new("etc/a"), Path::new("b")));
+        assert!(stays_inside(Path::new("etc/a"), Path::new("../usr/b")));
+        assert!(!stays_inside(Path::new("etc/a"), Path::new("../../b")));
+        assert!(!stays_inside(Path::new("a"), Path::new("/etc/passwd")));
+        assert!(!stays_inside(Path::new("a"), Path::new("x/../../y")));
+    }
+}

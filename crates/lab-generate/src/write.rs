@@ -1,0 +1,294 @@
+//! Writing one node's output: staged beside the final tree, then swapped in.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use lab_model::LabNode;
+use sha2::{Digest, Sha256};
+
+use crate::GenerateError;
+
+pub enum Content {
+    Dir,
+    File(Vec<u8>),
+    Symlink(PathBuf),
+}
+
+pub struct Item {
+    pub rel: PathBuf,
+    pub mode: u32,
+    pub content: Content,
+}
+
+pub struct NodeWrite<'a> {
+    pub lab: &'a str,
+    pub overlay: &'a str,
+    pub node: &'a LabNode,
+    pub tree: &'a Path,
+    pub manifest: &'a Path,
+    pub domain_xml: &'a Path,
+    /// Overlay entries, then blobs: later items win.
+    pub items: Vec<Item>,
+    pub domain: Option<Vec<u8>>,
+}
+
+pub struct Written {
+    pub digest: String,
+    pub entries: usize,
+}
+
+/// One line of the manifest.
+#[derive(serde::Serialize)]
+struct ManifestEntry {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    mode: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+struct Manifest<'a> {
+    lab: &'a str,
+    overlay: &'a str,
+    node: &'a str,
+    hypervisor: &'a str,
+    hostname: &'a str,
+    /// sha256 over every entry (type, mode, path, content) and the domain XML.
+    digest: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    domain_sha256: Option<String>,
+    entries: BTreeMap<String, ManifestEntry>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> GenerateError + '_ {
+    move |source| GenerateError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn node(w: &NodeWrite<'_>) -> Result<Written, GenerateError> {
+    let parent = w
+        .tree
+        .parent()
+        .expect("a node's tree has a parent directory");
+    fs::create_dir_all(parent).map_err(io(parent))?;
+    let pid = std::process::id();
+    let hostname = &w.node.hostname;
+    let stage = parent.join(format!(".{hostname}.new-{pid}"));
+    if fs::symlink_metadata(&stage).is_ok() {
+        remove_tree(&stage)?;
+    }
+    fs::create_dir(&stage).map_err(io(&stage))?;
+
+    let escape = |rel: &Path, message: &str| GenerateError::Escape {
+        node: w.node.name.clone(),
+        path: rel.to_path_buf(),
+        message: message.to_owned(),
+    };
+    let mut entries: BTreeMap<String, ManifestEntry> = BTreeMap::new();
+    let mut dir_modes: BTreeMap<PathBuf, u32> = BTreeMap::new();
+    for item in &w.items {
+        if item.rel.as_os_str().is_empty()
+            || !item
+                .rel
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)))
+        {
+            return Err(escape(&item.rel, "outside the node's directory"));
+        }
+        // Never write through a symlink, even one that stays inside the tree.
+        let mut ancestor = PathBuf::new();
+        let parents: Vec<_> = item.rel.components().collect();
+        for c in &parents[..parents.len() - 1] {
+            ancestor.push(c);
+            match entries.get(&key(&ancestor)).map(|e| e.kind) {
+                Some("dir") => {}
+                Some(_) => {
+                    return Err(escape(
+                        &item.rel,
+                        &format!("through {}, which is not a directory", ancestor.display()),
+                    ));
+                }
+                None => {
+                    let path = stage.join(&ancestor);
+                    fs::create_dir(&path).map_err(io(&path))?;
+                    dir_modes.insert(ancestor.clone(), 0o755);
+                    entries.insert(key(&ancestor), dir_entry(0o755));
+                }
+            }
+        }
+        let path = stage.join(&item.rel);
+        let existing = entries.get(&key(&item.rel)).map(|e| e.kind);
+        match &item.content {
+            Content::Dir => {
+                match existing {
+                    Some("dir") => {}
+                    Some(_) => {
+                        return Err(escape(
+                            &item.rel,
+                            "as a directory over a file of the overlay",
+                        ));
+                    }
+                    None => fs::create_dir(&path).map_err(io(&path))?,
+                }
+                dir_modes.insert(item.rel.clone(), item.mode);
+                entries.insert(key(&item.rel), dir_entry(item.mode));
+            }
+            Content::File(bytes) => {
+                if existing == Some("dir") {
+                    return Err(escape(
+                        &item.rel,
+                        "as a file over a directory of the overlay",
+                    ));
+                }
+                if existing.is_some() {
+                    fs::remove_file(&path).map_err(io(&path))?;
+                }
+                let mut f = fs::File::create(&path).map_err(io(&path))?;
+                f.write_all(bytes).map_err(io(&path))?;
+                f.set_permissions(fs::Permissions::from_mode(item.mode))
+                    .map_err(io(&path))?;
+                entries.insert(
+                    key(&item.rel),
+                    ManifestEntry {
+                        kind: "file",
+                        mode: format!("{:04o}", item.mode),
+                        sha256: Some(hex(bytes)),
+                        size: Some(bytes.len() as u64),
+                        target: None,
+                    },
+                );
+            }
+            Content::Symlink(target) => {
+                if existing == Some("dir") {
+                    return Err(escape(
+                        &item.rel,
+                        "as a symlink over a directory of the overlay",
+                    ));
+                }
+                if existing.is_some() {
+                    fs::remove_file(&path).map_err(io(&path))?;
+                }
+                std::os::unix::fs::symlink(target, &path).map_err(io(&path))?;
+                entries.insert(
+                    key(&item.rel),
+                    ManifestEntry {
+                        kind: "symlink",
+                        mode: "0777".to_owned(),
+                        sha256: None,
+                        size: None,
+                        target: Some(target.to_string_lossy().into_owned()),
+                    },
+                );
+            }
+        }
+    }
+    // Directory modes last (deepest first), so a read-only directory does not block its children.
+    for (rel, mode) in dir_modes.iter().rev() {
+        let path = stage.join(rel);
+        fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).map_err(io(&path))?;
+    }
+    // The tree's root becomes the guest's `/`: always 0755, whatever the checkout's umask did.
+    fs::set_permissions(&stage, fs::Permissions::from_mode(0o755)).map_err(io(&stage))?;
+
+    let domain_sha256 = w.domain.as_deref().map(hex);
+    let mut digest_input = String::new();
+    for (path, e) in &entries {
+        let content = e.sha256.as_deref().or(e.target.as_deref()).unwrap_or("-");
+        digest_input.push_str(&format!("{} {} {} {}\n", e.kind, e.mode, content, path));
+    }
+    if let Some(d) = &domain_sha256 {
+        digest_input.push_str(&format!("domain {d}\n"));
+    }
+    let digest = hex(digest_input.as_bytes());
+    let count = entries.len();
+    let manifest = Manifest {
+        lab: w.lab,
+        overlay: w.overlay,
+        node: &w.node.name,
+        hypervisor: &w.node.hypervisor,
+        hostname,
+        digest: digest.clone(),
+        domain_sha256,
+        entries,
+    };
+    let mut manifest_text = serde_json::to_string_pretty(&manifest).expect("manifests serialize");
+    manifest_text.push('\n');
+
+    // Swap: the new tree takes the old one's place, then the files beside it follow.
+    let old = parent.join(format!(".{hostname}.old-{pid}"));
+    let had_old = fs::symlink_metadata(w.tree).is_ok();
+    if had_old {
+        fs::rename(w.tree, &old).map_err(io(w.tree))?;
+    }
+    fs::rename(&stage, w.tree).map_err(io(w.tree))?;
+    if had_old {
+        remove_tree(&old)?;
+    }
+    replace_file(w.manifest, manifest_text.as_bytes())?;
+    match &w.domain {
+        Some(xml) => replace_file(w.domain_xml, xml)?,
+        None => match fs::remove_file(w.domain_xml) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(w.domain_xml)(e)),
+            _ => {}
+        },
+    }
+    Ok(Written {
+        digest,
+        entries: count,
+    })
+}
+
+fn key(rel: &Path) -> String {
+    rel.to_string_lossy().into_owned()
+}
+
+fn dir_entry(mode: u32) -> ManifestEntry {
+    ManifestEntry {
+        kind: "dir",
+        mode: format!("{mode:04o}"),
+        sha256: None,
+        size: None,
+        target: None,
+    }
+}
+
+/// Writes `path` atomically: a temporary file beside it, then a rename.
+fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), GenerateError> {
+    let name = path
+        .file_name()
+        .expect("output files have names")
+        .to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).map_err(io(&tmp))?;
+    fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// Removes a tree, first making its directories writable (an overlay may hold 0555 ones).
+fn remove_tree(dir: &Path) -> Result<(), GenerateError> {
+    for entry in walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .into_iter()
+        .flatten()
+    {
+        if entry.file_type().is_dir() {
+            let _ = fs::set_permissions(entry.path(), fs::Permissions::from_mode(0o755));
+        }
+    }
+    fs::remove_dir_all(dir).map_err(io(dir))
+}

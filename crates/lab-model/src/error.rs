@@ -1,0 +1,123 @@
+//! The errors of loading a lab: every one names the file and line it is about.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::tree::Origin;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("{}:{line}:{column}: invalid YAML: {message}", file.display())]
+    Yaml {
+        file: PathBuf,
+        line: u64,
+        column: u64,
+        message: String,
+    },
+
+    #[error("{at}: `include` loops back to {}", file.display())]
+    IncludeCycle { at: Origin, file: PathBuf },
+
+    /// The YAML is well formed but does not fit the lab schema (unknown key, wrong type ...).
+    #[error("{at}: {path}: {message}{hint}")]
+    Schema {
+        at: Origin,
+        path: String,
+        message: String,
+        hint: Hint,
+    },
+
+    /// A name that would reach a shell command or a path does not match its pattern.
+    #[error("{at}: {path}: {value:?} is not a valid {what}: {rule}")]
+    Name {
+        at: Origin,
+        path: String,
+        value: String,
+        what: &'static str,
+        rule: &'static str,
+    },
+
+    #[error("no lab file given (use --lab FILE)")]
+    NoLabFile,
+}
+
+impl ModelError {
+    /// Where in the lab files the error points, when it points anywhere.
+    pub fn origin(&self) -> Option<&Origin> {
+        match self {
+            Self::IncludeCycle { at, .. } | Self::Schema { at, .. } | Self::Name { at, .. } => {
+                Some(at)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// An optional "did you mean" suggestion, printed after a message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hint(pub Option<String>);
+
+impl fmt::Display for Hint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(s) => write!(f, " (did you mean `{s}`?)"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Hint {
+    /// The candidate closest to `word` by edit distance, when it is close enough to be a typo.
+    pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Hint {
+        let limit = (word.chars().count() / 3).max(1);
+        Hint(
+            candidates
+                .into_iter()
+                .map(|c| (edit_distance(word, c), c))
+                .filter(|(d, _)| *d <= limit)
+                .min_by_key(|(d, _)| *d)
+                .map(|(_, c)| c.to_owned()),
+        )
+    }
+}
+
+/// Levenshtein distance over chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_only_close_words() {
+        assert_eq!(
+            Hint::closest("poool", ["pool", "proto"]).0.as_deref(),
+            Some("pool")
+        );
+        assert_eq!(
+            Hint::closest("hostnme", ["hostname", "id"]).0.as_deref(),
+            Some("hostname")
+        );
+        assert_eq!(Hint::closest("zzz", ["pool", "proto"]).0, None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+}
