@@ -354,10 +354,10 @@ impl Shared {
 /// vars that collide with its own keys).
 fn flatten_vars(item: &impl serde::Serialize) -> Json {
     let mut json = serde_json::to_value(item).expect("model types serialize");
-    if let Json::Object(map) = &mut json {
-        if let Some(Json::Object(vars)) = map.shift_remove("vars") {
-            map.extend(vars);
-        }
+    if let Json::Object(map) = &mut json
+        && let Some(Json::Object(vars)) = map.shift_remove("vars")
+    {
+        map.extend(vars);
     }
     json
 }

@@ -122,7 +122,7 @@ mod tests {
         let p: Ipv6Net = "2001:db8:1::/64".parse().unwrap();
         assert_eq!(
             eui64(p, "52:54:00:02:01:0a").unwrap().to_string(),
-            "2001:db8:1::5054:ff:fe02:10a/64"
+            "2001:db8:1:0:5054:ff:fe02:10a/64"
         );
         assert!(eui64(p, "52:54:00").is_err());
     }

@@ -338,15 +338,15 @@ impl Lab {
                 dir: relative_to(&dir_origin.file, &spec.dir),
             });
         }
-        if let Some(default) = &schema.overlay {
-            if !schema.overlays.contains_key(default) {
-                return Err(schema_error(
-                    &root,
-                    &["overlay".to_owned()],
-                    format!("overlay `{default}` is not defined under `overlays`"),
-                    Hint::closest(default, schema.overlays.keys().map(String::as_str)),
-                ));
-            }
+        if let Some(default) = &schema.overlay
+            && !schema.overlays.contains_key(default)
+        {
+            return Err(schema_error(
+                &root,
+                &["overlay".to_owned()],
+                format!("overlay `{default}` is not defined under `overlays`"),
+                Hint::closest(default, schema.overlays.keys().map(String::as_str)),
+            ));
         }
 
         let vars = root.get("vars").map(Node::to_json);
@@ -430,7 +430,7 @@ fn name_ok(
     path: &[&str],
     value: &str,
     what: &'static str,
-    check: fn(&str) -> Result<(), names::Rule>,
+    check: names::Validator,
 ) -> Result<(), ModelError> {
     let path = path_of(path);
     check_name(root, &path, value, what, check)
@@ -441,7 +441,7 @@ fn check_name(
     path: &[String],
     value: &str,
     what: &'static str,
-    check: fn(&str) -> Result<(), names::Rule>,
+    check: names::Validator,
 ) -> Result<(), ModelError> {
     check(value).map_err(|rule| ModelError::Name {
         at: root.closest(path).origin.clone(),

@@ -5,6 +5,9 @@
 
 pub type Rule = &'static str;
 
+/// A name validator: `Ok` or the rule the name breaks.
+pub type Validator = fn(&str) -> Result<(), Rule>;
+
 fn check(ok: bool, rule: Rule) -> Result<(), Rule> {
     if ok { Ok(()) } else { Err(rule) }
 }
@@ -182,7 +185,7 @@ mod tests {
 
     #[test]
     fn hostile_names_are_rejected_everywhere() {
-        let validators: &[(&str, fn(&str) -> Result<(), Rule>)] = &[
+        let validators: &[(&str, Validator)] = &[
             ("lab", lab),
             ("ident", ident),
             ("hostname", hostname),

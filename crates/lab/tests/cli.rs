@@ -1,0 +1,571 @@
+//! Behaviour of the `lab` command, driven through the real binary.
+//!
+//! Offline tests only (no hypervisor): loading, `config show`, `generate`. Each test works in
+//! its own temporary copy of the repository's `labs/` and `overlays/`.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A scratch copy of the example labs and overlays.
+struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["labs", "overlays"] {
+            copy_tree(&repo().join(sub), &dir.path().join(sub));
+        }
+        Scratch { dir }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.path(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn lab(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_lab"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("LAB_FILE")
+            .env_remove("LAB_BUILD")
+            .env_remove("LAB_FORMAT")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `lab` and insists on success.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.lab(args);
+        assert!(
+            out.status.success(),
+            "lab {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    fs::set_permissions(to, fs::metadata(from).unwrap().permissions()).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Every entry below `dir` as `path (mode)` headers followed by file contents, in path order.
+fn dump(dir: &Path) -> String {
+    let mut out = String::new();
+    let mut paths: Vec<PathBuf> = walk(dir);
+    paths.sort();
+    for p in paths {
+        let rel = p.strip_prefix(dir).unwrap().display().to_string();
+        let meta = fs::symlink_metadata(&p).unwrap();
+        let mode = meta.permissions().mode() & 0o7777;
+        if meta.is_dir() {
+            out.push_str(&format!("=== {rel}/ ({mode:04o})\n"));
+        } else if meta.file_type().is_symlink() {
+            out.push_str(&format!(
+                "=== {rel} -> {}\n",
+                fs::read_link(&p).unwrap().display()
+            ));
+        } else {
+            out.push_str(&format!(
+                "=== {rel} ({mode:04o})\n{}",
+                fs::read_to_string(&p).unwrap()
+            ));
+        }
+    }
+    out
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        out.push(p.clone());
+        if fs::symlink_metadata(&p).unwrap().is_dir() {
+            out.extend(walk(&p));
+        }
+    }
+    out
+}
+
+const EXAMPLE: &str = "labs/vpp.yaml";
+
+#[test]
+fn example_lab_renders_every_file_as_in_the_snapshots() {
+    let s = Scratch::new();
+    s.ok(&["generate", "--lab", EXAMPLE]);
+    s.ok(&[
+        "generate",
+        "--lab",
+        EXAMPLE,
+        "--overlay",
+        "frr",
+        "--host",
+        "hv0",
+    ]);
+    for (overlay, hv, node) in [
+        ("bird", "hv0", "vpp0-1"),
+        ("bird", "hv0", "vpp0-2"),
+        ("bird", "hv0", "vpp0-3"),
+        ("bird", "hv0", "vpp0-4"),
+        ("bird", "hv1", "vpp1-1"),
+        ("bird", "hv1", "vpp1-2"),
+        ("bird", "hv1", "vpp1-3"),
+        ("bird", "hv1", "vpp1-4"),
+        ("bird", "hv2", "vpp2-1"),
+        ("bird", "hv2", "vpp2-2"),
+        ("bird", "hv2", "vpp2-3"),
+        ("bird", "hv2", "vpp2-4"),
+        ("frr", "hv0", "vpp0-1"),
+    ] {
+        let base = s.path(&format!("build/{overlay}/{hv}"));
+        let mut text = dump(&base.join(node));
+        text.push_str(&format!("=== ../{node}.domain.xml\n"));
+        text.push_str(&fs::read_to_string(base.join(format!("{node}.domain.xml"))).unwrap());
+        insta::assert_snapshot!(format!("{overlay}-{node}"), text);
+    }
+    // frr was asked for hv0 only
+    assert!(!s.path("build/frr/hv1").exists());
+}
+
+#[test]
+fn output_is_deterministic_and_reruns_leave_nothing_stale() {
+    let s = Scratch::new();
+    s.ok(&["generate", "--lab", EXAMPLE, "--build", "one"]);
+    s.ok(&["generate", "--lab", EXAMPLE, "--build", "two"]);
+    assert_eq!(dump(&s.path("one")), dump(&s.path("two")));
+
+    // A stale file in the output, and a file dropped from the overlay: both gone after a re-run.
+    s.write("one/bird/hv0/vpp0-1/etc/stale", "left over\n");
+    fs::remove_file(s.path("overlays/bird/etc/resolv.conf.j2")).unwrap();
+    s.ok(&["generate", "--lab", EXAMPLE, "--build", "one"]);
+    assert!(!s.path("one/bird/hv0/vpp0-1/etc/stale").exists());
+    assert!(!s.path("one/bird/hv0/vpp0-1/etc/resolv.conf").exists());
+    assert!(s.path("one/bird/hv0/vpp0-1/etc/hostname").exists());
+    // Nothing but the trees, manifests and domain XML: no staging leftovers.
+    let names: Vec<String> = fs::read_dir(s.path("one/bird/hv0"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(names.is_empty(), "leftovers: {names:?}");
+}
+
+#[test]
+fn manifest_digest_changes_with_content_and_json_reports_what_was_written() {
+    let s = Scratch::new();
+    let json = s.ok(&[
+        "--format", "json", "generate", "--lab", EXAMPLE, "--node", "vpp0-2",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["overlay"], "bird");
+    let nodes = v["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0]["node"], "vpp0-2");
+    let first = nodes[0]["digest"].as_str().unwrap().to_owned();
+
+    let manifest: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(s.path("build/bird/hv0/vpp0-2.manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["digest"], first.as_str());
+    assert_eq!(manifest["entries"]["etc/hostname"]["size"], 7);
+
+    s.write("overlays/bird/etc/motd", "welcome\n");
+    let json = s.ok(&[
+        "--format", "json", "generate", "--lab", EXAMPLE, "--node", "vpp0-2",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_ne!(v["nodes"][0]["digest"].as_str().unwrap(), first);
+}
+
+#[test]
+fn modes_come_from_the_overlay_and_blobs_win() {
+    let s = Scratch::new();
+    fs::set_permissions(
+        s.path("overlays/bird/etc/bird"),
+        fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
+    let script = s.write("overlays/bird/usr/local/bin/hello", "#!/bin/sh\necho hi\n");
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    s.write("overlays/bird/blobs/vpp0-1/etc/hostname", "from-a-blob\n");
+    // The overlay root's own mode never leaks onto the guest's `/`.
+    fs::set_permissions(s.path("overlays/bird"), fs::Permissions::from_mode(0o700)).unwrap();
+    s.ok(&["generate", "--lab", EXAMPLE, "--host", "hv0"]);
+    let mode = |rel: &str| fs::metadata(s.path(rel)).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode("build/bird/hv0/vpp0-1"), 0o755);
+    assert_eq!(mode("build/bird/hv0/vpp0-1/etc/bird"), 0o750);
+    assert_eq!(mode("build/bird/hv0/vpp0-1/usr/local/bin/hello"), 0o755);
+    assert_eq!(mode("build/bird/hv0/vpp0-1/usr/local"), 0o755);
+    assert_eq!(
+        fs::read_to_string(s.path("build/bird/hv0/vpp0-1/etc/hostname")).unwrap(),
+        "from-a-blob\n"
+    );
+    assert_eq!(
+        fs::read_to_string(s.path("build/bird/hv0/vpp0-2/etc/hostname")).unwrap(),
+        "vpp0-2\n"
+    );
+}
+
+#[test]
+fn later_lab_files_and_includes_override_earlier_ones() {
+    let s = Scratch::new();
+    s.write(
+        "labs/override.yaml",
+        "lab: {id: 7}\nhypervisors:\n  hv1: {snapshot: \"*-release\"}\nnodes:\n  vpp0-1: {vars: {vpp_workers: 4}}\nvars: {dns: [9.9.9.9]}\n",
+    );
+    let out = s.ok(&[
+        "--format",
+        "json",
+        "config",
+        "show",
+        "--lab",
+        EXAMPLE,
+        "--lab",
+        "labs/override.yaml",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["lab"]["id"], 7, "scalars are replaced");
+    assert_eq!(v["lab"]["name"], "vpp", "maps merge deeply");
+    assert_eq!(v["hypervisors"]["hv1"]["snapshot"], "*-release");
+    assert_eq!(
+        v["hypervisors"]["hv1"]["pool"], "ssd-vol0",
+        "defaults apply beneath entries"
+    );
+    assert_eq!(v["hypervisors"]["hv0"]["snapshot"], "base");
+    assert_eq!(v["nodes"]["vpp0-1"]["vars"]["vpp_workers"], 4);
+    assert_eq!(
+        v["nodes"]["vpp0-1"]["vars"]["ospf_area"], 0,
+        "node defaults survive an override"
+    );
+    assert_eq!(
+        v["vars"]["dns"],
+        serde_json::json!(["9.9.9.9"]),
+        "lists are replaced"
+    );
+
+    // `include` is merged first, the including file on top.
+    s.write(
+        "labs/base.yaml",
+        "lab: {name: base, id: 1}\nvars: {a: from-base, b: from-base}\n",
+    );
+    s.write(
+        "labs/top.yaml",
+        "include: [base.yaml, vpp.yaml]\nvars: {b: from-top}\n",
+    );
+    let out = s.ok(&[
+        "--format",
+        "json",
+        "config",
+        "show",
+        "--lab",
+        "labs/top.yaml",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["lab"]["name"], "vpp",
+        "a later include overrides an earlier one"
+    );
+    assert_eq!(v["vars"]["b"], "from-top");
+    assert_eq!(v["vars"]["domain"], "lab.example");
+}
+
+#[test]
+fn explain_names_the_file_and_line_of_every_value() {
+    let s = Scratch::new();
+    s.write(
+        "labs/override.yaml",
+        "hypervisors:\n  hv1:\n    snapshot: \"*-release\"\n",
+    );
+    let out = s.ok(&[
+        "config",
+        "show",
+        "--explain",
+        "--lab",
+        EXAMPLE,
+        "--lab",
+        "labs/override.yaml",
+    ]);
+    let line = |needle: &str| {
+        out.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle} in\n{out}"))
+            .to_owned()
+    };
+    assert!(
+        line("snapshot: \"*-release\"").ends_with("# labs/override.yaml:3"),
+        "{out}"
+    );
+    assert!(line("name: vpp").ends_with("# labs/vpp.yaml:7"), "{out}");
+    assert!(
+        out.contains("pool: ssd-vol0  # labs/testbed.yaml:5"),
+        "defaults are explained: {out}"
+    );
+    insta::assert_snapshot!("explain", out);
+}
+
+/// One bad input: files to write over the example, the command, and what stderr must say.
+struct Bad {
+    name: &'static str,
+    files: &'static [(&'static str, &'static str)],
+    args: &'static [&'static str],
+    code: i32,
+    says: &'static [&'static str],
+}
+
+const BAD: &[Bad] = &[
+    Bad {
+        name: "broken YAML names file and line",
+        files: &[("labs/bad.yaml", "lab:\n  name: x\n  id: [1, 2\nnodes: {}\n")],
+        args: &["config", "show", "--lab", "labs/bad.yaml"],
+        code: 2,
+        says: &["labs/bad.yaml:", "invalid YAML"],
+    },
+    Bad {
+        name: "unknown key with a suggestion",
+        files: &[(
+            "labs/typo.yaml",
+            "include: vpp.yaml\nhypervisors:\n  hv0:\n    poool: tank\n",
+        )],
+        args: &["generate", "--lab", "labs/typo.yaml"],
+        code: 2,
+        says: &[
+            "labs/typo.yaml:4",
+            "hypervisors.hv0.poool",
+            "unknown key `poool`",
+            "did you mean `pool`?",
+        ],
+    },
+    Bad {
+        name: "unknown top-level key",
+        files: &[("labs/typo.yaml", "include: vpp.yaml\nnode: {}\n")],
+        args: &["generate", "--lab", "labs/typo.yaml"],
+        code: 2,
+        says: &[
+            "labs/typo.yaml:2",
+            "unknown key `node`",
+            "did you mean `nodes`?",
+        ],
+    },
+    Bad {
+        name: "wrong type",
+        files: &[(
+            "labs/t.yaml",
+            "include: vpp.yaml\nnodes:\n  vpp0-1: {id: one}\n",
+        )],
+        args: &["generate", "--lab", "labs/t.yaml"],
+        code: 2,
+        says: &["labs/t.yaml:3", "nodes.vpp0-1.id", "invalid type"],
+    },
+    Bad {
+        name: "node name with shell metacharacters",
+        files: &[(
+            "labs/n.yaml",
+            "include: vpp.yaml\nnodes:\n  \"x;touch /tmp/pwned\": {hypervisor: hv0, id: 9}\n",
+        )],
+        args: &["generate", "--lab", "labs/n.yaml"],
+        code: 2,
+        says: &["labs/n.yaml:3", "is not a valid node name"],
+    },
+    Bad {
+        name: "dataset with a leading dash",
+        files: &[(
+            "labs/d.yaml",
+            "include: vpp.yaml\nhypervisors:\n  hv0: {proto: \"ssd-vol0/-rf\"}\n",
+        )],
+        args: &["generate", "--lab", "labs/d.yaml"],
+        code: 2,
+        says: &[
+            "labs/d.yaml:3",
+            "hypervisors.hv0.proto",
+            "is not a valid dataset name",
+        ],
+    },
+    Bad {
+        name: "hostname with a space",
+        files: &[(
+            "labs/h.yaml",
+            "include: vpp.yaml\nnodes:\n  vpp0-1: {hostname: \"a b\"}\n",
+        )],
+        args: &["generate", "--lab", "labs/h.yaml"],
+        code: 2,
+        says: &[
+            "labs/h.yaml:3",
+            "nodes.vpp0-1.hostname",
+            "is not a valid hostname",
+        ],
+    },
+    Bad {
+        name: "undefined hypervisor",
+        files: &[(
+            "labs/u.yaml",
+            "include: vpp.yaml\nnodes:\n  vpp0-1: {hypervisor: hv9}\n",
+        )],
+        args: &["generate", "--lab", "labs/u.yaml"],
+        code: 2,
+        says: &[
+            "labs/u.yaml:3",
+            "hypervisor `hv9` is not defined",
+            "did you mean `hv0`?",
+        ],
+    },
+    Bad {
+        name: "two nodes on one dataset",
+        files: &[(
+            "labs/s.yaml",
+            "include: vpp.yaml\nnodes:\n  vpp0-2: {dataset: ssd-vol0/vpp0-1}\n",
+        )],
+        args: &["generate", "--lab", "labs/s.yaml"],
+        code: 2,
+        says: &["nodes.vpp0-2.dataset", "already used by node `vpp0-1`"],
+    },
+    Bad {
+        name: "include cycle",
+        files: &[
+            ("labs/a.yaml", "include: b.yaml\n"),
+            ("labs/b.yaml", "include: a.yaml\n"),
+        ],
+        args: &["config", "show", "--lab", "labs/a.yaml"],
+        code: 2,
+        says: &["labs/b.yaml:1", "loops back"],
+    },
+    Bad {
+        name: "missing lab file",
+        files: &[],
+        args: &["generate", "--lab", "labs/nope.yaml"],
+        code: 1,
+        says: &["cannot read labs/nope.yaml"],
+    },
+    Bad {
+        name: "undefined template variable names template, line and node",
+        files: &[(
+            "overlays/bird/etc/motd.j2",
+            "hello\n{{ node.no_such_key }}\n",
+        )],
+        args: &["generate", "--lab", "labs/vpp.yaml"],
+        code: 2,
+        says: &["overlays/bird/etc/motd.j2:2", "node `vpp", "undefined"],
+    },
+    Bad {
+        name: "template syntax error",
+        files: &[("overlays/bird/etc/motd.j2", "{% for x in %}\n")],
+        args: &["generate", "--lab", "labs/vpp.yaml"],
+        code: 2,
+        says: &["overlays/bird/etc/motd.j2:1", "syntax error"],
+    },
+    Bad {
+        name: "unknown overlay",
+        files: &[],
+        args: &["generate", "--lab", "labs/vpp.yaml", "--overlay", "brid"],
+        code: 2,
+        says: &["overlay `brid` is not defined", "did you mean `bird`?"],
+    },
+    Bad {
+        name: "unknown node in a filter",
+        files: &[],
+        args: &["generate", "--lab", "labs/vpp.yaml", "--node", "vpp0-9"],
+        code: 2,
+        says: &["node `vpp0-9` is not in the lab", "did you mean"],
+    },
+];
+
+#[test]
+fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    for case in BAD {
+        let s = Scratch::new();
+        for (rel, text) in case.files {
+            s.write(rel, text);
+        }
+        let out = s.lab(case.args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(case.code),
+            "{}: {stderr}",
+            case.name
+        );
+        for part in case.says {
+            assert!(
+                stderr.contains(part),
+                "{}: expected {part:?} in: {stderr}",
+                case.name
+            );
+        }
+        assert!(!s.path("build").exists(), "{}: wrote output", case.name);
+    }
+}
+
+#[test]
+fn overlays_cannot_reach_outside_the_node_directory() {
+    type Setup = dyn Fn(&Scratch);
+    let cases: &[(&str, &Setup)] = &[
+        ("absolute symlink", &|s| {
+            std::os::unix::fs::symlink("/etc/passwd", s.path("overlays/bird/etc/pw")).unwrap()
+        }),
+        ("climbing symlink", &|s| {
+            std::os::unix::fs::symlink("../../../x", s.path("overlays/bird/etc/up")).unwrap()
+        }),
+        ("named pipe", &|s| {
+            assert!(
+                Command::new("mkfifo")
+                    .arg(s.path("overlays/bird/etc/fifo"))
+                    .status()
+                    .unwrap()
+                    .success()
+            )
+        }),
+        ("blob through a symlinked directory", &|s| {
+            std::os::unix::fs::symlink("etc", s.path("overlays/bird/link")).unwrap();
+            s.write("overlays/bird/blobs/vpp0-1/link/x", "through\n");
+        }),
+    ];
+    for (name, setup) in cases {
+        let s = Scratch::new();
+        setup(&s);
+        let out = s.lab(&["generate", "--lab", EXAMPLE]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(!s.path("build/bird/hv0/vpp0-1/etc/x").exists(), "{name}");
+        assert!(!s.path("build/bird/hv0/vpp0-1/etc/pw").exists(), "{name}");
+    }
+    // A symlink that stays inside is copied as a symlink, never followed.
+    let s = Scratch::new();
+    std::os::unix::fs::symlink("hostname", s.path("overlays/bird/etc/name")).unwrap();
+    s.ok(&["generate", "--lab", EXAMPLE, "--node", "vpp0-1"]);
+    assert_eq!(
+        fs::read_link(s.path("build/bird/hv0/vpp0-1/etc/name")).unwrap(),
+        Path::new("hostname")
+    );
+}
+
+#[test]
+fn completions_are_printed() {
+    let s = Scratch::new();
+    let out = s.ok(&["completions", "bash"]);
+    assert!(out.contains("generate"));
+}
