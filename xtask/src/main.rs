@@ -1,1 +1,306 @@
-fn main() {}
+//! Project workflows: `cargo xtask testbed|demo|ci|bench`.
+
+mod bench;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use lab_testbed::{Testbed, UpOptions};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "lab's project workflows")]
+struct Xtask {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The local test bed: real hypervisors in namespaces on this machine.
+    #[command(subcommand)]
+    Testbed(TestbedCmd),
+    /// Bring the test bed up, generate and create the example lab, show what runs.
+    Demo,
+    /// Everything CI checks: fmt, clippy, the whole test suite with the end-to-end tests.
+    Ci,
+    /// Benchmarks that print figures (never timed assertions).
+    Bench {
+        #[arg(value_parser = ["generate"])]
+        which: String,
+        /// Nodes in the synthetic lab.
+        #[arg(long, default_value_t = 1000)]
+        nodes: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum TestbedCmd {
+    /// Install what is missing and start hv0..hvN-1 (idempotent).
+    Up {
+        #[arg(long, default_value_t = 3)]
+        hypervisors: u32,
+        /// Size of each hypervisor's sparse pool file.
+        #[arg(long, default_value = "2G")]
+        pool_size: String,
+    },
+    /// Stop what `up` started (by pidfile); --purge also deletes pools, keys and the guest kernel.
+    Down {
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Daemons, pool health, proto snapshots, domains and clones per hypervisor.
+    Status {
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        format: String,
+    },
+    /// Run a command inside hypervisor K without ssh: `cargo xtask testbed exec 0 -- zfs list`.
+    Exec {
+        k: u32,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Print a guest's console log, or wait for a line containing TEXT.
+    Console {
+        k: u32,
+        node: String,
+        #[arg(long, value_name = "TEXT")]
+        wait: Option<String>,
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Xtask::parse();
+    let result = match args.command {
+        Cmd::Testbed(cmd) => testbed(cmd),
+        Cmd::Demo => demo(),
+        Cmd::Ci => ci(),
+        Cmd::Bench { which, nodes } => match which.as_str() {
+            "generate" => bench::generate(&root(), nodes),
+            _ => unreachable!("clap checked the value"),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn say(line: &str) {
+    eprintln!("{line}");
+}
+
+fn bed_for(hypervisors: u32) -> Testbed {
+    Testbed {
+        hypervisors,
+        ..Testbed::default()
+    }
+}
+
+fn testbed(cmd: TestbedCmd) -> Result {
+    let bed = Testbed::default();
+    match cmd {
+        TestbedCmd::Up {
+            hypervisors,
+            pool_size,
+        } => bed_for(hypervisors)
+            .up(&UpOptions { pool_size }, &mut |l| say(l))
+            .map_err(|e| e.to_string()),
+        TestbedCmd::Down { purge } => bed.down(purge, &mut |l| say(l)).map_err(|e| e.to_string()),
+        TestbedCmd::Status { format } => {
+            let status = bed.status();
+            if format == "json" {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status).expect("status serializes")
+                );
+            } else {
+                let pid = |p: Option<u32>| p.map_or("down".to_owned(), |p| p.to_string());
+                println!("test bed in {}", status.dir);
+                for hv in &status.hypervisors {
+                    println!(
+                        "{} {}: holder {} zfs-fuse {} libvirtd {} sshd {} pool {}",
+                        hv.name,
+                        hv.address,
+                        pid(hv.holder),
+                        pid(hv.zfs_fuse),
+                        pid(hv.libvirtd),
+                        pid(hv.sshd),
+                        hv.pool_health.as_deref().unwrap_or("-")
+                    );
+                    for (what, items) in [
+                        ("snapshot", &hv.proto_snapshots),
+                        ("clone", &hv.clones),
+                        ("domain", &hv.domains),
+                    ] {
+                        for item in items.iter() {
+                            println!("  {what} {item}");
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        TestbedCmd::Exec { k, command } => {
+            let (program, args) = command.split_first().expect("clap requires a command");
+            let mut c = bed.command(k, program).map_err(|e| e.to_string())?;
+            let status = c.args(args).status().map_err(|e| e.to_string())?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(format!("exited with {status}"))
+            }
+        }
+        TestbedCmd::Console {
+            k,
+            node,
+            wait,
+            timeout,
+        } => match wait {
+            Some(text) => {
+                let line = bed
+                    .wait_for_console(k, &node, &text, Duration::from_secs(timeout))
+                    .map_err(|e| e.to_string())?;
+                println!("{line}");
+                Ok(())
+            }
+            None => {
+                let path = bed.console_log(k, &node);
+                let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                print!("{}", String::from_utf8_lossy(&bytes));
+                Ok(())
+            }
+        },
+    }
+}
+
+/// Runs a command in the workspace, streaming its output; a failure names it.
+fn cargo(args: &[&str]) -> Result {
+    say(&format!("$ cargo {}", args.join(" ")));
+    let status = Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(root())
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`cargo {}` failed ({status})", args.join(" ")))
+    }
+}
+
+fn demo() -> Result {
+    let bed = Testbed::default();
+    bed.up(&UpOptions::default(), &mut |l| say(l))
+        .map_err(|e| e.to_string())?;
+    cargo(&["build", "--release", "--quiet", "-p", "lab"])?;
+    let lab = root().join("target/release/lab");
+    let run = |args: &[&str]| -> Result {
+        say(&format!("$ lab {}", args.join(" ")));
+        let status = Command::new(&lab)
+            .args(args)
+            .current_dir(root())
+            .status()
+            .map_err(|e| e.to_string())?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("`lab {}` failed ({status})", args.join(" ")))
+        }
+    };
+    run(&["generate", "--lab", "labs/vpp.yaml"])?;
+    say("");
+    say(
+        "The example lab is generated under build/bird/ (one guest tree per node, with its manifest and domain XML).",
+    );
+    say("`lab create` (next) will clone, fill and boot these nodes on the test bed's hypervisors:");
+    for hv in bed.status().hypervisors {
+        say(&format!(
+            "  {} ({}): pool {}, proto snapshots {}",
+            hv.name,
+            hv.address,
+            hv.pool_health.unwrap_or_default(),
+            hv.proto_snapshots.join(" ")
+        ));
+    }
+    say("Take the test bed down with `cargo xtask testbed down`.");
+    Ok(())
+}
+
+/// The README's test command: fmt, clippy, then every test, the end-to-end ones on the test bed.
+fn ci() -> Result {
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--quiet",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    let bed = Testbed::default();
+    bed.up(&UpOptions::default(), &mut |l| say(l))
+        .map_err(|e| e.to_string())?;
+    say("$ cargo test --workspace");
+    let mut child = Command::new(env!("CARGO"))
+        .args(["test", "--workspace"])
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run cargo test: {e}"))?;
+    let stdout = child.stdout.take().expect("piped");
+    let (mut passed, mut failed, mut end_to_end) = (0u64, 0u64, 0u64);
+    let mut in_end_to_end = false;
+    use std::io::BufRead;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        println!("{line}");
+        if line.contains("Running tests/") {
+            in_end_to_end = line.contains("tests/e2e") || line.contains("tests/smoke");
+        }
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|p| {
+                        p.trim()
+                            .strip_suffix(word)
+                            .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
+                    })
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+            if in_end_to_end {
+                end_to_end += count(" passed");
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    say(&format!(
+        "end-to-end tests on the test bed: {end_to_end} passed"
+    ));
+    println!("{passed} passed, {failed} failed");
+    if !status.success() {
+        return Err(format!("cargo test failed ({status})"));
+    }
+    if end_to_end == 0 {
+        return Err("no end-to-end test ran".to_owned());
+    }
+    Ok(())
+}

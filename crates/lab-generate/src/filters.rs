@@ -23,9 +23,15 @@ fn net(s: &str) -> Result<IpNet, Error> {
         .map_err(|_| bad(format!("{s:?} is not an IP address or prefix")))
 }
 
-/// `"10.0.0.5/24" | ipaddr` → `"10.0.0.5"`.
+/// `"10.0.0.5/24" | ipaddr` → `"10.0.0.5"`. Hot in /etc/hosts-style loops: it checks the
+/// address part and hands it back as written instead of re-formatting it.
 fn ipaddr(s: &str) -> Result<String, Error> {
-    Ok(net(s)?.addr().to_string())
+    let (address, len) = s.split_once('/').unwrap_or((s, ""));
+    if address.parse::<IpAddr>().is_ok() && (len.is_empty() || len.parse::<u8>().is_ok()) {
+        Ok(address.to_owned())
+    } else {
+        Err(bad(format!("{s:?} is not an IP address or prefix")))
+    }
 }
 
 /// `"10.0.0.5/24" | prefixlen` → `24`.

@@ -1,0 +1,269 @@
+//! The local test bed: real hypervisors on one machine, for the demo and the end-to-end tests.
+//!
+//! Each hypervisor `hvK` is a network + mount + UTS namespace held open by a holder process,
+//! with its own zfs-fuse daemon and pool, libvirtd and sshd. The host reaches them with
+//! `ssh hvK` through a client config included from `/root/.ssh/config`.
+//!
+//! This crate is test infrastructure: it spawns processes freely and is never a dependency of
+//! the `lab` binary. `cargo xtask testbed` is its command line; tests call [`require`].
+
+mod guest;
+mod status;
+mod up;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use status::{HypervisorStatus, Status};
+pub use up::UpOptions;
+
+/// Where everything lives, and how big the bed is. Overridable by environment for the rare
+/// machine where the defaults collide with something.
+#[derive(Debug, Clone)]
+pub struct Testbed {
+    /// State directory: pidfiles, logs, pool images, keys, guest kernel.
+    pub dir: PathBuf,
+    /// Hypervisors hv0..hv{n-1}.
+    pub hypervisors: u32,
+    pub pool: String,
+    /// First three octets of the bridge's /24.
+    pub net: String,
+    pub bridge: String,
+}
+
+/// The proto dataset every hypervisor gets, with snapshot `@base`.
+pub const PROTO: &str = "proto-disk0";
+
+impl Default for Testbed {
+    fn default() -> Self {
+        let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
+        Testbed {
+            dir: PathBuf::from(env("LAB_TESTBED_DIR", "/var/lib/lab-testbed")),
+            hypervisors: env("LAB_TESTBED_HYPERVISORS", "3").parse().unwrap_or(3),
+            pool: env("LAB_TESTBED_POOL", "ssd-vol0"),
+            net: env("LAB_TESTBED_NET", "10.251.0"),
+            bridge: env("LAB_TESTBED_BRIDGE", "labtb0"),
+        }
+    }
+}
+
+/// A test bed error: what failed, with the command and its output when there was one.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Msg(String),
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn msg(s: impl Into<String>) -> Error {
+    Error::Msg(s.into())
+}
+
+impl Testbed {
+    pub fn names(&self) -> impl Iterator<Item = String> + '_ {
+        (0..self.hypervisors).map(|k| format!("hv{k}"))
+    }
+    pub fn hv_dir(&self, k: u32) -> PathBuf {
+        self.dir.join(format!("hv{k}"))
+    }
+    pub fn netns(&self, k: u32) -> String {
+        format!("labtb-hv{k}")
+    }
+    pub fn veth(&self, k: u32) -> String {
+        format!("ltb{k}")
+    }
+    pub fn address(&self, k: u32) -> String {
+        format!("{}.{}", self.net, 10 + k)
+    }
+    pub fn ssh_config(&self) -> PathBuf {
+        self.dir.join("ssh/config")
+    }
+    pub fn pidfile(&self, k: u32, daemon: &str) -> PathBuf {
+        self.hv_dir(k).join("run").join(format!("{daemon}.pid"))
+    }
+    /// The host-side path of a file that hypervisor `k` sees at `path` (its private bind mounts).
+    pub fn host_path(&self, k: u32, path: &str) -> PathBuf {
+        self.hv_dir(k)
+            .join("priv")
+            .join(path.trim_start_matches('/'))
+    }
+    /// The serial console log of domain `node` on hypervisor `k`, as the host sees it.
+    pub fn console_log(&self, k: u32, node: &str) -> PathBuf {
+        self.host_path(k, &format!("/var/log/libvirt/qemu/{node}.console.log"))
+    }
+    /// The sshd log of hypervisor `k` (one "Accepted publickey" line per connection).
+    pub fn sshd_log(&self, k: u32) -> PathBuf {
+        self.hv_dir(k).join("log/sshd.log")
+    }
+    pub fn guest_kernel(&self) -> PathBuf {
+        self.dir.join("guest/vmlinux")
+    }
+    pub fn guest_initrd(&self) -> PathBuf {
+        self.dir.join("guest/initrd.cpio.gz")
+    }
+
+    /// The pid in a pidfile when that process runs and has the expected command name.
+    pub fn alive(&self, k: u32, daemon: &str, comm: &str) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(self.pidfile(k, daemon))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let actual = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (actual.trim() == comm).then_some(pid)
+    }
+
+    /// A command run inside hypervisor `k`'s namespaces, as if logged in there (no ssh).
+    pub fn command(&self, k: u32, program: &str) -> Result<Command> {
+        let holder = self
+            .alive(k, "holder", "sleep")
+            .ok_or_else(|| msg(format!("hv{k} is not running: `cargo xtask testbed up`")))?;
+        let mut c = Command::new("nsenter");
+        c.args(["-t", &holder.to_string(), "-m", "-u", "-n", "--", program]);
+        Ok(c)
+    }
+
+    /// Runs a program inside hypervisor `k` and returns its stdout; a non-zero exit is an error.
+    pub fn exec(&self, k: u32, args: &[&str]) -> Result<String> {
+        let (program, rest) = args
+            .split_first()
+            .ok_or_else(|| msg("exec needs a command"))?;
+        let mut c = self.command(k, program)?;
+        c.args(rest);
+        run(&mut c)
+    }
+
+    /// Waits until the console log of `node` on hypervisor `k` has a line containing `needle`,
+    /// and returns that line.
+    pub fn wait_for_console(
+        &self,
+        k: u32,
+        node: &str,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<String> {
+        let path = self.console_log(k, node);
+        let start = Instant::now();
+        loop {
+            if let Ok(bytes) = std::fs::read(&path) {
+                let text = String::from_utf8_lossy(&bytes);
+                if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+                    return Ok(line.trim_end_matches('\r').to_owned());
+                }
+            }
+            if start.elapsed() > timeout {
+                let tail = std::fs::read(&path)
+                    .map(|b| {
+                        String::from_utf8_lossy(&b)
+                            .lines()
+                            .rev()
+                            .take(5)
+                            .collect::<Vec<_>>()
+                            .join(" | ")
+                    })
+                    .unwrap_or_else(|e| e.to_string());
+                return Err(msg(format!(
+                    "hv{k}/{node}: no console line with {needle:?} after {timeout:?} ({}; last lines: {tail})",
+                    path.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether every hypervisor's daemons run.
+    pub fn is_up(&self) -> bool {
+        (0..self.hypervisors).all(|k| {
+            self.alive(k, "holder", "sleep").is_some()
+                && self.alive(k, "zfs-fuse", "zfs-fuse").is_some()
+                && self.alive(k, "libvirtd", "libvirtd").is_some()
+                && self.alive(k, "sshd", "sshd").is_some()
+        })
+    }
+
+    pub fn up(&self, options: &UpOptions, log: &mut dyn FnMut(&str)) -> Result<()> {
+        up::up(self, options, log)
+    }
+
+    pub fn down(&self, purge: bool, log: &mut dyn FnMut(&str)) -> Result<()> {
+        up::down(self, purge, log)
+    }
+
+    pub fn status(&self) -> Status {
+        status::status(self)
+    }
+}
+
+/// The test bed for an end-to-end test, or a panic that says how to bring it up.
+/// Tests never pass silently without it.
+pub fn require() -> Testbed {
+    let bed = Testbed::default();
+    if !bed.is_up() {
+        panic!(
+            "the test bed is not up ({}): run `cargo xtask testbed up` (as root) first, \
+             or run everything with `cargo xtask ci`",
+            bed.dir.display()
+        );
+    }
+    bed
+}
+
+/// Runs a command, returning stdout; a failure carries the command line and stderr.
+pub fn run(c: &mut Command) -> Result<String> {
+    let out = output(c)?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(Error::Command {
+            command: describe(c),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
+}
+
+fn output(c: &mut Command) -> Result<Output> {
+    c.stdin(Stdio::null())
+        .output()
+        .map_err(|e| msg(format!("cannot run `{}`: {e}", describe(c))))
+}
+
+/// Runs a bash snippet with `set -euo pipefail` (for pipelines such as `zfs send | ssh ... recv`).
+pub fn bash(script: &str) -> Result<String> {
+    run(Command::new("bash").args(["-c", &format!("set -euo pipefail\n{script}")]))
+}
+
+fn describe(c: &Command) -> String {
+    let mut s = c.get_program().to_string_lossy().into_owned();
+    for a in c.get_args() {
+        let _ = write!(s, " {}", a.to_string_lossy());
+    }
+    s
+}
+
+fn write_file(path: &Path, text: &str) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| Error::Io {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
+    std::fs::write(path, text).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}

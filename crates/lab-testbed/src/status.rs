@@ -1,0 +1,116 @@
+//! What the test bed looks like right now.
+
+use serde::Serialize;
+
+use crate::{PROTO, Testbed};
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub dir: String,
+    pub hypervisors: Vec<HypervisorStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HypervisorStatus {
+    pub name: String,
+    pub address: String,
+    /// Daemon name → pid, or none when it is down.
+    pub holder: Option<u32>,
+    pub zfs_fuse: Option<u32>,
+    pub libvirtd: Option<u32>,
+    pub sshd: Option<u32>,
+    pub pool_health: Option<String>,
+    pub proto_snapshots: Vec<String>,
+    /// Datasets with an origin (clones), as `name origin`.
+    pub clones: Vec<String>,
+    /// Domains as `name state`.
+    pub domains: Vec<String>,
+}
+
+pub fn status(bed: &Testbed) -> Status {
+    let hypervisors = (0..bed.hypervisors)
+        .map(|k| {
+            let holder = bed.alive(k, "holder", "sleep");
+            let zfs_fuse = bed.alive(k, "zfs-fuse", "zfs-fuse");
+            let libvirtd = bed.alive(k, "libvirtd", "libvirtd");
+            let lines = |args: &[&str]| -> Vec<String> {
+                bed.exec(k, args)
+                    .map(|s| {
+                        s.lines()
+                            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                            .filter(|l| !l.is_empty())
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            let zfs_up = holder.is_some() && zfs_fuse.is_some();
+            let proto = format!("{}/{PROTO}", bed.pool);
+            HypervisorStatus {
+                name: format!("hv{k}"),
+                address: bed.address(k),
+                holder,
+                zfs_fuse,
+                libvirtd,
+                sshd: bed.alive(k, "sshd", "sshd"),
+                pool_health: if zfs_up {
+                    lines(&["zpool", "list", "-H", "-o", "health", &bed.pool])
+                        .into_iter()
+                        .next()
+                } else {
+                    None
+                },
+                proto_snapshots: if zfs_up {
+                    lines(&[
+                        "zfs", "list", "-H", "-o", "name", "-t", "snapshot", "-r", &proto,
+                    ])
+                } else {
+                    vec![]
+                },
+                clones: if zfs_up {
+                    lines(&[
+                        "zfs",
+                        "list",
+                        "-H",
+                        "-o",
+                        "name,origin",
+                        "-t",
+                        "filesystem",
+                        "-r",
+                        &bed.pool,
+                    ])
+                    .into_iter()
+                    .filter(|l| !l.ends_with(" -"))
+                    .collect()
+                } else {
+                    vec![]
+                },
+                domains: if holder.is_some() && libvirtd.is_some() {
+                    let names = lines(&[
+                        "virsh",
+                        "-q",
+                        "-c",
+                        "qemu:///system",
+                        "list",
+                        "--all",
+                        "--name",
+                    ]);
+                    names
+                        .into_iter()
+                        .map(|n| {
+                            let state = bed
+                                .exec(k, &["virsh", "-q", "-c", "qemu:///system", "domstate", &n])
+                                .unwrap_or_default();
+                            format!("{n} {}", state.trim())
+                        })
+                        .collect()
+                } else {
+                    vec![]
+                },
+            }
+        })
+        .collect();
+    Status {
+        dir: bed.dir.display().to_string(),
+        hypervisors,
+    }
+}

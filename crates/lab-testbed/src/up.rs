@@ -1,0 +1,629 @@
+//! Bringing the test bed up (idempotently) and down (only what it started).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{Error, PROTO, Result, Testbed, bash, msg, run, write_file};
+
+/// Apt packages the test bed needs.
+const PACKAGES: &[&str] = &[
+    "zfs-fuse",
+    "openssh-server",
+    "openssh-client",
+    "rsync",
+    "libvirt-daemon-system",
+    "libvirt-daemon-system-sysv",
+    "libvirt-clients",
+    "qemu-system-x86",
+    "busybox-static",
+    "iproute2",
+];
+
+/// Directories each hypervisor gets its own copy of, bind-mounted in its mount namespace.
+const PRIVATE_DIRS: &[&str] = &[
+    "/run/zfs",
+    "/run/lock/zfs",
+    "/var/lib/zfs",
+    "/etc/libvirt",
+    "/run/libvirt",
+    "/var/lib/libvirt",
+    "/var/log/libvirt",
+    "/var/cache/libvirt",
+    "/root/.ssh",
+    "/tmp",
+    "/var/lib/lab",
+];
+
+/// The line `up` adds to `/root/.ssh/config` (and `down --purge` removes).
+fn include_line(bed: &Testbed) -> String {
+    format!("Include {}   # lab-testbed", bed.ssh_config().display())
+}
+
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// Sparse size of each pool's backing file.
+    pub pool_size: String,
+}
+
+impl Default for UpOptions {
+    fn default() -> Self {
+        UpOptions {
+            pool_size: "2G".to_owned(),
+        }
+    }
+}
+
+pub fn up(bed: &Testbed, options: &UpOptions, log: &mut dyn FnMut(&str)) -> Result<()> {
+    preflight()?;
+    let t0 = Instant::now();
+    let mut step = |what: &str| log(&format!("[{:6.2}s] {what}", t0.elapsed().as_secs_f64()));
+    install_packages(&mut step)?;
+    for d in ["ssh", "guest", "run"] {
+        mkdir(&bed.dir.join(d))?;
+    }
+    for d in PRIVATE_DIRS {
+        mkdir(Path::new(d))?;
+    }
+    crate::guest::prepare(bed, &mut step)?;
+    ssh_setup(bed)?;
+    network(bed)?;
+    for k in 0..bed.hypervisors {
+        start_hypervisor(bed, k, options, &mut step)?;
+    }
+    seed(bed, &mut step)?;
+    step(&format!(
+        "up: {}",
+        bed.names().collect::<Vec<_>>().join(" ")
+    ));
+    Ok(())
+}
+
+fn preflight() -> Result<()> {
+    let uid = run(Command::new("id").arg("-u"))?;
+    if uid.trim() != "0" {
+        return Err(msg(
+            "the test bed needs root (namespaces, mounts, a bridge): run as root",
+        ));
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err(msg(
+            "/dev/fuse is missing: zfs-fuse cannot run on this machine",
+        ));
+    }
+    Ok(())
+}
+
+fn install_packages(step: &mut dyn FnMut(&str)) -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !run(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_ok_and(|s| s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    step(&format!("apt-get install {}", missing.join(" ")));
+    // policy-rc.d keeps the packages' scripts from starting the host's own daemons.
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let made_policy = !policy.exists();
+    if made_policy {
+        write_file(policy, "#!/bin/sh\nexit 101\n")?;
+        run(Command::new("chmod").args(["+x", "/usr/sbin/policy-rc.d"]))?;
+    }
+    let apt = format!(
+        "export DEBIAN_FRONTEND=noninteractive; A='apt-get -y -q -o DPkg::Lock::Timeout=300'; \
+         $A install --no-install-recommends {m} >/dev/null || {{ $A update >/dev/null && $A install --no-install-recommends {m} >/dev/null; }}",
+        m = missing.join(" ")
+    );
+    let result = bash(&apt);
+    if made_policy {
+        let _ = std::fs::remove_file(policy);
+    }
+    result.map(|_| step("packages installed"))
+}
+
+fn mkdir(p: &Path) -> Result<()> {
+    std::fs::create_dir_all(p).map_err(|source| Error::Io {
+        path: p.to_path_buf(),
+        source,
+    })
+}
+
+fn ssh_setup(bed: &Testbed) -> Result<()> {
+    let ssh = bed.dir.join("ssh");
+    run(Command::new("chmod").args(["700", &ssh.to_string_lossy()]))?;
+    let key = ssh.join("id_ed25519");
+    if !key.exists() {
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "lab-testbed", "-f"])
+            .arg(&key))?;
+    }
+    let public =
+        std::fs::read_to_string(key.with_extension("pub")).map_err(|source| Error::Io {
+            path: key.clone(),
+            source,
+        })?;
+    write_file(&ssh.join("authorized_keys"), &public)?;
+    let mut known = String::new();
+    let mut config = String::from("# written by `cargo xtask testbed up`\n");
+    for k in 0..bed.hypervisors {
+        let host_key = bed.hv_dir(k).join("ssh_host_ed25519_key");
+        if !host_key.exists() {
+            mkdir(&bed.hv_dir(k))?;
+            run(Command::new("ssh-keygen")
+                .args([
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    &format!("hv{k}"),
+                    "-f",
+                ])
+                .arg(&host_key))?;
+        }
+        let pubkey = std::fs::read_to_string(host_key.with_extension("pub")).map_err(|source| {
+            Error::Io {
+                path: host_key.clone(),
+                source,
+            }
+        })?;
+        let fields: Vec<&str> = pubkey.split_whitespace().take(2).collect();
+        known.push_str(&format!("hv{k},{} {}\n", bed.address(k), fields.join(" ")));
+        config.push_str(&format!("Host hv{k}\n  HostName {}\n", bed.address(k)));
+    }
+    config.push_str(&format!(
+        "Host hv*\n  User root\n  IdentityFile {key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {known}\n  \
+         StrictHostKeyChecking yes\n  BatchMode yes\n  ConnectTimeout 5\n  LogLevel ERROR\n",
+        key = key.display(),
+        known = ssh.join("known_hosts").display()
+    ));
+    write_file(&ssh.join("known_hosts"), &known)?;
+    write_file(&bed.ssh_config(), &config)?;
+    // Hypervisor-to-hypervisor ssh (replication) uses the same key and config, from inside.
+    let hv_config = config
+        .replace(&key.display().to_string(), "~/.ssh/id_ed25519")
+        .replace(
+            &ssh.join("known_hosts").display().to_string(),
+            "~/.ssh/known_hosts",
+        );
+    for k in 0..bed.hypervisors {
+        let dot_ssh = bed.host_path(k, "/root/.ssh");
+        mkdir(&dot_ssh)?;
+        for (name, text) in [
+            ("config", hv_config.clone()),
+            ("known_hosts", known.clone()),
+            ("authorized_keys", public.clone()),
+        ] {
+            write_file(&dot_ssh.join(name), &text)?;
+        }
+        std::fs::copy(&key, dot_ssh.join("id_ed25519")).map_err(|source| Error::Io {
+            path: key.clone(),
+            source,
+        })?;
+        run(Command::new("chmod").args(["-R", "go-rwx"]).arg(&dot_ssh))?;
+    }
+    // `ssh hvK` from the host: include our config from root's.
+    let root_config = Path::new("/root/.ssh/config");
+    let current = std::fs::read_to_string(root_config).unwrap_or_default();
+    let line = include_line(bed);
+    if !current.lines().any(|l| l == line) {
+        mkdir(Path::new("/root/.ssh"))?;
+        // Include must come before any Host block to apply globally.
+        write_file(root_config, &format!("{line}\n{current}"))?;
+        run(Command::new("chmod").args(["600", "/root/.ssh/config"]))?;
+    }
+    Ok(())
+}
+
+fn network(bed: &Testbed) -> Result<()> {
+    let br = &bed.bridge;
+    let net = &bed.net;
+    let mut script = format!(
+        "ip link show {br} >/dev/null 2>&1 || ip link add {br} type bridge\n\
+         ip -o addr show dev {br} | grep -F 'inet {net}.1/24' >/dev/null || ip addr add {net}.1/24 dev {br}\n\
+         ip link set {br} up\n"
+    );
+    for k in 0..bed.hypervisors {
+        let (ns, veth, addr) = (bed.netns(k), bed.veth(k), bed.address(k));
+        script.push_str(&format!(
+            "ip netns list | grep -w '^{ns}' >/dev/null || ip netns add {ns}\n\
+             if ! ip link show {veth} >/dev/null 2>&1; then ip -n {ns} link del eth0 2>/dev/null || true; ip link add {veth} type veth peer name eth0 netns {ns}; fi\n\
+             ip link set {veth} master {br}; ip link set {veth} up\n\
+             ip -n {ns} link set lo up\n\
+             ip -n {ns} -o addr show dev eth0 | grep -F 'inet {addr}/24' >/dev/null || ip -n {ns} addr add {addr}/24 dev eth0\n\
+             ip -n {ns} link set eth0 up\n"
+        ));
+    }
+    bash(&script).map(|_| ())
+}
+
+fn start_hypervisor(
+    bed: &Testbed,
+    k: u32,
+    options: &UpOptions,
+    step: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let hv = bed.hv_dir(k);
+    for d in ["run", "log", "disks"] {
+        mkdir(&hv.join(d))?;
+    }
+    for d in PRIVATE_DIRS {
+        mkdir(&bed.host_path(k, d))?;
+    }
+    run(Command::new("chmod")
+        .arg("1777")
+        .arg(bed.host_path(k, "/tmp")))?;
+    libvirt_config(bed, k)?;
+
+    if bed.alive(k, "holder", "sleep").is_none() {
+        // ip netns exec → unshare (mount + uts) → bash (hostname, bind mounts) → exec sleep:
+        // every step execs, so the spawned pid is the holder's pid.
+        let mut binds = String::new();
+        for d in PRIVATE_DIRS {
+            binds.push_str(&format!(
+                "mount --bind {} {d} && ",
+                bed.host_path(k, d).display()
+            ));
+        }
+        let script = format!("hostname hv{k} && {binds}exec -a lab-testbed-hv{k} sleep infinity");
+        let log = std::fs::File::create(hv.join("log/holder.log")).map_err(|source| Error::Io {
+            path: hv.join("log/holder.log"),
+            source,
+        })?;
+        let child = Command::new("setsid")
+            .args([
+                "ip",
+                "netns",
+                "exec",
+                &bed.netns(k),
+                "unshare",
+                "-m",
+                "-u",
+                "--propagation",
+                "private",
+                "bash",
+                "-c",
+                &script,
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|source| Error::Io {
+                path: hv.join("log"),
+                source,
+            })?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| msg(format!("cannot start the hv{k} holder: {e}")))?;
+        write_file(&bed.pidfile(k, "holder"), &format!("{}\n", child.id()))?;
+        wait_until(Duration::from_secs(5), || {
+            bed.alive(k, "holder", "sleep").is_some()
+        })
+        .map_err(|_| {
+            msg(format!(
+                "hv{k}: holder did not come up: {}",
+                read(&hv.join("log/holder.log"))
+            ))
+        })?;
+        step(&format!("hv{k}: namespaces up"));
+    }
+
+    if bed.alive(k, "zfs-fuse", "zfs-fuse").is_none() {
+        // zfs-fuse exits silently when its pidfile exists; a killed one leaves dead FUSE mounts.
+        let _ = std::fs::remove_file(bed.pidfile(k, "zfs-fuse"));
+        let holder = bed.alive(k, "holder", "sleep").expect("started above");
+        let mounts = read(Path::new(&format!("/proc/{holder}/mountinfo")));
+        let mut dead: Vec<&str> = mounts
+            .lines()
+            .filter(|l| l.contains(" - fuse"))
+            .filter_map(|l| l.split_whitespace().nth(4))
+            .collect();
+        dead.sort_by(|a, b| b.cmp(a));
+        for m in dead {
+            let _ = bed.exec(k, &["umount", "-l", m]);
+        }
+        let pidfile = bed.pidfile(k, "zfs-fuse");
+        let mut c = bed.command(k, "/usr/sbin/zfs-fuse")?;
+        c.args(["--pidfile", &pidfile.to_string_lossy(), "--no-kstat-mount"]);
+        run(&mut c)?;
+        wait_until(Duration::from_secs(10), || {
+            bed.exec(k, &["zpool", "list", "-H"]).is_ok()
+        })
+        .map_err(|_| msg(format!("hv{k}: zfs-fuse did not come up")))?;
+        step(&format!("hv{k}: zfs-fuse up"));
+    }
+    if bed
+        .exec(k, &["zpool", "list", "-H", "-o", "name", &bed.pool])
+        .is_err()
+    {
+        let image = hv.join("disks").join(format!("{}.img", bed.pool));
+        if image.exists() {
+            // -f: after an unclean stop zfs-fuse thinks the pool is in use elsewhere; it is ours.
+            bed.exec(
+                k,
+                &[
+                    "zpool",
+                    "import",
+                    "-f",
+                    "-d",
+                    &hv.join("disks").to_string_lossy(),
+                    &bed.pool,
+                ],
+            )?;
+        } else {
+            run(Command::new("truncate")
+                .args(["-s", &options.pool_size])
+                .arg(&image))?;
+            let mut c = bed.command(k, "zpool")?;
+            c.args(["create", &bed.pool, &image.to_string_lossy()]);
+            let out = c
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| msg(e.to_string()))?;
+            if bed
+                .exec(k, &["zpool", "list", "-H", "-o", "name", &bed.pool])
+                .is_err()
+            {
+                return Err(msg(format!(
+                    "hv{k}: zpool create failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )));
+            }
+        }
+        step(&format!("hv{k}: pool {} ready", bed.pool));
+    }
+    let _ = bed.exec(k, &["zfs", "mount", "-a"]);
+
+    if bed.alive(k, "libvirtd", "libvirtd").is_none() {
+        let _ = std::fs::remove_file(bed.pidfile(k, "libvirtd"));
+        let pidfile = bed.pidfile(k, "libvirtd");
+        let mut c = bed.command(k, "/usr/sbin/libvirtd")?;
+        c.args(["-d", "-p", &pidfile.to_string_lossy()]);
+        run(&mut c)?;
+        wait_until(Duration::from_secs(20), || {
+            bed.exec(k, &["test", "-S", "/run/libvirt/libvirt-sock"])
+                .is_ok()
+        })
+        .map_err(|_| msg(format!("hv{k}: libvirtd did not come up")))?;
+        bed.exec(k, &["virsh", "-q", "-c", "qemu:///system", "version"])?;
+        step(&format!("hv{k}: libvirtd up"));
+    }
+
+    if bed.alive(k, "sshd", "sshd").is_none() {
+        let _ = std::fs::remove_file(bed.pidfile(k, "sshd"));
+        let config = hv.join("sshd_config");
+        write_file(
+            &config,
+            &format!(
+                "# hv{k} of the lab test bed. MaxSessions stays at sshd's default (10), as on real hosts.\n\
+                 ListenAddress 0.0.0.0:22\nHostKey {key}\nPidFile {pid}\nPermitRootLogin prohibit-password\n\
+                 PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
+                 AuthorizedKeysFile {auth}\nLogLevel INFO\n\
+                 # the default sntrup761 key exchange costs ~85 ms of CPU per connection here\n\
+                 KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org\n",
+                key = hv.join("ssh_host_ed25519_key").display(),
+                pid = bed.pidfile(k, "sshd").display(),
+                auth = bed.dir.join("ssh/authorized_keys").display(),
+            ),
+        )?;
+        mkdir(Path::new("/run/sshd"))?;
+        let mut c = bed.command(k, "/usr/sbin/sshd")?;
+        c.arg("-f").arg(&config).arg("-E").arg(bed.sshd_log(k));
+        run(&mut c)?;
+        let probe = || {
+            run(Command::new("ssh")
+                .arg("-F")
+                .arg(bed.ssh_config())
+                .args([&format!("hv{k}"), "true"]))
+            .is_ok()
+        };
+        wait_until(Duration::from_secs(5), probe)
+            .map_err(|_| msg(format!("hv{k}: `ssh hv{k}` does not work")))?;
+        step(&format!("hv{k}: sshd up"));
+    }
+    Ok(())
+}
+
+/// libvirt's configuration inside hypervisor `k`: a copy of the host's, made to run QEMU as
+/// root without cgroups or per-VM mount namespaces, plus a hook that mounts a domain's 9p
+/// source dataset when it starts.
+fn libvirt_config(bed: &Testbed, k: u32) -> Result<()> {
+    let etc = bed.host_path(k, "/etc/libvirt");
+    let marker = etc.join(".lab-testbed");
+    if !marker.exists() {
+        run(Command::new("cp").args(["-a", "/etc/libvirt/."]).arg(&etc))?;
+        let qemu_conf = etc.join("qemu.conf");
+        let mut text = read(&qemu_conf);
+        text.push_str(
+            "\n# lab-testbed: QEMU as root, no cgroups, and in the hypervisor's own mount namespace\n\
+             # (a private per-VM namespace keeps a copy of the zfs-fuse mount and leaves the clone busy)\n\
+             user = \"root\"\ngroup = \"root\"\ncgroup_controllers = [ ]\nstdio_handler = \"file\"\nnamespaces = [ ]\n",
+        );
+        write_file(&qemu_conf, &text)?;
+        write_file(&marker, "")?;
+    }
+    let var_lib = bed.host_path(k, "/var/lib/libvirt");
+    if !var_lib.join(".lab-testbed").exists() {
+        run(Command::new("cp")
+            .args(["-a", "/var/lib/libvirt/."])
+            .arg(&var_lib))?;
+        write_file(&var_lib.join(".lab-testbed"), "")?;
+    }
+    mkdir(&bed.host_path(k, "/var/log/libvirt/qemu"))?;
+    mkdir(&bed.host_path(k, "/var/cache/libvirt/qemu"))?;
+    // Reuse another hypervisor's probed QEMU capabilities: the first probe costs ~8 s.
+    let caps = bed.host_path(k, "/var/cache/libvirt/qemu/capabilities");
+    if !caps.exists() {
+        for other in (0..bed.hypervisors).filter(|o| *o != k) {
+            let theirs = bed.host_path(other, "/var/cache/libvirt/qemu/capabilities");
+            if theirs.exists() {
+                run(Command::new("cp").arg("-a").arg(&theirs).arg(&caps))?;
+                break;
+            }
+        }
+    }
+    let hook = etc.join("hooks/qemu");
+    write_file(&hook, HOOK)?;
+    run(Command::new("chmod").arg("755").arg(&hook))?;
+    Ok(())
+}
+
+/// A libvirt qemu hook: "attach the disk". On start, `zfs mount` each unmounted dataset whose
+/// mountpoint is a `<filesystem>` source of the domain; on release, unmount what it mounted.
+const HOOK: &str = r#"#!/bin/sh
+# lab-testbed: mount the dataset behind a domain's 9p <filesystem> when the domain starts.
+dom=$1 op=$2 sub=$3
+state=/run/libvirt/lab-testbed-$dom.mounted
+case "$op/$sub" in
+  prepare/begin)
+    : > "$state"
+    for dir in $(sed -n "s/.*<source dir=['\"]\([^'\"]*\)['\"].*/\1/p"); do
+      ds=$(zfs list -H -o name,mountpoint -t filesystem | awk -F'\t' -v d="$dir" '$2 == d { print $1; exit }')
+      [ -n "$ds" ] || continue
+      if [ "$(zfs get -H -o value mounted "$ds")" = no ]; then
+        zfs mount "$ds" || { echo "lab-testbed hook: cannot mount $ds" >&2; exit 1; }
+        echo "$ds" >> "$state"
+      fi
+    done ;;
+  release/end)
+    [ -f "$state" ] && while read -r ds; do zfs umount "$ds" 2>/dev/null; done < "$state"
+    rm -f "$state" ;;
+esac
+exit 0
+"#;
+
+/// `proto-disk0@base` on hv0, replicated to the others with `zfs send | ssh hvK zfs recv`.
+fn seed(bed: &Testbed, step: &mut dyn FnMut(&str)) -> Result<()> {
+    let proto = format!("{}/{PROTO}", bed.pool);
+    let base = format!("{proto}@base");
+    let ssh = format!("ssh -F {}", bed.ssh_config().display());
+    if bed
+        .exec(0, &["zfs", "list", "-H", "-o", "name", &base])
+        .is_err()
+    {
+        bash(&format!(
+            "{ssh} hv0 'set -e; zfs list -H -o name {proto} >/dev/null 2>&1 || zfs create {proto}; \
+             d=$(zfs get -H -o value mountpoint {proto}); mkdir -p $d/etc $d/root $d/var/log; chmod 755 $d $d/etc; \
+             echo proto > $d/etc/hostname; echo \"lab test bed proto image\" > $d/etc/issue; \
+             echo base > $d/etc/proto-release; zfs set lab:role=proto {proto}; zfs snapshot {base}'"
+        ))?;
+        step(&format!("seed: {base} on hv0"));
+    }
+    for k in 1..bed.hypervisors {
+        if bed
+            .exec(k, &["zfs", "list", "-H", "-o", "name", &base])
+            .is_err()
+        {
+            bash(&format!(
+                "{ssh} hv0 'zfs send {base} | ssh hv{k} zfs recv -u {proto}'"
+            ))?;
+            let _ = bed.exec(k, &["zfs", "mount", "-a"]);
+            step(&format!("seed: {base} replicated hv0 -> hv{k}"));
+        }
+    }
+    Ok(())
+}
+
+pub fn down(bed: &Testbed, purge: bool, log: &mut dyn FnMut(&str)) -> Result<()> {
+    for k in 0..bed.hypervisors {
+        if bed.alive(k, "holder", "sleep").is_some() {
+            if bed.alive(k, "libvirtd", "libvirtd").is_some() {
+                let running = bed
+                    .exec(
+                        k,
+                        &["virsh", "-q", "-c", "qemu:///system", "list", "--name"],
+                    )
+                    .unwrap_or_default();
+                for d in running.lines().filter(|l| !l.trim().is_empty()) {
+                    if bed
+                        .exec(
+                            k,
+                            &["virsh", "-q", "-c", "qemu:///system", "destroy", d.trim()],
+                        )
+                        .is_ok()
+                    {
+                        log(&format!("hv{k}: stopped domain {}", d.trim()));
+                    }
+                }
+            }
+            if bed.alive(k, "zfs-fuse", "zfs-fuse").is_some() {
+                let _ = bed.exec(k, &["zfs", "umount", "-a"]);
+                if bed.exec(k, &["zpool", "export", &bed.pool]).is_ok() {
+                    log(&format!("hv{k}: exported pool {}", bed.pool));
+                }
+            }
+        }
+        // Stop by pidfile only, and only a process with the expected name.
+        for (daemon, comm) in [
+            ("sshd", "sshd"),
+            ("libvirtd", "libvirtd"),
+            ("zfs-fuse", "zfs-fuse"),
+            ("holder", "sleep"),
+        ] {
+            if let Some(pid) = bed.alive(k, daemon, comm) {
+                stop(pid);
+                log(&format!("hv{k}: stopped {daemon} ({pid})"));
+            }
+            let _ = std::fs::remove_file(bed.pidfile(k, daemon));
+        }
+        let _ = run(Command::new("ip").args(["link", "del", &bed.veth(k)]));
+        let _ = run(Command::new("ip").args(["netns", "del", &bed.netns(k)]));
+    }
+    if run(Command::new("ip").args(["link", "del", &bed.bridge])).is_ok() {
+        log(&format!("removed bridge {}", bed.bridge));
+    }
+    if purge {
+        if bed.dir.exists() {
+            std::fs::remove_dir_all(&bed.dir).map_err(|source| Error::Io {
+                path: bed.dir.clone(),
+                source,
+            })?;
+            log(&format!("removed {}", bed.dir.display()));
+        }
+        let root_config = Path::new("/root/.ssh/config");
+        let line = include_line(bed);
+        let current = std::fs::read_to_string(root_config).unwrap_or_default();
+        if current.lines().any(|l| l == line) {
+            let kept: String = current
+                .lines()
+                .filter(|l| *l != line)
+                .map(|l| format!("{l}\n"))
+                .collect();
+            write_file(root_config, &kept)?;
+            log("removed the Include line from /root/.ssh/config");
+        }
+    }
+    Ok(())
+}
+
+/// SIGTERM, up to 10 s, then SIGKILL.
+fn stop(pid: u32) {
+    let _ = run(Command::new("kill").arg(pid.to_string()));
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.split_whitespace().nth(2) == Some("Z"))
+            .unwrap_or(true)
+    };
+    if wait_until(Duration::from_secs(10), gone).is_err() {
+        let _ = run(Command::new("kill").args(["-9", &pid.to_string()]));
+    }
+}
+
+fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<(), ()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if ready() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if ready() { Ok(()) } else { Err(()) }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
