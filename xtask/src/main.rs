@@ -1,6 +1,7 @@
 //! Project workflows: `cargo xtask testbed|demo|ci|bench`.
 
 mod bench;
+mod tidy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -258,8 +259,12 @@ fn ci() -> Result {
     bed.up(&UpOptions::default(), &mut |l| say(l))
         .map_err(|e| e.to_string())?;
     say("$ cargo test --workspace");
-    let mut child = Command::new(env!("CARGO"))
-        .args(["test", "--workspace"])
+    // cargo says which test binary runs on stderr and the results on stdout: one stream, in order.
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            &format!("exec '{}' test --workspace 2>&1", env!("CARGO")),
+        ])
         .current_dir(root())
         .stdout(Stdio::piped())
         .spawn()
@@ -271,7 +276,8 @@ fn ci() -> Result {
     for line in std::io::BufReader::new(stdout).lines() {
         let line = line.map_err(|e| e.to_string())?;
         println!("{line}");
-        if line.contains("Running tests/") {
+        if line.trim_start().starts_with("Running ") || line.trim_start().starts_with("Doc-tests ")
+        {
             in_end_to_end = line.contains("tests/e2e") || line.contains("tests/smoke");
         }
         if let Some(rest) = line.strip_prefix("test result: ") {

@@ -7,16 +7,26 @@ use std::time::Duration;
 use lab_testbed::{PROTO, Testbed, require, run};
 
 fn ssh(bed: &Testbed, hv: &str, script: &str) -> String {
-    run(Command::new("ssh").arg("-F").arg(bed.ssh_config()).args([hv, script]))
-        .unwrap_or_else(|e| panic!("ssh {hv} {script}: {e}"))
+    run(Command::new("ssh")
+        .arg("-F")
+        .arg(bed.ssh_config())
+        .args([hv, script]))
+    .unwrap_or_else(|e| panic!("ssh {hv} {script}: {e}"))
 }
 
 fn ssh_fails(bed: &Testbed, hv: &str, script: &str) -> bool {
-    run(Command::new("ssh").arg("-F").arg(bed.ssh_config()).args([hv, script])).is_err()
+    run(Command::new("ssh")
+        .arg("-F")
+        .arg(bed.ssh_config())
+        .args([hv, script]))
+    .is_err()
 }
 
 fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
     format!("{prefix}-{}-{nanos}", std::process::id())
 }
 
@@ -24,11 +34,19 @@ fn unique(prefix: &str) -> String {
 fn every_hypervisor_is_isolated_and_reachable() {
     let bed = require();
     for (k, name) in bed.names().enumerate() {
-        let out = ssh(&bed, &name, "hostname; zpool list -H -o name; virsh -q list --all | wc -l");
+        let out = ssh(
+            &bed,
+            &name,
+            "hostname; zpool list -H -o name; virsh -q list --all | wc -l",
+        );
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines[0], name, "hv{k} has its own hostname");
         assert_eq!(lines[1], bed.pool, "hv{k} has its own pool");
-        let base = ssh(&bed, &name, &format!("zfs list -H -o name {}/{PROTO}@base", bed.pool));
+        let base = ssh(
+            &bed,
+            &name,
+            &format!("zfs list -H -o name {}/{PROTO}@base", bed.pool),
+        );
         assert_eq!(base.trim(), format!("{}/{PROTO}@base", bed.pool));
     }
 }
@@ -49,8 +67,17 @@ fn clone_fill_boot_and_destroy_a_guest_by_hand() {
     std::fs::write(overlay.path().join("etc/lab-guest-marker"), "smoke\n").unwrap();
     run(Command::new("chmod").arg("755").arg(overlay.path())).unwrap();
 
-    assert!(ssh_fails(&bed, hv, &format!("zfs list {clone}")), "no clone yet");
-    ssh(&bed, hv, &format!("zfs clone -o mountpoint={staging} -o lab:node={node} {pool}/{PROTO}@base {clone}"));
+    assert!(
+        ssh_fails(&bed, hv, &format!("zfs list {clone}")),
+        "no clone yet"
+    );
+    ssh(
+        &bed,
+        hv,
+        &format!(
+            "zfs clone -o mountpoint={staging} -o lab:node={node} {pool}/{PROTO}@base {clone}"
+        ),
+    );
     run(Command::new("rsync")
         .args(["-aH", "--numeric-ids", "-e"])
         .arg(format!("ssh -F {}", bed.ssh_config().display()))
@@ -73,22 +100,55 @@ fn clone_fill_boot_and_destroy_a_guest_by_hand() {
     );
     let k = 1;
     std::fs::write(bed.host_path(k, &format!("/tmp/{node}.xml")), xml).unwrap();
-    ssh(&bed, hv, &format!("virsh -q define /tmp/{node}.xml && rm /tmp/{node}.xml && virsh -q start {node}"));
+    ssh(
+        &bed,
+        hv,
+        &format!("virsh -q define /tmp/{node}.xml && rm /tmp/{node}.xml && virsh -q start {node}"),
+    );
     let line = bed
         .wait_for_console(k, &node, "LAB-GUEST-HOSTNAME:", Duration::from_secs(60))
         .unwrap();
-    assert_eq!(line, format!("LAB-GUEST-HOSTNAME: {node}"), "the guest booted off the clone");
-    let marker = bed.wait_for_console(k, &node, "LAB-GUEST-MARKER:", Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        line,
+        format!("LAB-GUEST-HOSTNAME: {node}"),
+        "the guest booted off the clone"
+    );
+    let marker = bed
+        .wait_for_console(k, &node, "LAB-GUEST-MARKER:", Duration::from_secs(5))
+        .unwrap();
     assert_eq!(marker, "LAB-GUEST-MARKER: smoke");
-    assert_eq!(ssh(&bed, hv, &format!("virsh domstate {node}")).trim(), "running");
-    assert_eq!(ssh(&bed, hv, &format!("zfs get -H -o value origin {clone}")).trim(), format!("{pool}/{PROTO}@base"));
-    assert_eq!(ssh(&bed, hv, &format!("zfs get -H -o value lab:node {clone}")).trim(), node);
+    assert_eq!(
+        ssh(&bed, hv, &format!("virsh domstate {node}")).trim(),
+        "running"
+    );
+    assert_eq!(
+        ssh(&bed, hv, &format!("zfs get -H -o value origin {clone}")).trim(),
+        format!("{pool}/{PROTO}@base")
+    );
+    assert_eq!(
+        ssh(&bed, hv, &format!("zfs get -H -o value lab:node {clone}")).trim(),
+        node
+    );
 
-    ssh(&bed, hv, &format!("virsh -q destroy {node} && virsh -q undefine {node}"));
+    ssh(
+        &bed,
+        hv,
+        &format!("virsh -q destroy {node} && virsh -q undefine {node}"),
+    );
     // The hook unmounted the clone when the domain stopped; destroy needs it unmounted.
-    ssh(&bed, hv, &format!("zfs umount {clone} 2>/dev/null; zfs destroy {clone}"));
-    assert!(ssh_fails(&bed, hv, &format!("zfs list {clone}")), "clone gone");
-    assert!(ssh_fails(&bed, hv, &format!("virsh domstate {node}")), "domain gone");
+    ssh(
+        &bed,
+        hv,
+        &format!("zfs umount {clone} 2>/dev/null; zfs destroy {clone}"),
+    );
+    assert!(
+        ssh_fails(&bed, hv, &format!("zfs list {clone}")),
+        "clone gone"
+    );
+    assert!(
+        ssh_fails(&bed, hv, &format!("virsh domstate {node}")),
+        "domain gone"
+    );
     let _ = std::fs::remove_file(bed.console_log(k, &node));
     let _ = ssh(&bed, hv, &format!("rmdir {staging} 2>/dev/null; true"));
 }
@@ -99,11 +159,31 @@ fn incremental_replication_from_hv0_to_hv1() {
     let proto = format!("{}/{PROTO}", bed.pool);
     let snap = unique("smoke");
     // A change on the source, snapshotted, then sent as an increment over hv0 → hv1 ssh.
-    ssh(&bed, "hv0", &format!("echo {snap} > $(zfs get -H -o value mountpoint {proto})/etc/smoke-release && zfs snapshot {proto}@{snap}"));
-    let last_common = ssh(&bed, "hv1", &format!("zfs list -H -o name -t snapshot -s creation -r {proto} | tail -1"));
+    ssh(
+        &bed,
+        "hv0",
+        &format!(
+            "echo {snap} > $(zfs get -H -o value mountpoint {proto})/etc/smoke-release && zfs snapshot {proto}@{snap}"
+        ),
+    );
+    let last_common = ssh(
+        &bed,
+        "hv1",
+        &format!("zfs list -H -o name -t snapshot -s creation -r {proto} | tail -1"),
+    );
     let from = last_common.trim().rsplit('@').next().unwrap().to_owned();
-    ssh(&bed, "hv0", &format!("zfs send -i @{from} {proto}@{snap} | ssh hv1 zfs recv -u -F {proto}"));
-    let guid = |hv: &str| ssh(&bed, hv, &format!("zfs get -H -p -o value guid {proto}@{snap}"));
+    ssh(
+        &bed,
+        "hv0",
+        &format!("zfs send -i @{from} {proto}@{snap} | ssh hv1 zfs recv -u -F {proto}"),
+    );
+    let guid = |hv: &str| {
+        ssh(
+            &bed,
+            hv,
+            &format!("zfs get -H -p -o value guid {proto}@{snap}"),
+        )
+    };
     assert_eq!(guid("hv0"), guid("hv1"), "the same snapshot on both sides");
     // Leave the proto as the other tests expect it: only @base.
     for hv in ["hv0", "hv1"] {
