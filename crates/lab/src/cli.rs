@@ -35,6 +35,12 @@ pub enum Format {
 pub enum Command {
     /// Render the overlay for each node into the build directory.
     Generate(GenerateArgs),
+    /// Generate, then clone, fill and start every selected node on its hypervisor.
+    Create(CreateArgs),
+    /// Stop the nodes and destroy their clones (only what lab made for this lab).
+    Destroy(DestroyArgs),
+    /// Per node: domain state, clone, origin, age, owner, drift; and orphaned clones.
+    Status(StatusArgs),
     /// Inspect the merged lab configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -93,4 +99,54 @@ pub enum ConfigCommand {
         #[arg(long)]
         explain: bool,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub lab: LabArgs,
+    /// The overlay to render (default: the lab's `overlay:`).
+    #[arg(long, value_name = "NAME")]
+    pub overlay: Option<String>,
+    /// Where the generated trees are.
+    #[arg(long, value_name = "DIR", default_value = "build", env = "LAB_BUILD")]
+    pub build: PathBuf,
+    /// Use the existing build instead of generating first.
+    #[arg(long)]
+    pub no_generate: bool,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Replace running domains and existing clones (only ones lab made for this lab).
+    #[arg(long)]
+    pub force: bool,
+    /// Print each node's decision and the exact commands; change nothing on the hypervisors.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DestroyArgs {
+    #[command(flatten)]
+    pub lab: LabArgs,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Do not ask for confirmation on a terminal.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Print each node's decision and the exact commands; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub lab: LabArgs,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// The overlay whose build is compared with the clones (drift).
+    #[arg(long, value_name = "NAME")]
+    pub overlay: Option<String>,
+    #[arg(long, value_name = "DIR", default_value = "build", env = "LAB_BUILD")]
+    pub build: PathBuf,
 }

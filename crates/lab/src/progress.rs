@@ -52,3 +52,78 @@ impl Progress {
         }
     }
 }
+
+/// Renders create/destroy events: a line per node with its current step on a terminal, plain
+/// log lines on stderr otherwise (cron, CI), nothing with --quiet.
+pub struct NodeProgress {
+    bars: Option<(
+        indicatif::MultiProgress,
+        Mutex<std::collections::HashMap<String, ProgressBar>>,
+    )>,
+    plain: bool,
+}
+
+impl NodeProgress {
+    pub fn new(quiet: bool, nodes: &[(&str, &str)]) -> NodeProgress {
+        if quiet {
+            return NodeProgress {
+                bars: None,
+                plain: false,
+            };
+        }
+        if !std::io::stderr().is_terminal() {
+            return NodeProgress {
+                bars: None,
+                plain: true,
+            };
+        }
+        let multi = indicatif::MultiProgress::new();
+        let style = ProgressStyle::with_template("{spinner} {prefix:<24} {msg}")
+            .expect("the template is valid");
+        let mut map = std::collections::HashMap::new();
+        for (node, hv) in nodes {
+            let bar = multi.add(ProgressBar::new_spinner());
+            bar.set_style(style.clone());
+            bar.set_prefix(format!("{hv}/{node}"));
+            bar.set_message("waiting");
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            map.insert((*node).to_owned(), bar);
+        }
+        NodeProgress {
+            bars: Some((multi, Mutex::new(map))),
+            plain: false,
+        }
+    }
+
+    pub fn on_event(&self, event: lab_ops::Event) {
+        match (&self.bars, event) {
+            (Some((_, bars)), lab_ops::Event::Step { node, step, .. }) => {
+                if let Some(b) = bars.lock().expect("progress lock").get(&node) {
+                    b.set_message(step);
+                }
+            }
+            (Some((_, bars)), lab_ops::Event::Done { node, outcome, .. }) => {
+                if let Some(b) = bars.lock().expect("progress lock").get(&node) {
+                    b.finish_with_message(outcome);
+                }
+            }
+            (
+                None,
+                lab_ops::Event::Done {
+                    node,
+                    hypervisor,
+                    outcome,
+                },
+            ) if self.plain => {
+                eprintln!("{hypervisor}/{node}: {outcome}");
+            }
+            _ => {}
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some((multi, _)) = &self.bars {
+            let _ = multi.clear();
+        }
+    }
+}

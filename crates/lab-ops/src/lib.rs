@@ -1,0 +1,238 @@
+//! `lab create`, `lab destroy` and `lab status`: decisions from one probe per hypervisor,
+//! carried out through the executor, node by node, hypervisors in parallel.
+//!
+//! Architecture invariant: nothing destroys a dataset it cannot prove it created: the clone's
+//! `lab:lab` and `lab:node` properties name this lab and node, and its origin is a snapshot
+//! of the hypervisor's proto. Nothing is ever destroyed recursively.
+//!
+//! This crate never prints: progress goes out as [`Event`]s, results as reports.
+
+pub mod create;
+mod destroy;
+pub mod probe;
+mod status;
+pub mod steps;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
+use lab_exec::{ExecError, Target};
+use lab_model::{Hypervisor, Lab, LabNode, SnapshotSpec};
+
+pub use create::{CreateRequest, create};
+pub use destroy::{DestroyRequest, destroy};
+pub use probe::{Dataset, HostState, Snapshot};
+pub use status::{NodeStatus, Orphan, StatusReport, status};
+
+/// Progress of one node, for whoever displays it.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Step {
+        node: String,
+        hypervisor: String,
+        step: &'static str,
+    },
+    Done {
+        node: String,
+        hypervisor: String,
+        outcome: String,
+    },
+}
+
+pub type Events<'a> = &'a (dyn Fn(Event) + Sync);
+
+/// How one node ended.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "result", rename_all = "lowercase")]
+pub enum Outcome {
+    /// Created (or destroyed) as asked.
+    Done,
+    /// Nothing to do: already as asked.
+    Unchanged { reason: String },
+    /// Left alone on purpose.
+    Skipped { reason: String },
+    /// A step failed; `rolled_back` says whether what this run made was removed again.
+    Failed {
+        step: String,
+        error: String,
+        rolled_back: bool,
+    },
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeReport {
+    pub node: String,
+    pub hypervisor: String,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// The snapshot a created node was cloned from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// With `--dry-run`: the commands that would run, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<String>,
+}
+
+impl NodeReport {
+    fn new(node: &LabNode, outcome: Outcome) -> NodeReport {
+        NodeReport {
+            node: node.name.clone(),
+            hypervisor: node.hypervisor.clone(),
+            outcome,
+            snapshot: None,
+            commands: Vec::new(),
+        }
+    }
+}
+
+/// The overall result: what the exit code is made of.
+pub fn summary(reports: &[NodeReport]) -> Summary {
+    let count = |f: fn(&Outcome) -> bool| reports.iter().filter(|r| f(&r.outcome)).count();
+    Summary {
+        done: count(|o| matches!(o, Outcome::Done)),
+        unchanged: count(|o| matches!(o, Outcome::Unchanged { .. })),
+        skipped: count(|o| matches!(o, Outcome::Skipped { .. })),
+        failed: count(|o| matches!(o, Outcome::Failed { .. })),
+    }
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Summary {
+    pub done: usize,
+    pub unchanged: usize,
+    pub skipped: usize,
+    pub failed: usize,
+}
+
+/// The executor targets for the hypervisors that carry `nodes`.
+pub fn targets(lab: &Lab, nodes: &[&LabNode]) -> Vec<Target> {
+    hypervisors_of(lab, nodes)
+        .into_iter()
+        .map(|hv| Target {
+            name: hv.name.clone(),
+            ssh: hv.ssh.clone(),
+            parallel: hv.parallel as usize,
+        })
+        .collect()
+}
+
+/// The hypervisors that carry `nodes`, in lab order.
+pub fn hypervisors_of<'a>(lab: &'a Lab, nodes: &[&LabNode]) -> Vec<&'a Hypervisor> {
+    lab.hypervisors
+        .iter()
+        .filter(|h| nodes.iter().any(|n| n.hypervisor == h.name))
+        .collect()
+}
+
+/// The snapshot a spec picks among a hypervisor's proto snapshots (oldest first).
+pub fn resolve_snapshot<'a>(
+    spec: &SnapshotSpec,
+    snapshots: &'a [Snapshot],
+) -> Option<&'a Snapshot> {
+    snapshots.iter().rev().find(|s| spec.matches(&s.name))
+}
+
+/// Why a dataset is not provably this lab's clone of this node, or `None` when it is.
+pub fn not_ours(ds: &Dataset, lab: &str, node: &LabNode, hv: &Hypervisor) -> Option<String> {
+    let proto_prefix = format!("{}@", hv.proto);
+    match (
+        ds.prop(probe::prop::LAB),
+        ds.prop(probe::prop::NODE),
+        ds.origin.as_deref(),
+    ) {
+        (None, _, _) | (_, None, _) => Some(format!(
+            "dataset {} exists and was not made by lab",
+            ds.name
+        )),
+        (Some(l), Some(n), _) if l != lab || n != node.name => Some(format!(
+            "dataset {} belongs to lab `{l}`, node `{n}`",
+            ds.name
+        )),
+        (_, _, Some(origin)) if origin.starts_with(&proto_prefix) => None,
+        (_, _, origin) => Some(format!(
+            "dataset {} is not a clone of {} (origin {})",
+            ds.name,
+            hv.proto,
+            origin.unwrap_or("none")
+        )),
+    }
+}
+
+/// `user@controller`, recorded as the owner of what `lab` makes.
+pub fn owner() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(user_from_uid);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned());
+    format!("{user}@{host}")
+}
+
+/// The login name of this process's uid, from /etc/passwd (cron may set no $USER).
+fn user_from_uid() -> String {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("Uid:")
+                    .and_then(|r| r.split_whitespace().next().map(str::to_owned))
+            })
+        });
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    uid.and_then(|uid| {
+        passwd.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 2 && f[2] == uid).then(|| f[0].to_owned())
+        })
+    })
+    .unwrap_or_else(|| "unknown".to_owned())
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Runs futures concurrently on the current task and returns their outputs in order.
+pub(crate) async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(v) => *output = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|o| o.expect("every future completed"))
+        .collect()
+}
+
+/// An executor error as a failed node, naming the step.
+pub(crate) fn failed(node: &LabNode, step: &str, err: &ExecError, rolled_back: bool) -> NodeReport {
+    NodeReport::new(
+        node,
+        Outcome::Failed {
+            step: step.to_owned(),
+            error: err.to_string(),
+            rolled_back,
+        },
+    )
+}
