@@ -386,29 +386,33 @@ impl Executor {
     /// target is a clone of the proto image), never `-X`.
     pub async fn rsync(&self, host: &str, local: &Path, remote: &str) -> Result<(), ExecError> {
         let h = self.host(host)?;
-        let args = rsync_args(local, &h.target.ssh, remote);
-        let shown = format!("rsync {}", quote_line(&args));
-        match self.mode {
-            Mode::Scripted(_) | Mode::DryRun => {
-                self.note(host, Effect::Change, shown);
-                return Ok(());
+        let (dest_host, port) = split_port(&h.target.ssh);
+        let args = rsync_args(local, dest_host, remote);
+        let remote_shell = |socket: &str| {
+            let mut e = format!("ssh -S {socket} -o ControlMaster=no -o BatchMode=yes");
+            if let Some(p) = port {
+                e.push_str(&format!(" -p {p}"));
             }
-            Mode::Live => {}
+            e
+        };
+        let show = |socket: &str| {
+            format!(
+                "rsync -e {} {}",
+                quote(&remote_shell(socket)),
+                quote_line(&args)
+            )
+        };
+        if !matches!(self.mode, Mode::Live) {
+            self.note(host, Effect::Change, show("<master socket>"));
+            return Ok(());
         }
         let session = self.session(h).await?;
+        let socket = quote(&session.control_socket().to_string_lossy());
+        let shown = show(&socket);
         let _global = self.global.acquire().await.expect("never closed");
         let _local = h.limit.acquire().await.expect("never closed");
-        let ssh = format!(
-            "ssh -S {} -o ControlMaster=no -o BatchMode=yes",
-            quote(&session.control_socket().to_string_lossy())
-        );
-        let (dest_host, port) = split_port(&h.target.ssh);
         let mut c = tokio::process::Command::new("rsync");
-        c.arg("-e").arg(match port {
-            Some(p) => format!("{ssh} -p {p}"),
-            None => ssh,
-        });
-        c.args(rsync_args(local, dest_host, remote));
+        c.arg("-e").arg(remote_shell(&socket)).args(&args);
         c.stdin(std::process::Stdio::null()).kill_on_drop(true);
         let out = tokio::time::timeout(Duration::from_secs(600), c.output())
             .await

@@ -1,0 +1,241 @@
+//! Command plans of create and destroy, asserted exactly, against scripted hypervisor state.
+//!
+//! The executor runs nothing here: queries are answered from a script of what the hypervisor
+//! holds, and every command is recorded. This is how the zvol paths (which the test bed's
+//! zfs-fuse cannot run) and the refusals are pinned down.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use lab_exec::{Executor, Mode, Out};
+use lab_model::Lab;
+use lab_ops::create::NodeBuild;
+
+const LAB: &str = r#"
+lab: {name: plan, id: 3}
+hypervisors:
+  hvd: {id: 0, pool: tank, proto: tank/proto, snapshot: "*-release"}
+  hvz: {id: 1, ssh: "ops@hvz.example:2222", pool: ssd, proto: ssd/proto-disk0, snapshot: 20261101-release,
+        storage: zvol, partition: 2, staging: /srv/lab, clones: ssd/labs}
+nodes:
+  d1: {hypervisor: hvd, id: 1}
+  z1: {hypervisor: hvz, id: 1}
+"#;
+
+fn lab() -> Lab {
+    let tree = lab_model::tree::parse(LAB, Path::new("plan.yaml")).unwrap();
+    Lab::from_tree(tree, vec![PathBuf::from("plan.yaml")]).unwrap()
+}
+
+/// What the scripted hypervisors hold: the probe's answer per host.
+fn probe_answer(host: &str, extra_datasets: &str, domains: &str) -> String {
+    let (proto, parent) = if host == "hvd" {
+        ("tank/proto", "tank")
+    } else {
+        ("ssd/proto-disk0", "ssd/labs")
+    };
+    format!(
+        "#snapshots\n{proto}@20261001-release\tguid\t111\n{proto}@20261001-release\tcreation\t100\n\
+         {proto}@20261101-release\tguid\t222\n{proto}@20261101-release\tcreation\t200\n\
+         {proto}@20261102-before\tguid\t333\n{proto}@20261102-before\tcreation\t300\n\
+         #datasets\n{parent}\torigin\t-\n{extra_datasets}#domains\n{domains}#end\n"
+    )
+}
+
+struct Scenario {
+    name: &'static str,
+    verb: &'static str,
+    force: bool,
+    /// Extra probe rows per host.
+    datasets: &'static [(&'static str, &'static str)],
+    domains: &'static [(&'static str, &'static str)],
+    /// Answers to `virsh metadata` reads per node (the lab marker), when the domain exists.
+    markers: &'static [(&'static str, &'static str)],
+}
+
+const OURS_D1: &str =
+    "tank/d1\torigin\ttank/proto@20261001-release\ntank/d1\tlab:lab\tplan\ntank/d1\tlab:node\td1\n";
+const FOREIGN_D1: &str = "tank/d1\torigin\t-\ntank/d1\tmounted\tyes\n";
+const OTHER_LAB_Z1: &str = "ssd/labs/z1\torigin\tssd/proto-disk0@20261101-release\nssd/labs/z1\tlab:lab\tother\nssd/labs/z1\tlab:node\tz1\n";
+const OURS_Z1: &str = "ssd/labs/z1\torigin\tssd/proto-disk0@20261101-release\nssd/labs/z1\tlab:lab\tplan\nssd/labs/z1\tlab:node\tz1\n";
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "create_fresh",
+        verb: "create",
+        force: false,
+        datasets: &[],
+        domains: &[],
+        markers: &[],
+    },
+    Scenario {
+        name: "create_existing_clones_skipped",
+        verb: "create",
+        force: false,
+        datasets: &[("hvd", OURS_D1), ("hvz", OURS_Z1)],
+        domains: &[("hvd", " 4 d1 running\n"), ("hvz", " - z1 shut off\n")],
+        markers: &[
+            ("d1", "<lab lab=\"plan\" node=\"d1\"/>"),
+            ("z1", "<lab lab=\"plan\" node=\"z1\"/>"),
+        ],
+    },
+    Scenario {
+        name: "create_force_replaces_ours",
+        verb: "create",
+        force: true,
+        datasets: &[("hvd", OURS_D1), ("hvz", OURS_Z1)],
+        domains: &[("hvd", " 4 d1 running\n"), ("hvz", " - z1 shut off\n")],
+        markers: &[
+            ("d1", "<lab lab=\"plan\" node=\"d1\"/>"),
+            ("z1", "<lab lab=\"plan\" node=\"z1\"/>"),
+        ],
+    },
+    Scenario {
+        name: "create_force_never_touches_foreign",
+        verb: "create",
+        force: true,
+        datasets: &[("hvd", FOREIGN_D1), ("hvz", OTHER_LAB_Z1)],
+        domains: &[("hvz", " - z1 shut off\n")],
+        markers: &[],
+    },
+    Scenario {
+        name: "destroy_ours",
+        verb: "destroy",
+        force: false,
+        datasets: &[("hvd", OURS_D1), ("hvz", OURS_Z1)],
+        domains: &[("hvd", " 4 d1 running\n"), ("hvz", " - z1 shut off\n")],
+        markers: &[
+            ("d1", "<lab lab=\"plan\" node=\"d1\"/>"),
+            ("z1", "<lab lab=\"plan\" node=\"z1\"/>"),
+        ],
+    },
+    Scenario {
+        name: "destroy_refuses_foreign",
+        verb: "destroy",
+        force: false,
+        datasets: &[("hvd", FOREIGN_D1), ("hvz", OTHER_LAB_Z1)],
+        domains: &[("hvd", " 4 d1 running\n")],
+        markers: &[],
+    },
+    Scenario {
+        name: "destroy_nothing_there",
+        verb: "destroy",
+        force: false,
+        datasets: &[],
+        domains: &[],
+        markers: &[],
+    },
+];
+
+fn run(s: &Scenario) -> String {
+    let lab = lab();
+    let datasets: HashMap<&str, &str> = s.datasets.iter().copied().collect();
+    let domains: HashMap<&str, &str> = s.domains.iter().copied().collect();
+    let markers: HashMap<String, String> = s
+        .markers
+        .iter()
+        .map(|(n, m)| (n.to_string(), m.to_string()))
+        .collect();
+    let script: lab_exec::Script = Box::new(move |host, line| {
+        if line.starts_with("sh -c 'echo '") {
+            return Some(Out::ok(probe_answer(
+                host,
+                datasets.get(host).unwrap_or(&""),
+                domains.get(host).unwrap_or(&""),
+            )));
+        }
+        if let Some(rest) = line.strip_prefix("virsh -q metadata ") {
+            let node = rest.split_whitespace().next().unwrap_or_default();
+            if !line.contains("--set") {
+                return Some(
+                    markers
+                        .get(node)
+                        .map_or(Out::fail(1, "no metadata"), |m| Out::ok(m.clone())),
+                );
+            }
+        }
+        None
+    });
+    let exec = Executor::new(
+        Mode::Scripted(script),
+        lab_ops::targets(&lab, &lab.nodes.iter().collect::<Vec<_>>()),
+        8,
+    );
+    let nodes: Vec<_> = lab.nodes.iter().collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let reports = rt.block_on(async {
+        if s.verb == "create" {
+            let builds = nodes
+                .iter()
+                .map(|n| {
+                    let build = NodeBuild {
+                        tree: PathBuf::from(format!("build/over/{}/{}", n.hypervisor, n.hostname)),
+                        digest: format!("digest-of-{}", n.name),
+                        domain_xml: Some(b"<domain/>".to_vec()),
+                    };
+                    (n.name.clone(), build)
+                })
+                .collect();
+            let req = lab_ops::CreateRequest {
+                lab: &lab,
+                nodes: nodes.clone(),
+                builds,
+                force: s.force,
+                owner: "ops@ctl".into(),
+                now: 1_700_000_000,
+            };
+            lab_ops::create(&exec, &req, &|_| {}).await
+        } else {
+            lab_ops::destroy(
+                &exec,
+                &lab_ops::DestroyRequest {
+                    lab: &lab,
+                    nodes: nodes.clone(),
+                },
+                &|_| {},
+            )
+            .await
+        }
+    });
+    let mut out = String::new();
+    for r in &reports {
+        out.push_str(&format!(
+            "{} on {}: {}\n",
+            r.node,
+            r.hypervisor,
+            serde_json::to_string(&r.outcome).unwrap()
+        ));
+        for c in &r.commands {
+            out.push_str(&format!("  $ {c}\n"));
+        }
+    }
+    out
+}
+
+#[test]
+fn command_plans() {
+    for s in SCENARIOS {
+        insta::assert_snapshot!(s.name, run(s));
+    }
+}
+
+#[test]
+fn destroy_never_recurses_and_never_names_the_proto() {
+    for s in SCENARIOS {
+        let plan = run(s);
+        for line in plan
+            .lines()
+            .filter(|l| l.trim_start().starts_with("$ zfs destroy"))
+        {
+            assert!(
+                !line.contains(" -r") && !line.contains(" -R"),
+                "{}: {line}",
+                s.name
+            );
+            assert!(!line.contains("proto"), "{}: {line}", s.name);
+        }
+    }
+}
