@@ -1,0 +1,421 @@
+//! End to end on the local test bed: real ssh, zfs, rsync, libvirt and guests.
+//!
+//! Needs `cargo xtask testbed up` (or `cargo xtask ci`); fails with that advice otherwise.
+//! Each test uses its own lab and node names, so they can run in parallel.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use lab_testbed::{PROTO, Testbed, require};
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", self.stdout, self.stderr))
+    }
+}
+
+fn lab(build: &Path, args: &[&str]) -> Run {
+    let out: Output = Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args(args)
+        .env("LAB_BUILD", build)
+        .env_remove("LAB_FILE")
+        .env_remove("LAB_FORMAT")
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn k_of(hv: &str) -> u32 {
+    hv.trim_start_matches("hv").parse().unwrap()
+}
+
+fn exists(bed: &Testbed, hv: &str, dataset: &str) -> bool {
+    bed.exec(k_of(hv), &["zfs", "list", "-H", "-o", "name", dataset])
+        .is_ok()
+}
+
+fn domain_exists(bed: &Testbed, hv: &str, name: &str) -> bool {
+    bed.exec(k_of(hv), &["virsh", "-q", "domstate", name])
+        .is_ok()
+}
+
+fn staging_exists(bed: &Testbed, hv: &str, node: &str) -> bool {
+    bed.exec(
+        k_of(hv),
+        &["test", "-e", &format!("/var/lib/lab/staging/{node}")],
+    )
+    .is_ok()
+}
+
+fn mounted_anything_of(bed: &Testbed, hv: &str, node: &str) -> bool {
+    let mounts = bed
+        .exec(k_of(hv), &["cat", "/proc/self/mountinfo"])
+        .unwrap();
+    mounts
+        .lines()
+        .any(|l| l.contains(&format!("/{node} ")) || l.contains(&format!("staging/{node}")))
+}
+
+/// Every proto snapshot with its guid, per hypervisor: must never change under create/destroy.
+fn proto_fingerprint(bed: &Testbed) -> Vec<String> {
+    (0..bed.hypervisors)
+        .map(|k| {
+            bed.exec(
+                k,
+                &[
+                    "zfs",
+                    "get",
+                    "-H",
+                    "-p",
+                    "-o",
+                    "name,value",
+                    "guid",
+                    "-r",
+                    &format!("{}/{PROTO}", bed.pool),
+                ],
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+/// A lab of our own on the test bed's fleet file.
+fn write_lab(dir: &Path, name: &str, id: u8, body: &str) -> PathBuf {
+    let text = format!(
+        "include: {}\nlab: {{name: {name}, id: {id}}}\nvars: {{domain: e2e.example, dns: [192.0.2.53]}}\n\
+         defaults:\n  node:\n    vars: {{vpp_workers: 1, ospf_area: 0}}\n{default_overlay}{body}",
+        repo().join("labs/testbed.yaml").display(),
+        default_overlay = if body.contains("overlay:") {
+            ""
+        } else {
+            "overlay: bird\n"
+        },
+    );
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn by_node(report: &Value) -> std::collections::HashMap<String, Value> {
+    report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["node"].as_str().unwrap().to_owned(), n.clone()))
+        .collect()
+}
+
+#[test]
+fn example_lab_lifecycle() {
+    let bed = require();
+    let build = tempfile::tempdir().unwrap();
+    let b = build.path();
+    let file = "labs/vpp.yaml";
+    let before = proto_fingerprint(&bed);
+    lab(b, &["destroy", "--lab", file, "--yes", "-q"]);
+
+    // create: every node, every guest shows its own hostname from the overlay
+    let run = lab(b, &["--format", "json", "create", "--lab", file]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.json()["summary"]["done"], 12);
+    let nodes: Vec<(String, String)> = by_node(&run.json())
+        .values()
+        .map(|n| {
+            (
+                n["node"].as_str().unwrap().to_owned(),
+                n["hypervisor"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for (node, hv) in &nodes {
+        let line = bed
+            .wait_for_console(
+                k_of(hv),
+                node,
+                "LAB-GUEST-HOSTNAME:",
+                Duration::from_secs(120),
+            )
+            .unwrap();
+        assert_eq!(line, format!("LAB-GUEST-HOSTNAME: {node}"));
+    }
+
+    // status: all there, ours, no drift, no orphans
+    let run = lab(b, &["--format", "json", "status", "--lab", file]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let status = run.json();
+    for n in status["nodes"].as_array().unwrap() {
+        assert_eq!(n["domain"], "running", "{n}");
+        assert_eq!(n["clone"], true, "{n}");
+        assert_eq!(n["origin"], format!("{}/{PROTO}@base", bed.pool), "{n}");
+        assert_eq!(n["overlay_drift"], false, "{n}");
+        assert!(n["owner"].as_str().unwrap().contains('@'), "{n}");
+        assert!(n.get("foreign").is_none(), "{n}");
+    }
+    assert_eq!(status["orphans"].as_array().unwrap().len(), 0);
+
+    // create again: every node skipped, non-zero exit, nothing changed
+    let guid = |hv: &str, node: &str| {
+        bed.exec(
+            k_of(hv),
+            &[
+                "zfs",
+                "get",
+                "-H",
+                "-o",
+                "value",
+                "guid",
+                &format!("{}/{node}", bed.pool),
+            ],
+        )
+        .unwrap()
+    };
+    let guids: Vec<String> = nodes.iter().map(|(n, h)| guid(h, n)).collect();
+    let run = lab(b, &["--format", "json", "create", "--lab", file]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert_eq!(run.json()["summary"]["skipped"], 12);
+    assert_eq!(
+        guids,
+        nodes.iter().map(|(n, h)| guid(h, n)).collect::<Vec<_>>(),
+        "nothing was recreated"
+    );
+
+    // --force recreates (a new clone is a new dataset) and the guest boots again
+    let log = bed.console_log(0, "vpp0-2");
+    let _ = std::fs::remove_file(&log);
+    let old = guid("hv0", "vpp0-2");
+    let run = lab(b, &["create", "--lab", file, "--node", "vpp0-2", "--force"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_ne!(guid("hv0", "vpp0-2"), old);
+    bed.wait_for_console(
+        0,
+        "vpp0-2",
+        "LAB-GUEST-HOSTNAME: vpp0-2",
+        Duration::from_secs(90),
+    )
+    .unwrap();
+
+    // destroy: no clone, no domain, no mount, no staging directory; the proto untouched
+    let run = lab(b, &["--format", "json", "destroy", "--lab", file, "--yes"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.json()["summary"]["done"], 12);
+    for (node, hv) in &nodes {
+        assert!(
+            !exists(&bed, hv, &format!("{}/{node}", bed.pool)),
+            "{node}: clone left"
+        );
+        assert!(!domain_exists(&bed, hv, node), "{node}: domain left");
+        assert!(
+            !staging_exists(&bed, hv, node),
+            "{node}: staging directory left"
+        );
+        assert!(!mounted_anything_of(&bed, hv, node), "{node}: mount left");
+    }
+    assert_eq!(
+        proto_fingerprint(&bed),
+        before,
+        "the proto and its snapshots are untouched"
+    );
+
+    // destroy again: nothing to do, exit 0
+    let run = lab(b, &["--format", "json", "destroy", "--lab", file, "--yes"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.json()["summary"]["unchanged"], 12);
+}
+
+#[test]
+fn a_dataset_lab_did_not_make_survives_create_force_and_destroy() {
+    let bed = require();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_lab(
+        dir.path(),
+        "e2e-foreign",
+        42,
+        "nodes:\n  fx-1: {hypervisor: hv2, id: 42}\n",
+    );
+    let f = file.to_str().unwrap();
+    let ds = format!("{}/fx-1", bed.pool);
+    let _ = bed.exec(2, &["zfs", "umount", &ds]);
+    let _ = bed.exec(2, &["zfs", "destroy", &ds]);
+    bed.exec(
+        2,
+        &[
+            "zfs",
+            "create",
+            "-o",
+            "mountpoint=/var/lib/lab-foreign-fx-1",
+            &ds,
+        ],
+    )
+    .unwrap();
+    bed.exec(
+        2,
+        &["sh", "-c", "echo precious > /var/lib/lab-foreign-fx-1/data"],
+    )
+    .unwrap();
+
+    for args in [
+        vec!["create", "--lab", f],
+        vec!["create", "--lab", f, "--force"],
+        vec!["destroy", "--lab", f, "--yes"],
+    ] {
+        let mut full = vec!["--format", "json"];
+        full.extend(args.iter());
+        let run = lab(dir.path(), &full);
+        assert_eq!(run.code, 3, "{args:?}: {}", run.stderr);
+        let node = &by_node(&run.json())["fx-1"];
+        assert_eq!(node["result"], "skipped", "{args:?}: {node}");
+        assert!(
+            node["reason"].as_str().unwrap().contains("not made by lab"),
+            "{node}"
+        );
+        assert_eq!(
+            bed.exec(2, &["cat", "/var/lib/lab-foreign-fx-1/data"])
+                .unwrap(),
+            "precious\n"
+        );
+    }
+    assert!(!domain_exists(&bed, "hv2", "fx-1"));
+    bed.exec(2, &["zfs", "umount", &ds]).unwrap();
+    bed.exec(2, &["zfs", "destroy", &ds]).unwrap();
+    let _ = bed.exec(2, &["rmdir", "/var/lib/lab-foreign-fx-1"]);
+}
+
+#[test]
+fn a_failing_step_rolls_that_node_back_and_leaves_the_others_created() {
+    let bed = require();
+    let dir = tempfile::tempdir().unwrap();
+    // An overlay whose domain for `fl-bad` names a kernel that does not exist: start fails
+    // after clone, copy and define.
+    let overlay = dir.path().join("overlay");
+    assert!(
+        Command::new("cp")
+            .arg("-r")
+            .arg(repo().join("overlays/bird"))
+            .arg(&overlay)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let domain = overlay.join("domain.xml.j2");
+    let text = std::fs::read_to_string(&domain).unwrap().replace(
+        "<kernel>{{ hypervisor.guest_kernel }}</kernel>",
+        "<kernel>{% if node.name == \"fl-bad\" %}/nonexistent/vmlinux{% else %}{{ hypervisor.guest_kernel }}{% endif %}</kernel>",
+    );
+    std::fs::write(&domain, text).unwrap();
+    let file = write_lab(
+        dir.path(),
+        "e2e-fail",
+        43,
+        &format!(
+            "overlay: failing\noverlays:\n  failing: {{dir: {}}}\n\
+             hypervisors:\n  hv0: {{snapshot: no-such-snapshot}}\n\
+             nodes:\n  fl-good: {{hypervisor: hv1, id: 43}}\n  fl-bad: {{hypervisor: hv1, id: 44}}\n  fl-nosnap: {{hypervisor: hv0, id: 45}}\n",
+            overlay.display()
+        ),
+    );
+    let f = file.to_str().unwrap();
+    lab(dir.path(), &["destroy", "--lab", f, "--yes", "-q"]);
+
+    let run = lab(dir.path(), &["--format", "json", "create", "--lab", f]);
+    assert_eq!(run.code, 3, "partial: {}", run.stderr);
+    let nodes = by_node(&run.json());
+    assert_eq!(nodes["fl-good"]["result"], "done", "{}", nodes["fl-good"]);
+    assert_eq!(nodes["fl-bad"]["result"], "failed");
+    assert_eq!(nodes["fl-bad"]["step"], "start");
+    assert_eq!(nodes["fl-bad"]["rolled_back"], true);
+    assert_eq!(nodes["fl-nosnap"]["result"], "failed");
+    assert_eq!(nodes["fl-nosnap"]["step"], "snapshot");
+    assert!(
+        nodes["fl-nosnap"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-snapshot")
+    );
+
+    let pool = &bed.pool;
+    assert!(exists(&bed, "hv1", &format!("{pool}/fl-good")));
+    for (hv, node) in [("hv1", "fl-bad"), ("hv0", "fl-nosnap")] {
+        assert!(
+            !exists(&bed, hv, &format!("{pool}/{node}")),
+            "{node}: clone left"
+        );
+        assert!(!domain_exists(&bed, hv, node), "{node}: domain left");
+        assert!(!staging_exists(&bed, hv, node), "{node}: staging left");
+    }
+    bed.wait_for_console(
+        1,
+        "fl-good",
+        "LAB-GUEST-HOSTNAME: fl-good",
+        Duration::from_secs(120),
+    )
+    .unwrap();
+
+    let run = lab(
+        dir.path(),
+        &["destroy", "--lab", f, "--yes", "--host", "hv1"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!exists(&bed, "hv1", &format!("{pool}/fl-good")));
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_changes_nothing() {
+    let bed = require();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_lab(
+        dir.path(),
+        "e2e-dry",
+        44,
+        "nodes:\n  dr-1: {hypervisor: hv0, id: 46}\n",
+    );
+    let f = file.to_str().unwrap();
+    let run = lab(
+        dir.path(),
+        &["--format", "json", "create", "--lab", f, "--dry-run"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let node = &by_node(&run.json())["dr-1"];
+    let commands: Vec<&str> = node["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(
+        commands[0]
+            .starts_with("zfs clone -o mountpoint=/var/lib/lab/staging/dr-1 -o lab:lab=e2e-dry"),
+        "{commands:?}"
+    );
+    assert!(commands.iter().any(|c| c.starts_with("rsync ")));
+    assert_eq!(*commands.last().unwrap(), "virsh -q start dr-1");
+    assert!(!exists(&bed, "hv0", &format!("{}/dr-1", bed.pool)));
+    assert!(!domain_exists(&bed, "hv0", "dr-1"));
+
+    let run = lab(
+        dir.path(),
+        &["--format", "json", "destroy", "--lab", f, "--dry-run"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(by_node(&run.json())["dr-1"]["result"], "unchanged");
+}
