@@ -135,3 +135,145 @@ fn tempdir() -> Result<std::path::PathBuf> {
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     Ok(dir)
 }
+
+/// `lab create` and `lab destroy` of the example lab on the test bed, beside a floor: the same
+/// clone/copy/unmount/define/start steps run directly inside the hypervisors (no ssh), four
+/// nodes at a time per hypervisor like `lab`.
+pub fn create(root: &Path) -> Result {
+    use lab_testbed::{PROTO, Testbed, UpOptions};
+    let bed = Testbed::default();
+    bed.up(&UpOptions::default(), &mut |l| say(l))
+        .map_err(|e| e.to_string())?;
+    cargo(&["build", "--release", "--quiet", "-p", "lab"])?;
+    let lab_bin = root.join("target/release/lab");
+    let build = root.join("build");
+    let lab = |args: &[&str]| -> Result<f64> {
+        let start = Instant::now();
+        let status = Command::new(&lab_bin)
+            .args(args)
+            .current_dir(root)
+            .env("LAB_BUILD", &build)
+            .status()
+            .map_err(|e| e.to_string())?;
+        // 3 (partial) is a failure here: the bench wants every node.
+        if !status.success() {
+            return Err(format!("lab {} failed ({status})", args.join(" ")));
+        }
+        Ok(start.elapsed().as_secs_f64())
+    };
+    lab(&["-q", "destroy", "--lab", "labs/vpp.yaml", "--yes"])?;
+    lab(&["-q", "generate", "--lab", "labs/vpp.yaml"])?;
+    let nodes: Vec<(u32, String)> = (0..3)
+        .flat_map(|k| (1..=4).map(move |n| (k, format!("vpp{k}-{n}"))))
+        .collect();
+    let pool = &bed.pool;
+
+    // The floor: the same operations, directly on the hypervisors, in parallel.
+    let floor_step = |script: &'static str| -> Result<f64> {
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..3u32)
+                .map(|k| {
+                    let mine: Vec<String> = nodes
+                        .iter()
+                        .filter(|(h, _)| *h == k)
+                        .map(|(_, n)| n.clone())
+                        .collect();
+                    let bed = &bed;
+                    let build = &build;
+                    s.spawn(move || -> Result {
+                        std::thread::scope(|inner| {
+                            let jobs: Vec<_> = mine
+                                .iter()
+                                .map(|node| {
+                                    inner.spawn(move || {
+                                        let tree = build.join(format!("bird/hv{k}/{node}"));
+                                        let xml =
+                                            build.join(format!("bird/hv{k}/{node}.domain.xml"));
+                                        bed.exec(
+                                            k,
+                                            &[
+                                                "sh",
+                                                "-c",
+                                                script,
+                                                "floor",
+                                                pool,
+                                                node,
+                                                &tree.to_string_lossy(),
+                                                &xml.to_string_lossy(),
+                                                &format!("{pool}/{PROTO}@base"),
+                                            ],
+                                        )
+                                        .map(|_| ())
+                                        .map_err(|e| e.to_string())
+                                    })
+                                })
+                                .collect();
+                            jobs.into_iter()
+                                .map(|j| j.join().expect("no panics"))
+                                .collect::<Result<Vec<_>>>()
+                                .map(|_| ())
+                        })
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("no panics"))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        Ok(start.elapsed().as_secs_f64())
+    };
+    let floor_create = floor_step(
+        r#"set -e; st=/var/lib/lab/staging/$2
+zfs clone -o mountpoint=$st "$5" "$1/$2"
+rsync -aH --numeric-ids --chown=0:0 "$3/" "$st/"
+zfs umount "$1/$2"
+virsh -q define "$4" >/dev/null
+virsh -q start "$2" >/dev/null"#,
+    )?;
+    let floor_destroy = floor_step(
+        r#"set -e; virsh -q destroy "$2" >/dev/null; virsh -q undefine "$2" >/dev/null
+if [ "$(zfs get -H -o value mounted "$1/$2")" = yes ]; then zfs umount "$1/$2"; fi
+zfs destroy "$1/$2"; rmdir /var/lib/lab/staging/$2"#,
+    )?;
+
+    // lab itself, counting the ssh connections each hypervisor's sshd accepts.
+    let accepted = |k: u32| {
+        std::fs::read_to_string(bed.sshd_log(k))
+            .map(|t| t.matches("Accepted publickey").count())
+            .unwrap_or(0)
+    };
+    let before: Vec<usize> = (0..3).map(accepted).collect();
+    for (k, node) in &nodes {
+        let _ = std::fs::remove_file(bed.console_log(*k, node));
+    }
+    let start = Instant::now();
+    let create = lab(&["-q", "create", "--lab", "labs/vpp.yaml", "--no-generate"])?;
+    let create_conns: Vec<usize> = (0..3).map(|k| accepted(k) - before[k as usize]).collect();
+    for (k, node) in &nodes {
+        bed.wait_for_console(
+            *k,
+            node,
+            "LAB-GUEST-HOSTNAME:",
+            std::time::Duration::from_secs(180),
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    let booted = start.elapsed().as_secs_f64();
+    let mid: Vec<usize> = (0..3).map(accepted).collect();
+    let destroy = lab(&["-q", "destroy", "--lab", "labs/vpp.yaml", "--yes"])?;
+    let destroy_conns: Vec<usize> = (0..3).map(|k| accepted(k) - mid[k as usize]).collect();
+
+    println!("bench create: example lab, 12 nodes over 3 hypervisors");
+    println!(
+        "lab create:  {create:.2} s wall (floor without ssh: {floor_create:.2} s, ratio {:.2}, target <= 1.5)",
+        create / floor_create
+    );
+    println!("lab destroy: {destroy:.2} s wall (floor without ssh: {floor_destroy:.2} s)");
+    println!("every guest printed its hostname {booted:.2} s after create started");
+    println!(
+        "ssh connections accepted per hypervisor: create {create_conns:?}, destroy {destroy_conns:?} (target 1 each)"
+    );
+    Ok(())
+}

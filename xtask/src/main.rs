@@ -28,7 +28,7 @@ enum Cmd {
     Ci,
     /// Benchmarks that print figures (never timed assertions).
     Bench {
-        #[arg(value_parser = ["generate"])]
+        #[arg(value_parser = ["generate", "create"])]
         which: String,
         /// Nodes in the synthetic lab.
         #[arg(long, default_value_t = 1000)]
@@ -81,6 +81,7 @@ fn main() -> ExitCode {
         Cmd::Ci => ci(),
         Cmd::Bench { which, nodes } => match which.as_str() {
             "generate" => bench::generate(&root(), nodes),
+            "create" => bench::create(&root()),
             _ => unreachable!("clap checked the value"),
         },
     };
@@ -224,22 +225,25 @@ fn demo() -> Result {
             Err(format!("`lab {}` failed ({status})", args.join(" ")))
         }
     };
-    run(&["generate", "--lab", "labs/vpp.yaml"])?;
+    run(&["create", "--lab", "labs/vpp.yaml"])?;
+    say("");
+    say("Each guest booted off its own clone and prints the hostname from its overlay:");
+    for k in 0..3 {
+        for n in 1..=4 {
+            let node = format!("vpp{k}-{n}");
+            let line = bed
+                .wait_for_console(k, &node, "LAB-GUEST-HOSTNAME:", Duration::from_secs(180))
+                .map_err(|e| e.to_string())?;
+            say(&format!("  hv{k}/{node}: {line}"));
+        }
+    }
+    say("");
+    run(&["status", "--lab", "labs/vpp.yaml"])?;
     say("");
     say(
-        "The example lab is generated under build/bird/ (one guest tree per node, with its manifest and domain XML).",
+        "The lab stays up. Throw it away with:   cargo run -q -p lab -- destroy --lab labs/vpp.yaml --yes",
     );
-    say("`lab create` (next) will clone, fill and boot these nodes on the test bed's hypervisors:");
-    for hv in bed.status().hypervisors {
-        say(&format!(
-            "  {} ({}): pool {}, proto snapshots {}",
-            hv.name,
-            hv.address,
-            hv.pool_health.unwrap_or_default(),
-            hv.proto_snapshots.join(" ")
-        ));
-    }
-    say("Take the test bed down with `cargo xtask testbed down`.");
+    say("and the test bed with:                  cargo xtask testbed down");
     Ok(())
 }
 

@@ -21,8 +21,20 @@ mod tests {
         crate::root()
     }
 
-    /// Library crates of the product (not the binary, not test infrastructure).
-    const LIBRARIES: &[&str] = &["crates/lab-model", "crates/lab-generate"];
+    /// Library crates of the product (not the binary, not test infrastructure): they never print.
+    const LIBRARIES: &[&str] = &[
+        "crates/lab-model",
+        "crates/lab-generate",
+        "crates/lab-exec",
+        "crates/lab-ops",
+    ];
+    /// Product crates that must not spawn processes: only `lab-exec` does.
+    const NO_SPAWN: &[&str] = &[
+        "crates/lab-model",
+        "crates/lab-generate",
+        "crates/lab-ops",
+        "crates/lab",
+    ];
 
     #[test]
     fn every_file_says_what_it_is_for() {
@@ -38,25 +50,16 @@ mod tests {
         }
     }
 
-    #[test]
-    fn library_crates_never_print_or_spawn() {
-        for lib in LIBRARIES {
-            for file in rust_files(&root().join(lib).join("src")) {
+    fn check(crates: &[&str], banned: &[&str], rule: &str) {
+        for krate in crates {
+            for file in rust_files(&root().join(krate).join("src")) {
                 let text = std::fs::read_to_string(&file).unwrap();
                 for (n, line) in text.lines().enumerate() {
                     let code = line.split("//").next().unwrap_or("");
-                    for banned in [
-                        "println!",
-                        "eprintln!",
-                        "print!(",
-                        "eprint!(",
-                        "dbg!",
-                        "process::Command",
-                        "Command::new",
-                    ] {
+                    for b in banned {
                         assert!(
-                            !code.contains(banned),
-                            "{}:{}: `{banned}` in a library crate",
+                            !code.contains(b),
+                            "{}:{}: `{b}`: {rule}",
                             file.display(),
                             n + 1
                         );
@@ -64,5 +67,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn library_crates_never_print() {
+        check(
+            LIBRARIES,
+            &["println!", "eprintln!", "print!(", "eprint!(", "dbg!"],
+            "library crates never print",
+        );
+    }
+
+    #[test]
+    fn only_the_executor_spawns_processes() {
+        check(
+            NO_SPAWN,
+            &["process::Command", "Command::new", "tokio::process"],
+            "only lab-exec spawns processes",
+        );
     }
 }

@@ -271,6 +271,20 @@ fn start_hypervisor(
                 bed.host_path(k, d).display()
             ));
         }
+        // The host's ~/.bashrc (pyenv, cargo ...) would run for every ssh command: about
+        // 120 ms each. A hypervisor gets a minimal one of its own.
+        let bashrc = hv.join("bashrc");
+        write_file(
+            &bashrc,
+            "# lab-testbed: minimal ~/.bashrc of a test-bed hypervisor\n",
+        )?;
+        if !Path::new("/root/.bashrc").exists() {
+            write_file(Path::new("/root/.bashrc"), "")?;
+        }
+        binds.push_str(&format!(
+            "mount --bind {} /root/.bashrc && ",
+            bashrc.display()
+        ));
         let script = format!("hostname hv{k} && {binds}exec -a lab-testbed-hv{k} sleep infinity");
         let log = std::fs::File::create(hv.join("log/holder.log")).map_err(|source| Error::Io {
             path: hv.join("log/holder.log"),

@@ -208,7 +208,8 @@ fn create(cli: &Cli, args: &cli::CreateArgs) -> Result<(), Failure> {
         owner: lab_ops::owner(),
         now: lab_ops::now(),
     };
-    let progress = progress::NodeProgress::new(cli.quiet || args.dry_run, &pairs(&nodes));
+    let progress =
+        progress::NodeProgress::new(cli.quiet || args.dry_run, cli.verbose, &pairs(&nodes));
     let reports = runtime()?.block_on(async {
         let reports = lab_ops::create(&exec, &request, &|e| progress.on_event(e)).await;
         exec.close().await;
@@ -246,7 +247,8 @@ fn destroy(cli: &Cli, args: &cli::DestroyArgs) -> Result<(), Failure> {
         lab: &lab,
         nodes: nodes.clone(),
     };
-    let progress = progress::NodeProgress::new(cli.quiet || args.dry_run, &pairs(&nodes));
+    let progress =
+        progress::NodeProgress::new(cli.quiet || args.dry_run, cli.verbose, &pairs(&nodes));
     let reports = runtime()?.block_on(async {
         let reports = lab_ops::destroy(&exec, &request, &|e| progress.on_event(e)).await;
         exec.close().await;

@@ -54,27 +54,34 @@ impl Progress {
 }
 
 /// Renders create/destroy events: a line per node with its current step on a terminal, plain
-/// log lines on stderr otherwise (cron, CI), nothing with --quiet.
+/// log lines on stderr otherwise (cron, CI), every step with timestamps with --verbose,
+/// nothing with --quiet.
 pub struct NodeProgress {
-    bars: Option<(
-        indicatif::MultiProgress,
-        Mutex<std::collections::HashMap<String, ProgressBar>>,
-    )>,
+    bars: Option<Bars>,
     plain: bool,
+    /// With --verbose: when the run started, for the timestamps.
+    steps: Option<std::time::Instant>,
 }
 
+type Bars = (
+    indicatif::MultiProgress,
+    Mutex<std::collections::HashMap<String, ProgressBar>>,
+);
+
 impl NodeProgress {
-    pub fn new(quiet: bool, nodes: &[(&str, &str)]) -> NodeProgress {
+    pub fn new(quiet: bool, verbose: bool, nodes: &[(&str, &str)]) -> NodeProgress {
         if quiet {
             return NodeProgress {
                 bars: None,
                 plain: false,
+                steps: None,
             };
         }
-        if !std::io::stderr().is_terminal() {
+        if verbose || !std::io::stderr().is_terminal() {
             return NodeProgress {
                 bars: None,
                 plain: true,
+                steps: verbose.then(std::time::Instant::now),
             };
         }
         let multi = indicatif::MultiProgress::new();
@@ -92,10 +99,16 @@ impl NodeProgress {
         NodeProgress {
             bars: Some((multi, Mutex::new(map))),
             plain: false,
+            steps: None,
         }
     }
 
     pub fn on_event(&self, event: lab_ops::Event) {
+        let stamp = || {
+            self.steps
+                .map(|t0| format!("[{:7.3}s] ", t0.elapsed().as_secs_f64()))
+                .unwrap_or_default()
+        };
         match (&self.bars, event) {
             (Some((_, bars)), lab_ops::Event::Step { node, step, .. }) => {
                 if let Some(b) = bars.lock().expect("progress lock").get(&node) {
@@ -109,13 +122,23 @@ impl NodeProgress {
             }
             (
                 None,
+                lab_ops::Event::Step {
+                    node,
+                    hypervisor,
+                    step,
+                },
+            ) if self.steps.is_some() => {
+                eprintln!("{}{hypervisor}/{node}: {step}", stamp());
+            }
+            (
+                None,
                 lab_ops::Event::Done {
                     node,
                     hypervisor,
                     outcome,
                 },
             ) if self.plain => {
-                eprintln!("{hypervisor}/{node}: {outcome}");
+                eprintln!("{}{hypervisor}/{node}: {outcome}", stamp());
             }
             _ => {}
         }
