@@ -296,8 +296,16 @@ fn a_dataset_lab_did_not_make_survives_create_force_and_destroy() {
         );
     }
     assert!(!domain_exists(&bed, "hv2", "fx-1"));
-    bed.exec(2, &["zfs", "umount", &ds]).unwrap();
-    bed.exec(2, &["zfs", "destroy", &ds]).unwrap();
+    // zfs-fuse may call a just-unmounted dataset busy for a moment.
+    let gone = (0..20).any(|_| {
+        let _ = bed.exec(2, &["zfs", "umount", &ds]);
+        let ok = bed.exec(2, &["zfs", "destroy", &ds]).is_ok();
+        if !ok {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        ok
+    });
+    assert!(gone, "could not clean up {ds}");
     let _ = bed.exec(2, &["rmdir", "/var/lib/lab-foreign-fx-1"]);
 }
 
