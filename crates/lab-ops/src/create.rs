@@ -6,11 +6,10 @@ use std::path::PathBuf;
 
 use lab_exec::Executor;
 use lab_model::{Hypervisor, Lab, LabNode};
-use tokio::sync::Semaphore;
 
-use crate::probe::{self, HostState, Snapshot};
+use crate::probe::{HostState, Snapshot};
 use crate::steps::{self, Ownership};
-use crate::{Event, Events, NodeReport, Outcome, failed, join_all, not_ours, resolve_snapshot};
+use crate::{Event, Events, NodeReport, Outcome, failed, not_ours, resolve_snapshot};
 
 /// What to create, after `generate` has written the build.
 pub struct CreateRequest<'a> {
@@ -35,79 +34,32 @@ pub async fn create(
     req: &CreateRequest<'_>,
     events: Events<'_>,
 ) -> Vec<NodeReport> {
-    let hypervisors = crate::hypervisors_of(req.lab, &req.nodes);
-    // One probe per hypervisor, all at once.
-    let probes = join_all(
-        hypervisors
-            .iter()
-            .map(|hv| probe::probe(exec, hv))
-            .collect(),
+    crate::each_node(
+        exec,
+        req.lab,
+        &req.nodes,
+        events,
+        |hv, node, state| async move {
+            match resolve_snapshot(&hv.snapshot, &state.snapshots) {
+                None => NodeReport::new(
+                    node,
+                    Outcome::Failed {
+                        step: "snapshot".to_owned(),
+                        error: format!(
+                            "{}: no snapshot of {} matches `{}` (found: {})",
+                            hv.name,
+                            hv.proto,
+                            spec_text(&hv.snapshot),
+                            names(&state.snapshots)
+                        ),
+                        rolled_back: false,
+                    },
+                ),
+                Some(snap) => create_node(exec, req, hv, node, &state, snap, events).await,
+            }
+        },
     )
-    .await;
-    let states: HashMap<&str, _> = hypervisors
-        .iter()
-        .map(|h| h.name.as_str())
-        .zip(probes)
-        .collect();
-    let limits: HashMap<&str, Semaphore> = hypervisors
-        .iter()
-        .map(|h| (h.name.as_str(), Semaphore::new(h.parallel as usize)))
-        .collect();
-
-    let sequential = !exec.is_live();
-    let work = req.nodes.iter().map(|node| {
-        let hv = req
-            .lab
-            .hypervisor(&node.hypervisor)
-            .expect("the model checked it");
-        let state = &states[hv.name.as_str()];
-        let limit = &limits[hv.name.as_str()];
-        async move {
-            let _slot = limit.acquire().await.expect("never closed");
-            let report = match state {
-                Err(e) => failed(node, "connect", e, false),
-                Ok(state) => match resolve_snapshot(&hv.snapshot, &state.snapshots) {
-                    None => NodeReport::new(
-                        node,
-                        Outcome::Failed {
-                            step: "snapshot".to_owned(),
-                            error: format!(
-                                "{}: no snapshot of {} matches `{}` (found: {})",
-                                hv.name,
-                                hv.proto,
-                                spec_text(&hv.snapshot),
-                                names(&state.snapshots)
-                            ),
-                            rolled_back: false,
-                        },
-                    ),
-                    Some(snap) => create_node(exec, req, hv, node, state, snap, events).await,
-                },
-            };
-            events(Event::Done {
-                node: node.name.clone(),
-                hypervisor: node.hypervisor.clone(),
-                outcome: outcome_word(&report.outcome).to_owned(),
-            });
-            report
-        }
-    });
-    if sequential {
-        // Dry runs go one node at a time so each node's recorded commands are its own.
-        let mut reports = Vec::new();
-        for job in work {
-            let before = exec.recorded().len();
-            let mut report = job.await;
-            report.commands = exec.recorded()[before..]
-                .iter()
-                .map(|r| r.line.clone())
-                .collect();
-            reports.push(report);
-        }
-        reports
-    } else {
-        join_all(work.collect()).await
-    }
+    .await
 }
 
 fn spec_text(spec: &lab_model::SnapshotSpec) -> &str {
@@ -125,15 +77,6 @@ fn names(snaps: &[Snapshot]) -> String {
             .map(|s| s.name.as_str())
             .collect::<Vec<_>>()
             .join(", ")
-    }
-}
-
-pub(crate) fn outcome_word(o: &Outcome) -> &'static str {
-    match o {
-        Outcome::Done => "done",
-        Outcome::Unchanged { .. } => "unchanged",
-        Outcome::Skipped { .. } => "skipped",
-        Outcome::Failed { .. } => "failed",
     }
 }
 

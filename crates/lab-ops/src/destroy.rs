@@ -1,15 +1,11 @@
 //! `lab destroy`: stop the nodes' domains, undefine those `lab` defined, destroy their clones:
 //! only clones whose properties prove they are this lab's.
 
-use std::collections::HashMap;
-
 use lab_exec::Executor;
 use lab_model::{Hypervisor, Lab, LabNode};
-use tokio::sync::Semaphore;
 
-use crate::create::outcome_word;
-use crate::probe::{self, HostState};
-use crate::{Event, Events, NodeReport, Outcome, failed, join_all, not_ours, steps};
+use crate::probe::HostState;
+use crate::{Event, Events, NodeReport, Outcome, failed, not_ours, steps};
 
 pub struct DestroyRequest<'a> {
     pub lab: &'a Lab,
@@ -21,60 +17,15 @@ pub async fn destroy(
     req: &DestroyRequest<'_>,
     events: Events<'_>,
 ) -> Vec<NodeReport> {
-    let hypervisors = crate::hypervisors_of(req.lab, &req.nodes);
-    let probes = join_all(
-        hypervisors
-            .iter()
-            .map(|hv| probe::probe(exec, hv))
-            .collect(),
+    let lab = &req.lab.name;
+    crate::each_node(
+        exec,
+        req.lab,
+        &req.nodes,
+        events,
+        |hv, node, state| async move { destroy_node(exec, lab, hv, node, &state, events).await },
     )
-    .await;
-    let states: HashMap<&str, _> = hypervisors
-        .iter()
-        .map(|h| h.name.as_str())
-        .zip(probes)
-        .collect();
-    let limits: HashMap<&str, Semaphore> = hypervisors
-        .iter()
-        .map(|h| (h.name.as_str(), Semaphore::new(h.parallel as usize)))
-        .collect();
-    let sequential = !exec.is_live();
-    let work = req.nodes.iter().map(|node| {
-        let hv = req
-            .lab
-            .hypervisor(&node.hypervisor)
-            .expect("the model checked it");
-        let state = &states[hv.name.as_str()];
-        let limit = &limits[hv.name.as_str()];
-        async move {
-            let _slot = limit.acquire().await.expect("never closed");
-            let report = match state {
-                Err(e) => failed(node, "connect", e, false),
-                Ok(state) => destroy_node(exec, &req.lab.name, hv, node, state, events).await,
-            };
-            events(Event::Done {
-                node: node.name.clone(),
-                hypervisor: node.hypervisor.clone(),
-                outcome: outcome_word(&report.outcome).to_owned(),
-            });
-            report
-        }
-    });
-    if sequential {
-        let mut reports = Vec::new();
-        for job in work {
-            let before = exec.recorded().len();
-            let mut report = job.await;
-            report.commands = exec.recorded()[before..]
-                .iter()
-                .map(|r| r.line.clone())
-                .collect();
-            reports.push(report);
-        }
-        reports
-    } else {
-        join_all(work.collect()).await
-    }
+    .await
 }
 
 async fn destroy_node(

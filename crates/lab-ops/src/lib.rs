@@ -15,10 +15,14 @@ pub mod steps;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::Poll;
 
-use lab_exec::{ExecError, Target};
+use std::collections::HashMap;
+
+use lab_exec::{ExecError, Executor, Target};
 use lab_model::{Hypervisor, Lab, LabNode, SnapshotSpec};
+use tokio::sync::Semaphore;
 
 pub use create::{CreateRequest, create};
 pub use destroy::{DestroyRequest, destroy};
@@ -58,6 +62,18 @@ pub enum Outcome {
         error: String,
         rolled_back: bool,
     },
+}
+
+impl Outcome {
+    /// One word for logs and progress lines.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Outcome::Done => "done",
+            Outcome::Unchanged { .. } => "unchanged",
+            Outcome::Skipped { .. } => "skipped",
+            Outcome::Failed { .. } => "failed",
+        }
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -223,6 +239,87 @@ pub(crate) async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
         .into_iter()
         .map(|o| o.expect("every future completed"))
         .collect()
+}
+
+/// Probes every hypervisor once, all at once.
+pub(crate) async fn probe_all<'a>(
+    exec: &Executor,
+    hypervisors: &[&'a Hypervisor],
+) -> HashMap<&'a str, Result<HostState, ExecError>> {
+    let probes = join_all(
+        hypervisors
+            .iter()
+            .map(|hv| probe::probe(exec, hv))
+            .collect(),
+    )
+    .await;
+    hypervisors
+        .iter()
+        .map(|h| h.name.as_str())
+        .zip(probes)
+        .collect()
+}
+
+/// Runs `work` for every node against its hypervisor's probed state, at most `parallel` nodes
+/// per hypervisor at once, and reports each node's end as an event. A hypervisor that could not
+/// be probed fails its nodes at the `connect` step. Without a live executor the nodes go one at
+/// a time, so each report carries exactly its own recorded commands.
+pub(crate) async fn each_node<'a, F, Fut>(
+    exec: &Executor,
+    lab: &'a Lab,
+    nodes: &[&'a LabNode],
+    events: Events<'_>,
+    work: F,
+) -> Vec<NodeReport>
+where
+    F: Fn(&'a Hypervisor, &'a LabNode, Arc<HostState>) -> Fut,
+    Fut: Future<Output = NodeReport>,
+{
+    let hypervisors = hypervisors_of(lab, nodes);
+    let states: HashMap<&str, Result<Arc<HostState>, ExecError>> = probe_all(exec, &hypervisors)
+        .await
+        .into_iter()
+        .map(|(k, v)| (k, v.map(Arc::new)))
+        .collect();
+    let limits: HashMap<&str, Semaphore> = hypervisors
+        .iter()
+        .map(|h| (h.name.as_str(), Semaphore::new(h.parallel as usize)))
+        .collect();
+    let work = &work;
+    let jobs = nodes.iter().map(|node| {
+        let hv = lab
+            .hypervisor(&node.hypervisor)
+            .expect("the model checked it");
+        let state = &states[hv.name.as_str()];
+        let limit = &limits[hv.name.as_str()];
+        async move {
+            let _slot = limit.acquire().await.expect("never closed");
+            let report = match state {
+                Err(e) => failed(node, "connect", e, false),
+                Ok(state) => work(hv, node, Arc::clone(state)).await,
+            };
+            events(Event::Done {
+                node: node.name.clone(),
+                hypervisor: node.hypervisor.clone(),
+                outcome: report.outcome.word().to_owned(),
+            });
+            report
+        }
+    });
+    if exec.is_live() {
+        return join_all(jobs.collect()).await;
+    }
+    let mut reports = Vec::new();
+    for job in jobs {
+        let before = exec.recorded().len();
+        let mut report = job.await;
+        report.commands = exec.recorded()[before..]
+            .iter()
+            .map(|r| r.line.clone())
+            .collect();
+        reports.push(report);
+    }
+    reports
 }
 
 /// An executor error as a failed node, naming the step.

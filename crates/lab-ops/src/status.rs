@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use lab_exec::Executor;
 use lab_model::{Lab, LabNode};
 
-use crate::probe::{self, prop};
-use crate::{join_all, not_ours, resolve_snapshot};
+use crate::probe::prop;
+use crate::{not_ours, resolve_snapshot};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct NodeStatus {
@@ -54,18 +54,7 @@ pub async fn status(
     now: u64,
 ) -> StatusReport {
     let hypervisors = crate::hypervisors_of(lab, nodes);
-    let probes = join_all(
-        hypervisors
-            .iter()
-            .map(|hv| probe::probe(exec, hv))
-            .collect(),
-    )
-    .await;
-    let states: HashMap<&str, _> = hypervisors
-        .iter()
-        .map(|h| h.name.as_str())
-        .zip(probes)
-        .collect();
+    let states = crate::probe_all(exec, &hypervisors).await;
     let mut out = Vec::new();
     for node in nodes {
         let hv = lab

@@ -79,16 +79,23 @@ pub struct SelectArgs {
     pub nodes: Vec<String>,
 }
 
+/// Which overlay, and where its build lives.
+#[derive(Args, Debug, Clone)]
+pub struct BuildArgs {
+    /// The overlay (default: the lab's `overlay:`).
+    #[arg(long, value_name = "NAME")]
+    pub overlay: Option<String>,
+    /// Where the generated trees are written and read.
+    #[arg(long, value_name = "DIR", default_value = "build", env = "LAB_BUILD")]
+    pub build: PathBuf,
+}
+
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
     #[command(flatten)]
     pub lab: LabArgs,
-    /// The overlay to render (default: the lab's `overlay:`).
-    #[arg(long, value_name = "NAME")]
-    pub overlay: Option<String>,
-    /// Where to write the output.
-    #[arg(long, value_name = "DIR", default_value = "build", env = "LAB_BUILD")]
-    pub build: PathBuf,
+    #[command(flatten)]
+    pub out: BuildArgs,
     #[command(flatten)]
     pub select: SelectArgs,
 }
@@ -109,12 +116,8 @@ pub enum ConfigCommand {
 pub struct CreateArgs {
     #[command(flatten)]
     pub lab: LabArgs,
-    /// The overlay to render (default: the lab's `overlay:`).
-    #[arg(long, value_name = "NAME")]
-    pub overlay: Option<String>,
-    /// Where the generated trees are.
-    #[arg(long, value_name = "DIR", default_value = "build", env = "LAB_BUILD")]
-    pub build: PathBuf,
+    #[command(flatten)]
+    pub out: BuildArgs,
     /// Use the existing build instead of generating first.
     #[arg(long)]
     pub no_generate: bool,
@@ -148,9 +151,7 @@ pub struct StatusArgs {
     pub lab: LabArgs,
     #[command(flatten)]
     pub select: SelectArgs,
-    /// The overlay whose build is compared with the clones (drift).
-    #[arg(long, value_name = "NAME")]
-    pub overlay: Option<String>,
-    #[arg(long, value_name = "DIR", default_value = "build", env = "LAB_BUILD")]
-    pub build: PathBuf,
+    /// The build compared with the clones (overlay drift).
+    #[command(flatten)]
+    pub out: BuildArgs,
 }

@@ -86,8 +86,8 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             let progress = progress::Progress::new(cli.quiet);
             let request = lab_generate::Request {
                 lab: &lab,
-                overlay: args.overlay.as_deref(),
-                build_dir: &args.build,
+                overlay: args.out.overlay.as_deref(),
+                build_dir: &args.out.build,
                 hosts: &args.select.hosts,
                 nodes: &args.select.nodes,
             };
@@ -185,20 +185,20 @@ fn read_builds(
 fn create(cli: &Cli, args: &cli::CreateArgs) -> Result<(), Failure> {
     let lab = lab_model::load(&args.lab.files)?;
     let nodes = lab_generate::select(&lab, &args.select.hosts, &args.select.nodes)?;
-    let overlay = lab_generate::resolve_overlay(&lab, args.overlay.as_deref())?
+    let overlay = lab_generate::resolve_overlay(&lab, args.out.overlay.as_deref())?
         .name
         .clone();
     if !args.no_generate {
         let request = lab_generate::Request {
             lab: &lab,
             overlay: Some(&overlay),
-            build_dir: &args.build,
+            build_dir: &args.out.build,
             hosts: &args.select.hosts,
             nodes: &args.select.nodes,
         };
         lab_generate::generate(&request, &|_| {})?;
     }
-    let builds = read_builds(&args.build, &overlay, &nodes)?;
+    let builds = read_builds(&args.out.build, &overlay, &nodes)?;
     let exec = executor(&lab, &nodes, args.dry_run);
     let request = lab_ops::CreateRequest {
         lab: &lab,
@@ -348,11 +348,11 @@ fn finish(
 fn status(cli: &Cli, args: &cli::StatusArgs) -> Result<(), Failure> {
     let lab = lab_model::load(&args.lab.files)?;
     let nodes = lab_generate::select(&lab, &args.select.hosts, &args.select.nodes)?;
-    let overlay = lab_generate::resolve_overlay(&lab, args.overlay.as_deref())
+    let overlay = lab_generate::resolve_overlay(&lab, args.out.overlay.as_deref())
         .ok()
         .map(|o| o.name.clone());
     let digests: HashMap<String, String> = match &overlay {
-        Some(o) => read_builds(&args.build, o, &nodes)
+        Some(o) => read_builds(&args.out.build, o, &nodes)
             .map(|b| b.into_iter().map(|(k, v)| (k, v.digest)).collect())
             .unwrap_or_default(),
         None => HashMap::new(),
