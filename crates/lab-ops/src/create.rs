@@ -143,8 +143,8 @@ async fn create_node(
     let domain_exists = state.domains.contains_key(&node.name);
     // Without a definition of our own, an existing (pre-provisioned) domain is only started.
     let domain_is_ours = if domain_exists {
-        match exec.output(&hv.name, &steps::read_marker(node)).await {
-            Ok(out) => steps::marker_matches(&out.stdout, lab, &node.name),
+        match crate::domain_is_ours(exec, hv, lab, node).await {
+            Ok(ours) => ours,
             Err(e) => return failed(node, "inspect domain", &e, false),
         }
     } else {

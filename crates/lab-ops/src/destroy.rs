@@ -47,8 +47,8 @@ async fn destroy_node(
         // No clone. A domain lab defined for this node (left by an interrupted run) still
         // goes; any other domain of that name is someone else's. Staging leftovers go too.
         if state.domains.contains_key(&node.name) {
-            let ours = match exec.output(&hv.name, &steps::read_marker(node)).await {
-                Ok(out) => steps::marker_matches(&out.stdout, lab, &node.name),
+            let ours = match crate::domain_is_ours(exec, hv, lab, node).await {
+                Ok(ours) => ours,
                 Err(e) => return failed(node, "inspect domain", &e, false),
             };
             if ours {
@@ -86,8 +86,8 @@ async fn destroy_node(
         );
     }
     if state.domains.contains_key(&node.name) {
-        let ours = match exec.output(&hv.name, &steps::read_marker(node)).await {
-            Ok(out) => steps::marker_matches(&out.stdout, lab, &node.name),
+        let ours = match crate::domain_is_ours(exec, hv, lab, node).await {
+            Ok(ours) => ours,
             Err(e) => return failed(node, "inspect domain", &e, false),
         };
         if state.domain_running(&node.name) {

@@ -322,6 +322,18 @@ where
     reports
 }
 
+/// Whether the domain named after `node` carries `lab`'s marker for this lab and node, i.e.
+/// whether `lab` defined it (reads the libvirt metadata; a domain without it is not ours).
+pub(crate) async fn domain_is_ours(
+    exec: &Executor,
+    hv: &Hypervisor,
+    lab: &str,
+    node: &LabNode,
+) -> Result<bool, ExecError> {
+    let out = exec.output(&hv.name, &steps::read_marker(node)).await?;
+    Ok(out.success() && steps::marker_matches(&out.stdout, lab, &node.name))
+}
+
 /// An executor error as a failed node, naming the step.
 pub(crate) fn failed(node: &LabNode, step: &str, err: &ExecError, rolled_back: bool) -> NodeReport {
     NodeReport::new(
