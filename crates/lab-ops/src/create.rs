@@ -9,7 +9,7 @@ use lab_model::{Hypervisor, Lab, LabNode};
 
 use crate::probe::{HostState, Snapshot};
 use crate::steps::{self, Ownership};
-use crate::{Event, Events, NodeReport, Outcome, failed, not_ours, resolve_snapshot};
+use crate::{Events, NodeReport, Outcome, failed, not_ours, resolve_snapshot};
 
 /// What to create, after `generate` has written the build.
 pub struct CreateRequest<'a> {
@@ -89,13 +89,7 @@ async fn create_node(
     snap: &Snapshot,
     events: Events<'_>,
 ) -> NodeReport {
-    let step = |s: &'static str| {
-        events(Event::Step {
-            node: node.name.clone(),
-            hypervisor: hv.name.clone(),
-            step: s,
-        })
-    };
+    let step = crate::step_events(events, hv, node);
     let skip = |reason: String| NodeReport::new(node, Outcome::Skipped { reason });
     let lab = &req.lab.name;
     let build = &req.builds[&node.name];

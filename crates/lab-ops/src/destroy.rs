@@ -5,7 +5,7 @@ use lab_exec::Executor;
 use lab_model::{Hypervisor, Lab, LabNode};
 
 use crate::probe::HostState;
-use crate::{Event, Events, NodeReport, Outcome, failed, not_ours, steps};
+use crate::{Events, NodeReport, Outcome, failed, not_ours, steps};
 
 pub struct DestroyRequest<'a> {
     pub lab: &'a Lab,
@@ -36,48 +36,8 @@ async fn destroy_node(
     state: &HostState,
     events: Events<'_>,
 ) -> NodeReport {
-    let step = |s: &'static str| {
-        events(Event::Step {
-            node: node.name.clone(),
-            hypervisor: hv.name.clone(),
-            step: s,
-        })
-    };
-    let Some(ds) = state.datasets.get(&node.dataset) else {
-        // No clone. A domain lab defined for this node (left by an interrupted run) still
-        // goes; any other domain of that name is someone else's. Staging leftovers go too.
-        if state.domains.contains_key(&node.name) {
-            let ours = match crate::domain_is_ours(exec, hv, lab, node).await {
-                Ok(ours) => ours,
-                Err(e) => return failed(node, "inspect domain", &e, false),
-            };
-            if ours {
-                step("undefine");
-                let mut cmds = Vec::new();
-                if state.domain_running(&node.name) {
-                    cmds.push(("stop", steps::stop(node)));
-                }
-                cmds.push(("undefine", steps::undefine(node)));
-                cmds.push(("remove staging", steps::remove_staging(hv, node)));
-                for (name, cmd) in cmds {
-                    if let Err(e) = exec.run(&hv.name, &cmd).await {
-                        return failed(node, name, &e, false);
-                    }
-                }
-                return NodeReport::new(node, Outcome::Done);
-            }
-        }
-        if let Err(e) = exec.run(&hv.name, &steps::remove_staging(hv, node)).await {
-            return failed(node, "remove staging", &e, false);
-        }
-        return NodeReport::new(
-            node,
-            Outcome::Unchanged {
-                reason: format!("no clone {}", node.dataset),
-            },
-        );
-    };
-    if let Some(problem) = not_ours(ds, lab, node, hv) {
+    let clone = state.datasets.get(&node.dataset);
+    if let Some(problem) = clone.and_then(|ds| not_ours(ds, lab, node, hv)) {
         return NodeReport::new(
             node,
             Outcome::Skipped {
@@ -85,33 +45,43 @@ async fn destroy_node(
             },
         );
     }
-    if state.domains.contains_key(&node.name) {
-        let ours = match crate::domain_is_ours(exec, hv, lab, node).await {
+    // A domain of the node's name is ours when lab's marker says so; without our clone and
+    // without the marker it is someone else's (or pre-provisioned) and left alone.
+    let domain_ours = if state.domains.contains_key(&node.name) {
+        match crate::domain_is_ours(exec, hv, lab, node).await {
             Ok(ours) => ours,
             Err(e) => return failed(node, "inspect domain", &e, false),
-        };
-        if state.domain_running(&node.name) {
-            step("stop");
-            if let Err(e) = exec.run(&hv.name, &steps::stop(node)).await {
-                return failed(node, "stop", &e, false);
-            }
         }
-        if ours {
-            step("undefine");
-            if let Err(e) = exec.run(&hv.name, &steps::undefine(node)).await {
-                return failed(node, "undefine", &e, false);
-            }
-        }
+    } else {
+        false
+    };
+    let mut plan = Vec::new();
+    if state.domain_running(&node.name) && (clone.is_some() || domain_ours) {
+        plan.push(("stop", steps::stop(node)));
     }
-    step("destroy clone");
-    for (name, cmd) in [
-        ("unmount", steps::detach(hv, node)),
-        ("destroy clone", steps::destroy_dataset(node)),
-        ("remove staging", steps::remove_staging(hv, node)),
-    ] {
+    if domain_ours {
+        plan.push(("undefine", steps::undefine(node)));
+    }
+    if clone.is_some() {
+        plan.push(("unmount", steps::detach(hv, node)));
+        plan.push(("destroy clone", steps::destroy_dataset(node)));
+    }
+    // Staging leftovers go in every case.
+    plan.push(("remove staging", steps::remove_staging(hv, node)));
+    let step = crate::step_events(events, hv, node);
+    for (name, cmd) in plan {
+        step(name);
         if let Err(e) = exec.run(&hv.name, &cmd).await {
             return failed(node, name, &e, false);
         }
+    }
+    if clone.is_none() && !domain_ours {
+        return NodeReport::new(
+            node,
+            Outcome::Unchanged {
+                reason: format!("no clone {}", node.dataset),
+            },
+        );
     }
     NodeReport::new(node, Outcome::Done)
 }

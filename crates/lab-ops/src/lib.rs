@@ -334,6 +334,21 @@ pub(crate) async fn domain_is_ours(
     Ok(out.success() && steps::marker_matches(&out.stdout, lab, &node.name))
 }
 
+/// Reports one node's steps as [`Event::Step`]s.
+pub(crate) fn step_events<'a>(
+    events: Events<'a>,
+    hv: &'a Hypervisor,
+    node: &'a LabNode,
+) -> impl Fn(&'static str) + 'a {
+    move |step| {
+        events(Event::Step {
+            node: node.name.clone(),
+            hypervisor: hv.name.clone(),
+            step,
+        })
+    }
+}
+
 /// An executor error as a failed node, naming the step.
 pub(crate) fn failed(node: &LabNode, step: &str, err: &ExecError, rolled_back: bool) -> NodeReport {
     NodeReport::new(

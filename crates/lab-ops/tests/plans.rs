@@ -118,6 +118,15 @@ const SCENARIOS: &[Scenario] = &[
         markers: &[],
     },
     Scenario {
+        // An interrupted run left lab's domain for d1 but no clone; z1's domain is someone else's.
+        name: "destroy_leftover_domain_without_clone",
+        verb: "destroy",
+        force: false,
+        datasets: &[],
+        domains: &[("hvd", " 4 d1 running\n"), ("hvz", " 7 z1 running\n")],
+        markers: &[("d1", "<lab lab=\"plan\" node=\"d1\"/>")],
+    },
+    Scenario {
         name: "destroy_nothing_there",
         verb: "destroy",
         force: false,
