@@ -394,8 +394,10 @@ fn render_node(
             .map_err(|e| template_error(&overlay.dir, name, &node.name, &e))
     };
 
-    let mut files: Vec<write::Item> = Vec::with_capacity(overlay.entries.len());
-    for entry in &overlay.entries {
+    // Overlay entries first, then the node's blobs on top (blobs are never templates).
+    let blobs = overlay.blobs(&node.hostname)?;
+    let mut files: Vec<write::Item> = Vec::with_capacity(overlay.entries.len() + blobs.len());
+    for entry in overlay.entries.iter().chain(&blobs) {
         let content = match &entry.kind {
             overlay::Kind::Dir => write::Content::Dir,
             overlay::Kind::Symlink(t) => write::Content::Symlink(t.clone()),
@@ -404,19 +406,6 @@ fn render_node(
         };
         files.push(write::Item {
             rel: entry.rel.clone(),
-            mode: entry.mode,
-            content,
-        });
-    }
-    for entry in overlay.blobs(&node.hostname)? {
-        let content = match entry.kind {
-            overlay::Kind::Dir => write::Content::Dir,
-            overlay::Kind::Symlink(t) => write::Content::Symlink(t),
-            overlay::Kind::Verbatim(bytes) => write::Content::File(bytes.to_vec()),
-            overlay::Kind::Template(_) => unreachable!("blobs are never templates"),
-        };
-        files.push(write::Item {
-            rel: entry.rel,
             mode: entry.mode,
             content,
         });
