@@ -142,6 +142,18 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         })
 }
 
+/// Runs `work` with the executor on a fresh runtime, then closes its ssh masters.
+fn drive<T>(
+    exec: lab_exec::Executor,
+    work: impl AsyncFnOnce(&lab_exec::Executor) -> T,
+) -> Result<T, Failure> {
+    Ok(runtime()?.block_on(async {
+        let out = work(&exec).await;
+        exec.close().await;
+        out
+    }))
+}
+
 fn executor(lab: &Lab, nodes: &[&LabNode], dry_run: bool) -> lab_exec::Executor {
     let mode = if dry_run {
         lab_exec::Mode::DryRun
@@ -210,11 +222,9 @@ fn create(cli: &Cli, args: &cli::CreateArgs) -> Result<(), Failure> {
     };
     let progress =
         progress::NodeProgress::new(cli.quiet || args.dry_run, cli.verbose, &pairs(&nodes));
-    let reports = runtime()?.block_on(async {
-        let reports = lab_ops::create(&exec, &request, &|e| progress.on_event(e)).await;
-        exec.close().await;
-        reports
-    });
+    let reports = drive(exec, async |exec| {
+        lab_ops::create(exec, &request, &|e| progress.on_event(e)).await
+    })?;
     progress.finish();
     finish(cli, &lab, "create", &reports, args.dry_run)
 }
@@ -249,11 +259,9 @@ fn destroy(cli: &Cli, args: &cli::DestroyArgs) -> Result<(), Failure> {
     };
     let progress =
         progress::NodeProgress::new(cli.quiet || args.dry_run, cli.verbose, &pairs(&nodes));
-    let reports = runtime()?.block_on(async {
-        let reports = lab_ops::destroy(&exec, &request, &|e| progress.on_event(e)).await;
-        exec.close().await;
-        reports
-    });
+    let reports = drive(exec, async |exec| {
+        lab_ops::destroy(exec, &request, &|e| progress.on_event(e)).await
+    })?;
     progress.finish();
     finish(cli, &lab, "destroy", &reports, args.dry_run)
 }
@@ -358,11 +366,9 @@ fn status(cli: &Cli, args: &cli::StatusArgs) -> Result<(), Failure> {
         None => HashMap::new(),
     };
     let exec = executor(&lab, &nodes, false);
-    let report = runtime()?.block_on(async {
-        let report = lab_ops::status(&exec, &lab, &nodes, &digests, lab_ops::now()).await;
-        exec.close().await;
-        report
-    });
+    let report = drive(exec, async |exec| {
+        lab_ops::status(exec, &lab, &nodes, &digests, lab_ops::now()).await
+    })?;
     match cli.format {
         Format::Json => print_json(&report),
         Format::Text => {
