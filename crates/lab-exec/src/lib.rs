@@ -10,6 +10,7 @@
 //!
 //! Architecture invariant: this is the only crate of `lab` that spawns processes.
 
+mod hold;
 mod quote;
 
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
+pub use hold::Holding;
 pub use quote::{quote, quote_line};
 
 /// Does a command change anything? Queries may be repeated and run even under `--dry-run`.
@@ -180,6 +182,8 @@ pub struct Recorded {
     pub host: String,
     pub effect: Effect,
     pub line: String,
+    /// The arguments before quoting.
+    pub argv: Vec<String>,
 }
 
 /// Answers queries in [`Mode::Scripted`]: `(host, command line)` → output.
@@ -200,6 +204,8 @@ struct Host {
     limit: Semaphore,
     /// The master connection, or why it could not be opened (so a dead host fails fast).
     session: tokio::sync::Mutex<Option<Result<Arc<Session>, String>>>,
+    /// Argument words put before every change on this host (see [`Executor::guard`]).
+    guard: Mutex<Vec<String>>,
 }
 
 pub struct Executor {
@@ -226,6 +232,7 @@ impl Executor {
                         target: t,
                         limit,
                         session: tokio::sync::Mutex::new(None),
+                        guard: Mutex::new(Vec::new()),
                     },
                 )
             })
@@ -254,21 +261,45 @@ impl Executor {
         })
     }
 
-    fn note(&self, host: &str, effect: Effect, line: String) {
+    fn note(&self, host: &str, effect: Effect, line: String, argv: &[String]) {
         self.record.lock().expect("record lock").push(Recorded {
             host: host.to_owned(),
             effect,
             line,
+            argv: argv.to_vec(),
         });
+    }
+
+    /// From now on, every change on `host` (and the remote side of rsync) runs as
+    /// `prefix... program args...`: how `lab` makes each change hold a shared lock while it runs.
+    pub fn guard(&self, host: &str, prefix: Vec<String>) {
+        if let Ok(h) = self.host(host) {
+            *h.guard.lock().expect("guard lock") = prefix;
+        }
+    }
+
+    fn guard_of(&self, h: &Host) -> Vec<String> {
+        h.guard.lock().expect("guard lock").clone()
     }
 
     /// Runs `cmd` on `host` and returns its output whatever its exit status.
     pub async fn output(&self, host: &str, cmd: &Cmd) -> Result<Out, ExecError> {
         let h = self.host(host)?;
+        let guard = self.guard_of(h);
+        let guarded;
+        let cmd = if cmd.effect == Effect::Change && !guard.is_empty() {
+            guarded = Cmd {
+                argv: guard.into_iter().chain(cmd.argv.iter().cloned()).collect(),
+                ..cmd.clone()
+            };
+            &guarded
+        } else {
+            cmd
+        };
         let line = quote_line(&cmd.argv);
         match (&self.mode, cmd.effect) {
             (Mode::Scripted(script), effect) => {
-                self.note(host, effect, cmd.line());
+                self.note(host, effect, cmd.line(), &cmd.argv);
                 return Ok(match (script(host, &line), effect) {
                     (Some(out), _) => out,
                     (None, Effect::Query) => Out::fail(1, "no scripted answer"),
@@ -276,7 +307,7 @@ impl Executor {
                 });
             }
             (Mode::DryRun, Effect::Change) => {
-                self.note(host, Effect::Change, cmd.line());
+                self.note(host, Effect::Change, cmd.line(), &cmd.argv);
                 return Ok(Out::ok(""));
             }
             _ => {}
@@ -308,6 +339,14 @@ impl Executor {
         }
     }
 
+    /// Opens `host`'s master connection now (commands open it on first use anyway).
+    pub async fn connect(&self, host: &str) -> Result<(), ExecError> {
+        if !self.is_live() {
+            return Ok(());
+        }
+        self.session(self.host(host)?).await.map(drop)
+    }
+
     async fn session(&self, h: &Host) -> Result<Arc<Session>, ExecError> {
         let mut slot = h.session.lock().await;
         if let Some(result) = slot.as_ref() {
@@ -331,20 +370,7 @@ impl Executor {
     async fn run_live(&self, h: &Host, cmd: &Cmd, line: &str) -> Result<Out, ExecError> {
         let session = self.session(h).await?;
         let host = &h.target.name;
-        let lost = |e: openssh::Error| match e {
-            openssh::Error::Disconnected
-            | openssh::Error::RemoteProcessTerminated
-            | openssh::Error::SshMux(_)
-            | openssh::Error::Master(_) => ExecError::Disconnected {
-                host: host.clone(),
-                command: cmd.line(),
-            },
-            other => ExecError::Local {
-                host: host.clone(),
-                command: cmd.line(),
-                message: other.to_string(),
-            },
-        };
+        let lost = |e: openssh::Error| lost(host, &cmd.line(), e);
         let work = async {
             let mut command = session.raw_command(line);
             command
@@ -387,7 +413,7 @@ impl Executor {
     pub async fn rsync(&self, host: &str, local: &Path, remote: &str) -> Result<(), ExecError> {
         let h = self.host(host)?;
         let (dest_host, port) = split_port(&h.target.ssh);
-        let args = rsync_args(local, dest_host, remote);
+        let args = rsync_args(local, dest_host, remote, &self.guard_of(h));
         let remote_shell = |socket: &str| {
             let mut e = format!("ssh -S {socket} -o ControlMaster=no -o BatchMode=yes");
             if let Some(p) = port {
@@ -403,7 +429,9 @@ impl Executor {
             )
         };
         if !matches!(self.mode, Mode::Live) {
-            self.note(host, Effect::Change, show("<master socket>"));
+            let mut argv = vec!["rsync".to_owned()];
+            argv.extend(args.iter().cloned());
+            self.note(host, Effect::Change, show("<master socket>"), &argv);
             return Ok(());
         }
         let session = self.session(h).await?;
@@ -450,17 +478,40 @@ impl Executor {
     }
 }
 
-fn rsync_args(local: &Path, host: &str, remote: &str) -> Vec<String> {
+/// An ssh-level error as an executor error: a lost connection, or a local problem.
+fn lost(host: &str, command: &str, e: openssh::Error) -> ExecError {
+    match e {
+        openssh::Error::Disconnected
+        | openssh::Error::RemoteProcessTerminated
+        | openssh::Error::SshMux(_)
+        | openssh::Error::Master(_) => ExecError::Disconnected {
+            host: host.to_owned(),
+            command: command.to_owned(),
+        },
+        other => ExecError::Local {
+            host: host.to_owned(),
+            command: command.to_owned(),
+            message: other.to_string(),
+        },
+    }
+}
+
+fn rsync_args(local: &Path, host: &str, remote: &str, guard: &[String]) -> Vec<String> {
     let mut src: PathBuf = local.to_path_buf();
     src.push(""); // trailing slash: the directory's contents
-    vec![
+    let mut args = vec![
         "-aH".to_owned(),
         "--numeric-ids".to_owned(),
         "--chown=0:0".to_owned(),
         "--protect-args".to_owned(),
-        src.to_string_lossy().into_owned(),
-        format!("{host}:{}/", remote.trim_end_matches('/')),
-    ]
+    ];
+    if !guard.is_empty() {
+        // The remote shell runs this as the rsync command.
+        args.push(format!("--rsync-path={} rsync", quote_line(guard)));
+    }
+    args.push(src.to_string_lossy().into_owned());
+    args.push(format!("{host}:{}/", remote.trim_end_matches('/')));
+    args
 }
 
 /// `[user@]host[:port]` → (`[user@]host`, port).

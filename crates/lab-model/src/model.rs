@@ -40,6 +40,7 @@ const HYPERVISOR_DERIVED: &[&str] = &[
     "storage",
     "partition",
     "staging",
+    "lock_dir",
     "parallel",
     "clones",
     "mgmt_ipv4",
@@ -113,6 +114,8 @@ struct HypervisorSchema {
     partition: Option<u32>,
     #[serde(default = "default_staging")]
     staging: String,
+    #[serde(default = "default_lock_dir")]
+    lock_dir: String,
     #[serde(default = "default_parallel")]
     parallel: u32,
     #[serde(default)]
@@ -127,6 +130,9 @@ struct HypervisorSchema {
 
 fn default_staging() -> String {
     "/var/lib/lab/staging".to_owned()
+}
+fn default_lock_dir() -> String {
+    "/run/lock/lab".to_owned()
 }
 fn default_parallel() -> u32 {
     4
@@ -198,6 +204,8 @@ pub struct Hypervisor {
     /// The partition of a zvol that holds the root filesystem.
     pub partition: Option<u32>,
     pub staging: String,
+    /// Where the per-lab lock files live (a tmpfs, so a reboot clears them).
+    pub lock_dir: String,
     /// How many nodes this hypervisor works on at once.
     pub parallel: u32,
     /// The parent dataset of the clones.
@@ -539,6 +547,13 @@ fn resolve_hypervisor(root: &Node, name: &str) -> Result<Hypervisor, ModelError>
         "staging directory",
         names::abs_path,
     )?;
+    name_ok(
+        root,
+        &at("lock_dir"),
+        &s.lock_dir,
+        "lock directory",
+        names::abs_path,
+    )?;
     let clones = s.clones.unwrap_or_else(|| s.pool.clone());
     let clones_ok = |c: &str| {
         if c.contains('/') {
@@ -587,6 +602,7 @@ fn resolve_hypervisor(root: &Node, name: &str) -> Result<Hypervisor, ModelError>
         storage: s.storage,
         partition: s.partition,
         staging: s.staging,
+        lock_dir: s.lock_dir,
         parallel: s.parallel,
         clones,
         mgmt_ipv4: s.mgmt_ipv4,

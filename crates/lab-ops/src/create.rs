@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use lab_exec::Executor;
 use lab_model::{Hypervisor, Lab, LabNode};
 
-use crate::probe::{HostState, Snapshot};
+use crate::probe::{HostState, Snapshot, prop};
 use crate::steps::{self, Ownership};
 use crate::{Events, NodeReport, Outcome, failed, not_ours, resolve_snapshot};
 
@@ -29,37 +29,58 @@ pub struct NodeBuild {
     pub domain_xml: Option<Vec<u8>>,
 }
 
+/// Why a create cannot start: found before any change on any hypervisor.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("{host}: no snapshot of {proto} matches `{spec}` (found: {found}); nothing was changed")]
+    NoSnapshot {
+        host: String,
+        proto: String,
+        spec: String,
+        found: String,
+    },
+}
+
+/// Creates the nodes. Every reachable hypervisor must have a snapshot that matches its setting
+/// before anything changes anywhere; an unreachable one fails its own nodes only.
 pub async fn create(
     exec: &Executor,
     req: &CreateRequest<'_>,
     events: Events<'_>,
-) -> Vec<NodeReport> {
-    crate::each_node(
+) -> Result<Vec<NodeReport>, PlanError> {
+    let states = crate::probe_nodes(exec, req.lab, &req.nodes).await;
+    let mut picked: HashMap<&str, Snapshot> = HashMap::new();
+    for hv in crate::hypervisors_of(req.lab, &req.nodes) {
+        let Some(Ok(state)) = states.get(hv.name.as_str()) else {
+            continue;
+        };
+        match resolve_snapshot(&hv.snapshot, &state.snapshots) {
+            Some(snap) => {
+                picked.insert(&hv.name, snap.clone());
+            }
+            None => {
+                return Err(PlanError::NoSnapshot {
+                    host: hv.name.clone(),
+                    proto: hv.proto.clone(),
+                    spec: spec_text(&hv.snapshot).to_owned(),
+                    found: names(&state.snapshots),
+                });
+            }
+        }
+    }
+    let picked = &picked;
+    Ok(crate::each_node(
         exec,
         req.lab,
         &req.nodes,
+        &states,
         events,
         |hv, node, state| async move {
-            match resolve_snapshot(&hv.snapshot, &state.snapshots) {
-                None => NodeReport::new(
-                    node,
-                    Outcome::Failed {
-                        step: "snapshot".to_owned(),
-                        error: format!(
-                            "{}: no snapshot of {} matches `{}` (found: {})",
-                            hv.name,
-                            hv.proto,
-                            spec_text(&hv.snapshot),
-                            names(&state.snapshots)
-                        ),
-                        rolled_back: false,
-                    },
-                ),
-                Some(snap) => create_node(exec, req, hv, node, &state, snap, events).await,
-            }
+            let snap = &picked[hv.name.as_str()];
+            create_node(exec, req, hv, node, &state, snap, events).await
         },
     )
-    .await
+    .await)
 }
 
 fn spec_text(spec: &lab_model::SnapshotSpec) -> &str {
@@ -93,20 +114,51 @@ async fn create_node(
     let skip = |reason: String| NodeReport::new(node, Outcome::Skipped { reason });
     let lab = &req.lab.name;
     let build = &req.builds[&node.name];
-    let existing = state.datasets.get(&node.dataset);
-    let ownership_problem = existing.and_then(|ds| not_ours(ds, lab, node, hv));
+    let clone = state.datasets.get(&node.dataset);
 
-    // 1. A running domain is left alone unless --force (and then only on our own clone).
-    if state.domain_running(&node.name) {
-        if !req.force {
+    // A dataset lab did not make is never touched, --force or not.
+    if let Some(problem) = clone.and_then(|ds| not_ours(ds, lab, node, hv)) {
+        return skip(format!("{problem}; lab never touches it, --force or not"));
+    }
+    // A domain of the node's name is ours when lab's marker says so.
+    let domain_exists = state.domains.contains_key(&node.name);
+    let domain_ours = if domain_exists {
+        match crate::domain_is_ours(exec, hv, lab, node).await {
+            Ok(ours) => ours,
+            Err(e) => return failed(node, "inspect domain", &e, false),
+        }
+    } else {
+        false
+    };
+    // A domain lab did not define is never redefined over (without a definition of our own,
+    // an existing, pre-provisioned domain is only stopped and started).
+    if domain_exists && !domain_ours && build.domain_xml.is_some() {
+        return skip(format!(
+            "domain {} exists and was not defined by lab; lab will not redefine it",
+            node.name
+        ));
+    }
+    let running = state.domain_running(&node.name);
+    // A clone still `filling` was left by an interrupted run: it is made again, no --force needed.
+    let interrupted = clone.is_some_and(|ds| ds.prop(prop::STATE) == Some(prop::FILLING));
+
+    // 1. Our complete clone and no --force: converge by starting what is there.
+    if clone.is_some() && !interrupted && !req.force {
+        if running {
+            return NodeReport::new(
+                node,
+                Outcome::Unchanged {
+                    reason: format!("running on {} (--force recreates it)", node.dataset),
+                },
+            );
+        }
+        return resume(exec, hv, node, build, domain_exists, lab, &step).await;
+    }
+    // 2. A running domain: stopped only with --force, or when it runs on our interrupted clone.
+    if running {
+        if !req.force && !interrupted {
             return skip(format!(
                 "domain {} is running (use --force to replace it)",
-                node.name
-            ));
-        }
-        if let Some(problem) = &ownership_problem {
-            return skip(format!(
-                "domain {} is running on a dataset lab did not make: {problem}",
                 node.name
             ));
         }
@@ -115,17 +167,8 @@ async fn create_node(
             return failed(node, "stop", &e, false);
         }
     }
-    // 2. An existing clone: ours and --force → replaced; ours → skipped; not ours → never touched.
-    if let Some(ds) = existing {
-        if let Some(problem) = ownership_problem {
-            return skip(format!("{problem}; lab never touches it, --force or not"));
-        }
-        if !req.force {
-            return skip(format!(
-                "clone {} exists (use --force to recreate it)",
-                ds.name
-            ));
-        }
+    // 3. Our old clone (with --force, or interrupted) goes, and our old definition with it.
+    if clone.is_some() {
         step("remove old clone");
         for cmd in [steps::detach(hv, node), steps::destroy_dataset(node)] {
             if let Err(e) = exec.run(&hv.name, &cmd).await {
@@ -133,32 +176,14 @@ async fn create_node(
             }
         }
     }
-    // A domain of that name that lab did not define is never redefined over.
-    let domain_exists = state.domains.contains_key(&node.name);
-    // Without a definition of our own, an existing (pre-provisioned) domain is only started.
-    let domain_is_ours = if domain_exists {
-        match crate::domain_is_ours(exec, hv, lab, node).await {
-            Ok(ours) => ours,
-            Err(e) => return failed(node, "inspect domain", &e, false),
-        }
-    } else {
-        false
-    };
-    if domain_exists && !domain_is_ours && build.domain_xml.is_some() {
-        return skip(format!(
-            "domain {} exists and was not defined by lab; lab will not redefine it",
-            node.name
-        ));
-    }
-    // Our own stopped definition (from an earlier run) is replaced by the fresh one.
-    if domain_is_ours && build.domain_xml.is_some() {
+    if domain_ours && build.domain_xml.is_some() {
         step("undefine old domain");
         if let Err(e) = exec.run(&hv.name, &steps::undefine(node)).await {
             return failed(node, "undefine old domain", &e, false);
         }
     }
 
-    // 3. Clone. From here on a failure rolls the node back.
+    // 4. Clone. From here on a failure rolls the node back.
     step("clone");
     let own = Ownership {
         lab,
@@ -191,6 +216,9 @@ async fn create_node(
                 .await
                 .map_err(|e| ("unmount", e))?;
         }
+        exec.run(&hv.name, &steps::mark_ready(node))
+            .await
+            .map_err(|e| ("unmount", e))?;
         if let Some(xml) = &build.domain_xml {
             step("define");
             exec.run(&hv.name, &steps::define(xml))
@@ -220,6 +248,32 @@ async fn create_node(
             failed(node, failed_step, &err, rolled_back)
         }
     }
+}
+
+/// Starts a complete clone left by an earlier run, defining its domain first if it has none.
+/// Nothing is rolled back on failure: the clone was not made by this run.
+async fn resume(
+    exec: &Executor,
+    hv: &Hypervisor,
+    node: &LabNode,
+    build: &NodeBuild,
+    domain_exists: bool,
+    lab: &str,
+    step: &impl Fn(&'static str),
+) -> NodeReport {
+    let mut plan = Vec::new();
+    if let (Some(xml), false) = (&build.domain_xml, domain_exists) {
+        plan.push(("define", steps::define(xml)));
+        plan.push(("define", steps::mark_domain(lab, node)));
+    }
+    plan.push(("start", steps::start(node)));
+    for (name, cmd) in plan {
+        step(name);
+        if let Err(e) = exec.run(&hv.name, &cmd).await {
+            return failed(node, name, &e, false);
+        }
+    }
+    NodeReport::new(node, Outcome::Done)
 }
 
 /// Removes what this run made for a node: its domain definition (if this run defined it),

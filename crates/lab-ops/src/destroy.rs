@@ -18,10 +18,12 @@ pub async fn destroy(
     events: Events<'_>,
 ) -> Vec<NodeReport> {
     let lab = &req.lab.name;
+    let states = crate::probe_nodes(exec, req.lab, &req.nodes).await;
     crate::each_node(
         exec,
         req.lab,
         &req.nodes,
+        &states,
         events,
         |hv, node, state| async move { destroy_node(exec, lab, hv, node, &state, events).await },
     )

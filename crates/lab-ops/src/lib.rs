@@ -9,6 +9,7 @@
 
 pub mod create;
 mod destroy;
+pub mod lock;
 pub mod probe;
 mod status;
 pub mod steps;
@@ -24,8 +25,9 @@ use lab_exec::{ExecError, Executor, Target};
 use lab_model::{Hypervisor, Lab, LabNode, SnapshotSpec};
 use tokio::sync::Semaphore;
 
-pub use create::{CreateRequest, create};
+pub use create::{CreateRequest, PlanError, create};
 pub use destroy::{DestroyRequest, destroy};
+pub use lock::{Holder, LockError, Locks, lock};
 pub use probe::{Dataset, HostState, Snapshot};
 pub use status::{NodeStatus, Orphan, StatusReport, status};
 
@@ -214,6 +216,27 @@ pub fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn utc(secs: u64) -> String {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from a day count (Howard Hinnant's algorithm), years 1970 on.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// Runs futures concurrently on the current task and returns their outputs in order.
 pub(crate) async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
     let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
@@ -260,6 +283,18 @@ pub(crate) async fn probe_all<'a>(
         .collect()
 }
 
+/// Each hypervisor's probed state, or why it could not be probed.
+pub(crate) type States<'a> = HashMap<&'a str, Result<Arc<HostState>, ExecError>>;
+
+/// Probes the hypervisors that carry `nodes`.
+pub(crate) async fn probe_nodes<'a>(exec: &Executor, lab: &'a Lab, nodes: &[&LabNode]) -> States<'a> {
+    probe_all(exec, &hypervisors_of(lab, nodes))
+        .await
+        .into_iter()
+        .map(|(k, v)| (k, v.map(Arc::new)))
+        .collect()
+}
+
 /// Runs `work` for every node against its hypervisor's probed state, at most `parallel` nodes
 /// per hypervisor at once, and reports each node's end as an event. A hypervisor that could not
 /// be probed fails its nodes at the `connect` step. Without a live executor the nodes go one at
@@ -268,6 +303,7 @@ pub(crate) async fn each_node<'a, F, Fut>(
     exec: &Executor,
     lab: &'a Lab,
     nodes: &[&'a LabNode],
+    states: &States<'_>,
     events: Events<'_>,
     work: F,
 ) -> Vec<NodeReport>
@@ -276,11 +312,6 @@ where
     Fut: Future<Output = NodeReport>,
 {
     let hypervisors = hypervisors_of(lab, nodes);
-    let states: HashMap<&str, Result<Arc<HostState>, ExecError>> = probe_all(exec, &hypervisors)
-        .await
-        .into_iter()
-        .map(|(k, v)| (k, v.map(Arc::new)))
-        .collect();
     let limits: HashMap<&str, Semaphore> = hypervisors
         .iter()
         .map(|h| (h.name.as_str(), Semaphore::new(h.parallel as usize)))
@@ -349,13 +380,18 @@ pub(crate) fn step_events<'a>(
     }
 }
 
-/// An executor error as a failed node, naming the step.
+/// An executor error as a failed node, naming the step (and the pool, when it is full).
 pub(crate) fn failed(node: &LabNode, step: &str, err: &ExecError, rolled_back: bool) -> NodeReport {
+    let mut error = err.to_string();
+    if error.contains("No space left on device") || error.contains("out of space") {
+        let pool = node.dataset.split('/').next().unwrap_or_default();
+        error = format!("no space left on pool {pool}: {error}");
+    }
     NodeReport::new(
         node,
         Outcome::Failed {
             step: step.to_owned(),
-            error: err.to_string(),
+            error,
             rolled_back,
         },
     )

@@ -15,7 +15,20 @@ pub mod prop {
     pub const ORIGIN_GUID: &str = "lab:origin-guid";
     pub const OVERLAY: &str = "lab:overlay-sha256";
     pub const CREATED: &str = "lab:created";
-    pub const ALL: &[&str] = &[LAB, NODE, OWNER, ORIGIN, ORIGIN_GUID, OVERLAY, CREATED];
+    /// `filling` from the clone until its tree is copied in and it is unmounted, then `ready`.
+    pub const STATE: &str = "lab:state";
+    pub const ALL: &[&str] = &[
+        LAB,
+        NODE,
+        OWNER,
+        ORIGIN,
+        ORIGIN_GUID,
+        OVERLAY,
+        CREATED,
+        STATE,
+    ];
+    /// The value of [`STATE`] while a clone is being filled.
+    pub const FILLING: &str = "filling";
 }
 
 /// The namespace of the libvirt metadata `lab` puts on domains it defines.
@@ -26,7 +39,7 @@ pub const DOMAIN_NS: &str = "https://lab.invalid/schema/1";
 const PROBE: &str = r#"echo '#snapshots'
 zfs get -H -p -o name,property,value guid,creation -r "$1" 2>/dev/null || true
 echo '#datasets'
-zfs get -H -p -o name,property,value origin,mounted,type,lab:lab,lab:node,lab:owner,lab:origin,lab:origin-guid,lab:overlay-sha256,lab:created -d 1 "$2" 2>/dev/null || true
+zfs get -H -p -o name,property,value origin,mounted,type,lab:lab,lab:node,lab:owner,lab:origin,lab:origin-guid,lab:overlay-sha256,lab:created,lab:state -d 1 "$2" 2>/dev/null || true
 echo '#domains'
 virsh -q list --all 2>/dev/null || true
 echo '#end'

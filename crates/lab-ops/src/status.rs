@@ -15,6 +15,9 @@ pub struct NodeStatus {
     /// `running`, `shut off` ..., or `absent`; `unknown` when the hypervisor did not answer.
     pub domain: String,
     pub clone: bool,
+    /// `ready`, or `filling` for a clone an interrupted run left (the next create redoes it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
     /// Why the dataset at the node's name is not this lab's, when it is not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub foreign: Option<String>,
@@ -65,6 +68,7 @@ pub async fn status(
             hypervisor: hv.name.clone(),
             domain: "unknown".to_owned(),
             clone: false,
+            state: None,
             foreign: None,
             origin: None,
             owner: None,
@@ -82,6 +86,7 @@ pub async fn status(
                     .map_or("absent".to_owned(), |d| d.state.clone());
                 if let Some(ds) = state.datasets.get(&node.dataset) {
                     s.clone = true;
+                    s.state = Some(ds.prop(prop::STATE).unwrap_or("ready").to_owned());
                     s.foreign = not_ours(ds, &lab.name, node, hv);
                     s.origin = ds.origin.clone();
                     s.owner = ds.prop(prop::OWNER).map(str::to_owned);

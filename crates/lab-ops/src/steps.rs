@@ -46,6 +46,7 @@ pub fn clone(hv: &Hypervisor, node: &LabNode, snap: &Snapshot, own: &Ownership<'
     set(prop::ORIGIN_GUID, &snap.guid);
     set(prop::OVERLAY, own.overlay_digest);
     set(prop::CREATED, &own.created.to_string());
+    set(prop::STATE, prop::FILLING);
     argv.push(snap.full.clone());
     argv.push(node.dataset.clone());
     Cmd::change(argv)
@@ -105,6 +106,16 @@ pub fn remove_staging(hv: &Hypervisor, node: &LabNode) -> Cmd {
         r#"if [ -d "$1" ]; then rmdir "$1"; fi"#,
         "lab-rmdir",
         &staging_dir(hv, node),
+    ])
+}
+
+/// Records that the clone's tree is complete: a later run may start it as it is.
+pub fn mark_ready(node: &LabNode) -> Cmd {
+    Cmd::change([
+        "zfs",
+        "set",
+        &format!("{}=ready", prop::STATE),
+        &node.dataset,
     ])
 }
 

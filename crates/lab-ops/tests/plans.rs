@@ -22,8 +22,9 @@ nodes:
   z1: {hypervisor: hvz, id: 1}
 "#;
 
-fn lab() -> Lab {
-    let tree = lab_model::tree::parse(LAB, Path::new("plan.yaml")).unwrap();
+fn lab(edit: Option<(&str, &str)>) -> Lab {
+    let text = edit.map_or(LAB.to_owned(), |(from, to)| LAB.replace(from, to));
+    let tree = lab_model::tree::parse(&text, Path::new("plan.yaml")).unwrap();
     Lab::from_tree(tree, vec![PathBuf::from("plan.yaml")]).unwrap()
 }
 
@@ -51,12 +52,16 @@ struct Scenario {
     domains: &'static [(&'static str, &'static str)],
     /// Answers to `virsh metadata` reads per node (the lab marker), when the domain exists.
     markers: &'static [(&'static str, &'static str)],
+    /// A text replacement in the lab file.
+    lab_edit: Option<(&'static str, &'static str)>,
 }
 
 const OURS_D1: &str =
     "tank/d1\torigin\ttank/proto@20261001-release\ntank/d1\tlab:lab\tplan\ntank/d1\tlab:node\td1\n";
 const FOREIGN_D1: &str = "tank/d1\torigin\t-\ntank/d1\tmounted\tyes\n";
 const OTHER_LAB_Z1: &str = "ssd/labs/z1\torigin\tssd/proto-disk0@20261101-release\nssd/labs/z1\tlab:lab\tother\nssd/labs/z1\tlab:node\tz1\n";
+/// Left by a run that died between the clone and the end of the copy.
+const FILLING_D1: &str = "tank/d1\torigin\ttank/proto@20261001-release\ntank/d1\tlab:lab\tplan\ntank/d1\tlab:node\td1\ntank/d1\tlab:state\tfilling\ntank/d1\tmounted\tyes\n";
 const OURS_Z1: &str = "ssd/labs/z1\torigin\tssd/proto-disk0@20261101-release\nssd/labs/z1\tlab:lab\tplan\nssd/labs/z1\tlab:node\tz1\n";
 
 const SCENARIOS: &[Scenario] = &[
@@ -67,9 +72,11 @@ const SCENARIOS: &[Scenario] = &[
         datasets: &[],
         domains: &[],
         markers: &[],
+        lab_edit: None,
     },
     Scenario {
-        name: "create_existing_clones_skipped",
+        // d1 runs: unchanged. z1's complete clone is stopped: started as it is.
+        name: "create_converges_on_existing_clones",
         verb: "create",
         force: false,
         datasets: &[("hvd", OURS_D1), ("hvz", OURS_Z1)],
@@ -78,6 +85,7 @@ const SCENARIOS: &[Scenario] = &[
             ("d1", "<lab lab=\"plan\" node=\"d1\"/>"),
             ("z1", "<lab lab=\"plan\" node=\"z1\"/>"),
         ],
+        lab_edit: None,
     },
     Scenario {
         name: "create_force_replaces_ours",
@@ -89,6 +97,17 @@ const SCENARIOS: &[Scenario] = &[
             ("d1", "<lab lab=\"plan\" node=\"d1\"/>"),
             ("z1", "<lab lab=\"plan\" node=\"z1\"/>"),
         ],
+        lab_edit: None,
+    },
+    Scenario {
+        // d1's clone was never finished: made again without --force. z1 lost its definition.
+        name: "create_redoes_interrupted_clone",
+        verb: "create",
+        force: false,
+        datasets: &[("hvd", FILLING_D1), ("hvz", OURS_Z1)],
+        domains: &[],
+        markers: &[],
+        lab_edit: None,
     },
     Scenario {
         name: "create_force_never_touches_foreign",
@@ -97,6 +116,17 @@ const SCENARIOS: &[Scenario] = &[
         datasets: &[("hvd", FOREIGN_D1), ("hvz", OTHER_LAB_Z1)],
         domains: &[("hvz", " - z1 shut off\n")],
         markers: &[],
+        lab_edit: None,
+    },
+    Scenario {
+        // hvz has nothing that matches: refused before d1 on hvd is touched.
+        name: "create_refused_when_a_snapshot_matches_nothing",
+        verb: "create",
+        force: false,
+        datasets: &[],
+        domains: &[],
+        markers: &[],
+        lab_edit: Some(("snapshot: 20261101-release", "snapshot: \"2027*-release\"")),
     },
     Scenario {
         name: "destroy_ours",
@@ -108,6 +138,7 @@ const SCENARIOS: &[Scenario] = &[
             ("d1", "<lab lab=\"plan\" node=\"d1\"/>"),
             ("z1", "<lab lab=\"plan\" node=\"z1\"/>"),
         ],
+        lab_edit: None,
     },
     Scenario {
         name: "destroy_refuses_foreign",
@@ -116,6 +147,7 @@ const SCENARIOS: &[Scenario] = &[
         datasets: &[("hvd", FOREIGN_D1), ("hvz", OTHER_LAB_Z1)],
         domains: &[("hvd", " 4 d1 running\n")],
         markers: &[],
+        lab_edit: None,
     },
     Scenario {
         // An interrupted run left lab's domain for d1 but no clone; z1's domain is someone else's.
@@ -125,6 +157,7 @@ const SCENARIOS: &[Scenario] = &[
         datasets: &[],
         domains: &[("hvd", " 4 d1 running\n"), ("hvz", " 7 z1 running\n")],
         markers: &[("d1", "<lab lab=\"plan\" node=\"d1\"/>")],
+        lab_edit: None,
     },
     Scenario {
         name: "destroy_nothing_there",
@@ -133,11 +166,12 @@ const SCENARIOS: &[Scenario] = &[
         datasets: &[],
         domains: &[],
         markers: &[],
+        lab_edit: None,
     },
 ];
 
 fn run(s: &Scenario) -> String {
-    let lab = lab();
+    let lab = lab(s.lab_edit);
     let datasets: HashMap<&str, &str> = s.datasets.iter().copied().collect();
     let domains: HashMap<&str, &str> = s.domains.iter().copied().collect();
     let markers: HashMap<String, String> = s
@@ -198,6 +232,7 @@ fn run(s: &Scenario) -> String {
             };
             lab_ops::create(&exec, &req, &|_| {}).await
         } else {
+            Ok(
             lab_ops::destroy(
                 &exec,
                 &lab_ops::DestroyRequest {
@@ -206,9 +241,23 @@ fn run(s: &Scenario) -> String {
                 },
                 &|_| {},
             )
-            .await
+            .await)
         }
     });
+    let reports = match reports {
+        Ok(r) => r,
+        Err(e) => {
+            let changes: Vec<String> = exec
+                .recorded()
+                .into_iter()
+                .filter(|r| r.effect == lab_exec::Effect::Change)
+                .map(|r| r.line)
+                .collect();
+            return format!("refused: {e}
+changes: {changes:?}
+");
+        }
+    };
     let mut out = String::new();
     for r in &reports {
         out.push_str(&format!(

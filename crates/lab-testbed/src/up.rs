@@ -33,6 +33,7 @@ const PRIVATE_DIRS: &[&str] = &[
     "/root/.ssh",
     "/tmp",
     "/var/lib/lab",
+    "/run/lock/lab",
 ];
 
 /// The line `up` adds to `/root/.ssh/config` (and `down --purge` removes).
@@ -267,7 +268,7 @@ fn start_hypervisor(
         let mut binds = String::new();
         for d in PRIVATE_DIRS {
             binds.push_str(&format!(
-                "mount --bind {} {d} && ",
+                "mkdir -p {d} && mount --bind {} {d} && ",
                 bed.host_path(k, d).display()
             ));
         }

@@ -126,9 +126,18 @@ pub struct CreateArgs {
     /// Replace running domains and existing clones (only ones lab made for this lab).
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub lock: LockArgs,
     /// Print each node's decision and the exact commands; change nothing on the hypervisors.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LockArgs {
+    /// When another run holds the lab's lock, wait up to this long for it instead of exiting 4.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    pub lock_wait: u64,
 }
 
 #[derive(Args, Debug)]
@@ -140,6 +149,8 @@ pub struct DestroyArgs {
     /// Do not ask for confirmation on a terminal.
     #[arg(long, short = 'y')]
     pub yes: bool,
+    #[command(flatten)]
+    pub lock: LockArgs,
     /// Print each node's decision and the exact commands; change nothing.
     #[arg(long)]
     pub dry_run: bool,

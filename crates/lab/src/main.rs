@@ -24,6 +24,7 @@ enum Exit {
     Failure = 1,
     Invalid = 2,
     Partial = 3,
+    Locked = 4,
 }
 
 /// An error on its way to the user: the message and the exit code.
@@ -154,6 +155,60 @@ fn drive<T>(
     }))
 }
 
+/// Like [`drive`], for a verb that changes the lab: takes the lab's lock on its hypervisors
+/// first (not under `--dry-run`, which changes nothing) and releases it after `work`.
+fn drive_locked<T>(
+    exec: lab_exec::Executor,
+    lab: &Lab,
+    nodes: &[&LabNode],
+    verb: &str,
+    args: &cli::LockArgs,
+    dry_run: bool,
+    work: impl AsyncFnOnce(&lab_exec::Executor) -> T,
+) -> Result<T, Failure> {
+    let me = lab_ops::Holder {
+        owner: lab_ops::owner(),
+        pid: std::process::id(),
+        verb: verb.to_owned(),
+        since: lab_ops::now(),
+    };
+    let hypervisors = lab_ops::hypervisors_of(lab, nodes);
+    let waiting = |host: &str, holder: &lab_ops::Holder| {
+        eprintln!(
+            "lab: waiting up to {} s for the lock of lab `{}` on {host}, held by {holder}",
+            args.lock_wait, lab.name
+        );
+    };
+    drive(exec, async |exec| {
+        let locks = if dry_run {
+            lab_ops::lock::guard_only(exec, &lab.name, &hypervisors);
+            None
+        } else {
+            Some(
+                lab_ops::lock(exec, &lab.name, &hypervisors, &me, args.lock_wait, &waiting)
+                    .await?,
+            )
+        };
+        let out = work(exec).await;
+        if let Some(locks) = locks {
+            locks.release().await;
+        }
+        Ok(out)
+    })?
+}
+
+impl From<lab_ops::LockError> for Failure {
+    fn from(e: lab_ops::LockError) -> Self {
+        Failure {
+            code: match e {
+                lab_ops::LockError::Held { .. } => Exit::Locked,
+                lab_ops::LockError::Failed { .. } => Exit::Failure,
+            },
+            message: format!("{e}; nothing was changed"),
+        }
+    }
+}
+
 fn executor(lab: &Lab, nodes: &[&LabNode], dry_run: bool) -> lab_exec::Executor {
     let mode = if dry_run {
         lab_exec::Mode::DryRun
@@ -222,10 +277,11 @@ fn create(cli: &Cli, args: &cli::CreateArgs) -> Result<(), Failure> {
     };
     let progress =
         progress::NodeProgress::new(cli.quiet || args.dry_run, cli.verbose, &pairs(&nodes));
-    let reports = drive(exec, async |exec| {
+    let reports = drive_locked(exec, &lab, &nodes, "create", &args.lock, args.dry_run, async |exec| {
         lab_ops::create(exec, &request, &|e| progress.on_event(e)).await
     })?;
     progress.finish();
+    let reports = reports.map_err(|e| invalid(e.to_string()))?;
     finish(cli, &lab, "create", &reports, args.dry_run)
 }
 
@@ -259,7 +315,7 @@ fn destroy(cli: &Cli, args: &cli::DestroyArgs) -> Result<(), Failure> {
     };
     let progress =
         progress::NodeProgress::new(cli.quiet || args.dry_run, cli.verbose, &pairs(&nodes));
-    let reports = drive(exec, async |exec| {
+    let reports = drive_locked(exec, &lab, &nodes, "destroy", &args.lock, args.dry_run, async |exec| {
         lab_ops::destroy(exec, &request, &|e| progress.on_event(e)).await
     })?;
     progress.finish();
@@ -385,6 +441,9 @@ fn status(cli: &Cli, args: &cli::StatusArgs) -> Result<(), Failure> {
                 }
                 if let Some(s) = &n.newer_snapshot {
                     drift.push(format!("newer {s}"));
+                }
+                if n.state.as_deref() == Some(lab_ops::probe::prop::FILLING) {
+                    drift.push("INCOMPLETE: an interrupted create left it (create redoes it)".to_owned());
                 }
                 if let Some(f) = &n.foreign {
                     drift.push(format!("NOT OURS: {f}"));

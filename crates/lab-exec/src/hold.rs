@@ -1,0 +1,159 @@
+//! Remote commands that run as long as their handle lives: what `lab`'s locks stand on.
+//!
+//! The command's stdin gets a newline every `beat`; a remote side that stops hearing them (the
+//! controller died or the network went away) can give up on its own, and a released or dropped
+//! handle closes stdin so the remote side reads end-of-file at once.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openssh::{ChildStdout, Session};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+
+use crate::{Cmd, Effect, ExecError, Executor, Mode, Out, lost, quote_line};
+
+/// A running remote command; see the module documentation.
+pub struct Holding {
+    host: String,
+    line: String,
+    live: Option<Live>,
+    /// Scripted and dry-run modes: the lines and the end the script gave.
+    canned: VecDeque<String>,
+    canned_end: Out,
+}
+
+struct Live {
+    lines: Lines<BufReader<ChildStdout>>,
+    child: openssh::Child<Arc<Session>>,
+    beat: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        if let Some(live) = &self.live {
+            live.beat.abort();
+        }
+    }
+}
+
+impl Holding {
+    /// The next line the command printed, or `None` once it closed its output. Waits at most
+    /// `within` for it.
+    pub async fn next_line(&mut self, within: Duration) -> Result<Option<String>, ExecError> {
+        let Some(live) = &mut self.live else {
+            return Ok(self.canned.pop_front());
+        };
+        match tokio::time::timeout(within, live.lines.next_line()).await {
+            Err(_) => Err(ExecError::Timeout {
+                host: self.host.clone(),
+                command: self.line.clone(),
+                after: within,
+            }),
+            Ok(Err(_)) => Err(ExecError::Disconnected {
+                host: self.host.clone(),
+                command: self.line.clone(),
+            }),
+            Ok(Ok(line)) => Ok(line),
+        }
+    }
+
+    /// Waits for a command that ended on its own and returns its exit status and stderr.
+    pub async fn finish(mut self) -> Result<Out, ExecError> {
+        let Some(mut live) = self.live.take() else {
+            return Ok(self.canned_end.clone());
+        };
+        live.beat.abort();
+        let mut stderr = String::new();
+        if let Some(mut err) = live.child.stderr().take() {
+            let _ = err.read_to_string(&mut stderr).await;
+        }
+        let status = live
+            .child
+            .wait()
+            .await
+            .map_err(|e| lost(&self.host, &self.line, e))?;
+        Ok(Out {
+            status: status.code().unwrap_or(-1),
+            stdout: String::new(),
+            stderr,
+        })
+    }
+
+    /// Ends the command: its stdin closes, so it reads end-of-file; waits a moment for it.
+    pub async fn release(mut self) {
+        if let Some(live) = self.live.take() {
+            live.beat.abort();
+            let _ = tokio::time::timeout(Duration::from_secs(5), live.child.wait()).await;
+        }
+    }
+}
+
+impl Executor {
+    /// Starts `cmd` on `host` and keeps it running, outside the command limits, until the
+    /// returned handle is released or dropped; its stdin receives a newline every `beat`.
+    /// Scripted mode answers from the script and dry-run mode pretends (both record it).
+    pub async fn hold(&self, host: &str, cmd: &Cmd, beat: Duration) -> Result<Holding, ExecError> {
+        let h = self.host(host)?;
+        let line = quote_line(&cmd.argv);
+        let mut holding = Holding {
+            host: host.to_owned(),
+            line: cmd.line(),
+            live: None,
+            canned: VecDeque::new(),
+            canned_end: Out::ok(""),
+        };
+        match &self.mode {
+            Mode::Scripted(script) => {
+                self.note(host, Effect::Change, cmd.line(), &cmd.argv);
+                let out = script(host, &line).unwrap_or_else(|| Out::ok(""));
+                holding.canned = out.stdout.lines().map(str::to_owned).collect();
+                holding.canned_end = Out {
+                    stdout: String::new(),
+                    ..out
+                };
+                return Ok(holding);
+            }
+            Mode::DryRun => {
+                self.note(host, Effect::Change, cmd.line(), &cmd.argv);
+                return Ok(holding);
+            }
+            Mode::Live => {}
+        }
+        let session = self.session(h).await?;
+        let mut command = Session::arc_raw_command(session, &line);
+        command
+            .stdin(openssh::Stdio::piped())
+            .stdout(openssh::Stdio::piped())
+            .stderr(openssh::Stdio::piped());
+        let mut child = command
+            .spawn()
+            .await
+            .map_err(|e| lost(host, &holding.line, e))?;
+        let stdout = child.stdout().take().expect("piped");
+        let mut stdin = child.stdin().take().expect("piped");
+        let beat = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(beat);
+            loop {
+                tick.tick().await;
+                if stdin.write_all(b"\n").await.is_err() || stdin.flush().await.is_err() {
+                    return;
+                }
+            }
+        });
+        holding.live = Some(Live {
+            lines: BufReader::new(stdout).lines(),
+            child,
+            beat,
+        });
+        Ok(holding)
+    }
+
+    /// Makes every later command to `host` fail as unreachable, with `why`: for a host whose
+    /// lock could not be taken, so that nothing runs there unlocked.
+    pub async fn fence(&self, host: &str, why: String) {
+        if let Ok(h) = self.host(host) {
+            *h.session.lock().await = Some(Err(why));
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Per-lab locks, held on the hypervisors: two runs that change the same lab never interleave.
+//!
+//! On each hypervisor a small remote shell takes `flock` on `<lock_dir>/<lab>.lock`, writes
+//! who holds it into the file, says `locked`, and then waits for the controller's heartbeat on
+//! its stdin. It ends, and the kernel drops the lock, when the controller releases it, when
+//! the controller dies (the ssh channel closes, stdin reads end-of-file) or when the heartbeat
+//! stops for [`PATIENCE_SECS`] (the network went away). No lock file ever needs a human.
+//!
+//! A dead holder's last commands may still be running on the hypervisor when its lock goes.
+//! So every change a run makes holds `<lab>.busy` shared while it runs (`flock -s`, put in
+//! front of each change by the executor's guard), and a new holder waits for `<lab>.busy`
+//! exclusively before it says `locked`.
+//!
+//! Locks are taken one hypervisor after another in lab order, so two runs that both wait
+//! (`--lock-wait`) cannot each hold what the other waits for.
+
+use std::fmt;
+use std::time::Duration;
+
+use lab_exec::{Cmd, ExecError, Executor, Holding};
+use lab_model::Hypervisor;
+
+/// How often the controller tells a lock holder it is still there.
+pub const BEAT: Duration = Duration::from_secs(5);
+/// How long a lock holder waits for a heartbeat before it gives the lock up.
+pub const PATIENCE_SECS: u64 = 20;
+/// The exit status of the remote side when the lock is held by someone else.
+const HELD_STATUS: i32 = 75;
+
+/// Constant text; the lock file, holder, wait and patience are positional arguments.
+const LOCK: &str = r#"lock=$1 holder=$2 wait=$3 patience=$4 busy=$5
+mkdir -p -- "${lock%/*}" || exit 1
+exec 9>>"$lock" || exit 1
+if ! flock -n 9; then
+  printf 'held %s\n' "$(cat -- "$lock")"
+  { [ "$wait" -gt 0 ] && flock -w "$wait" 9; } || exit 75
+fi
+printf '%s\n' "$holder" >"$lock"
+flock -x -w 600 "$busy" true 9>&- || { echo "changes of an earlier run still run here" >&2; exit 1; }
+echo locked
+while timeout "$patience" sh -c 'read -r _' 9>&-; do :; done
+"#;
+
+/// Who holds (or wants) a lab's lock.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Holder {
+    /// `user@controller`
+    pub owner: String,
+    pub pid: u32,
+    /// The verb that took it: `create`, `destroy` ...
+    pub verb: String,
+    /// Seconds since the epoch.
+    pub since: u64,
+}
+
+impl Holder {
+    fn line(&self) -> String {
+        format!("{} {} {} {}", self.owner, self.pid, self.verb, self.since)
+    }
+
+    fn parse(line: &str) -> Option<Holder> {
+        let mut f = line.split_whitespace();
+        let h = Holder {
+            owner: f.next()?.to_owned(),
+            pid: f.next()?.parse().ok()?,
+            verb: f.next()?.to_owned(),
+            since: f.next()?.parse().ok()?,
+        };
+        f.next().is_none().then_some(h)
+    }
+}
+
+impl fmt::Display for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (pid {}, `lab {}`) since {}",
+            self.owner,
+            self.pid,
+            self.verb,
+            crate::utc(self.since)
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("lab `{lab}` is locked on {host} by {}{}", holder_text(.holder), waited_text(*.waited))]
+    Held {
+        lab: String,
+        host: String,
+        /// `None` when the holder had not yet written its name.
+        holder: Option<Holder>,
+        waited: u64,
+    },
+    #[error("{host}: cannot take the lock of lab `{lab}`: {source}")]
+    Failed {
+        lab: String,
+        host: String,
+        source: ExecError,
+    },
+}
+
+fn holder_text(h: &Option<Holder>) -> String {
+    h.as_ref()
+        .map_or("another run (it has not said who yet)".to_owned(), Holder::to_string)
+}
+
+fn waited_text(waited: u64) -> String {
+    if waited == 0 {
+        " (use --lock-wait SECONDS to wait for it)".to_owned()
+    } else {
+        format!(" (waited {waited} s)")
+    }
+}
+
+/// The locks of one run; released explicitly, or by the remote side when this process dies.
+pub struct Locks {
+    held: Vec<Holding>,
+}
+
+impl Locks {
+    pub async fn release(self) {
+        crate::join_all(self.held.into_iter().map(Holding::release).collect()).await;
+    }
+}
+
+fn lock_file(hv: &Hypervisor, lab: &str, ext: &str) -> String {
+    format!("{}/{lab}.{ext}", hv.lock_dir.trim_end_matches('/'))
+}
+
+/// The remote command that takes and holds `lab`'s lock on `hv`.
+pub fn lock_cmd(hv: &Hypervisor, lab: &str, me: &Holder, wait_secs: u64) -> Cmd {
+    Cmd::change([
+        "sh".to_owned(),
+        "-c".to_owned(),
+        LOCK.to_owned(),
+        "lab-lock".to_owned(),
+        lock_file(hv, lab, "lock"),
+        me.line(),
+        wait_secs.to_string(),
+        PATIENCE_SECS.to_string(),
+        lock_file(hv, lab, "busy"),
+    ])
+}
+
+/// The words in front of every change a lock holder makes on `hv`.
+pub fn guard(hv: &Hypervisor, lab: &str) -> Vec<String> {
+    vec!["flock".into(), "-s".into(), lock_file(hv, lab, "busy")]
+}
+
+/// Puts the guard in front of the changes on every hypervisor without taking any lock: for
+/// `--dry-run`, so that it prints what a real run would send.
+pub fn guard_only(exec: &Executor, lab: &str, hypervisors: &[&Hypervisor]) {
+    for hv in hypervisors {
+        exec.guard(&hv.name, guard(hv, lab));
+    }
+}
+
+/// Takes `lab`'s lock on every hypervisor in `hypervisors` (in that order), waiting up to
+/// `wait_secs` for each; `waiting` hears about every holder waited for. A hypervisor that cannot
+/// be reached is fenced off (its nodes then fail as unreachable) and the others go on; a lock
+/// held elsewhere releases everything taken so far and fails the run before any change.
+pub async fn lock(
+    exec: &Executor,
+    lab: &str,
+    hypervisors: &[&Hypervisor],
+    me: &Holder,
+    wait_secs: u64,
+    waiting: &(dyn Fn(&str, &Holder) + Sync),
+) -> Result<Locks, LockError> {
+    // Connections open in parallel; the locks themselves are taken in order.
+    crate::join_all(hypervisors.iter().map(|h| exec.connect(&h.name)).collect()).await;
+    let mut locks = Locks { held: Vec::new() };
+    for hv in hypervisors {
+        match lock_one(exec, hv, lab, me, wait_secs, waiting).await {
+            Ok(holding) => {
+                exec.guard(&hv.name, guard(hv, lab));
+                locks.held.push(holding);
+            }
+            Err(LockError::Failed { source, .. }) if source.unreachable() => {
+                exec.fence(&hv.name, source.to_string()).await;
+            }
+            Err(e) => {
+                locks.release().await;
+                return Err(e);
+            }
+        }
+    }
+    Ok(locks)
+}
+
+async fn lock_one(
+    exec: &Executor,
+    hv: &Hypervisor,
+    lab: &str,
+    me: &Holder,
+    wait_secs: u64,
+    waiting: &(dyn Fn(&str, &Holder) + Sync),
+) -> Result<Holding, LockError> {
+    let failed = |source| LockError::Failed {
+        lab: lab.to_owned(),
+        host: hv.name.clone(),
+        source,
+    };
+    let cmd = lock_cmd(hv, lab, me, wait_secs);
+    let mut holding = exec.hold(&hv.name, &cmd, BEAT).await.map_err(failed)?;
+    let mut holder = None;
+    let within = Duration::from_secs(wait_secs + 30);
+    loop {
+        match holding.next_line(within).await.map_err(failed)? {
+            Some(line) if line == "locked" => return Ok(holding),
+            Some(line) => {
+                if let Some(h) = line.strip_prefix("held ").and_then(Holder::parse) {
+                    if wait_secs > 0 {
+                        waiting(&hv.name, &h);
+                    }
+                    holder = Some(h);
+                }
+            }
+            None => {
+                let out = holding.finish().await.map_err(failed)?;
+                return Err(if out.status == HELD_STATUS {
+                    LockError::Held {
+                        lab: lab.to_owned(),
+                        host: hv.name.clone(),
+                        holder,
+                        waited: wait_secs,
+                    }
+                } else {
+                    failed(ExecError::Failed {
+                        host: hv.name.clone(),
+                        command: cmd.line(),
+                        status: out.status,
+                        stderr: out.stderr.trim().to_owned(),
+                    })
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holder_round_trips_through_the_lock_file_line() {
+        let h = Holder {
+            owner: "ana@ctl".into(),
+            pid: 4242,
+            verb: "create".into(),
+            since: 1_795_000_000,
+        };
+        assert_eq!(Holder::parse(&h.line()), Some(h.clone()));
+        assert_eq!(Holder::parse("ana@ctl 12 create"), None);
+        assert_eq!(Holder::parse(""), None);
+        assert_eq!(
+            h.to_string(),
+            "ana@ctl (pid 4242, `lab create`) since 2026-11-18 11:06:40 UTC"
+        );
+    }
+}
