@@ -270,8 +270,9 @@ impl Executor {
         });
     }
 
-    /// From now on, every change on `host` (and the remote side of rsync) runs as
-    /// `prefix... program args...`: how `lab` makes each change hold a shared lock while it runs.
+    /// From now on, every change on `host` runs as `prefix... timeout -k 5 SECS program args...`
+    /// (and the remote side of rsync as `prefix... rsync`): how `lab` makes each change hold a
+    /// shared lock while it runs, and never longer than its deadline.
     pub fn guard(&self, host: &str, prefix: Vec<String>) {
         if let Ok(h) = self.host(host) {
             *h.guard.lock().expect("guard lock") = prefix;
@@ -288,8 +289,16 @@ impl Executor {
         let guard = self.guard_of(h);
         let guarded;
         let cmd = if cmd.effect == Effect::Change && !guard.is_empty() {
+            // A guarded change also ends on the remote side at its deadline, so that one
+            // whose connection was cut does not keep holding the guard's lock.
+            let deadline = ["timeout", "-k", "5"].map(String::from);
             guarded = Cmd {
-                argv: guard.into_iter().chain(cmd.argv.iter().cloned()).collect(),
+                argv: guard
+                    .into_iter()
+                    .chain(deadline)
+                    .chain([cmd.timeout.as_secs().max(1).to_string()])
+                    .chain(cmd.argv.iter().cloned())
+                    .collect(),
                 ..cmd.clone()
             };
             &guarded
@@ -504,6 +513,8 @@ fn rsync_args(local: &Path, host: &str, remote: &str, guard: &[String]) -> Vec<S
         "--numeric-ids".to_owned(),
         "--chown=0:0".to_owned(),
         "--protect-args".to_owned(),
+        // Both ends give up after this long without I/O (a cut connection).
+        "--timeout=30".to_owned(),
     ];
     if !guard.is_empty() {
         // The remote shell runs this as the rsync command.

@@ -32,7 +32,9 @@ pub struct NodeBuild {
 /// Why a create cannot start: found before any change on any hypervisor.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    #[error("{host}: no snapshot of {proto} matches `{spec}` (found: {found}); nothing was changed")]
+    #[error(
+        "{host}: no snapshot of {proto} matches `{spec}` (found: {found}); nothing was changed"
+    )]
     NoSnapshot {
         host: String,
         proto: String,

@@ -287,7 +287,11 @@ pub(crate) async fn probe_all<'a>(
 pub(crate) type States<'a> = HashMap<&'a str, Result<Arc<HostState>, ExecError>>;
 
 /// Probes the hypervisors that carry `nodes`.
-pub(crate) async fn probe_nodes<'a>(exec: &Executor, lab: &'a Lab, nodes: &[&LabNode]) -> States<'a> {
+pub(crate) async fn probe_nodes<'a>(
+    exec: &Executor,
+    lab: &'a Lab,
+    nodes: &[&LabNode],
+) -> States<'a> {
     probe_all(exec, &hypervisors_of(lab, nodes))
         .await
         .into_iter()

@@ -102,8 +102,10 @@ pub enum LockError {
 }
 
 fn holder_text(h: &Option<Holder>) -> String {
-    h.as_ref()
-        .map_or("another run (it has not said who yet)".to_owned(), Holder::to_string)
+    h.as_ref().map_or(
+        "another run (it has not said who yet)".to_owned(),
+        Holder::to_string,
+    )
 }
 
 fn waited_text(waited: u64) -> String {
@@ -179,7 +181,11 @@ pub async fn lock(
                 locks.held.push(holding);
             }
             Err(LockError::Failed { source, .. }) if source.unreachable() => {
-                exec.fence(&hv.name, source.to_string()).await;
+                let why = match source {
+                    ExecError::Connect { message, .. } => message,
+                    other => other.to_string(),
+                };
+                exec.fence(&hv.name, why).await;
             }
             Err(e) => {
                 locks.release().await;
@@ -206,7 +212,8 @@ async fn lock_one(
     let cmd = lock_cmd(hv, lab, me, wait_secs);
     let mut holding = exec.hold(&hv.name, &cmd, BEAT).await.map_err(failed)?;
     let mut holder = None;
-    let within = Duration::from_secs(wait_secs + 30);
+    // Waiting for the lock, then for a dead holder's changes to end (at most 600 s).
+    let within = Duration::from_secs(wait_secs + 660);
     loop {
         match holding.next_line(within).await.map_err(failed)? {
             Some(line) if line == "locked" => return Ok(holding),

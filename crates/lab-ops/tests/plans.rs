@@ -232,8 +232,7 @@ fn run(s: &Scenario) -> String {
             };
             lab_ops::create(&exec, &req, &|_| {}).await
         } else {
-            Ok(
-            lab_ops::destroy(
+            Ok(lab_ops::destroy(
                 &exec,
                 &lab_ops::DestroyRequest {
                     lab: &lab,
@@ -253,9 +252,11 @@ fn run(s: &Scenario) -> String {
                 .filter(|r| r.effect == lab_exec::Effect::Change)
                 .map(|r| r.line)
                 .collect();
-            return format!("refused: {e}
+            return format!(
+                "refused: {e}
 changes: {changes:?}
-");
+"
+            );
         }
     };
     let mut out = String::new();

@@ -206,6 +206,21 @@ impl Testbed {
     pub fn status(&self) -> Status {
         status::status(self)
     }
+
+    /// A fault for tests: stops hypervisor `k`'s sshd (sessions already open live on);
+    /// [`Testbed::up`] starts it again.
+    pub fn stop_sshd(&self, k: u32) {
+        if let Some(pid) = self.alive(k, "sshd", "sshd") {
+            up::stop(pid);
+        }
+    }
+
+    /// A fault for tests: takes hypervisor `k`'s link to the bridge down (`false`) or up again;
+    /// packets in flight are lost, connections stall until ssh gives up on them.
+    pub fn set_link(&self, k: u32, up: bool) -> Result<()> {
+        run(Command::new("ip").args(["link", "set", &self.veth(k), if up { "up" } else { "down" }]))
+            .map(drop)
+    }
 }
 
 /// The test bed for an end-to-end test, or a panic that says how to bring it up.

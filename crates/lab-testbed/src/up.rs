@@ -616,7 +616,7 @@ pub fn down(bed: &Testbed, purge: bool, log: &mut dyn FnMut(&str)) -> Result<()>
 }
 
 /// SIGTERM, up to 10 s, then SIGKILL.
-fn stop(pid: u32) {
+pub(crate) fn stop(pid: u32) {
     let _ = run(Command::new("kill").arg(pid.to_string()));
     let gone = || {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))

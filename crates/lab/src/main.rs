@@ -184,10 +184,7 @@ fn drive_locked<T>(
             lab_ops::lock::guard_only(exec, &lab.name, &hypervisors);
             None
         } else {
-            Some(
-                lab_ops::lock(exec, &lab.name, &hypervisors, &me, args.lock_wait, &waiting)
-                    .await?,
-            )
+            Some(lab_ops::lock(exec, &lab.name, &hypervisors, &me, args.lock_wait, &waiting).await?)
         };
         let out = work(exec).await;
         if let Some(locks) = locks {
@@ -277,9 +274,15 @@ fn create(cli: &Cli, args: &cli::CreateArgs) -> Result<(), Failure> {
     };
     let progress =
         progress::NodeProgress::new(cli.quiet || args.dry_run, cli.verbose, &pairs(&nodes));
-    let reports = drive_locked(exec, &lab, &nodes, "create", &args.lock, args.dry_run, async |exec| {
-        lab_ops::create(exec, &request, &|e| progress.on_event(e)).await
-    })?;
+    let reports = drive_locked(
+        exec,
+        &lab,
+        &nodes,
+        "create",
+        &args.lock,
+        args.dry_run,
+        async |exec| lab_ops::create(exec, &request, &|e| progress.on_event(e)).await,
+    )?;
     progress.finish();
     let reports = reports.map_err(|e| invalid(e.to_string()))?;
     finish(cli, &lab, "create", &reports, args.dry_run)
@@ -315,9 +318,15 @@ fn destroy(cli: &Cli, args: &cli::DestroyArgs) -> Result<(), Failure> {
     };
     let progress =
         progress::NodeProgress::new(cli.quiet || args.dry_run, cli.verbose, &pairs(&nodes));
-    let reports = drive_locked(exec, &lab, &nodes, "destroy", &args.lock, args.dry_run, async |exec| {
-        lab_ops::destroy(exec, &request, &|e| progress.on_event(e)).await
-    })?;
+    let reports = drive_locked(
+        exec,
+        &lab,
+        &nodes,
+        "destroy",
+        &args.lock,
+        args.dry_run,
+        async |exec| lab_ops::destroy(exec, &request, &|e| progress.on_event(e)).await,
+    )?;
     progress.finish();
     finish(cli, &lab, "destroy", &reports, args.dry_run)
 }
@@ -443,7 +452,9 @@ fn status(cli: &Cli, args: &cli::StatusArgs) -> Result<(), Failure> {
                     drift.push(format!("newer {s}"));
                 }
                 if n.state.as_deref() == Some(lab_ops::probe::prop::FILLING) {
-                    drift.push("INCOMPLETE: an interrupted create left it (create redoes it)".to_owned());
+                    drift.push(
+                        "INCOMPLETE: an interrupted create left it (create redoes it)".to_owned(),
+                    );
                 }
                 if let Some(f) = &n.foreign {
                     drift.push(format!("NOT OURS: {f}"));

@@ -3,128 +3,13 @@
 //! Needs `cargo xtask testbed up` (or `cargo xtask ci`); fails with that advice otherwise.
 //! Each test uses its own lab and node names, so they can run in parallel.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use std::process::Command;
 use std::time::Duration;
 
-use lab_testbed::{PROTO, Testbed, require};
-use serde_json::Value;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", self.stdout, self.stderr))
-    }
-}
-
-fn lab(build: &Path, args: &[&str]) -> Run {
-    let out: Output = Command::new(env!("CARGO_BIN_EXE_lab"))
-        .args(args)
-        .env("LAB_BUILD", build)
-        .env_remove("LAB_FILE")
-        .env_remove("LAB_FORMAT")
-        .current_dir(repo())
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn k_of(hv: &str) -> u32 {
-    hv.trim_start_matches("hv").parse().unwrap()
-}
-
-fn exists(bed: &Testbed, hv: &str, dataset: &str) -> bool {
-    bed.exec(k_of(hv), &["zfs", "list", "-H", "-o", "name", dataset])
-        .is_ok()
-}
-
-fn domain_exists(bed: &Testbed, hv: &str, name: &str) -> bool {
-    bed.exec(k_of(hv), &["virsh", "-q", "domstate", name])
-        .is_ok()
-}
-
-fn staging_exists(bed: &Testbed, hv: &str, node: &str) -> bool {
-    bed.exec(
-        k_of(hv),
-        &["test", "-e", &format!("/var/lib/lab/staging/{node}")],
-    )
-    .is_ok()
-}
-
-fn mounted_anything_of(bed: &Testbed, hv: &str, node: &str) -> bool {
-    let mounts = bed
-        .exec(k_of(hv), &["cat", "/proc/self/mountinfo"])
-        .unwrap();
-    mounts
-        .lines()
-        .any(|l| l.contains(&format!("/{node} ")) || l.contains(&format!("staging/{node}")))
-}
-
-/// Every proto snapshot with its guid, per hypervisor: must never change under create/destroy.
-fn proto_fingerprint(bed: &Testbed) -> Vec<String> {
-    (0..bed.hypervisors)
-        .map(|k| {
-            bed.exec(
-                k,
-                &[
-                    "zfs",
-                    "get",
-                    "-H",
-                    "-p",
-                    "-o",
-                    "name,value",
-                    "guid",
-                    "-r",
-                    &format!("{}/{PROTO}", bed.pool),
-                ],
-            )
-            .unwrap()
-        })
-        .collect()
-}
-
-/// A lab of our own on the test bed's fleet file.
-fn write_lab(dir: &Path, name: &str, id: u8, body: &str) -> PathBuf {
-    let text = format!(
-        "include: {}\nlab: {{name: {name}, id: {id}}}\nvars: {{domain: e2e.example, dns: [192.0.2.53]}}\n\
-         defaults:\n  node:\n    vars: {{vpp_workers: 1, ospf_area: 0}}\n{default_overlay}{body}",
-        repo().join("labs/testbed.yaml").display(),
-        default_overlay = if body.contains("overlay:") {
-            ""
-        } else {
-            "overlay: bird\n"
-        },
-    );
-    let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn by_node(report: &Value) -> std::collections::HashMap<String, Value> {
-    report["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| (n["node"].as_str().unwrap().to_owned(), n.clone()))
-        .collect()
-}
+use common::*;
+use lab_testbed::{PROTO, require};
 
 #[test]
 fn example_lab_lifecycle() {
@@ -416,14 +301,14 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
         .collect();
     assert!(
         commands[0].starts_with(
-            "flock -s /run/lock/lab/e2e-dry.busy zfs clone -o mountpoint=/var/lib/lab/staging/dr-1 -o lab:lab=e2e-dry"
+            "flock -s /run/lock/lab/e2e-dry.busy timeout -k 5 60 zfs clone -o mountpoint=/var/lib/lab/staging/dr-1 -o lab:lab=e2e-dry"
         ),
         "{commands:?}"
     );
     assert!(commands.iter().any(|c| c.starts_with("rsync ")));
     assert_eq!(
         *commands.last().unwrap(),
-        "flock -s /run/lock/lab/e2e-dry.busy virsh -q start dr-1"
+        "flock -s /run/lock/lab/e2e-dry.busy timeout -k 5 120 virsh -q start dr-1"
     );
     assert!(!exists(&bed, "hv0", &format!("{}/dr-1", bed.pool)));
     assert!(!domain_exists(&bed, "hv0", "dr-1"));

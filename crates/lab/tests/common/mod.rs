@@ -1,0 +1,138 @@
+//! Helpers shared by the end-to-end test binaries: run the real `lab`, look at a hypervisor.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use lab_testbed::{PROTO, Testbed};
+use serde_json::Value;
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", self.stdout, self.stderr))
+    }
+}
+
+pub fn lab(build: &Path, args: &[&str]) -> Run {
+    let out: Output = Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args(args)
+        .env("LAB_BUILD", build)
+        .env_remove("LAB_FILE")
+        .env_remove("LAB_FORMAT")
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+pub fn k_of(hv: &str) -> u32 {
+    hv.trim_start_matches("hv").parse().unwrap()
+}
+
+pub fn exists(bed: &Testbed, hv: &str, dataset: &str) -> bool {
+    bed.exec(k_of(hv), &["zfs", "list", "-H", "-o", "name", dataset])
+        .is_ok()
+}
+
+pub fn domain_exists(bed: &Testbed, hv: &str, name: &str) -> bool {
+    bed.exec(k_of(hv), &["virsh", "-q", "domstate", name])
+        .is_ok()
+}
+
+pub fn staging_exists(bed: &Testbed, hv: &str, node: &str) -> bool {
+    bed.exec(
+        k_of(hv),
+        &["test", "-e", &format!("/var/lib/lab/staging/{node}")],
+    )
+    .is_ok()
+}
+
+pub fn mounted_anything_of(bed: &Testbed, hv: &str, node: &str) -> bool {
+    let mounts = bed
+        .exec(k_of(hv), &["cat", "/proc/self/mountinfo"])
+        .unwrap();
+    mounts
+        .lines()
+        .any(|l| l.contains(&format!("/{node} ")) || l.contains(&format!("staging/{node}")))
+}
+
+/// Every proto snapshot with its guid, per hypervisor: must never change under create/destroy.
+pub fn proto_fingerprint(bed: &Testbed) -> Vec<String> {
+    (0..bed.hypervisors)
+        .map(|k| {
+            bed.exec(
+                k,
+                &[
+                    "zfs",
+                    "get",
+                    "-H",
+                    "-p",
+                    "-o",
+                    "name,value",
+                    "guid",
+                    "-r",
+                    &format!("{}/{PROTO}", bed.pool),
+                ],
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+/// A lab of our own on the test bed's fleet file.
+pub fn write_lab(dir: &Path, name: &str, id: u8, body: &str) -> PathBuf {
+    let text = format!(
+        "include: {}\nlab: {{name: {name}, id: {id}}}\nvars: {{domain: e2e.example, dns: [192.0.2.53]}}\n\
+         defaults:\n  node:\n    vars: {{vpp_workers: 1, ospf_area: 0}}\n{default_overlay}{body}",
+        repo().join("labs/testbed.yaml").display(),
+        default_overlay = if body.contains("overlay:") {
+            ""
+        } else {
+            "overlay: bird\n"
+        },
+    );
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn by_node(report: &Value) -> std::collections::HashMap<String, Value> {
+    report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["node"].as_str().unwrap().to_owned(), n.clone()))
+        .collect()
+}
+
+/// Starts `lab` with stderr piped (to watch its progress), stdout discarded.
+pub fn spawn_lab(build: &Path, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args(args)
+        .env("LAB_BUILD", build)
+        .env_remove("LAB_FILE")
+        .env_remove("LAB_FORMAT")
+        .current_dir(repo())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}

@@ -1,0 +1,480 @@
+//! Faults, end to end on the test bed: a hypervisor that is down, a connection cut in the
+//! middle of a create, a pool that fills up, `lab` killed with SIGKILL, a lock held by someone
+//! else, and hostile arguments over real ssh.
+//!
+//! These tests stop daemons and cut links, so they run one at a time (and in their own test
+//! binary, which cargo never runs beside the other end-to-end tests).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::*;
+use lab_testbed::{Testbed, UpOptions, require};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Brings back whatever a test broke, even when it fails half-way.
+struct Restore<'a>(&'a Testbed);
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        for k in 0..self.0.hypervisors {
+            let _ = self.0.set_link(k, true);
+        }
+        let _ = self.0.up(&UpOptions::default(), &mut |_| {});
+    }
+}
+
+/// A running `lab -v`'s progress lines; the rest is drained in the background once a line
+/// matching `stop_at` was read.
+fn progress_until(child: &mut Child, stop_at: impl Fn(&str) -> bool) -> Vec<String> {
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let hit = stop_at(&line);
+        seen.push(line);
+        if hit {
+            std::thread::spawn(move || lines.for_each(drop));
+            return seen;
+        }
+    }
+    panic!("`lab` ended before the awaited progress line: {seen:#?}");
+}
+
+/// Waits for `child`, killing it and failing the test if it runs longer than `limit`: a hang
+/// detector, not a speed check.
+fn wait_bounded(child: &mut Child, limit: Duration) -> i32 {
+    let t0 = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            panic!("`lab` did not end within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Neither clone, nor domain, nor staging directory, nor mount of any of `nodes` is left.
+fn assert_nothing_left(bed: &Testbed, nodes: &[(&str, &str)]) {
+    for (hv, node) in nodes {
+        assert!(
+            !exists(bed, hv, &format!("{}/{node}", bed.pool)),
+            "{node}: clone left"
+        );
+        assert!(!domain_exists(bed, hv, node), "{node}: domain left");
+        assert!(!staging_exists(bed, hv, node), "{node}: staging left");
+        assert!(!mounted_anything_of(bed, hv, node), "{node}: mount left");
+    }
+}
+
+/// `lab status` explains every node: no node is unknown, and every clone is lab's own with an
+/// owner and a state.
+fn assert_status_explains_everything(dir: &Path, file: &str) {
+    let run = lab(dir, &["--format", "json", "status", "--lab", file]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for n in run.json()["nodes"].as_array().unwrap() {
+        assert!(n.get("error").is_none(), "{n}");
+        assert!(
+            ["running", "shut off", "absent"].contains(&n["domain"].as_str().unwrap()),
+            "{n}"
+        );
+        if n["clone"] == true {
+            assert!(n.get("foreign").is_none(), "{n}");
+            assert!(n["owner"].as_str().unwrap().contains('@'), "{n}");
+            assert!(
+                ["ready", "filling"].contains(&n["state"].as_str().unwrap()),
+                "{n}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_hypervisor_that_is_down_fails_its_nodes_and_the_others_are_created() {
+    let _serial = serial();
+    let bed = require();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_lab(
+        dir.path(),
+        "e2e-down",
+        50,
+        "nodes:\n  dn-0: {hypervisor: hv0, id: 50}\n  dn-2: {hypervisor: hv2, id: 51}\n",
+    );
+    let f = file.to_str().unwrap();
+    lab(dir.path(), &["destroy", "--lab", f, "--yes", "-q"]);
+
+    let restore = Restore(&bed);
+    bed.stop_sshd(2);
+    let run = lab(dir.path(), &["--format", "json", "create", "--lab", f]);
+    drop(restore);
+
+    assert_eq!(run.code, 3, "partial: {}", run.stderr);
+    let nodes = by_node(&run.json());
+    assert_eq!(nodes["dn-0"]["result"], "done", "{}", nodes["dn-0"]);
+    assert_eq!(nodes["dn-2"]["result"], "failed");
+    let error = nodes["dn-2"]["error"].as_str().unwrap();
+    assert!(error.starts_with("hv2: cannot connect to `hv2`"), "{error}");
+    assert!(!exists(&bed, "hv2", &format!("{}/dn-2", bed.pool)));
+
+    let run = lab(dir.path(), &["destroy", "--lab", f, "--yes"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_nothing_left(&bed, &[("hv0", "dn-0"), ("hv2", "dn-2")]);
+}
+
+#[test]
+fn a_connection_cut_mid_create_ends_and_the_next_create_converges() {
+    let _serial = serial();
+    let bed = require();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_lab(
+        dir.path(),
+        "e2e-cut",
+        51,
+        "nodes:\n  cut-0: {hypervisor: hv0, id: 52}\n  cut-1: {hypervisor: hv1, id: 53}\n  \
+         cut-2: {hypervisor: hv1, id: 54}\n  cut-3: {hypervisor: hv1, id: 55}\n  cut-4: {hypervisor: hv1, id: 56}\n",
+    );
+    let f = file.to_str().unwrap();
+    let all = [
+        ("hv0", "cut-0"),
+        ("hv1", "cut-1"),
+        ("hv1", "cut-2"),
+        ("hv1", "cut-3"),
+        ("hv1", "cut-4"),
+    ];
+    lab(dir.path(), &["destroy", "--lab", f, "--yes", "-q"]);
+
+    let restore = Restore(&bed);
+    let mut child = spawn_lab(dir.path(), &["-v", "create", "--lab", f]);
+    progress_until(&mut child, |l| {
+        l.contains("hv1/cut-") && l.ends_with(": copy")
+    });
+    bed.set_link(1, false).unwrap();
+    // ssh notices a dead link after 3 missed keep-alives 5 s apart.
+    let code = wait_bounded(&mut child, Duration::from_secs(120));
+    drop(restore);
+    assert_ne!(
+        code, 0,
+        "the cut hypervisor's nodes cannot all have been created"
+    );
+
+    assert_status_explains_everything(dir.path(), f);
+
+    // The remote lock of the cut run lapses once its heartbeat stops: wait for it.
+    let run = lab(
+        dir.path(),
+        &[
+            "--format",
+            "json",
+            "create",
+            "--lab",
+            f,
+            "--lock-wait",
+            "90",
+        ],
+    );
+    assert_eq!(run.code, 0, "converges: {}\n{}", run.stdout, run.stderr);
+    for (hv, node) in &all {
+        let line = bed
+            .wait_for_console(
+                k_of(hv),
+                node,
+                "LAB-GUEST-HOSTNAME:",
+                Duration::from_secs(120),
+            )
+            .unwrap();
+        assert_eq!(line, format!("LAB-GUEST-HOSTNAME: {node}"));
+    }
+
+    let run = lab(dir.path(), &["destroy", "--lab", f, "--yes"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_nothing_left(&bed, &all);
+}
+
+#[test]
+fn lab_killed_mid_create_converges_on_the_next_create_and_destroy_leaves_nothing() {
+    let _serial = serial();
+    let bed = require();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_lab(
+        dir.path(),
+        "e2e-kill",
+        52,
+        "nodes:\n  kl-1: {hypervisor: hv0, id: 57}\n  kl-2: {hypervisor: hv0, id: 58}\n  \
+         kl-3: {hypervisor: hv2, id: 59}\n  kl-4: {hypervisor: hv2, id: 60}\n",
+    );
+    let f = file.to_str().unwrap();
+    let all = [
+        ("hv0", "kl-1"),
+        ("hv0", "kl-2"),
+        ("hv2", "kl-3"),
+        ("hv2", "kl-4"),
+    ];
+    lab(dir.path(), &["destroy", "--lab", f, "--yes", "-q"]);
+
+    let mut child = spawn_lab(dir.path(), &["-v", "create", "--lab", f]);
+    progress_until(&mut child, |l| l.ends_with(": copy"));
+    child.kill().unwrap(); // SIGKILL: no cleanup, no unlock
+    child.wait().unwrap();
+
+    assert_status_explains_everything(dir.path(), f);
+    // No --lock-wait: the lock died with its holder.
+    let run = lab(dir.path(), &["--format", "json", "create", "--lab", f]);
+    assert_eq!(run.code, 0, "converges: {}\n{}", run.stdout, run.stderr);
+    for (hv, node) in &all {
+        bed.wait_for_console(
+            k_of(hv),
+            node,
+            &format!("LAB-GUEST-HOSTNAME: {node}"),
+            Duration::from_secs(120),
+        )
+        .unwrap();
+    }
+    let run = lab(dir.path(), &["destroy", "--lab", f, "--yes"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_nothing_left(&bed, &all);
+}
+
+#[test]
+fn a_held_lock_stops_changes_names_its_holder_and_can_be_waited_for() {
+    let _serial = serial();
+    let bed = require();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_lab(
+        dir.path(),
+        "e2e-lock",
+        53,
+        "nodes:\n  lk-0: {hypervisor: hv0, id: 61}\n  lk-1: {hypervisor: hv1, id: 62}\n",
+    );
+    let f = file.to_str().unwrap();
+    lab(dir.path(), &["destroy", "--lab", f, "--yes", "-q"]);
+
+    // Someone else's run holds the lock on hv1, as lab's lock script would leave it, until
+    // told to let go.
+    let release = "/tmp/lab-e2e-lock-release";
+    let _ = bed.exec(1, &["rm", "-f", release]);
+    let mut holder = bed
+        .command(1, "sh")
+        .unwrap()
+        .args([
+            "-c",
+            "mkdir -p /run/lock/lab && echo 'ana@ctl2 4242 destroy 1795000000' > /run/lock/lab/e2e-lock.lock \
+             && exec flock -o /run/lock/lab/e2e-lock.lock sh -c 'while [ ! -e \"$0\" ]; do sleep 0.1; done' \"$0\"",
+            release,
+        ])
+        .spawn()
+        .unwrap();
+    let held = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        bed.exec(1, &["flock", "-n", "/run/lock/lab/e2e-lock.lock", "true"])
+            .is_err()
+    });
+    assert!(held, "the stand-in holder did not take the lock");
+
+    for verb in ["create", "destroy"] {
+        let run = lab(dir.path(), &[verb, "--lab", f]);
+        assert_eq!(run.code, 4, "{verb}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(
+                "lab `e2e-lock` is locked on hv1 by ana@ctl2 (pid 4242, `lab destroy`) since 2026-11-18 11:06:40 UTC"
+            ),
+            "{}",
+            run.stderr
+        );
+    }
+    // Nothing changed, not even on hv0, whose lock was free.
+    assert!(!exists(&bed, "hv0", &format!("{}/lk-0", bed.pool)));
+    // Read-only verbs take no lock.
+    let run = lab(dir.path(), &["status", "--lab", f]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = lab(dir.path(), &["create", "--lab", f, "--dry-run"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+
+    // --lock-wait: the holder goes after a moment, the run goes on.
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(3));
+        let _ = Testbed::default().exec(1, &["touch", release]);
+        holder.wait().unwrap();
+    });
+    let run = lab(dir.path(), &["create", "--lab", f, "--lock-wait", "60"]);
+    releaser.join().unwrap();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("waiting up to 60 s for the lock of lab `e2e-lock` on hv1, held by ana@ctl2"),
+        "{}",
+        run.stderr
+    );
+    let run = lab(dir.path(), &["destroy", "--lab", f, "--yes"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_nothing_left(&bed, &[("hv0", "lk-0"), ("hv1", "lk-1")]);
+}
+
+#[test]
+fn a_full_pool_rolls_the_node_back_says_no_space_and_leaves_the_pool_as_it_was() {
+    let _serial = serial();
+    let bed = require();
+    let dir = tempfile::tempdir().unwrap();
+    // A 64 MB pool on hv2 with a small proto of its own.
+    let (pool, vdev) = ("e2etiny", "/var/lib/lab-testbed/e2etiny.img");
+    let _ = bed.exec(2, &["zpool", "destroy", "-f", pool]);
+    let _ = std::fs::remove_file(vdev);
+    assert!(
+        Command::new("truncate")
+            .args(["-s", "64M", vdev])
+            .status()
+            .unwrap()
+            .success()
+    );
+    bed.exec(2, &["zpool", "create", "-m", "none", pool, vdev])
+        .unwrap();
+    bed.exec(
+        2,
+        &[
+            "zfs",
+            "create",
+            "-o",
+            "mountpoint=/var/lib/lab-e2etiny-proto",
+            &format!("{pool}/proto"),
+        ],
+    )
+    .unwrap();
+    bed.exec(2, &["sh", "-c", "mkdir -p /var/lib/lab-e2etiny-proto/etc"])
+        .unwrap();
+    bed.exec(2, &["zfs", "snapshot", &format!("{pool}/proto@base")])
+        .unwrap();
+    let listing = || {
+        bed.exec(
+            2,
+            &["zfs", "list", "-H", "-t", "all", "-o", "name", "-r", pool],
+        )
+        .unwrap()
+    };
+    let before = listing();
+
+    // An overlay with an incompressible 96 MB blob for the node.
+    let overlay = dir.path().join("overlay");
+    assert!(
+        Command::new("cp")
+            .arg("-r")
+            .arg(repo().join("overlays/bird"))
+            .arg(&overlay)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let blobs = overlay.join("blobs/full-1");
+    std::fs::create_dir_all(&blobs).unwrap();
+    assert!(
+        Command::new("head")
+            .args(["-c", "96M", "/dev/urandom"])
+            .stdout(std::fs::File::create(blobs.join("big.bin")).unwrap())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let file = write_lab(
+        dir.path(),
+        "e2e-full",
+        54,
+        &format!(
+            "overlay: full\noverlays:\n  full: {{dir: {}}}\n\
+             hypervisors:\n  hv2: {{pool: {pool}, proto: {pool}/proto, snapshot: base}}\n\
+             nodes:\n  full-1: {{hypervisor: hv2, id: 63}}\n",
+            overlay.display()
+        ),
+    );
+    let f = file.to_str().unwrap();
+    let run = lab(dir.path(), &["--format", "json", "create", "--lab", f]);
+    let cleanup = || {
+        let _ = bed.exec(2, &["zpool", "destroy", "-f", pool]);
+        let _ = std::fs::remove_file(vdev);
+        let _ = std::fs::remove_dir("/var/lib/lab-e2etiny-proto");
+    };
+    let node = by_node(&run.json())["full-1"].clone();
+    let after = listing();
+    let staging = staging_exists(&bed, "hv2", "full-1");
+    let domain = domain_exists(&bed, "hv2", "full-1");
+    cleanup();
+
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(node["result"], "failed", "{node}");
+    assert_eq!(node["step"], "copy", "{node}");
+    assert_eq!(node["rolled_back"], true, "{node}");
+    assert!(
+        node["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("no space left on pool e2etiny: "),
+        "{node}"
+    );
+    assert_eq!(after, before, "the pool holds what it held before");
+    assert!(!staging && !domain);
+}
+
+#[test]
+fn hostile_arguments_reach_the_hypervisor_as_data_never_as_shell() {
+    let _serial = serial();
+    let bed = require();
+    let marker = "/tmp/lab-e2e-marker";
+    let _ = bed.exec(0, &["rm", "-f", marker]);
+    let hostile: Vec<String> = [
+        "$(touch /tmp/lab-e2e-marker)",
+        "`touch /tmp/lab-e2e-marker`",
+        "; touch /tmp/lab-e2e-marker",
+        "| touch /tmp/lab-e2e-marker",
+        "&& touch /tmp/lab-e2e-marker",
+        "'; touch /tmp/lab-e2e-marker; '",
+        "\"; touch /tmp/lab-e2e-marker; \"",
+        "a\ntouch /tmp/lab-e2e-marker",
+        "--help",
+        "-rf",
+        "* ?",
+        "~root",
+        "${IFS}touch${IFS}/tmp/lab-e2e-marker",
+        "\\",
+        "",
+        "ünïcødé",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut argv = vec!["printf".to_owned(), "<%s>\\n".to_owned()];
+    argv.extend(hostile.iter().cloned());
+    let exec = lab_exec::Executor::new(
+        lab_exec::Mode::Live,
+        vec![lab_exec::Target {
+            name: "hv0".into(),
+            ssh: "hv0".into(),
+            parallel: 1,
+        }],
+        1,
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let out = rt.block_on(async {
+        let out = exec.run("hv0", &lab_exec::Cmd::change(argv)).await;
+        exec.close().await;
+        out
+    });
+    let expected: String = hostile.iter().map(|h| format!("<{h}>\n")).collect();
+    assert_eq!(out.unwrap().stdout, expected);
+    assert!(
+        bed.exec(0, &["test", "-e", marker]).is_err(),
+        "a hostile argument ran as a command"
+    );
+}
