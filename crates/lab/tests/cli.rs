@@ -435,6 +435,16 @@ const BAD: &[Bad] = &[
         ],
     },
     Bad {
+        name: "duplicate node names",
+        files: &[(
+            "labs/dup.yaml",
+            "include: vpp.yaml\nnodes:\n  r9: {hypervisor: hv0, id: 90}\n  r9: {hypervisor: hv1, id: 91}\n",
+        )],
+        args: &["generate", "--lab", "labs/dup.yaml"],
+        code: 2,
+        says: &["labs/dup.yaml:4", "r9"],
+    },
+    Bad {
         name: "two nodes on one dataset",
         files: &[(
             "labs/s.yaml",
@@ -568,4 +578,121 @@ fn completions_are_printed() {
     let s = Scratch::new();
     let out = s.ok(&["completions", "bash"]);
     assert!(out.contains("generate"));
+}
+
+/// Hostile values for every field that reaches a command or a path: each one, alone, in an
+/// otherwise valid lab file, is refused at load time with the field and its file:line.
+#[test]
+fn hostile_names_in_every_field_are_refused_with_field_and_line() {
+    const HOSTILE: &[&str] = &[
+        "x;touch /tmp/lab-pwned",
+        "x$(touch /tmp/lab-pwned)",
+        "x`id`",
+        "x y",
+        "x\ny",
+        "x\ttab",
+        "../x",
+        "x/../y",
+        "-x",
+        "--force",
+        "\u{440}1",   // Cyrillic er: looks like "p1"
+        "x\u{200b}y", // zero-width space
+        "x'y",
+        "x\"y",
+        "x|y",
+        "x&y",
+        "x>y",
+        "x*y",
+        "",
+    ];
+    let long = "a".repeat(300);
+    // (field as the error names it, line, the lab file with `@` where the value goes)
+    let fields: &[(&str, u32, &str)] = &[
+        (
+            "lab.name",
+            1,
+            "lab: {name: @, id: 1}\nhypervisors:\n  hv0: {id: 0, pool: tank, proto: tank/proto, snapshot: base}\nnodes:\n  r1: {hypervisor: hv0, id: 1}\n",
+        ),
+        (
+            "hypervisors",
+            3,
+            "lab: {name: t, id: 1}\nhypervisors:\n  @: {id: 0, pool: tank, proto: tank/proto, snapshot: base}\nnodes:\n  r1: {hypervisor: hv0, id: 1}\n",
+        ),
+        (
+            "hypervisors.hv0.ssh",
+            3,
+            "lab: {name: t, id: 1}\nhypervisors:\n  hv0: {id: 0, ssh: @, pool: tank, proto: tank/proto, snapshot: base}\nnodes:\n  r1: {hypervisor: hv0, id: 1}\n",
+        ),
+        (
+            "hypervisors.hv0.pool",
+            3,
+            "lab: {name: t, id: 1}\nhypervisors:\n  hv0: {id: 0, pool: @, proto: tank/proto, snapshot: base}\nnodes:\n  r1: {hypervisor: hv0, id: 1}\n",
+        ),
+        (
+            "hypervisors.hv0.proto",
+            3,
+            "lab: {name: t, id: 1}\nhypervisors:\n  hv0: {id: 0, pool: tank, proto: @, snapshot: base}\nnodes:\n  r1: {hypervisor: hv0, id: 1}\n",
+        ),
+        (
+            "hypervisors.hv0.snapshot",
+            3,
+            "lab: {name: t, id: 1}\nhypervisors:\n  hv0: {id: 0, pool: tank, proto: tank/proto, snapshot: @}\nnodes:\n  r1: {hypervisor: hv0, id: 1}\n",
+        ),
+        (
+            "hypervisors.hv0.staging",
+            3,
+            "lab: {name: t, id: 1}\nhypervisors:\n  hv0: {id: 0, pool: tank, proto: tank/proto, snapshot: base, staging: @}\nnodes:\n  r1: {hypervisor: hv0, id: 1}\n",
+        ),
+        (
+            "hypervisors.hv0.lock_dir",
+            3,
+            "lab: {name: t, id: 1}\nhypervisors:\n  hv0: {id: 0, pool: tank, proto: tank/proto, snapshot: base, lock_dir: @}\nnodes:\n  r1: {hypervisor: hv0, id: 1}\n",
+        ),
+        (
+            "hypervisors.hv0.clones",
+            3,
+            "lab: {name: t, id: 1}\nhypervisors:\n  hv0: {id: 0, pool: tank, proto: tank/proto, snapshot: base, clones: @}\nnodes:\n  r1: {hypervisor: hv0, id: 1}\n",
+        ),
+        (
+            "nodes",
+            5,
+            "lab: {name: t, id: 1}\nhypervisors:\n  hv0: {id: 0, pool: tank, proto: tank/proto, snapshot: base}\nnodes:\n  @: {hypervisor: hv0, id: 1}\n",
+        ),
+        (
+            "nodes.r1.hostname",
+            5,
+            "lab: {name: t, id: 1}\nhypervisors:\n  hv0: {id: 0, pool: tank, proto: tank/proto, snapshot: base}\nnodes:\n  r1: {hypervisor: hv0, id: 1, hostname: @}\n",
+        ),
+        (
+            "nodes.r1.dataset",
+            5,
+            "lab: {name: t, id: 1}\nhypervisors:\n  hv0: {id: 0, pool: tank, proto: tank/proto, snapshot: base}\nnodes:\n  r1: {hypervisor: hv0, id: 1, dataset: @}\n",
+        ),
+    ];
+    let s = Scratch::new();
+    // The template itself is fine.
+    let ok = fields[0].2.replace('@', "fine");
+    s.write("labs/h.yaml", &ok);
+    s.ok(&["config", "show", "--lab", "labs/h.yaml"]);
+    for (field, line, template) in fields {
+        for value in HOSTILE.iter().copied().chain([long.as_str()]) {
+            if *field == "hypervisors.hv0.snapshot" && value == "x*y" {
+                continue; // a pattern: only ever matched, the matching name is what runs
+            }
+            // A JSON string is a valid double-quoted YAML scalar.
+            let quoted = serde_json::to_string(value).unwrap();
+            s.write("labs/h.yaml", &template.replace('@', &quoted));
+            let out = s.lab(&["config", "show", "--lab", "labs/h.yaml"]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{field} = {value:?}: {stderr}");
+            assert!(
+                stderr.contains(&format!("labs/h.yaml:{line}")) && stderr.contains(field),
+                "{field} = {value:?}: expected the field and labs/h.yaml:{line} in: {stderr}"
+            );
+            assert!(
+                !s.path("build").exists(),
+                "{field} = {value:?}: wrote output"
+            );
+        }
+    }
 }

@@ -1,0 +1,321 @@
+//! A property over generated lab files, hostile names included: every file the model accepts
+//! yields only remote commands whose arguments are plain words (no shell syntax, no option
+//! where a name goes), and `generate` never writes outside `build/`.
+//!
+//! The lab files are built from fragments that mix ordinary names with shell metacharacters,
+//! spaces, newlines, `..`, leading dashes and look-alike letters. Commands come from the real
+//! create and destroy code, run against a scripted hypervisor.
+
+use std::path::{Path, PathBuf};
+
+use lab_exec::{Executor, Mode, Out};
+use lab_model::Lab;
+use lab_ops::create::NodeBuild;
+use proptest::prelude::*;
+
+/// Pieces names are made of: ordinary ones and hostile ones.
+const PIECES: &[&str] = &[
+    "r1", "hv0", "tank", "a", "x-y", "0", "z.z", "_", "pro", // ordinary
+    " ", ";", "$(", ")", "`", "'", "\"", "\n", "|", "&", ">", "<", "*", "?", "..", "/", "-", "--",
+    "\\", "~", "#", "=", ",", ":", "@", "\u{430}", "\u{200b}", "\t", "%", "!",
+];
+
+fn name() -> impl Strategy<Value = String> {
+    prop::collection::vec(prop::sample::select(PIECES), 1..5).prop_map(|v| v.concat())
+}
+
+/// One value: usually ordinary (so files get accepted), sometimes made of random pieces.
+fn value(ordinary: &'static [&'static str]) -> impl Strategy<Value = String> {
+    prop_oneof![
+        8 => prop::sample::select(ordinary).prop_map(str::to_owned),
+        1 => name(),
+    ]
+}
+
+#[derive(Debug, Clone)]
+struct Spec {
+    lab: String,
+    hv: String,
+    ssh: String,
+    pool: String,
+    proto_leaf: String,
+    snapshot: String,
+    staging: String,
+    nodes: Vec<(String, String, Option<String>)>, // name, hostname, dataset leaf
+}
+
+fn spec() -> impl Strategy<Value = Spec> {
+    (
+        value(&["lab1", "t"]),
+        value(&["hv0", "h-1"]),
+        value(&["hv0", "ops@hv0.example:2222"]),
+        value(&["tank", "ssd-vol0"]),
+        value(&["proto", "proto-disk0"]),
+        value(&["base", "*-release", "2026????-*"]),
+        value(&["/var/lib/lab/staging", "/srv/lab"]),
+        prop::collection::vec(
+            (
+                value(&["r1", "r2", "vpp0-1"]),
+                value(&["r1", "r1.example", "host"]),
+                prop::option::of(value(&["labs", "c"])),
+            ),
+            1..4,
+        ),
+    )
+        .prop_map(
+            |(lab, hv, ssh, pool, proto_leaf, snapshot, staging, nodes)| Spec {
+                lab,
+                hv,
+                ssh,
+                pool,
+                proto_leaf,
+                snapshot,
+                staging,
+                nodes,
+            },
+        )
+}
+
+/// A JSON string is a valid double-quoted YAML scalar.
+fn q(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+fn lab_file(s: &Spec, overlay: &Path) -> String {
+    let mut text = format!(
+        "lab: {{name: {}, id: 1}}\noverlay: o\noverlays:\n  o: {{dir: {}}}\nhypervisors:\n  {}: {{id: 0, ssh: {}, pool: {}, proto: {}, snapshot: {}, staging: {}}}\nnodes:\n",
+        q(&s.lab),
+        q(&overlay.display().to_string()),
+        q(&s.hv),
+        q(&s.ssh),
+        q(&s.pool),
+        q(&format!("{}/{}", s.pool, s.proto_leaf)),
+        q(&s.snapshot),
+        q(&s.staging),
+    );
+    for (i, (name, hostname, dataset)) in s.nodes.iter().enumerate() {
+        text.push_str(&format!(
+            "  {}: {{hypervisor: {}, id: {}, hostname: {}",
+            q(name),
+            q(&s.hv),
+            i + 1,
+            q(hostname)
+        ));
+        if let Some(d) = dataset {
+            text.push_str(&format!(
+                ", dataset: {}",
+                q(&format!("{}/{d}/{name}", s.pool))
+            ));
+        }
+        text.push_str("}\n");
+    }
+    text
+}
+
+/// Arguments that are `lab`'s own constant text: shell scripts and flags.
+fn constant(arg: &str) -> bool {
+    const FLAGS: &[&str] = &[
+        "-c",
+        "-o",
+        "-H",
+        "-p",
+        "-q",
+        "-s",
+        "-k",
+        "-d",
+        "-r",
+        "-x",
+        "-w",
+        "-aH",
+        "--uri",
+        "--key",
+        "--set",
+        "--config",
+        "--numeric-ids",
+        "--chown=0:0",
+        "--protect-args",
+        "--timeout=30",
+    ];
+    FLAGS.contains(&arg)
+        || arg.contains('\n')
+        || arg.starts_with("[ \"$(zfs get")
+        || arg.starts_with("if ")
+}
+
+/// A plain word: nothing a shell or a program's option parser would read as syntax.
+fn plain(arg: &str) -> bool {
+    !arg.is_empty()
+        && !arg.starts_with('-')
+        && arg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._/@:=+,-".contains(&b))
+}
+
+/// rsync's remote command (the guard, then `rsync`): each word a flag or a plain word.
+fn rsync_path_ok(arg: &str) -> Option<bool> {
+    let words = arg.strip_prefix("--rsync-path=")?;
+    Some(words.split(' ').all(|w| constant(w) || plain(w)))
+}
+
+/// The libvirt marker is the one argument with XML in it: its names must be plain words.
+fn marker_ok(arg: &str) -> Option<bool> {
+    let rest = arg.strip_prefix("<lab lab=\"")?;
+    let (lab, rest) = rest.split_once("\" node=\"")?;
+    let node = rest.strip_suffix("\"/>")?;
+    Some(plain(lab) && plain(node))
+}
+
+fn plans(lab: &Lab, build: &Path) -> Vec<Vec<String>> {
+    let nodes: Vec<_> = lab.nodes.iter().collect();
+    let hv = &lab.hypervisors[0];
+    // Whatever the snapshot setting, the proto has a snapshot it matches.
+    let snap = match &hv.snapshot {
+        lab_model::SnapshotSpec::Exact(s) | lab_model::SnapshotSpec::Newest(s) => {
+            s.replace('*', "x").replace('?', "y")
+        }
+    };
+    let ours: String = nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "{d}\torigin\t{p}@{snap}\n{d}\tlab:lab\t{l}\n{d}\tlab:node\t{n}\n",
+                d = n.dataset,
+                p = hv.proto,
+                l = lab.name,
+                n = n.name
+            )
+        })
+        .collect();
+    let mut all = Vec::new();
+    for (verb, datasets) in [("create", String::new()), ("destroy", ours)] {
+        let (proto, snap, datasets) = (hv.proto.clone(), snap.clone(), datasets.clone());
+        let script: lab_exec::Script = Box::new(move |_, line| {
+            line.starts_with("sh -c 'echo '").then(|| {
+                Out::ok(format!(
+                    "#snapshots\n{proto}@{snap}\tguid\t1\n{proto}@{snap}\tcreation\t1\n#datasets\n{datasets}#domains\n#end\n"
+                ))
+            })
+        });
+        let exec = Executor::new(Mode::Scripted(script), lab_ops::targets(lab, &nodes), 4);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            lab_ops::lock::guard_only(
+                &exec,
+                &lab.name,
+                &lab.hypervisors.iter().collect::<Vec<_>>(),
+            );
+            if verb == "create" {
+                let builds = nodes
+                    .iter()
+                    .map(|n| {
+                        let (tree, _, _) = lab_generate::node_paths(build, "o", n);
+                        let b = NodeBuild {
+                            tree,
+                            digest: "d".into(),
+                            domain_xml: Some(b"<domain/>".to_vec()),
+                        };
+                        (n.name.clone(), b)
+                    })
+                    .collect();
+                let req = lab_ops::CreateRequest {
+                    lab,
+                    nodes: nodes.clone(),
+                    builds,
+                    force: true,
+                    owner: "ops@ctl".into(),
+                    now: 1,
+                };
+                lab_ops::create(&exec, &req, &|_| {}).await.unwrap();
+            } else {
+                let req = lab_ops::DestroyRequest {
+                    lab,
+                    nodes: nodes.clone(),
+                };
+                lab_ops::destroy(&exec, &req, &|_| {}).await;
+            }
+        });
+        all.extend(exec.recorded().into_iter().map(|r| r.argv));
+    }
+    all
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .into_iter()
+        .map(|e| e.unwrap().into_path())
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn accepted_lab_files_yield_only_plain_arguments_and_write_only_under_build(s in spec()) {
+        let overlay = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(overlay.path().join("etc")).unwrap();
+        std::fs::write(overlay.path().join("etc/hostname.j2"), "{{ node.hostname }}\n").unwrap();
+        std::fs::write(overlay.path().join("etc/lab.j2"), "{{ lab.name }} {{ node.name }} {{ node.dataset }}\n").unwrap();
+        std::fs::create_dir_all(overlay.path().join("blobs/r1")).unwrap();
+        std::fs::write(overlay.path().join("blobs/r1/blob"), "b\n").unwrap();
+
+        let text = lab_file(&s, overlay.path());
+        let file = PathBuf::from("hostile.yaml");
+        let Ok(tree) = lab_model::tree::parse(&text, &file) else { return Ok(()) };
+        let Ok(lab) = Lab::from_tree(tree, vec![file]) else { return Ok(()) };
+
+        // generate writes under build/ and nowhere else in its working directory
+        let work = tempfile::tempdir().unwrap();
+        let build = work.path().join("build");
+        let request = lab_generate::Request {
+            lab: &lab,
+            overlay: None,
+            build_dir: &build,
+            hosts: &[],
+            nodes: &[],
+        };
+        lab_generate::generate(&request, &|_| {}).unwrap();
+        for path in files_under(work.path()) {
+            prop_assert!(path.starts_with(&build), "{} is outside build/", path.display());
+        }
+        for path in files_under(overlay.path()) {
+            prop_assert!(
+                ["etc", "etc/hostname.j2", "etc/lab.j2", "blobs", "blobs/r1", "blobs/r1/blob"]
+                    .iter()
+                    .any(|p| path == overlay.path().join(p)),
+                "generate wrote {} into the overlay", path.display()
+            );
+        }
+
+        // every argument of every remote command is a constant or a plain word
+        for argv in plans(&lab, &build) {
+            for arg in &argv {
+                let ok = constant(arg)
+                    || plain(arg)
+                    || marker_ok(arg) == Some(true)
+                    || rsync_path_ok(arg) == Some(true);
+                prop_assert!(ok, "argument {arg:?} of {argv:?} from lab file:\n{text}");
+            }
+        }
+    }
+}
+
+/// The property can fail: a name with shell syntax in it is caught by the argument check.
+#[test]
+fn the_argument_check_catches_shell_syntax_and_options() {
+    for bad in ["a;b", "$(x)", "a b", "-rf", "a\tb", "`x`", "<x>", "\u{430}"] {
+        assert!(!plain(bad), "{bad:?}");
+    }
+    assert_eq!(marker_ok("<lab lab=\"t\" node=\"r1\"/>"), Some(true));
+    assert_eq!(marker_ok("<lab lab=\"t\" node=\"r 1\"/>"), Some(false));
+    assert_eq!(
+        rsync_path_ok("--rsync-path=flock -s /x;y rsync"),
+        Some(false)
+    );
+}
