@@ -157,3 +157,101 @@ impl Executor {
         }
     }
 }
+
+impl Executor {
+    /// Streams the stdout of `from` on `src` into the stdin of `to` on `dst`, through this
+    /// controller (so the two hosts need no trust between them); `on_bytes` hears the running
+    /// total. Returns the bytes moved. Either side failing fails the pipe, naming that side.
+    /// Dry-run and scripted modes record both commands and move nothing.
+    pub async fn pipe(
+        &self,
+        (src, from): (&str, &Cmd),
+        (dst, to): (&str, &Cmd),
+        on_bytes: &(dyn Fn(u64) + Sync),
+    ) -> Result<u64, ExecError> {
+        let (hs, hd) = (self.host(src)?, self.host(dst)?);
+        if !self.is_live() {
+            self.note(src, from.effect, from.line(), &from.argv);
+            self.note(dst, to.effect, to.line(), &to.argv);
+            return Ok(0);
+        }
+        let _global = self.global.acquire().await.expect("never closed");
+        let _src_slot = hs.limit.acquire().await.expect("never closed");
+        let _dst_slot = hd.limit.acquire().await.expect("never closed");
+        let (ss, ds) = (self.session(hs).await?, self.session(hd).await?);
+        let (from_line, to_line) = (from.line(), to.line());
+        let mut sender = Session::arc_raw_command(ss, quote_line(&from.argv));
+        sender
+            .stdin(openssh::Stdio::null())
+            .stdout(openssh::Stdio::piped())
+            .stderr(openssh::Stdio::piped());
+        let mut sender = sender.spawn().await.map_err(|e| lost(src, &from_line, e))?;
+        let mut receiver = Session::arc_raw_command(ds, quote_line(&to.argv));
+        receiver
+            .stdin(openssh::Stdio::piped())
+            .stdout(openssh::Stdio::null())
+            .stderr(openssh::Stdio::piped());
+        let mut receiver = receiver.spawn().await.map_err(|e| lost(dst, &to_line, e))?;
+        let mut out = sender.stdout().take().expect("piped");
+        let mut sink = receiver.stdin().take().expect("piped");
+        let mut moved: u64 = 0;
+        let mut buf = vec![0u8; 256 * 1024];
+        let stalled = |host: &str, command: &str| ExecError::Timeout {
+            host: host.to_owned(),
+            command: command.to_owned(),
+            after: from.timeout,
+        };
+        let copy: Result<(), ExecError> = async {
+            loop {
+                let n = tokio::time::timeout(from.timeout, out.read(&mut buf))
+                    .await
+                    .map_err(|_| stalled(src, &from_line))?
+                    .map_err(|_| ExecError::Disconnected {
+                        host: src.to_owned(),
+                        command: from_line.clone(),
+                    })?;
+                if n == 0 {
+                    return Ok(());
+                }
+                // A receiver that stopped reading shows up as a write error; its own exit
+                // status and stderr say why, below.
+                if sink.write_all(&buf[..n]).await.is_err() {
+                    return Ok(());
+                }
+                moved += n as u64;
+                on_bytes(moved);
+            }
+        }
+        .await;
+        drop(sink);
+        drop(out);
+        let status_of = |host: &str, line: &str, child: openssh::Child<Arc<Session>>| {
+            let (host, line) = (host.to_owned(), line.to_owned());
+            async move {
+                let output = child
+                    .wait_with_output()
+                    .await
+                    .map_err(|e| lost(&host, &line, e))?;
+                Ok::<_, ExecError>(Out {
+                    status: output.status.code().unwrap_or(-1),
+                    stdout: String::new(),
+                    stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+                })
+            }
+        };
+        let sent = status_of(src, &from_line, sender).await?;
+        let received = status_of(dst, &to_line, receiver).await?;
+        copy?;
+        for (host, line, out) in [(src, &from_line, sent), (dst, &to_line, received)] {
+            if !out.success() {
+                return Err(ExecError::Failed {
+                    host: host.to_owned(),
+                    command: line.clone(),
+                    status: out.status,
+                    stderr: out.stderr,
+                });
+            }
+        }
+        Ok(moved)
+    }
+}

@@ -13,6 +13,9 @@ pub mod tree;
 
 pub use emit::to_yaml;
 pub use error::{Hint, ModelError};
-pub use load::{load, merged_tree};
-pub use model::{Hypervisor, Interface, Lab, LabNode, Overlay, SnapshotSpec, Storage, origin_of};
+pub use load::{load, load_fleet, merged_tree};
+pub use model::{
+    Hypervisor, Interface, Lab, LabNode, Overlay, Proto, SnapshotSpec, Storage, Transport,
+    origin_of,
+};
 pub use tree::{Node, Origin};

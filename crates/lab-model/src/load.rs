@@ -13,6 +13,18 @@ pub fn load(files: &[PathBuf]) -> Result<Lab, ModelError> {
 }
 
 /// The merged tree of `files` with every `include:` expanded, and the files read, in order.
+/// Loads files that may describe only a fleet (hypervisors and `proto:`, no `lab:` and no
+/// `nodes:`), for the `lab proto` verbs. A missing `lab:` reads as a lab named `fleet`.
+pub fn load_fleet(files: &[PathBuf]) -> Result<Lab, ModelError> {
+    let (tree, read) = merged_tree(files)?;
+    let mut base = tree::parse(
+        "lab: {name: fleet, id: 0}\nnodes: {}\n",
+        Path::new("(fleet)"),
+    )?;
+    base.merge(tree);
+    Lab::from_tree(base, read)
+}
+
 pub fn merged_tree(files: &[PathBuf]) -> Result<(Node, Vec<PathBuf>), ModelError> {
     let mut read = Vec::new();
     let mut merged: Option<Node> = None;

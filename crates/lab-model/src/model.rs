@@ -67,8 +67,64 @@ struct FileSchema {
     #[serde(default)]
     overlays: IndexMap<String, OverlaySchema>,
     #[serde(default)]
+    proto: Option<ProtoSchema>,
+    #[serde(default)]
     #[allow(dead_code)] // read through the tree, validated here
     vars: Map<String, Json>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProtoSchema {
+    source: String,
+    #[serde(default)]
+    domain: Option<String>,
+    #[serde(default = "default_release_pattern")]
+    pattern: String,
+    #[serde(default = "default_keep")]
+    keep: u32,
+    #[serde(default)]
+    transport: Transport,
+    #[serde(default)]
+    zrepl_job: Option<String>,
+}
+
+fn default_release_pattern() -> String {
+    "*-release".to_owned()
+}
+fn default_keep() -> u32 {
+    3
+}
+
+/// How `lab proto sync` moves snapshots to the targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// `ssh source zfs send | ssh target zfs recv`, through the controller: no trust between
+    /// hypervisors needed.
+    #[default]
+    Controller,
+    /// The source runs `zfs send | ssh target zfs recv` itself.
+    Direct,
+    /// Each target's zrepl pulls: `zrepl signal wakeup JOB`.
+    Zrepl,
+}
+
+/// The proto image's lifecycle: where it is updated and how it is replicated and pruned.
+/// The dataset on the source is the source hypervisor's `proto`; each other hypervisor keeps
+/// its replica at its own `proto`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Proto {
+    /// The hypervisor where operators update the proto.
+    pub source: String,
+    /// The proto VM's domain on the source: no release while it runs.
+    pub domain: Option<String>,
+    /// The release snapshots (replicated and pruned): a glob.
+    pub pattern: String,
+    /// How many release snapshots prune keeps on each hypervisor.
+    pub keep: u32,
+    pub transport: Transport,
+    pub zrepl_job: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -263,6 +319,7 @@ pub struct Lab {
     pub nodes: Vec<LabNode>,
     pub overlays: Vec<Overlay>,
     pub default_overlay: Option<String>,
+    pub proto: Option<Proto>,
     /// The merged tree with defaults applied: what `config show` prints.
     pub effective: Node,
     /// Every file read, in merge order.
@@ -357,6 +414,10 @@ impl Lab {
             ));
         }
 
+        let proto = match schema.proto {
+            None => None,
+            Some(p) => Some(resolve_proto(&root, p, &hypervisors)?),
+        };
         let vars = root.get("vars").map(Node::to_json);
         Ok(Lab {
             name: schema.lab.name,
@@ -371,10 +432,70 @@ impl Lab {
             nodes,
             overlays,
             default_overlay: schema.overlay,
+            proto,
             effective: root,
             files,
         })
     }
+}
+
+fn resolve_proto(
+    root: &Node,
+    p: ProtoSchema,
+    hypervisors: &[Hypervisor],
+) -> Result<Proto, ModelError> {
+    if !hypervisors.iter().any(|h| h.name == p.source) {
+        return Err(schema_error(
+            root,
+            &path_of(&["proto", "source"]),
+            format!("hypervisor `{}` is not defined", p.source),
+            Hint::closest(&p.source, hypervisors.iter().map(|h| h.name.as_str())),
+        ));
+    }
+    if let Some(d) = &p.domain {
+        name_ok(root, &["proto", "domain"], d, "domain name", names::ident)?;
+    }
+    name_ok(
+        root,
+        &["proto", "pattern"],
+        &p.pattern,
+        "snapshot pattern",
+        names::snapshot_pattern,
+    )?;
+    if p.keep == 0 {
+        return Err(schema_error(
+            root,
+            &path_of(&["proto", "keep"]),
+            "keep must be at least 1: the newest release is what labs clone".to_owned(),
+            Hint::default(),
+        ));
+    }
+    match (&p.zrepl_job, p.transport) {
+        (Some(job), _) => name_ok(
+            root,
+            &["proto", "zrepl_job"],
+            job,
+            "zrepl job",
+            names::ident,
+        )?,
+        (None, Transport::Zrepl) => {
+            return Err(schema_error(
+                root,
+                &path_of(&["proto", "transport"]),
+                "transport `zrepl` needs `zrepl_job`: the job to wake on each target".to_owned(),
+                Hint::default(),
+            ));
+        }
+        (None, _) => {}
+    }
+    Ok(Proto {
+        source: p.source,
+        domain: p.domain,
+        pattern: p.pattern,
+        keep: p.keep,
+        transport: p.transport,
+        zrepl_job: p.zrepl_job,
+    })
 }
 
 fn path_of(segments: &[&str]) -> Vec<String> {

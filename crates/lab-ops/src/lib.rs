@@ -11,6 +11,7 @@ pub mod create;
 mod destroy;
 pub mod lock;
 pub mod probe;
+pub mod proto;
 mod status;
 pub mod steps;
 
@@ -43,6 +44,12 @@ pub enum Event {
         node: String,
         hypervisor: String,
         outcome: String,
+    },
+    /// Bytes moved so far (proto sync).
+    Bytes {
+        node: String,
+        hypervisor: String,
+        bytes: u64,
     },
 }
 

@@ -48,6 +48,9 @@ pub enum Command {
     /// Inspect the merged lab configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The proto image: release, replicate to the fleet, prune (`proto:` in the lab files).
+    #[command(subcommand)]
+    Proto(ProtoCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -165,4 +168,64 @@ pub struct StatusArgs {
     /// The build compared with the clones (overlay drift).
     #[command(flatten)]
     pub out: BuildArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProtoCommand {
+    /// Snapshot the proto on the source (`YYYYMMDD-release`; a second one that day gets `-2-`).
+    Release {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// The snapshot name instead of the default.
+        #[arg(long)]
+        name: Option<String>,
+        /// Even while the proto's domain runs.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Snapshot the proto as `YYYYMMDD-before` ahead of a maintenance, for `rollback`.
+    Begin {
+        #[command(flatten)]
+        lab: LabArgs,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Roll the source's proto back to the `-before` snapshot of the last `begin`.
+    Rollback {
+        #[command(flatten)]
+        lab: LabArgs,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Send every target the snapshots it misses (incremental, by GUID).
+    Sync {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// Print what would be sent; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Destroy old snapshots that no clone uses, on every hypervisor.
+    Prune {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// Release snapshots to keep per hypervisor (default: `proto.keep`).
+        #[arg(long)]
+        keep: Option<u32>,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Per hypervisor: newest release, in sync with the source or not, lag, pins, last error.
+    Status {
+        #[command(flatten)]
+        lab: LabArgs,
+    },
+    /// `sync` then `prune`, for cron: one run at a time (a second exits 0), quiet on success.
+    Refresh {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// Sleep a random 0..SECONDS first, so a fleet's controllers do not all start at once.
+        #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+        jitter: u64,
+    },
 }

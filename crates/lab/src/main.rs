@@ -3,6 +3,7 @@
 
 mod cli;
 mod progress;
+mod proto;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -20,7 +21,7 @@ use lab_ops::{NodeReport, Outcome};
 /// Exit codes, documented in the README and `lab --help`.
 #[derive(Debug, Clone, Copy)]
 #[repr(u8)]
-enum Exit {
+pub(crate) enum Exit {
     Failure = 1,
     Invalid = 2,
     Partial = 3,
@@ -28,7 +29,7 @@ enum Exit {
 }
 
 /// An error on its way to the user: the message and the exit code.
-struct Failure {
+pub(crate) struct Failure {
     code: Exit,
     message: String,
 }
@@ -70,7 +71,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn invalid(message: String) -> Failure {
+pub(crate) fn invalid(message: String) -> Failure {
     Failure {
         code: Exit::Invalid,
         message,
@@ -118,6 +119,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Proto(cmd) => proto::run(cli, cmd),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(*shell, &mut cmd, "lab", &mut std::io::stdout());
@@ -126,14 +128,14 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     }
 }
 
-fn print_json(value: &impl serde::Serialize) {
+pub(crate) fn print_json(value: &impl serde::Serialize) {
     let mut out = std::io::stdout().lock();
     let _ = serde_json::to_writer_pretty(&mut out, value);
     let _ = writeln!(out);
 }
 
 /// A current-thread runtime: the work is waiting on ssh, not computing.
-fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

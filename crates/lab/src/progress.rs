@@ -94,7 +94,7 @@ impl NodeProgress {
             bar.set_prefix(format!("{hv}/{node}"));
             bar.set_message("waiting");
             bar.enable_steady_tick(std::time::Duration::from_millis(120));
-            map.insert((*node).to_owned(), bar);
+            map.insert(format!("{hv}/{node}"), bar);
         }
         NodeProgress {
             bars: Some((multi, Mutex::new(map))),
@@ -110,13 +110,51 @@ impl NodeProgress {
                 .unwrap_or_default()
         };
         match (&self.bars, event) {
-            (Some((_, bars)), lab_ops::Event::Step { node, step, .. }) => {
-                if let Some(b) = bars.lock().expect("progress lock").get(&node) {
+            (
+                Some((_, bars)),
+                lab_ops::Event::Step {
+                    node,
+                    hypervisor,
+                    step,
+                },
+            ) => {
+                if let Some(b) = bars
+                    .lock()
+                    .expect("progress lock")
+                    .get(&format!("{hypervisor}/{node}"))
+                {
                     b.set_message(step);
                 }
             }
-            (Some((_, bars)), lab_ops::Event::Done { node, outcome, .. }) => {
-                if let Some(b) = bars.lock().expect("progress lock").get(&node) {
+            (
+                Some((_, bars)),
+                lab_ops::Event::Bytes {
+                    node,
+                    hypervisor,
+                    bytes,
+                },
+            ) => {
+                if let Some(b) = bars
+                    .lock()
+                    .expect("progress lock")
+                    .get(&format!("{hypervisor}/{node}"))
+                {
+                    b.set_message(format!("sent {}", lab_ops::proto::human_bytes(bytes)));
+                }
+            }
+            (
+                Some((_, bars)),
+                lab_ops::Event::Done {
+                    node,
+                    hypervisor,
+                    outcome,
+                },
+            ) => {
+                if let Some(b) = bars
+                    .lock()
+                    .expect("progress lock")
+                    .get(&format!("{hypervisor}/{node}"))
+                {
                     b.finish_with_message(outcome);
                 }
             }
