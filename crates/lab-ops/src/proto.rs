@@ -140,8 +140,9 @@ pub fn parse_list(dataset: &str, text: &str) -> Holdings {
     };
     let prefix = format!("{dataset}@");
     let mut snaps: Vec<Snap> = Vec::new();
-    let mut clones: BTreeMap<String, (Option<String>, Option<String>, Option<String>)> =
-        BTreeMap::new();
+    // dataset → (origin, lab:lab, lab:node)
+    type Props = (Option<String>, Option<String>, Option<String>);
+    let mut clones: BTreeMap<String, Props> = BTreeMap::new();
     let mut in_clones = false;
     for line in text.lines() {
         if line == "#clones" {
