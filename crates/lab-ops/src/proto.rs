@@ -710,19 +710,16 @@ pub fn prune_plan(
     let mut pinned = Vec::new();
     for i in candidates {
         let s = &have.snapshots[i];
-        if protected.contains(&s.guid) {
-            continue;
-        }
         let pins: Vec<Pin> = have
             .pins
             .iter()
             .filter(|p| p.snapshot == s.name)
             .cloned()
             .collect();
-        if pins.is_empty() {
-            destroy.push(s.name.clone());
-        } else {
+        if !pins.is_empty() {
             pinned.extend(pins);
+        } else if !protected.contains(&s.guid) {
+            destroy.push(s.name.clone());
         }
     }
     (destroy, pinned)
