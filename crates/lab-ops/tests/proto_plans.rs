@@ -24,9 +24,11 @@ fn fleet(transport: &str) -> Lab {
         vec![PathBuf::from("fleet.yaml")],
     );
     // As `load_fleet` does: a lab named `fleet` with no nodes.
-    let mut base =
-        lab_model::tree::parse("lab: {name: fleet, id: 0}\nnodes: {}\n", Path::new("(fleet)"))
-            .unwrap();
+    let mut base = lab_model::tree::parse(
+        "lab: {name: fleet, id: 0}\nnodes: {}\n",
+        Path::new("(fleet)"),
+    )
+    .unwrap();
     base.merge(tree);
     Lab::from_tree(base, files).unwrap()
 }
@@ -91,7 +93,11 @@ fn run(transport: &str, verb: &str) -> String {
         .unwrap();
     let report = rt.block_on(async {
         if verb == "sync" {
-            serde_json::to_string_pretty(&proto::sync(&exec, &fleet, 1_800_000_000, &|_| {}).await.unwrap())
+            serde_json::to_string_pretty(
+                &proto::sync(&exec, &fleet, 1_800_000_000, &|_| {})
+                    .await
+                    .unwrap(),
+            )
         } else {
             serde_json::to_string_pretty(&proto::prune(&exec, &fleet, 1).await.unwrap())
         }
@@ -135,5 +141,8 @@ fn zrepl_without_a_job_is_refused_at_load_time() {
     )
     .unwrap();
     let err = Lab::from_tree(tree, vec![]).unwrap_err().to_string();
-    assert!(err.contains("proto.transport") && err.contains("zrepl_job"), "{err}");
+    assert!(
+        err.contains("proto.transport") && err.contains("zrepl_job"),
+        "{err}"
+    );
 }

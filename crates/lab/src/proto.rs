@@ -9,8 +9,11 @@ use lab_ops::proto::{self, Fleet, ProtoError, SyncOutcome, TargetReport};
 use crate::cli::{Cli, Format, ProtoCommand};
 use crate::{Exit, Failure, print_json, progress, runtime};
 
-/// The name of the proto's lock on the source hypervisor (lab names cannot start with `_`).
-const LOCK: &str = "_proto";
+/// The name of the proto's lock on the source hypervisor: one per proto dataset (lab names
+/// cannot start with `_`, so it never meets a lab's lock).
+fn lock_name(fleet: &Fleet<'_>) -> String {
+    format!("_proto-{}", fleet.source.proto.replace('/', "%"))
+}
 
 impl From<ProtoError> for Failure {
     fn from(e: ProtoError) -> Self {
@@ -84,7 +87,16 @@ pub(crate) fn run(cli: &Cli, cmd: &ProtoCommand) -> Result<(), Failure> {
     let rt = runtime()?;
     let result = rt.block_on(async {
         let locks = if needs_lock {
-            match lab_ops::lock(&exec, LOCK, &[fleet.source], &me, 0, &|_, _| {}).await {
+            match lab_ops::lock(
+                &exec,
+                &lock_name(&fleet),
+                &[fleet.source],
+                &me,
+                0,
+                &|_, _| {},
+            )
+            .await
+            {
                 Ok(l) => Some(l),
                 Err(e) => {
                     exec.close().await;
@@ -194,7 +206,8 @@ async fn sync(
         .iter()
         .map(|t| ("proto", t.name.as_str()))
         .collect();
-    let progress = progress::NodeProgress::new(cli.quiet || cron, cli.verbose, &pairs);
+    let quiet = cli.quiet || (cron && !cli.verbose);
+    let progress = progress::NodeProgress::new(quiet, cli.verbose, &pairs);
     let reports = proto::sync(exec, fleet, now, &|e| progress.on_event(e)).await;
     progress.finish();
     Ok(reports?)

@@ -1,0 +1,382 @@
+//! The proto lifecycle end to end on the test bed: release on hv0, replicate to hv1 and hv2
+//! through the controller, prune, from the real `lab proto` verbs. Each test has a proto
+//! dataset of its own (`ssd-vol0/pe-*`), so they can run in parallel.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use lab_testbed::{Testbed, require};
+
+/// A fresh proto `ssd-vol0/<name>` on hv0 holding `mib` MiB of random data; no replica on
+/// hv1 or hv2.
+fn fresh_proto(bed: &Testbed, name: &str, mib: u32) -> String {
+    let ds = format!("{}/{name}", bed.pool);
+    for k in 0..bed.hypervisors {
+        let _ = bed.exec(k, &["zfs", "destroy", "-r", &ds]);
+    }
+    bed.exec(0, &["zfs", "create", &ds]).unwrap();
+    grow(bed, &ds, "image", mib);
+    ds
+}
+
+/// Writes `mib` MiB of random data into a new file of the proto on hv0.
+fn grow(bed: &Testbed, ds: &str, file: &str, mib: u32) {
+    let mountpoint = bed
+        .exec(0, &["zfs", "get", "-H", "-o", "value", "mountpoint", ds])
+        .unwrap();
+    bed.exec(
+        0,
+        &[
+            "sh",
+            "-c",
+            &format!("head -c {mib}M /dev/urandom > {}/{file}", mountpoint.trim()),
+        ],
+    )
+    .unwrap();
+}
+
+/// A fleet file: the test bed with `ds` as the proto, `proto:` settings from `extra`.
+fn fleet(dir: &Path, ds: &str, extra: &str) -> PathBuf {
+    let path = dir.join("fleet.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "include: {}\ndefaults:\n  hypervisor:\n    proto: {ds}\n    snapshot: \"*-release\"\n\
+             proto: {{source: hv0{extra}}}\n",
+            repo().join("labs/testbed.yaml").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn snapshots(bed: &Testbed, k: u32, ds: &str) -> Vec<(String, String)> {
+    bed.exec(
+        k,
+        &[
+            "zfs",
+            "get",
+            "-H",
+            "-p",
+            "-o",
+            "name,value",
+            "guid",
+            "-r",
+            ds,
+        ],
+    )
+    .unwrap_or_default()
+    .lines()
+    .filter(|l| l.contains('@'))
+    .map(|l| {
+        let (n, g) = l.split_once('\t').unwrap();
+        (n.to_owned(), g.to_owned())
+    })
+    .collect()
+}
+
+fn by_host(v: &serde_json::Value) -> std::collections::HashMap<String, serde_json::Value> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["host"].as_str().unwrap().to_owned(), t.clone()))
+        .collect()
+}
+
+const MIB: u64 = 1024 * 1024;
+
+#[test]
+fn release_then_refresh_sends_only_the_increment_and_a_second_refresh_does_nothing() {
+    let bed = require();
+    let dir = tempfile::tempdir().unwrap();
+    let ds = fresh_proto(&bed, "pe-inc", 16);
+    let file = fleet(dir.path(), &ds, "");
+    let f = file.to_str().unwrap();
+
+    let run = lab(
+        dir.path(),
+        &["--format", "json", "proto", "release", "--lab", f],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let first = run.json()["snapshot"].as_str().unwrap().to_owned();
+    assert!(first.ends_with("-release"), "{first}");
+    let run = lab(
+        dir.path(),
+        &["--format", "json", "proto", "refresh", "--lab", f],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for (host, t) in by_host(&run.json()["sync"]) {
+        assert_eq!(t["result"], "sent", "{host}: {t}");
+        assert_eq!(t["from"], serde_json::Value::Null, "full send: {t}");
+        assert!(t["bytes"].as_u64().unwrap() > 16 * MIB, "{t}");
+    }
+
+    // A 2 MiB change, released the same day under a distinct name.
+    grow(&bed, &ds, "change", 2);
+    let run = lab(
+        dir.path(),
+        &["--format", "json", "proto", "release", "--lab", f],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let second = run.json()["snapshot"].as_str().unwrap().to_owned();
+    assert_ne!(second, first);
+    let run = lab(
+        dir.path(),
+        &["--format", "json", "proto", "refresh", "--lab", f],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for (host, t) in by_host(&run.json()["sync"]) {
+        assert_eq!(t["result"], "sent", "{host}: {t}");
+        let bytes = t["bytes"].as_u64().unwrap();
+        assert!(
+            (2 * MIB..3 * MIB).contains(&bytes),
+            "{host}: {bytes} bytes for a 2 MiB change on a 16 MiB image"
+        );
+    }
+    let source = snapshots(&bed, 0, &ds);
+    for k in 1..bed.hypervisors {
+        assert_eq!(
+            snapshots(&bed, k, &ds),
+            source,
+            "hv{k}: same snapshots, same GUIDs"
+        );
+        assert_eq!(
+            bed.exec(k, &["zfs", "get", "-H", "-o", "value", "readonly", &ds])
+                .unwrap()
+                .trim(),
+            "on"
+        );
+    }
+
+    // Nothing new: quiet, exit 0, nothing sent.
+    let run = lab(dir.path(), &["proto", "refresh", "--lab", f]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout, "");
+    let run = lab(
+        dir.path(),
+        &["--format", "json", "proto", "status", "--lab", f],
+    );
+    for (host, h) in by_host(&run.json()) {
+        assert_eq!(h["in_sync"], true, "{host}: {h}");
+        assert_eq!(h["behind"], 0, "{host}: {h}");
+    }
+    for k in 0..bed.hypervisors {
+        let _ = bed.exec(k, &["zfs", "destroy", "-r", &ds]);
+    }
+}
+
+#[test]
+fn a_lab_on_an_old_snapshot_keeps_running_through_sync_and_prune() {
+    let bed = require();
+    let dir = tempfile::tempdir().unwrap();
+    // A bootable proto: a copy of the test bed's.
+    let ds = format!("{}/pe-pin", bed.pool);
+    for k in 0..bed.hypervisors {
+        let _ = bed.exec(k, &["zfs", "destroy", "-r", &ds]);
+    }
+    bed.exec(
+        0,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "zfs send {pool}/proto-disk0@base | zfs recv -u {ds} && zfs destroy {ds}@base && zfs mount {ds}",
+                pool = bed.pool
+            ),
+        ],
+    )
+    .unwrap();
+    let file = fleet(dir.path(), &ds, ", keep: 1");
+    let f = file.to_str().unwrap();
+    let step = |args: &[&str]| {
+        let mut full = vec!["--format", "json", "proto"];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["--lab", f]);
+        let run = lab(dir.path(), &full);
+        assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
+        run.json()
+    };
+    step(&["release", "--name", "20261001-release"]);
+    step(&["refresh"]);
+
+    // A lab node on hv1, cloned from 20261001-release.
+    let labfile = dir.path().join("pin.yaml");
+    std::fs::write(
+        &labfile,
+        format!(
+            "include: {}\nlab: {{name: e2e-pin, id: 55}}\noverlay: bird\nvars: {{domain: e2e.example, dns: [192.0.2.53]}}\n\
+             defaults:\n  node:\n    vars: {{vpp_workers: 1, ospf_area: 0}}\nnodes:\n  pin-1: {{hypervisor: hv1, id: 64}}\n",
+            file.display()
+        ),
+    )
+    .unwrap();
+    let l = labfile.to_str().unwrap();
+    lab(dir.path(), &["destroy", "--lab", l, "-q"]);
+    let run = lab(dir.path(), &["create", "--lab", l]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    bed.wait_for_console(
+        1,
+        "pin-1",
+        "LAB-GUEST-HOSTNAME: pin-1",
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    let clone = format!("{}/pin-1", bed.pool);
+    let origin = || {
+        bed.exec(1, &["zfs", "get", "-H", "-o", "value", "origin", &clone])
+            .unwrap()
+    };
+    assert_eq!(origin().trim(), format!("{ds}@20261001-release"));
+
+    // Two more releases; refresh sends them and prunes down to one release, except the pinned.
+    grow(&bed, &ds, "a", 1);
+    step(&["release", "--name", "20261101-release"]);
+    grow(&bed, &ds, "b", 1);
+    step(&["release", "--name", "20261102-release"]);
+    let out = step(&["refresh"]);
+    let pruned = by_host(&out["prune"]);
+    let hv1 = &pruned["hv1"];
+    assert_eq!(
+        hv1["destroyed"],
+        serde_json::json!([format!("{ds}@20261101-release")]),
+        "{hv1}"
+    );
+    assert_eq!(hv1["pinned"][0]["snapshot"], "20261001-release", "{hv1}");
+    assert_eq!(hv1["pinned"][0]["lab"], "e2e-pin", "{hv1}");
+    assert_eq!(hv1["pinned"][0]["node"], "pin-1", "{hv1}");
+    // The running lab did not notice.
+    assert_eq!(
+        bed.exec(1, &["virsh", "-q", "domstate", "pin-1"])
+            .unwrap()
+            .trim(),
+        "running"
+    );
+    assert_eq!(origin().trim(), format!("{ds}@20261001-release"));
+
+    // Once the lab is gone, the next prune takes the old snapshot too.
+    let run = lab(dir.path(), &["destroy", "--lab", l]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out = step(&["prune"]);
+    assert_eq!(
+        by_host(&out["hosts"])["hv1"]["destroyed"],
+        serde_json::json!([format!("{ds}@20261001-release")])
+    );
+    assert_eq!(
+        snapshots(&bed, 1, &ds)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect::<Vec<_>>(),
+        [format!("{ds}@20261102-release")]
+    );
+    for k in 0..bed.hypervisors {
+        let _ = bed.exec(k, &["zfs", "destroy", "-r", &ds]);
+    }
+}
+
+#[test]
+fn one_sync_catches_up_fills_an_empty_target_and_leaves_a_diverged_one_alone() {
+    let bed = require();
+    let dir = tempfile::tempdir().unwrap();
+    let ds = fresh_proto(&bed, "pe-div", 4);
+    let file = fleet(dir.path(), &ds, "");
+    let f = file.to_str().unwrap();
+    let proto = |args: &[&str]| {
+        let mut full = vec!["--format", "json", "proto"];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["--lab", f]);
+        lab(dir.path(), &full)
+    };
+    assert_eq!(proto(&["release", "--name", "20260101-release"]).code, 0);
+    assert_eq!(proto(&["sync"]).code, 0);
+    grow(&bed, &ds, "b", 1);
+    assert_eq!(proto(&["release", "--name", "20260102-release"]).code, 0);
+    grow(&bed, &ds, "c", 1);
+    assert_eq!(proto(&["release", "--name", "20260103-release"]).code, 0);
+    bed.exec(2, &["zfs", "destroy", "-r", &ds]).unwrap();
+
+    let run = proto(&["sync"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let t = by_host(&run.json()["targets"]);
+    assert_eq!(t["hv1"]["from"], "20260101-release", "{}", t["hv1"]);
+    assert_eq!(t["hv1"]["snapshots"], 2, "one sync, both missing snapshots");
+    assert_eq!(t["hv2"]["from"], serde_json::Value::Null, "full send");
+    assert_eq!(snapshots(&bed, 1, &ds), snapshots(&bed, 0, &ds));
+
+    // hv2's replica gets a snapshot of its own: its history no longer continues the source's.
+    bed.exec(2, &["zfs", "snapshot", &format!("{ds}@hand-made")])
+        .unwrap();
+    let before = snapshots(&bed, 2, &ds);
+    grow(&bed, &ds, "d", 1);
+    assert_eq!(proto(&["release", "--name", "20260104-release"]).code, 0);
+    let run = proto(&["sync"]);
+    assert_eq!(run.code, 3, "partial: {}", run.stderr);
+    let t = by_host(&run.json()["targets"]);
+    assert_eq!(t["hv1"]["result"], "sent");
+    assert_eq!(t["hv2"]["result"], "diverged", "{}", t["hv2"]);
+    assert!(t["hv2"]["detail"].as_str().unwrap().contains("hand-made"));
+    assert_eq!(
+        snapshots(&bed, 2, &ds),
+        before,
+        "a diverged target is left alone"
+    );
+    let run = proto(&["status"]);
+    let st = by_host(&run.json());
+    assert!(
+        st["hv2"]["last_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("diverged: "),
+        "{}",
+        st["hv2"]
+    );
+    for k in 0..bed.hypervisors {
+        let _ = bed.exec(k, &["zfs", "destroy", "-r", &ds]);
+    }
+}
+
+#[test]
+fn overlapping_refreshes_one_works_the_other_exits_0_saying_it_was_locked() {
+    let bed = require();
+    let dir = tempfile::tempdir().unwrap();
+    let ds = fresh_proto(&bed, "pe-cron", 96);
+    let file = fleet(dir.path(), &ds, "");
+    let f = file.to_str().unwrap();
+    assert_eq!(lab(dir.path(), &["proto", "release", "--lab", f]).code, 0);
+
+    let mut first = spawn_lab(dir.path(), &["-v", "proto", "refresh", "--lab", f]);
+    let stderr = first.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let sending = line.ends_with(": sending");
+        seen.push(line);
+        if sending {
+            break;
+        }
+    }
+    assert!(
+        seen.last().is_some_and(|l| l.ends_with(": sending")),
+        "{seen:?}"
+    );
+    let second = lab(dir.path(), &["proto", "refresh", "--lab", f]);
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = first.wait().unwrap();
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert!(
+        second.stderr.contains("is locked on hv0") && second.stderr.contains("nothing to do"),
+        "{}",
+        second.stderr
+    );
+    assert!(status.success(), "{seen:?} {rest:?}");
+    for k in 1..bed.hypervisors {
+        assert_eq!(snapshots(&bed, k, &ds), snapshots(&bed, 0, &ds));
+    }
+    for k in 0..bed.hypervisors {
+        let _ = bed.exec(k, &["zfs", "destroy", "-r", &ds]);
+    }
+}
