@@ -28,7 +28,7 @@ enum Cmd {
     Ci,
     /// Benchmarks that print figures (never timed assertions).
     Bench {
-        #[arg(value_parser = ["generate", "create"])]
+        #[arg(value_parser = ["generate", "create", "proto"])]
         which: String,
         /// Nodes in the synthetic lab.
         #[arg(long, default_value_t = 1000)]
@@ -82,6 +82,7 @@ fn main() -> ExitCode {
         Cmd::Bench { which, nodes } => match which.as_str() {
             "generate" => bench::generate(&root(), nodes),
             "create" => bench::create(&root()),
+            "proto" => bench::proto(&root()),
             _ => unreachable!("clap checked the value"),
         },
     };
