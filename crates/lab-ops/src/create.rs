@@ -173,7 +173,7 @@ async fn create_node(
     if clone.is_some() {
         step("remove old clone");
         for cmd in [steps::detach(hv, node), steps::destroy_dataset(node)] {
-            if let Err(e) = exec.run(&hv.name, &cmd).await {
+            if let Err(e) = crate::run_patiently(exec, &hv.name, &cmd).await {
                 return failed(node, "remove old clone", &e, false);
             }
         }
@@ -246,8 +246,12 @@ async fn create_node(
         }
         Err((failed_step, err)) => {
             step("roll back");
-            let rolled_back = rollback(exec, hv, node, defined).await;
-            failed(node, failed_step, &err, rolled_back)
+            let rollback = rollback(exec, hv, node, defined).await;
+            let mut report = failed(node, failed_step, &err, rollback.is_ok());
+            if let (Err(e), Outcome::Failed { error, .. }) = (rollback, &mut report.outcome) {
+                error.push_str(&format!("; rollback incomplete: {e}"));
+            }
+            report
         }
     }
 }
@@ -279,18 +283,29 @@ async fn resume(
 }
 
 /// Removes what this run made for a node: its domain definition (if this run defined it),
-/// the mount, the clone and the staging directory. Returns whether all of it went.
-async fn rollback(exec: &Executor, hv: &Hypervisor, node: &LabNode, defined: bool) -> bool {
-    let mut ok = true;
+/// the mount, the clone and the staging directory. Returns the first thing that would not go.
+async fn rollback(
+    exec: &Executor,
+    hv: &Hypervisor,
+    node: &LabNode,
+    defined: bool,
+) -> Result<(), lab_exec::ExecError> {
+    let mut first = Ok(());
+    let mut cmds = Vec::new();
     if defined {
-        ok &= exec.run(&hv.name, &steps::undefine(node)).await.is_ok();
+        cmds.push(steps::undefine(node));
     }
-    for cmd in [
+    cmds.extend([
         steps::detach(hv, node),
         steps::destroy_dataset(node),
         steps::remove_staging(hv, node),
-    ] {
-        ok &= exec.run(&hv.name, &cmd).await.is_ok();
+    ]);
+    for cmd in cmds {
+        if let Err(e) = crate::run_patiently(exec, &hv.name, &cmd).await
+            && first.is_ok()
+        {
+            first = Err(e);
+        }
     }
-    ok
+    first
 }

@@ -73,7 +73,7 @@ async fn destroy_node(
     let step = crate::step_events(events, hv, node);
     for (name, cmd) in plan {
         step(name);
-        if let Err(e) = exec.run(&hv.name, &cmd).await {
+        if let Err(e) = crate::run_patiently(exec, &hv.name, &cmd).await {
             return failed(node, name, &e, false);
         }
     }

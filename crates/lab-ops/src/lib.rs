@@ -376,6 +376,25 @@ pub(crate) async fn domain_is_ours(
     Ok(out.success() && steps::marker_matches(&out.stdout, lab, &node.name))
 }
 
+/// Runs a change that zfs may refuse for a moment with "busy" right after an unmount (a
+/// dataset's last users are still letting go): up to 10 tries, half a second apart.
+pub(crate) async fn run_patiently(
+    exec: &Executor,
+    host: &str,
+    cmd: &lab_exec::Cmd,
+) -> Result<lab_exec::Out, ExecError> {
+    let mut tries = 0;
+    loop {
+        match exec.run(host, cmd).await {
+            Err(ExecError::Failed { stderr, .. }) if stderr.contains("busy") && tries < 9 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Reports one node's steps as [`Event::Step`]s.
 pub(crate) fn step_events<'a>(
     events: Events<'a>,

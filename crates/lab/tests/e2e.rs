@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -200,16 +199,7 @@ fn a_failing_step_rolls_that_node_back_and_leaves_the_others_created() {
     let dir = tempfile::tempdir().unwrap();
     // An overlay whose domain for `fl-bad` names a kernel that does not exist: start fails
     // after clone, copy and define.
-    let overlay = dir.path().join("overlay");
-    assert!(
-        Command::new("cp")
-            .arg("-r")
-            .arg(repo().join("overlays/bird"))
-            .arg(&overlay)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let overlay = copy_overlay(dir.path(), "overlay");
     let domain = overlay.join("domain.xml.j2");
     let text = std::fs::read_to_string(&domain).unwrap().replace(
         "<kernel>{{ hypervisor.guest_kernel }}</kernel>",

@@ -366,16 +366,7 @@ fn a_full_pool_rolls_the_node_back_says_no_space_and_leaves_the_pool_as_it_was()
     let before = listing();
 
     // An overlay with an incompressible 96 MB blob for the node.
-    let overlay = dir.path().join("overlay");
-    assert!(
-        Command::new("cp")
-            .arg("-r")
-            .arg(repo().join("overlays/bird"))
-            .arg(&overlay)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let overlay = copy_overlay(dir.path(), "overlay");
     let blobs = overlay.join("blobs/full-1");
     std::fs::create_dir_all(&blobs).unwrap();
     assert!(

@@ -11,13 +11,26 @@ use std::time::Duration;
 use common::*;
 use lab_testbed::{Testbed, require};
 
+/// Runs `lab --format json proto ARGS --lab FLEET`.
+fn proto(dir: &Path, fleet: &str, args: &[&str]) -> Run {
+    let mut full = vec!["--format", "json", "proto"];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["--lab", fleet]);
+    lab(dir, &full)
+}
+
+/// Removes `ds` and its snapshots from every hypervisor.
+fn drop_everywhere(bed: &Testbed, ds: &str) {
+    for k in 0..bed.hypervisors {
+        let _ = bed.exec(k, &["zfs", "destroy", "-r", ds]);
+    }
+}
+
 /// A fresh proto `ssd-vol0/<name>` on hv0 holding `mib` MiB of random data; no replica on
 /// hv1 or hv2.
 fn fresh_proto(bed: &Testbed, name: &str, mib: u32) -> String {
     let ds = format!("{}/{name}", bed.pool);
-    for k in 0..bed.hypervisors {
-        let _ = bed.exec(k, &["zfs", "destroy", "-r", &ds]);
-    }
+    drop_everywhere(bed, &ds);
     bed.exec(0, &["zfs", "create", &ds]).unwrap();
     grow(bed, &ds, "image", mib);
     ds
@@ -164,9 +177,7 @@ fn release_then_refresh_sends_only_the_increment_and_a_second_refresh_does_nothi
         assert_eq!(h["in_sync"], true, "{host}: {h}");
         assert_eq!(h["behind"], 0, "{host}: {h}");
     }
-    for k in 0..bed.hypervisors {
-        let _ = bed.exec(k, &["zfs", "destroy", "-r", &ds]);
-    }
+    drop_everywhere(&bed, &ds);
 }
 
 #[test]
@@ -175,9 +186,7 @@ fn a_lab_on_an_old_snapshot_keeps_running_through_sync_and_prune() {
     let dir = tempfile::tempdir().unwrap();
     // A bootable proto: a copy of the test bed's.
     let ds = format!("{}/pe-pin", bed.pool);
-    for k in 0..bed.hypervisors {
-        let _ = bed.exec(k, &["zfs", "destroy", "-r", &ds]);
-    }
+    drop_everywhere(&bed, &ds);
     bed.exec(
         0,
         &[
@@ -193,10 +202,7 @@ fn a_lab_on_an_old_snapshot_keeps_running_through_sync_and_prune() {
     let file = fleet(dir.path(), &ds, ", keep: 1");
     let f = file.to_str().unwrap();
     let step = |args: &[&str]| {
-        let mut full = vec!["--format", "json", "proto"];
-        full.extend_from_slice(args);
-        full.extend_from_slice(&["--lab", f]);
-        let run = lab(dir.path(), &full);
+        let run = proto(dir.path(), f, args);
         assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
         run.json()
     };
@@ -272,9 +278,7 @@ fn a_lab_on_an_old_snapshot_keeps_running_through_sync_and_prune() {
             .collect::<Vec<_>>(),
         [format!("{ds}@20261102-release")]
     );
-    for k in 0..bed.hypervisors {
-        let _ = bed.exec(k, &["zfs", "destroy", "-r", &ds]);
-    }
+    drop_everywhere(&bed, &ds);
 }
 
 #[test]
@@ -284,12 +288,7 @@ fn one_sync_catches_up_fills_an_empty_target_and_leaves_a_diverged_one_alone() {
     let ds = fresh_proto(&bed, "pe-div", 4);
     let file = fleet(dir.path(), &ds, "");
     let f = file.to_str().unwrap();
-    let proto = |args: &[&str]| {
-        let mut full = vec!["--format", "json", "proto"];
-        full.extend_from_slice(args);
-        full.extend_from_slice(&["--lab", f]);
-        lab(dir.path(), &full)
-    };
+    let proto = |args: &[&str]| proto(dir.path(), f, args);
     assert_eq!(proto(&["release", "--name", "20260101-release"]).code, 0);
     assert_eq!(proto(&["sync"]).code, 0);
     grow(&bed, &ds, "b", 1);
@@ -333,9 +332,7 @@ fn one_sync_catches_up_fills_an_empty_target_and_leaves_a_diverged_one_alone() {
         "{}",
         st["hv2"]
     );
-    for k in 0..bed.hypervisors {
-        let _ = bed.exec(k, &["zfs", "destroy", "-r", &ds]);
-    }
+    drop_everywhere(&bed, &ds);
 }
 
 #[test]
@@ -376,7 +373,5 @@ fn overlapping_refreshes_one_works_the_other_exits_0_saying_it_was_locked() {
     for k in 1..bed.hypervisors {
         assert_eq!(snapshots(&bed, k, &ds), snapshots(&bed, 0, &ds));
     }
-    for k in 0..bed.hypervisors {
-        let _ = bed.exec(k, &["zfs", "destroy", "-r", &ds]);
-    }
+    drop_everywhere(&bed, &ds);
 }

@@ -136,3 +136,18 @@ pub fn spawn_lab(build: &Path, args: &[&str]) -> Child {
         .spawn()
         .unwrap()
 }
+
+/// A copy of the repository's `bird` overlay in `dir/<name>`, to be changed by a test.
+pub fn copy_overlay(dir: &Path, name: &str) -> PathBuf {
+    let overlay = dir.join(name);
+    assert!(
+        Command::new("cp")
+            .arg("-r")
+            .arg(repo().join("overlays/bird"))
+            .arg(&overlay)
+            .status()
+            .unwrap()
+            .success()
+    );
+    overlay
+}
