@@ -19,10 +19,21 @@ fn proto(dir: &Path, fleet: &str, args: &[&str]) -> Run {
     lab(dir, &full)
 }
 
-/// Removes `ds` and its snapshots from every hypervisor.
+/// Removes `ds`, its snapshots and anything cloned from them (a test's own datasets only) from
+/// every hypervisor; zfs-fuse may call a dataset busy for a moment after an unmount.
 fn drop_everywhere(bed: &Testbed, ds: &str) {
     for k in 0..bed.hypervisors {
-        let _ = bed.exec(k, &["zfs", "destroy", "-r", ds]);
+        let gone = (0..20).any(|_| {
+            let _ = bed.exec(k, &["zfs", "destroy", "-R", "-f", ds]);
+            let gone = bed
+                .exec(k, &["zfs", "list", "-H", "-o", "name", ds])
+                .is_err();
+            if !gone {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            gone
+        });
+        assert!(gone, "hv{k}: cannot remove {ds}");
     }
 }
 
