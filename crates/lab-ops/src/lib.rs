@@ -132,14 +132,16 @@ pub struct Summary {
 
 /// The executor targets for the hypervisors that carry `nodes`.
 pub fn targets(lab: &Lab, nodes: &[&LabNode]) -> Vec<Target> {
-    hypervisors_of(lab, nodes)
-        .into_iter()
-        .map(|hv| Target {
-            name: hv.name.clone(),
-            ssh: hv.ssh.clone(),
-            parallel: hv.parallel as usize,
-        })
-        .collect()
+    hypervisors_of(lab, nodes).into_iter().map(target).collect()
+}
+
+/// A hypervisor as the executor sees it.
+pub fn target(hv: &Hypervisor) -> Target {
+    Target {
+        name: hv.name.clone(),
+        ssh: hv.ssh.clone(),
+        parallel: hv.parallel as usize,
+    }
 }
 
 /// The hypervisors that carry `nodes`, in lab order.

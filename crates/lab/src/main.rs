@@ -146,7 +146,7 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 }
 
 /// Runs `work` with the executor on a fresh runtime, then closes its ssh masters.
-fn drive<T>(
+pub(crate) fn drive<T>(
     exec: lab_exec::Executor,
     work: impl AsyncFnOnce(&lab_exec::Executor) -> T,
 ) -> Result<T, Failure> {
@@ -157,43 +157,60 @@ fn drive<T>(
     }))
 }
 
-/// Like [`drive`], for a verb that changes the lab: takes the lab's lock on its hypervisors
-/// first (not under `--dry-run`, which changes nothing) and releases it after `work`.
-fn drive_locked<T>(
+/// The lock a verb that changes something takes: its name, and the hypervisors it is taken
+/// on, in that order.
+pub(crate) struct Lock<'a> {
+    pub name: String,
+    pub on: Vec<&'a lab_model::Hypervisor>,
+    /// Recorded as the holder's verb: one word.
+    pub verb: &'a str,
+    pub wait: u64,
+}
+
+/// Like [`drive`], for a verb that changes something: takes `lock` first and releases it after
+/// `work`. Under `--dry-run` nothing is locked, but the guard is set, so the commands printed
+/// are the ones a real run sends.
+pub(crate) fn drive_locked<T>(
     exec: lab_exec::Executor,
-    lab: &Lab,
-    nodes: &[&LabNode],
-    verb: &str,
-    args: &cli::LockArgs,
+    lock: &Lock<'_>,
     dry_run: bool,
     work: impl AsyncFnOnce(&lab_exec::Executor) -> T,
-) -> Result<T, Failure> {
+) -> Result<Result<T, lab_ops::LockError>, Failure> {
     let me = lab_ops::Holder {
         owner: lab_ops::owner(),
         pid: std::process::id(),
-        verb: verb.to_owned(),
+        verb: lock.verb.to_owned(),
         since: lab_ops::now(),
     };
-    let hypervisors = lab_ops::hypervisors_of(lab, nodes);
     let waiting = |host: &str, holder: &lab_ops::Holder| {
         eprintln!(
             "lab: waiting up to {} s for the lock of lab `{}` on {host}, held by {holder}",
-            args.lock_wait, lab.name
+            lock.wait, lock.name
         );
     };
     drive(exec, async |exec| {
         let locks = if dry_run {
-            lab_ops::lock::guard_only(exec, &lab.name, &hypervisors);
+            lab_ops::lock::guard_only(exec, &lock.name, &lock.on);
             None
         } else {
-            Some(lab_ops::lock(exec, &lab.name, &hypervisors, &me, args.lock_wait, &waiting).await?)
+            Some(lab_ops::lock(exec, &lock.name, &lock.on, &me, lock.wait, &waiting).await?)
         };
         let out = work(exec).await;
         if let Some(locks) = locks {
             locks.release().await;
         }
         Ok(out)
-    })?
+    })
+}
+
+/// The lab's own lock, on the hypervisors that carry `nodes`.
+fn lab_lock<'a>(lab: &'a Lab, nodes: &[&LabNode], verb: &'a str, args: &cli::LockArgs) -> Lock<'a> {
+    Lock {
+        name: lab.name.clone(),
+        on: lab_ops::hypervisors_of(lab, nodes),
+        verb,
+        wait: args.lock_wait,
+    }
 }
 
 impl From<lab_ops::LockError> for Failure {
@@ -209,12 +226,24 @@ impl From<lab_ops::LockError> for Failure {
 }
 
 fn executor(lab: &Lab, nodes: &[&LabNode], dry_run: bool) -> lab_exec::Executor {
+    executor_for(&lab_ops::hypervisors_of(lab, nodes), dry_run)
+}
+
+/// An executor for `hypervisors`: live, or recording changes under `--dry-run`.
+pub(crate) fn executor_for(
+    hypervisors: &[&lab_model::Hypervisor],
+    dry_run: bool,
+) -> lab_exec::Executor {
     let mode = if dry_run {
         lab_exec::Mode::DryRun
     } else {
         lab_exec::Mode::Live
     };
-    lab_exec::Executor::new(mode, lab_ops::targets(lab, nodes), 32)
+    lab_exec::Executor::new(
+        mode,
+        hypervisors.iter().map(|h| lab_ops::target(h)).collect(),
+        32,
+    )
 }
 
 /// What generate left for each node: its tree, digest and domain XML.
@@ -276,15 +305,10 @@ fn create(cli: &Cli, args: &cli::CreateArgs) -> Result<(), Failure> {
     };
     let progress =
         progress::NodeProgress::new(cli.quiet || args.dry_run, cli.verbose, &pairs(&nodes));
-    let reports = drive_locked(
-        exec,
-        &lab,
-        &nodes,
-        "create",
-        &args.lock,
-        args.dry_run,
-        async |exec| lab_ops::create(exec, &request, &|e| progress.on_event(e)).await,
-    )?;
+    let lock = lab_lock(&lab, &nodes, "create", &args.lock);
+    let reports = drive_locked(exec, &lock, args.dry_run, async |exec| {
+        lab_ops::create(exec, &request, &|e| progress.on_event(e)).await
+    })??;
     progress.finish();
     let reports = reports.map_err(|e| invalid(e.to_string()))?;
     finish(cli, &lab, "create", &reports, args.dry_run)
@@ -320,15 +344,10 @@ fn destroy(cli: &Cli, args: &cli::DestroyArgs) -> Result<(), Failure> {
     };
     let progress =
         progress::NodeProgress::new(cli.quiet || args.dry_run, cli.verbose, &pairs(&nodes));
-    let reports = drive_locked(
-        exec,
-        &lab,
-        &nodes,
-        "destroy",
-        &args.lock,
-        args.dry_run,
-        async |exec| lab_ops::destroy(exec, &request, &|e| progress.on_event(e)).await,
-    )?;
+    let lock = lab_lock(&lab, &nodes, "destroy", &args.lock);
+    let reports = drive_locked(exec, &lock, args.dry_run, async |exec| {
+        lab_ops::destroy(exec, &request, &|e| progress.on_event(e)).await
+    })??;
     progress.finish();
     finish(cli, &lab, "destroy", &reports, args.dry_run)
 }

@@ -7,7 +7,7 @@ use std::io::Write;
 use lab_ops::proto::{self, Fleet, ProtoError, SyncOutcome, TargetReport};
 
 use crate::cli::{Cli, Format, ProtoCommand};
-use crate::{Exit, Failure, print_json, progress, runtime};
+use crate::{Exit, Failure, Lock, drive_locked, print_json, progress};
 
 /// The name of the proto's lock on the source hypervisor: one per proto dataset (lab names
 /// cannot start with `_`, so it never meets a lab's lock).
@@ -53,66 +53,27 @@ pub(crate) fn run(cli: &Cli, cmd: &ProtoCommand) -> Result<(), Failure> {
             .map_or(0, |d| d.subsec_nanos() as u64 ^ std::process::id() as u64);
         std::thread::sleep(std::time::Duration::from_secs(nanos % (jitter + 1)));
     }
-    let targets = fleet
-        .all()
-        .iter()
-        .map(|hv| lab_exec::Target {
-            name: hv.name.clone(),
-            ssh: hv.ssh.clone(),
-            parallel: hv.parallel as usize,
-        })
-        .collect();
-    let mode = if dry_run {
-        lab_exec::Mode::DryRun
-    } else {
-        lab_exec::Mode::Live
-    };
-    let exec = lab_exec::Executor::new(mode, targets, 32);
+    let exec = crate::executor_for(&fleet.all(), dry_run);
     let verb = match cmd {
-        ProtoCommand::Release { .. } => "proto release",
-        ProtoCommand::Begin { .. } => "proto begin",
-        ProtoCommand::Rollback { .. } => "proto rollback",
-        ProtoCommand::Sync { .. } => "proto sync",
-        ProtoCommand::Prune { .. } => "proto prune",
-        ProtoCommand::Status { .. } => "proto status",
-        ProtoCommand::Refresh { .. } => "proto refresh",
+        ProtoCommand::Release { .. } => "proto-release",
+        ProtoCommand::Begin { .. } => "proto-begin",
+        ProtoCommand::Rollback { .. } => "proto-rollback",
+        ProtoCommand::Sync { .. } => "proto-sync",
+        ProtoCommand::Prune { .. } => "proto-prune",
+        ProtoCommand::Status { .. } => "proto-status",
+        ProtoCommand::Refresh { .. } => "proto-refresh",
     };
-    let needs_lock = !dry_run && !matches!(cmd, ProtoCommand::Status { .. });
-    let me = lab_ops::Holder {
-        owner: lab_ops::owner(),
-        pid: std::process::id(),
-        verb: verb.replace(' ', "-"),
-        since: lab_ops::now(),
+    let work = async |exec: &lab_exec::Executor| work(cli, cmd, exec, &fleet, dry_run).await;
+    if let ProtoCommand::Status { .. } = cmd {
+        return crate::drive(exec, work)?;
+    }
+    let lock = Lock {
+        name: lock_name(&fleet),
+        on: vec![fleet.source],
+        verb,
+        wait: 0,
     };
-    let rt = runtime()?;
-    let result = rt.block_on(async {
-        let locks = if needs_lock {
-            match lab_ops::lock(
-                &exec,
-                &lock_name(&fleet),
-                &[fleet.source],
-                &me,
-                0,
-                &|_, _| {},
-            )
-            .await
-            {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    exec.close().await;
-                    return Err(e);
-                }
-            }
-        } else {
-            None
-        };
-        let out = work(cli, cmd, &exec, &fleet, dry_run).await;
-        if let Some(l) = locks {
-            l.release().await;
-        }
-        exec.close().await;
-        Ok(out)
-    });
+    let result = drive_locked(exec, &lock, dry_run, work)?;
     match result {
         Ok(out) => out,
         // Overlapping cron runs are normal: the one that holds the lock does the work.
