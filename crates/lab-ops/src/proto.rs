@@ -504,8 +504,10 @@ pub async fn sync(
     now: u64,
     events: Events<'_>,
 ) -> Result<Vec<TargetReport>, ProtoError> {
-    let source = holdings(exec, fleet.source).await?;
-    let targets = holdings_all(exec, &fleet.targets).await;
+    // Source and targets are read in one round, all at once.
+    let mut all = holdings_all(exec, &fleet.all()).await;
+    let targets = all.split_off(1);
+    let source = all.pop().expect("the source").1?;
     let jobs = targets
         .into_iter()
         .map(|(dst, have)| sync_one(exec, fleet, &source, dst, have, now, events));
