@@ -109,73 +109,42 @@ impl NodeProgress {
                 .map(|t0| format!("[{:7.3}s] ", t0.elapsed().as_secs_f64()))
                 .unwrap_or_default()
         };
-        match (&self.bars, event) {
-            (
-                Some((_, bars)),
-                lab_ops::Event::Step {
-                    node,
-                    hypervisor,
-                    step,
-                },
-            ) => {
-                if let Some(b) = bars
-                    .lock()
-                    .expect("progress lock")
-                    .get(&format!("{hypervisor}/{node}"))
-                {
-                    b.set_message(step);
-                }
+        if let Some((_, bars)) = &self.bars {
+            let (lab_ops::Event::Step {
+                node, hypervisor, ..
             }
-            (
-                Some((_, bars)),
-                lab_ops::Event::Bytes {
-                    node,
-                    hypervisor,
-                    bytes,
-                },
-            ) => {
-                if let Some(b) = bars
-                    .lock()
-                    .expect("progress lock")
-                    .get(&format!("{hypervisor}/{node}"))
-                {
-                    b.set_message(format!("sent {}", lab_ops::proto::human_bytes(bytes)));
-                }
+            | lab_ops::Event::Bytes {
+                node, hypervisor, ..
             }
-            (
-                Some((_, bars)),
-                lab_ops::Event::Done {
-                    node,
-                    hypervisor,
-                    outcome,
-                },
-            ) => {
-                if let Some(b) = bars
-                    .lock()
-                    .expect("progress lock")
-                    .get(&format!("{hypervisor}/{node}"))
-                {
-                    b.finish_with_message(outcome);
+            | lab_ops::Event::Done {
+                node, hypervisor, ..
+            }) = &event;
+            let bars = bars.lock().expect("progress lock");
+            let Some(bar) = bars.get(&format!("{hypervisor}/{node}")) else {
+                return;
+            };
+            match event {
+                lab_ops::Event::Step { step, .. } => bar.set_message(step),
+                lab_ops::Event::Bytes { bytes, .. } => {
+                    bar.set_message(format!("sent {}", lab_ops::proto::human_bytes(bytes)))
                 }
+                lab_ops::Event::Done { outcome, .. } => bar.finish_with_message(outcome),
             }
-            (
-                None,
-                lab_ops::Event::Step {
-                    node,
-                    hypervisor,
-                    step,
-                },
-            ) if self.steps.is_some() => {
+            return;
+        }
+        match event {
+            lab_ops::Event::Step {
+                node,
+                hypervisor,
+                step,
+            } if self.steps.is_some() => {
                 eprintln!("{}{hypervisor}/{node}: {step}", stamp());
             }
-            (
-                None,
-                lab_ops::Event::Done {
-                    node,
-                    hypervisor,
-                    outcome,
-                },
-            ) if self.plain => {
+            lab_ops::Event::Done {
+                node,
+                hypervisor,
+                outcome,
+            } if self.plain => {
                 eprintln!("{}{hypervisor}/{node}: {outcome}", stamp());
             }
             _ => {}
