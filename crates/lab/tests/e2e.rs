@@ -32,17 +32,11 @@ fn example_lab_lifecycle() {
             )
         })
         .collect();
-    for (node, hv) in &nodes {
-        let line = bed
-            .wait_for_console(
-                k_of(hv),
-                node,
-                "LAB-GUEST-HOSTNAME:",
-                Duration::from_secs(120),
-            )
-            .unwrap();
-        assert_eq!(line, format!("LAB-GUEST-HOSTNAME: {node}"));
-    }
+    let pairs: Vec<(&str, &str)> = nodes
+        .iter()
+        .map(|(n, h)| (h.as_str(), n.as_str()))
+        .collect();
+    assert_guests_boot(&bed, &pairs);
 
     // status: all there, ours, no drift, no orphans
     let run = lab(b, &["--format", "json", "status", "--lab", file]);

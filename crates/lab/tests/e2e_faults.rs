@@ -187,17 +187,7 @@ fn a_connection_cut_mid_create_ends_and_the_next_create_converges() {
         ],
     );
     assert_eq!(run.code, 0, "converges: {}\n{}", run.stdout, run.stderr);
-    for (hv, node) in &all {
-        let line = bed
-            .wait_for_console(
-                k_of(hv),
-                node,
-                "LAB-GUEST-HOSTNAME:",
-                Duration::from_secs(120),
-            )
-            .unwrap();
-        assert_eq!(line, format!("LAB-GUEST-HOSTNAME: {node}"));
-    }
+    assert_guests_boot(&bed, &all);
 
     let run = lab(dir.path(), &["destroy", "--lab", f, "--yes"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -234,15 +224,7 @@ fn lab_killed_mid_create_converges_on_the_next_create_and_destroy_leaves_nothing
     // No --lock-wait: the lock died with its holder.
     let run = lab(dir.path(), &["--format", "json", "create", "--lab", f]);
     assert_eq!(run.code, 0, "converges: {}\n{}", run.stdout, run.stderr);
-    for (hv, node) in &all {
-        bed.wait_for_console(
-            k_of(hv),
-            node,
-            &format!("LAB-GUEST-HOSTNAME: {node}"),
-            Duration::from_secs(120),
-        )
-        .unwrap();
-    }
+    assert_guests_boot(&bed, &all);
     let run = lab(dir.path(), &["destroy", "--lab", f, "--yes"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_nothing_left(&bed, &all);

@@ -79,28 +79,15 @@ fn fleet(dir: &Path, ds: &str, extra: &str) -> PathBuf {
 }
 
 fn snapshots(bed: &Testbed, k: u32, ds: &str) -> Vec<(String, String)> {
-    bed.exec(
-        k,
-        &[
-            "zfs",
-            "get",
-            "-H",
-            "-p",
-            "-o",
-            "name,value",
-            "guid",
-            "-r",
-            ds,
-        ],
-    )
-    .unwrap_or_default()
-    .lines()
-    .filter(|l| l.contains('@'))
-    .map(|l| {
-        let (n, g) = l.split_once('\t').unwrap();
-        (n.to_owned(), g.to_owned())
-    })
-    .collect()
+    guid_listing(bed, k, ds)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains('@'))
+        .map(|l| {
+            let (n, g) = l.split_once('\t').unwrap();
+            (n.to_owned(), g.to_owned())
+        })
+        .collect()
 }
 
 fn by_host(v: &serde_json::Value) -> std::collections::HashMap<String, serde_json::Value> {

@@ -74,27 +74,44 @@ pub fn mounted_anything_of(bed: &Testbed, hv: &str, node: &str) -> bool {
         .any(|l| l.contains(&format!("/{node} ")) || l.contains(&format!("staging/{node}")))
 }
 
+/// `zfs get guid -r` of `ds` on hypervisor `k`: the dataset and its snapshots, name TAB guid.
+pub fn guid_listing(bed: &Testbed, k: u32, ds: &str) -> lab_testbed::Result<String> {
+    bed.exec(
+        k,
+        &[
+            "zfs",
+            "get",
+            "-H",
+            "-p",
+            "-o",
+            "name,value",
+            "guid",
+            "-r",
+            ds,
+        ],
+    )
+}
+
 /// Every proto snapshot with its guid, per hypervisor: must never change under create/destroy.
 pub fn proto_fingerprint(bed: &Testbed) -> Vec<String> {
     (0..bed.hypervisors)
-        .map(|k| {
-            bed.exec(
-                k,
-                &[
-                    "zfs",
-                    "get",
-                    "-H",
-                    "-p",
-                    "-o",
-                    "name,value",
-                    "guid",
-                    "-r",
-                    &format!("{}/{PROTO}", bed.pool),
-                ],
-            )
-            .unwrap()
-        })
+        .map(|k| guid_listing(bed, k, &format!("{}/{PROTO}", bed.pool)).unwrap())
         .collect()
+}
+
+/// Every `(hypervisor, node)` guest boots and prints its own hostname on its console.
+pub fn assert_guests_boot(bed: &Testbed, nodes: &[(&str, &str)]) {
+    for (hv, node) in nodes {
+        let line = bed
+            .wait_for_console(
+                k_of(hv),
+                node,
+                "LAB-GUEST-HOSTNAME:",
+                std::time::Duration::from_secs(120),
+            )
+            .unwrap();
+        assert_eq!(line, format!("LAB-GUEST-HOSTNAME: {node}"));
+    }
 }
 
 /// A lab of our own on the test bed's fleet file.
