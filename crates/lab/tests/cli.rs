@@ -445,6 +445,31 @@ const BAD: &[Bad] = &[
         says: &["labs/dup.yaml:4", "r9"],
     },
     Bad {
+        name: "proto verbs without a proto section",
+        files: &[(
+            "labs/np.yaml",
+            "hypervisors:\n  hv0: {id: 0, pool: tank, proto: tank/proto, snapshot: base}\n",
+        )],
+        args: &["proto", "status", "--lab", "labs/np.yaml"],
+        code: 2,
+        says: &["no `proto:` section"],
+    },
+    Bad {
+        name: "proto source that is not a hypervisor",
+        files: &[(
+            "labs/ps.yaml",
+            "hypervisors:\n  hv0: {id: 0, pool: tank, proto: tank/proto, snapshot: base}\nproto: {source: hv9}\n",
+        )],
+        args: &["proto", "sync", "--lab", "labs/ps.yaml"],
+        code: 2,
+        says: &[
+            "labs/ps.yaml:3",
+            "proto.source",
+            "hypervisor `hv9` is not defined",
+            "did you mean `hv0`?",
+        ],
+    },
+    Bad {
         name: "two nodes on one dataset",
         files: &[(
             "labs/s.yaml",

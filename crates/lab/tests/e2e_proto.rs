@@ -373,3 +373,96 @@ fn overlapping_refreshes_one_works_the_other_exits_0_saying_it_was_locked() {
     }
     drop_everywhere(&bed, &ds);
 }
+
+#[test]
+fn begin_rollback_and_release_refuse_what_would_lose_or_misname_a_snapshot() {
+    let bed = require();
+    let dir = tempfile::tempdir().unwrap();
+    let ds = fresh_proto(&bed, "pe-rb", 1);
+    // The proto's "VM" is a lab node's domain on hv0, running.
+    let file = fleet(dir.path(), &ds, ", domain: rb-vm");
+    let f = file.to_str().unwrap();
+    let labfile = dir.path().join("rb.yaml");
+    std::fs::write(
+        &labfile,
+        format!(
+            "include: {}\nlab: {{name: e2e-rb, id: 56}}\noverlay: bird\nvars: {{domain: e2e.example, dns: [192.0.2.53]}}\n\
+             defaults:\n  hypervisor:\n    proto: {pool}/proto-disk0\n    snapshot: base\n  node:\n    vars: {{vpp_workers: 1, ospf_area: 0}}\n\
+             nodes:\n  rb-vm: {{hypervisor: hv0, id: 65}}\n",
+            file.display(),
+            pool = bed.pool
+        ),
+    )
+    .unwrap();
+    let l = labfile.to_str().unwrap();
+    lab(dir.path(), &["destroy", "--lab", l, "-q"]);
+    let mountpoint = bed
+        .exec(0, &["zfs", "get", "-H", "-o", "value", "mountpoint", &ds])
+        .unwrap();
+    let marker = format!("{}/maintenance", mountpoint.trim());
+
+    // Nothing to roll back to yet.
+    let run = proto(dir.path(), f, &["rollback"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("does not exist"), "{}", run.stderr);
+
+    // A release name that exists is refused; nothing changes.
+    assert_eq!(
+        proto(dir.path(), f, &["release", "--name", "x-release"]).code,
+        0
+    );
+    let before = snapshots(&bed, 0, &ds);
+    let run = proto(dir.path(), f, &["release", "--name", "x-release"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("x-release already exists"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(snapshots(&bed, 0, &ds), before);
+
+    // The newest snapshot is a release, not a rollback point: refused.
+    let run = proto(dir.path(), f, &["rollback"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("not a `-before` snapshot"),
+        "{}",
+        run.stderr
+    );
+
+    // begin, a maintenance, rollback: the maintenance is gone, the snapshots stay.
+    let run = proto(dir.path(), f, &["begin"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let point = run.json()["snapshot"].as_str().unwrap().to_owned();
+    assert!(point.ends_with("-before"), "{point}");
+    bed.exec(0, &["touch", &marker]).unwrap();
+    let before = snapshots(&bed, 0, &ds);
+    let run = proto(dir.path(), f, &["rollback"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.json()["snapshot"], point);
+    assert!(
+        bed.exec(0, &["test", "-e", &marker]).is_err(),
+        "rolled back"
+    );
+    assert_eq!(snapshots(&bed, 0, &ds), before);
+
+    // While the proto's domain runs, release is refused unless --force.
+    let run = lab(dir.path(), &["create", "--lab", l]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let before = snapshots(&bed, 0, &ds);
+    let run = proto(dir.path(), f, &["release"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("domain `rb-vm` is running"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(snapshots(&bed, 0, &ds), before);
+    let run = proto(dir.path(), f, &["release", "--force"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(snapshots(&bed, 0, &ds).len(), before.len() + 1);
+
+    let run = lab(dir.path(), &["destroy", "--lab", l]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    drop_everywhere(&bed, &ds);
+}
