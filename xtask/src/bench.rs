@@ -140,13 +140,15 @@ fn tempdir() -> Result<std::path::PathBuf> {
 /// clone/copy/unmount/define/start steps run directly inside the hypervisors (no ssh), four
 /// nodes at a time per hypervisor like `lab`.
 pub fn create(root: &Path) -> Result {
-    use lab_testbed::{PROTO, Testbed, UpOptions};
+    use lab_testbed::{Testbed, UpOptions};
     let bed = Testbed::default();
     bed.up(&UpOptions::default(), &mut |l| say(l))
         .map_err(|e| e.to_string())?;
     cargo(&["build", "--release", "--quiet", "-p", "lab"])?;
     let lab_bin = root.join("target/release/lab");
-    let build = root.join("build");
+    // Under the test bed's directory, which the hypervisors see too (the floor reads the build
+    // from inside them; a checkout under /tmp would be hidden by their private /tmp).
+    let build = bed.dir.join("bench/build");
     let lab = |args: &[&str]| -> Result<f64> {
         let start = Instant::now();
         let status = Command::new(&lab_bin)
@@ -161,11 +163,60 @@ pub fn create(root: &Path) -> Result {
         }
         Ok(start.elapsed().as_secs_f64())
     };
-    lab(&["-q", "destroy", "--lab", "labs/vpp.yaml", "--yes"])?;
-    lab(&["-q", "generate", "--lab", "labs/vpp.yaml"])?;
     let nodes: Vec<(u32, String)> = (0..3)
         .flat_map(|k| (1..=4).map(move |n| (k, format!("vpp{k}-{n}"))))
         .collect();
+    // Whatever an earlier, failed run left: the floor's clones (marked as such) and the lab.
+    remove_floor_leftovers(&bed, &nodes);
+    lab(&["-q", "destroy", "--lab", "labs/vpp.yaml", "--yes"])?;
+    lab(&["-q", "generate", "--lab", "labs/vpp.yaml"])?;
+    let result = create_and_time(&bed, &nodes, &build, &lab);
+    if result.is_err() {
+        say("bench create failed: removing what it made");
+        remove_floor_leftovers(&bed, &nodes);
+        let _ = lab(&["-q", "destroy", "--lab", "labs/vpp.yaml", "--yes"]);
+    }
+    result
+}
+
+/// Removes the floor's domains and clones on every hypervisor: only a clone that carries the
+/// floor's mark (`lab-bench:floor=yes`), and the domain of the same name beside it.
+fn remove_floor_leftovers(bed: &lab_testbed::Testbed, nodes: &[(u32, String)]) {
+    for (k, node) in nodes {
+        let ds = format!("{}/{node}", bed.pool);
+        let marked = bed
+            .exec(
+                *k,
+                &["zfs", "get", "-H", "-o", "value", "lab-bench:floor", &ds],
+            )
+            .is_ok_and(|v| v.trim() == "yes");
+        if !marked {
+            continue;
+        }
+        let _ = bed.exec(*k, &["virsh", "-q", "destroy", node]);
+        let _ = bed.exec(*k, &["virsh", "-q", "undefine", node]);
+        let _ = bed.exec(*k, &["zfs", "umount", &ds]);
+        // zfs-fuse says "busy" for a moment after an unmount.
+        for _ in 0..20 {
+            if bed.exec(*k, &["zfs", "destroy", &ds]).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        let _ = bed.exec(*k, &["rmdir", &format!("/var/lib/lab/staging/{node}")]);
+        say(&format!("hv{k}: removed the floor's {ds}"));
+    }
+}
+
+/// The timed part of `bench create`: the floor, then `lab create` until every guest booted,
+/// then `lab destroy`.
+fn create_and_time(
+    bed: &lab_testbed::Testbed,
+    nodes: &[(u32, String)],
+    build: &Path,
+    lab: &dyn Fn(&[&str]) -> Result<f64>,
+) -> Result {
+    use lab_testbed::PROTO;
     let pool = &bed.pool;
 
     // The floor: the same operations, directly on the hypervisors, in parallel.
@@ -179,8 +230,6 @@ pub fn create(root: &Path) -> Result {
                         .filter(|(h, _)| *h == k)
                         .map(|(_, n)| n.clone())
                         .collect();
-                    let bed = &bed;
-                    let build = &build;
                     s.spawn(move || -> Result {
                         std::thread::scope(|inner| {
                             let jobs: Vec<_> = mine
@@ -226,7 +275,7 @@ pub fn create(root: &Path) -> Result {
     };
     let floor_create = floor_step(
         r#"set -e; st=/var/lib/lab/staging/$2
-zfs clone -o mountpoint=$st "$5" "$1/$2"
+zfs clone -o mountpoint=$st -o lab-bench:floor=yes "$5" "$1/$2"
 rsync -aH --numeric-ids --chown=0:0 "$3/" "$st/"
 zfs umount "$1/$2"
 virsh -q define "$4" >/dev/null
@@ -245,13 +294,13 @@ zfs destroy "$1/$2"; rmdir /var/lib/lab/staging/$2"#,
             .unwrap_or(0)
     };
     let before: Vec<usize> = (0..3).map(accepted).collect();
-    for (k, node) in &nodes {
+    for (k, node) in nodes {
         let _ = std::fs::remove_file(bed.console_log(*k, node));
     }
     let start = Instant::now();
     let create = lab(&["-q", "create", "--lab", "labs/vpp.yaml", "--no-generate"])?;
     let create_conns: Vec<usize> = (0..3).map(|k| accepted(k) - before[k as usize]).collect();
-    for (k, node) in &nodes {
+    for (k, node) in nodes {
         bed.wait_for_console(
             *k,
             node,

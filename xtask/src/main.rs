@@ -137,11 +137,12 @@ fn testbed(cmd: TestbedCmd) -> Result {
                 println!("test bed in {}", status.dir);
                 for hv in &status.hypervisors {
                     println!(
-                        "{} {}: holder {} zfs-fuse {} libvirtd {} sshd {} pool {}",
+                        "{} {}: holder {} zfs-fuse {} ({}) libvirtd {} sshd {} pool {}",
                         hv.name,
                         hv.address,
                         pid(hv.holder),
                         pid(hv.zfs_fuse),
+                        hv.zfs,
                         pid(hv.libvirtd),
                         pid(hv.sshd),
                         hv.pool_health.as_deref().unwrap_or("-")
@@ -283,7 +284,9 @@ fn ci() -> Result {
         println!("{line}");
         if line.trim_start().starts_with("Running ") || line.trim_start().starts_with("Doc-tests ")
         {
-            in_end_to_end = line.contains("tests/e2e") || line.contains("tests/smoke");
+            in_end_to_end = ["tests/e2e", "tests/smoke", "tests/stress"]
+                .iter()
+                .any(|t| line.contains(t));
         }
         if let Some(rest) = line.strip_prefix("test result: ") {
             let count = |word: &str| -> u64 {

@@ -8,6 +8,7 @@
 //! the `lab` binary. `cargo xtask testbed` is its command line; tests call [`require`].
 
 mod guest;
+mod health;
 mod status;
 mod up;
 
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub use health::{PROBE_TIMEOUT, ZfsHealth};
 pub use status::{HypervisorStatus, Status};
 pub use up::UpOptions;
 
@@ -203,6 +205,12 @@ impl Testbed {
         up::down(self, purge, log)
     }
 
+    /// Whether hypervisor `k`'s zfs-fuse answers (see [`ZfsHealth`]); takes at most a few
+    /// seconds even when it does not.
+    pub fn zfs_health(&self, k: u32) -> ZfsHealth {
+        health::zfs_health(self, k)
+    }
+
     pub fn status(&self) -> Status {
         status::status(self)
     }
@@ -223,8 +231,8 @@ impl Testbed {
     }
 }
 
-/// The test bed for an end-to-end test, or a panic that says how to bring it up.
-/// Tests never pass silently without it.
+/// The test bed for an end-to-end test, or a panic that says how to bring it up, or which
+/// hypervisor hangs. Tests never pass silently without it, and never wait on a hung bed.
 pub fn require() -> Testbed {
     let bed = Testbed::default();
     if !bed.is_up() {
@@ -233,6 +241,14 @@ pub fn require() -> Testbed {
              or run everything with `cargo xtask ci`",
             bed.dir.display()
         );
+    }
+    for k in 0..bed.hypervisors {
+        if let ZfsHealth::Hung(why) = bed.zfs_health(k) {
+            panic!(
+                "hv{k} of the test bed is HUNG: its zfs-fuse does not answer ({why}); \
+                 `cargo xtask testbed down && cargo xtask testbed up` recovers it"
+            );
+        }
     }
     bed
 }

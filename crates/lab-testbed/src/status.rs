@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::{PROTO, Testbed};
+use crate::{PROTO, Testbed, ZfsHealth};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -19,6 +19,8 @@ pub struct HypervisorStatus {
     pub zfs_fuse: Option<u32>,
     pub libvirtd: Option<u32>,
     pub sshd: Option<u32>,
+    /// Whether zfs-fuse answers within a few seconds (`hung` when it does not).
+    pub zfs: ZfsHealth,
     pub pool_health: Option<String>,
     pub proto_snapshots: Vec<String>,
     /// Datasets with an origin (clones), as `name origin`.
@@ -43,7 +45,9 @@ pub fn status(bed: &Testbed) -> Status {
                     })
                     .unwrap_or_default()
             };
-            let zfs_up = holder.is_some() && zfs_fuse.is_some();
+            let zfs = bed.zfs_health(k);
+            // A hung zfs-fuse would make every further zfs call wait: ask it nothing more.
+            let zfs_up = zfs == ZfsHealth::Answers;
             let proto = format!("{}/{PROTO}", bed.pool);
             HypervisorStatus {
                 name: format!("hv{k}"),
@@ -52,6 +56,7 @@ pub fn status(bed: &Testbed) -> Status {
                 zfs_fuse,
                 libvirtd,
                 sshd: bed.alive(k, "sshd", "sshd"),
+                zfs,
                 pool_health: if zfs_up {
                     lines(&["zpool", "list", "-H", "-o", "health", &bed.pool])
                         .into_iter()

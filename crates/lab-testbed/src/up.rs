@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::health::{ZfsHealth, abort_fuse_connections, zfs_health};
 use crate::{Error, PROTO, Result, Testbed, bash, msg, run, write_file};
 
 /// Apt packages the test bed needs.
@@ -326,6 +327,16 @@ fn start_hypervisor(
         })?;
         step(&format!("hv{k}: namespaces up"));
     }
+    serialize_mounting_zfs_calls(bed, k)?;
+
+    if let Some(pid) = bed.alive(k, "zfs-fuse", "zfs-fuse")
+        && let ZfsHealth::Hung(why) = zfs_health(bed, k)
+    {
+        let aborted = free_hung_hypervisor(bed, k, pid)?;
+        step(&format!(
+            "hv{k}: zfs-fuse was hung ({why}): aborted {aborted} FUSE connection(s), killed it; restarting"
+        ));
+    }
 
     if bed.alive(k, "zfs-fuse", "zfs-fuse").is_none() {
         // zfs-fuse exits silently when its pidfile exists; a killed one leaves dead FUSE mounts.
@@ -443,6 +454,76 @@ fn start_hypervisor(
     Ok(())
 }
 
+/// Where Debian's zfs-fuse package puts the `zfs` command.
+const ZFS: &str = "/usr/sbin/zfs";
+
+/// Inside hypervisor `k` only, `/usr/sbin/zfs` becomes a short script that runs every `zfs`
+/// call that may mount (clone, create, mount, set, rename, rollback, promote, inherit, upgrade,
+/// and receive without `-u`) under one `flock` per hypervisor, then execs the real binary,
+/// which the script reaches through a second bind mount. zfs-fuse 0.7.0 deadlocks when two
+/// mounts are announced at once (see `health.rs`); real OpenZFS has no such bug, so `lab`
+/// itself keeps mounting in parallel and this lock lives in the test bed alone. Idempotent.
+fn serialize_mounting_zfs_calls(bed: &Testbed, k: u32) -> Result<()> {
+    let holder = bed.alive(k, "holder", "sleep").expect("the holder runs");
+    let mounts = read(Path::new(&format!("/proc/{holder}/mountinfo")));
+    if mounts.lines().any(|l| l.split(' ').nth(4) == Some(ZFS)) {
+        return Ok(());
+    }
+    let hv = bed.hv_dir(k);
+    let (wrapper, real) = (hv.join("zfs-serialized"), hv.join("zfs.real"));
+    write_file(
+        &wrapper,
+        &ZFS_WRAPPER
+            .replace("@HV@", &format!("hv{k}"))
+            .replace("@REAL@", &real.to_string_lossy()),
+    )?;
+    run(Command::new("chmod").arg("755").arg(&wrapper))?;
+    write_file(&real, "")?;
+    bed.exec(
+        k,
+        &[
+            "sh",
+            "-c",
+            r#"mount --bind "$1" "$2" && mount --bind "$3" "$1""#,
+            "bind",
+            ZFS,
+            &real.to_string_lossy(),
+            &wrapper.to_string_lossy(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// The script bound over `zfs` in each hypervisor; `@HV@` and `@REAL@` are filled in.
+const ZFS_WRAPPER: &str = r#"#!/bin/sh
+# lab-testbed, @HV@: zfs-fuse 0.7.0 deadlocks when two mounts are announced at once, so every
+# zfs call that may mount waits for this hypervisor's lock. The real zfs (bound at @REAL@)
+# does all the work.
+real=@REAL@
+lock=/run/zfs/lab-testbed-mount.lock
+case "$1" in
+  clone|create|mount|set|rename|rollback|promote|inherit|upgrade)
+    exec flock "$lock" "$real" "$@" ;;
+  receive|recv)
+    for arg; do case "$arg" in -*u*) exec "$real" "$@" ;; esac; done
+    exec flock "$lock" "$real" "$@" ;;
+esac
+exec "$real" "$@"
+"#;
+
+/// Frees hypervisor `k` whose zfs-fuse (`pid`) no longer answers: aborts its FUSE connections
+/// so that every stuck request fails, then kills the daemon (it cannot stop by itself: a
+/// listener thread waits on its own pipe). Returns how many connections were aborted.
+fn free_hung_hypervisor(bed: &Testbed, k: u32, pid: u32) -> Result<usize> {
+    let aborted = abort_fuse_connections(bed, k).map_err(|e| msg(format!("hv{k}: {e}")))?;
+    let _ = run(Command::new("kill").args(["-9", &pid.to_string()]));
+    let _ = wait_until(Duration::from_secs(10), || {
+        bed.alive(k, "zfs-fuse", "zfs-fuse").is_none()
+    });
+    let _ = std::fs::remove_file(bed.pidfile(k, "zfs-fuse"));
+    Ok(aborted)
+}
+
 /// libvirt's configuration inside hypervisor `k`: a copy of the host's, made to run QEMU as
 /// root without cgroups or per-VM mount namespaces, plus a hook that mounts a domain's 9p
 /// source dataset when it starts.
@@ -545,6 +626,15 @@ fn seed(bed: &Testbed, step: &mut dyn FnMut(&str)) -> Result<()> {
 
 pub fn down(bed: &Testbed, purge: bool, log: &mut dyn FnMut(&str)) -> Result<()> {
     for k in 0..bed.hypervisors {
+        if let Some(pid) = bed.alive(k, "zfs-fuse", "zfs-fuse")
+            && let ZfsHealth::Hung(why) = zfs_health(bed, k)
+        {
+            // Unmounting or exporting would wait for ever: free it first.
+            let aborted = free_hung_hypervisor(bed, k, pid)?;
+            log(&format!(
+                "hv{k}: zfs-fuse was hung ({why}): aborted {aborted} FUSE connection(s), killed it"
+            ));
+        }
         if bed.alive(k, "holder", "sleep").is_some() {
             if bed.alive(k, "libvirtd", "libvirtd").is_some() {
                 let running = bed

@@ -1,0 +1,166 @@
+//! Is a hypervisor's zfs-fuse answering, and how to free a hypervisor whose zfs-fuse is not.
+//!
+//! zfs-fuse 0.7.0 announces each new mount to its FUSE listener threads with two `write()`s to
+//! one pipe. Two mounts at once interleave those writes; a listener then blocks reading the pipe
+//! while it holds the listener mutex, and every FUSE request of that hypervisor waits for ever
+//! (processes sit in D state in `fuse_get_req`). The test bed prevents this with a lock around
+//! the real `zfs` (see `up.rs`); this module detects it anyway, so that nothing waits ten
+//! minutes on a bed that cannot answer, and recovers from it without a reboot.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::Testbed;
+
+/// How long a probe may take before the hypervisor counts as hung.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The state of one hypervisor's zfs-fuse.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase", tag = "state", content = "reason")]
+pub enum ZfsHealth {
+    /// `zfs list` and a lookup in a mounted dataset both answered.
+    Answers,
+    /// The daemon runs but a probe did not answer within [`PROBE_TIMEOUT`].
+    Hung(String),
+    /// The hypervisor or its zfs-fuse is not running.
+    Down,
+}
+
+impl std::fmt::Display for ZfsHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ZfsHealth::Answers => f.write_str("ok"),
+            ZfsHealth::Hung(why) => write!(f, "HUNG ({why})"),
+            ZfsHealth::Down => f.write_str("down"),
+        }
+    }
+}
+
+/// One FUSE mount of a hypervisor, from its holder's mountinfo.
+#[derive(Debug, Clone)]
+pub(crate) struct FuseMount {
+    /// The connection's number under `/sys/fs/fuse/connections` (the mount's device minor).
+    pub connection: u32,
+    pub mount_point: String,
+}
+
+/// Probes hypervisor `k`: `zfs list` of its pool (the daemon's ioctl path) and a lookup of a
+/// name that cannot exist in its first mounted dataset (the FUSE path, never served from the
+/// kernel's cache). Each probe is killed after [`PROBE_TIMEOUT`].
+pub fn zfs_health(bed: &Testbed, k: u32) -> ZfsHealth {
+    if bed.alive(k, "holder", "sleep").is_none() || bed.alive(k, "zfs-fuse", "zfs-fuse").is_none() {
+        return ZfsHealth::Down;
+    }
+    if let Err(why) = probe(bed, k, &["zfs", "list", "-H", "-o", "name", &bed.pool]) {
+        return ZfsHealth::Hung(format!("`zfs list` {why}"));
+    }
+    if let Some(mount) = fuse_mounts(bed, k).into_iter().next() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path = format!(
+            "{}/.lab-testbed-probe-{}-{nanos}",
+            mount.mount_point.trim_end_matches('/'),
+            std::process::id()
+        );
+        // The name does not exist: stat fails at once on a healthy bed. Only "no answer" counts.
+        if let Err(why) = probe(bed, k, &["stat", "-c", "%n", &path]).or_else(|why| {
+            if why.starts_with("exited") {
+                Ok(())
+            } else {
+                Err(why)
+            }
+        }) {
+            return ZfsHealth::Hung(format!("a lookup in {} {why}", mount.mount_point));
+        }
+    }
+    ZfsHealth::Answers
+}
+
+/// Runs a probe inside hypervisor `k` under `timeout -s KILL`, and never waits on it longer
+/// than the timeout plus a second (a process stuck in the kernel is left to the kernel).
+fn probe(bed: &Testbed, k: u32, args: &[&str]) -> Result<(), String> {
+    let Ok(mut c) = bed.command(k, "timeout") else {
+        return Err("could not start: the hypervisor is not running".to_owned());
+    };
+    let secs = PROBE_TIMEOUT.as_secs().to_string();
+    c.args(["-s", "KILL", &secs])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = c.spawn().map_err(|e| format!("could not start: {e}"))?;
+    let deadline = Instant::now() + PROBE_TIMEOUT + Duration::from_secs(1);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return Ok(()),
+            // timeout's own code when it had to kill, or the signal if it was killed itself.
+            Ok(Some(status)) if matches!(status.code(), Some(124 | 137) | None) => {
+                return Err(format!(
+                    "did not answer within {}s",
+                    PROBE_TIMEOUT.as_secs()
+                ));
+            }
+            Ok(Some(status)) => return Err(format!("exited with {status}")),
+            Ok(None) if Instant::now() > deadline => {
+                let _ = child.kill();
+                return Err(format!(
+                    "did not answer within {}s",
+                    PROBE_TIMEOUT.as_secs()
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("could not be waited for: {e}")),
+        }
+    }
+}
+
+/// The FUSE mounts in hypervisor `k`'s mount namespace, outermost first.
+pub(crate) fn fuse_mounts(bed: &Testbed, k: u32) -> Vec<FuseMount> {
+    let Some(holder) = bed.alive(k, "holder", "sleep") else {
+        return vec![];
+    };
+    let info = std::fs::read_to_string(format!("/proc/{holder}/mountinfo")).unwrap_or_default();
+    info.lines()
+        .filter_map(|line| {
+            // id parent major:minor root mount-point options ... - fstype source super-options
+            let (left, right) = line.split_once(" - ")?;
+            if !right.starts_with("fuse") {
+                return None;
+            }
+            let fields: Vec<&str> = left.split(' ').collect();
+            let (major, minor) = fields.get(2)?.split_once(':')?;
+            (major == "0").then_some(())?;
+            Some(FuseMount {
+                connection: minor.parse().ok()?,
+                mount_point: fields.get(4)?.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Aborts every FUSE connection of hypervisor `k` (its zfs-fuse mounts): each waiting request
+/// fails with ENOTCONN, so stuck processes end and the mounts can be detached. Returns how
+/// many were aborted.
+pub(crate) fn abort_fuse_connections(bed: &Testbed, k: u32) -> Result<usize, String> {
+    let control = std::path::Path::new("/sys/fs/fuse/connections");
+    if std::fs::read_dir(control).map_or(true, |mut d| d.next().is_none()) {
+        // fusectl is not mounted (nothing to list) or empty: mount it; "already mounted" is fine.
+        let _ = Command::new("mount")
+            .args(["-t", "fusectl", "fusectl"])
+            .arg(control)
+            .stderr(Stdio::null())
+            .status();
+    }
+    let mut aborted = 0;
+    for mount in fuse_mounts(bed, k) {
+        let abort = control.join(mount.connection.to_string()).join("abort");
+        if abort.exists() {
+            std::fs::write(&abort, "1")
+                .map_err(|e| format!("cannot abort FUSE connection {}: {e}", abort.display()))?;
+            aborted += 1;
+        }
+    }
+    Ok(aborted)
+}
