@@ -170,6 +170,7 @@ impl Executor {
         on_bytes: &(dyn Fn(u64) + Sync),
     ) -> Result<u64, ExecError> {
         let (hs, hd) = (self.host(src)?, self.host(dst)?);
+        let (from, to) = (&*self.guarded(hs, from), &*self.guarded(hd, to));
         if !self.is_live() {
             self.note(src, from.effect, from.line(), &from.argv);
             self.note(dst, to.effect, to.line(), &to.argv);

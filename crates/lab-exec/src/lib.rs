@@ -12,13 +12,14 @@
 
 mod hold;
 mod quote;
+mod ssh;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder};
+use openssh::Session;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
@@ -283,28 +284,30 @@ impl Executor {
         h.guard.lock().expect("guard lock").clone()
     }
 
+    /// `cmd` as it is sent to `h`: a change on a guarded host runs as `guard... timeout -k 5
+    /// SECS argv...`, so that it holds the guard's lock while it runs and also ends on the
+    /// remote side at its deadline when its connection was cut. Queries go as they are.
+    fn guarded<'c>(&self, h: &Host, cmd: &'c Cmd) -> std::borrow::Cow<'c, Cmd> {
+        let guard = self.guard_of(h);
+        if cmd.effect != Effect::Change || guard.is_empty() {
+            return std::borrow::Cow::Borrowed(cmd);
+        }
+        let deadline = ["timeout", "-k", "5"].map(String::from);
+        std::borrow::Cow::Owned(Cmd {
+            argv: guard
+                .into_iter()
+                .chain(deadline)
+                .chain([cmd.timeout.as_secs().max(1).to_string()])
+                .chain(cmd.argv.iter().cloned())
+                .collect(),
+            ..cmd.clone()
+        })
+    }
+
     /// Runs `cmd` on `host` and returns its output whatever its exit status.
     pub async fn output(&self, host: &str, cmd: &Cmd) -> Result<Out, ExecError> {
         let h = self.host(host)?;
-        let guard = self.guard_of(h);
-        let guarded;
-        let cmd = if cmd.effect == Effect::Change && !guard.is_empty() {
-            // A guarded change also ends on the remote side at its deadline, so that one
-            // whose connection was cut does not keep holding the guard's lock.
-            let deadline = ["timeout", "-k", "5"].map(String::from);
-            guarded = Cmd {
-                argv: guard
-                    .into_iter()
-                    .chain(deadline)
-                    .chain([cmd.timeout.as_secs().max(1).to_string()])
-                    .chain(cmd.argv.iter().cloned())
-                    .collect(),
-                ..cmd.clone()
-            };
-            &guarded
-        } else {
-            cmd
-        };
+        let cmd = &*self.guarded(h, cmd);
         let line = quote_line(&cmd.argv);
         match (&self.mode, cmd.effect) {
             (Mode::Scripted(script), effect) => {
@@ -365,7 +368,7 @@ impl Executor {
                 message,
             });
         }
-        let result = connect(&h.target.ssh, self.connect_timeout)
+        let result = ssh::connect(&h.target.ssh, self.connect_timeout)
             .await
             .map(Arc::new);
         *slot = Some(result.clone());
@@ -416,65 +419,6 @@ impl Executor {
         }
     }
 
-    /// Copies the contents of `local` into `remote` on `host` with rsync over the host's master
-    /// connection: `-aH --numeric-ids`, owned by root on the guest, never `--delete` (the
-    /// target is a clone of the proto image), never `-X`.
-    pub async fn rsync(&self, host: &str, local: &Path, remote: &str) -> Result<(), ExecError> {
-        let h = self.host(host)?;
-        let (dest_host, port) = split_port(&h.target.ssh);
-        let args = rsync_args(local, dest_host, remote, &self.guard_of(h));
-        let remote_shell = |socket: &str| {
-            let mut e = format!("ssh -S {socket} -o ControlMaster=no -o BatchMode=yes");
-            if let Some(p) = port {
-                e.push_str(&format!(" -p {p}"));
-            }
-            e
-        };
-        let show = |socket: &str| {
-            format!(
-                "rsync -e {} {}",
-                quote(&remote_shell(socket)),
-                quote_line(&args)
-            )
-        };
-        if !matches!(self.mode, Mode::Live) {
-            let mut argv = vec!["rsync".to_owned()];
-            argv.extend(args.iter().cloned());
-            self.note(host, Effect::Change, show("<master socket>"), &argv);
-            return Ok(());
-        }
-        let session = self.session(h).await?;
-        let socket = quote(&session.control_socket().to_string_lossy());
-        let shown = show(&socket);
-        let _global = self.global.acquire().await.expect("never closed");
-        let _local = h.limit.acquire().await.expect("never closed");
-        let mut c = tokio::process::Command::new("rsync");
-        c.arg("-e").arg(remote_shell(&socket)).args(&args);
-        c.stdin(std::process::Stdio::null()).kill_on_drop(true);
-        let out = tokio::time::timeout(Duration::from_secs(600), c.output())
-            .await
-            .map_err(|_| ExecError::Timeout {
-                host: host.to_owned(),
-                command: shown.clone(),
-                after: Duration::from_secs(600),
-            })?
-            .map_err(|e| ExecError::Local {
-                host: host.to_owned(),
-                command: shown.clone(),
-                message: e.to_string(),
-            })?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(ExecError::Failed {
-                host: host.to_owned(),
-                command: shown,
-                status: out.status.code().unwrap_or(-1),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            })
-        }
-    }
-
     /// Closes every master connection.
     pub async fn close(self) {
         for (_, h) in self.hosts {
@@ -503,67 +447,4 @@ fn lost(host: &str, command: &str, e: openssh::Error) -> ExecError {
             message: other.to_string(),
         },
     }
-}
-
-fn rsync_args(local: &Path, host: &str, remote: &str, guard: &[String]) -> Vec<String> {
-    let mut src: PathBuf = local.to_path_buf();
-    src.push(""); // trailing slash: the directory's contents
-    let mut args = vec![
-        "-aH".to_owned(),
-        "--numeric-ids".to_owned(),
-        "--chown=0:0".to_owned(),
-        "--protect-args".to_owned(),
-        // Both ends give up after this long without I/O (a cut connection).
-        "--timeout=30".to_owned(),
-    ];
-    if !guard.is_empty() {
-        // The remote shell runs this as the rsync command.
-        args.push(format!("--rsync-path={} rsync", quote_line(guard)));
-    }
-    args.push(src.to_string_lossy().into_owned());
-    args.push(format!("{host}:{}/", remote.trim_end_matches('/')));
-    args
-}
-
-/// `[user@]host[:port]` → (`[user@]host`, port).
-fn split_port(dest: &str) -> (&str, Option<&str>) {
-    match dest.rsplit_once(':') {
-        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !p.is_empty() => (h, Some(p)),
-        _ => (dest, None),
-    }
-}
-
-async fn connect(dest: &str, timeout: Duration) -> Result<Session, String> {
-    let (host, port) = split_port(dest);
-    let mut builder = SessionBuilder::default();
-    builder
-        .known_hosts_check(KnownHosts::Add)
-        .connect_timeout(timeout)
-        .server_alive_interval(Duration::from_secs(5))
-        .control_directory(std::env::temp_dir())
-        .control_persist(ControlPersist::IdleFor(
-            std::num::NonZeroUsize::new(MASTER_IDLE).expect("non-zero"),
-        ));
-    if let Some(p) = port {
-        builder.port(p.parse().map_err(|_| format!("bad port in {dest}"))?);
-    }
-    let (user, host) = match host.split_once('@') {
-        Some((u, h)) => (Some(u), h),
-        None => (None, host),
-    };
-    if let Some(u) = user {
-        builder.user(u.to_owned());
-    }
-    tokio::time::timeout(timeout + Duration::from_secs(5), builder.connect_mux(host))
-        .await
-        .map_err(|_| format!("no answer within {timeout:?}"))?
-        .map_err(|e| {
-            let mut message = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                message = format!("{message}: {s}");
-                source = s.source();
-            }
-            message
-        })
 }

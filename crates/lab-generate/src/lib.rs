@@ -6,6 +6,7 @@
 //! Each node is rendered aside and swapped into place, so a re-run leaves no stale files.
 //! This crate never prints: progress goes out as [`Event`]s.
 
+mod build;
 mod filters;
 mod overlay;
 mod write;
@@ -19,6 +20,7 @@ use minijinja::value::{Serde, ValueKind};
 use minijinja::{Environment, UndefinedBehavior, Value};
 use serde_json::{Map, Value as Json};
 
+pub use build::{EntryKind, Manifest, ManifestEntry, NodeBuild, NodePaths, read_node};
 pub use overlay::{BLOBS_DIR, DOMAIN_TEMPLATE};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,13 +34,6 @@ pub enum GenerateError {
 
     #[error("no overlay chosen: pass --overlay NAME or set `overlay:` in the lab file")]
     NoOverlay,
-
-    #[error("{what} `{name}` is not in the lab{hint}")]
-    UnknownSelection {
-        what: &'static str,
-        name: String,
-        hint: Hint,
-    },
 
     #[error("{}: {message}", path.display())]
     Overlay { path: PathBuf, message: String },
@@ -58,6 +53,10 @@ pub enum GenerateError {
         message: String,
     },
 
+    /// What `generate` wrote cannot be read back as it was written.
+    #[error("{}: {message} (run `lab generate` first, or drop --no-generate)", path.display())]
+    Build { path: PathBuf, message: String },
+
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -71,10 +70,8 @@ pub struct Request<'a> {
     /// The overlay's name; `None` takes the lab's default.
     pub overlay: Option<&'a str>,
     pub build_dir: &'a Path,
-    /// Only nodes on these hypervisors (all when empty).
-    pub hosts: &'a [String],
-    /// Only these nodes (all when empty).
-    pub nodes: &'a [String],
+    /// The nodes to render (see [`Lab::select`]).
+    pub nodes: &'a [&'a LabNode],
 }
 
 /// Progress, for whoever displays it.
@@ -102,51 +99,6 @@ pub struct Output {
     pub overlay: String,
     pub build_dir: PathBuf,
     pub nodes: Vec<NodeOutput>,
-}
-
-/// The nodes a request selects, in lab order; unknown names are errors.
-pub fn select<'a>(
-    lab: &'a Lab,
-    hosts: &[String],
-    nodes: &[String],
-) -> Result<Vec<&'a LabNode>, GenerateError> {
-    Ok(select_indices(lab, hosts, nodes)?
-        .into_iter()
-        .map(|i| &lab.nodes[i])
-        .collect())
-}
-
-fn select_indices(
-    lab: &Lab,
-    hosts: &[String],
-    nodes: &[String],
-) -> Result<Vec<usize>, GenerateError> {
-    for h in hosts {
-        if lab.hypervisor(h).is_none() {
-            return Err(GenerateError::UnknownSelection {
-                what: "hypervisor",
-                name: h.clone(),
-                hint: Hint::closest(h, lab.hypervisors.iter().map(|h| h.name.as_str())),
-            });
-        }
-    }
-    for n in nodes {
-        if lab.node(n).is_none() {
-            return Err(GenerateError::UnknownSelection {
-                what: "node",
-                name: n.clone(),
-                hint: Hint::closest(n, lab.nodes.iter().map(|n| n.name.as_str())),
-            });
-        }
-    }
-    Ok(lab
-        .nodes
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| hosts.is_empty() || hosts.contains(&n.hypervisor))
-        .filter(|(_, n)| nodes.is_empty() || nodes.contains(&n.name))
-        .map(|(i, _)| i)
-        .collect())
 }
 
 /// The overlay a request names, or the lab's default.
@@ -177,7 +129,14 @@ pub fn generate(
     on_event: &(dyn Fn(Event) + Sync),
 ) -> Result<Output, GenerateError> {
     let overlay_def = resolve_overlay(req.lab, req.overlay)?;
-    let selected = select_indices(req.lab, req.hosts, req.nodes)?;
+    let index: std::collections::HashMap<&str, usize> = req
+        .lab
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.name.as_str(), i))
+        .collect();
+    let selected: Vec<usize> = req.nodes.iter().map(|n| index[n.name.as_str()]).collect();
     let overlay = overlay::Overlay::scan(&overlay_def.dir)?;
     let env = environment(&overlay)?;
     let shared = Shared::new(req.lab, &overlay_def.name);
@@ -230,16 +189,6 @@ pub fn generate(
         build_dir: req.build_dir.to_path_buf(),
         nodes,
     })
-}
-
-/// Where a node's output lives.
-pub fn node_paths(build_dir: &Path, overlay: &str, node: &LabNode) -> (PathBuf, PathBuf, PathBuf) {
-    let parent = build_dir.join(overlay).join(&node.hypervisor);
-    (
-        parent.join(&node.hostname),
-        parent.join(format!("{}.manifest.json", node.hostname)),
-        parent.join(format!("{}.domain.xml", node.hostname)),
-    )
 }
 
 fn environment(overlay: &overlay::Overlay) -> Result<Environment<'static>, GenerateError> {
@@ -417,7 +366,11 @@ fn render_node(
     };
 
     let overlay_name = &shared.overlay_name;
-    let (tree, manifest, domain_xml) = node_paths(req.build_dir, overlay_name, node);
+    let NodePaths {
+        tree,
+        manifest,
+        domain_xml,
+    } = NodePaths::of(req.build_dir, overlay_name, node);
     let written = write::node(&write::NodeWrite {
         lab: &req.lab.name,
         overlay: overlay_name,

@@ -10,6 +10,7 @@ use lab_model::LabNode;
 use sha2::{Digest, Sha256};
 
 use crate::GenerateError;
+use crate::build::{EntryKind, Manifest, ManifestEntry};
 
 pub enum Content {
     Dir,
@@ -40,34 +41,6 @@ pub struct Written {
     pub entries: usize,
 }
 
-/// One line of the manifest.
-#[derive(serde::Serialize)]
-struct ManifestEntry {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    mode: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sha256: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    size: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    target: Option<String>,
-}
-
-#[derive(serde::Serialize)]
-struct Manifest<'a> {
-    lab: &'a str,
-    overlay: &'a str,
-    node: &'a str,
-    hypervisor: &'a str,
-    hostname: &'a str,
-    /// sha256 over every entry (type, mode, path, content) and the domain XML.
-    digest: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    domain_sha256: Option<String>,
-    entries: BTreeMap<String, ManifestEntry>,
-}
-
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> GenerateError + '_ {
     move |source| GenerateError::Io {
         path: path.to_path_buf(),
@@ -75,7 +48,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> GenerateError + '_ {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// The sha256 of `bytes`, in lowercase hex.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -116,7 +90,7 @@ pub fn node(w: &NodeWrite<'_>) -> Result<Written, GenerateError> {
         for c in &parents[..parents.len() - 1] {
             ancestor.push(c);
             match entries.get(&key(&ancestor)).map(|e| e.kind) {
-                Some("dir") => {}
+                Some(EntryKind::Dir) => {}
                 Some(_) => {
                     return Err(escape(
                         &item.rel,
@@ -136,7 +110,7 @@ pub fn node(w: &NodeWrite<'_>) -> Result<Written, GenerateError> {
         match &item.content {
             Content::Dir => {
                 match existing {
-                    Some("dir") => {}
+                    Some(EntryKind::Dir) => {}
                     Some(_) => {
                         return Err(escape(
                             &item.rel,
@@ -149,7 +123,7 @@ pub fn node(w: &NodeWrite<'_>) -> Result<Written, GenerateError> {
                 entries.insert(key(&item.rel), dir_entry(item.mode));
             }
             Content::File(bytes) => {
-                if existing == Some("dir") {
+                if existing == Some(EntryKind::Dir) {
                     return Err(escape(
                         &item.rel,
                         "as a file over a directory of the overlay",
@@ -165,16 +139,16 @@ pub fn node(w: &NodeWrite<'_>) -> Result<Written, GenerateError> {
                 entries.insert(
                     key(&item.rel),
                     ManifestEntry {
-                        kind: "file",
+                        kind: EntryKind::File,
                         mode: format!("{:04o}", item.mode),
-                        sha256: Some(hex(bytes)),
+                        sha256: Some(sha256_hex(bytes)),
                         size: Some(bytes.len() as u64),
                         target: None,
                     },
                 );
             }
             Content::Symlink(target) => {
-                if existing == Some("dir") {
+                if existing == Some(EntryKind::Dir) {
                     return Err(escape(
                         &item.rel,
                         "as a symlink over a directory of the overlay",
@@ -187,7 +161,7 @@ pub fn node(w: &NodeWrite<'_>) -> Result<Written, GenerateError> {
                 entries.insert(
                     key(&item.rel),
                     ManifestEntry {
-                        kind: "symlink",
+                        kind: EntryKind::Symlink,
                         mode: "0777".to_owned(),
                         sha256: None,
                         size: None,
@@ -205,23 +179,29 @@ pub fn node(w: &NodeWrite<'_>) -> Result<Written, GenerateError> {
     // The tree's root becomes the guest's `/`: always 0755, whatever the checkout's umask did.
     fs::set_permissions(&stage, fs::Permissions::from_mode(0o755)).map_err(io(&stage))?;
 
-    let domain_sha256 = w.domain.as_deref().map(hex);
+    let domain_sha256 = w.domain.as_deref().map(sha256_hex);
     let mut digest_input = String::new();
     for (path, e) in &entries {
         let content = e.sha256.as_deref().or(e.target.as_deref()).unwrap_or("-");
-        digest_input.push_str(&format!("{} {} {} {}\n", e.kind, e.mode, content, path));
+        digest_input.push_str(&format!(
+            "{} {} {} {}\n",
+            e.kind.as_str(),
+            e.mode,
+            content,
+            path
+        ));
     }
     if let Some(d) = &domain_sha256 {
         digest_input.push_str(&format!("domain {d}\n"));
     }
-    let digest = hex(digest_input.as_bytes());
+    let digest = sha256_hex(digest_input.as_bytes());
     let count = entries.len();
     let manifest = Manifest {
-        lab: w.lab,
-        overlay: w.overlay,
-        node: &w.node.name,
-        hypervisor: &w.node.hypervisor,
-        hostname,
+        lab: w.lab.to_owned(),
+        overlay: w.overlay.to_owned(),
+        node: w.node.name.clone(),
+        hypervisor: w.node.hypervisor.clone(),
+        hostname: hostname.clone(),
         digest: digest.clone(),
         domain_sha256,
         entries,
@@ -259,7 +239,7 @@ fn key(rel: &Path) -> String {
 
 fn dir_entry(mode: u32) -> ManifestEntry {
     ManifestEntry {
-        kind: "dir",
+        kind: EntryKind::Dir,
         mode: format!("{mode:04o}"),
         sha256: None,
         size: None,

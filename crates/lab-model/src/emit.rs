@@ -2,11 +2,11 @@
 
 use std::fmt::Write;
 
-use crate::tree::{Node, Value};
+use crate::tree::{Tree, Value};
 
 /// Renders `node` as block-style YAML. With `explain`, every scalar line ends in a comment
 /// naming the file and line that set it.
-pub fn to_yaml(node: &Node, explain: bool) -> String {
+pub fn to_yaml(node: &Tree, explain: bool) -> String {
     let mut out = String::new();
     match &node.value {
         Value::Map(entries) if !entries.is_empty() => map(&mut out, entries, 0, explain),
@@ -17,14 +17,14 @@ pub fn to_yaml(node: &Node, explain: bool) -> String {
     out
 }
 
-fn map(out: &mut String, entries: &[(String, Node)], indent: usize, explain: bool) {
+fn map(out: &mut String, entries: &[(String, Tree)], indent: usize, explain: bool) {
     for (key, value) in entries {
         let _ = write!(out, "{:indent$}{}:", "", scalar_text(key));
         child(out, value, indent, explain);
     }
 }
 
-fn child(out: &mut String, value: &Node, indent: usize, explain: bool) {
+fn child(out: &mut String, value: &Tree, indent: usize, explain: bool) {
     match &value.value {
         Value::Map(entries) if !entries.is_empty() => {
             out.push('\n');
@@ -53,13 +53,13 @@ fn child(out: &mut String, value: &Node, indent: usize, explain: bool) {
     }
 }
 
-fn is_flat(items: &[Node]) -> bool {
+fn is_flat(items: &[Tree]) -> bool {
     items
         .iter()
         .all(|i| !matches!(i.value, Value::Map(_) | Value::Seq(_)))
 }
 
-fn scalar_line(out: &mut String, node: &Node, explain: bool) {
+fn scalar_line(out: &mut String, node: &Tree, explain: bool) {
     out.push_str(&inline(node));
     if explain {
         let _ = write!(out, "  # {}", node.origin);
@@ -67,7 +67,7 @@ fn scalar_line(out: &mut String, node: &Node, explain: bool) {
     out.push('\n');
 }
 
-fn inline(node: &Node) -> String {
+fn inline(node: &Tree) -> String {
     match &node.value {
         Value::Null => "null".to_owned(),
         Value::Bool(b) => b.to_string(),

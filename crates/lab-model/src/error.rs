@@ -45,6 +45,14 @@ pub enum ModelError {
 
     #[error("no lab file given (use --lab FILE)")]
     NoLabFile,
+
+    /// `--host` or `--node` names something the lab does not have.
+    #[error("{what} `{name}` is not in the lab{hint}")]
+    UnknownSelection {
+        what: &'static str,
+        name: String,
+        hint: Hint,
+    },
 }
 
 impl ModelError {

@@ -6,9 +6,13 @@
 pub mod addr;
 mod emit;
 mod error;
+mod links;
 mod load;
 mod model;
 pub mod names;
+mod resolve;
+mod schema;
+mod select;
 pub mod tree;
 
 pub use emit::to_yaml;
@@ -18,4 +22,4 @@ pub use model::{
     Hypervisor, Interface, Lab, LabNode, Overlay, Proto, SnapshotSpec, Storage, Transport,
     origin_of,
 };
-pub use tree::{Node, Origin};
+pub use tree::{Origin, Tree};

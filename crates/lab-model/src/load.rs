@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::ModelError;
 use crate::model::Lab;
-use crate::tree::{self, Node, Value};
+use crate::tree::{self, Tree, Value};
 
 /// Loads, merges and validates the lab described by `files` (later files override earlier ones).
 pub fn load(files: &[PathBuf]) -> Result<Lab, ModelError> {
@@ -25,9 +25,9 @@ pub fn load_fleet(files: &[PathBuf]) -> Result<Lab, ModelError> {
     Lab::from_tree(base, read)
 }
 
-pub fn merged_tree(files: &[PathBuf]) -> Result<(Node, Vec<PathBuf>), ModelError> {
+pub fn merged_tree(files: &[PathBuf]) -> Result<(Tree, Vec<PathBuf>), ModelError> {
     let mut read = Vec::new();
-    let mut merged: Option<Node> = None;
+    let mut merged: Option<Tree> = None;
     for file in files {
         let tree = expand(file, &mut Vec::new(), &mut read)?;
         match &mut merged {
@@ -44,7 +44,7 @@ fn expand(
     file: &Path,
     stack: &mut Vec<PathBuf>,
     read: &mut Vec<PathBuf>,
-) -> Result<Node, ModelError> {
+) -> Result<Tree, ModelError> {
     let mut tree = tree::parse_file(file)?;
     read.push(file.to_path_buf());
     let identity = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
@@ -53,7 +53,7 @@ fn expand(
         stack.pop();
         return Ok(tree);
     };
-    let names: Vec<&Node> = match &include.value {
+    let names: Vec<&Tree> = match &include.value {
         Value::Str(_) => vec![&include],
         Value::Seq(items) => items.iter().collect(),
         _ => {
@@ -68,7 +68,7 @@ fn expand(
             });
         }
     };
-    let mut base: Option<Node> = None;
+    let mut base: Option<Tree> = None;
     for name in names {
         let Value::Str(s) = &name.value else {
             return Err(ModelError::Schema {

@@ -1,6 +1,6 @@
 //! The untyped YAML tree every lab file is read into, with the file:line of every value.
 //!
-//! Files are parsed into [`Node`]s, merged (maps deeply, everything else replaced) and only then
+//! Files are parsed into [`Tree`]s, merged (maps deeply, everything else replaced) and only then
 //! turned into the typed model. Keeping the origin on every node is what lets `config show
 //! --explain` say who set a value and lets schema errors point at a file and line.
 
@@ -26,9 +26,10 @@ impl fmt::Display for Origin {
     }
 }
 
-/// One YAML value and where it came from.
+/// A YAML value with the file:line it came from, and its children: the untyped tree (a lab
+/// node is [`crate::LabNode`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Node {
+pub struct Tree {
     pub value: Value,
     pub origin: Origin,
 }
@@ -41,13 +42,13 @@ pub enum Value {
     Int(i64),
     Float(f64),
     Str(String),
-    Seq(Vec<Node>),
-    Map(Vec<(String, Node)>),
+    Seq(Vec<Tree>),
+    Map(Vec<(String, Tree)>),
 }
 
-impl Node {
+impl Tree {
     /// The child at `key` when this node is a mapping.
-    pub fn get(&self, key: &str) -> Option<&Node> {
+    pub fn get(&self, key: &str) -> Option<&Tree> {
         match &self.value {
             Value::Map(entries) => entries.iter().find(|(k, _)| k == key).map(|(_, v)| v),
             _ => None,
@@ -55,7 +56,7 @@ impl Node {
     }
 
     /// Follows a path of mapping keys and sequence indices (as decimal strings).
-    pub fn lookup<'a>(&'a self, path: &[String]) -> Option<&'a Node> {
+    pub fn lookup<'a>(&'a self, path: &[String]) -> Option<&'a Tree> {
         let mut node = self;
         for segment in path {
             node = match &node.value {
@@ -68,7 +69,7 @@ impl Node {
     }
 
     /// The deepest node along `path` that exists: the best place to point an error at.
-    pub fn closest<'a>(&'a self, path: &[String]) -> &'a Node {
+    pub fn closest<'a>(&'a self, path: &[String]) -> &'a Tree {
         (0..=path.len())
             .rev()
             .find_map(|n| self.lookup(&path[..n]))
@@ -76,7 +77,7 @@ impl Node {
     }
 
     /// Removes and returns the child at `key` of a mapping.
-    pub fn take(&mut self, key: &str) -> Option<Node> {
+    pub fn take(&mut self, key: &str) -> Option<Tree> {
         match &mut self.value {
             Value::Map(entries) => {
                 let pos = entries.iter().position(|(k, _)| k == key)?;
@@ -88,7 +89,7 @@ impl Node {
 
     /// Merges `over` on top of `self`: mappings merge key by key, recursively; any other value
     /// (scalars, sequences, or a change of kind) is replaced whole, origin included.
-    pub fn merge(&mut self, over: Node) {
+    pub fn merge(&mut self, over: Tree) {
         match (&mut self.value, over.value) {
             (Value::Map(base), Value::Map(top)) => {
                 for (key, value) in top {
@@ -114,7 +115,7 @@ impl Node {
             Value::Int(i) => J::from(*i),
             Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
             Value::Str(s) => J::String(s.clone()),
-            Value::Seq(items) => J::Array(items.iter().map(Node::to_json).collect()),
+            Value::Seq(items) => J::Array(items.iter().map(Tree::to_json).collect()),
             Value::Map(entries) => J::Object(
                 entries
                     .iter()
@@ -137,11 +138,11 @@ impl Node {
     }
 }
 
-/// Parses one YAML document into a [`Node`] tree whose origins name `file`.
+/// Parses one YAML document into a [`Tree`] tree whose origins name `file`.
 ///
 /// YAML 1.2 core schema with the surprises turned off: only `true`/`false` are booleans and
 /// numbers with leading zeros stay strings. Duplicate keys are errors.
-pub fn parse(text: &str, file: &Path) -> Result<Node, ModelError> {
+pub fn parse(text: &str, file: &Path) -> Result<Tree, ModelError> {
     let options = serde_saphyr::options! {
         strict_booleans: true,
         leading_zero_numbers_as_strings: true,
@@ -149,7 +150,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Node, ModelError> {
     };
     let file: Arc<Path> = Arc::from(file);
     if text.trim().is_empty() {
-        return Ok(Node {
+        return Ok(Tree {
             value: Value::Map(Vec::new()),
             origin: Origin { file, line: 1 },
         });
@@ -165,11 +166,11 @@ pub fn parse(text: &str, file: &Path) -> Result<Node, ModelError> {
             message: err.without_snippet().to_string(),
         }
     })?;
-    Ok(raw.into_node(&file))
+    Ok(raw.into_tree(&file))
 }
 
 /// Reads and parses a file.
-pub fn parse_file(path: &Path) -> Result<Node, ModelError> {
+pub fn parse_file(path: &Path) -> Result<Tree, ModelError> {
     let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
         path: path.to_path_buf(),
         source,
@@ -201,11 +202,11 @@ enum Raw {
 }
 
 trait IntoNode {
-    fn into_node(self, file: &Arc<Path>) -> Node;
+    fn into_tree(self, file: &Arc<Path>) -> Tree;
 }
 
 impl IntoNode for Spanned<Raw> {
-    fn into_node(self, file: &Arc<Path>) -> Node {
+    fn into_tree(self, file: &Arc<Path>) -> Tree {
         let origin = Origin {
             file: file.clone(),
             line: self.referenced.line(),
@@ -216,15 +217,15 @@ impl IntoNode for Spanned<Raw> {
             Raw::Int(i) => Value::Int(i),
             Raw::Float(f) => Value::Float(f),
             Raw::Str(s) => Value::Str(s),
-            Raw::Seq(items) => Value::Seq(items.into_iter().map(|i| i.into_node(file)).collect()),
+            Raw::Seq(items) => Value::Seq(items.into_iter().map(|i| i.into_tree(file)).collect()),
             Raw::Map(entries) => Value::Map(
                 entries
                     .into_iter()
-                    .map(|(k, v)| (k, v.into_node(file)))
+                    .map(|(k, v)| (k, v.into_tree(file)))
                     .collect(),
             ),
         };
-        Node { value, origin }
+        Tree { value, origin }
     }
 }
 
@@ -320,7 +321,7 @@ impl<'de> Deserialize<'de> for Key {
 mod tests {
     use super::*;
 
-    fn p(text: &str) -> Node {
+    fn p(text: &str) -> Tree {
         parse(text, Path::new("t.yaml")).unwrap()
     }
 

@@ -8,18 +8,20 @@
 //! the `lab` binary. `cargo xtask testbed` is its command line; tests call [`require`].
 
 mod guest;
-mod health;
+mod libvirt;
+mod net;
 mod status;
 mod up;
+mod zfs_fuse;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub use health::{PROBE_TIMEOUT, ZfsHealth};
 pub use status::{HypervisorStatus, Status};
 pub use up::UpOptions;
+pub use zfs_fuse::{PROBE_TIMEOUT, ZfsHealth};
 
 /// Where everything lives, and how big the bed is. Overridable by environment for the rare
 /// machine where the defaults collide with something.
@@ -208,7 +210,7 @@ impl Testbed {
     /// Whether hypervisor `k`'s zfs-fuse answers (see [`ZfsHealth`]); takes at most a few
     /// seconds even when it does not.
     pub fn zfs_health(&self, k: u32) -> ZfsHealth {
-        health::zfs_health(self, k)
+        zfs_fuse::zfs_health(self, k)
     }
 
     pub fn status(&self) -> Status {
@@ -297,4 +299,16 @@ fn write_file(path: &Path, text: &str) -> Result<()> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+pub(crate) fn mkdir(p: &Path) -> Result<()> {
+    std::fs::create_dir_all(p).map_err(|source| Error::Io {
+        path: p.to_path_buf(),
+        source,
+    })
+}
+
+/// A file's text, or nothing when it cannot be read.
+pub(crate) fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
 }

@@ -4,8 +4,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::health::{ZfsHealth, abort_fuse_connections, zfs_health};
-use crate::{Error, PROTO, Result, Testbed, bash, msg, run, write_file};
+use crate::libvirt::libvirt_config;
+use crate::net::{network, ssh_setup};
+use crate::zfs_fuse::{ZfsHealth, free_hung_hypervisor, serialize_mounting_zfs_calls, zfs_health};
+use crate::{Error, PROTO, Result, Testbed, bash, mkdir, msg, read, run, write_file};
 
 /// Apt packages the test bed needs.
 const PACKAGES: &[&str] = &[
@@ -38,7 +40,7 @@ const PRIVATE_DIRS: &[&str] = &[
 ];
 
 /// The line `up` adds to `/root/.ssh/config` (and `down --purge` removes).
-fn include_line(bed: &Testbed) -> String {
+pub(crate) fn include_line(bed: &Testbed) -> String {
     format!("Include {}   # lab-testbed", bed.ssh_config().display())
 }
 
@@ -126,123 +128,6 @@ fn install_packages(step: &mut dyn FnMut(&str)) -> Result<()> {
         let _ = std::fs::remove_file(policy);
     }
     result.map(|_| step("packages installed"))
-}
-
-fn mkdir(p: &Path) -> Result<()> {
-    std::fs::create_dir_all(p).map_err(|source| Error::Io {
-        path: p.to_path_buf(),
-        source,
-    })
-}
-
-fn ssh_setup(bed: &Testbed) -> Result<()> {
-    let ssh = bed.dir.join("ssh");
-    run(Command::new("chmod").args(["700", &ssh.to_string_lossy()]))?;
-    let key = ssh.join("id_ed25519");
-    if !key.exists() {
-        run(Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "lab-testbed", "-f"])
-            .arg(&key))?;
-    }
-    let public =
-        std::fs::read_to_string(key.with_extension("pub")).map_err(|source| Error::Io {
-            path: key.clone(),
-            source,
-        })?;
-    write_file(&ssh.join("authorized_keys"), &public)?;
-    let mut known = String::new();
-    let mut config = String::from("# written by `cargo xtask testbed up`\n");
-    for k in 0..bed.hypervisors {
-        let host_key = bed.hv_dir(k).join("ssh_host_ed25519_key");
-        if !host_key.exists() {
-            mkdir(&bed.hv_dir(k))?;
-            run(Command::new("ssh-keygen")
-                .args([
-                    "-q",
-                    "-t",
-                    "ed25519",
-                    "-N",
-                    "",
-                    "-C",
-                    &format!("hv{k}"),
-                    "-f",
-                ])
-                .arg(&host_key))?;
-        }
-        let pubkey = std::fs::read_to_string(host_key.with_extension("pub")).map_err(|source| {
-            Error::Io {
-                path: host_key.clone(),
-                source,
-            }
-        })?;
-        let fields: Vec<&str> = pubkey.split_whitespace().take(2).collect();
-        known.push_str(&format!("hv{k},{} {}\n", bed.address(k), fields.join(" ")));
-        config.push_str(&format!("Host hv{k}\n  HostName {}\n", bed.address(k)));
-    }
-    config.push_str(&format!(
-        "Host hv*\n  User root\n  IdentityFile {key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {known}\n  \
-         StrictHostKeyChecking yes\n  BatchMode yes\n  ConnectTimeout 5\n  LogLevel ERROR\n",
-        key = key.display(),
-        known = ssh.join("known_hosts").display()
-    ));
-    write_file(&ssh.join("known_hosts"), &known)?;
-    write_file(&bed.ssh_config(), &config)?;
-    // Hypervisor-to-hypervisor ssh (replication) uses the same key and config, from inside.
-    let hv_config = config
-        .replace(&key.display().to_string(), "~/.ssh/id_ed25519")
-        .replace(
-            &ssh.join("known_hosts").display().to_string(),
-            "~/.ssh/known_hosts",
-        );
-    for k in 0..bed.hypervisors {
-        let dot_ssh = bed.host_path(k, "/root/.ssh");
-        mkdir(&dot_ssh)?;
-        for (name, text) in [
-            ("config", hv_config.clone()),
-            ("known_hosts", known.clone()),
-            ("authorized_keys", public.clone()),
-        ] {
-            write_file(&dot_ssh.join(name), &text)?;
-        }
-        std::fs::copy(&key, dot_ssh.join("id_ed25519")).map_err(|source| Error::Io {
-            path: key.clone(),
-            source,
-        })?;
-        run(Command::new("chmod").args(["-R", "go-rwx"]).arg(&dot_ssh))?;
-    }
-    // `ssh hvK` from the host: include our config from root's.
-    let root_config = Path::new("/root/.ssh/config");
-    let current = std::fs::read_to_string(root_config).unwrap_or_default();
-    let line = include_line(bed);
-    if !current.lines().any(|l| l == line) {
-        mkdir(Path::new("/root/.ssh"))?;
-        // Include must come before any Host block to apply globally.
-        write_file(root_config, &format!("{line}\n{current}"))?;
-        run(Command::new("chmod").args(["600", "/root/.ssh/config"]))?;
-    }
-    Ok(())
-}
-
-fn network(bed: &Testbed) -> Result<()> {
-    let br = &bed.bridge;
-    let net = &bed.net;
-    let mut script = format!(
-        "ip link show {br} >/dev/null 2>&1 || ip link add {br} type bridge\n\
-         ip -o addr show dev {br} | grep -F 'inet {net}.1/24' >/dev/null || ip addr add {net}.1/24 dev {br}\n\
-         ip link set {br} up\n"
-    );
-    for k in 0..bed.hypervisors {
-        let (ns, veth, addr) = (bed.netns(k), bed.veth(k), bed.address(k));
-        script.push_str(&format!(
-            "ip netns list | grep -w '^{ns}' >/dev/null || ip netns add {ns}\n\
-             if ! ip link show {veth} >/dev/null 2>&1; then ip -n {ns} link del eth0 2>/dev/null || true; ip link add {veth} type veth peer name eth0 netns {ns}; fi\n\
-             ip link set {veth} master {br}; ip link set {veth} up\n\
-             ip -n {ns} link set lo up\n\
-             ip -n {ns} -o addr show dev eth0 | grep -F 'inet {addr}/24' >/dev/null || ip -n {ns} addr add {addr}/24 dev eth0\n\
-             ip -n {ns} link set eth0 up\n"
-        ));
-    }
-    bash(&script).map(|_| ())
 }
 
 fn start_hypervisor(
@@ -454,144 +339,6 @@ fn start_hypervisor(
     Ok(())
 }
 
-/// Where Debian's zfs-fuse package puts the `zfs` command.
-const ZFS: &str = "/usr/sbin/zfs";
-
-/// Inside hypervisor `k` only, `/usr/sbin/zfs` becomes a short script that runs every `zfs`
-/// call that may mount (clone, create, mount, set, rename, rollback, promote, inherit, upgrade,
-/// and receive without `-u`) under one `flock` per hypervisor, then execs the real binary,
-/// which the script reaches through a second bind mount. zfs-fuse 0.7.0 deadlocks when two
-/// mounts are announced at once (see `health.rs`); real OpenZFS has no such bug, so `lab`
-/// itself keeps mounting in parallel and this lock lives in the test bed alone. Idempotent.
-fn serialize_mounting_zfs_calls(bed: &Testbed, k: u32) -> Result<()> {
-    let holder = bed.alive(k, "holder", "sleep").expect("the holder runs");
-    let mounts = read(Path::new(&format!("/proc/{holder}/mountinfo")));
-    if mounts.lines().any(|l| l.split(' ').nth(4) == Some(ZFS)) {
-        return Ok(());
-    }
-    let hv = bed.hv_dir(k);
-    let (wrapper, real) = (hv.join("zfs-serialized"), hv.join("zfs.real"));
-    write_file(
-        &wrapper,
-        &ZFS_WRAPPER
-            .replace("@HV@", &format!("hv{k}"))
-            .replace("@REAL@", &real.to_string_lossy()),
-    )?;
-    run(Command::new("chmod").arg("755").arg(&wrapper))?;
-    write_file(&real, "")?;
-    bed.exec(
-        k,
-        &[
-            "sh",
-            "-c",
-            r#"mount --bind "$1" "$2" && mount --bind "$3" "$1""#,
-            "bind",
-            ZFS,
-            &real.to_string_lossy(),
-            &wrapper.to_string_lossy(),
-        ],
-    )?;
-    Ok(())
-}
-
-/// The script bound over `zfs` in each hypervisor; `@HV@` and `@REAL@` are filled in.
-const ZFS_WRAPPER: &str = r#"#!/bin/sh
-# lab-testbed, @HV@: zfs-fuse 0.7.0 deadlocks when two mounts are announced at once, so every
-# zfs call that may mount waits for this hypervisor's lock. The real zfs (bound at @REAL@)
-# does all the work.
-real=@REAL@
-lock=/run/zfs/lab-testbed-mount.lock
-case "$1" in
-  clone|create|mount|set|rename|rollback|promote|inherit|upgrade)
-    exec flock "$lock" "$real" "$@" ;;
-  receive|recv)
-    for arg; do case "$arg" in -*u*) exec "$real" "$@" ;; esac; done
-    exec flock "$lock" "$real" "$@" ;;
-esac
-exec "$real" "$@"
-"#;
-
-/// Frees hypervisor `k` whose zfs-fuse (`pid`) no longer answers: aborts its FUSE connections
-/// so that every stuck request fails, then kills the daemon (it cannot stop by itself: a
-/// listener thread waits on its own pipe). Returns how many connections were aborted.
-fn free_hung_hypervisor(bed: &Testbed, k: u32, pid: u32) -> Result<usize> {
-    let aborted = abort_fuse_connections(bed, k).map_err(|e| msg(format!("hv{k}: {e}")))?;
-    let _ = run(Command::new("kill").args(["-9", &pid.to_string()]));
-    let _ = wait_until(Duration::from_secs(10), || {
-        bed.alive(k, "zfs-fuse", "zfs-fuse").is_none()
-    });
-    let _ = std::fs::remove_file(bed.pidfile(k, "zfs-fuse"));
-    Ok(aborted)
-}
-
-/// libvirt's configuration inside hypervisor `k`: a copy of the host's, made to run QEMU as
-/// root without cgroups or per-VM mount namespaces, plus a hook that mounts a domain's 9p
-/// source dataset when it starts.
-fn libvirt_config(bed: &Testbed, k: u32) -> Result<()> {
-    let etc = bed.host_path(k, "/etc/libvirt");
-    let marker = etc.join(".lab-testbed");
-    if !marker.exists() {
-        run(Command::new("cp").args(["-a", "/etc/libvirt/."]).arg(&etc))?;
-        let qemu_conf = etc.join("qemu.conf");
-        let mut text = read(&qemu_conf);
-        text.push_str(
-            "\n# lab-testbed: QEMU as root, no cgroups, and in the hypervisor's own mount namespace\n\
-             # (a private per-VM namespace keeps a copy of the zfs-fuse mount and leaves the clone busy)\n\
-             user = \"root\"\ngroup = \"root\"\ncgroup_controllers = [ ]\nstdio_handler = \"file\"\nnamespaces = [ ]\n",
-        );
-        write_file(&qemu_conf, &text)?;
-        write_file(&marker, "")?;
-    }
-    let var_lib = bed.host_path(k, "/var/lib/libvirt");
-    if !var_lib.join(".lab-testbed").exists() {
-        run(Command::new("cp")
-            .args(["-a", "/var/lib/libvirt/."])
-            .arg(&var_lib))?;
-        write_file(&var_lib.join(".lab-testbed"), "")?;
-    }
-    mkdir(&bed.host_path(k, "/var/log/libvirt/qemu"))?;
-    mkdir(&bed.host_path(k, "/var/cache/libvirt/qemu"))?;
-    // Reuse another hypervisor's probed QEMU capabilities: the first probe costs ~8 s.
-    let caps = bed.host_path(k, "/var/cache/libvirt/qemu/capabilities");
-    if !caps.exists() {
-        for other in (0..bed.hypervisors).filter(|o| *o != k) {
-            let theirs = bed.host_path(other, "/var/cache/libvirt/qemu/capabilities");
-            if theirs.exists() {
-                run(Command::new("cp").arg("-a").arg(&theirs).arg(&caps))?;
-                break;
-            }
-        }
-    }
-    let hook = etc.join("hooks/qemu");
-    write_file(&hook, HOOK)?;
-    run(Command::new("chmod").arg("755").arg(&hook))?;
-    Ok(())
-}
-
-/// A libvirt qemu hook: "attach the disk". On start, `zfs mount` each unmounted dataset whose
-/// mountpoint is a `<filesystem>` source of the domain; on release, unmount what it mounted.
-const HOOK: &str = r#"#!/bin/sh
-# lab-testbed: mount the dataset behind a domain's 9p <filesystem> when the domain starts.
-dom=$1 op=$2 sub=$3
-state=/run/libvirt/lab-testbed-$dom.mounted
-case "$op/$sub" in
-  prepare/begin)
-    : > "$state"
-    for dir in $(sed -n "s/.*<source dir=['\"]\([^'\"]*\)['\"].*/\1/p"); do
-      ds=$(zfs list -H -o name,mountpoint -t filesystem | awk -F'\t' -v d="$dir" '$2 == d { print $1; exit }')
-      [ -n "$ds" ] || continue
-      if [ "$(zfs get -H -o value mounted "$ds")" = no ]; then
-        zfs mount "$ds" || { echo "lab-testbed hook: cannot mount $ds" >&2; exit 1; }
-        echo "$ds" >> "$state"
-      fi
-    done ;;
-  release/end)
-    [ -f "$state" ] && while read -r ds; do zfs umount "$ds" 2>/dev/null; done < "$state"
-    rm -f "$state" ;;
-esac
-exit 0
-"#;
-
 /// `proto-disk0@base` on hv0, replicated to the others with `zfs send | ssh hvK zfs recv`.
 fn seed(bed: &Testbed, step: &mut dyn FnMut(&str)) -> Result<()> {
     let proto = format!("{}/{PROTO}", bed.pool);
@@ -718,7 +465,7 @@ pub(crate) fn stop(pid: u32) {
     }
 }
 
-fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<(), ()> {
+pub(crate) fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<(), ()> {
     let start = Instant::now();
     while start.elapsed() < timeout {
         if ready() {
@@ -727,8 +474,4 @@ fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<(), 
         std::thread::sleep(Duration::from_millis(100));
     }
     if ready() { Ok(()) } else { Err(()) }
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
 }

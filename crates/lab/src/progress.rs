@@ -103,20 +103,20 @@ impl NodeProgress {
         }
     }
 
-    pub fn on_event(&self, event: lab_ops::Event) {
+    pub fn on_event(&self, event: lab_hv::Event) {
         let stamp = || {
             self.steps
                 .map(|t0| format!("[{:7.3}s] ", t0.elapsed().as_secs_f64()))
                 .unwrap_or_default()
         };
         if let Some((_, bars)) = &self.bars {
-            let (lab_ops::Event::Step {
+            let (lab_hv::Event::Step {
                 node, hypervisor, ..
             }
-            | lab_ops::Event::Bytes {
+            | lab_hv::Event::Bytes {
                 node, hypervisor, ..
             }
-            | lab_ops::Event::Done {
+            | lab_hv::Event::Done {
                 node, hypervisor, ..
             }) = &event;
             let bars = bars.lock().expect("progress lock");
@@ -124,23 +124,23 @@ impl NodeProgress {
                 return;
             };
             match event {
-                lab_ops::Event::Step { step, .. } => bar.set_message(step),
-                lab_ops::Event::Bytes { bytes, .. } => {
-                    bar.set_message(format!("sent {}", lab_ops::proto::human_bytes(bytes)))
+                lab_hv::Event::Step { step, .. } => bar.set_message(step),
+                lab_hv::Event::Bytes { bytes, .. } => {
+                    bar.set_message(format!("sent {}", lab_proto::sync::human_bytes(bytes)))
                 }
-                lab_ops::Event::Done { outcome, .. } => bar.finish_with_message(outcome),
+                lab_hv::Event::Done { outcome, .. } => bar.finish_with_message(outcome),
             }
             return;
         }
         match event {
-            lab_ops::Event::Step {
+            lab_hv::Event::Step {
                 node,
                 hypervisor,
                 step,
             } if self.steps.is_some() => {
                 eprintln!("{}{hypervisor}/{node}: {step}", stamp());
             }
-            lab_ops::Event::Done {
+            lab_hv::Event::Done {
                 node,
                 hypervisor,
                 outcome,

@@ -2,6 +2,9 @@
 //!
 //! Offline tests only (no hypervisor): loading, `config show`, `generate`. Each test works in
 //! its own temporary copy of the repository's `labs/` and `overlays/`.
+//!
+//! Long: one test binary for all offline CLI behaviour (each binary costs a link), and most of
+//! its length is tables of inputs and the errors they must give.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

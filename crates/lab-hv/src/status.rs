@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use lab_exec::Executor;
 use lab_model::{Lab, LabNode};
 
-use crate::probe::prop;
-use crate::{not_ours, resolve_snapshot};
+use crate::own::{not_ours, prop};
+use crate::resolve_snapshot;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct NodeStatus {
@@ -56,8 +56,8 @@ pub async fn status(
     digests: &HashMap<String, String>,
     now: u64,
 ) -> StatusReport {
-    let hypervisors = crate::hypervisors_of(lab, nodes);
-    let states = crate::probe_all(exec, &hypervisors).await;
+    let hypervisors = lab.hypervisors_of(nodes);
+    let states = crate::run::probe_all(exec, &hypervisors).await;
     let mut out = Vec::new();
     for node in nodes {
         let hv = lab
@@ -97,7 +97,7 @@ pub async fn status(
                     s.overlay_drift = digests
                         .get(&node.name)
                         .map(|d| ds.prop(prop::OVERLAY) != Some(d.as_str()));
-                    let newest = resolve_snapshot(&hv.snapshot, &state.snapshots);
+                    let newest = resolve_snapshot(&hv.snapshot, &state.proto.snapshots);
                     s.newer_snapshot = newest
                         .filter(|n| Some(n.full.as_str()) != ds.origin.as_deref())
                         .map(|n| n.full.clone());

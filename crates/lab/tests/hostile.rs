@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 
 use lab_exec::{Executor, Mode, Out};
+use lab_generate::NodeBuild;
 use lab_model::Lab;
-use lab_ops::create::NodeBuild;
 use proptest::prelude::*;
 
 /// Pieces names are made of: ordinary ones and hostile ones.
@@ -196,12 +196,12 @@ fn plans(lab: &Lab, build: &Path) -> Vec<Vec<String>> {
                 ))
             })
         });
-        let exec = Executor::new(Mode::Scripted(script), lab_ops::targets(lab, &nodes), 4);
+        let exec = Executor::new(Mode::Scripted(script), lab_hv::targets(lab, &nodes), 4);
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
         rt.block_on(async {
-            lab_ops::lock::guard_only(
+            lab_hv::lock::guard_only(
                 &exec,
                 &lab.name,
                 &lab.hypervisors.iter().collect::<Vec<_>>(),
@@ -210,7 +210,7 @@ fn plans(lab: &Lab, build: &Path) -> Vec<Vec<String>> {
                 let builds = nodes
                     .iter()
                     .map(|n| {
-                        let (tree, _, _) = lab_generate::node_paths(build, "o", n);
+                        let tree = lab_generate::NodePaths::of(build, "o", n).tree;
                         let b = NodeBuild {
                             tree,
                             digest: "d".into(),
@@ -219,7 +219,7 @@ fn plans(lab: &Lab, build: &Path) -> Vec<Vec<String>> {
                         (n.name.clone(), b)
                     })
                     .collect();
-                let req = lab_ops::CreateRequest {
+                let req = lab_create::CreateRequest {
                     lab,
                     nodes: nodes.clone(),
                     builds,
@@ -227,13 +227,13 @@ fn plans(lab: &Lab, build: &Path) -> Vec<Vec<String>> {
                     owner: "ops@ctl".into(),
                     now: 1,
                 };
-                lab_ops::create(&exec, &req, &|_| {}).await.unwrap();
+                lab_create::create(&exec, &req, &|_| {}).await.unwrap();
             } else {
-                let req = lab_ops::DestroyRequest {
+                let req = lab_destroy::DestroyRequest {
                     lab,
                     nodes: nodes.clone(),
                 };
-                lab_ops::destroy(&exec, &req, &|_| {}).await;
+                lab_destroy::destroy(&exec, &req, &|_| {}).await;
             }
         });
         all.extend(exec.recorded().into_iter().map(|r| r.argv));
@@ -273,12 +273,12 @@ proptest! {
         // generate writes under build/ and nowhere else in its working directory
         let work = tempfile::tempdir().unwrap();
         let build = work.path().join("build");
+        let nodes: Vec<_> = lab.nodes.iter().collect();
         let request = lab_generate::Request {
             lab: &lab,
             overlay: None,
             build_dir: &build,
-            hosts: &[],
-            nodes: &[],
+            nodes: &nodes,
         };
         lab_generate::generate(&request, &|_| {}).unwrap();
         for path in files_under(work.path()) {

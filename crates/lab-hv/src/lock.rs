@@ -123,7 +123,7 @@ pub struct Locks {
 
 impl Locks {
     pub async fn release(self) {
-        crate::join_all(self.held.into_iter().map(Holding::release).collect()).await;
+        crate::run::join_all(self.held.into_iter().map(Holding::release).collect()).await;
     }
 }
 
@@ -172,7 +172,7 @@ pub async fn lock(
     waiting: &(dyn Fn(&str, &Holder) + Sync),
 ) -> Result<Locks, LockError> {
     // Connections open in parallel; the locks themselves are taken in order.
-    crate::join_all(hypervisors.iter().map(|h| exec.connect(&h.name)).collect()).await;
+    crate::run::join_all(hypervisors.iter().map(|h| exec.connect(&h.name)).collect()).await;
     let mut locks = Locks { held: Vec::new() };
     for hv in hypervisors {
         match lock_one(exec, hv, lab, me, wait_secs, waiting).await {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use lab_exec::{Executor, Mode, Out};
 use lab_model::Lab;
-use lab_ops::proto::{self, Fleet};
+use lab_proto::Fleet;
 
 const FLEET: &str = r#"
 hypervisors:
@@ -51,7 +51,8 @@ fn listing(host: &str) -> String {
     } else {
         "tank/proto"
     };
-    let mut out = String::new();
+    // The probe's answer: the proto's snapshots, the pool's datasets, no domains.
+    let mut out = String::from("#snapshots\n");
     if host != "empty" {
         out.push_str(&format!("{dataset}\tguid\t1000\n"));
     }
@@ -61,13 +62,17 @@ fn listing(host: &str) -> String {
             100 + i
         ));
     }
-    out.push_str("#clones\n");
+    out.push_str("#datasets\n");
+    if host != "empty" {
+        out.push_str(&format!("{dataset}\torigin\t-\n"));
+    }
     if host == "src" {
         // A lab's node still runs on the oldest release.
         out.push_str(
             "tank/r1\torigin\ttank/proto@20261001-release\ntank/r1\tlab:lab\tvpp\ntank/r1\tlab:node\tr1\n",
         );
     }
+    out.push_str("#domains\n#end\n");
     out
 }
 
@@ -75,7 +80,7 @@ fn run(transport: &str, verb: &str) -> String {
     let lab = fleet(transport);
     let fleet = Fleet::of(&lab).unwrap();
     let script: lab_exec::Script = Box::new(|host, line| {
-        line.starts_with("sh -c 'zfs get")
+        line.starts_with("sh -c 'echo '")
             .then(|| Out::ok(listing(host)))
     });
     let targets = lab
@@ -94,12 +99,12 @@ fn run(transport: &str, verb: &str) -> String {
     let report = rt.block_on(async {
         if verb == "sync" {
             serde_json::to_string_pretty(
-                &proto::sync(&exec, &fleet, 1_800_000_000, &|_| {})
+                &lab_proto::sync(&exec, &fleet, 1_800_000_000, &|_| {})
                     .await
                     .unwrap(),
             )
         } else {
-            serde_json::to_string_pretty(&proto::prune(&exec, &fleet, 1).await.unwrap())
+            serde_json::to_string_pretty(&lab_proto::prune(&exec, &fleet, 1).await.unwrap())
         }
         .unwrap()
     });

@@ -1,16 +1,19 @@
-//! Is a hypervisor's zfs-fuse answering, and how to free a hypervisor whose zfs-fuse is not.
+//! zfs-fuse 0.7.0's mount deadlock: prevented, detected, recovered from.
 //!
-//! zfs-fuse 0.7.0 announces each new mount to its FUSE listener threads with two `write()`s to
-//! one pipe. Two mounts at once interleave those writes; a listener then blocks reading the pipe
+//! zfs-fuse announces each new mount to its FUSE listener threads with two `write()`s to one
+//! pipe. Two mounts at once interleave those writes; a listener then blocks reading the pipe
 //! while it holds the listener mutex, and every FUSE request of that hypervisor waits for ever
-//! (processes sit in D state in `fuse_get_req`). The test bed prevents this with a lock around
-//! the real `zfs` (see `up.rs`); this module detects it anyway, so that nothing waits ten
-//! minutes on a bed that cannot answer, and recovers from it without a reboot.
+//! (processes sit in D state in `fuse_get_req`). The test bed prevents it with a lock around
+//! the real `zfs` ([`serialize_mounting_zfs_calls`]), detects it anyway ([`zfs_health`]) so
+//! that nothing waits ten minutes on a bed that cannot answer, and recovers from it without a
+//! reboot ([`free_hung_hypervisor`]).
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::Testbed;
+use crate::up::wait_until;
+use crate::{Result, Testbed, msg, read, run, write_file};
 
 /// How long a probe may take before the hypervisor counts as hung.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -162,5 +165,75 @@ pub(crate) fn abort_fuse_connections(bed: &Testbed, k: u32) -> Result<usize, Str
             aborted += 1;
         }
     }
+    Ok(aborted)
+}
+
+/// Where Debian's zfs-fuse package puts the `zfs` command.
+const ZFS: &str = "/usr/sbin/zfs";
+
+/// Inside hypervisor `k` only, `/usr/sbin/zfs` becomes a short script that runs every `zfs`
+/// call that may mount (clone, create, mount, set, rename, rollback, promote, inherit, upgrade,
+/// and receive without `-u`) under one `flock` per hypervisor, then execs the real binary,
+/// which the script reaches through a second bind mount. zfs-fuse 0.7.0 deadlocks when two
+/// mounts are announced at once (see above); real OpenZFS has no such bug, so `lab`
+/// itself keeps mounting in parallel and this lock lives in the test bed alone. Idempotent.
+pub(crate) fn serialize_mounting_zfs_calls(bed: &Testbed, k: u32) -> Result<()> {
+    let holder = bed.alive(k, "holder", "sleep").expect("the holder runs");
+    let mounts = read(Path::new(&format!("/proc/{holder}/mountinfo")));
+    if mounts.lines().any(|l| l.split(' ').nth(4) == Some(ZFS)) {
+        return Ok(());
+    }
+    let hv = bed.hv_dir(k);
+    let (wrapper, real) = (hv.join("zfs-serialized"), hv.join("zfs.real"));
+    write_file(
+        &wrapper,
+        &ZFS_WRAPPER
+            .replace("@HV@", &format!("hv{k}"))
+            .replace("@REAL@", &real.to_string_lossy()),
+    )?;
+    run(Command::new("chmod").arg("755").arg(&wrapper))?;
+    write_file(&real, "")?;
+    bed.exec(
+        k,
+        &[
+            "sh",
+            "-c",
+            r#"mount --bind "$1" "$2" && mount --bind "$3" "$1""#,
+            "bind",
+            ZFS,
+            &real.to_string_lossy(),
+            &wrapper.to_string_lossy(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// The script bound over `zfs` in each hypervisor; `@HV@` and `@REAL@` are filled in.
+const ZFS_WRAPPER: &str = r#"#!/bin/sh
+# lab-testbed, @HV@: zfs-fuse 0.7.0 deadlocks when two mounts are announced at once, so every
+# zfs call that may mount waits for this hypervisor's lock. The real zfs (bound at @REAL@)
+# does all the work.
+real=@REAL@
+lock=/run/zfs/lab-testbed-mount.lock
+case "$1" in
+  clone|create|mount|set|rename|rollback|promote|inherit|upgrade)
+    exec flock "$lock" "$real" "$@" ;;
+  receive|recv)
+    for arg; do case "$arg" in -*u*) exec "$real" "$@" ;; esac; done
+    exec flock "$lock" "$real" "$@" ;;
+esac
+exec "$real" "$@"
+"#;
+
+/// Frees hypervisor `k` whose zfs-fuse (`pid`) no longer answers: aborts its FUSE connections
+/// so that every stuck request fails, then kills the daemon (it cannot stop by itself: a
+/// listener thread waits on its own pipe). Returns how many connections were aborted.
+pub(crate) fn free_hung_hypervisor(bed: &Testbed, k: u32, pid: u32) -> Result<usize> {
+    let aborted = abort_fuse_connections(bed, k).map_err(|e| msg(format!("hv{k}: {e}")))?;
+    let _ = run(Command::new("kill").args(["-9", &pid.to_string()]));
+    let _ = wait_until(Duration::from_secs(10), || {
+        bed.alive(k, "zfs-fuse", "zfs-fuse").is_none()
+    });
+    let _ = std::fs::remove_file(bed.pidfile(k, "zfs-fuse"));
     Ok(aborted)
 }

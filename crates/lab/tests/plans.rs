@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use lab_exec::{Executor, Mode, Out};
+use lab_generate::NodeBuild;
 use lab_model::Lab;
-use lab_ops::create::NodeBuild;
 
 const LAB: &str = r#"
 lab: {name: plan, id: 3}
@@ -201,7 +201,7 @@ fn run(s: &Scenario) -> String {
     });
     let exec = Executor::new(
         Mode::Scripted(script),
-        lab_ops::targets(&lab, &lab.nodes.iter().collect::<Vec<_>>()),
+        lab_hv::targets(&lab, &lab.nodes.iter().collect::<Vec<_>>()),
         8,
     );
     let nodes: Vec<_> = lab.nodes.iter().collect();
@@ -222,7 +222,7 @@ fn run(s: &Scenario) -> String {
                     (n.name.clone(), build)
                 })
                 .collect();
-            let req = lab_ops::CreateRequest {
+            let req = lab_create::CreateRequest {
                 lab: &lab,
                 nodes: nodes.clone(),
                 builds,
@@ -230,11 +230,11 @@ fn run(s: &Scenario) -> String {
                 owner: "ops@ctl".into(),
                 now: 1_700_000_000,
             };
-            lab_ops::create(&exec, &req, &|_| {}).await
+            lab_create::create(&exec, &req, &|_| {}).await
         } else {
-            Ok(lab_ops::destroy(
+            Ok(lab_destroy::destroy(
                 &exec,
-                &lab_ops::DestroyRequest {
+                &lab_destroy::DestroyRequest {
                     lab: &lab,
                     nodes: nodes.clone(),
                 },

@@ -1,12 +1,14 @@
-//! The remote commands of create and destroy, as pure functions of the model: what `--dry-run`
-//! prints and the plan tests assert is exactly what runs.
+//! Every remote command `lab` runs on a hypervisor (but the probe, in `state.rs`, and the lock,
+//! in `lock.rs`), as pure functions of the model: what `--dry-run` prints and the plan tests
+//! assert is exactly what runs. Commands take names as arguments, never as shell text.
 
 use std::time::Duration;
 
 use lab_exec::Cmd;
 use lab_model::{Hypervisor, LabNode, Storage};
 
-use crate::probe::{DOMAIN_NS, Snapshot, prop};
+use crate::own::{DOMAIN_NS, domain_marker, prop};
+use crate::state::Snapshot;
 
 /// Where a node's root filesystem is reachable while `lab` fills it.
 pub fn staging_dir(hv: &Hypervisor, node: &LabNode) -> String {
@@ -123,11 +125,6 @@ pub fn define(xml: &[u8]) -> Cmd {
     Cmd::change(["virsh", "-q", "define", "/dev/stdin"]).stdin(xml.to_vec())
 }
 
-/// The libvirt metadata that marks a domain as defined by `lab` for this lab and node.
-pub fn domain_marker(lab: &str, node: &str) -> String {
-    format!("<lab lab=\"{lab}\" node=\"{node}\"/>")
-}
-
 pub fn mark_domain(lab: &str, node: &LabNode) -> Cmd {
     Cmd::change([
         "virsh",
@@ -151,11 +148,6 @@ pub fn read_marker(node: &LabNode) -> Cmd {
     ])
 }
 
-/// Whether a marker read back says this lab and node.
-pub fn marker_matches(text: &str, lab: &str, node: &str) -> bool {
-    text.contains(&format!("lab=\"{lab}\"")) && text.contains(&format!("node=\"{node}\""))
-}
-
 pub fn start(node: &LabNode) -> Cmd {
     Cmd::change(["virsh", "-q", "start", &node.name]).timeout(Duration::from_secs(120))
 }
@@ -171,4 +163,105 @@ pub fn undefine(node: &LabNode) -> Cmd {
 /// Destroys exactly one dataset: never `-r`, never `-R`.
 pub fn destroy_dataset(node: &LabNode) -> Cmd {
     Cmd::change(["zfs", "destroy", &node.dataset])
+}
+
+// ---------------------------------------------------------------------------------------------
+// The proto
+
+/// A snapshot of the proto: `zfs snapshot <proto>@<name>`.
+pub fn snapshot_proto(hv: &Hypervisor, name: &str) -> Cmd {
+    Cmd::change([
+        "zfs".to_owned(),
+        "snapshot".to_owned(),
+        format!("{}@{name}", hv.proto),
+    ])
+}
+
+/// Rolls the proto back to its newest snapshot `name` (never `-r`: nothing newer may exist).
+pub fn rollback_proto(hv: &Hypervisor, name: &str) -> Cmd {
+    Cmd::change([
+        "zfs".to_owned(),
+        "rollback".to_owned(),
+        format!("{}@{name}", hv.proto),
+    ])
+}
+
+/// Destroys exactly one snapshot of the proto (zfs refuses one that has clones).
+pub fn destroy_proto_snapshot(hv: &Hypervisor, name: &str) -> Cmd {
+    Cmd::change([
+        "zfs".to_owned(),
+        "destroy".to_owned(),
+        format!("{}@{name}", hv.proto),
+    ])
+}
+
+/// How long a stream may stall, and a receive or a direct send may take at most.
+pub const SEND_STALL: Duration = Duration::from_secs(300);
+pub const TRANSFER_DEADLINE: Duration = Duration::from_secs(3600);
+
+/// `zfs send` of the proto up to `to`: everything since `from` (`-I`), or in full.
+pub fn send(src: &Hypervisor, from: Option<&str>, to: &str) -> Cmd {
+    let to = format!("{}@{to}", src.proto);
+    let argv: Vec<String> = match from {
+        None => vec!["zfs".into(), "send".into(), to],
+        Some(f) => vec![
+            "zfs".into(),
+            "send".into(),
+            "-I".into(),
+            format!("{}@{f}", src.proto),
+            to,
+        ],
+    };
+    Cmd::query(argv).timeout(SEND_STALL)
+}
+
+/// `zfs recv -u` into the replica: never mounted, never `-F` (nothing is rolled back).
+pub fn receive(dst: &Hypervisor) -> Cmd {
+    Cmd::change(["zfs", "recv", "-u", &dst.proto]).timeout(TRANSFER_DEADLINE)
+}
+
+/// The source pipes straight to the target: `zfs send ... | ssh TARGET zfs recv -u DATASET`.
+const DIRECT: &str = r#"dst=$1 ds=$2; shift 2
+zfs send "$@" | ssh -o BatchMode=yes -- "$dst" zfs recv -u "$ds""#;
+
+pub fn send_direct(src: &Hypervisor, dst: &Hypervisor, from: Option<&str>, to: &str) -> Cmd {
+    let send = send(src, from, to);
+    let mut argv: Vec<String> = ["sh", "-c", DIRECT, "lab-proto-direct"]
+        .map(String::from)
+        .to_vec();
+    argv.push(dst.ssh.clone());
+    argv.push(dst.proto.clone());
+    argv.extend(send.argv.into_iter().skip(2));
+    Cmd::change(argv).timeout(TRANSFER_DEADLINE)
+}
+
+/// Asks a target's zrepl to pull now.
+pub fn zrepl_wakeup(job: &str) -> Cmd {
+    Cmd::change(["zrepl", "signal", "wakeup", job])
+}
+
+/// After a good sync: the replica stays read-only, records when, and forgets the last error.
+pub fn after_sync(dst: &Hypervisor, now: u64) -> [Cmd; 3] {
+    [
+        Cmd::change(["zfs", "set", "readonly=on", &dst.proto]),
+        Cmd::change([
+            "zfs".to_owned(),
+            "set".to_owned(),
+            format!("{}={now}", prop::SYNCED),
+            dst.proto.clone(),
+        ]),
+        Cmd::change(["zfs", "inherit", prop::SYNC_ERROR, &dst.proto]),
+    ]
+}
+
+/// Leaves a sync's error on the replica (one line, at most 300 characters).
+pub fn record_sync_error(dst: &Hypervisor, error: &str) -> Cmd {
+    let one_line: String = error.split_whitespace().collect::<Vec<_>>().join(" ");
+    let one_line: String = one_line.chars().take(300).collect();
+    Cmd::change([
+        "zfs".to_owned(),
+        "set".to_owned(),
+        format!("{}={one_line}", prop::SYNC_ERROR),
+        dst.proto.clone(),
+    ])
 }

@@ -1,0 +1,186 @@
+//! Carrying a create decision out on the hypervisor, step by step, with a rollback of what
+//! this run made when a step after the clone fails.
+
+use lab_exec::{ExecError, Executor};
+use lab_generate::NodeBuild;
+use lab_hv::cmd::{self, Ownership};
+use lab_hv::run::{failed, run_patiently, step_events};
+use lab_hv::{Events, HostState, NodeReport, Outcome, Snapshot};
+use lab_model::{Hypervisor, LabNode, Storage};
+
+use crate::{Ask, CreateRequest, Decision, decide};
+
+pub(crate) async fn node(
+    exec: &Executor,
+    req: &CreateRequest<'_>,
+    hv: &Hypervisor,
+    node: &LabNode,
+    state: &HostState,
+    snap: &Snapshot,
+    events: Events<'_>,
+) -> NodeReport {
+    let step = step_events(events, hv, node);
+    let lab = &req.lab.name;
+    let build = &req.builds[&node.name];
+    let facts = match lab_hv::own::inspect(exec, hv, lab, node, state).await {
+        Ok(f) => f,
+        Err(e) => return failed(node, "inspect domain", &e, false),
+    };
+    let ask = Ask {
+        force: req.force,
+        has_domain_xml: build.domain_xml.is_some(),
+    };
+    let (stop, remove_clone, undefine) = match decide(&facts, &node.name, &node.dataset, ask) {
+        Decision::Skip(reason) => return NodeReport::new(node, Outcome::Skipped { reason }),
+        Decision::Unchanged(reason) => return NodeReport::new(node, Outcome::Unchanged { reason }),
+        Decision::Start { define } => {
+            return start(exec, hv, node, build, define, lab, &step).await;
+        }
+        Decision::Make {
+            stop,
+            remove_clone,
+            undefine,
+        } => (stop, remove_clone, undefine),
+    };
+    if stop {
+        step("stop");
+        if let Err(e) = exec.run(&hv.name, &cmd::stop(node)).await {
+            return failed(node, "stop", &e, false);
+        }
+    }
+    if remove_clone {
+        step("remove old clone");
+        for c in [cmd::detach(hv, node), cmd::destroy_dataset(node)] {
+            if let Err(e) = run_patiently(exec, &hv.name, &c).await {
+                return failed(node, "remove old clone", &e, false);
+            }
+        }
+    }
+    if undefine {
+        step("undefine old domain");
+        if let Err(e) = exec.run(&hv.name, &cmd::undefine(node)).await {
+            return failed(node, "undefine old domain", &e, false);
+        }
+    }
+
+    // Clone. From here on a failure rolls the node back.
+    step("clone");
+    let own = Ownership {
+        lab,
+        owner: &req.owner,
+        overlay_digest: &build.digest,
+        created: req.now,
+    };
+    if let Err(e) = exec.run(&hv.name, &cmd::clone(hv, node, snap, &own)).await {
+        return failed(node, "clone", &e, false);
+    }
+    let mut defined = false;
+    let result: Result<(), (&'static str, ExecError)> = async {
+        step("mount");
+        exec.run(&hv.name, &cmd::attach(hv, node))
+            .await
+            .map_err(|e| ("mount", e))?;
+        step("copy");
+        exec.rsync(&hv.name, &build.tree, &cmd::staging_dir(hv, node))
+            .await
+            .map_err(|e| ("copy", e))?;
+        step("unmount");
+        exec.run(&hv.name, &cmd::detach(hv, node))
+            .await
+            .map_err(|e| ("unmount", e))?;
+        if hv.storage == Storage::Zvol {
+            exec.run(&hv.name, &cmd::remove_staging(hv, node))
+                .await
+                .map_err(|e| ("unmount", e))?;
+        }
+        exec.run(&hv.name, &cmd::mark_ready(node))
+            .await
+            .map_err(|e| ("unmount", e))?;
+        if let Some(xml) = &build.domain_xml {
+            step("define");
+            exec.run(&hv.name, &cmd::define(xml))
+                .await
+                .map_err(|e| ("define", e))?;
+            defined = true;
+            exec.run(&hv.name, &cmd::mark_domain(lab, node))
+                .await
+                .map_err(|e| ("define", e))?;
+        }
+        step("start");
+        exec.run(&hv.name, &cmd::start(node))
+            .await
+            .map_err(|e| ("start", e))?;
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            let mut report = NodeReport::new(node, Outcome::Done);
+            report.snapshot = Some(snap.full.clone());
+            report
+        }
+        Err((failed_step, err)) => {
+            step("roll back");
+            let rollback = rollback(exec, hv, node, defined).await;
+            let mut report = failed(node, failed_step, &err, rollback.is_ok());
+            if let (Err(e), Outcome::Failed { error, .. }) = (rollback, &mut report.outcome) {
+                error.push_str(&format!("; rollback incomplete: {e}"));
+            }
+            report
+        }
+    }
+}
+
+/// Starts this lab's complete clone left by an earlier run, defining its domain first when
+/// `define` says so.
+async fn start(
+    exec: &Executor,
+    hv: &Hypervisor,
+    node: &LabNode,
+    build: &NodeBuild,
+    define: bool,
+    lab: &str,
+    step: &impl Fn(&'static str),
+) -> NodeReport {
+    let mut plan = Vec::new();
+    if let (Some(xml), true) = (&build.domain_xml, define) {
+        plan.push(("define", cmd::define(xml)));
+        plan.push(("define", cmd::mark_domain(lab, node)));
+    }
+    plan.push(("start", cmd::start(node)));
+    for (name, c) in plan {
+        step(name);
+        if let Err(e) = exec.run(&hv.name, &c).await {
+            return failed(node, name, &e, false);
+        }
+    }
+    NodeReport::new(node, Outcome::Done)
+}
+
+/// Removes what this run made for a node: its domain definition (if this run defined it),
+/// the mount, the clone and the staging directory. Returns the first thing that would not go.
+async fn rollback(
+    exec: &Executor,
+    hv: &Hypervisor,
+    node: &LabNode,
+    defined: bool,
+) -> Result<(), ExecError> {
+    let mut first = Ok(());
+    let mut cmds = Vec::new();
+    if defined {
+        cmds.push(cmd::undefine(node));
+    }
+    cmds.extend([
+        cmd::detach(hv, node),
+        cmd::destroy_dataset(node),
+        cmd::remove_staging(hv, node),
+    ]);
+    for c in cmds {
+        if let Err(e) = run_patiently(exec, &hv.name, &c).await
+            && first.is_ok()
+        {
+            first = Err(e);
+        }
+    }
+    first
+}

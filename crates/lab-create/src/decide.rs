@@ -1,0 +1,238 @@
+//! What `create` does with one node, decided from its facts alone: a pure function, so that
+//! every case (`--force`, running, half-filled, foreign) is a row of a table test.
+
+use lab_hv::own::{CloneFacts, NodeFacts};
+
+/// What `create` does with one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Left alone on purpose (a foreign dataset or domain, a running domain without --force).
+    Skip(String),
+    /// Already as asked.
+    Unchanged(String),
+    /// This lab's complete clone whose domain is stopped: define the domain when it is missing,
+    /// then start it. Nothing is rolled back on failure: this run did not make the clone.
+    Start { define: bool },
+    /// Make the node anew: stop its running domain, remove this lab's old clone and old
+    /// definition (each only when there is one), then clone, fill, define and start.
+    Make {
+        stop: bool,
+        remove_clone: bool,
+        undefine: bool,
+    },
+}
+
+/// The request's side of a decision.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask {
+    /// `--force`: replace this lab's running domains and complete clones.
+    pub force: bool,
+    /// The overlay renders a domain definition for the node.
+    pub has_domain_xml: bool,
+}
+
+/// Decides what `create` does with a node (see [`Decision`]).
+pub fn decide(facts: &NodeFacts, node: &str, dataset: &str, ask: Ask) -> Decision {
+    let domain = facts.domain;
+    let filling = match &facts.clone {
+        // A dataset lab did not make is never touched, --force or not.
+        CloneFacts::Foreign(why) => {
+            return Decision::Skip(format!("{why}; lab never touches it, --force or not"));
+        }
+        CloneFacts::Ours { filling } => Some(*filling),
+        CloneFacts::Absent => None,
+    };
+    // A domain lab did not define is never redefined over (without a definition of our own,
+    // an existing, pre-provisioned domain is only stopped and started).
+    if domain.exists() && !domain.ours() && ask.has_domain_xml {
+        return Decision::Skip(format!(
+            "domain {node} exists and was not defined by lab; lab will not redefine it"
+        ));
+    }
+    // Our complete clone and no --force: converge by starting what is there.
+    if filling == Some(false) && !ask.force {
+        if domain.running() {
+            return Decision::Unchanged(format!("running on {dataset} (--force recreates it)"));
+        }
+        return Decision::Start {
+            define: ask.has_domain_xml && !domain.exists(),
+        };
+    }
+    // A running domain is stopped only with --force, or when it runs on our half-filled clone.
+    if domain.running() && !ask.force && filling != Some(true) {
+        return Decision::Skip(format!(
+            "domain {node} is running (use --force to replace it)"
+        ));
+    }
+    Decision::Make {
+        stop: domain.running(),
+        remove_clone: filling.is_some(),
+        undefine: domain.ours() && ask.has_domain_xml,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lab_hv::own::DomainFacts;
+
+    fn facts(clone: CloneFacts, domain: DomainFacts) -> NodeFacts {
+        NodeFacts { clone, domain }
+    }
+
+    const OURS: CloneFacts = CloneFacts::Ours { filling: false };
+    const FILLING: CloneFacts = CloneFacts::Ours { filling: true };
+    const NO_DOMAIN: DomainFacts = DomainFacts::Absent;
+
+    fn dom(running: bool, ours: bool) -> DomainFacts {
+        DomainFacts::Present {
+            running,
+            ours: Some(ours),
+        }
+    }
+
+    fn make(stop: bool, remove_clone: bool, undefine: bool) -> Decision {
+        Decision::Make {
+            stop,
+            remove_clone,
+            undefine,
+        }
+    }
+
+    #[test]
+    fn every_case_of_a_node() {
+        let foreign =
+            || CloneFacts::Foreign("dataset tank/n exists and was not made by lab".into());
+        let skip = |s: &str| Decision::Skip(s.to_owned());
+        let running_ours = "running on tank/n (--force recreates it)";
+        let foreign_skip =
+            "dataset tank/n exists and was not made by lab; lab never touches it, --force or not";
+        let not_ours_domain =
+            "domain n exists and was not defined by lab; lab will not redefine it";
+        let running_skip = "domain n is running (use --force to replace it)";
+        // (clone, domain, force, has domain xml) -> decision
+        let table: Vec<(CloneFacts, DomainFacts, bool, bool, Decision)> = vec![
+            (
+                CloneFacts::Absent,
+                NO_DOMAIN,
+                false,
+                true,
+                make(false, false, false),
+            ),
+            (
+                CloneFacts::Absent,
+                NO_DOMAIN,
+                true,
+                true,
+                make(false, false, false),
+            ),
+            // A foreign dataset is never touched, whatever else holds.
+            (foreign(), NO_DOMAIN, false, true, skip(foreign_skip)),
+            (foreign(), dom(true, true), true, true, skip(foreign_skip)),
+            // Our complete clone: converge.
+            (
+                OURS,
+                dom(true, true),
+                false,
+                true,
+                Decision::Unchanged(running_ours.into()),
+            ),
+            (
+                OURS,
+                dom(false, true),
+                false,
+                true,
+                Decision::Start { define: false },
+            ),
+            (
+                OURS,
+                NO_DOMAIN,
+                false,
+                true,
+                Decision::Start { define: true },
+            ),
+            (
+                OURS,
+                NO_DOMAIN,
+                false,
+                false,
+                Decision::Start { define: false },
+            ),
+            // --force replaces our clone and our definition.
+            (OURS, dom(true, true), true, true, make(true, true, true)),
+            (OURS, dom(false, true), true, true, make(false, true, true)),
+            (OURS, NO_DOMAIN, true, true, make(false, true, false)),
+            // A half-filled clone is made again without --force, its domain stopped.
+            (FILLING, NO_DOMAIN, false, true, make(false, true, false)),
+            (
+                FILLING,
+                dom(true, true),
+                false,
+                true,
+                make(true, true, true),
+            ),
+            // A domain lab did not define: never redefined over ...
+            (
+                CloneFacts::Absent,
+                dom(false, false),
+                true,
+                true,
+                skip(not_ours_domain),
+            ),
+            (OURS, dom(true, false), true, true, skip(not_ours_domain)),
+            // ... but without a definition of our own it is used: started, or with --force stopped.
+            (
+                CloneFacts::Absent,
+                dom(false, false),
+                false,
+                false,
+                make(false, false, false),
+            ),
+            (
+                CloneFacts::Absent,
+                dom(true, false),
+                false,
+                false,
+                skip(running_skip),
+            ),
+            (
+                CloneFacts::Absent,
+                dom(true, false),
+                true,
+                false,
+                make(true, false, false),
+            ),
+            // Our domain running without a clone: replaced only with --force.
+            (
+                CloneFacts::Absent,
+                dom(true, true),
+                false,
+                true,
+                skip(running_skip),
+            ),
+            (
+                CloneFacts::Absent,
+                dom(true, true),
+                true,
+                true,
+                make(true, false, true),
+            ),
+        ];
+        for (i, (clone, domain, force, has_domain_xml, expected)) in table.into_iter().enumerate() {
+            let f = facts(clone, domain);
+            let got = decide(
+                &f,
+                "n",
+                "tank/n",
+                Ask {
+                    force,
+                    has_domain_xml,
+                },
+            );
+            assert_eq!(
+                got, expected,
+                "row {i}: {f:?}, force {force}, xml {has_domain_xml}"
+            );
+        }
+    }
+}

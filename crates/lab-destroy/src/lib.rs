@@ -1,0 +1,202 @@
+//! `lab destroy`: per node, a [`Plan`] from its hypervisor's state ([`decide`]): stop the
+//! domain, undefine it if `lab` defined it, destroy the clone if this lab made it; then the
+//! plan's steps, in order.
+//!
+//! Architecture invariant: nothing destroys a dataset it cannot prove it created (its
+//! `lab:lab` and `lab:node` name this lab and node and its origin is a snapshot of the proto);
+//! `zfs destroy` is never recursive; a domain is undefined only when its marker says so.
+
+use lab_exec::{Cmd, Executor};
+use lab_hv::own::{CloneFacts, NodeFacts};
+use lab_hv::run::{failed, run_patiently, step_events};
+use lab_hv::{Events, HostState, NodeReport, Outcome, cmd};
+use lab_model::{Hypervisor, Lab, LabNode};
+
+pub struct DestroyRequest<'a> {
+    pub lab: &'a Lab,
+    pub nodes: Vec<&'a LabNode>,
+}
+
+/// What `destroy` does with one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// A dataset at the node's name that this lab did not make: left alone.
+    Skip(String),
+    /// Each flag one step; the (empty) staging directory always goes last.
+    Remove {
+        stop: bool,
+        undefine: bool,
+        destroy_clone: bool,
+    },
+}
+
+impl Plan {
+    /// Whether the plan removes anything but a staging leftover.
+    pub fn removes_anything(&self) -> bool {
+        matches!(
+            self,
+            Plan::Remove { undefine: true, .. }
+                | Plan::Remove {
+                    destroy_clone: true,
+                    ..
+                }
+        )
+    }
+}
+
+/// Decides what `destroy` does with a node. A running domain is stopped when its clone is ours
+/// or lab defined it; without either it is someone else's (or pre-provisioned) and left alone.
+pub fn decide(facts: &NodeFacts) -> Plan {
+    let clone = match &facts.clone {
+        CloneFacts::Foreign(why) => return Plan::Skip(format!("{why}; not destroyed")),
+        CloneFacts::Ours { .. } => true,
+        CloneFacts::Absent => false,
+    };
+    let ours = facts.domain.ours();
+    Plan::Remove {
+        stop: facts.domain.running() && (clone || ours),
+        undefine: ours,
+        destroy_clone: clone,
+    }
+}
+
+pub async fn destroy(
+    exec: &Executor,
+    req: &DestroyRequest<'_>,
+    events: Events<'_>,
+) -> Vec<NodeReport> {
+    let lab = &req.lab.name;
+    let states = lab_hv::run::probe_nodes(exec, req.lab, &req.nodes).await;
+    lab_hv::run::each_node(
+        exec,
+        req.lab,
+        &req.nodes,
+        &states,
+        events,
+        |hv, node, state| async move { destroy_node(exec, lab, hv, node, &state, events).await },
+    )
+    .await
+}
+
+async fn destroy_node(
+    exec: &Executor,
+    lab: &str,
+    hv: &Hypervisor,
+    node: &LabNode,
+    state: &HostState,
+    events: Events<'_>,
+) -> NodeReport {
+    let facts = match lab_hv::own::inspect(exec, hv, lab, node, state).await {
+        Ok(f) => f,
+        Err(e) => return failed(node, "inspect domain", &e, false),
+    };
+    let plan = decide(&facts);
+    let steps: Vec<(&str, Cmd)> = match &plan {
+        Plan::Skip(reason) => {
+            return NodeReport::new(
+                node,
+                Outcome::Skipped {
+                    reason: reason.clone(),
+                },
+            );
+        }
+        Plan::Remove {
+            stop,
+            undefine,
+            destroy_clone,
+        } => {
+            let mut steps = Vec::new();
+            if *stop {
+                steps.push(("stop", cmd::stop(node)));
+            }
+            if *undefine {
+                steps.push(("undefine", cmd::undefine(node)));
+            }
+            if *destroy_clone {
+                steps.push(("unmount", cmd::detach(hv, node)));
+                steps.push(("destroy clone", cmd::destroy_dataset(node)));
+            }
+            // Staging leftovers go in every case.
+            steps.push(("remove staging", cmd::remove_staging(hv, node)));
+            steps
+        }
+    };
+    let step = step_events(events, hv, node);
+    for (name, c) in steps {
+        step(name);
+        if let Err(e) = run_patiently(exec, &hv.name, &c).await {
+            return failed(node, name, &e, false);
+        }
+    }
+    if !plan.removes_anything() {
+        return NodeReport::new(
+            node,
+            Outcome::Unchanged {
+                reason: format!("no clone {}", node.dataset),
+            },
+        );
+    }
+    NodeReport::new(node, Outcome::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lab_hv::own::DomainFacts;
+
+    #[test]
+    fn every_case_of_a_node() {
+        let dom = |running, ours| DomainFacts::Present {
+            running,
+            ours: Some(ours),
+        };
+        let ours = CloneFacts::Ours { filling: false };
+        let remove = |stop, undefine, destroy_clone| Plan::Remove {
+            stop,
+            undefine,
+            destroy_clone,
+        };
+        let table = [
+            (
+                CloneFacts::Absent,
+                DomainFacts::Absent,
+                remove(false, false, false),
+            ),
+            (
+                ours.clone(),
+                DomainFacts::Absent,
+                remove(false, false, true),
+            ),
+            (ours.clone(), dom(true, true), remove(true, true, true)),
+            (
+                CloneFacts::Ours { filling: true },
+                dom(false, true),
+                remove(false, true, true),
+            ),
+            // Our clone under a domain lab did not define: stopped, never undefined.
+            (ours.clone(), dom(true, false), remove(true, false, true)),
+            // A leftover domain of ours without its clone goes too.
+            (
+                CloneFacts::Absent,
+                dom(true, true),
+                remove(true, true, false),
+            ),
+            // Someone else's domain without our clone is left running.
+            (
+                CloneFacts::Absent,
+                dom(true, false),
+                remove(false, false, false),
+            ),
+            (
+                CloneFacts::Foreign("dataset tank/n exists and was not made by lab".into()),
+                dom(true, true),
+                Plan::Skip("dataset tank/n exists and was not made by lab; not destroyed".into()),
+            ),
+        ];
+        for (i, (clone, domain, expected)) in table.into_iter().enumerate() {
+            let facts = NodeFacts { clone, domain };
+            assert_eq!(decide(&facts), expected, "row {i}: {facts:?}");
+        }
+        assert!(!remove(true, false, false).removes_anything());
+    }
+}

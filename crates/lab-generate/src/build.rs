@@ -1,0 +1,147 @@
+//! The build directory, both ways: where `generate` writes a node and what `create` and
+//! `status` read back. One typed manifest is shared by the writer and the readers.
+//!
+//! ```text
+//! <build>/<overlay>/<hypervisor>/<hostname>/               the guest's root filesystem
+//! <build>/<overlay>/<hypervisor>/<hostname>.manifest.json  sha256 of every entry, one digest
+//! <build>/<overlay>/<hypervisor>/<hostname>.domain.xml     when the overlay has domain.xml.j2
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use lab_model::LabNode;
+
+use crate::GenerateError;
+
+/// Where one node's output lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePaths {
+    pub tree: PathBuf,
+    pub manifest: PathBuf,
+    pub domain_xml: PathBuf,
+}
+
+impl NodePaths {
+    pub fn of(build_dir: &Path, overlay: &str, node: &LabNode) -> NodePaths {
+        let parent = build_dir.join(overlay).join(&node.hypervisor);
+        NodePaths {
+            tree: parent.join(&node.hostname),
+            manifest: parent.join(format!("{}.manifest.json", node.hostname)),
+            domain_xml: parent.join(format!("{}.domain.xml", node.hostname)),
+        }
+    }
+}
+
+/// What kind of path a manifest entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    Dir,
+    File,
+    Symlink,
+}
+
+impl EntryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Dir => "dir",
+            EntryKind::File => "file",
+            EntryKind::Symlink => "symlink",
+        }
+    }
+}
+
+/// One path of a node's tree.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ManifestEntry {
+    #[serde(rename = "type")]
+    pub kind: EntryKind,
+    /// Octal, four digits.
+    pub mode: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// `<hostname>.manifest.json`: what was generated for a node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub lab: String,
+    pub overlay: String,
+    pub node: String,
+    pub hypervisor: String,
+    pub hostname: String,
+    /// sha256 over every entry (type, mode, path, content) and the domain XML: what a clone
+    /// records as `lab:overlay-sha256`, and what `status` compares for drift.
+    pub digest: String,
+    /// The domain XML's sha256, when the overlay renders one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain_sha256: Option<String>,
+    pub entries: BTreeMap<String, ManifestEntry>,
+}
+
+/// A node's build as `create` needs it.
+#[derive(Debug, Clone)]
+pub struct NodeBuild {
+    /// The tree copied into the clone.
+    pub tree: PathBuf,
+    pub digest: String,
+    /// The rendered libvirt domain, when the overlay has one.
+    pub domain_xml: Option<Vec<u8>>,
+}
+
+/// Reads back what `generate` wrote for `node`. A missing or foreign manifest, or a domain
+/// XML that does not match it, is an error: nothing is guessed.
+pub fn read_node(
+    build_dir: &Path,
+    overlay: &str,
+    node: &LabNode,
+) -> Result<NodeBuild, GenerateError> {
+    let paths = NodePaths::of(build_dir, overlay, node);
+    let bad = |path: &Path, message: String| GenerateError::Build {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(&paths.manifest)
+        .map_err(|e| bad(&paths.manifest, e.to_string()))?;
+    let manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
+        bad(
+            &paths.manifest,
+            format!("not a manifest of lab generate: {e}"),
+        )
+    })?;
+    if manifest.node != node.name || manifest.overlay != overlay {
+        return Err(bad(
+            &paths.manifest,
+            format!(
+                "written for node `{}` with overlay `{}`, not `{}` with `{overlay}`",
+                manifest.node, manifest.overlay, node.name
+            ),
+        ));
+    }
+    let domain_xml = match &manifest.domain_sha256 {
+        None => None,
+        Some(expected) => {
+            let xml = std::fs::read(&paths.domain_xml)
+                .map_err(|e| bad(&paths.domain_xml, e.to_string()))?;
+            if crate::write::sha256_hex(&xml) != *expected {
+                return Err(bad(
+                    &paths.domain_xml,
+                    "changed since it was generated (its sha256 differs from the manifest's)"
+                        .to_owned(),
+                ));
+            }
+            Some(xml)
+        }
+    };
+    Ok(NodeBuild {
+        tree: paths.tree,
+        digest: manifest.digest,
+        domain_xml,
+    })
+}

@@ -1,0 +1,159 @@
+//! Ownership: the marks `lab` leaves on what it makes (ZFS user properties on clones, libvirt
+//! metadata on domains), and the one judgement of whether something is this lab's.
+
+use lab_exec::{ExecError, Executor};
+use lab_model::{Hypervisor, LabNode};
+
+use crate::cmd;
+use crate::state::{Dataset, HostState};
+
+/// ZFS user properties `lab` records on every clone it makes, and on proto replicas.
+pub mod prop {
+    pub const LAB: &str = "lab:lab";
+    pub const NODE: &str = "lab:node";
+    pub const OWNER: &str = "lab:owner";
+    pub const ORIGIN: &str = "lab:origin";
+    pub const ORIGIN_GUID: &str = "lab:origin-guid";
+    pub const OVERLAY: &str = "lab:overlay-sha256";
+    pub const CREATED: &str = "lab:created";
+    /// `filling` from the clone until its tree is copied in and it is unmounted, then `ready`.
+    pub const STATE: &str = "lab:state";
+    /// The value of [`STATE`] while a clone is being filled.
+    pub const FILLING: &str = "filling";
+    /// On a proto replica: when the last sync succeeded (seconds since the epoch).
+    pub const SYNCED: &str = "lab:synced";
+    /// On a proto replica: the last sync's error, until a sync succeeds.
+    pub const SYNC_ERROR: &str = "lab:sync-error";
+}
+
+/// The namespace of the libvirt metadata `lab` puts on domains it defines.
+pub const DOMAIN_NS: &str = "https://lab.invalid/schema/1";
+
+/// The libvirt metadata that marks a domain as defined by `lab` for this lab and node.
+pub fn domain_marker(lab: &str, node: &str) -> String {
+    format!("<lab lab=\"{lab}\" node=\"{node}\"/>")
+}
+
+/// Whether a marker read back says this lab and node.
+pub fn marker_matches(text: &str, lab: &str, node: &str) -> bool {
+    text.contains(&format!("lab=\"{lab}\"")) && text.contains(&format!("node=\"{node}\""))
+}
+
+/// Why a dataset is not provably this lab's clone of this node, or `None` when it is: its
+/// `lab:lab` and `lab:node` name this lab and node and its origin is a snapshot of the proto.
+pub fn not_ours(ds: &Dataset, lab: &str, node: &LabNode, hv: &Hypervisor) -> Option<String> {
+    let proto_prefix = format!("{}@", hv.proto);
+    match (
+        ds.prop(prop::LAB),
+        ds.prop(prop::NODE),
+        ds.origin.as_deref(),
+    ) {
+        (None, _, _) | (_, None, _) => Some(format!(
+            "dataset {} exists and was not made by lab",
+            ds.name
+        )),
+        (Some(l), Some(n), _) if l != lab || n != node.name => Some(format!(
+            "dataset {} belongs to lab `{l}`, node `{n}`",
+            ds.name
+        )),
+        (_, _, Some(origin)) if origin.starts_with(&proto_prefix) => None,
+        (_, _, origin) => Some(format!(
+            "dataset {} is not a clone of {} (origin {})",
+            ds.name,
+            hv.proto,
+            origin.unwrap_or("none")
+        )),
+    }
+}
+
+/// Whether the domain named after `node` carries `lab`'s marker for this lab and node, i.e.
+/// whether `lab` defined it (reads the libvirt metadata; a domain without it is not ours).
+pub async fn domain_is_ours(
+    exec: &Executor,
+    hv: &Hypervisor,
+    lab: &str,
+    node: &LabNode,
+) -> Result<bool, ExecError> {
+    let out = exec.output(&hv.name, &cmd::read_marker(node)).await?;
+    Ok(out.success() && marker_matches(&out.stdout, lab, &node.name))
+}
+
+/// What a node's clone is, as far as ownership goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloneFacts {
+    Absent,
+    /// This lab's clone of this node; `filling` when an interrupted run left it half-filled.
+    Ours {
+        filling: bool,
+    },
+    /// A dataset at the node's name that is not provably this lab's, and why.
+    Foreign(String),
+}
+
+/// The domain named after a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainFacts {
+    Absent,
+    Present {
+        running: bool,
+        /// Whether `lab`'s marker names this lab and node; `None` when it was not read
+        /// because a foreign clone already settles the node.
+        ours: Option<bool>,
+    },
+}
+
+impl DomainFacts {
+    pub fn exists(self) -> bool {
+        matches!(self, DomainFacts::Present { .. })
+    }
+    pub fn running(self) -> bool {
+        matches!(self, DomainFacts::Present { running: true, .. })
+    }
+    pub fn ours(self) -> bool {
+        matches!(
+            self,
+            DomainFacts::Present {
+                ours: Some(true),
+                ..
+            }
+        )
+    }
+}
+
+/// Everything create and destroy need to know about one node before they decide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFacts {
+    pub clone: CloneFacts,
+    pub domain: DomainFacts,
+}
+
+/// Gathers a node's facts from its hypervisor's probed state; the domain's marker is read
+/// (one query) only when the domain exists and the clone is not foreign.
+pub async fn inspect(
+    exec: &Executor,
+    hv: &Hypervisor,
+    lab: &str,
+    node: &LabNode,
+    state: &HostState,
+) -> Result<NodeFacts, ExecError> {
+    let clone = match state.datasets.get(&node.dataset) {
+        None => CloneFacts::Absent,
+        Some(ds) => match not_ours(ds, lab, node, hv) {
+            Some(why) => CloneFacts::Foreign(why),
+            None => CloneFacts::Ours {
+                filling: ds.prop(prop::STATE) == Some(prop::FILLING),
+            },
+        },
+    };
+    let domain = match state.domains.get(&node.name) {
+        None => DomainFacts::Absent,
+        Some(d) => DomainFacts::Present {
+            running: d.state == "running",
+            ours: match clone {
+                CloneFacts::Foreign(_) => None,
+                _ => Some(domain_is_ours(exec, hv, lab, node).await?),
+            },
+        },
+    };
+    Ok(NodeFacts { clone, domain })
+}

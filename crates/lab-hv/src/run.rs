@@ -1,0 +1,182 @@
+//! Running work on hypervisors: all at once on one task, each node within its hypervisor's
+//! `parallel`, changes that zfs refuses for a moment retried.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+
+use lab_exec::{ExecError, Executor};
+use lab_model::{Hypervisor, Lab, LabNode};
+use tokio::sync::Semaphore;
+
+use crate::report::{Event, Events, NodeReport, Outcome};
+use crate::state::{self, HostState};
+
+/// Runs futures concurrently on the current task and returns their outputs in order.
+pub async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(v) => *output = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|o| o.expect("every future completed"))
+        .collect()
+}
+
+/// Probes every hypervisor once, all at once.
+pub async fn probe_all<'a>(
+    exec: &Executor,
+    hypervisors: &[&'a Hypervisor],
+) -> HashMap<&'a str, Result<HostState, ExecError>> {
+    let probes = join_all(
+        hypervisors
+            .iter()
+            .map(|hv| state::probe(exec, hv))
+            .collect(),
+    )
+    .await;
+    hypervisors
+        .iter()
+        .map(|h| h.name.as_str())
+        .zip(probes)
+        .collect()
+}
+
+/// Each hypervisor's probed state, or why it could not be probed.
+pub type States<'a> = HashMap<&'a str, Result<Arc<HostState>, ExecError>>;
+
+/// Probes the hypervisors that carry `nodes`.
+pub async fn probe_nodes<'a>(exec: &Executor, lab: &'a Lab, nodes: &[&LabNode]) -> States<'a> {
+    probe_all(exec, &lab.hypervisors_of(nodes))
+        .await
+        .into_iter()
+        .map(|(k, v)| (k, v.map(Arc::new)))
+        .collect()
+}
+
+/// Runs `work` for every node against its hypervisor's probed state, at most `parallel` nodes
+/// per hypervisor at once, and reports each node's end as an event. A hypervisor that could not
+/// be probed fails its nodes at the `connect` step. Without a live executor the nodes go one at
+/// a time, so each report carries exactly its own recorded commands.
+pub async fn each_node<'a, F, Fut>(
+    exec: &Executor,
+    lab: &'a Lab,
+    nodes: &[&'a LabNode],
+    states: &States<'_>,
+    events: Events<'_>,
+    work: F,
+) -> Vec<NodeReport>
+where
+    F: Fn(&'a Hypervisor, &'a LabNode, Arc<HostState>) -> Fut,
+    Fut: Future<Output = NodeReport>,
+{
+    let hypervisors = lab.hypervisors_of(nodes);
+    let limits: HashMap<&str, Semaphore> = hypervisors
+        .iter()
+        .map(|h| (h.name.as_str(), Semaphore::new(h.parallel as usize)))
+        .collect();
+    let work = &work;
+    let jobs = nodes.iter().map(|node| {
+        let hv = lab
+            .hypervisor(&node.hypervisor)
+            .expect("the model checked it");
+        let state = &states[hv.name.as_str()];
+        let limit = &limits[hv.name.as_str()];
+        async move {
+            let _slot = limit.acquire().await.expect("never closed");
+            let report = match state {
+                Err(e) => failed(node, "connect", e, false),
+                Ok(state) => work(hv, node, Arc::clone(state)).await,
+            };
+            events(Event::Done {
+                node: node.name.clone(),
+                hypervisor: node.hypervisor.clone(),
+                outcome: report.outcome.word().to_owned(),
+            });
+            report
+        }
+    });
+    if exec.is_live() {
+        return join_all(jobs.collect()).await;
+    }
+    let mut reports = Vec::new();
+    for job in jobs {
+        let before = exec.recorded().len();
+        let mut report = job.await;
+        report.commands = exec.recorded()[before..]
+            .iter()
+            .map(|r| r.line.clone())
+            .collect();
+        reports.push(report);
+    }
+    reports
+}
+
+/// Runs a change that zfs may refuse for a moment with "busy" right after an unmount (a
+/// dataset's last users are still letting go): up to 10 tries, half a second apart.
+pub async fn run_patiently(
+    exec: &Executor,
+    host: &str,
+    cmd: &lab_exec::Cmd,
+) -> Result<lab_exec::Out, ExecError> {
+    let mut tries = 0;
+    loop {
+        match exec.run(host, cmd).await {
+            Err(ExecError::Failed { stderr, .. }) if stderr.contains("busy") && tries < 9 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Reports one node's steps as [`Event::Step`]s.
+pub fn step_events<'a>(
+    events: Events<'a>,
+    hv: &'a Hypervisor,
+    node: &'a LabNode,
+) -> impl Fn(&'static str) + 'a {
+    move |step| {
+        events(Event::Step {
+            node: node.name.clone(),
+            hypervisor: hv.name.clone(),
+            step,
+        })
+    }
+}
+
+/// An executor error as a failed node, naming the step (and the pool, when it is full).
+pub fn failed(node: &LabNode, step: &str, err: &ExecError, rolled_back: bool) -> NodeReport {
+    let mut error = err.to_string();
+    if error.contains("No space left on device") || error.contains("out of space") {
+        let pool = node.dataset.split('/').next().unwrap_or_default();
+        error = format!("no space left on pool {pool}: {error}");
+    }
+    NodeReport::new(
+        node,
+        Outcome::Failed {
+            step: step.to_owned(),
+            error,
+            rolled_back,
+        },
+    )
+}

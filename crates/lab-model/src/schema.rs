@@ -1,0 +1,167 @@
+//! What may be written in a lab file (after `include` is resolved): the serde schema that
+//! `deny_unknown_fields` checks every key against, and the keys the model derives.
+
+use indexmap::IndexMap;
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::Deserialize;
+use serde_json::{Map, Value as Json};
+
+use crate::model::{Storage, Transport};
+
+/// Keys of a node that the model derives; `vars` may not reuse them.
+pub(crate) const NODE_DERIVED: &[&str] = &[
+    "name",
+    "hostname",
+    "hypervisor",
+    "id",
+    "dataset",
+    "mac",
+    "mgmt_ipv4",
+    "mgmt_ipv6",
+    "links",
+];
+pub(crate) const HYPERVISOR_DERIVED: &[&str] = &[
+    "name",
+    "id",
+    "ssh",
+    "pool",
+    "proto",
+    "snapshot",
+    "storage",
+    "partition",
+    "staging",
+    "lock_dir",
+    "parallel",
+    "clones",
+    "mgmt_ipv4",
+    "mgmt_ipv6",
+];
+pub(crate) const LAB_DERIVED: &[&str] = &["name", "id", "p2p_ipv4", "p2p_ipv6"];
+
+// ---------------------------------------------------------------------------------------------
+// Schema: what may be written in a lab file (after `include` is resolved).
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileSchema {
+    pub(crate) lab: LabSchema,
+    #[serde(default)]
+    #[allow(dead_code)] // merged at the tree level; deserialized to reject unknown keys
+    pub(crate) defaults: DefaultsSchema,
+    pub(crate) hypervisors: IndexMap<String, Json>,
+    pub(crate) nodes: IndexMap<String, Json>,
+    #[serde(default)]
+    pub(crate) links: Vec<[String; 2]>,
+    #[serde(default)]
+    pub(crate) overlay: Option<String>,
+    #[serde(default)]
+    pub(crate) overlays: IndexMap<String, OverlaySchema>,
+    #[serde(default)]
+    pub(crate) proto: Option<ProtoSchema>,
+    #[serde(default)]
+    #[allow(dead_code)] // read through the tree, validated here
+    pub(crate) vars: Map<String, Json>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProtoSchema {
+    pub(crate) source: String,
+    #[serde(default)]
+    pub(crate) domain: Option<String>,
+    #[serde(default = "default_release_pattern")]
+    pub(crate) pattern: String,
+    #[serde(default = "default_keep")]
+    pub(crate) keep: u32,
+    #[serde(default)]
+    pub(crate) transport: Transport,
+    #[serde(default)]
+    pub(crate) zrepl_job: Option<String>,
+}
+
+pub(crate) fn default_release_pattern() -> String {
+    "*-release".to_owned()
+}
+pub(crate) fn default_keep() -> u32 {
+    3
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LabSchema {
+    pub(crate) name: String,
+    pub(crate) id: u8,
+    #[serde(default)]
+    pub(crate) p2p_ipv4: Option<Ipv4Net>,
+    #[serde(default)]
+    pub(crate) p2p_ipv6: Option<Ipv6Net>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DefaultsSchema {
+    #[serde(default)]
+    #[allow(dead_code)] // merged at the tree level, checked here to be mappings
+    pub(crate) hypervisor: Map<String, Json>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub(crate) node: Map<String, Json>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OverlaySchema {
+    pub(crate) dir: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HypervisorSchema {
+    pub(crate) id: u8,
+    #[serde(default)]
+    pub(crate) ssh: Option<String>,
+    pub(crate) pool: String,
+    pub(crate) proto: String,
+    pub(crate) snapshot: String,
+    #[serde(default)]
+    pub(crate) storage: Storage,
+    #[serde(default)]
+    pub(crate) partition: Option<u32>,
+    #[serde(default = "default_staging")]
+    pub(crate) staging: String,
+    #[serde(default = "default_lock_dir")]
+    pub(crate) lock_dir: String,
+    #[serde(default = "default_parallel")]
+    pub(crate) parallel: u32,
+    #[serde(default)]
+    pub(crate) clones: Option<String>,
+    #[serde(default)]
+    pub(crate) mgmt_ipv4: Option<Ipv4Net>,
+    #[serde(default)]
+    pub(crate) mgmt_ipv6: Option<Ipv6Net>,
+    #[serde(default)]
+    pub(crate) vars: Map<String, Json>,
+}
+
+pub(crate) fn default_staging() -> String {
+    "/var/lib/lab/staging".to_owned()
+}
+pub(crate) fn default_lock_dir() -> String {
+    "/run/lock/lab".to_owned()
+}
+pub(crate) fn default_parallel() -> u32 {
+    4
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NodeSchema {
+    pub(crate) hypervisor: String,
+    pub(crate) id: u8,
+    #[serde(default)]
+    pub(crate) hostname: Option<String>,
+    #[serde(default)]
+    pub(crate) dataset: Option<String>,
+    #[serde(default)]
+    pub(crate) vars: Map<String, Json>,
+}

@@ -1,0 +1,49 @@
+//! Node selection: the `--host` and `--node` filters every verb takes, checked against the lab.
+
+use crate::error::{Hint, ModelError};
+use crate::model::{Hypervisor, Lab, LabNode};
+
+impl Lab {
+    /// The nodes on `hosts` (all hypervisors when empty) named in `nodes` (all when empty), in
+    /// lab order. A name the lab does not have is an error with a suggestion.
+    pub fn select(&self, hosts: &[String], nodes: &[String]) -> Result<Vec<&LabNode>, ModelError> {
+        for h in hosts {
+            if self.hypervisor(h).is_none() {
+                return Err(ModelError::UnknownSelection {
+                    what: "hypervisor",
+                    name: h.clone(),
+                    hint: Hint::closest(h, self.hypervisors.iter().map(|h| h.name.as_str())),
+                });
+            }
+        }
+        for n in nodes {
+            if self.node(n).is_none() {
+                return Err(ModelError::UnknownSelection {
+                    what: "node",
+                    name: n.clone(),
+                    hint: Hint::closest(n, self.nodes.iter().map(|n| n.name.as_str())),
+                });
+            }
+        }
+        Ok(self
+            .nodes
+            .iter()
+            .filter(|n| hosts.is_empty() || hosts.contains(&n.hypervisor))
+            .filter(|n| nodes.is_empty() || nodes.contains(&n.name))
+            .collect())
+    }
+
+    /// The hypervisors that carry `nodes`, in lab order.
+    pub fn hypervisors_of(&self, nodes: &[&LabNode]) -> Vec<&Hypervisor> {
+        self.hypervisors
+            .iter()
+            .filter(|h| nodes.iter().any(|n| n.hypervisor == h.name))
+            .collect()
+    }
+
+    /// The hypervisor a node of this lab runs on.
+    pub fn hypervisor_of(&self, node: &LabNode) -> &Hypervisor {
+        self.hypervisor(&node.hypervisor)
+            .expect("the model checked every node's hypervisor")
+    }
+}

@@ -1,0 +1,138 @@
+//! `prune`: per hypervisor, release snapshots beyond the newest `keep` and `-before`
+//! snapshots older than the newest release; never one with clones, never a target's base for
+//! its next increment.
+
+use std::collections::HashSet;
+
+use lab_exec::Executor;
+use lab_hv::{HostState, Pin, cmd};
+
+use crate::{Fleet, ProtoError};
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PruneReport {
+    pub host: String,
+    pub destroyed: Vec<String>,
+    /// Old snapshots kept because clones use them.
+    pub pinned: Vec<Pin>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What prune would destroy on one hypervisor, and what it keeps because clones pin it.
+/// Candidates: release snapshots beyond the newest `keep`, and `-before` snapshots older than
+/// the newest release. Never the newest common base with the source (`protected`).
+pub fn prune_plan(
+    fleet: &Fleet<'_>,
+    have: &HostState,
+    keep: usize,
+    protected: &HashSet<String>,
+) -> (Vec<String>, Vec<Pin>) {
+    let snapshots = &have.proto.snapshots;
+    let all_pins = have.pins();
+    let releases: Vec<usize> = snapshots
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| fleet.is_release(&s.name))
+        .map(|(i, _)| i)
+        .collect();
+    let newest_release = releases.last().copied();
+    let old_releases = releases.len().saturating_sub(keep);
+    let mut candidates: Vec<usize> = releases[..old_releases].to_vec();
+    if let Some(nr) = newest_release {
+        candidates.extend((0..nr).filter(|&i| {
+            snapshots[i].name.ends_with("-before") && !fleet.is_release(&snapshots[i].name)
+        }));
+    }
+    candidates.sort_unstable();
+    let mut destroy = Vec::new();
+    let mut pinned = Vec::new();
+    for i in candidates {
+        let s = &snapshots[i];
+        let pins: Vec<Pin> = all_pins
+            .iter()
+            .filter(|p| p.snapshot == s.name)
+            .cloned()
+            .collect();
+        if !pins.is_empty() {
+            pinned.extend(pins);
+        } else if !protected.contains(&s.guid) {
+            destroy.push(s.name.clone());
+        }
+    }
+    (destroy, pinned)
+}
+
+/// Destroys, on every hypervisor, the snapshots no lab uses any more (see [`prune_plan`]).
+pub async fn prune(
+    exec: &Executor,
+    fleet: &Fleet<'_>,
+    keep: usize,
+) -> Result<Vec<PruneReport>, ProtoError> {
+    let all = crate::read_all(exec, &fleet.all()).await;
+    let source = match &all[0].1 {
+        Ok(h) => h.clone(),
+        Err(e) => return Err(e.clone().into()),
+    };
+    let source_guids: HashSet<&str> = source
+        .proto
+        .snapshots
+        .iter()
+        .map(|s| s.guid.as_str())
+        .collect();
+    // Each target's newest snapshot the source also has: the base of its next increment.
+    let mut bases: HashSet<String> = HashSet::new();
+    let mut every_target_known = true;
+    for (_, have) in &all[1..] {
+        match have {
+            Ok(h) => {
+                if let Some(b) = h
+                    .proto
+                    .snapshots
+                    .iter()
+                    .rev()
+                    .find(|s| source_guids.contains(s.guid.as_str()))
+                {
+                    bases.insert(b.guid.clone());
+                }
+            }
+            Err(_) => every_target_known = false,
+        }
+    }
+    let jobs = all.iter().enumerate().map(|(i, (hv, have))| {
+        let bases = &bases;
+        async move {
+            let mut report = PruneReport {
+                host: hv.name.clone(),
+                ..PruneReport::default()
+            };
+            let have = match have {
+                Ok(h) => h,
+                Err(e) => {
+                    report.error = Some(e.to_string());
+                    return report;
+                }
+            };
+            if i == 0 && !every_target_known {
+                report.error = Some(
+                    "not pruned: a target could not be read, so its next increment's base is unknown"
+                        .to_owned(),
+                );
+                return report;
+            }
+            let (destroy, pinned) = prune_plan(fleet, have, keep, bases);
+            report.pinned = pinned;
+            for name in destroy {
+                match exec.run(&hv.name, &cmd::destroy_proto_snapshot(hv, &name)).await {
+                    Ok(_) => report.destroyed.push(format!("{}@{name}", hv.proto)),
+                    Err(e) => {
+                        report.error = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            report
+        }
+    });
+    Ok(lab_hv::run::join_all(jobs.collect()).await)
+}

@@ -1,0 +1,50 @@
+//! `lab create`: generate (unless told not to), read the build back, take the lab's lock and
+//! create every selected node.
+
+use std::collections::HashMap;
+
+use crate::commands::Verb;
+use crate::exit::Failure;
+use crate::remote::change_nodes;
+use crate::render;
+use crate::settings::{Create, Output};
+
+pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
+    let lab = lab_model::load(&s.lab.0)?;
+    let nodes = lab.select(&s.select.hosts, &s.select.nodes)?;
+    let overlay = lab_generate::resolve_overlay(&lab, s.build.overlay.as_deref())?
+        .name
+        .clone();
+    if s.generate {
+        let request = lab_generate::Request {
+            lab: &lab,
+            overlay: Some(&overlay),
+            build_dir: &s.build.dir,
+            nodes: &nodes,
+        };
+        lab_generate::generate(&request, &|_| {})?;
+    }
+    let mut builds = HashMap::new();
+    for node in &nodes {
+        let build = lab_generate::read_node(&s.build.dir, &overlay, node)?;
+        builds.insert(node.name.clone(), build);
+    }
+    let request = lab_create::CreateRequest {
+        lab: &lab,
+        nodes: nodes.clone(),
+        builds,
+        force: s.force,
+        owner: lab_hv::owner(),
+        now: lab_hv::now(),
+    };
+    let reports = change_nodes(
+        out,
+        &lab,
+        &nodes,
+        Verb::Create,
+        s.mode,
+        s.lock_wait,
+        async |exec, events| lab_create::create(exec, &request, events).await,
+    )?;
+    render::node_reports(out, &lab, Verb::Create, &reports?, s.mode)
+}

@@ -1,0 +1,68 @@
+//! One module per verb: each loads what it needs, calls a library crate and hands the result
+//! to [`crate::render`].
+
+mod create;
+mod destroy;
+mod generate;
+mod proto;
+mod status;
+
+use clap::CommandFactory;
+
+use crate::cli::{Cli, Format};
+use crate::exit::Failure;
+use crate::render::print_json;
+use crate::settings::{Command, Settings};
+
+/// The verbs that change hypervisors: what a lock holder records and what a result line says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Create,
+    Destroy,
+    ProtoRelease,
+    ProtoBegin,
+    ProtoRollback,
+    ProtoSync,
+    ProtoPrune,
+    ProtoRefresh,
+}
+
+impl Verb {
+    /// One word, as recorded by a lock holder and shown in summaries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Create => "create",
+            Verb::Destroy => "destroy",
+            Verb::ProtoRelease => "proto-release",
+            Verb::ProtoBegin => "proto-begin",
+            Verb::ProtoRollback => "proto-rollback",
+            Verb::ProtoSync => "proto-sync",
+            Verb::ProtoPrune => "proto-prune",
+            Verb::ProtoRefresh => "proto-refresh",
+        }
+    }
+}
+
+pub fn run(settings: &Settings) -> Result<(), Failure> {
+    let out = &settings.output;
+    match &settings.command {
+        Command::Generate(s) => generate::run(out, s),
+        Command::Create(s) => create::run(out, s),
+        Command::Destroy(s) => destroy::run(out, s),
+        Command::Status(s) => status::run(out, s),
+        Command::Proto { lab, verb } => proto::run(out, lab, verb),
+        Command::ConfigShow { lab, explain } => {
+            let lab = lab_model::load(&lab.0)?;
+            match out.format {
+                Format::Json => print_json(&lab.effective.to_json()),
+                Format::Text => print!("{}", lab_model::to_yaml(&lab.effective, *explain)),
+            }
+            Ok(())
+        }
+        Command::Completions(shell) => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(*shell, &mut cmd, "lab", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}

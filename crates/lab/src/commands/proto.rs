@@ -1,0 +1,205 @@
+//! `lab proto ...`: loads the fleet, takes the proto lock, calls `lab_proto`, renders the
+//! result and picks the exit code. `refresh` is the cron entry point: quiet on success, a
+//! note (and exit 0) when another run holds the lock.
+
+use lab_exec::Executor;
+use lab_proto::{Fleet, PruneReport, TargetReport};
+
+use crate::cli::Format;
+use crate::commands::Verb;
+use crate::exit::{Exit, Failure};
+use crate::progress::NodeProgress;
+use crate::remote::{Lock, drive, drive_locked, executor_for};
+use crate::render::{self, print_json};
+use crate::settings::{LabFiles, Mode, Output, Proto};
+
+/// The name of the proto's lock on the source hypervisor: one per proto dataset (lab names
+/// cannot start with `_`, so it never meets a lab's lock).
+fn lock_name(fleet: &Fleet<'_>) -> String {
+    format!("_proto-{}", fleet.source.proto.replace('/', "%"))
+}
+
+fn verb_of(p: &Proto) -> Option<Verb> {
+    Some(match p {
+        Proto::Snapshot {
+            kind: crate::settings::SnapshotKind::Release,
+            ..
+        } => Verb::ProtoRelease,
+        Proto::Snapshot { .. } => Verb::ProtoBegin,
+        Proto::Rollback { .. } => Verb::ProtoRollback,
+        Proto::Sync { .. } => Verb::ProtoSync,
+        Proto::Prune { .. } => Verb::ProtoPrune,
+        Proto::Refresh { .. } => Verb::ProtoRefresh,
+        Proto::Status => return None,
+    })
+}
+
+fn mode_of(p: &Proto) -> Mode {
+    match p {
+        Proto::Sync { mode } | Proto::Prune { mode, .. } => *mode,
+        _ => Mode::Live,
+    }
+}
+
+pub fn run(out: &Output, files: &LabFiles, p: &Proto) -> Result<(), Failure> {
+    let lab = lab_model::load_fleet(&files.0)?;
+    let fleet = Fleet::of(&lab)?;
+    if let Proto::Refresh { jitter_secs } = p
+        && *jitter_secs > 0
+    {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as u64 ^ std::process::id() as u64);
+        std::thread::sleep(std::time::Duration::from_secs(nanos % (jitter_secs + 1)));
+    }
+    let mode = mode_of(p);
+    let exec = executor_for(&fleet.all(), mode);
+    let work = async |exec: &Executor| work(out, p, exec, &fleet, mode).await;
+    let Some(verb) = verb_of(p) else {
+        return drive(exec, work)?;
+    };
+    let lock = Lock {
+        name: lock_name(&fleet),
+        on: vec![fleet.source],
+        verb,
+        wait: 0,
+    };
+    match drive_locked(exec, &lock, mode, work)? {
+        Ok(result) => result,
+        // Overlapping cron runs are normal: the one that holds the lock does the work.
+        Err(e @ lab_hv::LockError::Held { .. }) if verb == Verb::ProtoRefresh => {
+            if !out.quiet {
+                eprintln!("lab: {e}; another refresh is at work, nothing to do");
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn work(
+    out: &Output,
+    p: &Proto,
+    exec: &Executor,
+    fleet: &Fleet<'_>,
+    mode: Mode,
+) -> Result<(), Failure> {
+    let now = lab_hv::now();
+    let recorded = || {
+        if mode.is_dry_run() {
+            exec.recorded()
+        } else {
+            Vec::new()
+        }
+    };
+    match p {
+        Proto::Snapshot { kind, name, force } => {
+            let done =
+                lab_proto::snapshot(exec, fleet, kind.suffix(), name.as_deref(), *force, now)
+                    .await?;
+            let what = match kind {
+                crate::settings::SnapshotKind::Release => "released",
+                crate::settings::SnapshotKind::Before => "maintenance begins; rollback point",
+            };
+            render::proto::snapshot(out, what, &done);
+            Ok(())
+        }
+        Proto::Rollback { force } => {
+            let done = lab_proto::rollback(exec, fleet, *force).await?;
+            render::proto::snapshot(out, "rolled back to", &done);
+            Ok(())
+        }
+        Proto::Sync { .. } => {
+            let reports = sync(out, exec, fleet, now, false).await?;
+            render::proto::sync(out, &reports, &recorded(), mode);
+            sync_exit(&reports)
+        }
+        Proto::Prune { keep, .. } => {
+            let keep = keep.unwrap_or(fleet.cfg.keep).max(1) as usize;
+            let reports = lab_proto::prune(exec, fleet, keep).await?;
+            render::proto::prune(out, &reports, &recorded(), mode);
+            prune_exit(&reports)
+        }
+        Proto::Status => {
+            let hosts = lab_proto::status(exec, fleet).await;
+            render::proto::status(out, &hosts);
+            Ok(())
+        }
+        Proto::Refresh { .. } => {
+            let reports = sync(out, exec, fleet, now, true).await?;
+            let pruned = lab_proto::prune(exec, fleet, fleet.cfg.keep as usize).await?;
+            if out.format == Format::Json {
+                print_json(&serde_json::json!({"sync": reports, "prune": pruned}));
+            } else if out.verbose {
+                render::proto::sync(out, &reports, &[], Mode::Live);
+                render::proto::prune(out, &pruned, &[], Mode::Live);
+            } else {
+                // Quiet on success: only what went wrong, on stderr.
+                for r in reports.iter().filter(|r| r.failed()) {
+                    eprintln!(
+                        "lab: {}: {}",
+                        r.host,
+                        render::proto::sync_text(&r.outcome, false)
+                    );
+                }
+                for p in pruned.iter().filter(|p| p.error.is_some()) {
+                    eprintln!(
+                        "lab: {}: prune: {}",
+                        p.host,
+                        p.error.as_deref().unwrap_or("")
+                    );
+                }
+            }
+            sync_exit(&reports).and(prune_exit(&pruned))
+        }
+    }
+}
+
+/// `sync` with a progress line per target; under cron (`refresh`) quiet unless `-v`.
+async fn sync(
+    out: &Output,
+    exec: &Executor,
+    fleet: &Fleet<'_>,
+    now: u64,
+    cron: bool,
+) -> Result<Vec<TargetReport>, Failure> {
+    let pairs: Vec<(&str, &str)> = fleet
+        .targets
+        .iter()
+        .map(|t| ("proto", t.name.as_str()))
+        .collect();
+    let quiet = out.quiet || (cron && !out.verbose);
+    let progress = NodeProgress::new(quiet, out.verbose, &pairs);
+    let reports = lab_proto::sync(exec, fleet, now, &|e| progress.on_event(e)).await;
+    progress.finish();
+    Ok(reports?)
+}
+
+/// A diverged or failed target is a real failure: partial (3) when others went well.
+fn sync_exit(reports: &[TargetReport]) -> Result<(), Failure> {
+    let failed = reports.iter().filter(|r| r.failed()).count();
+    match failed {
+        0 => Ok(()),
+        n => Err(Failure::new(
+            if n == reports.len() {
+                Exit::Failure
+            } else {
+                Exit::Partial
+            },
+            format!(
+                "proto sync: {n} of {} target(s) failed or diverged",
+                reports.len()
+            ),
+        )),
+    }
+}
+
+fn prune_exit(reports: &[PruneReport]) -> Result<(), Failure> {
+    match reports.iter().filter(|r| r.error.is_some()).count() {
+        0 => Ok(()),
+        n => Err(Failure::new(
+            Exit::Partial,
+            format!("proto prune: {n} hypervisor(s) not fully pruned"),
+        )),
+    }
+}

@@ -1,0 +1,40 @@
+//! `lab status`: one probe per hypervisor, every selected node explained against the build.
+
+use std::collections::HashMap;
+
+use crate::exit::{Exit, Failure};
+use crate::remote::{drive, executor_for};
+use crate::render;
+use crate::settings::{Mode, Output, Status};
+
+pub fn run(out: &Output, s: &Status) -> Result<(), Failure> {
+    let lab = lab_model::load(&s.lab.0)?;
+    let nodes = lab.select(&s.select.hosts, &s.select.nodes)?;
+    // Drift is only known where there is a build to compare with.
+    let overlay = lab_generate::resolve_overlay(&lab, s.build.overlay.as_deref())
+        .ok()
+        .map(|o| o.name.clone());
+    let digests: HashMap<String, String> = match &overlay {
+        Some(o) => nodes
+            .iter()
+            .filter_map(|n| {
+                let build = lab_generate::read_node(&s.build.dir, o, n).ok()?;
+                Some((n.name.clone(), build.digest))
+            })
+            .collect(),
+        None => HashMap::new(),
+    };
+    let exec = executor_for(&lab.hypervisors_of(&nodes), Mode::Live);
+    let report = drive(exec, async |exec| {
+        lab_hv::status(exec, &lab, &nodes, &digests, lab_hv::now()).await
+    })?;
+    render::status(out, &report);
+    let unreachable = report.nodes.iter().filter(|n| n.error.is_some()).count();
+    if unreachable > 0 {
+        return Err(Failure::new(
+            Exit::Partial,
+            format!("{unreachable} node(s) could not be inspected"),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! Exit codes, and errors on their way to the user: each library error becomes a message and
+//! the documented code here, in one place.
+
+use lab_generate::GenerateError;
+use lab_model::ModelError;
+
+/// Exit codes, documented in the README and `lab --help`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    Failure = 1,
+    Invalid = 2,
+    Partial = 3,
+    Locked = 4,
+}
+
+/// An error on its way to the user: the message and the exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: Exit,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: Exit, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Bad input or usage: nothing was changed.
+    pub fn invalid(message: impl Into<String>) -> Failure {
+        Failure::new(Exit::Invalid, message)
+    }
+}
+
+impl From<ModelError> for Failure {
+    fn from(e: ModelError) -> Self {
+        let code = match e {
+            ModelError::Io { .. } => Exit::Failure,
+            _ => Exit::Invalid,
+        };
+        Failure::new(code, e.to_string())
+    }
+}
+
+impl From<GenerateError> for Failure {
+    fn from(e: GenerateError) -> Self {
+        let code = match e {
+            GenerateError::Io { .. } => Exit::Failure,
+            _ => Exit::Invalid,
+        };
+        Failure::new(code, e.to_string())
+    }
+}
+
+impl From<lab_hv::LockError> for Failure {
+    fn from(e: lab_hv::LockError) -> Self {
+        let code = match e {
+            lab_hv::LockError::Held { .. } => Exit::Locked,
+            lab_hv::LockError::Failed { .. } => Exit::Failure,
+        };
+        Failure::new(code, format!("{e}; nothing was changed"))
+    }
+}
+
+impl From<lab_create::PlanError> for Failure {
+    fn from(e: lab_create::PlanError) -> Self {
+        Failure::invalid(e.to_string())
+    }
+}
+
+impl From<lab_proto::ProtoError> for Failure {
+    fn from(e: lab_proto::ProtoError) -> Self {
+        use lab_proto::ProtoError;
+        let code = match e {
+            ProtoError::NotConfigured
+            | ProtoError::Exists { .. }
+            | ProtoError::NothingReleased { .. }
+            | ProtoError::NotAfterBegin { .. }
+            | ProtoError::NoDataset { .. } => Exit::Invalid,
+            ProtoError::Exec(_) | ProtoError::DomainRunning { .. } => Exit::Failure,
+        };
+        Failure::new(code, e.to_string())
+    }
+}
