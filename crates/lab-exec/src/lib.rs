@@ -273,7 +273,7 @@ impl Executor {
 
     /// From now on, every change on `host` runs as `prefix... timeout -k 5 SECS program args...`
     /// (and the remote side of rsync as `prefix... rsync`): how `lab` makes each change hold a
-    /// shared lock while it runs, and never longer than its deadline.
+    /// shared lock while it runs.
     pub fn guard(&self, host: &str, prefix: Vec<String>) {
         if let Ok(h) = self.host(host) {
             *h.guard.lock().expect("guard lock") = prefix;
@@ -284,17 +284,17 @@ impl Executor {
         h.guard.lock().expect("guard lock").clone()
     }
 
-    /// `cmd` as it is sent to `h`: a change on a guarded host runs as `guard... timeout -k 5
-    /// SECS argv...`, so that it holds the guard's lock while it runs and also ends on the
-    /// remote side at its deadline when its connection was cut. Queries go as they are.
+    /// `cmd` as it is sent to `h`: every change runs as `[guard...] timeout -k 5 SECS argv...`,
+    /// so that it ends on the remote side at its deadline even when its connection was cut,
+    /// and, on a guarded host, holds the guard's lock while it runs. Queries go as they are.
     fn guarded<'c>(&self, h: &Host, cmd: &'c Cmd) -> std::borrow::Cow<'c, Cmd> {
-        let guard = self.guard_of(h);
-        if cmd.effect != Effect::Change || guard.is_empty() {
+        if cmd.effect != Effect::Change {
             return std::borrow::Cow::Borrowed(cmd);
         }
         let deadline = ["timeout", "-k", "5"].map(String::from);
         std::borrow::Cow::Owned(Cmd {
-            argv: guard
+            argv: self
+                .guard_of(h)
                 .into_iter()
                 .chain(deadline)
                 .chain([cmd.timeout.as_secs().max(1).to_string()])

@@ -99,6 +99,7 @@ pub struct NodeBuild {
 /// XML that does not match it, is an error: nothing is guessed.
 pub fn read_node(
     build_dir: &Path,
+    lab: &str,
     overlay: &str,
     node: &LabNode,
 ) -> Result<NodeBuild, GenerateError> {
@@ -107,20 +108,36 @@ pub fn read_node(
         path: path.to_path_buf(),
         message,
     };
-    let text = std::fs::read_to_string(&paths.manifest)
-        .map_err(|e| bad(&paths.manifest, e.to_string()))?;
+    let text = std::fs::read_to_string(&paths.manifest).map_err(|e| {
+        bad(
+            &paths.manifest,
+            format!("{e} (run `lab generate` first, or drop --no-generate)"),
+        )
+    })?;
     let manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
         bad(
             &paths.manifest,
             format!("not a manifest of lab generate: {e}"),
         )
     })?;
-    if manifest.node != node.name || manifest.overlay != overlay {
+    let written_for = [
+        &manifest.lab,
+        &manifest.node,
+        &manifest.hypervisor,
+        &manifest.overlay,
+    ];
+    if written_for != [lab, node.name.as_str(), node.hypervisor.as_str(), overlay] {
         return Err(bad(
             &paths.manifest,
             format!(
-                "written for node `{}` with overlay `{}`, not `{}` with `{overlay}`",
-                manifest.node, manifest.overlay, node.name
+                "written for lab `{}`, node `{}` on `{}` with overlay `{}`, not for lab `{lab}`, \
+                 node `{}` on `{}` with `{overlay}` (generate again)",
+                manifest.lab,
+                manifest.node,
+                manifest.hypervisor,
+                manifest.overlay,
+                node.name,
+                node.hypervisor
             ),
         ));
     }
@@ -132,7 +149,8 @@ pub fn read_node(
             if crate::write::sha256_hex(&xml) != *expected {
                 return Err(bad(
                     &paths.domain_xml,
-                    "changed since it was generated (its sha256 differs from the manifest's)"
+                    "changed since it was generated: its sha256 differs from the manifest's \
+                     (generate again)"
                         .to_owned(),
                 ));
             }

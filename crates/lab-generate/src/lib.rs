@@ -53,8 +53,12 @@ pub enum GenerateError {
         message: String,
     },
 
+    /// A request names a node its lab does not have.
+    #[error("node `{node}` is not a node of lab `{lab}`")]
+    UnknownNode { node: String, lab: String },
+
     /// What `generate` wrote cannot be read back as it was written.
-    #[error("{}: {message} (run `lab generate` first, or drop --no-generate)", path.display())]
+    #[error("{}: {message}", path.display())]
     Build { path: PathBuf, message: String },
 
     #[error("{}: {source}", path.display())]
@@ -136,7 +140,19 @@ pub fn generate(
         .enumerate()
         .map(|(i, n)| (n.name.as_str(), i))
         .collect();
-    let selected: Vec<usize> = req.nodes.iter().map(|n| index[n.name.as_str()]).collect();
+    let selected: Vec<usize> = req
+        .nodes
+        .iter()
+        .map(|n| {
+            index
+                .get(n.name.as_str())
+                .copied()
+                .ok_or_else(|| GenerateError::UnknownNode {
+                    node: n.name.clone(),
+                    lab: req.lab.name.clone(),
+                })
+        })
+        .collect::<Result<_, _>>()?;
     let overlay = overlay::Overlay::scan(&overlay_def.dir)?;
     let env = environment(&overlay)?;
     let shared = Shared::new(req.lab, &overlay_def.name);

@@ -19,7 +19,7 @@ use lab_model::names::glob_match;
 use lab_model::{Hypervisor, Lab, Proto};
 
 pub use prune::{PruneReport, prune};
-pub use release::{Snapshotted, rollback, snapshot};
+pub use release::{IfRunning, SnapshotKind, SnapshotRequest, Snapshotted, rollback, snapshot};
 pub use status::{HostStatus, status};
 pub use sync::{SyncOutcome, TargetReport, sync};
 
@@ -99,4 +99,23 @@ async fn read_all<'a>(
     let got =
         lab_hv::run::join_all(hvs.iter().map(|h| lab_hv::state::probe(exec, h)).collect()).await;
     hvs.iter().copied().zip(got).collect()
+}
+
+/// What `refresh` did: the sync, then the prune.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Refreshed {
+    pub sync: Vec<TargetReport>,
+    pub prune: Vec<PruneReport>,
+}
+
+/// `sync`, then `prune` keeping the configured number of releases: the cron job.
+pub async fn refresh(
+    exec: &Executor,
+    fleet: &Fleet<'_>,
+    now: u64,
+    events: lab_hv::Events<'_>,
+) -> Result<Refreshed, ProtoError> {
+    let sync = sync(exec, fleet, now, events).await?;
+    let prune = prune(exec, fleet, fleet.cfg.keep as usize).await?;
+    Ok(Refreshed { sync, prune })
 }

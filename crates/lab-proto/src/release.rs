@@ -5,8 +5,46 @@ use lab_hv::{HostState, ProtoState, cmd};
 
 use crate::{Fleet, ProtoError};
 
+/// What a proto snapshot is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotKind {
+    /// `YYYYMMDD-release`: what labs clone and sync replicates.
+    Release,
+    /// `YYYYMMDD-before`: a rollback point taken ahead of a maintenance.
+    Before,
+}
+
+impl SnapshotKind {
+    /// The suffix of its name.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            SnapshotKind::Release => "release",
+            SnapshotKind::Before => "before",
+        }
+    }
+}
+
+/// What to do when the proto's own VM runs on the source (`--force` proceeds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfRunning {
+    Refuse,
+    Proceed,
+}
+
+/// A snapshot to take of the proto on the source.
+#[derive(Debug, Clone)]
+pub struct SnapshotRequest<'a> {
+    pub kind: SnapshotKind,
+    /// An explicit name instead of `YYYYMMDD[-N]-<kind>`.
+    pub name: Option<&'a str>,
+    pub if_running: IfRunning,
+    /// Seconds since the epoch: the day in the default name.
+    pub now: u64,
+}
+
 /// The name of a new snapshot: `YYYYMMDD-<kind>`, then `YYYYMMDD-2-<kind>` ... on the same day.
-pub fn next_name(existing: &ProtoState, day: &str, kind: &str) -> String {
+pub fn next_name(existing: &ProtoState, day: &str, kind: SnapshotKind) -> String {
+    let kind = kind.suffix();
     let first = format!("{day}-{kind}");
     if !existing.has(&first) {
         return first;
@@ -39,14 +77,11 @@ fn refuse_while_running(fleet: &Fleet<'_>, source: &HostState) -> Result<(), Pro
     }
 }
 
-/// Takes a snapshot of the proto on the source: `kind` is `release` or `before`.
+/// Takes a snapshot of the proto on the source.
 pub async fn snapshot(
     exec: &Executor,
     fleet: &Fleet<'_>,
-    kind: &str,
-    name: Option<&str>,
-    force: bool,
-    now: u64,
+    req: &SnapshotRequest<'_>,
 ) -> Result<Snapshotted, ProtoError> {
     let src = fleet.source;
     let state = lab_hv::state::probe(exec, src).await?;
@@ -57,10 +92,10 @@ pub async fn snapshot(
             dataset: src.proto.clone(),
         });
     }
-    if !force {
+    if req.if_running == IfRunning::Refuse {
         refuse_while_running(fleet, &state)?;
     }
-    let name = match name {
+    let name = match req.name {
         Some(n) if have.has(n) => {
             return Err(ProtoError::Exists {
                 host: src.name.clone(),
@@ -69,7 +104,7 @@ pub async fn snapshot(
             });
         }
         Some(n) => n.to_owned(),
-        None => next_name(have, &day_of(now), kind),
+        None => next_name(have, &day_of(req.now), req.kind),
     };
     exec.run(&src.name, &cmd::snapshot_proto(src, &name))
         .await?;
@@ -84,7 +119,7 @@ pub async fn snapshot(
 pub async fn rollback(
     exec: &Executor,
     fleet: &Fleet<'_>,
-    force: bool,
+    if_running: IfRunning,
 ) -> Result<Snapshotted, ProtoError> {
     let src = fleet.source;
     let state = lab_hv::state::probe(exec, src).await?;
@@ -103,7 +138,7 @@ pub async fn rollback(
             newest: newest.name.clone(),
         });
     }
-    if !force {
+    if if_running == IfRunning::Refuse {
         refuse_while_running(fleet, &state)?;
     }
     exec.run(&src.name, &cmd::rollback_proto(src, &newest.name))

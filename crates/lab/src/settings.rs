@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use lab_proto::{IfRunning, SnapshotKind};
+
 use crate::cli::{self, Cli, Format};
 
 /// How results, logs and progress are shown.
@@ -96,10 +98,10 @@ pub enum Proto {
     Snapshot {
         kind: SnapshotKind,
         name: Option<String>,
-        force: bool,
+        if_running: IfRunning,
     },
     Rollback {
-        force: bool,
+        if_running: IfRunning,
     },
     Sync {
         mode: Mode,
@@ -112,23 +114,6 @@ pub enum Proto {
     Refresh {
         jitter_secs: u64,
     },
-}
-
-/// What a proto snapshot is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SnapshotKind {
-    Release,
-    Before,
-}
-
-impl SnapshotKind {
-    /// The suffix of its name: `YYYYMMDD-release`, `YYYYMMDD-before`.
-    pub fn suffix(self) -> &'static str {
-        match self {
-            SnapshotKind::Release => "release",
-            SnapshotKind::Before => "before",
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -146,6 +131,15 @@ pub enum Command {
 pub struct Settings {
     pub output: Output,
     pub command: Command,
+}
+
+/// `--force` of the proto verbs: go on while the proto's VM runs.
+fn if_running(force: bool) -> IfRunning {
+    if force {
+        IfRunning::Proceed
+    } else {
+        IfRunning::Refuse
+    }
 }
 
 impl Settings {
@@ -204,7 +198,7 @@ impl Settings {
                         Proto::Snapshot {
                             kind: SnapshotKind::Release,
                             name,
-                            force,
+                            if_running: if_running(force),
                         },
                     ),
                     cli::ProtoCommand::Begin { lab, force } => (
@@ -212,10 +206,15 @@ impl Settings {
                         Proto::Snapshot {
                             kind: SnapshotKind::Before,
                             name: None,
-                            force,
+                            if_running: if_running(force),
                         },
                     ),
-                    cli::ProtoCommand::Rollback { lab, force } => (lab, Proto::Rollback { force }),
+                    cli::ProtoCommand::Rollback { lab, force } => (
+                        lab,
+                        Proto::Rollback {
+                            if_running: if_running(force),
+                        },
+                    ),
                     cli::ProtoCommand::Sync { lab, dry_run } => (
                         lab,
                         Proto::Sync {

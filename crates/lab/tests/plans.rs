@@ -205,6 +205,8 @@ fn run(s: &Scenario) -> String {
         8,
     );
     let nodes: Vec<_> = lab.nodes.iter().collect();
+    // As a real run after taking the lab's lock (and as --dry-run): every change guarded.
+    lab_hv::lock::guard_only(&exec, &lab.name, &lab.hypervisors_of(&nodes));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

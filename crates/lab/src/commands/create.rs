@@ -26,7 +26,7 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
     }
     let mut builds = HashMap::new();
     for node in &nodes {
-        let build = lab_generate::read_node(&s.build.dir, &overlay, node)?;
+        let build = lab_generate::read_node(&s.build.dir, &lab.name, &overlay, node)?;
         builds.insert(node.name.clone(), build);
     }
     let request = lab_create::CreateRequest {

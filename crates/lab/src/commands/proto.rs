@@ -12,6 +12,7 @@ use crate::progress::NodeProgress;
 use crate::remote::{Lock, drive, drive_locked, executor_for};
 use crate::render::{self, print_json};
 use crate::settings::{LabFiles, Mode, Output, Proto};
+use lab_proto::SnapshotKind;
 
 /// The name of the proto's lock on the source hypervisor: one per proto dataset (lab names
 /// cannot start with `_`, so it never meets a lab's lock).
@@ -22,7 +23,7 @@ fn lock_name(fleet: &Fleet<'_>) -> String {
 fn verb_of(p: &Proto) -> Option<Verb> {
     Some(match p {
         Proto::Snapshot {
-            kind: crate::settings::SnapshotKind::Release,
+            kind: SnapshotKind::Release,
             ..
         } => Verb::ProtoRelease,
         Proto::Snapshot { .. } => Verb::ProtoBegin,
@@ -93,24 +94,35 @@ async fn work(
         }
     };
     match p {
-        Proto::Snapshot { kind, name, force } => {
-            let done =
-                lab_proto::snapshot(exec, fleet, kind.suffix(), name.as_deref(), *force, now)
-                    .await?;
+        Proto::Snapshot {
+            kind,
+            name,
+            if_running,
+        } => {
+            let req = lab_proto::SnapshotRequest {
+                kind: *kind,
+                name: name.as_deref(),
+                if_running: *if_running,
+                now,
+            };
+            let done = lab_proto::snapshot(exec, fleet, &req).await?;
             let what = match kind {
-                crate::settings::SnapshotKind::Release => "released",
-                crate::settings::SnapshotKind::Before => "maintenance begins; rollback point",
+                SnapshotKind::Release => "released",
+                SnapshotKind::Before => "maintenance begins; rollback point",
             };
             render::proto::snapshot(out, what, &done);
             Ok(())
         }
-        Proto::Rollback { force } => {
-            let done = lab_proto::rollback(exec, fleet, *force).await?;
+        Proto::Rollback { if_running } => {
+            let done = lab_proto::rollback(exec, fleet, *if_running).await?;
             render::proto::snapshot(out, "rolled back to", &done);
             Ok(())
         }
         Proto::Sync { .. } => {
-            let reports = sync(out, exec, fleet, now, false).await?;
+            let progress = target_progress(out, fleet, false);
+            let reports = lab_proto::sync(exec, fleet, now, &|e| progress.on_event(e)).await;
+            progress.finish();
+            let reports = reports?;
             render::proto::sync(out, &reports, &recorded(), mode);
             sync_exit(&reports)
         }
@@ -126,23 +138,26 @@ async fn work(
             Ok(())
         }
         Proto::Refresh { .. } => {
-            let reports = sync(out, exec, fleet, now, true).await?;
-            let pruned = lab_proto::prune(exec, fleet, fleet.cfg.keep as usize).await?;
+            // Quiet under cron: no progress unless -v.
+            let progress = target_progress(out, fleet, !out.verbose);
+            let done = lab_proto::refresh(exec, fleet, now, &|e| progress.on_event(e)).await;
+            progress.finish();
+            let done = done?;
             if out.format == Format::Json {
-                print_json(&serde_json::json!({"sync": reports, "prune": pruned}));
+                print_json(&done);
             } else if out.verbose {
-                render::proto::sync(out, &reports, &[], Mode::Live);
-                render::proto::prune(out, &pruned, &[], Mode::Live);
+                render::proto::sync(out, &done.sync, &[], Mode::Live);
+                render::proto::prune(out, &done.prune, &[], Mode::Live);
             } else {
                 // Quiet on success: only what went wrong, on stderr.
-                for r in reports.iter().filter(|r| r.failed()) {
+                for r in done.sync.iter().filter(|r| r.failed()) {
                     eprintln!(
                         "lab: {}: {}",
                         r.host,
-                        render::proto::sync_text(&r.outcome, false)
+                        render::proto::sync_text(&r.outcome, Mode::Live)
                     );
                 }
-                for p in pruned.iter().filter(|p| p.error.is_some()) {
+                for p in done.prune.iter().filter(|p| p.error.is_some()) {
                     eprintln!(
                         "lab: {}: prune: {}",
                         p.host,
@@ -150,29 +165,19 @@ async fn work(
                     );
                 }
             }
-            sync_exit(&reports).and(prune_exit(&pruned))
+            sync_exit(&done.sync).and(prune_exit(&done.prune))
         }
     }
 }
 
-/// `sync` with a progress line per target; under cron (`refresh`) quiet unless `-v`.
-async fn sync(
-    out: &Output,
-    exec: &Executor,
-    fleet: &Fleet<'_>,
-    now: u64,
-    cron: bool,
-) -> Result<Vec<TargetReport>, Failure> {
+/// A progress line per target; `cron` keeps it hidden.
+fn target_progress(out: &Output, fleet: &Fleet<'_>, cron: bool) -> NodeProgress {
     let pairs: Vec<(&str, &str)> = fleet
         .targets
         .iter()
         .map(|t| ("proto", t.name.as_str()))
         .collect();
-    let quiet = out.quiet || (cron && !out.verbose);
-    let progress = NodeProgress::new(quiet, out.verbose, &pairs);
-    let reports = lab_proto::sync(exec, fleet, now, &|e| progress.on_event(e)).await;
-    progress.finish();
-    Ok(reports?)
+    NodeProgress::new(out.quiet || cron, out.verbose, &pairs)
 }
 
 /// A diverged or failed target is a real failure: partial (3) when others went well.

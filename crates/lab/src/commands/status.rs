@@ -18,7 +18,7 @@ pub fn run(out: &Output, s: &Status) -> Result<(), Failure> {
         Some(o) => nodes
             .iter()
             .filter_map(|n| {
-                let build = lab_generate::read_node(&s.build.dir, o, n).ok()?;
+                let build = lab_generate::read_node(&s.build.dir, &lab.name, o, n).ok()?;
                 Some((n.name.clone(), build.digest))
             })
             .collect(),

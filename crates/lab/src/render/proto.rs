@@ -16,7 +16,8 @@ pub fn snapshot(out: &Output, what: &str, done: &lab_proto::Snapshotted) {
     }
 }
 
-pub fn sync_text(o: &SyncOutcome, dry_run: bool) -> String {
+pub fn sync_text(o: &SyncOutcome, mode: Mode) -> String {
+    let dry_run = mode.is_dry_run();
     match o {
         SyncOutcome::UpToDate { snapshot } => format!("up to date ({snapshot})"),
         SyncOutcome::Sent {
@@ -59,7 +60,7 @@ pub fn sync(out: &Output, reports: &[TargetReport], commands: &[Recorded], mode:
         Format::Text => {
             let mut stdout = std::io::stdout().lock();
             for r in reports {
-                let _ = writeln!(stdout, "{:<8} {}", r.host, sync_text(&r.outcome, dry_run));
+                let _ = writeln!(stdout, "{:<8} {}", r.host, sync_text(&r.outcome, mode));
             }
             if dry_run {
                 for c in commands {
