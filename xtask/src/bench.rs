@@ -130,7 +130,7 @@ fn walk_count(dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
-fn tempdir() -> Result<std::path::PathBuf> {
+pub(crate) fn tempdir() -> Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("lab-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     Ok(dir)
@@ -182,6 +182,21 @@ pub fn create(root: &Path) -> Result {
 /// Removes the floor's domains and clones on every hypervisor: only a clone that carries the
 /// floor's mark (`lab-bench:floor=yes`), and the domain of the same name beside it.
 fn remove_floor_leftovers(bed: &lab_testbed::Testbed, nodes: &[(u32, String)]) {
+    // The floor's networks are transient; lab only ever defines persistent ones.
+    for k in 0..bed.hypervisors {
+        let info = bed
+            .exec(k, &["virsh", "-q", "net-info", "lab-vpp"])
+            .unwrap_or_default();
+        if info
+            .lines()
+            .any(|l| l.starts_with("Persistent:") && l.ends_with("no"))
+            && bed
+                .exec(k, &["virsh", "-q", "net-destroy", "lab-vpp"])
+                .is_ok()
+        {
+            say(&format!("hv{k}: removed the floor's network lab-vpp"));
+        }
+    }
     for (k, node) in nodes {
         let ds = format!("{}/{node}", bed.pool);
         let marked = bed
@@ -205,6 +220,42 @@ fn remove_floor_leftovers(bed: &lab_testbed::Testbed, nodes: &[(u32, String)]) {
         }
         let _ = bed.exec(*k, &["rmdir", &format!("/var/lib/lab/staging/{node}")]);
         say(&format!("hv{k}: removed the floor's {ds}"));
+    }
+}
+
+/// Waits until the guests' consoles report `expected` successful link pings in all, and
+/// returns when; a failed ping, or none for three minutes, is an error.
+fn wait_for_pings(
+    bed: &lab_testbed::Testbed,
+    nodes: &[(u32, String)],
+    expected: usize,
+) -> Result<Instant> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let (mut ok, mut failed) = (0, Vec::new());
+        for (k, node) in nodes {
+            let log = std::fs::read_to_string(bed.console_log(*k, node)).unwrap_or_default();
+            for line in log.lines().filter(|l| l.contains("LAB-GUEST-PING:")) {
+                if line.trim_end().ends_with(" ok") {
+                    ok += 1;
+                } else {
+                    failed.push(format!("hv{k}/{node}: {}", line.trim()));
+                }
+            }
+        }
+        if !failed.is_empty() {
+            return Err(format!(
+                "links that did not pass traffic: {}",
+                failed.join("; ")
+            ));
+        }
+        if ok >= expected {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("only {ok} of {expected} link pings after 180 s"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 
@@ -273,19 +324,47 @@ fn create_and_time(
         })?;
         Ok(start.elapsed().as_secs_f64())
     };
-    let floor_create = floor_step(
-        r#"set -e; st=/var/lib/lab/staging/$2
+    // The management network of each hypervisor, transient (gone with net-destroy), from the
+    // same definition lab uses; made before the nodes and removed after them, as lab does.
+    let floor_networks = |up: bool| -> Result<f64> {
+        let start = Instant::now();
+        for k in 0..3u32 {
+            let xml = build.join(format!("bird/_networks/hv{k}/lab-vpp.xml"));
+            let args: Vec<String> = if up {
+                vec![
+                    "virsh".into(),
+                    "-q".into(),
+                    "net-create".into(),
+                    xml.to_string_lossy().into_owned(),
+                ]
+            } else {
+                vec![
+                    "virsh".into(),
+                    "-q".into(),
+                    "net-destroy".into(),
+                    "lab-vpp".into(),
+                ]
+            };
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            bed.exec(k, &args).map_err(|e| e.to_string())?;
+        }
+        Ok(start.elapsed().as_secs_f64())
+    };
+    let floor_net_up = floor_networks(true)?;
+    let floor_create = floor_net_up
+        + floor_step(
+            r#"set -e; st=/var/lib/lab/staging/$2
 zfs clone -o mountpoint=$st -o lab-bench:floor=yes "$5" "$1/$2"
 rsync -aH --numeric-ids --chown=0:0 "$3/" "$st/"
 zfs umount "$1/$2"
 virsh -q define "$4" >/dev/null
 virsh -q start "$2" >/dev/null"#,
-    )?;
+        )?;
     let floor_destroy = floor_step(
         r#"set -e; virsh -q destroy "$2" >/dev/null; virsh -q undefine "$2" >/dev/null
 if [ "$(zfs get -H -o value mounted "$1/$2")" = yes ]; then zfs umount "$1/$2"; fi
 zfs destroy "$1/$2"; rmdir /var/lib/lab/staging/$2"#,
-    )?;
+    )? + floor_networks(false)?;
 
     // lab itself, counting the ssh connections each hypervisor's sshd accepts.
     let accepted = |k: u32| {
@@ -310,6 +389,8 @@ zfs destroy "$1/$2"; rmdir /var/lib/lab/staging/$2"#,
         .map_err(|e| e.to_string())?;
     }
     let booted = start.elapsed().as_secs_f64();
+    let pinged = wait_for_pings(bed, nodes, 30)?;
+    let pinged = pinged.duration_since(start).as_secs_f64();
     let mid: Vec<usize> = (0..3).map(accepted).collect();
     let destroy = lab(&["-q", "destroy", "--lab", "labs/vpp.yaml", "--yes"])?;
     let destroy_conns: Vec<usize> = (0..3).map(|k| accepted(k) - mid[k as usize]).collect();
@@ -322,102 +403,10 @@ zfs destroy "$1/$2"; rmdir /var/lib/lab/staging/$2"#,
     println!("lab destroy: {destroy:.2} s wall (floor without ssh: {floor_destroy:.2} s)");
     println!("every guest printed its hostname {booted:.2} s after create started");
     println!(
+        "every link pinged both ways (30 pings over 15 links) {pinged:.2} s after create started"
+    );
+    println!(
         "ssh connections accepted per hypervisor: create {create_conns:?}, destroy {destroy_conns:?} (target 1 each)"
     );
-    Ok(())
-}
-
-/// `lab proto sync` of a 200 MB change to hv1 and hv2 through the controller, beside the floor:
-/// `ssh hv0 zfs send -I | ssh hvK zfs recv` by hand, both targets at once, for a second
-/// 200 MB change of the same kind.
-pub fn proto(root: &Path) -> Result {
-    use lab_testbed::{Testbed, UpOptions};
-    let bed = Testbed::default();
-    bed.up(&UpOptions::default(), &mut |l| say(l))
-        .map_err(|e| e.to_string())?;
-    cargo(&["build", "--release", "--quiet", "-p", "lab"])?;
-    let lab_bin = root.join("target/release/lab");
-    let dir = tempdir()?;
-    let ds = format!("{}/proto-bench", bed.pool);
-    for k in 0..bed.hypervisors {
-        let _ = bed.exec(k, &["zfs", "destroy", "-r", &ds]);
-    }
-    let exec0 = |script: &str| -> Result<String> {
-        bed.exec(0, &["sh", "-c", script])
-            .map_err(|e| e.to_string())
-    };
-    exec0(&format!(
-        "zfs create {ds} && head -c 16M /dev/urandom > /{ds}/base"
-    ))?;
-    let fleet = dir.join("fleet.yaml");
-    std::fs::write(
-        &fleet,
-        format!(
-            "include: {}\ndefaults:\n  hypervisor:\n    proto: {ds}\nproto: {{source: hv0}}\n",
-            root.join("labs/testbed.yaml").display()
-        ),
-    )
-    .map_err(|e| e.to_string())?;
-    let lab = |args: &[&str]| -> Result<(f64, String)> {
-        let start = Instant::now();
-        let out = Command::new(&lab_bin)
-            .args(args)
-            .arg("--lab")
-            .arg(&fleet)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!(
-                "lab {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok((
-            start.elapsed().as_secs_f64(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        ))
-    };
-    lab(&["proto", "release", "--name", "b0-release"])?;
-    lab(&["proto", "sync"])?;
-
-    exec0(&format!(
-        "head -c 200M /dev/urandom > /{ds}/change1 && sync"
-    ))?;
-    lab(&["proto", "release", "--name", "b1-release"])?;
-    let (wall, json) = lab(&["--format", "json", "proto", "sync"])?;
-    let report: serde_json::Value = serde_json::from_str(&json).map_err(|e| e.to_string())?;
-    say(&format!(
-        "lab proto sync, 200 MiB change to 2 targets: {wall:.2} s"
-    ));
-    for t in report["targets"].as_array().into_iter().flatten() {
-        let bytes = t["bytes"].as_u64().unwrap_or(0);
-        say(&format!(
-            "  {}: {} bytes ({:.1} MiB), {} snapshot(s)",
-            t["host"].as_str().unwrap_or("?"),
-            bytes,
-            bytes as f64 / 1048576.0,
-            t["snapshots"]
-        ));
-    }
-
-    // The floor: the same kind of change, piped by hand through this machine.
-    exec0(&format!(
-        "head -c 200M /dev/urandom > /{ds}/change2 && sync && zfs snapshot {ds}@b2-release"
-    ))?;
-    let start = Instant::now();
-    let pipes = format!(
-        "ssh hv0 zfs send -I {ds}@b1-release {ds}@b2-release | ssh hv1 zfs recv -u {ds} & \
-         ssh hv0 zfs send -I {ds}@b1-release {ds}@b2-release | ssh hv2 zfs recv -u {ds} & wait"
-    );
-    lab_testbed::bash(&pipes).map_err(|e| e.to_string())?;
-    say(&format!(
-        "floor: ssh zfs send -I | ssh zfs recv by hand, 2 targets at once: {:.2} s",
-        start.elapsed().as_secs_f64()
-    ));
-    for k in 0..bed.hypervisors {
-        let _ = bed.exec(k, &["zfs", "destroy", "-r", &ds]);
-    }
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Project workflows: `cargo xtask testbed|demo|ci|bench`.
 
 mod bench;
+mod bench_proto;
 mod tidy;
 
 use std::path::{Path, PathBuf};
@@ -82,7 +83,7 @@ fn main() -> ExitCode {
         Cmd::Bench { which, nodes } => match which.as_str() {
             "generate" => bench::generate(&root(), nodes),
             "create" => bench::create(&root()),
-            "proto" => bench::proto(&root()),
+            "proto" => bench_proto::proto(&root()),
             _ => unreachable!("clap checked the value"),
         },
     };
@@ -239,6 +240,29 @@ fn demo() -> Result {
             say(&format!("  hv{k}/{node}: {line}"));
         }
     }
+    say("");
+    say("Each got its planned management address by DHCP and pinged its link peers:");
+    let mut pings = (0, 0);
+    for k in 0..3 {
+        for n in 1..=4 {
+            let node = format!("vpp{k}-{n}");
+            let mgmt = bed
+                .wait_for_console(k, &node, "LAB-GUEST-MGMT:", Duration::from_secs(120))
+                .map_err(|e| e.to_string())?;
+            let log = std::fs::read_to_string(bed.console_log(k, &node)).unwrap_or_default();
+            let ok = log.matches("LAB-GUEST-PING:").count();
+            pings.0 += log
+                .lines()
+                .filter(|l| l.contains("LAB-GUEST-PING:") && l.trim_end().ends_with(" ok"))
+                .count();
+            pings.1 += ok;
+            say(&format!("  hv{k}/{node}: {mgmt}"));
+        }
+    }
+    say(&format!(
+        "  link pings so far: {} ok of {} reported (30 when every guest is done)",
+        pings.0, pings.1
+    ));
     say("");
     run(&["status", "--lab", "labs/vpp.yaml"])?;
     say("");

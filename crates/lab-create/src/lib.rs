@@ -8,15 +8,17 @@
 
 mod apply;
 mod decide;
+mod network;
 
 use std::collections::HashMap;
 
 use lab_exec::Executor;
-use lab_generate::NodeBuild;
-use lab_hv::{Events, NodeReport, Snapshot, resolve_snapshot};
+use lab_generate::{NetworkBuild, NodeBuild};
+use lab_hv::{Events, NetworkReport, NodeReport, Outcome, Snapshot, resolve_snapshot};
 use lab_model::{Lab, LabNode};
 
 pub use decide::{Ask, Decision, decide};
+pub use network::{NetworkDecision, decide_network};
 
 /// What to create, after `generate` has written the build.
 pub struct CreateRequest<'a> {
@@ -24,6 +26,8 @@ pub struct CreateRequest<'a> {
     pub nodes: Vec<&'a LabNode>,
     /// Per node name: its generated tree, overlay digest and rendered domain XML.
     pub builds: HashMap<String, NodeBuild>,
+    /// Per hypervisor name: the management network lab defines there, as rendered.
+    pub networks: HashMap<String, NetworkBuild>,
     /// Replace this lab's running domains and complete clones.
     pub force: bool,
     /// `user@controller`, recorded on every clone.
@@ -44,6 +48,15 @@ pub enum PlanError {
         spec: String,
         found: String,
     },
+    #[error("{host}: {message}; nothing was changed")]
+    Network { host: String, message: String },
+}
+
+/// What `create` did: each hypervisor's management network, then each node.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CreateReport {
+    pub networks: Vec<NetworkReport>,
+    pub nodes: Vec<NodeReport>,
 }
 
 /// Creates the nodes. Every reachable hypervisor must have a snapshot that matches its setting
@@ -52,7 +65,7 @@ pub async fn create(
     exec: &Executor,
     req: &CreateRequest<'_>,
     events: Events<'_>,
-) -> Result<Vec<NodeReport>, PlanError> {
+) -> Result<CreateReport, PlanError> {
     let states = lab_hv::run::probe_nodes(exec, req.lab, &req.nodes).await;
     let mut picked: HashMap<&str, Snapshot> = HashMap::new();
     for hv in req.lab.hypervisors_of(&req.nodes) {
@@ -74,19 +87,81 @@ pub async fn create(
             }
         }
     }
+    // Every management network is decided before anything changes: a refusal changes nothing.
+    let mut decisions = Vec::new();
+    for hv in req.lab.hypervisors_of(&req.nodes) {
+        let Some(Ok(state)) = states.get(hv.name.as_str()) else {
+            continue;
+        };
+        let here: Vec<&LabNode> = req
+            .lab
+            .nodes
+            .iter()
+            .filter(|n| n.hypervisor == hv.name)
+            .collect();
+        let build = req.networks.get(&hv.name);
+        match network::decide_for(&req.lab.name, hv, &here, state, build) {
+            NetworkDecision::Refuse(message) => {
+                return Err(PlanError::Network {
+                    host: hv.name.clone(),
+                    message,
+                });
+            }
+            decision => decisions.push((hv, decision, build)),
+        }
+    }
+    let lab = &req.lab.name;
+    let networks: Vec<NetworkReport> = if exec.is_live() {
+        let jobs = decisions
+            .iter()
+            .map(|(hv, decision, build)| network::apply(exec, lab, hv, decision, *build));
+        lab_hv::run::join_all(jobs.collect()).await
+    } else {
+        // One at a time, so that each report carries exactly its own recorded commands.
+        let mut out = Vec::new();
+        for (hv, decision, build) in &decisions {
+            out.push(network::apply(exec, lab, hv, decision, *build).await);
+        }
+        out
+    }
+    .into_iter()
+    .flatten()
+    .collect();
+    let network_failed: HashMap<&str, String> = networks
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            Outcome::Failed { step, error, .. } => {
+                Some((r.hypervisor.as_str(), format!("{step}: {error}")))
+            }
+            _ => None,
+        })
+        .collect();
+
     let picked = &picked;
-    Ok(lab_hv::run::each_node(
+    let network_failed = &network_failed;
+    let nodes = lab_hv::run::each_node(
         exec,
         req.lab,
         &req.nodes,
         &states,
         events,
         |hv, node, state| async move {
+            if let Some(error) = network_failed.get(hv.name.as_str()) {
+                return NodeReport::new(
+                    node,
+                    Outcome::Failed {
+                        step: "network".to_owned(),
+                        error: error.clone(),
+                        rolled_back: false,
+                    },
+                );
+            }
             let snap = &picked[hv.name.as_str()];
             apply::node(exec, req, hv, node, &state, snap, events).await
         },
     )
-    .await)
+    .await;
+    Ok(CreateReport { networks, nodes })
 }
 
 fn names(snaps: &[Snapshot]) -> String {

@@ -6,10 +6,12 @@
 //! `lab:lab` and `lab:node` name this lab and node and its origin is a snapshot of the proto);
 //! `zfs destroy` is never recursive; a domain is undefined only when its marker says so.
 
+use std::collections::HashSet;
+
 use lab_exec::{Cmd, Executor};
-use lab_hv::own::{CloneFacts, NodeFacts};
+use lab_hv::own::{CloneFacts, NetworkFacts, NodeFacts, network_facts};
 use lab_hv::run::{failed, run_patiently, step_events};
-use lab_hv::{Events, HostState, NodeReport, Outcome, cmd};
+use lab_hv::{Events, HostState, NetworkReport, NodeReport, Outcome, cmd};
 use lab_model::{Hypervisor, Lab, LabNode};
 
 pub struct DestroyRequest<'a> {
@@ -60,14 +62,21 @@ pub fn decide(facts: &NodeFacts) -> Plan {
     }
 }
 
+/// What `destroy` did: each node, then each hypervisor's management network.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DestroyReport {
+    pub nodes: Vec<NodeReport>,
+    pub networks: Vec<NetworkReport>,
+}
+
 pub async fn destroy(
     exec: &Executor,
     req: &DestroyRequest<'_>,
     events: Events<'_>,
-) -> Vec<NodeReport> {
+) -> DestroyReport {
     let lab = &req.lab.name;
     let states = lab_hv::run::probe_nodes(exec, req.lab, &req.nodes).await;
-    lab_hv::run::each_node(
+    let nodes = lab_hv::run::each_node(
         exec,
         req.lab,
         &req.nodes,
@@ -75,7 +84,77 @@ pub async fn destroy(
         events,
         |hv, node, state| async move { destroy_node(exec, lab, hv, node, &state, events).await },
     )
-    .await
+    .await;
+    // A hypervisor's network goes after its nodes, when every node of the lab there is gone.
+    let gone: HashSet<&str> = nodes
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Done | Outcome::Unchanged { .. }))
+        .map(|r| r.node.as_str())
+        .collect();
+    let mut networks = Vec::new();
+    for hv in req.lab.hypervisors_of(&req.nodes) {
+        let (true, Some(name), Some(Ok(state))) = (
+            hv.mgmt.owned,
+            hv.mgmt.network.as_deref(),
+            states.get(hv.name.as_str()),
+        ) else {
+            continue;
+        };
+        let NetworkFacts::Ours { active, .. } = network_facts(state, name, lab) else {
+            continue;
+        };
+        let report = |outcome, action: &str, commands| NetworkReport {
+            hypervisor: hv.name.clone(),
+            network: name.to_owned(),
+            outcome,
+            action: Some(action.to_owned()),
+            commands,
+        };
+        let remaining: Vec<&str> = req
+            .lab
+            .nodes
+            .iter()
+            .filter(|n| n.hypervisor == hv.name && !gone.contains(n.name.as_str()))
+            .map(|n| n.name.as_str())
+            .collect();
+        if !remaining.is_empty() {
+            networks.push(report(
+                Outcome::Skipped {
+                    reason: format!("nodes of the lab remain here: {}", remaining.join(", ")),
+                },
+                "kept",
+                Vec::new(),
+            ));
+            continue;
+        }
+        let mut steps = Vec::new();
+        if active {
+            steps.push(cmd::stop_network(name));
+        }
+        steps.push(cmd::undefine_network(name));
+        let before = exec.recorded().len();
+        let mut outcome = Outcome::Done;
+        for c in &steps {
+            if let Err(e) = exec.run(&hv.name, c).await {
+                outcome = Outcome::Failed {
+                    step: "remove network".to_owned(),
+                    error: e.to_string(),
+                    rolled_back: false,
+                };
+                break;
+            }
+        }
+        let commands = if exec.is_live() {
+            Vec::new()
+        } else {
+            exec.recorded()[before..]
+                .iter()
+                .map(|c| c.line.clone())
+                .collect()
+        };
+        networks.push(report(outcome, "removed", commands));
+    }
+    DestroyReport { nodes, networks }
 }
 
 async fn destroy_node(

@@ -33,6 +33,55 @@ impl NodePaths {
     }
 }
 
+/// Where a hypervisor's management network definition lives: beside the node trees, under a
+/// name no hypervisor can have (`_networks`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkPaths {
+    pub xml: PathBuf,
+}
+
+impl NetworkPaths {
+    pub fn of(build_dir: &Path, overlay: &str, hypervisor: &str, network: &str) -> NetworkPaths {
+        NetworkPaths {
+            xml: build_dir
+                .join(overlay)
+                .join("_networks")
+                .join(hypervisor)
+                .join(format!("{network}.xml")),
+        }
+    }
+}
+
+/// A management network as `create` needs it.
+#[derive(Debug, Clone)]
+pub struct NetworkBuild {
+    pub name: String,
+    pub xml: Vec<u8>,
+    /// Recorded in the network's ownership mark: a changed definition is seen by its digest.
+    pub sha256: String,
+}
+
+/// Reads back the management network `generate` rendered for `hv`, when lab owns it there.
+pub fn read_network(
+    build_dir: &Path,
+    overlay: &str,
+    hv: &lab_model::Hypervisor,
+) -> Result<Option<NetworkBuild>, GenerateError> {
+    let (true, Some(name)) = (hv.mgmt.owned, &hv.mgmt.network) else {
+        return Ok(None);
+    };
+    let path = NetworkPaths::of(build_dir, overlay, &hv.name, name).xml;
+    let xml = std::fs::read(&path).map_err(|e| GenerateError::Build {
+        path: path.clone(),
+        message: format!("{e} (run `lab generate` first, or drop --no-generate)"),
+    })?;
+    Ok(Some(NetworkBuild {
+        name: name.clone(),
+        sha256: crate::write::sha256_hex(&xml),
+        xml,
+    }))
+}
+
 /// What kind of path a manifest entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -93,6 +142,23 @@ pub struct NodeBuild {
     pub digest: String,
     /// The rendered libvirt domain, when the overlay has one.
     pub domain_xml: Option<Vec<u8>>,
+}
+
+impl NodeBuild {
+    /// The MACs of the NICs in the built domain definition, in order (`<mac address=.../>`).
+    pub fn domain_macs(&self) -> Option<Vec<String>> {
+        let xml = String::from_utf8_lossy(self.domain_xml.as_ref()?);
+        Some(
+            xml.split("<mac address=")
+                .skip(1)
+                .filter_map(|rest| {
+                    let quote = rest.chars().next()?;
+                    let rest = &rest[1..];
+                    Some(rest[..rest.find(quote)?].to_ascii_lowercase())
+                })
+                .collect(),
+        )
+    }
 }
 
 /// Reads back what `generate` wrote for `node`. A missing or foreign manifest, or a domain

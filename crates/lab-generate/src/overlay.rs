@@ -10,6 +10,8 @@ use crate::GenerateError;
 /// Top-level names of an overlay that are not part of the guest's tree.
 pub const BLOBS_DIR: &str = "blobs";
 pub const DOMAIN_TEMPLATE: &str = "domain.xml.j2";
+/// Renders a hypervisor's management network (libvirt network XML), once per hypervisor.
+pub const NETWORK_TEMPLATE: &str = "network.xml.j2";
 
 /// One entry of a guest tree, by path relative to the tree's root.
 #[derive(Debug, Clone)]
@@ -37,6 +39,7 @@ pub struct Overlay {
     pub entries: Vec<Entry>,
     pub templates: Vec<(String, String)>,
     pub has_domain: bool,
+    pub has_network: bool,
 }
 
 impl Overlay {
@@ -53,9 +56,11 @@ impl Overlay {
         }
         let mut entries = Vec::new();
         let mut templates = Vec::new();
-        let mut has_domain = false;
-        let skip_top =
-            |rel: &Path| rel == Path::new(BLOBS_DIR) || rel == Path::new(DOMAIN_TEMPLATE);
+        let skip_top = |rel: &Path| {
+            [BLOBS_DIR, DOMAIN_TEMPLATE, NETWORK_TEMPLATE]
+                .iter()
+                .any(|top| rel == Path::new(top))
+        };
         for item in walk(dir, &skip_top)? {
             let (rel, kind, mode) = item;
             match kind {
@@ -96,15 +101,21 @@ impl Overlay {
                 }
             }
         }
-        let domain = dir.join(DOMAIN_TEMPLATE);
-        if domain.is_file() {
-            let source = fs::read_to_string(&domain).map_err(|source| GenerateError::Io {
-                path: domain.clone(),
+        // The templates beside the guest tree: rendered into the build, not into the guest.
+        let mut beside = |name: &str| -> Result<bool, GenerateError> {
+            let path = dir.join(name);
+            if !path.is_file() {
+                return Ok(false);
+            }
+            let source = fs::read_to_string(&path).map_err(|source| GenerateError::Io {
+                path: path.clone(),
                 source,
             })?;
-            templates.push((DOMAIN_TEMPLATE.to_owned(), source));
-            has_domain = true;
-        }
+            templates.push((name.to_owned(), source));
+            Ok(true)
+        };
+        let has_domain = beside(DOMAIN_TEMPLATE)?;
+        let has_network = beside(NETWORK_TEMPLATE)?;
         entries.sort_by(|a, b| a.rel.cmp(&b.rel));
         if let Some(pair) = entries.windows(2).find(|w| w[0].rel == w[1].rel) {
             return Err(GenerateError::Overlay {
@@ -117,6 +128,7 @@ impl Overlay {
             entries,
             templates,
             has_domain,
+            has_network,
         })
     }
 

@@ -248,7 +248,10 @@ fn dir_entry(mode: u32) -> ManifestEntry {
 }
 
 /// Writes `path` atomically: a temporary file beside it, then a rename.
-fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), GenerateError> {
+pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), GenerateError> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(io(parent))?;
+    }
     let name = path
         .file_name()
         .expect("output files have names")

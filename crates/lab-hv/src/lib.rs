@@ -21,9 +21,11 @@ use lab_model::{Hypervisor, Lab, LabNode, SnapshotSpec};
 
 pub use clock::{now, owner, utc};
 pub use lock::{Holder, LockError, Locks, lock};
-pub use report::{Event, Events, NodeReport, Outcome, Summary, summary};
-pub use state::{Dataset, Domain, HostState, Pin, ProtoState, Snapshot};
-pub use status::{NodeStatus, Orphan, StatusReport, status};
+pub use report::{Event, Events, NetworkReport, NodeReport, Outcome, Summary, summary};
+pub use state::{
+    Dataset, Detail, Domain, HostState, Network, NetworkMarker, Pin, ProtoState, Snapshot,
+};
+pub use status::{Expected, NetworkStatus, NodeStatus, Orphan, StatusReport, status};
 
 /// The executor targets for the hypervisors that carry `nodes`.
 pub fn targets(lab: &Lab, nodes: &[&LabNode]) -> Vec<Target> {

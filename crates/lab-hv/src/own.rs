@@ -34,6 +34,40 @@ pub fn domain_marker(lab: &str, node: &str) -> String {
     format!("<lab lab=\"{lab}\" node=\"{node}\"/>")
 }
 
+/// The metadata that marks a libvirt network as defined by `lab` for `lab`, with the digest
+/// of the definition it was made from (so that a changed definition is seen).
+pub fn network_marker(lab: &str, sha256: &str) -> String {
+    format!("<lab:net xmlns:lab=\"{DOMAIN_NS}\" lab=\"{lab}\" sha256=\"{sha256}\"/>")
+}
+
+/// A lab's management network on one hypervisor, as far as ownership goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetworkFacts {
+    Absent,
+    /// This lab's: defined from the definition with digest `sha256`.
+    Ours {
+        active: bool,
+        sha256: String,
+    },
+    /// A network of that name that this lab did not make, and why.
+    Foreign(String),
+}
+
+/// Whether the network `name` on a hypervisor is this lab's.
+pub fn network_facts(state: &HostState, name: &str, lab: &str) -> NetworkFacts {
+    match state.networks.get(name) {
+        None => NetworkFacts::Absent,
+        Some(net) => match &net.marker {
+            Some(m) if m.lab == lab => NetworkFacts::Ours {
+                active: net.active,
+                sha256: m.sha256.clone(),
+            },
+            Some(m) => NetworkFacts::Foreign(format!("network {name} belongs to lab `{}`", m.lab)),
+            None => NetworkFacts::Foreign(format!("network {name} exists and was not made by lab")),
+        },
+    }
+}
+
 /// Whether a marker read back says this lab and node.
 pub fn marker_matches(text: &str, lab: &str, node: &str) -> bool {
     text.contains(&format!("lab=\"{lab}\"")) && text.contains(&format!("node=\"{node}\""))

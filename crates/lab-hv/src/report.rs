@@ -100,3 +100,18 @@ pub struct Summary {
     pub skipped: usize,
     pub failed: usize,
 }
+
+/// What create or destroy did with a hypervisor's management network.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NetworkReport {
+    pub hypervisor: String,
+    pub network: String,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// What was done, in words: `defined and started`, `started`, `removed` ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// With `--dry-run`: the commands that would run, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<String>,
+}

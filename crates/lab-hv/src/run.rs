@@ -45,11 +45,12 @@ pub async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
 pub async fn probe_all<'a>(
     exec: &Executor,
     hypervisors: &[&'a Hypervisor],
+    detail: state::Detail,
 ) -> HashMap<&'a str, Result<HostState, ExecError>> {
     let probes = join_all(
         hypervisors
             .iter()
-            .map(|hv| state::probe(exec, hv))
+            .map(|hv| state::probe_with(exec, hv, detail))
             .collect(),
     )
     .await;
@@ -65,7 +66,7 @@ pub type States<'a> = HashMap<&'a str, Result<Arc<HostState>, ExecError>>;
 
 /// Probes the hypervisors that carry `nodes`.
 pub async fn probe_nodes<'a>(exec: &Executor, lab: &'a Lab, nodes: &[&LabNode]) -> States<'a> {
-    probe_all(exec, &lab.hypervisors_of(nodes))
+    probe_all(exec, &lab.hypervisors_of(nodes), state::Detail::Normal)
         .await
         .into_iter()
         .map(|(k, v)| (k, v.map(Arc::new)))

@@ -18,6 +18,22 @@ echo '#datasets'
 zfs list -H -o name -t filesystem,volume -r "$1" 2>/dev/null | xargs -r -d '\n' zfs get -H -p -o name,property,value origin,mounted,type,lab:lab,lab:node,lab:owner,lab:origin,lab:origin-guid,lab:overlay-sha256,lab:created,lab:state,lab:synced,lab:sync-error 2>/dev/null || true
 echo '#domains'
 virsh -q list --all 2>/dev/null || true
+echo '#networks'
+virsh -q net-list --all 2>/dev/null | while read -r name state rest; do
+  [ -n "$name" ] || continue
+  case $name in
+    lab-*) mark=$(virsh net-dumpxml --inactive "$name" 2>/dev/null | grep -o '<lab:net [^>]*>' | head -n 1) ;;
+    *) mark= ;;
+  esac
+  printf '%s\t%s\t%s\n' "$name" "$state" "$mark"
+done
+if [ "$3" = nics ]; then
+  echo '#nics'
+  virsh -q list --all --name 2>/dev/null | while read -r dom; do
+    [ -n "$dom" ] || continue
+    virsh -q domiflist "$dom" 2>/dev/null | while read -r _ _ _ _ mac; do printf '%s\t%s\n' "$dom" "$mac"; done
+  done
+fi
 echo '#end'
 "#;
 
@@ -82,6 +98,31 @@ pub struct Pin {
     pub node: Option<String>,
 }
 
+/// A libvirt network.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Network {
+    pub name: String,
+    pub active: bool,
+    /// `lab`'s ownership mark in the network's metadata (read for `lab-*` networks only).
+    pub marker: Option<NetworkMarker>,
+}
+
+/// What `lab` records in a network it defines: the lab, and the digest of its definition.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NetworkMarker {
+    pub lab: String,
+    pub sha256: String,
+}
+
+/// How much a probe reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// Snapshots, datasets, domains and networks.
+    Normal,
+    /// Also every domain's NICs (one `virsh domiflist` per domain): for `status`.
+    Nics,
+}
+
 /// What one hypervisor holds.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct HostState {
@@ -89,6 +130,9 @@ pub struct HostState {
     /// Every filesystem and volume of the proto's pool, by name.
     pub datasets: BTreeMap<String, Dataset>,
     pub domains: BTreeMap<String, Domain>,
+    pub networks: BTreeMap<String, Network>,
+    /// Domain → the MACs of its NICs, in order (with [`Detail::Nics`] only).
+    pub nics: BTreeMap<String, Vec<String>>,
 }
 
 impl HostState {
@@ -120,7 +164,7 @@ pub fn pool_of(dataset: &str) -> &str {
 }
 
 /// The probe, as a command.
-pub fn probe_cmd(hv: &Hypervisor) -> Cmd {
+pub fn probe_cmd(hv: &Hypervisor, detail: Detail) -> Cmd {
     Cmd::query([
         "sh",
         "-c",
@@ -128,12 +172,25 @@ pub fn probe_cmd(hv: &Hypervisor) -> Cmd {
         "lab-probe",
         pool_of(&hv.proto),
         hv.proto.as_str(),
+        match detail {
+            Detail::Normal => "normal",
+            Detail::Nics => "nics",
+        },
     ])
 }
 
 /// Reads `hv` in one round trip.
 pub async fn probe(exec: &Executor, hv: &Hypervisor) -> Result<HostState, ExecError> {
-    let out = exec.run(&hv.name, &probe_cmd(hv)).await?;
+    probe_with(exec, hv, Detail::Normal).await
+}
+
+/// Reads `hv` in one round trip, with `detail`.
+pub async fn probe_with(
+    exec: &Executor,
+    hv: &Hypervisor,
+    detail: Detail,
+) -> Result<HostState, ExecError> {
+    let out = exec.run(&hv.name, &probe_cmd(hv, detail)).await?;
     Ok(parse(&hv.proto, &out.stdout))
 }
 
@@ -152,7 +209,7 @@ pub fn parse(proto: &str, text: &str) -> HostState {
     for line in text.lines() {
         if let Some(s) = line.strip_prefix('#') {
             section = match s {
-                "snapshots" | "datasets" | "domains" => s,
+                "snapshots" | "datasets" | "domains" | "networks" | "nics" => s,
                 _ => "",
             };
             continue;
@@ -221,6 +278,32 @@ pub fn parse(proto: &str, text: &str) -> HostState {
                     },
                 );
             }
+            "networks" => {
+                let mut f = line.splitn(3, '\t');
+                let (Some(name), Some(active)) = (f.next(), f.next()) else {
+                    continue;
+                };
+                let marker = f.next().and_then(parse_network_marker);
+                state.networks.insert(
+                    name.to_owned(),
+                    Network {
+                        name: name.to_owned(),
+                        active: active == "active",
+                        marker,
+                    },
+                );
+            }
+            "nics" => {
+                if let Some((domain, mac)) = line.split_once('\t')
+                    && !mac.is_empty()
+                {
+                    state
+                        .nics
+                        .entry(domain.to_owned())
+                        .or_default()
+                        .push(mac.to_ascii_lowercase());
+                }
+            }
             _ => {}
         }
     }
@@ -233,6 +316,24 @@ pub fn parse(proto: &str, text: &str) -> HostState {
         state.proto.last_error = ds.prop(prop::SYNC_ERROR).map(str::to_owned);
     }
     state
+}
+
+/// `<lab:net xmlns:lab="..." lab="LAB" sha256="HEX"/>` as read back from libvirt.
+fn parse_network_marker(text: &str) -> Option<NetworkMarker> {
+    let attr = |key: &str| -> Option<String> {
+        for quote in ['"', '\''] {
+            let open = format!(" {key}={quote}");
+            if let Some(start) = text.find(&open) {
+                let rest = &text[start + open.len()..];
+                return rest.find(quote).map(|end| rest[..end].to_owned());
+            }
+        }
+        None
+    };
+    Some(NetworkMarker {
+        lab: attr("lab")?,
+        sha256: attr("sha256")?,
+    })
 }
 
 /// `name TAB property TAB value`.
@@ -252,7 +353,9 @@ mod tests {
             #datasets\n\
             p\torigin\t-\np/proto\tlab:synced\t1234\np/proto\tlab:sync-error\t-\n\
             p/r1\torigin\tp/proto@a\np/r1\tmounted\tno\np/r1\tlab:lab\tdemo\np/r1\tlab:node\t-\np/r1\tlab:owner\tops@ctl\np/r1@s\tlab:lab\tx\n\
-            #domains\n 3    r1   running\n -    r2   shut off\n#end\n";
+            #domains\n 3    r1   running\n -    r2   shut off\n\
+            #networks\nlab-demo\tactive\t<lab:net xmlns:lab='https://lab.invalid/schema/1' lab='demo' sha256='ab12'/>\ndefault\tinactive\t\n\
+            #nics\nr1\t52:54:00:01:00:01\nr1\t52:54:01:01:00:01\n#end\n";
         let s = parse("p/proto", text);
         assert_eq!(
             s.proto
@@ -274,6 +377,16 @@ mod tests {
         assert!(!s.datasets.contains_key("p/r1@s"));
         assert!(s.domain_running("r1"));
         assert_eq!(s.domains["r2"].state, "shut off");
+        assert_eq!(
+            s.networks["lab-demo"].marker,
+            Some(NetworkMarker {
+                lab: "demo".into(),
+                sha256: "ab12".into()
+            })
+        );
+        assert!(s.networks["lab-demo"].active);
+        assert!(!s.networks["default"].active && s.networks["default"].marker.is_none());
+        assert_eq!(s.nics["r1"], ["52:54:00:01:00:01", "52:54:01:01:00:01"]);
         assert_eq!(
             s.pins(),
             [Pin {

@@ -28,8 +28,36 @@ pub struct NodeStatus {
     pub overlay_drift: Option<bool>,
     /// A newer proto snapshot than the clone's origin matches the lab's snapshot setting.
     pub newer_snapshot: Option<String>,
+    /// How the domain's NICs differ from the built definition's (MACs missing or extra,
+    /// a MAC twice), when they do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nic_drift: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// A hypervisor's management network, as status sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NetworkStatus {
+    pub hypervisor: String,
+    pub network: String,
+    /// `active`, `inactive` or `absent`.
+    pub state: &'static str,
+    /// Whether lab made it for this lab (false for an operator's network).
+    pub ours: bool,
+    /// lab's own network was defined from another definition than the current build's.
+    pub definition_drift: Option<bool>,
+}
+
+/// What the current build says a node and a network should be, for drift.
+#[derive(Debug, Clone, Default)]
+pub struct Expected {
+    /// Per node: the overlay digest.
+    pub digests: HashMap<String, String>,
+    /// Per node: the MACs of the built domain definition's NICs.
+    pub macs: HashMap<String, Vec<String>>,
+    /// Per hypervisor: the digest of the built management network definition.
+    pub networks: HashMap<String, String>,
 }
 
 /// A clone of this lab that the lab file no longer names.
@@ -46,18 +74,19 @@ pub struct StatusReport {
     pub lab: String,
     pub nodes: Vec<NodeStatus>,
     pub orphans: Vec<Orphan>,
+    pub networks: Vec<NetworkStatus>,
 }
 
-/// `digests`: per node, the overlay digest of the current build, when there is one.
+/// `expected`: what the current build says, where there is one.
 pub async fn status(
     exec: &Executor,
     lab: &Lab,
     nodes: &[&LabNode],
-    digests: &HashMap<String, String>,
+    expected: &Expected,
     now: u64,
 ) -> StatusReport {
     let hypervisors = lab.hypervisors_of(nodes);
-    let states = crate::run::probe_all(exec, &hypervisors).await;
+    let states = crate::run::probe_all(exec, &hypervisors, crate::Detail::Nics).await;
     let mut out = Vec::new();
     for node in nodes {
         let hv = lab
@@ -75,11 +104,19 @@ pub async fn status(
             age_seconds: None,
             overlay_drift: None,
             newer_snapshot: None,
+            nic_drift: None,
             error: None,
         };
         match &states[hv.name.as_str()] {
             Err(e) => s.error = Some(e.to_string()),
             Ok(state) => {
+                if let (Some(want), true) = (
+                    expected.macs.get(&node.name),
+                    state.domains.contains_key(&node.name),
+                ) {
+                    let have = state.nics.get(&node.name).cloned().unwrap_or_default();
+                    s.nic_drift = nic_drift(want, &have);
+                }
                 s.domain = state
                     .domains
                     .get(&node.name)
@@ -94,7 +131,8 @@ pub async fn status(
                         .prop(prop::CREATED)
                         .and_then(|c| c.parse::<u64>().ok())
                         .map(|c| now.saturating_sub(c));
-                    s.overlay_drift = digests
+                    s.overlay_drift = expected
+                        .digests
                         .get(&node.name)
                         .map(|d| ds.prop(prop::OVERLAY) != Some(d.as_str()));
                     let newest = resolve_snapshot(&hv.snapshot, &state.proto.snapshots);
@@ -129,9 +167,70 @@ pub async fn status(
             }
         }
     }
+    let mut networks = Vec::new();
+    for hv in &hypervisors {
+        let (Some(name), Ok(state)) = (&hv.mgmt.network, &states[hv.name.as_str()]) else {
+            continue;
+        };
+        let net = state.networks.get(name);
+        let ours = hv.mgmt.owned
+            && net
+                .and_then(|n| n.marker.as_ref())
+                .is_some_and(|m| m.lab == lab.name);
+        networks.push(NetworkStatus {
+            hypervisor: hv.name.clone(),
+            network: name.clone(),
+            state: match net {
+                None => "absent",
+                Some(n) if n.active => "active",
+                Some(_) => "inactive",
+            },
+            ours,
+            definition_drift: match (ours, net.and_then(|n| n.marker.as_ref())) {
+                (true, Some(m)) => expected.networks.get(&hv.name).map(|d| *d != m.sha256),
+                _ => None,
+            },
+        });
+    }
     StatusReport {
         lab: lab.name.clone(),
         nodes: out,
         orphans,
+        networks,
     }
+}
+
+/// How the MACs of a domain's NICs differ from the built ones, or `None` when they do not.
+fn nic_drift(want: &[String], have: &[String]) -> Option<String> {
+    let (mut want, mut have) = (want.to_vec(), have.to_vec());
+    want.sort();
+    have.sort();
+    if want == have {
+        return None;
+    }
+    let missing: Vec<&str> = want
+        .iter()
+        .filter(|m| !have.contains(m))
+        .map(String::as_str)
+        .collect();
+    let extra: Vec<&str> = have
+        .iter()
+        .filter(|m| !want.contains(m))
+        .map(String::as_str)
+        .collect();
+    let mut parts = Vec::new();
+    if !missing.is_empty() {
+        parts.push(format!("missing {}", missing.join(" ")));
+    }
+    if !extra.is_empty() {
+        parts.push(format!("unexpected {}", extra.join(" ")));
+    }
+    if parts.is_empty() {
+        parts.push(format!(
+            "{} NICs where the build has {}",
+            have.len(),
+            want.len()
+        ));
+    }
+    Some(parts.join("; "))
 }

@@ -60,6 +60,21 @@ pub fn mac(bytes: [u8; 3]) -> String {
     )
 }
 
+/// The derived MAC of a node's interface: `52:54:<interface>:<lab>:<hypervisor>:<node>`
+/// (interface 0, management, gives the QEMU-style `52:54:00:...`).
+pub fn interface_mac(interface: u8, lab: u8, hypervisor: u8, node: u8) -> String {
+    format!("52:54:{interface:02x}:{lab:02x}:{hypervisor:02x}:{node:02x}")
+}
+
+/// The last host address of an IPv4 prefix (`192.168.20.0/24` → `192.168.20.254/24`).
+pub fn last_host(net: Ipv4Net) -> Result<Ipv4Net, String> {
+    if net.prefix_len() > 30 {
+        return Err(format!("{net} has no room for a gateway beside its hosts"));
+    }
+    let ip = Ipv4Addr::from(u32::from(net.broadcast()) - 1);
+    Ipv4Net::new(ip, net.prefix_len()).map_err(|e| e.to_string())
+}
+
 /// The modified EUI-64 address of `mac` in an IPv6 /64 (SLAAC).
 pub fn eui64(prefix: Ipv6Net, mac: &str) -> Result<Ipv6Net, String> {
     let octets: Vec<u8> = mac

@@ -8,8 +8,10 @@ mod emit;
 mod error;
 mod links;
 mod load;
+mod mgmt;
 mod model;
 pub mod names;
+mod proto;
 mod resolve;
 mod schema;
 mod select;
@@ -19,7 +21,7 @@ pub use emit::to_yaml;
 pub use error::{Hint, ModelError};
 pub use load::{load, load_fleet, merged_tree};
 pub use model::{
-    Hypervisor, Interface, Lab, LabNode, Overlay, Proto, SnapshotSpec, Storage, Transport,
-    origin_of,
+    Hypervisor, Interface, InterfaceKind, Lab, LabNode, MgmtMode, MgmtNetwork, Overlay, Proto,
+    SnapshotSpec, Storage, Transport, Wire, origin_of,
 };
 pub use tree::{Origin, Tree};

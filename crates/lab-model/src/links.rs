@@ -1,5 +1,6 @@
 //! Links: each `[a, b]` becomes an interface on both nodes (`eth1`, `eth2` ... in link order),
-//! numbered from the lab's point-to-point pools.
+//! numbered from the lab's point-to-point pools and wired by a UDP tunnel; then the checks
+//! that need every interface of the lab (MACs, ports, links per node).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -7,8 +8,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::error::{Hint, ModelError};
-use crate::model::{Interface, LabNode};
-use crate::resolve::{path_of, schema_error};
+use crate::model::{Hypervisor, Interface, InterfaceKind, LabNode, Wire};
+use crate::resolve::{NodeExtras, path_of, schema_error};
 use crate::schema::LabSchema;
 use crate::tree::Tree;
 
@@ -16,6 +17,8 @@ pub(crate) fn resolve_links(
     root: &Tree,
     links: &[[String; 2]],
     lab: &LabSchema,
+    wire_port_base: u16,
+    hypervisors: &[Hypervisor],
     nodes: &mut [LabNode],
 ) -> Result<(), ModelError> {
     let index: HashMap<String, usize> = nodes
@@ -71,11 +74,17 @@ pub(crate) fn resolve_links(
             };
         Ok((v4, v6))
     };
-    let mut counts: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut counts: BTreeMap<usize, u8> = BTreeMap::new();
     let mut next_if = |node: usize| {
         let n = counts.entry(node).or_insert(0);
-        *n += 1;
-        format!("eth{n}")
+        *n = n.saturating_add(1);
+        *n
+    };
+    let hv_of = |node: &LabNode| {
+        hypervisors
+            .iter()
+            .find(|h| h.name == node.hypervisor)
+            .expect("the model checked every node's hypervisor")
     };
     for (li, [a, b]) in ends.into_iter().enumerate() {
         let (v4, v6) = link_nets(li)?;
@@ -92,27 +101,206 @@ pub(crate) fn resolve_links(
                 Ipv6Net::new(ip, 127).expect("127 is a valid IPv6 prefix length")
             })
         };
+        // The wire: a UDP tunnel, port `base + 2 * link + side`, over loopback on one
+        // hypervisor and over the hypervisors' underlay addresses across two.
+        let at = vec!["links".to_owned(), li.to_string()];
+        let port = |side: usize| -> Result<u16, ModelError> {
+            u16::try_from(usize::from(wire_port_base) + 2 * li + side).map_err(|_| {
+                schema_error(
+                    root,
+                    &at,
+                    format!(
+                        "link {li} would need UDP port {} (base {wire_port_base}): beyond 65535; \
+                         set `lab.wire_port_base` lower",
+                        usize::from(wire_port_base) + 2 * li + side
+                    ),
+                    Hint::default(),
+                )
+            })
+        };
+        let (hv_a, hv_b) = (hv_of(&nodes[a]), hv_of(&nodes[b]));
+        let (addr_a, addr_b) = if hv_a.name == hv_b.name {
+            (Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST)
+        } else {
+            let underlay = |hv: &Hypervisor| {
+                hv.underlay.ok_or_else(|| {
+                    schema_error(
+                        root,
+                        &at,
+                        format!(
+                            "link {li} crosses from `{}` to `{}`: hypervisor `{}` needs \
+                             `underlay`, the address the other reaches it at",
+                            hv_a.name, hv_b.name, hv.name
+                        ),
+                        Hint::default(),
+                    )
+                })
+            };
+            (underlay(hv_a)?, underlay(hv_b)?)
+        };
+        let (port_a, port_b) = (port(0)?, port(1)?);
         let (name_a, name_b) = (nodes[a].name.clone(), nodes[b].name.clone());
-        nodes[a].links.push(Interface {
-            name: if_a.clone(),
-            peer: name_b,
-            peer_interface: if_b.clone(),
-            ipv4: addr4(0),
-            peer_ipv4: addr4(1).map(|n| n.addr()),
-            ipv6: addr6(0),
-            peer_ipv6: addr6(1).map(|n| n.addr()),
-            link: li,
+        let end = |node: &LabNode, index: u8, peer: &str, peer_index: u8, side: u32| Interface {
+            name: format!("eth{index}"),
+            kind: InterfaceKind::Link,
+            mac: crate::addr::interface_mac(index, lab.id, hv_of(node).id, node.id),
+            ipv4: addr4(side),
+            ipv6: addr6(u128::from(side)),
+            peer: Some(peer.to_owned()),
+            peer_interface: Some(format!("eth{peer_index}")),
+            peer_ipv4: addr4(1 - side).map(|n| n.addr()),
+            peer_ipv6: addr6(u128::from(1 - side)).map(|n| n.addr()),
+            link: Some(li),
+            wire: None,
+        };
+        let mut end_a = end(&nodes[a], if_a, &name_b, if_b, 0);
+        end_a.wire = Some(Wire {
+            local_address: addr_a,
+            local_port: port_a,
+            remote_address: addr_b,
+            remote_port: port_b,
         });
-        nodes[b].links.push(Interface {
-            name: if_b,
-            peer: name_a,
-            peer_interface: if_a,
-            ipv4: addr4(1),
-            peer_ipv4: addr4(0).map(|n| n.addr()),
-            ipv6: addr6(1),
-            peer_ipv6: addr6(0).map(|n| n.addr()),
-            link: li,
+        let mut end_b = end(&nodes[b], if_b, &name_a, if_a, 1);
+        end_b.wire = Some(Wire {
+            local_address: addr_b,
+            local_port: port_b,
+            remote_address: addr_a,
+            remote_port: port_a,
         });
+        nodes[a].interfaces.push(end_a);
+        nodes[b].interfaces.push(end_b);
     }
     Ok(())
+}
+
+/// Once every link is known: the lab file's MACs applied, and the checks that need every
+/// interface: at most `max_links` links per node, no MAC twice in the lab, no MAC in another
+/// hypervisor's derived range, no two wires on one UDP port of a hypervisor.
+pub(crate) fn finish_interfaces(
+    root: &Tree,
+    lab_id: u8,
+    hypervisors: &[Hypervisor],
+    nodes: &mut [LabNode],
+    extras: &[NodeExtras],
+) -> Result<(), ModelError> {
+    for (node, extra) in nodes.iter_mut().zip(extras) {
+        let links = node.interfaces.len() - 1;
+        if links > extra.max_links as usize {
+            return Err(schema_error(
+                root,
+                &path_of(&["nodes", &node.name, "max_links"]),
+                format!(
+                    "node `{}` has {links} links, more than its `max_links` ({})",
+                    node.name, extra.max_links
+                ),
+                Hint::default(),
+            ));
+        }
+        for (iface, mac) in &extra.interface_macs {
+            let Some(i) = node.interfaces.iter_mut().find(|i| &i.name == iface) else {
+                return Err(schema_error(
+                    root,
+                    &path_of(&["nodes", &node.name, "interfaces", iface]),
+                    format!(
+                        "node `{}` has no interface `{iface}` (it has eth0..eth{links})",
+                        node.name
+                    ),
+                    Hint::default(),
+                ));
+            };
+            i.mac = mac.clone();
+        }
+        node.mac = node.interfaces[0].mac.clone();
+    }
+    // Where each interface's MAC was decided, for messages.
+    let mac_origin = |node: &LabNode, iface: &Interface| -> Vec<String> {
+        let set_per_interface = ["nodes", &node.name, "interfaces", &iface.name, "mac"];
+        if root.lookup(&path_of(&set_per_interface)).is_some() {
+            path_of(&set_per_interface)
+        } else if iface.kind == InterfaceKind::Mgmt
+            && root
+                .lookup(&path_of(&["nodes", &node.name, "mac"]))
+                .is_some()
+        {
+            path_of(&["nodes", &node.name, "mac"])
+        } else {
+            path_of(&["nodes", &node.name, "id"])
+        }
+    };
+    let mut macs: HashMap<&str, (&LabNode, &Interface)> = HashMap::new();
+    let mut ports: HashMap<(&str, Ipv4Addr, u16), (&LabNode, &Interface)> = HashMap::new();
+    for node in nodes.iter() {
+        let hv_id = hypervisors
+            .iter()
+            .find(|h| h.name == node.hypervisor)
+            .map(|h| h.id);
+        for iface in &node.interfaces {
+            let at = mac_origin(node, iface);
+            if let Some((other, other_iface)) = macs.insert(&iface.mac, (node, iface)) {
+                let first = root.closest(&mac_origin(other, other_iface)).origin.clone();
+                return Err(schema_error(
+                    root,
+                    &at,
+                    format!(
+                        "MAC {} of `{}` {} is also the MAC of `{}` {} (set at {first})",
+                        iface.mac, node.name, iface.name, other.name, other_iface.name
+                    ),
+                    Hint::default(),
+                ));
+            }
+            if let Some(owner) = derived_range_owner(&iface.mac, lab_id, hypervisors)
+                && Some(owner.id) != hv_id
+            {
+                return Err(schema_error(
+                    root,
+                    &at,
+                    format!(
+                        "MAC {} of `{}` {} is in hypervisor `{}`'s range \
+                         (52:54:xx:{lab_id:02x}:{:02x}:xx), but the node runs on `{}`",
+                        iface.mac, node.name, iface.name, owner.name, owner.id, node.hypervisor
+                    ),
+                    Hint::default(),
+                ));
+            }
+            if let Some(w) = iface.wire
+                && let Some((other, other_iface)) = ports.insert(
+                    (&node.hypervisor, w.local_address, w.local_port),
+                    (node, iface),
+                )
+            {
+                return Err(schema_error(
+                    root,
+                    &path_of(&["links", &iface.link.unwrap_or_default().to_string()]),
+                    format!(
+                        "UDP port {} on `{}` is taken twice: `{}` {} and `{}` {}",
+                        w.local_port,
+                        node.hypervisor,
+                        node.name,
+                        iface.name,
+                        other.name,
+                        other_iface.name
+                    ),
+                    Hint::default(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The hypervisor whose derived MACs (`52:54:xx:<lab>:<hypervisor>:xx`) include `mac`.
+fn derived_range_owner<'a>(
+    mac: &str,
+    lab_id: u8,
+    hypervisors: &'a [Hypervisor],
+) -> Option<&'a Hypervisor> {
+    let bytes: Vec<u8> = mac
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    if bytes.len() != 6 || bytes[..2] != [0x52, 0x54] || bytes[3] != lab_id {
+        return None;
+    }
+    hypervisors.iter().find(|h| h.id == bytes[4])
 }

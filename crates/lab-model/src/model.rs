@@ -12,11 +12,12 @@ use serde::Deserialize;
 use serde_json::{Map, Value as Json};
 
 use crate::error::{Hint, ModelError};
-use crate::links::resolve_links;
+use crate::links::{finish_interfaces, resolve_links};
 use crate::names;
+use crate::proto::resolve_proto;
 use crate::resolve::{
     apply_defaults, check_name, name_ok, no_collision, path_of, resolve_hypervisor, resolve_node,
-    resolve_proto, schema_error, typed, unique_within,
+    schema_error, typed, unique_within,
 };
 use crate::schema::{FileSchema, LAB_DERIVED};
 use crate::tree::{Origin, Tree, relative_to};
@@ -120,6 +121,9 @@ pub struct Hypervisor {
     pub clones: String,
     pub mgmt_ipv4: Option<Ipv4Net>,
     pub mgmt_ipv6: Option<Ipv6Net>,
+    pub mgmt: MgmtNetwork,
+    /// The address other hypervisors reach this one's wires at.
+    pub underlay: Option<Ipv4Addr>,
     pub vars: Map<String, Json>,
 }
 
@@ -131,26 +135,92 @@ pub struct LabNode {
     pub id: u8,
     /// The clone: `<hypervisor.clones>/<name>` unless set.
     pub dataset: String,
+    /// The management interface's MAC (`interfaces[0].mac`).
     pub mac: String,
     pub mgmt_ipv4: Option<Ipv4Net>,
     pub mgmt_ipv6: Option<Ipv6Net>,
-    pub links: Vec<Interface>,
+    /// Management first (`eth0`), then one per link in link order (`eth1`, `eth2` ...).
+    pub interfaces: Vec<Interface>,
     pub vars: Map<String, Json>,
 }
 
-/// One end of a point-to-point link, seen from a node.
+impl LabNode {
+    /// The link interfaces (all but management).
+    pub fn links(&self) -> impl Iterator<Item = &Interface> {
+        self.interfaces
+            .iter()
+            .filter(|i| i.kind == InterfaceKind::Link)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InterfaceKind {
+    /// `eth0`, on the hypervisor's management network.
+    Mgmt,
+    /// One end of a point-to-point link.
+    Link,
+}
+
+/// One NIC of a node: what the domain definition and the guest's configuration both name.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Interface {
-    /// `eth1`, `eth2` ... in the order links are listed (`eth0` is management).
+    /// `eth0` for management, then `eth1`, `eth2` ... in the order links are listed.
     pub name: String,
-    pub peer: String,
-    pub peer_interface: String,
+    pub kind: InterfaceKind,
+    /// Derived (`52:54:<interface>:<lab>:<hypervisor>:<node>`) unless set in the lab file.
+    pub mac: String,
     pub ipv4: Option<Ipv4Net>,
-    pub peer_ipv4: Option<Ipv4Addr>,
     pub ipv6: Option<Ipv6Net>,
+    /// The link's other end (links only).
+    pub peer: Option<String>,
+    pub peer_interface: Option<String>,
+    pub peer_ipv4: Option<Ipv4Addr>,
     pub peer_ipv6: Option<Ipv6Addr>,
-    /// The link's position in the lab file, from 0.
-    pub link: usize,
+    /// The link's position in the lab file, from 0 (links only).
+    pub link: Option<usize>,
+    /// How the link's frames travel (links only).
+    pub wire: Option<Wire>,
+}
+
+/// A link's wire: a UDP tunnel between the two NICs' QEMU processes (libvirt's
+/// `<interface type='udp'>`), on one hypervisor (loopback) or across two (underlay addresses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Wire {
+    pub local_address: Ipv4Addr,
+    pub local_port: u16,
+    pub remote_address: Ipv4Addr,
+    pub remote_port: u16,
+}
+
+/// How a hypervisor's management network is provided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MgmtMode {
+    /// lab's own network, no forwarding; DHCP from the plan.
+    Isolated,
+    /// lab's own network, NATed to the outside; DHCP from the plan.
+    Nat,
+    /// lab's own network forwarding onto an existing host bridge (DHCP is the site's).
+    Bridge,
+    /// An operator's libvirt network: used, never changed.
+    Existing,
+    /// No management NIC.
+    None,
+}
+
+/// The management network a hypervisor's nodes attach to.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MgmtNetwork {
+    pub mode: MgmtMode,
+    /// The libvirt network of the management NICs (`lab-<lab>` when lab owns it).
+    pub network: Option<String>,
+    /// Whether lab defines it (and removes it with the lab's last node there).
+    pub owned: bool,
+    /// The Linux bridge: lab's own (`lab<id>`), or in mode `bridge` the host's.
+    pub bridge: Option<String>,
+    /// The hypervisor's address on a network lab serves DHCP on: the prefix's last host.
+    pub gateway_ipv4: Option<Ipv4Net>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -166,6 +236,8 @@ pub struct Lab {
     pub id: u8,
     pub p2p_ipv4: Option<Ipv4Net>,
     pub p2p_ipv6: Option<Ipv6Net>,
+    /// The first UDP port of the lab's wires.
+    pub wire_port_base: u16,
     pub vars: Map<String, Json>,
     pub hypervisors: Vec<Hypervisor>,
     pub nodes: Vec<LabNode>,
@@ -212,7 +284,7 @@ impl Lab {
 
         let mut hypervisors = Vec::with_capacity(schema.hypervisors.len());
         for name in schema.hypervisors.keys() {
-            hypervisors.push(resolve_hypervisor(&root, name)?);
+            hypervisors.push(resolve_hypervisor(&root, name, &schema.lab)?);
         }
         for (i, hv) in hypervisors.iter().enumerate() {
             if let Some(first) = hypervisors[..i].iter().find(|o| o.id == hv.id) {
@@ -229,8 +301,11 @@ impl Lab {
         }
 
         let mut nodes = Vec::with_capacity(schema.nodes.len());
+        let mut extras = Vec::with_capacity(schema.nodes.len());
         for name in schema.nodes.keys() {
-            nodes.push(resolve_node(&root, name, &schema.lab, &hypervisors)?);
+            let (node, extra) = resolve_node(&root, name, &schema.lab, &hypervisors)?;
+            nodes.push(node);
+            extras.push(extra);
         }
         let per_hv = |n: &LabNode| n.hypervisor.clone();
         unique_within(&root, &nodes, "id", per_hv, |n| n.id.to_string())?;
@@ -243,7 +318,32 @@ impl Lab {
             |n| n.hostname.clone(),
         )?;
 
-        resolve_links(&root, &schema.links, &schema.lab, &mut nodes)?;
+        // Each lab gets 160 ports (80 links) of its own by default: 20000 .. 60959.
+        let wire_port_base = schema
+            .lab
+            .wire_port_base
+            .unwrap_or(20000 + 160 * u16::from(schema.lab.id));
+        if schema.lab.wire_port_base.is_none() && schema.links.len() > 80 {
+            return Err(schema_error(
+                &root,
+                &["links".to_owned()],
+                format!(
+                    "{} links need more than the 160 UDP ports a lab gets by default, so their \
+                     wires would collide with the next lab id's: set `lab.wire_port_base`",
+                    schema.links.len()
+                ),
+                Hint::default(),
+            ));
+        }
+        resolve_links(
+            &root,
+            &schema.links,
+            &schema.lab,
+            wire_port_base,
+            &hypervisors,
+            &mut nodes,
+        )?;
+        finish_interfaces(&root, schema.lab.id, &hypervisors, &mut nodes, &extras)?;
 
         let mut overlays = Vec::new();
         for (name, spec) in &schema.overlays {
@@ -276,6 +376,7 @@ impl Lab {
             id: schema.lab.id,
             p2p_ipv4: schema.lab.p2p_ipv4,
             p2p_ipv6: schema.lab.p2p_ipv6,
+            wire_port_base,
             vars: match vars {
                 Some(Json::Object(m)) => m,
                 _ => Map::new(),

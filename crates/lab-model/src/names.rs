@@ -40,6 +40,46 @@ pub fn ident(s: &str) -> Result<(), Rule> {
     )
 }
 
+/// A libvirt network name: a letter, then `[A-Za-z0-9_.-]`, at most 48 characters.
+pub fn network(s: &str) -> Result<(), Rule> {
+    const RULE: Rule = "a letter then [A-Za-z0-9_.-], at most 48 characters";
+    check(
+        s.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+            && s.len() <= 48,
+        RULE,
+    )
+}
+
+/// A Linux interface name (a host bridge): `[A-Za-z0-9_.-]`, 1 to 15 characters, no leading dash.
+pub fn ifname(s: &str) -> Result<(), Rule> {
+    const RULE: Rule = "[A-Za-z0-9_.-], 1 to 15 characters, not starting with a dash";
+    check(
+        (1..=15).contains(&s.len())
+            && !s.starts_with('-')
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)),
+        RULE,
+    )
+}
+
+/// A unicast MAC address: six lower-case hex pairs joined by colons, the multicast bit clear.
+pub fn mac(s: &str) -> Result<(), Rule> {
+    const RULE: Rule = "six lower-case hex pairs joined by `:` (aa:bb:cc:dd:ee:ff), unicast";
+    let pairs: Vec<&str> = s.split(':').collect();
+    let hex = |p: &&str| {
+        p.len() == 2
+            && p.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let unicast = pairs
+        .first()
+        .and_then(|p| u8::from_str_radix(p, 16).ok())
+        .is_some_and(|b| b & 1 == 0);
+    check(pairs.len() == 6 && pairs.iter().all(hex) && unicast, RULE)
+}
+
 /// A hostname: dot-separated labels of `[a-z0-9-]`, not starting or ending with `-`.
 pub fn hostname(s: &str) -> Result<(), Rule> {
     const RULE: Rule = "lower-case DNS labels ([a-z0-9-], no leading or trailing dash) joined by dots, at most 253 characters";

@@ -4,75 +4,17 @@
 
 use std::collections::HashMap;
 
+use indexmap::IndexMap;
+
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Hint, ModelError};
-use crate::model::{Hypervisor, LabNode, Proto, SnapshotSpec, Storage, Transport};
+use crate::mgmt::resolve_mgmt;
+use crate::model::{Hypervisor, Interface, InterfaceKind, LabNode, SnapshotSpec, Storage};
 use crate::names;
-use crate::schema::{
-    HYPERVISOR_DERIVED, HypervisorSchema, LabSchema, NODE_DERIVED, NodeSchema, ProtoSchema,
-};
+use crate::schema::{HYPERVISOR_DERIVED, HypervisorSchema, LabSchema, NODE_DERIVED, NodeSchema};
 use crate::tree::{Tree, Value};
-
-pub(crate) fn resolve_proto(
-    root: &Tree,
-    p: ProtoSchema,
-    hypervisors: &[Hypervisor],
-) -> Result<Proto, ModelError> {
-    if !hypervisors.iter().any(|h| h.name == p.source) {
-        return Err(schema_error(
-            root,
-            &path_of(&["proto", "source"]),
-            format!("hypervisor `{}` is not defined", p.source),
-            Hint::closest(&p.source, hypervisors.iter().map(|h| h.name.as_str())),
-        ));
-    }
-    if let Some(d) = &p.domain {
-        name_ok(root, &["proto", "domain"], d, "domain name", names::ident)?;
-    }
-    name_ok(
-        root,
-        &["proto", "pattern"],
-        &p.pattern,
-        "snapshot pattern",
-        names::snapshot_pattern,
-    )?;
-    if p.keep == 0 {
-        return Err(schema_error(
-            root,
-            &path_of(&["proto", "keep"]),
-            "keep must be at least 1: the newest release is what labs clone".to_owned(),
-            Hint::default(),
-        ));
-    }
-    match (&p.zrepl_job, p.transport) {
-        (Some(job), _) => name_ok(
-            root,
-            &["proto", "zrepl_job"],
-            job,
-            "zrepl job",
-            names::ident,
-        )?,
-        (None, Transport::Zrepl) => {
-            return Err(schema_error(
-                root,
-                &path_of(&["proto", "transport"]),
-                "transport `zrepl` needs `zrepl_job`: the job to wake on each target".to_owned(),
-                Hint::default(),
-            ));
-        }
-        (None, _) => {}
-    }
-    Ok(Proto {
-        source: p.source,
-        domain: p.domain,
-        pattern: p.pattern,
-        keep: p.keep,
-        transport: p.transport,
-        zrepl_job: p.zrepl_job,
-    })
-}
 
 pub(crate) fn path_of(segments: &[&str]) -> Vec<String> {
     segments.iter().map(|s| (*s).to_owned()).collect()
@@ -211,7 +153,11 @@ pub(crate) fn no_collision(
     Ok(())
 }
 
-pub(crate) fn resolve_hypervisor(root: &Tree, name: &str) -> Result<Hypervisor, ModelError> {
+pub(crate) fn resolve_hypervisor(
+    root: &Tree,
+    name: &str,
+    lab: &LabSchema,
+) -> Result<Hypervisor, ModelError> {
     let at = |field: &'static str| ["hypervisors", name, field];
     name_ok(
         root,
@@ -221,6 +167,7 @@ pub(crate) fn resolve_hypervisor(root: &Tree, name: &str) -> Result<Hypervisor, 
         names::ident,
     )?;
     let s: HypervisorSchema = typed(root, &path_of(&["hypervisors", name]))?;
+    let mgmt = resolve_mgmt(root, name, &s, lab)?;
     let ssh = s.ssh.unwrap_or_else(|| name.to_owned());
     name_ok(
         root,
@@ -313,6 +260,8 @@ pub(crate) fn resolve_hypervisor(root: &Tree, name: &str) -> Result<Hypervisor, 
         clones,
         mgmt_ipv4: s.mgmt_ipv4,
         mgmt_ipv6: s.mgmt_ipv6,
+        mgmt,
+        underlay: s.underlay,
         vars: s.vars,
     })
 }
@@ -322,7 +271,7 @@ pub(crate) fn resolve_node(
     name: &str,
     lab: &LabSchema,
     hypervisors: &[Hypervisor],
-) -> Result<LabNode, ModelError> {
+) -> Result<(LabNode, NodeExtras), ModelError> {
     let at = |field: &'static str| ["nodes", name, field];
     name_ok(root, &["nodes", name], name, "node name", names::ident)?;
     let s: NodeSchema = typed(root, &path_of(&["nodes", name]))?;
@@ -394,18 +343,80 @@ pub(crate) fn resolve_node(
         },
         None => None,
     };
-    Ok(LabNode {
+    if let (Some(ip), Some(gw)) = (mgmt_ipv4, hv.mgmt.gateway_ipv4)
+        && ip.addr() == gw.addr()
+    {
+        return Err(schema_error(
+            root,
+            &path_of(&at("id")),
+            format!(
+                "id {} gives {}, the management gateway of `{}`",
+                s.id,
+                ip.addr(),
+                hv.name
+            ),
+            Hint::default(),
+        ));
+    }
+    let mac = match &s.mac {
+        Some(m) => {
+            name_ok(root, &at("mac"), m, "MAC address", names::mac)?;
+            m.clone()
+        }
+        None => crate::addr::interface_mac(0, lab.id, hv.id, s.id),
+    };
+    let mut interface_macs = IndexMap::new();
+    for (iface, spec) in &s.interfaces {
+        if let Some(m) = &spec.mac {
+            name_ok(
+                root,
+                &["nodes", name, "interfaces", iface, "mac"],
+                m,
+                "MAC address",
+                names::mac,
+            )?;
+            interface_macs.insert(iface.clone(), m.clone());
+        }
+    }
+    let mgmt = Interface {
+        name: "eth0".to_owned(),
+        kind: InterfaceKind::Mgmt,
+        mac: mac.clone(),
+        ipv4: mgmt_ipv4,
+        ipv6: mgmt_ipv6,
+        peer: None,
+        peer_interface: None,
+        peer_ipv4: None,
+        peer_ipv6: None,
+        link: None,
+        wire: None,
+    };
+    let node = LabNode {
         name: name.to_owned(),
         hostname,
         hypervisor: hv.name.clone(),
         id: s.id,
         dataset,
-        mac: crate::addr::mac([lab.id, hv.id, s.id]),
+        mac,
         mgmt_ipv4,
         mgmt_ipv6,
-        links: Vec::new(),
+        interfaces: vec![mgmt],
         vars: s.vars,
-    })
+    };
+    Ok((
+        node,
+        NodeExtras {
+            interface_macs,
+            max_links: s.max_links,
+        },
+    ))
+}
+
+/// What a node's entry says that is applied once its links are known.
+pub(crate) struct NodeExtras {
+    /// Interface name → MAC set in the lab file (`eth0` may also come from `mac:`).
+    pub(crate) interface_macs: IndexMap<String, String>,
+    pub(crate) max_links: u32,
 }
 
 pub(crate) fn unique_within(

@@ -2,11 +2,13 @@
 //! `deny_unknown_fields` checks every key against, and the keys the model derives.
 
 use indexmap::IndexMap;
+use std::net::Ipv4Addr;
+
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use serde_json::{Map, Value as Json};
 
-use crate::model::{Storage, Transport};
+use crate::model::{MgmtMode, Storage, Transport};
 
 /// Keys of a node that the model derives; `vars` may not reuse them.
 pub(crate) const NODE_DERIVED: &[&str] = &[
@@ -19,6 +21,8 @@ pub(crate) const NODE_DERIVED: &[&str] = &[
     "mgmt_ipv4",
     "mgmt_ipv6",
     "links",
+    "interfaces",
+    "max_links",
 ];
 pub(crate) const HYPERVISOR_DERIVED: &[&str] = &[
     "name",
@@ -35,8 +39,10 @@ pub(crate) const HYPERVISOR_DERIVED: &[&str] = &[
     "clones",
     "mgmt_ipv4",
     "mgmt_ipv6",
+    "mgmt",
+    "underlay",
 ];
-pub(crate) const LAB_DERIVED: &[&str] = &["name", "id", "p2p_ipv4", "p2p_ipv6"];
+pub(crate) const LAB_DERIVED: &[&str] = &["name", "id", "p2p_ipv4", "p2p_ipv6", "wire_port_base"];
 
 // ---------------------------------------------------------------------------------------------
 // Schema: what may be written in a lab file (after `include` is resolved).
@@ -95,6 +101,9 @@ pub(crate) struct LabSchema {
     pub(crate) p2p_ipv4: Option<Ipv4Net>,
     #[serde(default)]
     pub(crate) p2p_ipv6: Option<Ipv6Net>,
+    /// The first UDP port of the lab's wires (default `20000 + 160 * id`).
+    #[serde(default)]
+    pub(crate) wire_port_base: Option<u16>,
 }
 
 #[derive(Deserialize, Default)]
@@ -140,7 +149,26 @@ pub(crate) struct HypervisorSchema {
     #[serde(default)]
     pub(crate) mgmt_ipv6: Option<Ipv6Net>,
     #[serde(default)]
+    pub(crate) mgmt: Option<MgmtSchema>,
+    /// The address other hypervisors reach this one's wires at.
+    #[serde(default)]
+    pub(crate) underlay: Option<Ipv4Addr>,
+    #[serde(default)]
     pub(crate) vars: Map<String, Json>,
+}
+
+/// A hypervisor's management network.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MgmtSchema {
+    #[serde(default)]
+    pub(crate) mode: Option<MgmtMode>,
+    /// Mode `bridge`: the host bridge the lab's network forwards onto.
+    #[serde(default)]
+    pub(crate) bridge: Option<String>,
+    /// Mode `existing`: the operator's libvirt network the nodes attach to.
+    #[serde(default)]
+    pub(crate) network: Option<String>,
 }
 
 pub(crate) fn default_staging() -> String {
@@ -162,6 +190,25 @@ pub(crate) struct NodeSchema {
     pub(crate) hostname: Option<String>,
     #[serde(default)]
     pub(crate) dataset: Option<String>,
+    /// The management interface's MAC, instead of the derived one.
+    #[serde(default)]
+    pub(crate) mac: Option<String>,
+    /// Per interface (`eth0`, `eth1` ...): a MAC instead of the derived one.
+    #[serde(default)]
+    pub(crate) interfaces: IndexMap<String, InterfaceSchema>,
+    #[serde(default = "default_max_links")]
+    pub(crate) max_links: u32,
     #[serde(default)]
     pub(crate) vars: Map<String, Json>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct InterfaceSchema {
+    #[serde(default)]
+    pub(crate) mac: Option<String>,
+}
+
+pub(crate) fn default_max_links() -> u32 {
+    16
 }

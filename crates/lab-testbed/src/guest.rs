@@ -5,14 +5,24 @@ use std::process::Command;
 
 use crate::{Error, Result, Testbed, bash, msg, run, write_file};
 
+/// Bumped whenever the initramfs changes, so that `up` rebuilds an older one.
+const GUEST_VERSION: &str = "2: virtio-net, interfaces, DHCP, pings";
+
 /// The guest's /init. Kernel arguments: `lab.tag=<9p tag>` (default labroot).
+///
+/// With the clone mounted, it reads the node's own `/etc/lab/interfaces` (one line per NIC:
+/// `NAME MAC ADDRESS PEER`, management first; ADDRESS is `dhcp`, `-` or `a.b.c.d/len`, PEER
+/// `-` or the link peer's address), names each NIC after the plan by its MAC, takes the
+/// management address by DHCP and the link addresses as written, and prints one line per check:
+/// `LAB-GUEST-MGMT: <ip>` and `LAB-GUEST-PING: <peer> ok|fail`.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci netfs fscache 9pnet 9pnet_virtio 9p; do
+mkdir -p /run /var/run /tmp
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci netfs fscache 9pnet 9pnet_virtio 9p failover net_failover virtio_net; do
   insmod /lib/modules/$m.ko 2>/dev/null
 done
 tag=labroot
@@ -26,7 +36,50 @@ if mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=none "$tag" /root; then
 else
   echo "LAB-GUEST: cannot mount the 9p share $tag"
 fi
+plan=/root/etc/lab/interfaces
+if [ -f "$plan" ]; then
+  ip link set lo up
+  # NICs come up as eth0, eth1 ... in PCI order: find each by its MAC, then name it after the plan.
+  i=0
+  while read -r name mac addr peer; do
+    for d in /sys/class/net/*; do
+      [ "$(cat "$d/address")" = "$mac" ] && ip link set "${d##*/}" name "lab$i" && break
+    done
+    i=$((i+1))
+  done < "$plan"
+  i=0
+  while read -r name mac addr peer; do
+    if ip link set "lab$i" name "$name" 2>/dev/null; then
+      ip link set "$name" up
+      case $addr in
+        dhcp) udhcpc -i "$name" -n -q -t 20 -T 1 -s /bin/lab-dhcp >/dev/null 2>&1
+              echo "LAB-GUEST-MGMT: $(ip -4 -o addr show dev "$name" | awk '{ split($4, a, "/"); print a[1] }')" ;;
+        -) ;;
+        *) ip addr add "$addr" dev "$name" ;;
+      esac
+    else
+      echo "LAB-GUEST-NIC: $name ($mac) is missing"
+    fi
+    i=$((i+1))
+  done < "$plan"
+  # Every link peer, at once: each has a minute to come up.
+  while read -r name mac addr peer; do
+    [ "$peer" = - ] && continue
+    ( n=0; while [ $n -lt 60 ]; do
+        if ping -c 1 -W 1 "$peer" >/dev/null 2>&1; then echo "LAB-GUEST-PING: $peer ok"; exit; fi
+        n=$((n+1)); sleep 1
+      done; echo "LAB-GUEST-PING: $peer fail" ) &
+  done < "$plan"
+  wait
+fi
 while true; do sleep 3600; done
+"#;
+
+/// udhcpc's script: set the address it was offered.
+const DHCP_SCRIPT: &str = r#"#!/bin/busybox sh
+case "$1" in
+  bound|renew) ip addr flush dev "$interface"; ip addr add "$ip/${mask:-24}" dev "$interface" ;;
+esac
 "#;
 
 /// Kernel modules the initramfs loads, relative to the kernel's module tree.
@@ -41,13 +94,20 @@ const MODULES: &[&str] = &[
     "net/9p/9pnet",
     "net/9p/9pnet_virtio",
     "fs/9p/9p",
+    "net/core/failover",
+    "drivers/net/net_failover",
+    "drivers/net/virtio_net",
 ];
 
 pub fn prepare(bed: &Testbed, step: &mut dyn FnMut(&str)) -> Result<()> {
-    if bed.guest_kernel().exists() && bed.guest_initrd().exists() {
+    let dir = bed.dir.join("guest");
+    let version = dir.join("version");
+    if bed.guest_kernel().exists()
+        && bed.guest_initrd().exists()
+        && std::fs::read_to_string(&version).is_ok_and(|v| v == GUEST_VERSION)
+    {
         return Ok(());
     }
-    let dir = bed.dir.join("guest");
     step("guest: fetching Debian's generic kernel (the cloud kernel has no 9p)");
     let depends = run(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
     let package = depends
@@ -70,7 +130,8 @@ pub fn prepare(bed: &Testbed, step: &mut dyn FnMut(&str)) -> Result<()> {
     bash(&format!(
         "cd {w} && chmod 777 . && {{ apt-get download -q {package} >/dev/null 2>&1 || {{ apt-get update -q >/dev/null && apt-get download -q {package} >/dev/null; }}; }}\n\
          mkdir kernel && dpkg-deb --fsys-tarfile {package}_*.deb | tar -x -C kernel --wildcards './boot/vmlinuz-*' './lib/modules/*/kernel/fs/9p/*' \
-           './lib/modules/*/kernel/net/9p/*' './lib/modules/*/kernel/fs/netfs/*' './lib/modules/*/kernel/fs/fscache/*' './lib/modules/*/kernel/drivers/virtio/*'"
+           './lib/modules/*/kernel/net/9p/*' './lib/modules/*/kernel/fs/netfs/*' './lib/modules/*/kernel/fs/fscache/*' './lib/modules/*/kernel/drivers/virtio/*' \
+           './lib/modules/*/kernel/net/core/failover.ko' './lib/modules/*/kernel/drivers/net/net_failover.ko' './lib/modules/*/kernel/drivers/net/virtio_net.ko'"
     ))?;
     let mut script = format!(
         "cd {w}\nkm=$(echo kernel/lib/modules/*/kernel)\nmkdir -p initramfs/bin initramfs/proc initramfs/sys initramfs/dev initramfs/root\n"
@@ -81,8 +142,9 @@ pub fn prepare(bed: &Testbed, step: &mut dyn FnMut(&str)) -> Result<()> {
     script.push_str("cp /bin/busybox initramfs/bin/busybox\n");
     bash(&script)?;
     write_file(&work.join("initramfs/init"), INIT)?;
+    write_file(&work.join("initramfs/bin/lab-dhcp"), DHCP_SCRIPT)?;
     bash(&format!(
-        "cd {w} && chmod 755 initramfs/init && (cd initramfs && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1) > {d}/initrd.cpio.gz.tmp\n\
+        "cd {w} && chmod 755 initramfs/init initramfs/bin/lab-dhcp && (cd initramfs && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1) > {d}/initrd.cpio.gz.tmp\n\
          mv {d}/initrd.cpio.gz.tmp {d}/initrd.cpio.gz\ncp kernel/boot/vmlinuz-* {d}/vmlinuz",
         d = dir.display()
     ))?;
@@ -120,6 +182,7 @@ pub fn prepare(bed: &Testbed, step: &mut dyn FnMut(&str)) -> Result<()> {
         })?;
     }
     let _ = std::fs::remove_dir_all(&work);
+    write_file(&version, GUEST_VERSION)?;
     step(&format!("guest: {package} ready"));
     Ok(())
 }

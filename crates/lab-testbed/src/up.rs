@@ -20,6 +20,9 @@ const PACKAGES: &[&str] = &[
     "libvirt-clients",
     "qemu-system-x86",
     "busybox-static",
+    // lab networks: libvirt runs dnsmasq for DHCP and sets firewall rules for them
+    "dnsmasq-base",
+    "iptables",
     "iproute2",
 ];
 
@@ -399,6 +402,24 @@ pub fn down(bed: &Testbed, purge: bool, log: &mut dyn FnMut(&str)) -> Result<()>
                         .is_ok()
                     {
                         log(&format!("hv{k}: stopped domain {}", d.trim()));
+                    }
+                }
+                // Active networks hold a dnsmasq each: stop them with their daemon.
+                let networks = bed
+                    .exec(
+                        k,
+                        &["virsh", "-q", "-c", "qemu:///system", "net-list", "--name"],
+                    )
+                    .unwrap_or_default();
+                for n in networks.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                    if bed
+                        .exec(
+                            k,
+                            &["virsh", "-q", "-c", "qemu:///system", "net-destroy", n],
+                        )
+                        .is_ok()
+                    {
+                        log(&format!("hv{k}: stopped network {n}"));
                     }
                 }
             }

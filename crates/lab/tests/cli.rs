@@ -151,8 +151,20 @@ fn example_lab_renders_every_file_as_in_the_snapshots() {
         text.push_str(&fs::read_to_string(base.join(format!("{node}.domain.xml"))).unwrap());
         insta::assert_snapshot!(format!("{overlay}-{node}"), text);
     }
+    // One management network per hypervisor, with a DHCP host for each of its nodes.
+    for (overlay, hv) in [
+        ("bird", "hv0"),
+        ("bird", "hv1"),
+        ("bird", "hv2"),
+        ("frr", "hv0"),
+    ] {
+        let path = s.path(&format!("build/{overlay}/_networks/{hv}/lab-vpp.xml"));
+        let text = fs::read_to_string(&path).unwrap();
+        insta::assert_snapshot!(format!("{overlay}-{hv}-network"), text);
+    }
     // frr was asked for hv0 only
     assert!(!s.path("build/frr/hv1").exists());
+    assert!(!s.path("build/frr/_networks/hv1").exists());
 }
 
 #[test]
@@ -524,6 +536,129 @@ const BAD: &[Bad] = &[
         says: &["overlay `brid` is not defined", "did you mean `bird`?"],
     },
     Bad {
+        name: "a MAC twice in the lab names both places",
+        files: &[(
+            "labs/m.yaml",
+            "include: vpp.yaml\nnodes:\n  vpp0-2: {mac: \"52:54:00:02:00:01\"}\n",
+        )],
+        args: &["generate", "--lab", "labs/m.yaml"],
+        code: 2,
+        says: &[
+            "labs/m.yaml:3",
+            "MAC 52:54:00:02:00:01",
+            "is also the MAC of `vpp0-1` eth0 (set at labs/vpp.yaml:25)",
+        ],
+    },
+    Bad {
+        name: "a MAC in another hypervisor's range",
+        files: &[(
+            "labs/m.yaml",
+            "include: vpp.yaml\nnodes:\n  vpp0-2:\n    interfaces: {eth1: {mac: \"52:54:07:02:01:09\"}}\n",
+        )],
+        args: &["generate", "--lab", "labs/m.yaml"],
+        code: 2,
+        says: &[
+            "labs/m.yaml:4",
+            "is in hypervisor `hv1`'s range",
+            "runs on `hv0`",
+        ],
+    },
+    Bad {
+        name: "a MAC set for an interface the node does not have",
+        files: &[(
+            "labs/m.yaml",
+            "include: vpp.yaml\nnodes:\n  vpp0-2:\n    interfaces: {eth7: {mac: \"02:00:00:00:00:07\"}}\n",
+        )],
+        args: &["generate", "--lab", "labs/m.yaml"],
+        code: 2,
+        says: &[
+            "labs/m.yaml:4",
+            "has no interface `eth7` (it has eth0..eth2)",
+        ],
+    },
+    Bad {
+        name: "a multicast MAC",
+        files: &[(
+            "labs/m.yaml",
+            "include: vpp.yaml\nnodes:\n  vpp0-2: {mac: \"01:00:5e:00:00:01\"}\n",
+        )],
+        args: &["generate", "--lab", "labs/m.yaml"],
+        code: 2,
+        says: &["labs/m.yaml:3", "is not a valid MAC address", "unicast"],
+    },
+    Bad {
+        name: "a link to an unknown node",
+        files: &[(
+            "labs/l.yaml",
+            "include: vpp.yaml\nlinks:\n  - [vpp0-1, vpp9-1]\n",
+        )],
+        args: &["generate", "--lab", "labs/l.yaml"],
+        code: 2,
+        says: &[
+            "labs/l.yaml:3",
+            "node `vpp9-1` is not defined under `nodes`",
+        ],
+    },
+    Bad {
+        name: "more links than the node's maximum",
+        files: &[(
+            "labs/x.yaml",
+            "include: vpp.yaml\nnodes:\n  vpp0-1: {max_links: 3}\n",
+        )],
+        args: &["generate", "--lab", "labs/x.yaml"],
+        code: 2,
+        says: &[
+            "labs/x.yaml:3",
+            "`vpp0-1` has 4 links, more than its `max_links` (3)",
+        ],
+    },
+    Bad {
+        name: "wire ports beyond 65535",
+        files: &[(
+            "labs/p.yaml",
+            "include: vpp.yaml\nlab: {wire_port_base: 65530}\n",
+        )],
+        args: &["generate", "--lab", "labs/p.yaml"],
+        code: 2,
+        says: &[
+            "link 3 would need UDP port 65536",
+            "set `lab.wire_port_base` lower",
+        ],
+    },
+    Bad {
+        name: "a cross-hypervisor link without underlay addresses",
+        files: &[(
+            "labs/u.yaml",
+            "include: vpp.yaml\nhypervisors:\n  hv1: {underlay: null}\n",
+        )],
+        args: &["generate", "--lab", "labs/u.yaml"],
+        code: 2,
+        says: &[
+            "link 12 crosses from `hv0` to `hv1`",
+            "`hv1` needs `underlay`",
+        ],
+    },
+    Bad {
+        name: "a node on the management gateway address",
+        files: &[(
+            "labs/g.yaml",
+            "include: vpp.yaml\nnodes:\n  vpp0-9: {hypervisor: hv0, id: 254}\n",
+        )],
+        args: &["generate", "--lab", "labs/g.yaml"],
+        code: 2,
+        says: &["labs/g.yaml:3", "the management gateway of `hv0`"],
+    },
+    Bad {
+        name: "an existing network needs its name",
+        files: &[(
+            "labs/e.yaml",
+            "include: vpp.yaml\nhypervisors:\n  hv0: {mgmt: {mode: existing}}\n",
+        )],
+        args: &["generate", "--lab", "labs/e.yaml"],
+        code: 2,
+        says: &["labs/e.yaml:3", "mode `existing` needs `network`"],
+    },
+    Bad {
         name: "unknown node in a filter",
         files: &[],
         args: &["generate", "--lab", "labs/vpp.yaml", "--node", "vpp0-9"],
@@ -556,6 +691,30 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         }
         assert!(!s.path("build").exists(), "{}: wrote output", case.name);
     }
+}
+
+#[test]
+fn a_lab_with_more_links_than_its_port_block_is_refused() {
+    let s = Scratch::new();
+    let mut text = String::from("include: vpp.yaml\nlinks:\n");
+    for i in 0..81 {
+        let (a, b) = (["vpp0-1", "vpp0-2"][i % 2], ["vpp1-1", "vpp1-2"][i % 2]);
+        text.push_str(&format!("  - [{a}, {b}]\n"));
+    }
+    text.push_str("nodes:\n  vpp0-1: {max_links: 64}\n  vpp0-2: {max_links: 64}\n  vpp1-1: {max_links: 64}\n  vpp1-2: {max_links: 64}\n");
+    s.write("labs/many.yaml", &text);
+    let out = s.lab(&["generate", "--lab", "labs/many.yaml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("81 links need more than the 160 UDP ports")
+            && stderr.contains("collide with the next lab id's"),
+        "{stderr}"
+    );
+    // With a base of its own, the same lab is fine.
+    text.push_str("lab: {wire_port_base: 40000}\n");
+    s.write("labs/many.yaml", &text);
+    s.ok(&["generate", "--lab", "labs/many.yaml"]);
 }
 
 #[test]
@@ -695,6 +854,21 @@ fn hostile_names_in_every_field_are_refused_with_field_and_line() {
             "nodes.r1.dataset",
             5,
             "lab: {name: t, id: 1}\nhypervisors:\n  hv0: {id: 0, pool: tank, proto: tank/proto, snapshot: base}\nnodes:\n  r1: {hypervisor: hv0, id: 1, dataset: @}\n",
+        ),
+        (
+            "nodes.r1.mac",
+            5,
+            "lab: {name: t, id: 1}\nhypervisors:\n  hv0: {id: 0, pool: tank, proto: tank/proto, snapshot: base}\nnodes:\n  r1: {hypervisor: hv0, id: 1, mac: @}\n",
+        ),
+        (
+            "hypervisors.hv0.mgmt.network",
+            3,
+            "lab: {name: t, id: 1}\nhypervisors:\n  hv0: {id: 0, pool: tank, proto: tank/proto, snapshot: base, mgmt: {network: @}}\nnodes:\n  r1: {hypervisor: hv0, id: 1}\n",
+        ),
+        (
+            "hypervisors.hv0.mgmt.bridge",
+            3,
+            "lab: {name: t, id: 1}\nhypervisors:\n  hv0: {id: 0, pool: tank, proto: tank/proto, snapshot: base, mgmt: {bridge: @}}\nnodes:\n  r1: {hypervisor: hv0, id: 1}\n",
         ),
     ];
     let s = Scratch::new();

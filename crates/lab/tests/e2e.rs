@@ -18,11 +18,24 @@ fn example_lab_lifecycle() {
     let file = "labs/vpp.yaml";
     let before = proto_fingerprint(&bed);
     lab(b, &["destroy", "--lab", file, "--yes", "-q"]);
+    let model = lab_model::load(&[repo().join(file)]).unwrap();
+    // An operator's network and domain on hv0, beside the lab: lab must never touch them.
+    let operator = OperatorObjects::make(&bed);
 
-    // create: every node, every guest shows its own hostname from the overlay
+    // create: the management networks first, then every node; every guest shows its own
+    // hostname from the overlay
+    for k in 0..3 {
+        let _ = std::fs::remove_file(bed.console_log(k, "x"));
+    }
     let run = lab(b, &["--format", "json", "create", "--lab", file]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.json()["summary"]["done"], 12);
+    let networks = run.json()["networks"].as_array().unwrap().clone();
+    assert_eq!(networks.len(), 3, "{networks:?}");
+    for n in &networks {
+        assert_eq!(n["result"], "done", "{n}");
+        assert_eq!(n["network"], "lab-vpp", "{n}");
+    }
     let nodes: Vec<(String, String)> = by_node(&run.json())
         .values()
         .map(|n| {
@@ -38,6 +51,40 @@ fn example_lab_lifecycle() {
         .collect();
     assert_guests_boot(&bed, &pairs);
 
+    // networks for real: every guest got its planned address by DHCP, and every link passes
+    // traffic both ways (each end pings the other), on one hypervisor and across them
+    let mut pings = 0;
+    for node in &model.nodes {
+        let k = k_of(&node.hypervisor);
+        let mgmt = node.mgmt_ipv4.unwrap().addr();
+        let line = bed
+            .wait_for_console(k, &node.name, "LAB-GUEST-MGMT:", Duration::from_secs(120))
+            .unwrap();
+        assert_eq!(line, format!("LAB-GUEST-MGMT: {mgmt}"), "{}", node.name);
+        for link in node.links() {
+            let peer = link.peer_ipv4.unwrap();
+            let line = bed
+                .wait_for_console(
+                    k,
+                    &node.name,
+                    &format!("LAB-GUEST-PING: {peer} "),
+                    Duration::from_secs(120),
+                )
+                .unwrap();
+            assert_eq!(
+                line,
+                format!("LAB-GUEST-PING: {peer} ok"),
+                "{} {} to {:?}",
+                node.name,
+                link.name,
+                link.peer
+            );
+            pings += 1;
+        }
+    }
+    assert_eq!(pings, 30, "15 links, both ends");
+    let nics_before: Vec<String> = nodes.iter().map(|(n, h)| nics(&bed, h, n)).collect();
+
     // status: all there, ours, no drift, no orphans
     let run = lab(b, &["--format", "json", "status", "--lab", file]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -49,8 +96,17 @@ fn example_lab_lifecycle() {
         assert_eq!(n["overlay_drift"], false, "{n}");
         assert!(n["owner"].as_str().unwrap().contains('@'), "{n}");
         assert!(n.get("foreign").is_none(), "{n}");
+        assert!(n.get("nic_drift").is_none(), "{n}");
     }
     assert_eq!(status["orphans"].as_array().unwrap().len(), 0);
+    for n in status["networks"].as_array().unwrap() {
+        assert_eq!(
+            (&n["state"], &n["ours"]),
+            (&"active".into(), &true.into()),
+            "{n}"
+        );
+        assert_eq!(n["definition_drift"], false, "{n}");
+    }
 
     // create again: every node unchanged (running), exit 0, nothing recreated
     let guid = |hv: &str, node: &str| {
@@ -72,10 +128,67 @@ fn example_lab_lifecycle() {
     let run = lab(b, &["--format", "json", "create", "--lab", file]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.json()["summary"]["unchanged"], 12);
+    for n in run.json()["networks"].as_array().unwrap() {
+        assert_eq!(n["result"], "unchanged", "{n}");
+    }
     assert_eq!(
         guids,
         nodes.iter().map(|(n, h)| guid(h, n)).collect::<Vec<_>>(),
         "nothing was recreated"
+    );
+    assert_eq!(
+        nics_before,
+        nodes
+            .iter()
+            .map(|(n, h)| nics(&bed, h, n))
+            .collect::<Vec<_>>(),
+        "same NICs, same MACs"
+    );
+
+    // A NIC added by hand (the classic `attach-interface` twice, same MAC) is drift in status
+    bed.exec(0, &["virsh", "-q", "destroy", "vpp0-3"]).unwrap();
+    bed.exec(
+        0,
+        &[
+            "virsh",
+            "-q",
+            "attach-interface",
+            "vpp0-3",
+            "network",
+            "lab-vpp",
+            "--mac",
+            "52:54:00:02:00:03",
+            "--model",
+            "virtio",
+            "--config",
+        ],
+    )
+    .unwrap();
+    let run = lab(
+        b,
+        &[
+            "--format", "json", "status", "--lab", file, "--node", "vpp0-3",
+        ],
+    );
+    let drift = run.json()["nodes"][0]["nic_drift"].clone();
+    assert!(
+        drift
+            .as_str()
+            .is_some_and(|d| d.contains("4 NICs where the build has 3")),
+        "{drift}"
+    );
+    let run = lab(b, &["create", "--lab", file, "--node", "vpp0-3", "--force"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = lab(
+        b,
+        &[
+            "--format", "json", "status", "--lab", file, "--node", "vpp0-3",
+        ],
+    );
+    assert!(
+        run.json()["nodes"][0].get("nic_drift").is_none(),
+        "{}",
+        run.stdout
     );
 
     // --force recreates (a new clone is a new dataset) and the guest boots again
@@ -114,11 +227,75 @@ fn example_lab_lifecycle() {
         before,
         "the proto and its snapshots are untouched"
     );
+    for k in 0..3 {
+        let nets = bed
+            .exec(k, &["virsh", "-q", "net-list", "--all", "--name"])
+            .unwrap();
+        assert!(
+            !nets.contains("lab-vpp"),
+            "hv{k}: the lab's network is left: {nets}"
+        );
+    }
+    operator.assert_untouched_and_remove(&bed);
 
     // destroy again: nothing to do, exit 0
     let run = lab(b, &["--format", "json", "destroy", "--lab", file, "--yes"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.json()["summary"]["unchanged"], 12);
+}
+
+/// The MACs of a domain's NICs, in order.
+fn nics(bed: &lab_testbed::Testbed, hv: &str, node: &str) -> String {
+    let list = bed
+        .exec(k_of(hv), &["virsh", "-q", "domiflist", node])
+        .unwrap();
+    list.lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A network and a domain an operator made on hv0, by hand.
+struct OperatorObjects;
+
+impl OperatorObjects {
+    const NETWORK: &str = "<network><name>operator-net</name><bridge name='opbr0'/></network>";
+    const DOMAIN: &str = "<domain type='qemu'><name>operator-vm</name><memory unit='MiB'>64</memory>\
+        <os><type arch='x86_64' machine='pc'>hvm</type></os></domain>";
+
+    fn make(bed: &lab_testbed::Testbed) -> OperatorObjects {
+        for (what, xml) in [("net-define", Self::NETWORK), ("define", Self::DOMAIN)] {
+            let _ = bed.exec(
+                0,
+                &[
+                    "sh",
+                    "-c",
+                    &format!("echo \"$1\" | virsh -q {what} /dev/stdin"),
+                    "op",
+                    xml,
+                ],
+            );
+        }
+        bed.exec(0, &["virsh", "-q", "net-start", "operator-net"])
+            .ok();
+        OperatorObjects
+    }
+
+    fn assert_untouched_and_remove(&self, bed: &lab_testbed::Testbed) {
+        let net = bed
+            .exec(0, &["virsh", "-q", "net-info", "operator-net"])
+            .unwrap();
+        assert!(net.contains("Active:         yes"), "{net}");
+        bed.exec(0, &["virsh", "-q", "dominfo", "operator-vm"])
+            .unwrap();
+        for c in [
+            ["virsh", "-q", "net-destroy", "operator-net"],
+            ["virsh", "-q", "net-undefine", "operator-net"],
+        ] {
+            let _ = bed.exec(0, &c);
+        }
+        let _ = bed.exec(0, &["virsh", "-q", "undefine", "operator-vm"]);
+    }
 }
 
 #[test]

@@ -223,6 +223,7 @@ fn plans(lab: &Lab, build: &Path) -> Vec<Vec<String>> {
                     lab,
                     nodes: nodes.clone(),
                     builds,
+                    networks: Default::default(),
                     force: true,
                     owner: "ops@ctl".into(),
                     now: 1,

@@ -22,14 +22,17 @@ nodes:
   z1: {hypervisor: hvz, id: 1}
 "#;
 
-fn lab(edit: Option<(&str, &str)>) -> Lab {
-    let text = edit.map_or(LAB.to_owned(), |(from, to)| LAB.replace(from, to));
+fn lab(edits: &[(&str, &str)]) -> Lab {
+    let mut text = LAB.to_owned();
+    for (from, to) in edits {
+        text = text.replace(from, to);
+    }
     let tree = lab_model::tree::parse(&text, Path::new("plan.yaml")).unwrap();
     Lab::from_tree(tree, vec![PathBuf::from("plan.yaml")]).unwrap()
 }
 
 /// What the scripted hypervisors hold: the probe's answer per host.
-fn probe_answer(host: &str, extra_datasets: &str, domains: &str) -> String {
+fn probe_answer(host: &str, extra_datasets: &str, domains: &str, networks: &str) -> String {
     let (proto, parent) = if host == "hvd" {
         ("tank/proto", "tank")
     } else {
@@ -39,7 +42,7 @@ fn probe_answer(host: &str, extra_datasets: &str, domains: &str) -> String {
         "#snapshots\n{proto}@20261001-release\tguid\t111\n{proto}@20261001-release\tcreation\t100\n\
          {proto}@20261101-release\tguid\t222\n{proto}@20261101-release\tcreation\t200\n\
          {proto}@20261102-before\tguid\t333\n{proto}@20261102-before\tcreation\t300\n\
-         #datasets\n{parent}\torigin\t-\n{extra_datasets}#domains\n{domains}#end\n"
+         #datasets\n{parent}\torigin\t-\n{extra_datasets}#domains\n{domains}#networks\n{networks}#end\n"
     )
 }
 
@@ -52,8 +55,10 @@ struct Scenario {
     domains: &'static [(&'static str, &'static str)],
     /// Answers to `virsh metadata` reads per node (the lab marker), when the domain exists.
     markers: &'static [(&'static str, &'static str)],
-    /// A text replacement in the lab file.
-    lab_edit: Option<(&'static str, &'static str)>,
+    /// `#networks` rows per host.
+    networks: &'static [(&'static str, &'static str)],
+    /// Text replacements in the lab file.
+    lab_edit: &'static [(&'static str, &'static str)],
 }
 
 const OURS_D1: &str =
@@ -72,7 +77,8 @@ const SCENARIOS: &[Scenario] = &[
         datasets: &[],
         domains: &[],
         markers: &[],
-        lab_edit: None,
+        networks: &[],
+        lab_edit: &[],
     },
     Scenario {
         // d1 runs: unchanged. z1's complete clone is stopped: started as it is.
@@ -85,7 +91,8 @@ const SCENARIOS: &[Scenario] = &[
             ("d1", "<lab lab=\"plan\" node=\"d1\"/>"),
             ("z1", "<lab lab=\"plan\" node=\"z1\"/>"),
         ],
-        lab_edit: None,
+        networks: &[],
+        lab_edit: &[],
     },
     Scenario {
         name: "create_force_replaces_ours",
@@ -97,7 +104,8 @@ const SCENARIOS: &[Scenario] = &[
             ("d1", "<lab lab=\"plan\" node=\"d1\"/>"),
             ("z1", "<lab lab=\"plan\" node=\"z1\"/>"),
         ],
-        lab_edit: None,
+        networks: &[],
+        lab_edit: &[],
     },
     Scenario {
         // d1's clone was never finished: made again without --force. z1 lost its definition.
@@ -107,7 +115,8 @@ const SCENARIOS: &[Scenario] = &[
         datasets: &[("hvd", FILLING_D1), ("hvz", OURS_Z1)],
         domains: &[],
         markers: &[],
-        lab_edit: None,
+        networks: &[],
+        lab_edit: &[],
     },
     Scenario {
         name: "create_force_never_touches_foreign",
@@ -116,7 +125,8 @@ const SCENARIOS: &[Scenario] = &[
         datasets: &[("hvd", FOREIGN_D1), ("hvz", OTHER_LAB_Z1)],
         domains: &[("hvz", " - z1 shut off\n")],
         markers: &[],
-        lab_edit: None,
+        networks: &[],
+        lab_edit: &[],
     },
     Scenario {
         // hvz has nothing that matches: refused before d1 on hvd is touched.
@@ -126,7 +136,8 @@ const SCENARIOS: &[Scenario] = &[
         datasets: &[],
         domains: &[],
         markers: &[],
-        lab_edit: Some(("snapshot: 20261101-release", "snapshot: \"2027*-release\"")),
+        networks: &[],
+        lab_edit: &[("snapshot: 20261101-release", "snapshot: \"2027*-release\"")],
     },
     Scenario {
         name: "destroy_ours",
@@ -138,7 +149,8 @@ const SCENARIOS: &[Scenario] = &[
             ("d1", "<lab lab=\"plan\" node=\"d1\"/>"),
             ("z1", "<lab lab=\"plan\" node=\"z1\"/>"),
         ],
-        lab_edit: None,
+        networks: &[],
+        lab_edit: &[],
     },
     Scenario {
         name: "destroy_refuses_foreign",
@@ -147,7 +159,8 @@ const SCENARIOS: &[Scenario] = &[
         datasets: &[("hvd", FOREIGN_D1), ("hvz", OTHER_LAB_Z1)],
         domains: &[("hvd", " 4 d1 running\n")],
         markers: &[],
-        lab_edit: None,
+        networks: &[],
+        lab_edit: &[],
     },
     Scenario {
         // An interrupted run left lab's domain for d1 but no clone; z1's domain is someone else's.
@@ -157,7 +170,8 @@ const SCENARIOS: &[Scenario] = &[
         datasets: &[],
         domains: &[("hvd", " 4 d1 running\n"), ("hvz", " 7 z1 running\n")],
         markers: &[("d1", "<lab lab=\"plan\" node=\"d1\"/>")],
-        lab_edit: None,
+        networks: &[],
+        lab_edit: &[],
     },
     Scenario {
         name: "destroy_nothing_there",
@@ -166,14 +180,88 @@ const SCENARIOS: &[Scenario] = &[
         datasets: &[],
         domains: &[],
         markers: &[],
-        lab_edit: None,
+        networks: &[],
+        lab_edit: &[],
+    },
+    Scenario {
+        // hvd: the lab's own isolated network is made before the node; hvz: the operator's
+        // network `default` is only used.
+        name: "create_makes_and_uses_networks",
+        verb: "create",
+        force: false,
+        datasets: &[],
+        domains: &[],
+        markers: &[],
+        networks: &[("hvz", "default\tactive\t\n")],
+        lab_edit: &[MGMT_HVD, MGMT_HVZ],
+    },
+    Scenario {
+        // Our network from an older build, d1 running on it: redefined, not restarted.
+        name: "create_redefines_a_changed_network_without_cutting_running_nodes",
+        verb: "create",
+        force: false,
+        datasets: &[("hvd", OURS_D1), ("hvz", OURS_Z1)],
+        domains: &[("hvd", " 4 d1 running\n"), ("hvz", " 5 z1 running\n")],
+        markers: &[
+            ("d1", "<lab lab=\"plan\" node=\"d1\"/>"),
+            ("z1", "<lab lab=\"plan\" node=\"z1\"/>"),
+        ],
+        networks: &[("hvd", OLD_NETWORK), ("hvz", "default\tactive\t\n")],
+        lab_edit: &[MGMT_HVD, MGMT_HVZ],
+    },
+    Scenario {
+        name: "create_refuses_a_network_lab_did_not_make",
+        verb: "create",
+        force: false,
+        datasets: &[],
+        domains: &[],
+        markers: &[],
+        networks: &[
+            ("hvd", "lab-plan\tactive\t\n"),
+            ("hvz", "default\tactive\t\n"),
+        ],
+        lab_edit: &[MGMT_HVD, MGMT_HVZ],
+    },
+    Scenario {
+        name: "create_refuses_an_operator_network_that_is_stopped",
+        verb: "create",
+        force: false,
+        datasets: &[],
+        domains: &[],
+        markers: &[],
+        networks: &[("hvz", "default\tinactive\t\n")],
+        lab_edit: &[MGMT_HVD, MGMT_HVZ],
+    },
+    Scenario {
+        // The lab's network goes after its last node; the operator's stays.
+        name: "destroy_removes_the_labs_network_after_its_nodes",
+        verb: "destroy",
+        force: false,
+        datasets: &[("hvd", OURS_D1), ("hvz", OURS_Z1)],
+        domains: &[("hvd", " 4 d1 running\n")],
+        markers: &[("d1", "<lab lab=\"plan\" node=\"d1\"/>")],
+        networks: &[("hvd", OLD_NETWORK), ("hvz", "default\tactive\t\n")],
+        lab_edit: &[MGMT_HVD, MGMT_HVZ],
     },
 ];
+
+/// hvd gets an isolated network of the lab's own, hvz uses the operator's `default`.
+const MGMT_HVD: (&str, &str) = (
+    "pool: tank, proto: tank/proto, snapshot: \"*-release\"}",
+    "pool: tank, proto: tank/proto, snapshot: \"*-release\", mgmt_ipv4: 10.9.0.0/24}",
+);
+const MGMT_HVZ: (&str, &str) = (
+    "clones: ssd/labs}",
+    "clones: ssd/labs, mgmt: {network: default}}",
+);
+/// The lab's network on hvd, defined from an older build than the scenarios' (`sha-of-hvd`).
+const OLD_NETWORK: &str = "lab-plan\tactive\t<lab:net xmlns:lab=\"https://lab.invalid/schema/1\" lab=\"plan\" sha256=\"older\"/>\n";
 
 fn run(s: &Scenario) -> String {
     let lab = lab(s.lab_edit);
     let datasets: HashMap<&str, &str> = s.datasets.iter().copied().collect();
     let domains: HashMap<&str, &str> = s.domains.iter().copied().collect();
+    let networks: HashMap<&str, &str> = s.networks.iter().copied().collect();
     let markers: HashMap<String, String> = s
         .markers
         .iter()
@@ -185,6 +273,7 @@ fn run(s: &Scenario) -> String {
                 host,
                 datasets.get(host).unwrap_or(&""),
                 domains.get(host).unwrap_or(&""),
+                networks.get(host).unwrap_or(&""),
             )));
         }
         if let Some(rest) = line.strip_prefix("virsh -q metadata ") {
@@ -224,17 +313,33 @@ fn run(s: &Scenario) -> String {
                     (n.name.clone(), build)
                 })
                 .collect();
+            let networks = lab
+                .hypervisors
+                .iter()
+                .filter(|h| h.mgmt.owned)
+                .map(|h| {
+                    let build = lab_generate::NetworkBuild {
+                        name: h.mgmt.network.clone().unwrap(),
+                        xml: b"<network>\n  <name>lab-plan</name>\n</network>\n".to_vec(),
+                        sha256: format!("sha-of-{}", h.name),
+                    };
+                    (h.name.clone(), build)
+                })
+                .collect();
             let req = lab_create::CreateRequest {
                 lab: &lab,
                 nodes: nodes.clone(),
                 builds,
+                networks,
                 force: s.force,
                 owner: "ops@ctl".into(),
                 now: 1_700_000_000,
             };
-            lab_create::create(&exec, &req, &|_| {}).await
+            lab_create::create(&exec, &req, &|_| {})
+                .await
+                .map(|r| (r.networks, r.nodes))
         } else {
-            Ok(lab_destroy::destroy(
+            let r = lab_destroy::destroy(
                 &exec,
                 &lab_destroy::DestroyRequest {
                     lab: &lab,
@@ -242,10 +347,11 @@ fn run(s: &Scenario) -> String {
                 },
                 &|_| {},
             )
-            .await)
+            .await;
+            Ok((r.networks, r.nodes))
         }
     });
-    let reports = match reports {
+    let (networks, reports) = match reports {
         Ok(r) => r,
         Err(e) => {
             let changes: Vec<String> = exec
@@ -262,6 +368,22 @@ changes: {changes:?}
         }
     };
     let mut out = String::new();
+    let mut network_lines = String::new();
+    for n in &networks {
+        network_lines.push_str(&format!(
+            "network {} on {}: {} ({})\n",
+            n.network,
+            n.hypervisor,
+            serde_json::to_string(&n.outcome).unwrap(),
+            n.action.as_deref().unwrap_or("-")
+        ));
+        for c in &n.commands {
+            network_lines.push_str(&format!("  $ {c}\n"));
+        }
+    }
+    if s.verb == "create" {
+        out.push_str(&network_lines);
+    }
     for r in &reports {
         out.push_str(&format!(
             "{} on {}: {}\n",
@@ -272,6 +394,9 @@ changes: {changes:?}
         for c in &r.commands {
             out.push_str(&format!("  $ {c}\n"));
         }
+    }
+    if s.verb == "destroy" {
+        out.push_str(&network_lines);
     }
     out
 }

@@ -29,10 +29,17 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
         let build = lab_generate::read_node(&s.build.dir, &lab.name, &overlay, node)?;
         builds.insert(node.name.clone(), build);
     }
+    let mut networks = HashMap::new();
+    for hv in lab.hypervisors_of(&nodes) {
+        if let Some(net) = lab_generate::read_network(&s.build.dir, &overlay, hv)? {
+            networks.insert(hv.name.clone(), net);
+        }
+    }
     let request = lab_create::CreateRequest {
         lab: &lab,
         nodes: nodes.clone(),
         builds,
+        networks,
         force: s.force,
         owner: lab_hv::owner(),
         now: lab_hv::now(),
@@ -45,6 +52,13 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
         s.mode,
         s.lock_wait,
         async |exec, events| lab_create::create(exec, &request, events).await,
-    )?;
-    render::node_reports(out, &lab, Verb::Create, &reports?, s.mode)
+    )??;
+    render::node_reports(
+        out,
+        &lab,
+        Verb::Create,
+        &reports.networks,
+        &reports.nodes,
+        s.mode,
+    )
 }

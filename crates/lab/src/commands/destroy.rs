@@ -45,5 +45,12 @@ pub fn run(out: &Output, s: &Destroy) -> Result<(), Failure> {
         s.lock_wait,
         async |exec, events| lab_destroy::destroy(exec, &request, events).await,
     )?;
-    render::node_reports(out, &lab, Verb::Destroy, &reports, s.mode)
+    render::node_reports(
+        out,
+        &lab,
+        Verb::Destroy,
+        &reports.networks,
+        &reports.nodes,
+        s.mode,
+    )
 }

@@ -1,7 +1,5 @@
 //! `lab status`: one probe per hypervisor, every selected node explained against the build.
 
-use std::collections::HashMap;
-
 use crate::exit::{Exit, Failure};
 use crate::remote::{drive, executor_for};
 use crate::render;
@@ -14,19 +12,25 @@ pub fn run(out: &Output, s: &Status) -> Result<(), Failure> {
     let overlay = lab_generate::resolve_overlay(&lab, s.build.overlay.as_deref())
         .ok()
         .map(|o| o.name.clone());
-    let digests: HashMap<String, String> = match &overlay {
-        Some(o) => nodes
-            .iter()
-            .filter_map(|n| {
-                let build = lab_generate::read_node(&s.build.dir, &lab.name, o, n).ok()?;
-                Some((n.name.clone(), build.digest))
-            })
-            .collect(),
-        None => HashMap::new(),
-    };
+    let mut expected = lab_hv::Expected::default();
+    if let Some(o) = &overlay {
+        for n in &nodes {
+            if let Ok(build) = lab_generate::read_node(&s.build.dir, &lab.name, o, n) {
+                if let Some(macs) = build.domain_macs() {
+                    expected.macs.insert(n.name.clone(), macs);
+                }
+                expected.digests.insert(n.name.clone(), build.digest);
+            }
+        }
+        for hv in lab.hypervisors_of(&nodes) {
+            if let Ok(Some(net)) = lab_generate::read_network(&s.build.dir, o, hv) {
+                expected.networks.insert(hv.name.clone(), net.sha256);
+            }
+        }
+    }
     let exec = executor_for(&lab.hypervisors_of(&nodes), Mode::Live);
     let report = drive(exec, async |exec| {
-        lab_hv::status(exec, &lab, &nodes, &digests, lab_hv::now()).await
+        lab_hv::status(exec, &lab, &nodes, &expected, lab_hv::now()).await
     })?;
     render::status(out, &report);
     let unreachable = report.nodes.iter().filter(|n| n.error.is_some()).count();

@@ -5,7 +5,7 @@ pub mod proto;
 
 use std::io::Write;
 
-use lab_hv::{NodeReport, Outcome, StatusReport};
+use lab_hv::{NetworkReport, NodeReport, Outcome, StatusReport};
 use lab_model::{Lab, LabNode};
 
 use crate::cli::Format;
@@ -27,49 +27,102 @@ pub fn pairs<'a>(nodes: &[&'a LabNode]) -> Vec<(&'a str, &'a str)> {
         .collect()
 }
 
-/// Prints the per-node result of create or destroy and turns it into the exit code: any node
-/// failed or skipped is "partial" (3), every node failed is a failure (1).
+/// One result line: what happened, and why or to what.
+fn outcome_text(outcome: &Outcome, done: &str, detail: String) -> (String, String) {
+    match outcome {
+        Outcome::Done => (done.to_owned(), detail),
+        Outcome::Unchanged { reason } => ("unchanged".to_owned(), reason.clone()),
+        Outcome::Skipped { reason } => ("skipped".to_owned(), reason.clone()),
+        Outcome::Failed {
+            step,
+            error,
+            rolled_back,
+        } => (
+            "failed".to_owned(),
+            format!(
+                "{step}: {error}{}",
+                if *rolled_back { " (rolled back)" } else { "" }
+            ),
+        ),
+    }
+}
+
+/// Prints the result of create or destroy (networks and nodes) and turns it into the exit
+/// code: any node or network failed or skipped is "partial" (3), every node failed is a
+/// failure (1).
 pub fn node_reports(
     out: &Output,
     lab: &Lab,
     verb: Verb,
+    networks: &[NetworkReport],
     reports: &[NodeReport],
     mode: Mode,
 ) -> Result<(), Failure> {
     let summary = lab_hv::summary(reports);
     let dry_run = mode.is_dry_run();
+    let networks_failed = networks
+        .iter()
+        .filter(|n| matches!(n.outcome, Outcome::Failed { .. }))
+        .count();
     match out.format {
         Format::Json => print_json(&serde_json::json!({
             "lab": lab.name,
             "verb": verb.as_str(),
             "dry_run": dry_run,
             "summary": summary,
+            "networks": networks,
             "nodes": reports,
+            "wires": if verb == Verb::Create {
+                reports
+                    .iter()
+                    .flat_map(|r| lab.node(&r.node))
+                    .flat_map(|n| n.links().map(move |i| (n, i)))
+                    .map(|(n, i)| serde_json::json!({
+                        "node": n.name,
+                        "interface": i.name,
+                        "peer": i.peer,
+                        "peer_interface": i.peer_interface,
+                        "wire": i.wire,
+                    }))
+                    .collect::<Vec<_>>()
+            } else {
+                Vec::new()
+            },
         })),
         Format::Text => {
             let mut stdout = std::io::stdout().lock();
+            let print_network = |stdout: &mut std::io::StdoutLock<'_>, n: &NetworkReport| {
+                let action = if dry_run {
+                    "planned"
+                } else {
+                    n.action.as_deref().unwrap_or("done")
+                };
+                let (word, detail) = outcome_text(&n.outcome, action, String::new());
+                let _ = writeln!(
+                    stdout,
+                    "{:<8} {:<16} {:<10} {detail}",
+                    n.hypervisor,
+                    format!("net {}", n.network),
+                    word
+                );
+                for c in &n.commands {
+                    let _ = writeln!(stdout, "    $ {c}");
+                }
+            };
+            // Networks exist before the nodes that use them, and go after them.
+            if verb == Verb::Create {
+                networks.iter().for_each(|n| print_network(&mut stdout, n));
+            }
             for r in reports {
                 let (word, detail) = match &r.outcome {
-                    Outcome::Done if dry_run => ("planned", String::new()),
-                    Outcome::Done => (
+                    Outcome::Done if dry_run => ("planned".to_owned(), String::new()),
+                    outcome => outcome_text(
+                        outcome,
                         match verb {
                             Verb::Destroy => "destroyed",
                             _ => "created",
                         },
                         r.snapshot.clone().unwrap_or_default(),
-                    ),
-                    Outcome::Unchanged { reason } => ("unchanged", reason.clone()),
-                    Outcome::Skipped { reason } => ("skipped", reason.clone()),
-                    Outcome::Failed {
-                        step,
-                        error,
-                        rolled_back,
-                    } => (
-                        "failed",
-                        format!(
-                            "{step}: {error}{}",
-                            if *rolled_back { " (rolled back)" } else { "" }
-                        ),
                     ),
                 };
                 let _ = writeln!(
@@ -80,6 +133,14 @@ pub fn node_reports(
                 for c in &r.commands {
                     let _ = writeln!(stdout, "    $ {c}");
                 }
+                if dry_run && verb == Verb::Create {
+                    for w in wires(lab, &r.node) {
+                        let _ = writeln!(stdout, "    wire {w}");
+                    }
+                }
+            }
+            if verb != Verb::Create {
+                networks.iter().for_each(|n| print_network(&mut stdout, n));
             }
             if !out.quiet {
                 eprintln!(
@@ -100,17 +161,39 @@ pub fn node_reports(
             Exit::Failure,
             format!("{verb}: every node failed"),
         ))
-    } else if summary.failed + summary.skipped > 0 {
+    } else if summary.failed + summary.skipped + networks_failed > 0 {
         Err(Failure::new(
             Exit::Partial,
             format!(
-                "{verb}: {} node(s) skipped, {} failed",
+                "{verb}: {} node(s) skipped, {} failed; {networks_failed} network(s) failed",
                 summary.skipped, summary.failed
             ),
         ))
     } else {
         Ok(())
     }
+}
+
+/// A node's wires, one line each: `eth1: udp 127.0.0.1:20320 -> 127.0.0.1:20321 (vpp0-2 eth1)`.
+fn wires(lab: &Lab, node: &str) -> Vec<String> {
+    let Some(node) = lab.node(node) else {
+        return Vec::new();
+    };
+    node.links()
+        .filter_map(|i| {
+            let w = i.wire?;
+            Some(format!(
+                "{}: udp {}:{} -> {}:{} ({} {})",
+                i.name,
+                w.local_address,
+                w.local_port,
+                w.remote_address,
+                w.remote_port,
+                i.peer.as_deref().unwrap_or("?"),
+                i.peer_interface.as_deref().unwrap_or("?")
+            ))
+        })
+        .collect()
 }
 
 /// `lab status`: one line per node, then the orphans.
@@ -139,6 +222,9 @@ pub fn status(out: &Output, report: &StatusReport) {
         if let Some(f) = &n.foreign {
             drift.push(format!("NOT OURS: {f}"));
         }
+        if let Some(d) = &n.nic_drift {
+            drift.push(format!("NICs: {d}"));
+        }
         if let Some(e) = &n.error {
             drift.push(e.clone());
         }
@@ -157,6 +243,18 @@ pub fn status(out: &Output, report: &StatusReport) {
             } else {
                 drift.join("; ")
             }
+        );
+    }
+    for n in &report.networks {
+        let whose = if n.ours { "lab's" } else { "operator's" };
+        let drift = match n.definition_drift {
+            Some(true) => "; defined from an older build (create redefines it)",
+            _ => "",
+        };
+        let _ = writeln!(
+            stdout,
+            "network: {} {} {} ({whose}){drift}",
+            n.hypervisor, n.network, n.state
         );
     }
     for o in &report.orphans {

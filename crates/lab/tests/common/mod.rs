@@ -114,12 +114,19 @@ pub fn assert_guests_boot(bed: &Testbed, nodes: &[(&str, &str)]) {
     }
 }
 
-/// A lab of our own on the test bed's fleet file.
+/// A lab of our own on the test bed's fleet file. Labs that run at once on one hypervisor
+/// cannot share its management prefix, so a test lab has no management network unless its
+/// `body` says `mgmt`.
 pub fn write_lab(dir: &Path, name: &str, id: u8, body: &str) -> PathBuf {
     let text = format!(
         "include: {}\nlab: {{name: {name}, id: {id}}}\nvars: {{domain: e2e.example, dns: [192.0.2.53]}}\n\
-         defaults:\n  node:\n    vars: {{vpp_workers: 1, ospf_area: 0}}\n{default_overlay}{body}",
+         defaults:\n  node:\n    vars: {{vpp_workers: 1, ospf_area: 0}}\n{no_mgmt}{default_overlay}{body}",
         repo().join("labs/testbed.yaml").display(),
+        no_mgmt = if body.contains("mgmt") {
+            ""
+        } else {
+            "  hypervisor:\n    mgmt: {mode: none}\n"
+        },
         default_overlay = if body.contains("overlay:") {
             ""
         } else {

@@ -1,0 +1,288 @@
+//! The management network of each hypervisor, before its nodes: lab's own network is defined
+//! and started when it is absent, started when it is stopped, redefined when its definition
+//! changed; an operator's network is used as it is, never changed.
+
+use lab_exec::{Cmd, ExecError, Executor};
+use lab_generate::NetworkBuild;
+use lab_hv::own::{NetworkFacts, network_facts};
+use lab_hv::{HostState, NetworkReport, Outcome, cmd};
+use lab_model::{Hypervisor, LabNode, MgmtMode};
+
+/// What `create` does with a hypervisor's management network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetworkDecision {
+    /// No management network (mode `none`).
+    Nothing,
+    /// An operator's network, active: used as it is.
+    Use,
+    /// Cannot go on: nothing is changed anywhere (a foreign network of lab's name, an
+    /// operator's network that is missing or stopped, no definition in the build).
+    Refuse(String),
+    /// lab's own network, as it should be.
+    Unchanged,
+    /// `define`: (re)define from the build; `start`: start it; `restart`: stop it first (it runs
+    /// an older definition and no node of the lab uses it).
+    Apply {
+        define: bool,
+        restart: bool,
+        start: bool,
+    },
+    /// lab's own network runs an older definition while nodes of the lab use it: the new
+    /// definition is saved and takes effect when the network next starts.
+    DefinePending,
+}
+
+/// Decides from the network's facts, the build's definition, and whether nodes of the lab run
+/// on the hypervisor.
+pub fn decide_network(
+    mode: MgmtMode,
+    name: &str,
+    facts: &NetworkFacts,
+    active_if_existing: Option<bool>,
+    build: Option<&NetworkBuild>,
+    lab_running: bool,
+) -> NetworkDecision {
+    match mode {
+        MgmtMode::None => NetworkDecision::Nothing,
+        MgmtMode::Existing => match active_if_existing {
+            None => NetworkDecision::Refuse(format!(
+                "network {name} does not exist (mgmt mode `existing` uses it, never makes it)"
+            )),
+            Some(false) => NetworkDecision::Refuse(format!(
+                "network {name} is not active, and lab never starts a network it did not make"
+            )),
+            Some(true) => NetworkDecision::Use,
+        },
+        MgmtMode::Isolated | MgmtMode::Nat | MgmtMode::Bridge => {
+            let Some(build) = build else {
+                return NetworkDecision::Refuse(format!(
+                    "no definition of network {name} in the build (run `lab generate`)"
+                ));
+            };
+            match facts {
+                NetworkFacts::Foreign(why) => NetworkDecision::Refuse(format!(
+                    "{why}; lab never changes a network it did not make"
+                )),
+                NetworkFacts::Absent => NetworkDecision::Apply {
+                    define: true,
+                    restart: false,
+                    start: true,
+                },
+                NetworkFacts::Ours { active, sha256 } if *sha256 == build.sha256 => {
+                    if *active {
+                        NetworkDecision::Unchanged
+                    } else {
+                        NetworkDecision::Apply {
+                            define: false,
+                            restart: false,
+                            start: true,
+                        }
+                    }
+                }
+                NetworkFacts::Ours { active: true, .. } if lab_running => {
+                    NetworkDecision::DefinePending
+                }
+                NetworkFacts::Ours { active, .. } => NetworkDecision::Apply {
+                    define: true,
+                    restart: *active,
+                    start: true,
+                },
+            }
+        }
+    }
+}
+
+/// The decision for `hv`, from its probed state.
+pub(crate) fn decide_for(
+    lab: &str,
+    hv: &Hypervisor,
+    nodes_here: &[&LabNode],
+    state: &HostState,
+    build: Option<&NetworkBuild>,
+) -> NetworkDecision {
+    let Some(name) = hv.mgmt.network.as_deref() else {
+        return NetworkDecision::Nothing;
+    };
+    let facts = network_facts(state, name, lab);
+    let existing = state.networks.get(name).map(|n| n.active);
+    let lab_running = nodes_here.iter().any(|n| state.domain_running(&n.name));
+    decide_network(hv.mgmt.mode, name, &facts, existing, build, lab_running)
+}
+
+/// Carries a decision out; `None` when there is nothing to report.
+pub(crate) async fn apply(
+    exec: &Executor,
+    lab: &str,
+    hv: &Hypervisor,
+    decision: &NetworkDecision,
+    build: Option<&NetworkBuild>,
+) -> Option<NetworkReport> {
+    let name = hv.mgmt.network.clone()?;
+    let report = |outcome, action: &str| NetworkReport {
+        hypervisor: hv.name.clone(),
+        network: name.clone(),
+        outcome,
+        action: Some(action.to_owned()),
+        commands: Vec::new(),
+    };
+    let (define, restart, start) = match decision {
+        NetworkDecision::Nothing | NetworkDecision::Refuse(_) => return None,
+        NetworkDecision::Use => {
+            return Some(report(
+                Outcome::Unchanged {
+                    reason: "the operator's network, used as it is".to_owned(),
+                },
+                "used",
+            ));
+        }
+        NetworkDecision::Unchanged => {
+            return Some(report(
+                Outcome::Unchanged {
+                    reason: "active, as defined".to_owned(),
+                },
+                "unchanged",
+            ));
+        }
+        NetworkDecision::DefinePending => (true, false, false),
+        NetworkDecision::Apply {
+            define,
+            restart,
+            start,
+        } => (*define, *restart, *start),
+    };
+    let build = build.expect("the decision needed a definition");
+    let mut steps: Vec<(&str, Cmd)> = Vec::new();
+    if define {
+        steps.push((
+            "define",
+            cmd::define_network(&build.xml, lab, &build.sha256),
+        ));
+    }
+    if restart {
+        steps.push(("restart", cmd::stop_network(&name)));
+    }
+    if start {
+        steps.push(("start", cmd::start_network(&name)));
+    }
+    let before = exec.recorded().len();
+    let result: Result<(), (&str, ExecError)> = async {
+        for (step, c) in &steps {
+            exec.run(&hv.name, c).await.map_err(|e| (*step, e))?;
+        }
+        Ok(())
+    }
+    .await;
+    let action = match decision {
+        NetworkDecision::DefinePending => {
+            "redefined; nodes of the lab use it, so it keeps its old definition until it restarts"
+        }
+        _ if restart => "redefined and restarted",
+        _ if define => "defined and started",
+        _ => "started",
+    };
+    let mut r = match result {
+        Ok(()) => report(Outcome::Done, action),
+        Err((step, e)) => report(
+            Outcome::Failed {
+                step: format!("network {step}"),
+                error: e.to_string(),
+                rolled_back: false,
+            },
+            action,
+        ),
+    };
+    if !exec.is_live() {
+        r.commands = exec.recorded()[before..]
+            .iter()
+            .map(|c| c.line.clone())
+            .collect();
+    }
+    Some(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(sha: &str) -> NetworkBuild {
+        NetworkBuild {
+            name: "lab-x".into(),
+            xml: b"<network/>".to_vec(),
+            sha256: sha.into(),
+        }
+    }
+
+    #[test]
+    fn every_case_of_a_network() {
+        use NetworkDecision as D;
+        let ours = |active, sha: &str| NetworkFacts::Ours {
+            active,
+            sha256: sha.into(),
+        };
+        let apply = |define, restart, start| D::Apply {
+            define,
+            restart,
+            start,
+        };
+        let foreign = NetworkFacts::Foreign("network lab-x exists and was not made by lab".into());
+        let b = build("new");
+        // (mode, facts, existing active?, build, lab running) -> decision
+        type Row<'a> = (
+            MgmtMode,
+            NetworkFacts,
+            Option<bool>,
+            Option<&'a NetworkBuild>,
+            bool,
+            D,
+        );
+        let table: Vec<Row> = vec![
+            (MgmtMode::None, NetworkFacts::Absent, None, None, false, D::Nothing),
+            (MgmtMode::Isolated, NetworkFacts::Absent, None, Some(&b), false, apply(true, false, true)),
+            (MgmtMode::Nat, ours(true, "new"), Some(true), Some(&b), true, D::Unchanged),
+            (MgmtMode::Isolated, ours(false, "new"), Some(false), Some(&b), false, apply(false, false, true)),
+            // A changed definition: restarted only while no node of the lab runs on it.
+            (MgmtMode::Isolated, ours(true, "old"), Some(true), Some(&b), false, apply(true, true, true)),
+            (MgmtMode::Isolated, ours(true, "old"), Some(true), Some(&b), true, D::DefinePending),
+            (MgmtMode::Bridge, ours(false, "old"), Some(false), Some(&b), false, apply(true, false, true)),
+            (
+                MgmtMode::Isolated,
+                foreign.clone(),
+                Some(true),
+                Some(&b),
+                false,
+                D::Refuse("network lab-x exists and was not made by lab; lab never changes a network it did not make".into()),
+            ),
+            (
+                MgmtMode::Isolated,
+                NetworkFacts::Absent,
+                None,
+                None,
+                false,
+                D::Refuse("no definition of network lab-x in the build (run `lab generate`)".into()),
+            ),
+            // An operator's network: used when active, never started or made.
+            (MgmtMode::Existing, foreign.clone(), Some(true), None, false, D::Use),
+            (
+                MgmtMode::Existing,
+                foreign.clone(),
+                Some(false),
+                None,
+                false,
+                D::Refuse("network lab-x is not active, and lab never starts a network it did not make".into()),
+            ),
+            (
+                MgmtMode::Existing,
+                NetworkFacts::Absent,
+                None,
+                None,
+                false,
+                D::Refuse("network lab-x does not exist (mgmt mode `existing` uses it, never makes it)".into()),
+            ),
+        ];
+        for (i, (mode, facts, existing, build, running, expected)) in table.into_iter().enumerate()
+        {
+            let got = decide_network(mode, "lab-x", &facts, existing, build, running);
+            assert_eq!(got, expected, "row {i}: {mode:?} {facts:?}");
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! The fleet's `proto:` section: where the proto is updated, and how it is replicated.
+
+use crate::error::{Hint, ModelError};
+use crate::model::{Hypervisor, Proto, Transport};
+use crate::names;
+use crate::resolve::{name_ok, path_of, schema_error};
+use crate::schema::ProtoSchema;
+use crate::tree::Tree;
+
+pub(crate) fn resolve_proto(
+    root: &Tree,
+    p: ProtoSchema,
+    hypervisors: &[Hypervisor],
+) -> Result<Proto, ModelError> {
+    if !hypervisors.iter().any(|h| h.name == p.source) {
+        return Err(schema_error(
+            root,
+            &path_of(&["proto", "source"]),
+            format!("hypervisor `{}` is not defined", p.source),
+            Hint::closest(&p.source, hypervisors.iter().map(|h| h.name.as_str())),
+        ));
+    }
+    if let Some(d) = &p.domain {
+        name_ok(root, &["proto", "domain"], d, "domain name", names::ident)?;
+    }
+    name_ok(
+        root,
+        &["proto", "pattern"],
+        &p.pattern,
+        "snapshot pattern",
+        names::snapshot_pattern,
+    )?;
+    if p.keep == 0 {
+        return Err(schema_error(
+            root,
+            &path_of(&["proto", "keep"]),
+            "keep must be at least 1: the newest release is what labs clone".to_owned(),
+            Hint::default(),
+        ));
+    }
+    match (&p.zrepl_job, p.transport) {
+        (Some(job), _) => name_ok(
+            root,
+            &["proto", "zrepl_job"],
+            job,
+            "zrepl job",
+            names::ident,
+        )?,
+        (None, Transport::Zrepl) => {
+            return Err(schema_error(
+                root,
+                &path_of(&["proto", "transport"]),
+                "transport `zrepl` needs `zrepl_job`: the job to wake on each target".to_owned(),
+                Hint::default(),
+            ));
+        }
+        (None, _) => {}
+    }
+    Ok(Proto {
+        source: p.source,
+        domain: p.domain,
+        pattern: p.pattern,
+        keep: p.keep,
+        transport: p.transport,
+        zrepl_job: p.zrepl_job,
+    })
+}
