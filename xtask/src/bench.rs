@@ -218,7 +218,7 @@ fn remove_floor_leftovers(bed: &lab_testbed::Testbed, nodes: &[(u32, String)]) {
             }
             std::thread::sleep(std::time::Duration::from_millis(250));
         }
-        let _ = bed.exec(*k, &["rmdir", &format!("/var/lib/lab/staging/{node}")]);
+        let _ = bed.exec(*k, &["rmdir", &format!("/var/lib/lab/staging/vpp/{node}")]);
         say(&format!("hv{k}: removed the floor's {ds}"));
     }
 }
@@ -353,17 +353,16 @@ fn create_and_time(
     let floor_net_up = floor_networks(true)?;
     let floor_create = floor_net_up
         + floor_step(
-            r#"set -e; st=/var/lib/lab/staging/$2
+            r#"set -e; st=/var/lib/lab/staging/vpp/$2
 zfs clone -o mountpoint=$st -o lab-bench:floor=yes "$5" "$1/$2"
 rsync -aH --numeric-ids --chown=0:0 "$3/" "$st/"
-zfs umount "$1/$2"
 virsh -q define "$4" >/dev/null
 virsh -q start "$2" >/dev/null"#,
         )?;
     let floor_destroy = floor_step(
         r#"set -e; virsh -q destroy "$2" >/dev/null; virsh -q undefine "$2" >/dev/null
 if [ "$(zfs get -H -o value mounted "$1/$2")" = yes ]; then zfs umount "$1/$2"; fi
-zfs destroy "$1/$2"; rmdir /var/lib/lab/staging/$2"#,
+zfs destroy "$1/$2"; rmdir /var/lib/lab/staging/vpp/$2"#,
     )? + floor_networks(false)?;
 
     // lab itself, counting the ssh connections each hypervisor's sshd accepts.

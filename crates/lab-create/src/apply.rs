@@ -22,15 +22,16 @@ pub(crate) async fn node(
     let step = step_events(events, hv, node);
     let lab = &req.lab.name;
     let build = &req.builds[&node.name];
-    let facts = match lab_hv::own::inspect(exec, hv, lab, node, state).await {
+    let facts = match lab_hv::own::inspect(hv, lab, node, state) {
         Ok(f) => f,
-        Err(e) => return failed(node, "inspect domain", &e, false),
+        Err(e) => return failed(node, "inspect", &e, false),
     };
     let ask = Ask {
         force: req.force,
         has_domain_xml: build.domain_xml.is_some(),
+        digest: &build.digest,
     };
-    let (stop, remove_clone, undefine) = match decide(&facts, &node.name, &node.dataset, ask) {
+    let (stop, remove_clone, undefine) = match decide(&facts, &node.domain, &node.dataset, ask) {
         Decision::Skip(reason) => return NodeReport::new(node, Outcome::Skipped { reason }),
         Decision::Unchanged(reason) => return NodeReport::new(node, Outcome::Unchanged { reason }),
         Decision::Start { define } => {
@@ -81,30 +82,29 @@ pub(crate) async fn node(
             .await
             .map_err(|e| ("mount", e))?;
         step("copy");
-        exec.rsync(&hv.name, &build.tree, &cmd::staging_dir(hv, node))
+        exec.rsync(&hv.name, &build.tree, cmd::staging_dir(node))
             .await
             .map_err(|e| ("copy", e))?;
-        step("unmount");
-        exec.run(&hv.name, &cmd::detach(hv, node))
-            .await
-            .map_err(|e| ("unmount", e))?;
+        // A dataset stays mounted for the domain's life: its 9p share is that directory. A
+        // zvol's partition is unmounted: the domain opens the block device.
         if hv.storage == Storage::Zvol {
-            exec.run(&hv.name, &cmd::remove_staging(hv, node))
+            step("unmount");
+            exec.run(&hv.name, &cmd::detach(hv, node))
+                .await
+                .map_err(|e| ("unmount", e))?;
+            exec.run(&hv.name, &cmd::remove_staging(node))
                 .await
                 .map_err(|e| ("unmount", e))?;
         }
         exec.run(&hv.name, &cmd::mark_ready(node))
             .await
-            .map_err(|e| ("unmount", e))?;
+            .map_err(|e| ("copy", e))?;
         if let Some(xml) = &build.domain_xml {
             step("define");
-            exec.run(&hv.name, &cmd::define(xml))
+            exec.run(&hv.name, &cmd::define_domain(xml, lab, node))
                 .await
                 .map_err(|e| ("define", e))?;
             defined = true;
-            exec.run(&hv.name, &cmd::mark_domain(lab, node))
-                .await
-                .map_err(|e| ("define", e))?;
         }
         step("start");
         exec.run(&hv.name, &cmd::start(node))
@@ -143,9 +143,11 @@ async fn start(
     step: &impl Fn(&'static str),
 ) -> NodeReport {
     let mut plan = Vec::new();
+    if hv.storage == Storage::Dataset {
+        plan.push(("mount", cmd::attach(hv, node)));
+    }
     if let (Some(xml), true) = (&build.domain_xml, define) {
-        plan.push(("define", cmd::define(xml)));
-        plan.push(("define", cmd::mark_domain(lab, node)));
+        plan.push(("define", cmd::define_domain(xml, lab, node)));
     }
     plan.push(("start", cmd::start(node)));
     for (name, c) in plan {
@@ -173,7 +175,7 @@ async fn rollback(
     cmds.extend([
         cmd::detach(hv, node),
         cmd::destroy_dataset(node),
-        cmd::remove_staging(hv, node),
+        cmd::remove_staging(node),
     ]);
     for c in cmds {
         if let Err(e) = run_patiently(exec, &hv.name, &c).await

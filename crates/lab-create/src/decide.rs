@@ -24,24 +24,32 @@ pub enum Decision {
 
 /// The request's side of a decision.
 #[derive(Debug, Clone, Copy)]
-pub struct Ask {
+pub struct Ask<'a> {
     /// `--force`: replace this lab's running domains and complete clones.
     pub force: bool,
     /// The overlay renders a domain definition for the node.
     pub has_domain_xml: bool,
+    /// The overlay digest of the node's current build.
+    pub digest: &'a str,
 }
 
 /// Decides what `create` does with a node (see [`Decision`]).
-pub fn decide(facts: &NodeFacts, node: &str, dataset: &str, ask: Ask) -> Decision {
-    let domain = facts.domain;
-    let filling = match &facts.clone {
+pub fn decide(facts: &NodeFacts, node: &str, dataset: &str, ask: Ask<'_>) -> Decision {
+    let domain = &facts.domain;
+    let (filling, digest) = match &facts.clone {
         // A dataset lab did not make is never touched, --force or not.
         CloneFacts::Foreign(why) => {
             return Decision::Skip(format!("{why}; lab never touches it, --force or not"));
         }
-        CloneFacts::Ours { filling } => Some(*filling),
-        CloneFacts::Absent => None,
+        CloneFacts::Ours { filling, digest } => (Some(*filling), digest.as_deref()),
+        CloneFacts::Absent => (None, None),
     };
+    // A domain another lab defined is never started, stopped or redefined, --force or not.
+    if let Some(who) = domain.other() {
+        return Decision::Skip(format!(
+            "domain {node} was defined by lab for {who}; lab never touches it, --force or not"
+        ));
+    }
     // A domain lab did not define is never redefined over (without a definition of our own,
     // an existing, pre-provisioned domain is only stopped and started).
     if domain.exists() && !domain.ours() && ask.has_domain_xml {
@@ -49,8 +57,20 @@ pub fn decide(facts: &NodeFacts, node: &str, dataset: &str, ask: Ask) -> Decisio
             "domain {node} exists and was not defined by lab; lab will not redefine it"
         ));
     }
-    // Our complete clone and no --force: converge by starting what is there.
+    // Our complete clone and no --force: converge by starting what is there, unless it was
+    // filled from another build than the current one (that is drift, not "unchanged").
     if filling == Some(false) && !ask.force {
+        if digest != Some(ask.digest) {
+            let how = if domain.running() {
+                "running"
+            } else {
+                "stopped"
+            };
+            return Decision::Skip(format!(
+                "{how} on {dataset}, filled from an older build than the current one \
+                 (overlay changed): --force recreates it"
+            ));
+        }
         if domain.running() {
             return Decision::Unchanged(format!("running on {dataset} (--force recreates it)"));
         }
@@ -74,20 +94,42 @@ pub fn decide(facts: &NodeFacts, node: &str, dataset: &str, ask: Ask) -> Decisio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lab_hv::own::DomainFacts;
+    use lab_hv::own::{DomainFacts, Marker};
 
     fn facts(clone: CloneFacts, domain: DomainFacts) -> NodeFacts {
         NodeFacts { clone, domain }
     }
 
-    const OURS: CloneFacts = CloneFacts::Ours { filling: false };
-    const FILLING: CloneFacts = CloneFacts::Ours { filling: true };
+    fn ours() -> CloneFacts {
+        CloneFacts::Ours {
+            filling: false,
+            digest: Some("d".into()),
+        }
+    }
+    fn filling() -> CloneFacts {
+        CloneFacts::Ours {
+            filling: true,
+            digest: Some("d".into()),
+        }
+    }
+    fn older() -> CloneFacts {
+        CloneFacts::Ours {
+            filling: false,
+            digest: Some("old".into()),
+        }
+    }
     const NO_DOMAIN: DomainFacts = DomainFacts::Absent;
 
     fn dom(running: bool, ours: bool) -> DomainFacts {
         DomainFacts::Present {
             running,
-            ours: Some(ours),
+            marker: if ours { Marker::Ours } else { Marker::None },
+        }
+    }
+    fn other_lab(running: bool) -> DomainFacts {
+        DomainFacts::Present {
+            running,
+            marker: Marker::Other("lab `b`, node `n`".into()),
         }
     }
 
@@ -110,6 +152,13 @@ mod tests {
         let not_ours_domain =
             "domain n exists and was not defined by lab; lab will not redefine it";
         let running_skip = "domain n is running (use --force to replace it)";
+        let other_skip = "domain n was defined by lab for lab `b`, node `n`; lab never touches it, --force or not";
+        let drift = |how: &str| {
+            format!(
+                "{how} on tank/n, filled from an older build than the current one (overlay \
+                 changed): --force recreates it"
+            )
+        };
         // (clone, domain, force, has domain xml) -> decision
         let table: Vec<(CloneFacts, DomainFacts, bool, bool, Decision)> = vec![
             (
@@ -131,41 +180,47 @@ mod tests {
             (foreign(), dom(true, true), true, true, skip(foreign_skip)),
             // Our complete clone: converge.
             (
-                OURS,
+                ours(),
                 dom(true, true),
                 false,
                 true,
                 Decision::Unchanged(running_ours.into()),
             ),
             (
-                OURS,
+                ours(),
                 dom(false, true),
                 false,
                 true,
                 Decision::Start { define: false },
             ),
             (
-                OURS,
+                ours(),
                 NO_DOMAIN,
                 false,
                 true,
                 Decision::Start { define: true },
             ),
             (
-                OURS,
+                ours(),
                 NO_DOMAIN,
                 false,
                 false,
                 Decision::Start { define: false },
             ),
             // --force replaces our clone and our definition.
-            (OURS, dom(true, true), true, true, make(true, true, true)),
-            (OURS, dom(false, true), true, true, make(false, true, true)),
-            (OURS, NO_DOMAIN, true, true, make(false, true, false)),
-            // A half-filled clone is made again without --force, its domain stopped.
-            (FILLING, NO_DOMAIN, false, true, make(false, true, false)),
+            (ours(), dom(true, true), true, true, make(true, true, true)),
             (
-                FILLING,
+                ours(),
+                dom(false, true),
+                true,
+                true,
+                make(false, true, true),
+            ),
+            (ours(), NO_DOMAIN, true, true, make(false, true, false)),
+            // A half-filled clone is made again without --force, its domain stopped.
+            (filling(), NO_DOMAIN, false, true, make(false, true, false)),
+            (
+                filling(),
                 dom(true, true),
                 false,
                 true,
@@ -179,7 +234,7 @@ mod tests {
                 true,
                 skip(not_ours_domain),
             ),
-            (OURS, dom(true, false), true, true, skip(not_ours_domain)),
+            (ours(), dom(true, false), true, true, skip(not_ours_domain)),
             // ... but without a definition of our own it is used: started, or with --force stopped.
             (
                 CloneFacts::Absent,
@@ -202,6 +257,38 @@ mod tests {
                 false,
                 make(true, false, false),
             ),
+            // A domain another lab defined: never touched, --force or not.
+            (
+                CloneFacts::Absent,
+                other_lab(true),
+                true,
+                true,
+                skip(other_skip),
+            ),
+            (
+                CloneFacts::Absent,
+                other_lab(false),
+                false,
+                false,
+                skip(other_skip),
+            ),
+            (ours(), other_lab(true), true, false, skip(other_skip)),
+            // Our clone filled from an older build: drift, recreated only with --force.
+            (
+                older(),
+                dom(true, true),
+                false,
+                true,
+                skip(&drift("running")),
+            ),
+            (
+                older(),
+                dom(false, true),
+                false,
+                true,
+                skip(&drift("stopped")),
+            ),
+            (older(), dom(true, true), true, true, make(true, true, true)),
             // Our domain running without a clone: replaced only with --force.
             (
                 CloneFacts::Absent,
@@ -227,6 +314,7 @@ mod tests {
                 Ask {
                     force,
                     has_domain_xml,
+                    digest: "d",
                 },
             );
             assert_eq!(

@@ -46,8 +46,9 @@ impl Plan {
     }
 }
 
-/// Decides what `destroy` does with a node. A running domain is stopped when its clone is ours
-/// or lab defined it; without either it is someone else's (or pre-provisioned) and left alone.
+/// Decides what `destroy` does with a node. A running domain is stopped when lab defined it
+/// for this node, or when it carries no marker and runs on this lab's clone (pre-provisioned);
+/// a domain another lab defined is never stopped or undefined.
 pub fn decide(facts: &NodeFacts) -> Plan {
     let clone = match &facts.clone {
         CloneFacts::Foreign(why) => return Plan::Skip(format!("{why}; not destroyed")),
@@ -55,8 +56,9 @@ pub fn decide(facts: &NodeFacts) -> Plan {
         CloneFacts::Absent => false,
     };
     let ours = facts.domain.ours();
+    let unmarked = facts.domain.exists() && !ours && facts.domain.other().is_none();
     Plan::Remove {
-        stop: facts.domain.running() && (clone || ours),
+        stop: facts.domain.running() && (ours || (clone && unmarked)),
         undefine: ours,
         destroy_clone: clone,
     }
@@ -110,11 +112,16 @@ pub async fn destroy(
             action: Some(action.to_owned()),
             commands,
         };
+        // Nodes of the lab that are (or may be) still there: not destroyed by this run, and
+        // with a clone or a domain of their name.
         let remaining: Vec<&str> = req
             .lab
             .nodes
             .iter()
             .filter(|n| n.hypervisor == hv.name && !gone.contains(n.name.as_str()))
+            .filter(|n| {
+                state.datasets.contains_key(&n.dataset) || state.domains.contains_key(&n.name)
+            })
             .map(|n| n.name.as_str())
             .collect();
         if !remaining.is_empty() {
@@ -165,9 +172,9 @@ async fn destroy_node(
     state: &HostState,
     events: Events<'_>,
 ) -> NodeReport {
-    let facts = match lab_hv::own::inspect(exec, hv, lab, node, state).await {
+    let facts = match lab_hv::own::inspect(hv, lab, node, state) {
         Ok(f) => f,
-        Err(e) => return failed(node, "inspect domain", &e, false),
+        Err(e) => return failed(node, "inspect", &e, false),
     };
     let plan = decide(&facts);
     let steps: Vec<(&str, Cmd)> = match &plan {
@@ -196,7 +203,7 @@ async fn destroy_node(
                 steps.push(("destroy clone", cmd::destroy_dataset(node)));
             }
             // Staging leftovers go in every case.
-            steps.push(("remove staging", cmd::remove_staging(hv, node)));
+            steps.push(("remove staging", cmd::remove_staging(node)));
             steps
         }
     };
@@ -221,15 +228,22 @@ async fn destroy_node(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lab_hv::own::DomainFacts;
+    use lab_hv::own::{DomainFacts, Marker};
 
     #[test]
     fn every_case_of_a_node() {
         let dom = |running, ours| DomainFacts::Present {
             running,
-            ours: Some(ours),
+            marker: if ours { Marker::Ours } else { Marker::None },
         };
-        let ours = CloneFacts::Ours { filling: false };
+        let other_lab = DomainFacts::Present {
+            running: true,
+            marker: Marker::Other("lab `b`, node `n`".into()),
+        };
+        let ours = CloneFacts::Ours {
+            filling: false,
+            digest: None,
+        };
         let remove = |stop, undefine, destroy_clone| Plan::Remove {
             stop,
             undefine,
@@ -248,10 +262,16 @@ mod tests {
             ),
             (ours.clone(), dom(true, true), remove(true, true, true)),
             (
-                CloneFacts::Ours { filling: true },
+                CloneFacts::Ours {
+                    filling: true,
+                    digest: None,
+                },
                 dom(false, true),
                 remove(false, true, true),
             ),
+            // Another lab's domain is never stopped or undefined, even beside our clone.
+            (ours.clone(), other_lab.clone(), remove(false, false, true)),
+            (CloneFacts::Absent, other_lab, remove(false, false, false)),
             // Our clone under a domain lab did not define: stopped, never undefined.
             (ours.clone(), dom(true, false), remove(true, false, true)),
             // A leftover domain of ours without its clone goes too.

@@ -146,6 +146,20 @@ pub enum ExecError {
     },
     #[error("{host}: not a hypervisor of this lab")]
     UnknownHost { host: String },
+    /// A command answered something that cannot be trusted (truncated, or rows a value
+    /// could have forged): nothing is decided from it.
+    #[error("{host}: `{command}` answered something lab cannot trust: {message}")]
+    BadAnswer {
+        host: String,
+        command: String,
+        message: String,
+    },
+    /// The lab's lock on the host ended (its holder was killed, or lost its heartbeat) while
+    /// this run still had changes to make.
+    #[error(
+        "{host}: the lab's lock there was lost (its holder ended); no further change is made there"
+    )]
+    LockLost { host: String },
 }
 
 impl ExecError {
@@ -156,6 +170,8 @@ impl ExecError {
             | Self::Timeout { host, .. }
             | Self::Disconnected { host, .. }
             | Self::Local { host, .. }
+            | Self::BadAnswer { host, .. }
+            | Self::LockLost { host }
             | Self::UnknownHost { host } => host,
         }
     }

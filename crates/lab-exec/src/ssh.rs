@@ -77,6 +77,9 @@ fn rsync_args(local: &Path, host: &str, remote: &str, guard: &[String]) -> Vec<S
         "--numeric-ids".to_owned(),
         "--chown=0:0".to_owned(),
         "--protect-args".to_owned(),
+        // A directory of the image that is a symlink (`/lib -> usr/lib` on a merged-/usr
+        // Debian) stays a symlink: the tree's files go where it points.
+        "--keep-dirlinks".to_owned(),
         // Both ends give up after this long without I/O (a cut connection).
         "--timeout=30".to_owned(),
     ];

@@ -258,7 +258,9 @@ pub(crate) fn render_node(
         });
     }
     let domain = if overlay.has_domain {
-        Some(render(DOMAIN_TEMPLATE)?)
+        let xml = render(DOMAIN_TEMPLATE)?;
+        check_domain(&overlay.dir, node, &xml)?;
+        Some(xml)
     } else {
         None
     };
@@ -289,4 +291,40 @@ pub(crate) fn render_node(
         digest: written.digest,
         entries: written.entries,
     })
+}
+
+/// A rendered domain must be named after its node (lab starts, stops and undefines it by that
+/// name) and must leave lab's metadata namespace to lab.
+fn check_domain(dir: &Path, node: &lab_model::LabNode, xml: &[u8]) -> Result<(), GenerateError> {
+    let text = String::from_utf8_lossy(xml);
+    let bad = |message: String| GenerateError::Overlay {
+        path: dir.join(DOMAIN_TEMPLATE),
+        message,
+    };
+    let name = text
+        .split_once("<name>")
+        .and_then(|(_, rest)| rest.split_once("</name>"))
+        .map(|(name, _)| name.trim().to_owned());
+    match name {
+        Some(n) if n == node.domain => {}
+        Some(n) => {
+            return Err(bad(format!(
+                "renders the domain name `{n}` for node `{}`: it must be `{}` (`node.domain`)",
+                node.name, node.domain
+            )));
+        }
+        None => {
+            return Err(bad(format!(
+                "renders no <name> for node `{}`: a domain is named after its node",
+                node.name
+            )));
+        }
+    }
+    if text.contains(lab_model::LAB_XML_NS) {
+        return Err(bad(format!(
+            "uses lab's own metadata namespace ({}): lab puts its marker there itself",
+            lab_model::LAB_XML_NS
+        )));
+    }
+    Ok(())
 }

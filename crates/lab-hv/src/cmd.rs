@@ -7,12 +7,12 @@ use std::time::Duration;
 use lab_exec::Cmd;
 use lab_model::{Hypervisor, LabNode, Storage};
 
-use crate::own::{DOMAIN_NS, domain_marker, prop};
+use crate::own::{domain_marker, prop};
 use crate::state::Snapshot;
 
 /// Where a node's root filesystem is reachable while `lab` fills it.
-pub fn staging_dir(hv: &Hypervisor, node: &LabNode) -> String {
-    format!("{}/{}", hv.staging.trim_end_matches('/'), node.name)
+pub fn staging_dir(node: &LabNode) -> &str {
+    &node.staging
 }
 
 /// The block device of a zvol clone's root partition.
@@ -39,7 +39,7 @@ pub fn clone(hv: &Hypervisor, node: &LabNode, snap: &Snapshot, own: &Ownership<'
         argv.push(format!("{k}={v}"));
     };
     if hv.storage == Storage::Dataset {
-        set("mountpoint", &staging_dir(hv, node));
+        set("mountpoint", staging_dir(node));
     }
     set(prop::LAB, own.lab);
     set(prop::NODE, &node.name);
@@ -74,7 +74,7 @@ pub fn attach(hv: &Hypervisor, node: &LabNode) -> Cmd {
 mkdir -p "$2" && mount "$1" "$2""#,
             "lab-attach",
             &zvol_partition(hv, node),
-            &staging_dir(hv, node),
+            staging_dir(node),
         ])
         .timeout(Duration::from_secs(60)),
     }
@@ -95,19 +95,19 @@ pub fn detach(hv: &Hypervisor, node: &LabNode) -> Cmd {
             "-c",
             r#"if mountpoint -q "$1"; then umount "$1"; fi"#,
             "lab-detach",
-            &staging_dir(hv, node),
+            staging_dir(node),
         ]),
     }
 }
 
 /// Removes the (empty) staging directory; `rmdir` never removes anything that is not empty.
-pub fn remove_staging(hv: &Hypervisor, node: &LabNode) -> Cmd {
+pub fn remove_staging(node: &LabNode) -> Cmd {
     Cmd::change([
         "sh",
         "-c",
         r#"if [ -d "$1" ]; then rmdir "$1"; fi"#,
         "lab-rmdir",
-        &staging_dir(hv, node),
+        staging_dir(node),
     ])
 }
 
@@ -121,43 +121,47 @@ pub fn mark_ready(node: &LabNode) -> Cmd {
     ])
 }
 
-pub fn define(xml: &[u8]) -> Cmd {
-    Cmd::change(["virsh", "-q", "define", "/dev/stdin"]).stdin(xml.to_vec())
-}
-
-pub fn mark_domain(lab: &str, node: &LabNode) -> Cmd {
-    Cmd::change([
-        "virsh",
-        "-q",
-        "metadata",
-        &node.name,
-        "--uri",
-        DOMAIN_NS,
-        "--key",
-        "lab",
-        "--set",
+/// Defines a domain from `xml` with `lab`'s marker put into its `<metadata>`, in one step: a
+/// domain `lab` defined always carries its marker, whatever happens to the run.
+pub fn define_domain(xml: &[u8], lab: &str, node: &LabNode) -> Cmd {
+    let marked = with_marker(
+        &String::from_utf8_lossy(xml),
+        "domain",
         &domain_marker(lab, &node.name),
-        "--config",
-    ])
+    );
+    Cmd::change(["virsh", "-q", "define", "/dev/stdin"]).stdin(marked.into_bytes())
 }
 
-/// Reads the marker back (empty or an error when `lab` did not define the domain).
-pub fn read_marker(node: &LabNode) -> Cmd {
-    Cmd::query([
-        "virsh", "-q", "metadata", &node.name, "--uri", DOMAIN_NS, "--config",
-    ])
+/// `xml` with `mark` as the first child of its `<metadata>`, which is made right after the
+/// `<root ...>` tag when there is none.
+fn with_marker(xml: &str, root: &str, mark: &str) -> String {
+    let after = |tag: &str| {
+        xml.find(tag)
+            .and_then(|at| xml[at..].find('>').map(|end| at + end + 1))
+    };
+    if let Some(end) = after("<metadata") {
+        format!("{}\n    {mark}{}", &xml[..end], &xml[end..])
+    } else if let Some(end) = after(&format!("<{root}")) {
+        format!(
+            "{}\n  <metadata>\n    {mark}\n  </metadata>{}",
+            &xml[..end],
+            &xml[end..]
+        )
+    } else {
+        xml.to_owned()
+    }
 }
 
 pub fn start(node: &LabNode) -> Cmd {
-    Cmd::change(["virsh", "-q", "start", &node.name]).timeout(Duration::from_secs(120))
+    Cmd::change(["virsh", "-q", "start", &node.domain]).timeout(Duration::from_secs(120))
 }
 
 pub fn stop(node: &LabNode) -> Cmd {
-    Cmd::change(["virsh", "-q", "destroy", &node.name]).timeout(Duration::from_secs(120))
+    Cmd::change(["virsh", "-q", "destroy", &node.domain]).timeout(Duration::from_secs(120))
 }
 
 pub fn undefine(node: &LabNode) -> Cmd {
-    Cmd::change(["virsh", "-q", "undefine", &node.name])
+    Cmd::change(["virsh", "-q", "undefine", &node.domain])
 }
 
 /// Destroys exactly one dataset: never `-r`, never `-R`.
@@ -172,18 +176,11 @@ pub fn destroy_dataset(node: &LabNode) -> Cmd {
 /// and the definition cannot be separated by a crash. `xml` comes from `generate`, which
 /// refuses a template that renders `<metadata>` of its own.
 pub fn define_network(xml: &[u8], lab: &str, sha256: &str) -> Cmd {
-    let text = String::from_utf8_lossy(xml);
-    let mark = format!(
-        "\n  <metadata>\n    {}\n  </metadata>",
-        crate::own::network_marker(lab, sha256)
+    let marked = with_marker(
+        &String::from_utf8_lossy(xml),
+        "network",
+        &crate::own::network_marker(lab, sha256),
     );
-    let marked = match text
-        .find("<network")
-        .and_then(|at| text[at..].find('>').map(|end| at + end + 1))
-    {
-        Some(end) => format!("{}{mark}{}", &text[..end], &text[end..]),
-        None => text.into_owned(),
-    };
     Cmd::change(["virsh", "-q", "net-define", "/dev/stdin"]).stdin(marked.into_bytes())
 }
 

@@ -27,9 +27,26 @@ pub const PATIENCE_SECS: u64 = 20;
 /// The exit status of the remote side when the lock is held by someone else.
 const HELD_STATUS: i32 = 75;
 
-/// Constant text; the lock file, holder, wait and patience are positional arguments.
+/// The exit status of the remote side when the lock directory or a lock file is unsafe.
+const UNSAFE_STATUS: i32 = 76;
+
+/// Constant text; the lock file, holder, wait and patience are positional arguments. The lock
+/// directory must be this user's and 0700 (made so when it is missing), and no lock file may be
+/// a symlink: in a directory others can write, a planted `<lab>.lock -> /etc/shadow` would be
+/// truncated by root.
 const LOCK: &str = r#"lock=$1 holder=$2 wait=$3 patience=$4 busy=$5
-mkdir -p -- "${lock%/*}" || exit 1
+dir=${lock%/*}
+[ -e "$dir" ] || mkdir -p -m 0700 -- "$dir" || exit 1
+if [ -L "$dir" ] || [ ! -d "$dir" ]; then
+  echo "lock directory $dir is a symlink or not a directory" >&2; exit 76
+fi
+owner=$(stat -c %u -- "$dir") mode=$(stat -c %a -- "$dir")
+if [ "$owner" != "$(id -u)" ] || [ "$mode" != 700 ]; then
+  echo "lock directory $dir belongs to uid $owner with mode $mode: it must be $(id -un)'s and 0700, so that nobody else can put files there" >&2; exit 76
+fi
+for f in "$lock" "$busy"; do
+  if [ -L "$f" ]; then echo "lock file $f is a symlink" >&2; exit 76; fi
+done
 exec 9>>"$lock" || exit 1
 if ! flock -n 9; then
   printf 'held %s\n' "$(cat -- "$lock")"
@@ -92,6 +109,12 @@ pub enum LockError {
         /// `None` when the holder had not yet written its name.
         holder: Option<Holder>,
         waited: u64,
+    },
+    #[error("{host}: the lock of lab `{lab}` is not safe to take: {message}")]
+    Unsafe {
+        lab: String,
+        host: String,
+        message: String,
     },
     #[error("{host}: cannot take the lock of lab `{lab}`: {source}")]
     Failed {
@@ -233,6 +256,12 @@ async fn lock_one(
                         host: hv.name.clone(),
                         holder,
                         waited: wait_secs,
+                    }
+                } else if out.status == UNSAFE_STATUS {
+                    LockError::Unsafe {
+                        lab: lab.to_owned(),
+                        host: hv.name.clone(),
+                        message: out.stderr.trim().to_owned(),
                     }
                 } else {
                     failed(ExecError::Failed {

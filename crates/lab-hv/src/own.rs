@@ -1,10 +1,9 @@
 //! Ownership: the marks `lab` leaves on what it makes (ZFS user properties on clones, libvirt
 //! metadata on domains), and the one judgement of whether something is this lab's.
 
-use lab_exec::{ExecError, Executor};
+use lab_exec::ExecError;
 use lab_model::{Hypervisor, LabNode};
 
-use crate::cmd;
 use crate::state::{Dataset, HostState};
 
 /// ZFS user properties `lab` records on every clone it makes, and on proto replicas.
@@ -27,11 +26,11 @@ pub mod prop {
 }
 
 /// The namespace of the libvirt metadata `lab` puts on domains it defines.
-pub const DOMAIN_NS: &str = "https://lab.invalid/schema/1";
+pub const DOMAIN_NS: &str = lab_model::LAB_XML_NS;
 
-/// The libvirt metadata that marks a domain as defined by `lab` for this lab and node.
+/// The libvirt metadata element that marks a domain as defined by `lab` for this lab and node.
 pub fn domain_marker(lab: &str, node: &str) -> String {
-    format!("<lab lab=\"{lab}\" node=\"{node}\"/>")
+    format!("<lab:lab xmlns:lab=\"{DOMAIN_NS}\" lab=\"{lab}\" node=\"{node}\"/>")
 }
 
 /// The metadata that marks a libvirt network as defined by `lab` for `lab`, with the digest
@@ -68,11 +67,6 @@ pub fn network_facts(state: &HostState, name: &str, lab: &str) -> NetworkFacts {
     }
 }
 
-/// Whether a marker read back says this lab and node.
-pub fn marker_matches(text: &str, lab: &str, node: &str) -> bool {
-    text.contains(&format!("lab=\"{lab}\"")) && text.contains(&format!("node=\"{node}\""))
-}
-
 /// Why a dataset is not provably this lab's clone of this node, or `None` when it is: its
 /// `lab:lab` and `lab:node` name this lab and node and its origin is a snapshot of the proto.
 pub fn not_ours(ds: &Dataset, lab: &str, node: &LabNode, hv: &Hypervisor) -> Option<String> {
@@ -100,57 +94,63 @@ pub fn not_ours(ds: &Dataset, lab: &str, node: &LabNode, hv: &Hypervisor) -> Opt
     }
 }
 
-/// Whether the domain named after `node` carries `lab`'s marker for this lab and node, i.e.
-/// whether `lab` defined it (reads the libvirt metadata; a domain without it is not ours).
-pub async fn domain_is_ours(
-    exec: &Executor,
-    hv: &Hypervisor,
-    lab: &str,
-    node: &LabNode,
-) -> Result<bool, ExecError> {
-    let out = exec.output(&hv.name, &cmd::read_marker(node)).await?;
-    Ok(out.success() && marker_matches(&out.stdout, lab, &node.name))
-}
-
 /// What a node's clone is, as far as ownership goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloneFacts {
     Absent,
-    /// This lab's clone of this node; `filling` when an interrupted run left it half-filled.
+    /// This lab's clone of this node; `filling` when an interrupted run left it half-filled;
+    /// `digest` is the overlay digest it was filled from.
     Ours {
         filling: bool,
+        digest: Option<String>,
     },
     /// A dataset at the node's name that is not provably this lab's, and why.
     Foreign(String),
 }
 
+/// Whose a domain is, by `lab`'s marker in its metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Marker {
+    /// No marker: `lab` did not define it (an operator's, or pre-provisioned).
+    None,
+    /// This lab's, for this node.
+    Ours,
+    /// Defined by `lab` for another lab (or another node), named here.
+    Other(String),
+}
+
 /// The domain named after a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DomainFacts {
     Absent,
-    Present {
-        running: bool,
-        /// Whether `lab`'s marker names this lab and node; `None` when it was not read
-        /// because a foreign clone already settles the node.
-        ours: Option<bool>,
-    },
+    Present { running: bool, marker: Marker },
 }
 
 impl DomainFacts {
-    pub fn exists(self) -> bool {
+    pub fn exists(&self) -> bool {
         matches!(self, DomainFacts::Present { .. })
     }
-    pub fn running(self) -> bool {
+    pub fn running(&self) -> bool {
         matches!(self, DomainFacts::Present { running: true, .. })
     }
-    pub fn ours(self) -> bool {
+    pub fn ours(&self) -> bool {
         matches!(
             self,
             DomainFacts::Present {
-                ours: Some(true),
+                marker: Marker::Ours,
                 ..
             }
         )
+    }
+    /// The other lab (and node) whose marker the domain carries, if it carries one.
+    pub fn other(&self) -> Option<&str> {
+        match self {
+            DomainFacts::Present {
+                marker: Marker::Other(who),
+                ..
+            } => Some(who),
+            _ => None,
+        }
     }
 }
 
@@ -161,31 +161,39 @@ pub struct NodeFacts {
     pub domain: DomainFacts,
 }
 
-/// Gathers a node's facts from its hypervisor's probed state; the domain's marker is read
-/// (one query) only when the domain exists and the clone is not foreign.
-pub async fn inspect(
-    exec: &Executor,
+/// A node's facts, from its hypervisor's probed state alone (the probe read every marker).
+/// A hypervisor whose libvirt could not be read has no facts: nothing is decided there.
+pub fn inspect(
     hv: &Hypervisor,
     lab: &str,
     node: &LabNode,
     state: &HostState,
 ) -> Result<NodeFacts, ExecError> {
+    if let Some(why) = &state.libvirt_error {
+        return Err(ExecError::BadAnswer {
+            host: hv.name.clone(),
+            command: "virsh list".to_owned(),
+            message: why.clone(),
+        });
+    }
     let clone = match state.datasets.get(&node.dataset) {
         None => CloneFacts::Absent,
         Some(ds) => match not_ours(ds, lab, node, hv) {
             Some(why) => CloneFacts::Foreign(why),
             None => CloneFacts::Ours {
                 filling: ds.prop(prop::STATE) == Some(prop::FILLING),
+                digest: ds.prop(prop::OVERLAY).map(str::to_owned),
             },
         },
     };
-    let domain = match state.domains.get(&node.name) {
+    let domain = match state.domains.get(&node.domain) {
         None => DomainFacts::Absent,
         Some(d) => DomainFacts::Present {
             running: d.state == "running",
-            ours: match clone {
-                CloneFacts::Foreign(_) => None,
-                _ => Some(domain_is_ours(exec, hv, lab, node).await?),
+            marker: match &d.marker {
+                None => Marker::None,
+                Some(m) if m.lab == lab && m.node == node.name => Marker::Ours,
+                Some(m) => Marker::Other(format!("lab `{}`, node `{}`", m.lab, m.node)),
             },
         },
     };

@@ -9,15 +9,37 @@ use lab_model::Hypervisor;
 
 use crate::own::prop;
 
-/// Constant text; the pool and the proto are positional arguments (quoted like any other),
-/// sections are marked so the output can be split. Datasets are listed first and then read,
-/// so that the pool's snapshots (there may be thousands) are never read.
-const PROBE: &str = r#"echo '#snapshots'
-zfs get -H -p -o name,property,value guid,creation -r "$2" 2>/dev/null || true
+/// Constant text; the pool, the proto, the detail and the marker namespace are positional
+/// arguments (quoted like any other). Sections are marked so the output can be split, and
+/// each command's exit status follows it (`#rc N`), so that a failure never reads as absence.
+/// Datasets are listed first and then read, so that the pool's snapshots (there may be
+/// thousands) are never read; the list is printed too, so that a property value with a newline
+/// cannot invent a dataset. Every domain's marker is read here, in the same round trip.
+const PROBE: &str = r##"pool=$1 proto=$2 detail=$3 ns=$4
+echo '#snapshots'
+if zfs list -H -o name "$proto" >/dev/null 2>&1; then
+  zfs get -H -p -o name,property,value guid,creation -r "$proto"; echo "#rc $?"
+else
+  echo '#rc absent'
+fi
+echo '#names'
+names=$(zfs list -H -o name -t filesystem,volume -r "$pool"); rc=$?
+if [ -n "$names" ]; then printf '%s\n' "$names"; fi
+echo "#rc $rc"
 echo '#datasets'
-zfs list -H -o name -t filesystem,volume -r "$1" 2>/dev/null | xargs -r -d '\n' zfs get -H -p -o name,property,value origin,mounted,type,lab:lab,lab:node,lab:owner,lab:origin,lab:origin-guid,lab:overlay-sha256,lab:created,lab:state,lab:synced,lab:sync-error 2>/dev/null || true
+if [ -n "$names" ]; then
+  printf '%s\n' "$names" | xargs -d '\n' zfs get -H -p -o name,property,value,source origin,mounted,type,lab:lab,lab:node,lab:owner,lab:origin,lab:origin-guid,lab:overlay-sha256,lab:created,lab:state,lab:synced,lab:sync-error
+  echo "#rc $?"
+else
+  echo '#rc 0'
+fi
 echo '#domains'
-virsh -q list --all 2>/dev/null || true
+virsh -q list --all; echo "#rc $?"
+echo '#markers'
+virsh -q list --all --name 2>/dev/null | while read -r dom; do
+  [ -n "$dom" ] || continue
+  printf '%s\t%s\n' "$dom" "$(virsh -q metadata "$dom" --uri "$ns" --config 2>/dev/null | tr -d '\n')"
+done
 echo '#networks'
 virsh -q net-list --all 2>/dev/null | while read -r name state rest; do
   [ -n "$name" ] || continue
@@ -27,7 +49,7 @@ virsh -q net-list --all 2>/dev/null | while read -r name state rest; do
   esac
   printf '%s\t%s\t%s\n' "$name" "$state" "$mark"
 done
-if [ "$3" = nics ]; then
+if [ "$detail" = nics ]; then
   echo '#nics'
   virsh -q list --all --name 2>/dev/null | while read -r dom; do
     [ -n "$dom" ] || continue
@@ -35,7 +57,7 @@ if [ "$3" = nics ]; then
   done
 fi
 echo '#end'
-"#;
+"##;
 
 /// One snapshot of a proto dataset or replica.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -67,6 +89,15 @@ pub struct Domain {
     pub name: String,
     /// `running`, `shut off`, `paused` ...
     pub state: String,
+    /// `lab`'s marker in the domain's metadata: the lab and node that defined it.
+    pub marker: Option<DomainMarker>,
+}
+
+/// What `lab` records in a domain it defines.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DomainMarker {
+    pub lab: String,
+    pub node: String,
 }
 
 /// The proto dataset (or replica) on one hypervisor.
@@ -133,6 +164,8 @@ pub struct HostState {
     pub networks: BTreeMap<String, Network>,
     /// Domain → the MACs of its NICs, in order (with [`Detail::Nics`] only).
     pub nics: BTreeMap<String, Vec<String>>,
+    /// Why libvirt could not be read, when it could not: nothing about domains is known then.
+    pub libvirt_error: Option<String>,
 }
 
 impl HostState {
@@ -176,6 +209,7 @@ pub fn probe_cmd(hv: &Hypervisor, detail: Detail) -> Cmd {
             Detail::Normal => "normal",
             Detail::Nics => "nics",
         },
+        crate::own::DOMAIN_NS,
     ])
 }
 
@@ -190,12 +224,34 @@ pub async fn probe_with(
     hv: &Hypervisor,
     detail: Detail,
 ) -> Result<HostState, ExecError> {
-    let out = exec.run(&hv.name, &probe_cmd(hv, detail)).await?;
-    Ok(parse(&hv.proto, &out.stdout))
+    let cmd = probe_cmd(hv, detail);
+    // A dataset another run destroys between `zfs list` and `zfs get` fails the read: that is
+    // a moment on a shared hypervisor, not a state, so it is read again (at most twice).
+    let mut tries = 0;
+    loop {
+        let out = exec.run(&hv.name, &cmd).await?;
+        match parse(&hv.proto, &out.stdout) {
+            Ok(state) => return Ok(state),
+            Err(message) if tries == 2 || !exec.is_live() => {
+                return Err(ExecError::BadAnswer {
+                    host: hv.name.clone(),
+                    command: "the probe (sh -c ... lab-probe)".to_owned(),
+                    message,
+                });
+            }
+            Err(_) => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+        }
+    }
 }
 
 /// Splits the probe's output into its sections; `proto` is the hypervisor's proto dataset.
-pub fn parse(proto: &str, text: &str) -> HostState {
+/// Anything odd is an error, never a guess: a section whose command failed, output that ends
+/// early, a dataset row with other than four fields, for a dataset `zfs list` did not name, or
+/// twice. Only locally set `lab:` properties count (an inherited one is someone else's).
+pub fn parse(proto: &str, text: &str) -> Result<HostState, String> {
     let mut state = HostState {
         proto: ProtoState {
             dataset: proto.to_owned(),
@@ -205,12 +261,26 @@ pub fn parse(proto: &str, text: &str) -> HostState {
     };
     let snapshot_prefix = format!("{proto}@");
     let mut snapshots: Vec<Snapshot> = Vec::new();
+    let mut names: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let mut seen: std::collections::HashSet<(&str, &str)> = std::collections::HashSet::new();
+    let mut rc: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut markers: Vec<(&str, &str)> = Vec::new();
     let mut section = "";
+    let mut ended = false;
     for line in text.lines() {
+        if let Some(status) = line.strip_prefix("#rc ") {
+            rc.insert(section, status.trim());
+            continue;
+        }
         if let Some(s) = line.strip_prefix('#') {
             section = match s {
-                "snapshots" | "datasets" | "domains" | "networks" | "nics" => s,
-                _ => "",
+                "snapshots" | "names" | "datasets" | "domains" | "markers" | "networks"
+                | "nics" => s,
+                "end" => {
+                    ended = true;
+                    ""
+                }
+                _ => return Err(format!("an unknown section `{s}`")),
             };
             continue;
         }
@@ -240,13 +310,26 @@ pub fn parse(proto: &str, text: &str) -> HostState {
                     _ => {}
                 }
             }
+            "names" => {
+                names.insert(line);
+            }
             "datasets" => {
-                let Some((name, property, value)) = row(line) else {
-                    continue;
+                let fields: Vec<&str> = line.split('\t').collect();
+                let [name, property, value, source] = fields[..] else {
+                    return Err(format!(
+                        "a dataset row with {} fields (a property value with a tab or a newline?): {line:?}",
+                        fields.len()
+                    ));
                 };
-                // Snapshots are the rows whose *name* has an `@` (values may have one too).
-                if name.contains('@') {
-                    continue;
+                if !names.contains(name) {
+                    return Err(format!(
+                        "a row for `{name}`, which `zfs list` did not name (a property value with a newline?)"
+                    ));
+                }
+                if !seen.insert((name, property)) {
+                    return Err(format!(
+                        "`{name}` `{property}` twice (a property value with a newline?)"
+                    ));
                 }
                 let ds = state
                     .datasets
@@ -259,9 +342,11 @@ pub fn parse(proto: &str, text: &str) -> HostState {
                     (_, "-") | ("type", _) => {}
                     ("origin", v) => ds.origin = Some(v.to_owned()),
                     ("mounted", v) => ds.mounted = v == "yes",
-                    (p, v) => {
+                    // Only what was set on this dataset itself is its own.
+                    (p, v) if source == "local" => {
                         ds.props.insert(p.to_owned(), v.to_owned());
                     }
+                    _ => {}
                 }
             }
             "domains" => {
@@ -275,8 +360,14 @@ pub fn parse(proto: &str, text: &str) -> HostState {
                     Domain {
                         name: name.to_owned(),
                         state: words.collect::<Vec<_>>().join(" "),
+                        marker: None,
                     },
                 );
+            }
+            "markers" => {
+                if let Some((domain, marker)) = line.split_once('\t') {
+                    markers.push((domain, marker));
+                }
             }
             "networks" => {
                 let mut f = line.splitn(3, '\t');
@@ -307,6 +398,32 @@ pub fn parse(proto: &str, text: &str) -> HostState {
             _ => {}
         }
     }
+    if !ended {
+        return Err("the answer ended early".to_owned());
+    }
+    match rc.get("snapshots") {
+        Some(&"0") | Some(&"absent") => {}
+        other => return Err(format!("reading the proto's snapshots failed ({other:?})")),
+    }
+    for section in ["names", "datasets"] {
+        if rc.get(section) != Some(&"0") {
+            return Err(format!(
+                "reading the pool's datasets failed ({section}: {:?})",
+                rc.get(section)
+            ));
+        }
+    }
+    if rc.get("domains") != Some(&"0") {
+        state.libvirt_error = Some(format!(
+            "`virsh list` failed (status {})",
+            rc.get("domains").unwrap_or(&"unknown")
+        ));
+    }
+    for (domain, marker) in markers {
+        if let Some(d) = state.domains.get_mut(domain) {
+            d.marker = parse_domain_marker(marker);
+        }
+    }
     // zfs lists snapshots in the order they were taken; creation (seconds) only refines it.
     snapshots.sort_by_key(|s| s.creation);
     state.proto.snapshots = snapshots;
@@ -315,24 +432,34 @@ pub fn parse(proto: &str, text: &str) -> HostState {
         state.proto.synced = ds.prop(prop::SYNCED).and_then(|v| v.parse().ok());
         state.proto.last_error = ds.prop(prop::SYNC_ERROR).map(str::to_owned);
     }
-    state
+    Ok(state)
+}
+
+/// The value of attribute `key` in an XML element's text, single- or double-quoted.
+fn attribute(text: &str, key: &str) -> Option<String> {
+    for quote in ['"', '\''] {
+        let open = format!(" {key}={quote}");
+        if let Some(start) = text.find(&open) {
+            let rest = &text[start + open.len()..];
+            return rest.find(quote).map(|end| rest[..end].to_owned());
+        }
+    }
+    None
+}
+
+/// `<lab lab="LAB" node="NODE"/>` (with or without a namespace prefix), as libvirt prints it.
+fn parse_domain_marker(text: &str) -> Option<DomainMarker> {
+    Some(DomainMarker {
+        lab: attribute(text, "lab")?,
+        node: attribute(text, "node")?,
+    })
 }
 
 /// `<lab:net xmlns:lab="..." lab="LAB" sha256="HEX"/>` as read back from libvirt.
 fn parse_network_marker(text: &str) -> Option<NetworkMarker> {
-    let attr = |key: &str| -> Option<String> {
-        for quote in ['"', '\''] {
-            let open = format!(" {key}={quote}");
-            if let Some(start) = text.find(&open) {
-                let rest = &text[start + open.len()..];
-                return rest.find(quote).map(|end| rest[..end].to_owned());
-            }
-        }
-        None
-    };
     Some(NetworkMarker {
-        lab: attr("lab")?,
-        sha256: attr("sha256")?,
+        lab: attribute(text, "lab")?,
+        sha256: attribute(text, "sha256")?,
     })
 }
 
@@ -343,68 +470,5 @@ fn row(line: &str) -> Option<(&str, &str, &str)> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_every_section() {
-        let text = "#snapshots\n\
-            p/proto\tguid\t99\np/proto@b\tguid\t22\np/proto@b\tcreation\t200\np/proto@a\tguid\t11\np/proto@a\tcreation\t100\n\
-            #datasets\n\
-            p\torigin\t-\np/proto\tlab:synced\t1234\np/proto\tlab:sync-error\t-\n\
-            p/r1\torigin\tp/proto@a\np/r1\tmounted\tno\np/r1\tlab:lab\tdemo\np/r1\tlab:node\t-\np/r1\tlab:owner\tops@ctl\np/r1@s\tlab:lab\tx\n\
-            #domains\n 3    r1   running\n -    r2   shut off\n\
-            #networks\nlab-demo\tactive\t<lab:net xmlns:lab='https://lab.invalid/schema/1' lab='demo' sha256='ab12'/>\ndefault\tinactive\t\n\
-            #nics\nr1\t52:54:00:01:00:01\nr1\t52:54:01:01:00:01\n#end\n";
-        let s = parse("p/proto", text);
-        assert_eq!(
-            s.proto
-                .snapshots
-                .iter()
-                .map(|s| s.name.as_str())
-                .collect::<Vec<_>>(),
-            ["a", "b"]
-        );
-        assert_eq!(s.proto.snapshots[1].guid, "22");
-        assert!(s.proto.exists);
-        assert_eq!(s.proto.synced, Some(1234));
-        assert_eq!(s.proto.last_error, None);
-        let r1 = &s.datasets["p/r1"];
-        assert_eq!(r1.origin.as_deref(), Some("p/proto@a"));
-        assert_eq!(r1.prop(prop::LAB), Some("demo"));
-        assert_eq!(r1.prop(prop::NODE), None);
-        assert_eq!(r1.prop(prop::OWNER), Some("ops@ctl"));
-        assert!(!s.datasets.contains_key("p/r1@s"));
-        assert!(s.domain_running("r1"));
-        assert_eq!(s.domains["r2"].state, "shut off");
-        assert_eq!(
-            s.networks["lab-demo"].marker,
-            Some(NetworkMarker {
-                lab: "demo".into(),
-                sha256: "ab12".into()
-            })
-        );
-        assert!(s.networks["lab-demo"].active);
-        assert!(!s.networks["default"].active && s.networks["default"].marker.is_none());
-        assert_eq!(s.nics["r1"], ["52:54:00:01:00:01", "52:54:01:01:00:01"]);
-        assert_eq!(
-            s.pins(),
-            [Pin {
-                snapshot: "a".into(),
-                dataset: "p/r1".into(),
-                lab: Some("demo".into()),
-                node: None
-            }]
-        );
-    }
-
-    #[test]
-    fn a_missing_proto_is_absent_not_an_error() {
-        let s = parse(
-            "p/proto",
-            "#snapshots\n#datasets\np\torigin\t-\n#domains\n#end\n",
-        );
-        assert!(!s.proto.exists);
-        assert!(s.proto.snapshots.is_empty());
-    }
-}
+#[path = "state_tests.rs"]
+mod tests;

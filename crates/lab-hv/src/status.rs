@@ -112,14 +112,14 @@ pub async fn status(
             Ok(state) => {
                 if let (Some(want), true) = (
                     expected.macs.get(&node.name),
-                    state.domains.contains_key(&node.name),
+                    state.domains.contains_key(&node.domain),
                 ) {
-                    let have = state.nics.get(&node.name).cloned().unwrap_or_default();
+                    let have = state.nics.get(&node.domain).cloned().unwrap_or_default();
                     s.nic_drift = nic_drift(want, &have);
                 }
                 s.domain = state
                     .domains
-                    .get(&node.name)
+                    .get(&node.domain)
                     .map_or("absent".to_owned(), |d| d.state.clone());
                 if let Some(ds) = state.datasets.get(&node.dataset) {
                     s.clone = true;

@@ -17,6 +17,10 @@ mod schema;
 mod select;
 pub mod tree;
 
+/// The XML namespace of the marks `lab` puts into the libvirt domains and networks it defines.
+/// Overlay templates must not use it: the mark is `lab`'s alone.
+pub const LAB_XML_NS: &str = "https://lab.invalid/schema/1";
+
 pub use emit::to_yaml;
 pub use error::{Hint, ModelError};
 pub use load::{load, load_fleet, merged_tree};

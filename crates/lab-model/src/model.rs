@@ -133,8 +133,13 @@ pub struct LabNode {
     pub hostname: String,
     pub hypervisor: String,
     pub id: u8,
-    /// The clone: `<hypervisor.clones>/<name>` unless set.
+    /// The libvirt domain: the node's name, or `<lab>-<name>` with `lab.prefix_names`.
+    pub domain: String,
+    /// The clone: `<hypervisor.clones>/<domain>` unless set.
     pub dataset: String,
+    /// Where the clone's root filesystem is mounted on the hypervisor:
+    /// `<hypervisor.staging>/<lab>/<name>` (the lab in the path keeps labs apart).
+    pub staging: String,
     /// The management interface's MAC (`interfaces[0].mac`).
     pub mac: String,
     pub mgmt_ipv4: Option<Ipv4Net>,

@@ -294,7 +294,14 @@ pub(crate) fn resolve_node(
         "hostname",
         names::hostname,
     )?;
-    let dataset = s.dataset.unwrap_or_else(|| format!("{}/{name}", hv.clones));
+    let domain = if lab.prefix_names {
+        format!("{}-{name}", lab.name)
+    } else {
+        name.to_owned()
+    };
+    let dataset = s
+        .dataset
+        .unwrap_or_else(|| format!("{}/{domain}", hv.clones));
     name_ok(
         root,
         &at("dataset"),
@@ -396,7 +403,9 @@ pub(crate) fn resolve_node(
         hostname,
         hypervisor: hv.name.clone(),
         id: s.id,
+        domain,
         dataset,
+        staging: format!("{}/{}/{name}", hv.staging.trim_end_matches('/'), lab.name),
         mac,
         mgmt_ipv4,
         mgmt_ipv6,

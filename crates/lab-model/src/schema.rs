@@ -23,6 +23,8 @@ pub(crate) const NODE_DERIVED: &[&str] = &[
     "links",
     "interfaces",
     "max_links",
+    "domain",
+    "staging",
 ];
 pub(crate) const HYPERVISOR_DERIVED: &[&str] = &[
     "name",
@@ -42,7 +44,14 @@ pub(crate) const HYPERVISOR_DERIVED: &[&str] = &[
     "mgmt",
     "underlay",
 ];
-pub(crate) const LAB_DERIVED: &[&str] = &["name", "id", "p2p_ipv4", "p2p_ipv6", "wire_port_base"];
+pub(crate) const LAB_DERIVED: &[&str] = &[
+    "name",
+    "id",
+    "p2p_ipv4",
+    "p2p_ipv6",
+    "wire_port_base",
+    "prefix_names",
+];
 
 // ---------------------------------------------------------------------------------------------
 // Schema: what may be written in a lab file (after `include` is resolved).
@@ -104,6 +113,10 @@ pub(crate) struct LabSchema {
     /// The first UDP port of the lab's wires (default `20000 + 160 * id`).
     #[serde(default)]
     pub(crate) wire_port_base: Option<u16>,
+    /// Name domains and clones `<lab>-<node>`, so that labs with the same node names can share
+    /// a hypervisor.
+    #[serde(default)]
+    pub(crate) prefix_names: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -174,8 +187,10 @@ pub(crate) struct MgmtSchema {
 pub(crate) fn default_staging() -> String {
     "/var/lib/lab/staging".to_owned()
 }
+/// Root's own directory on a tmpfs (a reboot clears it): not `/run/lock`, where anybody may
+/// create `lab/` first.
 pub(crate) fn default_lock_dir() -> String {
-    "/run/lock/lab".to_owned()
+    "/run/lab".to_owned()
 }
 pub(crate) fn default_parallel() -> u32 {
     4

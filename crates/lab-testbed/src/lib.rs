@@ -7,6 +7,7 @@
 //! This crate is test infrastructure: it spawns processes freely and is never a dependency of
 //! the `lab` binary. `cargo xtask testbed` is its command line; tests call [`require`].
 
+mod down;
 mod guest;
 mod libvirt;
 mod net;
@@ -204,7 +205,7 @@ impl Testbed {
     }
 
     pub fn down(&self, purge: bool, log: &mut dyn FnMut(&str)) -> Result<()> {
-        up::down(self, purge, log)
+        down::down(self, purge, log)
     }
 
     /// Whether hypervisor `k`'s zfs-fuse answers (see [`ZfsHealth`]); takes at most a few

@@ -1,13 +1,11 @@
-//! libvirt inside each hypervisor: its own configuration, and a hook that mounts a domain's
-//! dataset when the domain starts.
+//! libvirt inside each hypervisor: its own configuration.
 
 use std::process::Command;
 
 use crate::{Result, Testbed, mkdir, read, run, write_file};
 
 /// libvirt's configuration inside hypervisor `k`: a copy of the host's, made to run QEMU as
-/// root without cgroups or per-VM mount namespaces, plus a hook that mounts a domain's 9p
-/// source dataset when it starts.
+/// root without cgroups or per-VM mount namespaces.
 pub(crate) fn libvirt_config(bed: &Testbed, k: u32) -> Result<()> {
     let etc = bed.host_path(k, "/etc/libvirt");
     let marker = etc.join(".lab-testbed");
@@ -43,32 +41,8 @@ pub(crate) fn libvirt_config(bed: &Testbed, k: u32) -> Result<()> {
             }
         }
     }
-    let hook = etc.join("hooks/qemu");
-    write_file(&hook, HOOK)?;
-    run(Command::new("chmod").arg("755").arg(&hook))?;
+    // No hook: lab keeps a dataset clone mounted for its domain's life, as on a real
+    // hypervisor. An older bed's hook goes.
+    let _ = std::fs::remove_file(etc.join("hooks/qemu"));
     Ok(())
 }
-
-/// A libvirt qemu hook: "attach the disk". On start, `zfs mount` each unmounted dataset whose
-/// mountpoint is a `<filesystem>` source of the domain; on release, unmount what it mounted.
-const HOOK: &str = r#"#!/bin/sh
-# lab-testbed: mount the dataset behind a domain's 9p <filesystem> when the domain starts.
-dom=$1 op=$2 sub=$3
-state=/run/libvirt/lab-testbed-$dom.mounted
-case "$op/$sub" in
-  prepare/begin)
-    : > "$state"
-    for dir in $(sed -n "s/.*<source dir=['\"]\([^'\"]*\)['\"].*/\1/p"); do
-      ds=$(zfs list -H -o name,mountpoint -t filesystem | awk -F'\t' -v d="$dir" '$2 == d { print $1; exit }')
-      [ -n "$ds" ] || continue
-      if [ "$(zfs get -H -o value mounted "$ds")" = no ]; then
-        zfs mount "$ds" || { echo "lab-testbed hook: cannot mount $ds" >&2; exit 1; }
-        echo "$ds" >> "$state"
-      fi
-    done ;;
-  release/end)
-    [ -f "$state" ] && while read -r ds; do zfs umount "$ds" 2>/dev/null; done < "$state"
-    rm -f "$state" ;;
-esac
-exit 0
-"#;

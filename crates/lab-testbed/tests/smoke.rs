@@ -84,8 +84,8 @@ fn clone_fill_boot_and_destroy_a_guest_by_hand() {
         .arg(format!("{}/", overlay.path().display()))
         .arg(format!("{hv}:{staging}/")))
     .unwrap();
+    // The clone stays mounted for the domain's life: its 9p share is that directory.
     ssh(&bed, hv, &format!("test -f {staging}/etc/proto-release"));
-    ssh(&bed, hv, &format!("zfs umount {clone}"));
 
     let xml = format!(
         "<domain type='qemu'><name>{node}</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>\
@@ -135,11 +135,14 @@ fn clone_fill_boot_and_destroy_a_guest_by_hand() {
         hv,
         &format!("virsh -q destroy {node} && virsh -q undefine {node}"),
     );
-    // The hook unmounted the clone when the domain stopped; destroy needs it unmounted.
+    // zfs refuses to destroy a mounted dataset: unmount it first (zfs-fuse may say "busy" for a
+    // moment after the unmount).
     ssh(
         &bed,
         hv,
-        &format!("zfs umount {clone} 2>/dev/null; zfs destroy {clone}"),
+        &format!(
+            "zfs umount {clone} 2>/dev/null; for i in $(seq 20); do zfs destroy {clone} 2>/dev/null && exit 0; sleep 0.25; done; zfs destroy {clone}"
+        ),
     );
     assert!(
         ssh_fails(&bed, hv, &format!("zfs list {clone}")),

@@ -59,7 +59,7 @@ impl From<lab_hv::LockError> for Failure {
     fn from(e: lab_hv::LockError) -> Self {
         let code = match e {
             lab_hv::LockError::Held { .. } => Exit::Locked,
-            lab_hv::LockError::Failed { .. } => Exit::Failure,
+            lab_hv::LockError::Unsafe { .. } | lab_hv::LockError::Failed { .. } => Exit::Failure,
         };
         Failure::new(code, format!("{e}; nothing was changed"))
     }

@@ -2,6 +2,9 @@
 //!
 //! Needs `cargo xtask testbed up` (or `cargo xtask ci`); fails with that advice otherwise.
 //! Each test uses its own lab and node names, so they can run in parallel.
+//!
+//! Long: one binary for the lifecycle tests that may run side by side (each test binary is a
+//! link of the whole stack, and the faults and the proto tests have binaries of their own).
 
 mod common;
 
@@ -310,8 +313,14 @@ fn a_dataset_lab_did_not_make_survives_create_force_and_destroy() {
     );
     let f = file.to_str().unwrap();
     let ds = format!("{}/fx-1", bed.pool);
+    // What an earlier, failed run may have left (zfs-fuse says "busy" for a moment after umount).
     let _ = bed.exec(2, &["zfs", "umount", &ds]);
-    let _ = bed.exec(2, &["zfs", "destroy", &ds]);
+    for _ in 0..20 {
+        if bed.exec(2, &["zfs", "destroy", &ds]).is_ok() || !exists(&bed, "hv2", &ds) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
     bed.exec(
         2,
         &[
@@ -462,14 +471,14 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
         .collect();
     assert!(
         commands[0].starts_with(
-            "flock -s /run/lock/lab/e2e-dry.busy timeout -k 5 60 zfs clone -o mountpoint=/var/lib/lab/staging/dr-1 -o lab:lab=e2e-dry"
+            "flock -s /run/lab/e2e-dry.busy timeout -k 5 60 zfs clone -o mountpoint=/var/lib/lab/staging/e2e-dry/dr-1 -o lab:lab=e2e-dry"
         ),
         "{commands:?}"
     );
     assert!(commands.iter().any(|c| c.starts_with("rsync ")));
     assert_eq!(
         *commands.last().unwrap(),
-        "flock -s /run/lock/lab/e2e-dry.busy timeout -k 5 120 virsh -q start dr-1"
+        "flock -s /run/lab/e2e-dry.busy timeout -k 5 120 virsh -q start dr-1"
     );
     assert!(!exists(&bed, "hv0", &format!("{}/dr-1", bed.pool)));
     assert!(!domain_exists(&bed, "hv0", "dr-1"));
@@ -480,4 +489,130 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(by_node(&run.json())["dr-1"]["result"], "unchanged");
+}
+
+#[test]
+fn an_unsafe_lock_directory_or_a_symlinked_lock_file_is_refused() {
+    let bed = require();
+    let dir = tempfile::tempdir().unwrap();
+    let locks = "/var/lib/lab/e2e-locks";
+    let file = write_lab(
+        dir.path(),
+        "e2e-unsafe",
+        46,
+        &format!(
+            "hypervisors:\n  hv2: {{lock_dir: {locks}}}\nnodes:\n  us-1: {{hypervisor: hv2, id: 46}}\n"
+        ),
+    );
+    let f = file.to_str().unwrap();
+    // Anybody may create files in a 1777 directory: lab must not take its lock there.
+    bed.exec(
+        2,
+        &[
+            "sh",
+            "-c",
+            &format!("rm -rf {locks}; mkdir -m 1777 {locks}"),
+        ],
+    )
+    .unwrap();
+    let run = lab(dir.path(), &["create", "--lab", f]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("lock directory /var/lib/lab/e2e-locks belongs to uid 0 with mode 1777")
+            && run.stderr.contains("nothing was changed"),
+        "{}",
+        run.stderr
+    );
+    // A lock file planted as a symlink is never opened (its target would be truncated).
+    bed.exec(
+        2,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "chmod 700 {locks} && echo precious > {locks}/target && ln -s {locks}/target {locks}/e2e-unsafe.lock"
+            ),
+        ],
+    )
+    .unwrap();
+    let run = lab(dir.path(), &["create", "--lab", f]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("lock file /var/lib/lab/e2e-locks/e2e-unsafe.lock is a symlink"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        bed.exec(2, &["cat", &format!("{locks}/target")]).unwrap(),
+        "precious\n"
+    );
+    assert!(!exists(&bed, "hv2", &format!("{}/us-1", bed.pool)));
+    bed.exec(2, &["rm", "-rf", locks]).unwrap();
+}
+
+#[test]
+fn a_symlinked_directory_of_the_image_stays_a_symlink() {
+    let bed = require();
+    let dir = tempfile::tempdir().unwrap();
+    // A proto of our own with a merged-/usr layout: `lib -> usr/lib`.
+    let proto = format!("{}/e2e-kd-proto", bed.pool);
+    let clone = format!("{}/kd-1", bed.pool);
+    for ds in [&clone, &proto] {
+        let _ = bed.exec(1, &["zfs", "umount", ds]);
+        let _ = bed.exec(1, &["zfs", "destroy", "-r", ds]);
+    }
+    bed.exec(
+        1,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "zfs create {proto} && cd /{proto} && mkdir -p usr/lib etc && ln -s usr/lib lib \
+                 && zfs snapshot {proto}@base"
+            ),
+        ],
+    )
+    .unwrap();
+    let overlay = copy_overlay(dir.path(), "kd");
+    std::fs::create_dir_all(overlay.join("lib")).unwrap();
+    std::fs::write(overlay.join("lib/lab-marker"), "from the overlay\n").unwrap();
+    let file = write_lab(
+        dir.path(),
+        "e2e-kd",
+        48,
+        &format!(
+            "overlay: kd\noverlays:\n  kd: {{dir: {}}}\n\
+             hypervisors:\n  hv1: {{proto: {proto}, snapshot: base}}\n\
+             nodes:\n  kd-1: {{hypervisor: hv1, id: 48}}\n",
+            overlay.display()
+        ),
+    );
+    let f = file.to_str().unwrap();
+    let run = lab(dir.path(), &["create", "--lab", f]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let staging = "/var/lib/lab/staging/e2e-kd/kd-1";
+    assert_eq!(
+        bed.exec(1, &["readlink", &format!("{staging}/lib")])
+            .unwrap()
+            .trim(),
+        "usr/lib",
+        "the image's lib is still its symlink"
+    );
+    assert_eq!(
+        bed.exec(1, &["cat", &format!("{staging}/usr/lib/lab-marker")])
+            .unwrap(),
+        "from the overlay\n"
+    );
+    assert_guests_boot(&bed, &[("hv1", "kd-1")]);
+    let run = lab(dir.path(), &["destroy", "--lab", f, "--yes"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for _ in 0..20 {
+        if bed.exec(1, &["zfs", "destroy", "-r", &proto]).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(!exists(&bed, "hv1", &proto));
 }

@@ -253,15 +253,15 @@ fn a_held_lock_stops_changes_names_its_holder_and_can_be_waited_for() {
         .unwrap()
         .args([
             "-c",
-            "mkdir -p /run/lock/lab && echo 'ana@ctl2 4242 destroy 1795000000' > /run/lock/lab/e2e-lock.lock \
-             && exec flock -o /run/lock/lab/e2e-lock.lock sh -c 'while [ ! -e \"$0\" ]; do sleep 0.1; done' \"$0\"",
+            "mkdir -p -m 0700 /run/lab && echo 'ana@ctl2 4242 destroy 1795000000' > /run/lab/e2e-lock.lock \
+             && exec flock -o /run/lab/e2e-lock.lock sh -c 'while [ ! -e \"$0\" ]; do sleep 0.1; done' \"$0\"",
             release,
         ])
         .spawn()
         .unwrap();
     let held = (0..50).any(|_| {
         std::thread::sleep(Duration::from_millis(100));
-        bed.exec(1, &["flock", "-n", "/run/lock/lab/e2e-lock.lock", "true"])
+        bed.exec(1, &["flock", "-n", "/run/lab/e2e-lock.lock", "true"])
             .is_err()
     });
     assert!(held, "the stand-in holder did not take the lock");

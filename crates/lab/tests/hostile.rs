@@ -134,6 +134,7 @@ fn constant(arg: &str) -> bool {
         "--numeric-ids",
         "--chown=0:0",
         "--protect-args",
+        "--keep-dirlinks",
         "--timeout=30",
     ];
     FLAGS.contains(&arg)
@@ -178,7 +179,7 @@ fn plans(lab: &Lab, build: &Path) -> Vec<Vec<String>> {
         .iter()
         .map(|n| {
             format!(
-                "{d}\torigin\t{p}@{snap}\n{d}\tlab:lab\t{l}\n{d}\tlab:node\t{n}\n",
+                "{d}\torigin\t{p}@{snap}\t-\n{d}\tlab:lab\t{l}\tlocal\n{d}\tlab:node\t{n}\tlocal\n",
                 d = n.dataset,
                 p = hv.proto,
                 l = lab.name,
@@ -190,9 +191,20 @@ fn plans(lab: &Lab, build: &Path) -> Vec<Vec<String>> {
     for (verb, datasets) in [("create", String::new()), ("destroy", ours)] {
         let (proto, snap, datasets) = (hv.proto.clone(), snap.clone(), datasets.clone());
         let script: lab_exec::Script = Box::new(move |_, line| {
-            line.starts_with("sh -c 'echo '").then(|| {
+            line.starts_with("sh -c 'pool=$1").then(|| {
+                let names: String = datasets
+                    .lines()
+                    .map(|l| l.split('\t').next().unwrap())
+                    .fold(String::new(), |mut acc, n| {
+                        if !acc.lines().any(|l| l == n) {
+                            acc.push_str(n);
+                            acc.push('\n');
+                        }
+                        acc
+                    });
                 Out::ok(format!(
-                    "#snapshots\n{proto}@{snap}\tguid\t1\n{proto}@{snap}\tcreation\t1\n#datasets\n{datasets}#domains\n#end\n"
+                    "#snapshots\n{proto}@{snap}\tguid\t1\n{proto}@{snap}\tcreation\t1\n#rc 0\n\
+                     #names\n{names}#rc 0\n#datasets\n{datasets}#rc 0\n#domains\n#rc 0\n#end\n"
                 ))
             })
         });

@@ -31,18 +31,46 @@ fn lab(edits: &[(&str, &str)]) -> Lab {
     Lab::from_tree(tree, vec![PathBuf::from("plan.yaml")]).unwrap()
 }
 
-/// What the scripted hypervisors hold: the probe's answer per host.
-fn probe_answer(host: &str, extra_datasets: &str, domains: &str, networks: &str) -> String {
+/// What the scripted hypervisors hold: the probe's answer per host. `extra_datasets` are
+/// `name TAB property TAB value` rows (`lab:` properties count as set locally).
+fn probe_answer(
+    host: &str,
+    extra_datasets: &str,
+    domains: &str,
+    markers: &HashMap<String, String>,
+    networks: &str,
+) -> String {
     let (proto, parent) = if host == "hvd" {
         ("tank/proto", "tank")
     } else {
         ("ssd/proto-disk0", "ssd/labs")
     };
+    let mut names = vec![parent.to_owned()];
+    let mut rows = format!("{parent}\torigin\t-\t-\n");
+    for line in extra_datasets.lines() {
+        let name = line.split('\t').next().unwrap();
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_owned());
+        }
+        let source = if line.contains("\tlab:") {
+            "local"
+        } else {
+            "-"
+        };
+        rows.push_str(&format!("{line}\t{source}\n"));
+    }
+    let marker_rows: String = domains
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .map(|d| format!("{d}\t{}\n", markers.get(d).map_or("", String::as_str)))
+        .collect();
     format!(
         "#snapshots\n{proto}@20261001-release\tguid\t111\n{proto}@20261001-release\tcreation\t100\n\
          {proto}@20261101-release\tguid\t222\n{proto}@20261101-release\tcreation\t200\n\
-         {proto}@20261102-before\tguid\t333\n{proto}@20261102-before\tcreation\t300\n\
-         #datasets\n{parent}\torigin\t-\n{extra_datasets}#domains\n{domains}#networks\n{networks}#end\n"
+         {proto}@20261102-before\tguid\t333\n{proto}@20261102-before\tcreation\t300\n#rc 0\n\
+         #names\n{}\n#rc 0\n#datasets\n{rows}#rc 0\n#domains\n{domains}#rc 0\n\
+         #markers\n{marker_rows}#networks\n{networks}#end\n",
+        names.join("\n")
     )
 }
 
@@ -61,13 +89,17 @@ struct Scenario {
     lab_edit: &'static [(&'static str, &'static str)],
 }
 
-const OURS_D1: &str =
-    "tank/d1\torigin\ttank/proto@20261001-release\ntank/d1\tlab:lab\tplan\ntank/d1\tlab:node\td1\n";
+const OURS_D1: &str = "tank/d1\torigin\ttank/proto@20261001-release\ntank/d1\tlab:lab\tplan\ntank/d1\tlab:node\td1\n\
+    tank/d1\tlab:overlay-sha256\tdigest-of-d1\n";
+/// Ours, but filled from an older build than the scenarios'.
+const OLDER_D1: &str = "tank/d1\torigin\ttank/proto@20261001-release\ntank/d1\tlab:lab\tplan\ntank/d1\tlab:node\td1\n\
+    tank/d1\tlab:overlay-sha256\tdigest-of-an-older-build\n";
 const FOREIGN_D1: &str = "tank/d1\torigin\t-\ntank/d1\tmounted\tyes\n";
 const OTHER_LAB_Z1: &str = "ssd/labs/z1\torigin\tssd/proto-disk0@20261101-release\nssd/labs/z1\tlab:lab\tother\nssd/labs/z1\tlab:node\tz1\n";
 /// Left by a run that died between the clone and the end of the copy.
 const FILLING_D1: &str = "tank/d1\torigin\ttank/proto@20261001-release\ntank/d1\tlab:lab\tplan\ntank/d1\tlab:node\td1\ntank/d1\tlab:state\tfilling\ntank/d1\tmounted\tyes\n";
-const OURS_Z1: &str = "ssd/labs/z1\torigin\tssd/proto-disk0@20261101-release\nssd/labs/z1\tlab:lab\tplan\nssd/labs/z1\tlab:node\tz1\n";
+const OURS_Z1: &str = "ssd/labs/z1\torigin\tssd/proto-disk0@20261101-release\nssd/labs/z1\tlab:lab\tplan\nssd/labs/z1\tlab:node\tz1\n\
+    ssd/labs/z1\tlab:overlay-sha256\tdigest-of-z1\n";
 
 const SCENARIOS: &[Scenario] = &[
     Scenario {
@@ -90,6 +122,21 @@ const SCENARIOS: &[Scenario] = &[
         markers: &[
             ("d1", "<lab lab=\"plan\" node=\"d1\"/>"),
             ("z1", "<lab lab=\"plan\" node=\"z1\"/>"),
+        ],
+        networks: &[],
+        lab_edit: &[],
+    },
+    Scenario {
+        // d1 runs on a clone filled from an older build: drift, left for --force. z1's domain
+        // was defined by lab for another lab: never touched, --force or not.
+        name: "create_reports_drift_and_never_touches_another_labs_domain",
+        verb: "create",
+        force: false,
+        datasets: &[("hvd", OLDER_D1)],
+        domains: &[("hvd", " 4 d1 running\n"), ("hvz", " 5 z1 running\n")],
+        markers: &[
+            ("d1", "<lab lab=\"plan\" node=\"d1\"/>"),
+            ("z1", "<lab lab=\"other\" node=\"z1\"/>"),
         ],
         networks: &[],
         lab_edit: &[],
@@ -268,25 +315,15 @@ fn run(s: &Scenario) -> String {
         .map(|(n, m)| (n.to_string(), m.to_string()))
         .collect();
     let script: lab_exec::Script = Box::new(move |host, line| {
-        if line.starts_with("sh -c 'echo '") {
-            return Some(Out::ok(probe_answer(
+        line.starts_with("sh -c 'pool=$1").then(|| {
+            Out::ok(probe_answer(
                 host,
                 datasets.get(host).unwrap_or(&""),
                 domains.get(host).unwrap_or(&""),
+                &markers,
                 networks.get(host).unwrap_or(&""),
-            )));
-        }
-        if let Some(rest) = line.strip_prefix("virsh -q metadata ") {
-            let node = rest.split_whitespace().next().unwrap_or_default();
-            if !line.contains("--set") {
-                return Some(
-                    markers
-                        .get(node)
-                        .map_or(Out::fail(1, "no metadata"), |m| Out::ok(m.clone())),
-                );
-            }
-        }
-        None
+            ))
+        })
     });
     let exec = Executor::new(
         Mode::Scripted(script),
@@ -351,6 +388,15 @@ fn run(s: &Scenario) -> String {
             Ok((r.networks, r.nodes))
         }
     });
+    // Reading a hypervisor is one command, whatever the number of nodes or domains there.
+    for host in ["hvd", "hvz"] {
+        let queries = exec
+            .recorded()
+            .iter()
+            .filter(|r| r.host == host && r.effect == lab_exec::Effect::Query)
+            .count();
+        assert_eq!(queries, 1, "{}: {host} was asked {queries} queries", s.name);
+    }
     let (networks, reports) = match reports {
         Ok(r) => r,
         Err(e) => {

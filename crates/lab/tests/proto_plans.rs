@@ -62,17 +62,29 @@ fn listing(host: &str) -> String {
             100 + i
         ));
     }
-    out.push_str("#datasets\n");
+    out.push_str(if host == "empty" {
+        "#rc absent\n"
+    } else {
+        "#rc 0\n"
+    });
+    let pool = dataset.split('/').next().unwrap();
+    let mut names = vec![pool.to_owned()];
+    let mut datasets = format!("{pool}\torigin\t-\t-\n");
     if host != "empty" {
-        out.push_str(&format!("{dataset}\torigin\t-\n"));
+        names.push(dataset.to_owned());
+        datasets.push_str(&format!("{dataset}\torigin\t-\t-\n"));
     }
     if host == "src" {
         // A lab's node still runs on the oldest release.
-        out.push_str(
-            "tank/r1\torigin\ttank/proto@20261001-release\ntank/r1\tlab:lab\tvpp\ntank/r1\tlab:node\tr1\n",
+        names.push("tank/r1".to_owned());
+        datasets.push_str(
+            "tank/r1\torigin\ttank/proto@20261001-release\t-\ntank/r1\tlab:lab\tvpp\tlocal\ntank/r1\tlab:node\tr1\tlocal\n",
         );
     }
-    out.push_str("#domains\n#end\n");
+    out.push_str(&format!(
+        "#names\n{}\n#rc 0\n#datasets\n{datasets}#rc 0\n#domains\n#rc 0\n#end\n",
+        names.join("\n")
+    ));
     out
 }
 
@@ -80,7 +92,7 @@ fn run(transport: &str, verb: &str) -> String {
     let lab = fleet(transport);
     let fleet = Fleet::of(&lab).unwrap();
     let script: lab_exec::Script = Box::new(|host, line| {
-        line.starts_with("sh -c 'echo '")
+        line.starts_with("sh -c 'pool=$1")
             .then(|| Out::ok(listing(host)))
     });
     let targets = lab

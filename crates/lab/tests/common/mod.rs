@@ -57,10 +57,16 @@ pub fn domain_exists(bed: &Testbed, hv: &str, name: &str) -> bool {
         .is_ok()
 }
 
+/// Whether a staging directory of `node` (of any lab: `<staging>/<lab>/<node>`) is left.
 pub fn staging_exists(bed: &Testbed, hv: &str, node: &str) -> bool {
     bed.exec(
         k_of(hv),
-        &["test", "-e", &format!("/var/lib/lab/staging/{node}")],
+        &[
+            "sh",
+            "-c",
+            r#"ls -d /var/lib/lab/staging/*/"$0" >/dev/null 2>&1"#,
+            node,
+        ],
     )
     .is_ok()
 }

@@ -1,0 +1,126 @@
+//! The probe's parser: every section, and everything odd refused.
+
+use super::*;
+
+const GOOD: &str = "#snapshots\n\
+    p/proto\tguid\t99\np/proto@b\tguid\t22\np/proto@b\tcreation\t200\np/proto@a\tguid\t11\np/proto@a\tcreation\t100\n#rc 0\n\
+    #names\np\np/proto\np/r1\n#rc 0\n\
+    #datasets\n\
+    p\torigin\t-\t-\np/proto\tlab:synced\t1234\tlocal\np/proto\tlab:sync-error\t-\t-\n\
+    p/r1\torigin\tp/proto@a\t-\np/r1\tmounted\tno\t-\np/r1\tlab:lab\tdemo\tlocal\np/r1\tlab:node\t-\t-\n\
+    p/r1\tlab:owner\tops@ctl\tlocal\n#rc 0\n\
+    #domains\n 3    r1   running\n -    r2   shut off\n#rc 0\n\
+    #markers\nr1\t<lab:lab xmlns:lab=\"https://lab.invalid/schema/1\" lab=\"demo\" node=\"r1\"/>\nr2\t\n\
+    #networks\nlab-demo\tactive\t<lab:net xmlns:lab='https://lab.invalid/schema/1' lab='demo' sha256='ab12'/>\ndefault\tinactive\t\n\
+    #nics\nr1\t52:54:00:01:00:01\nr1\t52:54:01:01:00:01\n#end\n";
+
+#[test]
+fn parses_every_section() {
+    let s = parse("p/proto", GOOD).unwrap();
+    assert_eq!(
+        s.proto
+            .snapshots
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    assert_eq!(s.proto.snapshots[1].guid, "22");
+    assert!(s.proto.exists);
+    assert_eq!(s.proto.synced, Some(1234));
+    assert_eq!(s.proto.last_error, None);
+    let r1 = &s.datasets["p/r1"];
+    assert_eq!(r1.origin.as_deref(), Some("p/proto@a"));
+    assert_eq!(r1.prop(prop::LAB), Some("demo"));
+    assert_eq!(r1.prop(prop::NODE), None);
+    assert_eq!(r1.prop(prop::OWNER), Some("ops@ctl"));
+    assert!(s.domain_running("r1"));
+    assert_eq!(s.domains["r2"].state, "shut off");
+    assert_eq!(
+        s.domains["r1"].marker,
+        Some(DomainMarker {
+            lab: "demo".into(),
+            node: "r1".into()
+        })
+    );
+    assert_eq!(s.domains["r2"].marker, None);
+    assert_eq!(
+        s.networks["lab-demo"].marker,
+        Some(NetworkMarker {
+            lab: "demo".into(),
+            sha256: "ab12".into()
+        })
+    );
+    assert!(s.networks["lab-demo"].active);
+    assert!(!s.networks["default"].active && s.networks["default"].marker.is_none());
+    assert_eq!(s.nics["r1"], ["52:54:00:01:00:01", "52:54:01:01:00:01"]);
+    assert!(s.libvirt_error.is_none());
+    assert_eq!(
+        s.pins(),
+        [Pin {
+            snapshot: "a".into(),
+            dataset: "p/r1".into(),
+            lab: Some("demo".into()),
+            node: None
+        }]
+    );
+}
+
+#[test]
+fn a_missing_proto_is_absent_not_an_error() {
+    let text = "#snapshots\n#rc absent\n#names\np\n#rc 0\n#datasets\np\torigin\t-\t-\n#rc 0\n\
+                #domains\n#rc 0\n#end\n";
+    let s = parse("p/proto", text).unwrap();
+    assert!(!s.proto.exists);
+    assert!(s.proto.snapshots.is_empty());
+}
+
+#[test]
+fn only_locally_set_properties_make_ownership() {
+    // Someone set lab:lab on the pool: every dataset inherits it, none is lab's for that.
+    let text = GOOD.replace(
+        "p/r1\tlab:lab\tdemo\tlocal",
+        "p/r1\tlab:lab\tdemo\tinherited from p",
+    );
+    let s = parse("p/proto", &text).unwrap();
+    assert_eq!(s.datasets["p/r1"].prop(prop::LAB), None);
+}
+
+#[test]
+fn anything_odd_is_an_error_never_a_guess() {
+    let cases = [
+        // A value with a newline and tabs forging a row for a dataset zfs did not list.
+        GOOD.replace(
+            "p/r1\tlab:owner\tops@ctl\tlocal\n",
+            "p/r1\tlab:owner\tx\tlocal\np/fake\tlab:lab\tdemo\tlocal\n",
+        ),
+        // ... or a second row for a real one.
+        GOOD.replace(
+            "p/r1\tlab:owner\tops@ctl\tlocal\n",
+            "p/r1\tlab:owner\tx\tlocal\np/r1\tlab:lab\tother\tlocal\n",
+        ),
+        // A row with a tab in its value.
+        GOOD.replace(
+            "p/r1\tlab:owner\tops@ctl\tlocal",
+            "p/r1\tlab:owner\tops\t@ctl\tlocal",
+        ),
+        // zfs failed: that is not "no datasets".
+        GOOD.replace("p/r1\tlab:owner\tops@ctl\tlocal\n#rc 0", "#rc 1"),
+        GOOD.replace(
+            "p/proto@a\tcreation\t100\n#rc 0",
+            "p/proto@a\tcreation\t100\n#rc 2",
+        ),
+        // The answer was cut short.
+        GOOD.replace("#end\n", ""),
+    ];
+    for (i, text) in cases.iter().enumerate() {
+        assert!(parse("p/proto", text).is_err(), "case {i} was accepted");
+    }
+    // libvirt failing is not fatal to zfs's part, but it is known.
+    let s = parse(
+        "p/proto",
+        &GOOD.replace("shut off\n#rc 0", "shut off\n#rc 1"),
+    )
+    .unwrap();
+    assert!(s.libvirt_error.is_some());
+}
