@@ -288,8 +288,8 @@ fn create_and_time(
                                 .map(|node| {
                                     inner.spawn(move || {
                                         let tree = build.join(format!("bird/hv{k}/{node}"));
-                                        let xml =
-                                            build.join(format!("bird/hv{k}/{node}.domain.xml"));
+                                        let xml = build
+                                            .join(format!("bird/hv{k}/_meta/{node}.domain.xml"));
                                         bed.exec(
                                             k,
                                             &[

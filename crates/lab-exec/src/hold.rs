@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use openssh::{ChildStdout, Session};
@@ -24,15 +25,22 @@ pub struct Holding {
 }
 
 struct Live {
-    lines: Lines<BufReader<ChildStdout>>,
+    /// `None` once [`Holding::watch`] handed the output to its watcher.
+    lines: Option<Lines<BufReader<ChildStdout>>>,
     child: openssh::Child<Arc<Session>>,
     beat: tokio::task::JoinHandle<()>,
+    watcher: Option<tokio::task::JoinHandle<()>>,
+    /// Cleared when the remote side ends or the heartbeat cannot be written.
+    alive: Arc<AtomicBool>,
 }
 
 impl Drop for Holding {
     fn drop(&mut self) {
         if let Some(live) = &self.live {
             live.beat.abort();
+            if let Some(w) = &live.watcher {
+                w.abort();
+            }
         }
     }
 }
@@ -44,7 +52,10 @@ impl Holding {
         let Some(live) = &mut self.live else {
             return Ok(self.canned.pop_front());
         };
-        match tokio::time::timeout(within, live.lines.next_line()).await {
+        let Some(lines) = &mut live.lines else {
+            return Ok(None);
+        };
+        match tokio::time::timeout(within, lines.next_line()).await {
             Err(_) => Err(ExecError::Timeout {
                 host: self.host.clone(),
                 command: self.line.clone(),
@@ -58,12 +69,32 @@ impl Holding {
         }
     }
 
+    /// From now on, watches the command in the background: the returned flag turns false when
+    /// the remote side ends (its output closes) or its heartbeat can no longer be written. What
+    /// a held lock's holder uses to know it still holds it.
+    pub fn watch(&mut self) -> Arc<AtomicBool> {
+        let Some(live) = &mut self.live else {
+            return Arc::new(AtomicBool::new(true));
+        };
+        if let Some(mut lines) = live.lines.take() {
+            let alive = Arc::clone(&live.alive);
+            live.watcher = Some(tokio::spawn(async move {
+                while let Ok(Some(_)) = lines.next_line().await {}
+                alive.store(false, Ordering::SeqCst);
+            }));
+        }
+        Arc::clone(&live.alive)
+    }
+
     /// Waits for a command that ended on its own and returns its exit status and stderr.
     pub async fn finish(mut self) -> Result<Out, ExecError> {
         let Some(mut live) = self.live.take() else {
             return Ok(self.canned_end.clone());
         };
         live.beat.abort();
+        if let Some(w) = &live.watcher {
+            w.abort();
+        }
         let mut stderr = String::new();
         if let Some(mut err) = live.child.stderr().take() {
             let _ = err.read_to_string(&mut stderr).await;
@@ -84,6 +115,9 @@ impl Holding {
     pub async fn release(mut self) {
         if let Some(live) = self.live.take() {
             live.beat.abort();
+            if let Some(w) = &live.watcher {
+                w.abort();
+            }
             let _ = tokio::time::timeout(Duration::from_secs(5), live.child.wait()).await;
         }
     }
@@ -132,21 +166,34 @@ impl Executor {
             .map_err(|e| lost(host, &holding.line, e))?;
         let stdout = child.stdout().take().expect("piped");
         let mut stdin = child.stdin().take().expect("piped");
+        let alive = Arc::new(AtomicBool::new(true));
+        let beating = Arc::clone(&alive);
         let beat = tokio::spawn(async move {
             let mut tick = tokio::time::interval(beat);
             loop {
                 tick.tick().await;
                 if stdin.write_all(b"\n").await.is_err() || stdin.flush().await.is_err() {
+                    beating.store(false, Ordering::SeqCst);
                     return;
                 }
             }
         });
         holding.live = Some(Live {
-            lines: BufReader::new(stdout).lines(),
+            lines: Some(BufReader::new(stdout).lines()),
             child,
             beat,
+            watcher: None,
+            alive,
         });
         Ok(holding)
+    }
+
+    /// From now on, every change on `host` first checks `alive` (a held lock's flag, from
+    /// [`Holding::watch`]) and fails with [`ExecError::LockLost`] once it is false.
+    pub fn require_lock(&self, host: &str, alive: Arc<AtomicBool>) {
+        if let Ok(h) = self.host(host) {
+            *h.lock_alive.lock().expect("lock flag") = Some(alive);
+        }
     }
 
     /// Makes every later command to `host` fail as unreachable, with `why`: for a host whose
@@ -170,6 +217,7 @@ impl Executor {
         on_bytes: &(dyn Fn(u64) + Sync),
     ) -> Result<u64, ExecError> {
         let (hs, hd) = (self.host(src)?, self.host(dst)?);
+        self.check_lock(hd)?;
         let (from, to) = (&*self.guarded(hs, from), &*self.guarded(hd, to));
         if !self.is_live() {
             self.note(src, from.effect, from.line(), &from.argv);
@@ -215,9 +263,12 @@ impl Executor {
                     return Ok(());
                 }
                 // A receiver that stopped reading shows up as a write error; its own exit
-                // status and stderr say why, below.
-                if sink.write_all(&buf[..n]).await.is_err() {
-                    return Ok(());
+                // status and stderr say why, below. One that stalls without failing is a
+                // timeout of its own.
+                match tokio::time::timeout(from.timeout, sink.write_all(&buf[..n])).await {
+                    Err(_) => return Err(stalled(dst, &to_line)),
+                    Ok(Err(_)) => return Ok(()),
+                    Ok(Ok(())) => {}
                 }
                 moved += n as u64;
                 on_bytes(moved);
@@ -228,10 +279,17 @@ impl Executor {
         drop(out);
         let status_of = |host: &str, line: &str, child: openssh::Child<Arc<Session>>| {
             let (host, line) = (host.to_owned(), line.to_owned());
+            let limit = from.timeout;
             async move {
-                let output = child
-                    .wait_with_output()
+                // A side that neither ends nor answers is bounded too: the run (and the proto
+                // lock it holds) must end, with that target's failure.
+                let output = tokio::time::timeout(limit, child.wait_with_output())
                     .await
+                    .map_err(|_| ExecError::Timeout {
+                        host: host.clone(),
+                        command: line.clone(),
+                        after: limit,
+                    })?
                     .map_err(|e| lost(&host, &line, e))?;
                 Ok::<_, ExecError>(Out {
                     status: output.status.code().unwrap_or(-1),
@@ -240,8 +298,26 @@ impl Executor {
                 })
             }
         };
-        let sent = status_of(src, &from_line, sender).await?;
-        let received = status_of(dst, &to_line, receiver).await?;
+        // A stalled side is the cause: say so, whatever the other side says once cut off.
+        if let Err(e @ ExecError::Timeout { .. }) = copy {
+            let _ = status_of(src, &from_line, sender).await;
+            let _ = status_of(dst, &to_line, receiver).await;
+            return Err(e);
+        }
+        // The receiver first: a sender cut off by a receiver that died (SIGPIPE) is not the
+        // cause.
+        let received = status_of(dst, &to_line, receiver).await;
+        let sent = status_of(src, &from_line, sender).await;
+        let received = received?;
+        if !received.success() {
+            return Err(ExecError::Failed {
+                host: dst.to_owned(),
+                command: to_line.clone(),
+                status: received.status,
+                stderr: received.stderr,
+            });
+        }
+        let sent = sent?;
         copy?;
         for (host, line, out) in [(src, &from_line, sent), (dst, &to_line, received)] {
             if !out.success() {

@@ -223,6 +223,8 @@ struct Host {
     session: tokio::sync::Mutex<Option<Result<Arc<Session>, String>>>,
     /// Argument words put before every change on this host (see [`Executor::guard`]).
     guard: Mutex<Vec<String>>,
+    /// The flag of the lock every change here needs (see [`Executor::require_lock`]).
+    lock_alive: Mutex<Option<Arc<std::sync::atomic::AtomicBool>>>,
 }
 
 pub struct Executor {
@@ -250,6 +252,7 @@ impl Executor {
                         limit,
                         session: tokio::sync::Mutex::new(None),
                         guard: Mutex::new(Vec::new()),
+                        lock_alive: Mutex::new(None),
                     },
                 )
             })
@@ -296,6 +299,22 @@ impl Executor {
         }
     }
 
+    /// An error when a change on `h` needs a lock that was lost.
+    fn check_lock(&self, h: &Host) -> Result<(), ExecError> {
+        let held = h
+            .lock_alive
+            .lock()
+            .expect("lock flag")
+            .as_ref()
+            .map(|alive| alive.load(std::sync::atomic::Ordering::SeqCst));
+        match held {
+            Some(false) => Err(ExecError::LockLost {
+                host: h.target.name.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     fn guard_of(&self, h: &Host) -> Vec<String> {
         h.guard.lock().expect("guard lock").clone()
     }
@@ -323,6 +342,9 @@ impl Executor {
     /// Runs `cmd` on `host` and returns its output whatever its exit status.
     pub async fn output(&self, host: &str, cmd: &Cmd) -> Result<Out, ExecError> {
         let h = self.host(host)?;
+        if cmd.effect == Effect::Change {
+            self.check_lock(h)?;
+        }
         let cmd = &*self.guarded(h, cmd);
         let line = quote_line(&cmd.argv);
         match (&self.mode, cmd.effect) {

@@ -14,6 +14,7 @@ impl Executor {
     /// target is a clone of the proto image), never `-X`.
     pub async fn rsync(&self, host: &str, local: &Path, remote: &str) -> Result<(), ExecError> {
         let h = self.host(host)?;
+        self.check_lock(h)?;
         let (dest_host, port) = split_port(&h.target.ssh);
         let args = rsync_args(local, dest_host, remote, &self.guard_of(h));
         let remote_shell = |socket: &str| {

@@ -2,9 +2,10 @@
 //! `status` read back. One typed manifest is shared by the writer and the readers.
 //!
 //! ```text
-//! <build>/<overlay>/<hypervisor>/<hostname>/               the guest's root filesystem
-//! <build>/<overlay>/<hypervisor>/<hostname>.manifest.json  sha256 of every entry, one digest
-//! <build>/<overlay>/<hypervisor>/<hostname>.domain.xml     when the overlay has domain.xml.j2
+//! <build>/<overlay>/<hypervisor>/<hostname>/                     the guest's root filesystem
+//! <build>/<overlay>/<hypervisor>/_meta/<hostname>.manifest.json  sha256 of every entry, digest
+//! <build>/<overlay>/<hypervisor>/_meta/<hostname>.domain.xml     when there is domain.xml.j2
+//! <build>/<overlay>/_networks/<hypervisor>/<network>.xml         a management network lab owns
 //! ```
 
 use std::collections::BTreeMap;
@@ -25,10 +26,13 @@ pub struct NodePaths {
 impl NodePaths {
     pub fn of(build_dir: &Path, overlay: &str, node: &LabNode) -> NodePaths {
         let parent = build_dir.join(overlay).join(&node.hypervisor);
+        // `_meta` cannot be a hostname (no `_` in DNS labels): a hostname such as
+        // `r2.manifest.json` never meets node `r2`'s manifest.
+        let meta = parent.join("_meta");
         NodePaths {
             tree: parent.join(&node.hostname),
-            manifest: parent.join(format!("{}.manifest.json", node.hostname)),
-            domain_xml: parent.join(format!("{}.domain.xml", node.hostname)),
+            manifest: meta.join(format!("{}.manifest.json", node.hostname)),
+            domain_xml: meta.join(format!("{}.domain.xml", node.hostname)),
         }
     }
 }

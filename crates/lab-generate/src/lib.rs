@@ -1,8 +1,9 @@
 //! `lab generate`: renders an overlay for each selected node into `build/`.
 //!
 //! For a node, the output is `<build>/<overlay>/<hypervisor>/<hostname>/`, a tree that mirrors
-//! the guest's root filesystem, and beside it `<hostname>.manifest.json` (sha256 of every entry
-//! and one digest) and, when the overlay has `domain.xml.j2`, `<hostname>.domain.xml`.
+//! the guest's root filesystem, and in `_meta/` beside it `<hostname>.manifest.json` (sha256 of
+//! every entry and one digest) and, when the overlay has `domain.xml.j2`,
+//! `<hostname>.domain.xml` (see `build.rs`).
 //! Each node is rendered aside and swapped into place, so a re-run leaves no stale files.
 //! This crate never prints: progress goes out as [`Event`]s.
 
@@ -117,6 +118,37 @@ pub struct Output {
     pub networks: Vec<NetworkOutput>,
 }
 
+/// An overlay directory must exist and must not hold the build: every run would copy the
+/// build into the guests and grow it. Both are bad input, with the lab file's line.
+fn check_overlay_dir(req: &Request<'_>, def: &lab_model::Overlay) -> Result<(), GenerateError> {
+    let at = lab_model::origin_of(req.lab, &["overlays", &def.name, "dir"]);
+    let bad = |message: String| GenerateError::Overlay {
+        path: def.dir.clone(),
+        message,
+    };
+    let Ok(overlay) = def.dir.canonicalize() else {
+        return Err(bad(format!(
+            "does not exist (overlay `{}`, set at {at})",
+            def.name
+        )));
+    };
+    let build = std::path::absolute(req.build_dir).unwrap_or_else(|_| req.build_dir.to_owned());
+    // The build directory may not exist yet: compare its deepest existing ancestor.
+    let existing = build
+        .ancestors()
+        .find_map(|a| a.canonicalize().ok())
+        .unwrap_or(build);
+    if existing.starts_with(&overlay) {
+        return Err(bad(format!(
+            "holds the build directory {} (overlay `{}`, set at {at}): every run would copy \
+             the build into the guests",
+            req.build_dir.display(),
+            def.name
+        )));
+    }
+    Ok(())
+}
+
 /// The overlay a request names, or the lab's default.
 pub fn resolve_overlay<'a>(
     lab: &'a Lab,
@@ -165,6 +197,7 @@ pub fn generate(
                 })
         })
         .collect::<Result<_, _>>()?;
+    check_overlay_dir(req, overlay_def)?;
     let overlay = overlay::Overlay::scan(&overlay_def.dir)?;
     let env = render::environment(&overlay)?;
     let shared = render::Shared::new(req.lab, &overlay_def.name);

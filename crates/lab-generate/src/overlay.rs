@@ -104,6 +104,7 @@ impl Overlay {
         // The templates beside the guest tree: rendered into the build, not into the guest.
         let mut beside = |name: &str| -> Result<bool, GenerateError> {
             let path = dir.join(name);
+            refuse_symlink(&path)?;
             if !path.is_file() {
                 return Ok(false);
             }
@@ -134,7 +135,13 @@ impl Overlay {
 
     /// The verbatim entries of `blobs/<hostname>/`, or none when the node has no blobs.
     pub fn blobs(&self, hostname: &str) -> Result<Vec<Entry>, GenerateError> {
-        let dir = self.dir.join(BLOBS_DIR).join(hostname);
+        let top = self.dir.join(BLOBS_DIR);
+        let dir = top.join(hostname);
+        // Neither `blobs/` nor `blobs/<host>` may lead elsewhere: the controller's own files
+        // would end up in a guest image.
+        for path in [&top, &dir] {
+            refuse_symlink(path)?;
+        }
         if !dir.is_dir() {
             return Ok(Vec::new());
         }
@@ -229,6 +236,18 @@ fn walk(
         out.push((rel, kind, mode));
     }
     Ok(out)
+}
+
+/// An error when `path` is a symlink (a missing path is fine).
+fn refuse_symlink(path: &Path) -> Result<(), GenerateError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Err(GenerateError::Overlay {
+            path: path.to_path_buf(),
+            message: "is a symlink; lab reads overlays only through real directories and files"
+                .to_owned(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Whether a symlink at `rel` (inside a tree) with `target` resolves, lexically, inside the tree.

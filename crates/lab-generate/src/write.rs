@@ -217,6 +217,7 @@ pub fn node(w: &NodeWrite<'_>) -> Result<Written, GenerateError> {
     }
     fs::rename(&stage, w.tree).map_err(io(w.tree))?;
     if had_old {
+        // The old tree (or a symlink planted in its place) goes; a symlink is never followed.
         remove_tree(&old)?;
     }
     replace_file(w.manifest, manifest_text.as_bytes())?;
@@ -262,8 +263,12 @@ pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), GenerateErro
     fs::rename(&tmp, path).map_err(io(path))
 }
 
-/// Removes a tree, first making its directories writable (an overlay may hold 0555 ones).
+/// Removes a tree, first making its directories writable (an overlay may hold 0555 ones). A
+/// symlink is removed itself, never walked.
 fn remove_tree(dir: &Path) -> Result<(), GenerateError> {
+    if fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
+        return fs::remove_file(dir).map_err(io(dir));
+    }
     for entry in walkdir::WalkDir::new(dir)
         .follow_links(false)
         .into_iter()

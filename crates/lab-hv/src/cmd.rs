@@ -260,10 +260,21 @@ pub fn send_direct(src: &Hypervisor, dst: &Hypervisor, from: Option<&str>, to: &
     let mut argv: Vec<String> = ["sh", "-c", DIRECT, "lab-proto-direct"]
         .map(String::from)
         .to_vec();
-    argv.push(dst.ssh.clone());
+    argv.push(ssh_uri(&dst.ssh));
     argv.push(dst.proto.clone());
     argv.extend(send.argv.into_iter().skip(2));
     Cmd::change(argv).timeout(TRANSFER_DEADLINE)
+}
+
+/// An ssh destination as the `ssh` command takes it: `[user@]host:port` becomes
+/// `ssh://[user@]host:port` (plain `ssh` reads `host:port` as a host name).
+fn ssh_uri(dest: &str) -> String {
+    match dest.rsplit_once(':') {
+        Some((_, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("ssh://{dest}")
+        }
+        _ => dest.to_owned(),
+    }
 }
 
 /// Asks a target's zrepl to pull now.

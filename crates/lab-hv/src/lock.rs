@@ -199,8 +199,10 @@ pub async fn lock(
     let mut locks = Locks { held: Vec::new() };
     for hv in hypervisors {
         match lock_one(exec, hv, lab, me, wait_secs, waiting).await {
-            Ok(holding) => {
+            Ok(mut holding) => {
                 exec.guard(&hv.name, guard(hv, lab));
+                // Every later change there first checks that this lock is still held.
+                exec.require_lock(&hv.name, holding.watch());
                 locks.held.push(holding);
             }
             Err(LockError::Failed { source, .. }) if source.unreachable() => {

@@ -13,11 +13,15 @@ pub fn nth_host(net: IpNet, n: u128) -> Result<IpNet, String> {
     } else {
         1u128 << size_bits
     };
-    if n == 0 || n >= size {
+    // An IPv4 prefix's last address is its broadcast (but in a /31 or /32, which have none).
+    let last = match net {
+        IpNet::V4(_) if size_bits >= 2 => size - 2,
+        _ => size.saturating_sub(1),
+    };
+    if n == 0 || n > last {
         return Err(format!(
-            "host {n} is outside {} (hosts 1 to {})",
-            net.trunc(),
-            size.saturating_sub(1)
+            "host {n} is outside {} (hosts 1 to {last}: not the network or broadcast address)",
+            net.trunc()
         ));
     }
     let addr = match net.trunc() {
@@ -30,6 +34,9 @@ pub fn nth_host(net: IpNet, n: u128) -> Result<IpNet, String> {
 /// Subnet `n` of length `len` inside `pool`: `100.64.0.0/24`, 31, 2 → `100.64.0.4/31`.
 pub fn nth_subnet4(pool: Ipv4Net, len: u8, n: u32) -> Result<Ipv4Net, String> {
     let out_of_room = || format!("{pool} has no room for /{len} number {n}");
+    if len > 32 {
+        return Err(format!("/{len} is not an IPv4 prefix length"));
+    }
     let bits = u32::from(len.checked_sub(pool.prefix_len()).ok_or_else(out_of_room)?);
     if bits < 32 && u64::from(n) >= 1u64 << bits {
         return Err(out_of_room());
@@ -43,6 +50,9 @@ pub fn nth_subnet4(pool: Ipv4Net, len: u8, n: u32) -> Result<Ipv4Net, String> {
 /// Subnet `n` of length `len` inside an IPv6 `pool`.
 pub fn nth_subnet6(pool: Ipv6Net, len: u8, n: u128) -> Result<Ipv6Net, String> {
     let out_of_room = || format!("{pool} has no room for /{len} number {n}");
+    if len > 128 {
+        return Err(format!("/{len} is not an IPv6 prefix length"));
+    }
     let bits = u32::from(len.checked_sub(pool.prefix_len()).ok_or_else(out_of_room)?);
     if bits < 128 && n >= 1u128 << bits {
         return Err(out_of_room());
@@ -112,7 +122,11 @@ mod tests {
         assert_eq!(nth_host(net("10.0.0.7/24"), 1).unwrap(), net("10.0.0.1/24"));
         assert!(nth_host(net("10.0.0.0/24"), 0).is_err());
         assert!(nth_host(net("10.0.0.0/24"), 256).is_err());
-        assert!(nth_host(net("10.0.0.0/30"), 3).is_ok());
+        // The broadcast address is no host; a /31 has none.
+        assert!(nth_host(net("10.0.0.0/30"), 3).is_err());
+        assert!(nth_host(net("10.0.0.0/30"), 2).is_ok());
+        assert!(nth_host(net("10.0.0.0/24"), 255).is_err());
+        assert!(nth_host(net("10.0.0.0/31"), 1).is_ok());
     }
 
     #[test]

@@ -28,8 +28,29 @@ pub fn load_fleet(files: &[PathBuf]) -> Result<Lab, ModelError> {
 pub fn merged_tree(files: &[PathBuf]) -> Result<(Tree, Vec<PathBuf>), ModelError> {
     let mut read = Vec::new();
     let mut merged: Option<Tree> = None;
+    // One run works on one lab: files given together may not name different ones.
+    let mut named: Option<(String, crate::tree::Origin)> = None;
     for file in files {
         let tree = expand(file, &mut Vec::new(), &mut read)?;
+        if let Some(name) = tree.get("lab").and_then(|l| l.get("name"))
+            && let Value::Str(n) = &name.value
+        {
+            match &named {
+                Some((first, at)) if first != n => {
+                    return Err(ModelError::Schema {
+                        at: name.origin.clone(),
+                        path: "lab.name".to_owned(),
+                        message: format!(
+                            "names lab `{n}`, but {at} names lab `{first}`: the files of one run \
+                             describe one lab"
+                        ),
+                        hint: crate::error::Hint::default(),
+                    });
+                }
+                Some(_) => {}
+                None => named = Some((n.clone(), name.origin.clone())),
+            }
+        }
         match &mut merged {
             Some(m) => m.merge(tree),
             None => merged = Some(tree),

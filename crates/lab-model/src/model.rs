@@ -354,6 +354,15 @@ impl Lab {
         for (name, spec) in &schema.overlays {
             let at = ["overlays", name.as_str(), "dir"].map(String::from);
             check_name(&root, &at[..2], name, "overlay name", names::ident)?;
+            if spec.dir.trim().is_empty() {
+                return Err(schema_error(
+                    &root,
+                    &at,
+                    "an overlay's `dir` cannot be empty (it would copy the lab's own directory into every guest)"
+                        .to_owned(),
+                    Hint::default(),
+                ));
+            }
             let dir_origin = &root.closest(&at).origin;
             overlays.push(Overlay {
                 name: name.clone(),

@@ -171,9 +171,20 @@ pub fn parse(text: &str, file: &Path) -> Result<Tree, ModelError> {
 
 /// Reads and parses a file.
 pub fn parse_file(path: &Path) -> Result<Tree, ModelError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
         path: path.to_path_buf(),
         source,
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        // The line of the first byte that is not UTF-8.
+        let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = good.iter().filter(|b| **b == b'\n').count() as u64 + 1;
+        ModelError::Yaml {
+            file: path.to_path_buf(),
+            line,
+            column: 0,
+            message: "not UTF-8 text".to_owned(),
+        }
     })?;
     parse(&text, path)
 }

@@ -139,7 +139,8 @@ pub struct CreateArgs {
 #[derive(Args, Debug)]
 pub struct LockArgs {
     /// When another run holds the lab's lock, wait up to this long for it instead of exiting 4.
-    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub lock_wait: u64,
 }
 
@@ -225,7 +226,8 @@ pub enum ProtoCommand {
         #[command(flatten)]
         lab: LabArgs,
         /// Sleep a random 0..SECONDS first, so a fleet's controllers do not all start at once.
-        #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+        #[arg(long, value_name = "SECONDS", default_value_t = 0,
+              value_parser = clap::value_parser!(u64).range(0..=86_400))]
         jitter: u64,
     },
 }

@@ -147,8 +147,8 @@ fn example_lab_renders_every_file_as_in_the_snapshots() {
     ] {
         let base = s.path(&format!("build/{overlay}/{hv}"));
         let mut text = dump(&base.join(node));
-        text.push_str(&format!("=== ../{node}.domain.xml\n"));
-        text.push_str(&fs::read_to_string(base.join(format!("{node}.domain.xml"))).unwrap());
+        text.push_str(&format!("=== ../_meta/{node}.domain.xml\n"));
+        text.push_str(&fs::read_to_string(base.join(format!("_meta/{node}.domain.xml"))).unwrap());
         insta::assert_snapshot!(format!("{overlay}-{node}"), text);
     }
     // One management network per hypervisor, with a DHCP host for each of its nodes.
@@ -204,7 +204,7 @@ fn manifest_digest_changes_with_content_and_json_reports_what_was_written() {
     let first = nodes[0]["digest"].as_str().unwrap().to_owned();
 
     let manifest: serde_json::Value = serde_json::from_str(
-        &fs::read_to_string(s.path("build/bird/hv0/vpp0-2.manifest.json")).unwrap(),
+        &fs::read_to_string(s.path("build/bird/hv0/_meta/vpp0-2.manifest.json")).unwrap(),
     )
     .unwrap();
     assert_eq!(manifest["digest"], first.as_str());
@@ -659,6 +659,95 @@ const BAD: &[Bad] = &[
         says: &["labs/e.yaml:3", "mode `existing` needs `network`"],
     },
     Bad {
+        name: "an empty overlay dir",
+        files: &[(
+            "labs/o.yaml",
+            "include: vpp.yaml\noverlays:\n  bird: {dir: \"\"}\n",
+        )],
+        args: &["generate", "--lab", "labs/o.yaml"],
+        code: 2,
+        says: &["labs/o.yaml:3", "an overlay's `dir` cannot be empty"],
+    },
+    Bad {
+        name: "a missing overlay dir names where it was set",
+        files: &[(
+            "labs/o.yaml",
+            "include: vpp.yaml\noverlays:\n  bird: {dir: ../overlays/nowhere}\n",
+        )],
+        args: &["generate", "--lab", "labs/o.yaml"],
+        code: 2,
+        says: &["overlays/nowhere: does not exist", "set at labs/o.yaml:3"],
+    },
+    Bad {
+        name: "an overlay that holds the build directory",
+        files: &[],
+        args: &[
+            "generate",
+            "--lab",
+            "labs/vpp.yaml",
+            "--build",
+            "overlays/bird/build",
+        ],
+        code: 2,
+        says: &[
+            "holds the build directory overlays/bird/build",
+            "labs/testbed.yaml:",
+        ],
+    },
+    Bad {
+        name: "a node on its prefix's broadcast address",
+        files: &[(
+            "labs/b.yaml",
+            "include: vpp.yaml\nnodes:\n  vpp0-9: {hypervisor: hv0, id: 255}\n",
+        )],
+        args: &["generate", "--lab", "labs/b.yaml"],
+        code: 2,
+        says: &["labs/b.yaml:3", "not the network or broadcast address"],
+    },
+    Bad {
+        name: "two lab files that name different labs",
+        files: &[("labs/other.yaml", "lab: {name: other, id: 9}\n")],
+        args: &[
+            "generate",
+            "--lab",
+            "labs/vpp.yaml",
+            "--lab",
+            "labs/other.yaml",
+        ],
+        code: 2,
+        says: &[
+            "labs/other.yaml:1",
+            "names lab `other`, but labs/vpp.yaml:",
+            "names lab `vpp`",
+        ],
+    },
+    Bad {
+        name: "a lock wait beyond a day",
+        files: &[],
+        args: &[
+            "create",
+            "--lab",
+            "labs/vpp.yaml",
+            "--lock-wait",
+            "18446744073709551615",
+        ],
+        code: 2,
+        says: &["--lock-wait"],
+    },
+    Bad {
+        name: "an impossible subnet in a template",
+        files: &[(
+            "overlays/bird/etc/x.j2",
+            "{{ '10.0.0.0/24' | subnet(99, 0) }}\n",
+        )],
+        args: &["generate", "--lab", "labs/vpp.yaml"],
+        code: 2,
+        says: &[
+            "overlays/bird/etc/x.j2:1",
+            "/99 is not an IPv4 prefix length",
+        ],
+    },
+    Bad {
         name: "unknown node in a filter",
         files: &[],
         args: &["generate", "--lab", "labs/vpp.yaml", "--node", "vpp0-9"],
@@ -691,6 +780,21 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         }
         assert!(!s.path("build").exists(), "{}: wrote output", case.name);
     }
+}
+
+#[test]
+fn a_lab_file_that_is_not_utf8_is_bad_input_with_its_line() {
+    let s = Scratch::new();
+    // Latin-1 `café` on line 2.
+    fs::write(s.path("labs/u.yaml"), b"include: vpp.yaml\n# caf\xe9\n").unwrap();
+    let out = s.lab(&["generate", "--lab", "labs/u.yaml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("labs/u.yaml:2") && stderr.contains("not UTF-8"),
+        "{stderr}"
+    );
+    assert!(!s.path("build").exists());
 }
 
 #[test]
@@ -740,6 +844,29 @@ fn overlays_cannot_reach_outside_the_node_directory() {
             std::os::unix::fs::symlink("etc", s.path("overlays/bird/link")).unwrap();
             s.write("overlays/bird/blobs/vpp0-1/link/x", "through\n");
         }),
+        (
+            "a node's blobs as a symlink to the controller's files",
+            &|s| {
+                let elsewhere = s.path("elsewhere");
+                fs::create_dir_all(elsewhere.join("etc")).unwrap();
+                fs::write(elsewhere.join("etc/x"), "the controller's\n").unwrap();
+                fs::remove_dir_all(s.path("overlays/bird/blobs/vpp0-1")).unwrap();
+                std::os::unix::fs::symlink(&elsewhere, s.path("overlays/bird/blobs/vpp0-1"))
+                    .unwrap();
+            },
+        ),
+        ("blobs/ as a symlink", &|s| {
+            let elsewhere = s.path("elsewhere");
+            fs::create_dir_all(elsewhere.join("vpp0-1/etc")).unwrap();
+            fs::write(elsewhere.join("vpp0-1/etc/x"), "the controller's\n").unwrap();
+            fs::remove_dir_all(s.path("overlays/bird/blobs")).unwrap();
+            std::os::unix::fs::symlink(&elsewhere, s.path("overlays/bird/blobs")).unwrap();
+        }),
+        ("domain.xml.j2 as a symlink", &|s| {
+            fs::remove_file(s.path("overlays/bird/domain.xml.j2")).unwrap();
+            std::os::unix::fs::symlink("/etc/passwd", s.path("overlays/bird/domain.xml.j2"))
+                .unwrap();
+        }),
     ];
     for (name, setup) in cases {
         let s = Scratch::new();
@@ -750,6 +877,27 @@ fn overlays_cannot_reach_outside_the_node_directory() {
         assert!(!s.path("build/bird/hv0/vpp0-1/etc/x").exists(), "{name}");
         assert!(!s.path("build/bird/hv0/vpp0-1/etc/pw").exists(), "{name}");
     }
+    // A node's build directory planted as a symlink is replaced, never followed.
+    let s = Scratch::new();
+    let victim = s.path("victim");
+    fs::create_dir_all(&victim).unwrap();
+    fs::write(victim.join("keep"), "mine\n").unwrap();
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::create_dir_all(s.path("build/bird/hv0")).unwrap();
+    std::os::unix::fs::symlink(&victim, s.path("build/bird/hv0/vpp0-1")).unwrap();
+    s.ok(&["generate", "--lab", EXAMPLE, "--node", "vpp0-1"]);
+    assert_eq!(fs::read_to_string(victim.join("keep")).unwrap(), "mine\n");
+    assert_eq!(
+        fs::metadata(&victim).unwrap().permissions().mode() & 0o777,
+        0o700,
+        "the symlink's target was walked"
+    );
+    assert!(
+        !fs::symlink_metadata(s.path("build/bird/hv0/vpp0-1"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     // A symlink that stays inside is copied as a symlink, never followed.
     let s = Scratch::new();
     std::os::unix::fs::symlink("hostname", s.path("overlays/bird/etc/name")).unwrap();

@@ -4,6 +4,8 @@
 //!
 //! These tests stop daemons and cut links, so they run one at a time (and in their own test
 //! binary, which cargo never runs beside the other end-to-end tests).
+//!
+//! Long: every fault that must not run beside another lives here, for that reason.
 
 mod common;
 
@@ -277,8 +279,13 @@ fn a_held_lock_stops_changes_names_its_holder_and_can_be_waited_for() {
             run.stderr
         );
     }
-    // Nothing changed, not even on hv0, whose lock was free.
+    // Nothing changed, not even on hv0, whose lock was free; and the refused create did not
+    // render a tree another run might be copying: it renders only once it holds the lock.
     assert!(!exists(&bed, "hv0", &format!("{}/lk-0", bed.pool)));
+    assert!(
+        !dir.path().join("bird").exists(),
+        "the refused create wrote the build"
+    );
     // Read-only verbs take no lock.
     let run = lab(dir.path(), &["status", "--lab", f]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -450,4 +457,55 @@ fn hostile_arguments_reach_the_hypervisor_as_data_never_as_shell() {
         bed.exec(0, &["test", "-e", marker]).is_err(),
         "a hostile argument ran as a command"
     );
+}
+
+#[test]
+fn a_run_that_loses_its_lock_makes_no_further_change_there() {
+    let _serial = serial();
+    let bed = require();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_lab(
+        dir.path(),
+        "e2e-lost",
+        57,
+        "hypervisors:\n  hv2: {parallel: 1}\n\
+         nodes:\n  lost-1: {hypervisor: hv2, id: 57}\n  lost-2: {hypervisor: hv2, id: 58}\n  \
+         lost-3: {hypervisor: hv2, id: 59}\n",
+    );
+    let f = file.to_str().unwrap();
+    let all = [("hv2", "lost-1"), ("hv2", "lost-2"), ("hv2", "lost-3")];
+    lab(dir.path(), &["destroy", "--lab", f, "--yes", "-q"]);
+
+    let mut child = spawn_lab(dir.path(), &["-v", "create", "--lab", f]);
+    progress_until(&mut child, |l| {
+        l.contains("hv2/lost-") && l.ends_with(": copy")
+    });
+    // The holder of the lab's lock on hv2 dies (killed by someone, or its heartbeat lost).
+    bed.exec(2, &["pkill", "-9", "-f", "lab-lock /run/lab/e2e-lost.lock"])
+        .unwrap();
+    let code = wait_bounded(&mut child, Duration::from_secs(60));
+    assert_ne!(
+        code, 0,
+        "a run without its lock cannot have created every node"
+    );
+    let run = lab(dir.path(), &["--format", "json", "status", "--lab", f]);
+    let clones = run.json()["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["clone"] == true)
+        .count();
+    assert!(
+        clones <= 1,
+        "no clone was made after the lock was lost: {}",
+        run.stdout
+    );
+
+    // The next run takes the lock again and converges.
+    let run = lab(dir.path(), &["create", "--lab", f]);
+    assert_eq!(run.code, 0, "converges: {}\n{}", run.stdout, run.stderr);
+    assert_guests_boot(&bed, &all);
+    let run = lab(dir.path(), &["destroy", "--lab", f, "--yes"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_nothing_left(&bed, &all);
 }

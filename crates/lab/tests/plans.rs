@@ -3,6 +3,8 @@
 //! The executor runs nothing here: queries are answered from a script of what the hypervisor
 //! holds, and every command is recorded. This is how the zvol paths (which the test bed's
 //! zfs-fuse cannot run) and the refusals are pinned down.
+//!
+//! Long: most of it is the table of scenarios and the hypervisor states they start from.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -91,6 +93,11 @@ struct Scenario {
 
 const OURS_D1: &str = "tank/d1\torigin\ttank/proto@20261001-release\ntank/d1\tlab:lab\tplan\ntank/d1\tlab:node\td1\n\
     tank/d1\tlab:overlay-sha256\tdigest-of-d1\n";
+/// Another lab's node d1, unprefixed, on hvd.
+const OTHER_LABS_D1: &str = "tank/d1\torigin\ttank/proto@20261001-release\ntank/d1\tlab:lab\tother\n\
+    tank/d1\tlab:node\td1\n";
+const ELSEWHERE_D1: &str = "tank/elsewhere\torigin\t-\ntank/elsewhere/d1\torigin\ttank/proto@20261001-release\n\
+    tank/elsewhere/d1\tlab:lab\tplan\ntank/elsewhere/d1\tlab:node\td1\n";
 /// Ours, but filled from an older build than the scenarios'.
 const OLDER_D1: &str = "tank/d1\torigin\ttank/proto@20261001-release\ntank/d1\tlab:lab\tplan\ntank/d1\tlab:node\td1\n\
     tank/d1\tlab:overlay-sha256\tdigest-of-an-older-build\n";
@@ -140,6 +147,21 @@ const SCENARIOS: &[Scenario] = &[
         ],
         networks: &[],
         lab_edit: &[],
+    },
+    Scenario {
+        // With prefixed names, another lab's d1 on the same hypervisor is another domain and
+        // another clone; our own go by `plan-d1`.
+        name: "create_prefixes_names_with_the_lab",
+        verb: "create",
+        force: false,
+        datasets: &[("hvd", OTHER_LABS_D1)],
+        domains: &[("hvd", " 4 d1 running\n")],
+        markers: &[("d1", "<lab lab=\"other\" node=\"d1\"/>")],
+        networks: &[],
+        lab_edit: &[(
+            "lab: {name: plan, id: 3}",
+            "lab: {name: plan, id: 3, prefix_names: true}",
+        )],
     },
     Scenario {
         name: "create_force_replaces_ours",
@@ -219,6 +241,20 @@ const SCENARIOS: &[Scenario] = &[
         markers: &[("d1", "<lab lab=\"plan\" node=\"d1\"/>")],
         networks: &[],
         lab_edit: &[],
+    },
+    Scenario {
+        // A node's dataset set outside the clones' parent is read like any other: destroyed.
+        name: "destroy_sees_a_dataset_outside_the_clones_parent",
+        verb: "destroy",
+        force: false,
+        datasets: &[("hvd", ELSEWHERE_D1)],
+        domains: &[],
+        markers: &[],
+        networks: &[],
+        lab_edit: &[(
+            "d1: {hypervisor: hvd, id: 1}",
+            "d1: {hypervisor: hvd, id: 1, dataset: tank/elsewhere/d1}",
+        )],
     },
     Scenario {
         name: "destroy_nothing_there",

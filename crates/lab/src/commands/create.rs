@@ -1,7 +1,9 @@
-//! `lab create`: generate (unless told not to), read the build back, take the lab's lock and
-//! create every selected node.
+//! `lab create`: take the lab's lock, generate (unless told not to) and read the build back
+//! under it, then create every selected node.
 
 use std::collections::HashMap;
+
+use lab_model::{Lab, LabNode};
 
 use crate::commands::Verb;
 use crate::exit::Failure;
@@ -15,35 +17,8 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
     let overlay = lab_generate::resolve_overlay(&lab, s.build.overlay.as_deref())?
         .name
         .clone();
-    if s.generate {
-        let request = lab_generate::Request {
-            lab: &lab,
-            overlay: Some(&overlay),
-            build_dir: &s.build.dir,
-            nodes: &nodes,
-        };
-        lab_generate::generate(&request, &|_| {})?;
-    }
-    let mut builds = HashMap::new();
-    for node in &nodes {
-        let build = lab_generate::read_node(&s.build.dir, &lab.name, &overlay, node)?;
-        builds.insert(node.name.clone(), build);
-    }
-    let mut networks = HashMap::new();
-    for hv in lab.hypervisors_of(&nodes) {
-        if let Some(net) = lab_generate::read_network(&s.build.dir, &overlay, hv)? {
-            networks.insert(hv.name.clone(), net);
-        }
-    }
-    let request = lab_create::CreateRequest {
-        lab: &lab,
-        nodes: nodes.clone(),
-        builds,
-        networks,
-        force: s.force,
-        owner: lab_hv::owner(),
-        now: lab_hv::now(),
-    };
+    // The build is written and read under the lab's lock: a second create that is about to be
+    // refused (exit 4) must not swap trees under this run's rsync.
     let reports = change_nodes(
         out,
         &lab,
@@ -51,7 +26,10 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
         Verb::Create,
         s.mode,
         s.lock_wait,
-        async |exec, events| lab_create::create(exec, &request, events).await,
+        async |exec, events| -> Result<_, Failure> {
+            let request = request(s, &lab, &nodes, &overlay)?;
+            Ok(lab_create::create(exec, &request, events).await?)
+        },
     )??;
     render::node_reports(
         out,
@@ -61,4 +39,42 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
         &reports.nodes,
         s.mode,
     )
+}
+
+/// Generates (unless `--no-generate`) and reads back what every node and network needs.
+fn request<'a>(
+    s: &Create,
+    lab: &'a Lab,
+    nodes: &[&'a LabNode],
+    overlay: &str,
+) -> Result<lab_create::CreateRequest<'a>, Failure> {
+    if s.generate {
+        let request = lab_generate::Request {
+            lab,
+            overlay: Some(overlay),
+            build_dir: &s.build.dir,
+            nodes,
+        };
+        lab_generate::generate(&request, &|_| {})?;
+    }
+    let mut builds = HashMap::new();
+    for node in nodes {
+        let build = lab_generate::read_node(&s.build.dir, &lab.name, overlay, node)?;
+        builds.insert(node.name.clone(), build);
+    }
+    let mut networks = HashMap::new();
+    for hv in lab.hypervisors_of(nodes) {
+        if let Some(net) = lab_generate::read_network(&s.build.dir, overlay, hv)? {
+            networks.insert(hv.name.clone(), net);
+        }
+    }
+    Ok(lab_create::CreateRequest {
+        lab,
+        nodes: nodes.to_vec(),
+        builds,
+        networks,
+        force: s.force,
+        owner: lab_hv::owner(),
+        now: lab_hv::now(),
+    })
 }
