@@ -82,6 +82,9 @@ pub(crate) async fn node(
             .await
             .map_err(|e| ("mount", e))?;
         step("copy");
+        exec.run(&hv.name, &cmd::refuse_symlinked_dirs(node, &build.dirs))
+            .await
+            .map_err(|e| ("copy", e))?;
         exec.rsync(&hv.name, &build.tree, cmd::staging_dir(node))
             .await
             .map_err(|e| ("copy", e))?;

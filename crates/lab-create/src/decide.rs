@@ -47,7 +47,7 @@ pub fn decide(facts: &NodeFacts, node: &str, dataset: &str, ask: Ask<'_>) -> Dec
     // A domain another lab defined is never started, stopped or redefined, --force or not.
     if let Some(who) = domain.other() {
         return Decision::Skip(format!(
-            "domain {node} was defined by lab for {who}; lab never touches it, --force or not"
+            "domain {node} is marked for {who}; lab never touches it, --force or not"
         ));
     }
     // A domain lab did not define is never redefined over (without a definition of our own,
@@ -152,7 +152,8 @@ mod tests {
         let not_ours_domain =
             "domain n exists and was not defined by lab; lab will not redefine it";
         let running_skip = "domain n is running (use --force to replace it)";
-        let other_skip = "domain n was defined by lab for lab `b`, node `n`; lab never touches it, --force or not";
+        let other_skip =
+            "domain n is marked for lab `b`, node `n`; lab never touches it, --force or not";
         let drift = |how: &str| {
             format!(
                 "{how} on tank/n, filled from an older build than the current one (overlay \

@@ -107,20 +107,28 @@ pub async fn create(
                     message,
                 });
             }
-            decision => decisions.push((hv, decision, build)),
+            decision => {
+                let uuid = hv
+                    .mgmt
+                    .network
+                    .as_ref()
+                    .and_then(|n| state.networks.get(n))
+                    .and_then(|n| n.uuid.clone());
+                decisions.push((hv, decision, build, uuid));
+            }
         }
     }
     let lab = &req.lab.name;
     let networks: Vec<NetworkReport> = if exec.is_live() {
-        let jobs = decisions
-            .iter()
-            .map(|(hv, decision, build)| network::apply(exec, lab, hv, decision, *build));
+        let jobs = decisions.iter().map(|(hv, decision, build, uuid)| {
+            network::apply(exec, lab, hv, decision, *build, uuid.as_deref())
+        });
         lab_hv::run::join_all(jobs.collect()).await
     } else {
         // One at a time, so that each report carries exactly its own recorded commands.
         let mut out = Vec::new();
-        for (hv, decision, build) in &decisions {
-            out.push(network::apply(exec, lab, hv, decision, *build).await);
+        for (hv, decision, build, uuid) in &decisions {
+            out.push(network::apply(exec, lab, hv, decision, *build, uuid.as_deref()).await);
         }
         out
     }

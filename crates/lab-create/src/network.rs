@@ -105,17 +105,19 @@ pub(crate) fn decide_for(
     };
     let facts = network_facts(state, name, lab);
     let existing = state.networks.get(name).map(|n| n.active);
-    let lab_running = nodes_here.iter().any(|n| state.domain_running(&n.name));
+    let lab_running = nodes_here.iter().any(|n| state.domain_running(&n.domain));
     decide_network(hv.mgmt.mode, name, &facts, existing, build, lab_running)
 }
 
 /// Carries a decision out; `None` when there is nothing to report.
+/// `uuid`: the network's, when it exists (a redefinition keeps it).
 pub(crate) async fn apply(
     exec: &Executor,
     lab: &str,
     hv: &Hypervisor,
     decision: &NetworkDecision,
     build: Option<&NetworkBuild>,
+    uuid: Option<&str>,
 ) -> Option<NetworkReport> {
     let name = hv.mgmt.network.clone()?;
     let report = |outcome, action: &str| NetworkReport {
@@ -155,7 +157,7 @@ pub(crate) async fn apply(
     if define {
         steps.push((
             "define",
-            cmd::define_network(&build.xml, lab, &build.sha256),
+            cmd::define_network(&build.xml, lab, &build.sha256, uuid),
         ));
     }
     if restart {

@@ -120,7 +120,7 @@ pub async fn destroy(
             .iter()
             .filter(|n| n.hypervisor == hv.name && !gone.contains(n.name.as_str()))
             .filter(|n| {
-                state.datasets.contains_key(&n.dataset) || state.domains.contains_key(&n.name)
+                state.datasets.contains_key(&n.dataset) || state.domains.contains_key(&n.domain)
             })
             .map(|n| n.name.as_str())
             .collect();

@@ -217,7 +217,6 @@ impl Executor {
         on_bytes: &(dyn Fn(u64) + Sync),
     ) -> Result<u64, ExecError> {
         let (hs, hd) = (self.host(src)?, self.host(dst)?);
-        self.check_lock(hd)?;
         let (from, to) = (&*self.guarded(hs, from), &*self.guarded(hd, to));
         if !self.is_live() {
             self.note(src, from.effect, from.line(), &from.argv);
@@ -227,6 +226,7 @@ impl Executor {
         let _global = self.global.acquire().await.expect("never closed");
         let _src_slot = hs.limit.acquire().await.expect("never closed");
         let _dst_slot = hd.limit.acquire().await.expect("never closed");
+        self.check_lock(hd)?;
         let (ss, ds) = (self.session(hs).await?, self.session(hd).await?);
         let (from_line, to_line) = (from.line(), to.line());
         let mut sender = Session::arc_raw_command(ss, quote_line(&from.argv));

@@ -342,9 +342,6 @@ impl Executor {
     /// Runs `cmd` on `host` and returns its output whatever its exit status.
     pub async fn output(&self, host: &str, cmd: &Cmd) -> Result<Out, ExecError> {
         let h = self.host(host)?;
-        if cmd.effect == Effect::Change {
-            self.check_lock(h)?;
-        }
         let cmd = &*self.guarded(h, cmd);
         let line = quote_line(&cmd.argv);
         match (&self.mode, cmd.effect) {
@@ -364,6 +361,11 @@ impl Executor {
         }
         let _global = self.global.acquire().await.expect("never closed");
         let _local = h.limit.acquire().await.expect("never closed");
+        // Checked at the last moment: a change that waited for a slot must not run once the
+        // lock it needs is gone.
+        if cmd.effect == Effect::Change {
+            self.check_lock(h)?;
+        }
         match self.run_live(h, cmd, &line).await {
             // A lost connection is reopened once for commands that are safe to repeat.
             Err(ExecError::Disconnected { .. }) if cmd.effect == Effect::Query => {

@@ -14,7 +14,6 @@ impl Executor {
     /// target is a clone of the proto image), never `-X`.
     pub async fn rsync(&self, host: &str, local: &Path, remote: &str) -> Result<(), ExecError> {
         let h = self.host(host)?;
-        self.check_lock(h)?;
         let (dest_host, port) = split_port(&h.target.ssh);
         let args = rsync_args(local, dest_host, remote, &self.guard_of(h));
         let remote_shell = |socket: &str| {
@@ -42,6 +41,7 @@ impl Executor {
         let shown = show(&socket);
         let _global = self.global.acquire().await.expect("never closed");
         let _local = h.limit.acquire().await.expect("never closed");
+        self.check_lock(h)?;
         let mut c = tokio::process::Command::new("rsync");
         c.arg("-e").arg(remote_shell(&socket)).args(&args);
         c.stdin(std::process::Stdio::null()).kill_on_drop(true);
@@ -78,9 +78,6 @@ fn rsync_args(local: &Path, host: &str, remote: &str, guard: &[String]) -> Vec<S
         "--numeric-ids".to_owned(),
         "--chown=0:0".to_owned(),
         "--protect-args".to_owned(),
-        // A directory of the image that is a symlink (`/lib -> usr/lib` on a merged-/usr
-        // Debian) stays a symlink: the tree's files go where it points.
-        "--keep-dirlinks".to_owned(),
         // Both ends give up after this long without I/O (a cut connection).
         "--timeout=30".to_owned(),
     ];

@@ -146,6 +146,8 @@ pub struct NodeBuild {
     pub digest: String,
     /// The rendered libvirt domain, when the overlay has one.
     pub domain_xml: Option<Vec<u8>>,
+    /// The tree's directories, relative, parents first.
+    pub dirs: Vec<String>,
 }
 
 impl NodeBuild {
@@ -227,9 +229,16 @@ pub fn read_node(
             Some(xml)
         }
     };
+    let dirs = manifest
+        .entries
+        .iter()
+        .filter(|(_, e)| e.kind == EntryKind::Dir)
+        .map(|(path, _)| path.clone())
+        .collect();
     Ok(NodeBuild {
         tree: paths.tree,
         digest: manifest.digest,
         domain_xml,
+        dirs,
     })
 }

@@ -80,6 +80,33 @@ mkdir -p "$2" && mount "$1" "$2""#,
     }
 }
 
+/// Refuses (exit 1, naming them) directories of the tree that are symlinks in the image, such
+/// as `lib -> usr/lib` on a merged-/usr Debian: rsync would replace the link with a directory
+/// and break the image, and following it (`--keep-dirlinks`) would let an absolute link such as
+/// `/var/run -> /run` lead the copy out of the clone onto the hypervisor itself.
+pub fn refuse_symlinked_dirs(node: &LabNode, dirs: &[String]) -> Cmd {
+    let mut argv: Vec<String> = [
+        "sh",
+        "-c",
+        SYMLINKED_DIRS,
+        "lab-dirlinks",
+        staging_dir(node),
+    ]
+    .map(String::from)
+    .to_vec();
+    argv.extend(dirs.iter().cloned());
+    Cmd::query(argv)
+}
+
+const SYMLINKED_DIRS: &str = r#"root=$1; shift; bad=
+for d; do
+  if [ -L "$root/$d" ]; then bad="$bad $d -> $(readlink -- "$root/$d");"; fi
+done
+if [ -n "$bad" ]; then
+  echo "the image has symlinks where the overlay has directories:$bad put the overlay's files where they point" >&2
+  exit 1
+fi"#;
+
 /// Unmounts the clone (tolerates "not mounted", so it serves rollback and destroy too).
 pub fn detach(hv: &Hypervisor, node: &LabNode) -> Cmd {
     match hv.storage {
@@ -100,12 +127,13 @@ pub fn detach(hv: &Hypervisor, node: &LabNode) -> Cmd {
     }
 }
 
-/// Removes the (empty) staging directory; `rmdir` never removes anything that is not empty.
+/// Removes the (empty) staging directory, and the lab's directory above it once empty; `rmdir`
+/// never removes anything that is not empty.
 pub fn remove_staging(node: &LabNode) -> Cmd {
     Cmd::change([
         "sh",
         "-c",
-        r#"if [ -d "$1" ]; then rmdir "$1"; fi"#,
+        r#"if [ -d "$1" ]; then rmdir "$1"; fi; rmdir "${1%/*}" 2>/dev/null || true"#,
         "lab-rmdir",
         staging_dir(node),
     ])
@@ -175,12 +203,19 @@ pub fn destroy_dataset(node: &LabNode) -> Cmd {
 /// Defines a network from `xml` with `lab`'s ownership mark put into it, in one step: the mark
 /// and the definition cannot be separated by a crash. `xml` comes from `generate`, which
 /// refuses a template that renders `<metadata>` of its own.
-pub fn define_network(xml: &[u8], lab: &str, sha256: &str) -> Cmd {
-    let marked = with_marker(
+/// `uuid`: the existing network's, when this redefines it (libvirt refuses a second network
+/// of the same name with another UUID).
+pub fn define_network(xml: &[u8], lab: &str, sha256: &str, uuid: Option<&str>) -> Cmd {
+    let mut marked = with_marker(
         &String::from_utf8_lossy(xml),
         "network",
         &crate::own::network_marker(lab, sha256),
     );
+    if let (Some(uuid), false) = (uuid, marked.contains("<uuid>"))
+        && let Some(end) = marked.find("</name>").map(|at| at + "</name>".len())
+    {
+        marked.insert_str(end, &format!("\n  <uuid>{uuid}</uuid>"));
+    }
     Cmd::change(["virsh", "-q", "net-define", "/dev/stdin"]).stdin(marked.into_bytes())
 }
 
@@ -315,7 +350,7 @@ mod tests {
     #[test]
     fn a_network_is_defined_with_its_mark_in_one_step() {
         let xml = b"<network>\n  <name>lab-x</name>\n</network>\n";
-        let c = define_network(xml, "x", "abc");
+        let c = define_network(xml, "x", "abc", None);
         let sent = String::from_utf8(c.stdin.clone().unwrap()).unwrap();
         assert_eq!(
             sent,
@@ -323,5 +358,12 @@ mod tests {
              lab=\"x\" sha256=\"abc\"/>\n  </metadata>\n  <name>lab-x</name>\n</network>\n"
         );
         assert_eq!(c.argv, ["virsh", "-q", "net-define", "/dev/stdin"]);
+        // A redefinition keeps the network's UUID: libvirt refuses a second one of that name.
+        let c = define_network(xml, "x", "abc", Some("1234-5678"));
+        let sent = String::from_utf8(c.stdin.clone().unwrap()).unwrap();
+        assert!(
+            sent.contains("<name>lab-x</name>\n  <uuid>1234-5678</uuid>"),
+            "{sent}"
+        );
     }
 }

@@ -4,7 +4,7 @@
 use lab_exec::ExecError;
 use lab_model::{Hypervisor, LabNode};
 
-use crate::state::{Dataset, HostState};
+use crate::state::{Dataset, HostState, MarkerRead};
 
 /// ZFS user properties `lab` records on every clone it makes, and on proto replicas.
 pub mod prop {
@@ -15,7 +15,7 @@ pub mod prop {
     pub const ORIGIN_GUID: &str = "lab:origin-guid";
     pub const OVERLAY: &str = "lab:overlay-sha256";
     pub const CREATED: &str = "lab:created";
-    /// `filling` from the clone until its tree is copied in and it is unmounted, then `ready`.
+    /// `filling` from the clone until its tree is copied in, then `ready`.
     pub const STATE: &str = "lab:state";
     /// The value of [`STATE`] while a clone is being filled.
     pub const FILLING: &str = "filling";
@@ -191,9 +191,13 @@ pub fn inspect(
         Some(d) => DomainFacts::Present {
             running: d.state == "running",
             marker: match &d.marker {
-                None => Marker::None,
-                Some(m) if m.lab == lab && m.node == node.name => Marker::Ours,
-                Some(m) => Marker::Other(format!("lab `{}`, node `{}`", m.lab, m.node)),
+                MarkerRead::None => Marker::None,
+                MarkerRead::Some(m) if m.lab == lab && m.node == node.name => Marker::Ours,
+                MarkerRead::Some(m) => Marker::Other(format!("lab `{}`, node `{}`", m.lab, m.node)),
+                // Whose it is is unknown: it is treated as someone else's, never touched.
+                MarkerRead::Unreadable => Marker::Other(
+                    "someone lab cannot tell (its marker could not be read)".to_owned(),
+                ),
             },
         },
     };

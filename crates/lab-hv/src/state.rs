@@ -9,55 +9,15 @@ use lab_model::Hypervisor;
 
 use crate::own::prop;
 
-/// Constant text; the pool, the proto, the detail and the marker namespace are positional
-/// arguments (quoted like any other). Sections are marked so the output can be split, and
-/// each command's exit status follows it (`#rc N`), so that a failure never reads as absence.
-/// Datasets are listed first and then read, so that the pool's snapshots (there may be
-/// thousands) are never read; the list is printed too, so that a property value with a newline
-/// cannot invent a dataset. Every domain's marker is read here, in the same round trip.
-const PROBE: &str = r##"pool=$1 proto=$2 detail=$3 ns=$4
-echo '#snapshots'
-if zfs list -H -o name "$proto" >/dev/null 2>&1; then
-  zfs get -H -p -o name,property,value guid,creation -r "$proto"; echo "#rc $?"
-else
-  echo '#rc absent'
-fi
-echo '#names'
-names=$(zfs list -H -o name -t filesystem,volume -r "$pool"); rc=$?
-if [ -n "$names" ]; then printf '%s\n' "$names"; fi
-echo "#rc $rc"
-echo '#datasets'
-if [ -n "$names" ]; then
-  printf '%s\n' "$names" | xargs -d '\n' zfs get -H -p -o name,property,value,source origin,mounted,type,lab:lab,lab:node,lab:owner,lab:origin,lab:origin-guid,lab:overlay-sha256,lab:created,lab:state,lab:synced,lab:sync-error
-  echo "#rc $?"
-else
-  echo '#rc 0'
-fi
-echo '#domains'
-virsh -q list --all; echo "#rc $?"
-echo '#markers'
-virsh -q list --all --name 2>/dev/null | while read -r dom; do
-  [ -n "$dom" ] || continue
-  printf '%s\t%s\n' "$dom" "$(virsh -q metadata "$dom" --uri "$ns" --config 2>/dev/null | tr -d '\n')"
-done
-echo '#networks'
-virsh -q net-list --all 2>/dev/null | while read -r name state rest; do
-  [ -n "$name" ] || continue
-  case $name in
-    lab-*) mark=$(virsh net-dumpxml --inactive "$name" 2>/dev/null | grep -o '<lab:net [^>]*>' | head -n 1) ;;
-    *) mark= ;;
-  esac
-  printf '%s\t%s\t%s\n' "$name" "$state" "$mark"
-done
-if [ "$detail" = nics ]; then
-  echo '#nics'
-  virsh -q list --all --name 2>/dev/null | while read -r dom; do
-    [ -n "$dom" ] || continue
-    virsh -q domiflist "$dom" 2>/dev/null | while read -r _ _ _ _ mac; do printf '%s\t%s\n' "$dom" "$mac"; done
-  done
-fi
-echo '#end'
-"##;
+/// Constant text; the pool, the proto, the detail, the marker namespace and a nonce are
+/// positional arguments (quoted like any other). Sections and each command's exit status
+/// (`rc N`, so that a failure never reads as absence) are marked by lines that start with `#`
+/// and the nonce: a property value or a marker with a newline cannot forge one, since nobody
+/// knows the nonce before the probe runs. Datasets are listed first and then read, so that
+/// the pool's snapshots (there may be thousands) are never read; the list is printed too, so
+/// that a value with a newline cannot invent a dataset. Every domain's marker and every
+/// network's mark is read here, in the same round trip; a read that fails is `?`, not "none".
+const PROBE: &str = include_str!("probe.sh");
 
 /// One snapshot of a proto dataset or replica.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -90,7 +50,18 @@ pub struct Domain {
     /// `running`, `shut off`, `paused` ...
     pub state: String,
     /// `lab`'s marker in the domain's metadata: the lab and node that defined it.
-    pub marker: Option<DomainMarker>,
+    pub marker: MarkerRead,
+}
+
+/// What reading a domain's marker gave.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub enum MarkerRead {
+    /// The domain has none: `lab` did not define it.
+    #[default]
+    None,
+    Some(DomainMarker),
+    /// It could not be read: whose the domain is, is unknown.
+    Unreadable,
 }
 
 /// What `lab` records in a domain it defines.
@@ -134,6 +105,8 @@ pub struct Pin {
 pub struct Network {
     pub name: String,
     pub active: bool,
+    /// A redefinition keeps it (libvirt refuses a second network of one name).
+    pub uuid: Option<String>,
     /// `lab`'s ownership mark in the network's metadata (read for `lab-*` networks only).
     pub marker: Option<NetworkMarker>,
 }
@@ -210,7 +183,35 @@ pub fn probe_cmd(hv: &Hypervisor, detail: Detail) -> Cmd {
             Detail::Nics => "nics",
         },
         crate::own::DOMAIN_NS,
+        &nonce(),
     ])
+}
+
+/// 64 random bits in hex: the probe's section marks, unknown to anything it reads.
+fn nonce() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 8];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if random.is_err() {
+        // No /dev/urandom: the clock and the pid, which no property value can predict either.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes = ((t as u64) ^ (u64::from(std::process::id()) << 32)).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// For scripted executors: an answer to the probe command `line`, written with plain marks
+/// (`#section`, `#rc N`, `#end`), given the nonce that command line carries.
+pub fn scripted_answer(line: &str, text: &str) -> String {
+    let nonce = line.rsplit(' ').next().unwrap_or_default();
+    text.lines()
+        .map(|l| match l.strip_prefix('#') {
+            Some(rest) => format!("#{nonce} {rest}\n"),
+            None => format!("{l}\n"),
+        })
+        .collect()
 }
 
 /// Reads `hv` in one round trip.
@@ -230,7 +231,8 @@ pub async fn probe_with(
     let mut tries = 0;
     loop {
         let out = exec.run(&hv.name, &cmd).await?;
-        match parse(&hv.proto, &out.stdout) {
+        let nonce = cmd.argv.last().map(String::as_str).unwrap_or_default();
+        match parse(&hv.proto, &out.stdout, nonce) {
             Ok(state) => return Ok(state),
             Err(message) if tries == 2 || !exec.is_live() => {
                 return Err(ExecError::BadAnswer {
@@ -251,7 +253,7 @@ pub async fn probe_with(
 /// Anything odd is an error, never a guess: a section whose command failed, output that ends
 /// early, a dataset row with other than four fields, for a dataset `zfs list` did not name, or
 /// twice. Only locally set `lab:` properties count (an inherited one is someone else's).
-pub fn parse(proto: &str, text: &str) -> Result<HostState, String> {
+pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> {
     let mut state = HostState {
         proto: ProtoState {
             dataset: proto.to_owned(),
@@ -267,22 +269,27 @@ pub fn parse(proto: &str, text: &str) -> Result<HostState, String> {
     let mut markers: Vec<(&str, &str)> = Vec::new();
     let mut section = "";
     let mut ended = false;
+    let mark = format!("#{nonce} ");
     for line in text.lines() {
-        if let Some(status) = line.strip_prefix("#rc ") {
-            rc.insert(section, status.trim());
-            continue;
-        }
-        if let Some(s) = line.strip_prefix('#') {
-            section = match s {
+        // Only a line with the nonce is a mark; anything else is data of the section.
+        if let Some(control) = line.strip_prefix(&mark) {
+            if let Some(status) = control.strip_prefix("rc ") {
+                rc.insert(section, status.trim());
+                continue;
+            }
+            section = match control {
                 "snapshots" | "names" | "datasets" | "domains" | "markers" | "networks"
-                | "nics" => s,
+                | "nics" => control,
                 "end" => {
                     ended = true;
                     ""
                 }
-                _ => return Err(format!("an unknown section `{s}`")),
+                _ => return Err(format!("an unknown section `{control}`")),
             };
             continue;
+        }
+        if ended {
+            return Err("data after the end of the answer".to_owned());
         }
         match section {
             "snapshots" => {
@@ -360,7 +367,7 @@ pub fn parse(proto: &str, text: &str) -> Result<HostState, String> {
                     Domain {
                         name: name.to_owned(),
                         state: words.collect::<Vec<_>>().join(" "),
-                        marker: None,
+                        marker: MarkerRead::None,
                     },
                 );
             }
@@ -370,16 +377,18 @@ pub fn parse(proto: &str, text: &str) -> Result<HostState, String> {
                 }
             }
             "networks" => {
-                let mut f = line.splitn(3, '\t');
+                let mut f = line.splitn(4, '\t');
                 let (Some(name), Some(active)) = (f.next(), f.next()) else {
                     continue;
                 };
+                let uuid = f.next().filter(|u| !u.is_empty()).map(str::to_owned);
                 let marker = f.next().and_then(parse_network_marker);
                 state.networks.insert(
                     name.to_owned(),
                     Network {
                         name: name.to_owned(),
                         active: active == "active",
+                        uuid,
                         marker,
                     },
                 );
@@ -413,15 +422,21 @@ pub fn parse(proto: &str, text: &str) -> Result<HostState, String> {
             ));
         }
     }
-    if rc.get("domains") != Some(&"0") {
-        state.libvirt_error = Some(format!(
-            "`virsh list` failed (status {})",
-            rc.get("domains").unwrap_or(&"unknown")
-        ));
+    for section in ["domains", "markers", "networks"] {
+        if state.libvirt_error.is_none() && rc.get(section) != Some(&"0") {
+            state.libvirt_error = Some(format!(
+                "reading libvirt's {section} failed (status {})",
+                rc.get(section).unwrap_or(&"unknown")
+            ));
+        }
     }
     for (domain, marker) in markers {
         if let Some(d) = state.domains.get_mut(domain) {
-            d.marker = parse_domain_marker(marker);
+            d.marker = match marker {
+                "" => MarkerRead::None,
+                "?" => MarkerRead::Unreadable,
+                text => parse_domain_marker(text).map_or(MarkerRead::Unreadable, MarkerRead::Some),
+            };
         }
     }
     // zfs lists snapshots in the order they were taken; creation (seconds) only refines it.

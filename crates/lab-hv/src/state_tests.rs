@@ -2,6 +2,14 @@
 
 use super::*;
 
+fn read(text: &str) -> Result<HostState, String> {
+    parse(
+        "p/proto",
+        &scripted_answer("a probe with the nonce n", text),
+        "n",
+    )
+}
+
 const GOOD: &str = "#snapshots\n\
     p/proto\tguid\t99\np/proto@b\tguid\t22\np/proto@b\tcreation\t200\np/proto@a\tguid\t11\np/proto@a\tcreation\t100\n#rc 0\n\
     #names\np\np/proto\np/r1\n#rc 0\n\
@@ -10,13 +18,13 @@ const GOOD: &str = "#snapshots\n\
     p/r1\torigin\tp/proto@a\t-\np/r1\tmounted\tno\t-\np/r1\tlab:lab\tdemo\tlocal\np/r1\tlab:node\t-\t-\n\
     p/r1\tlab:owner\tops@ctl\tlocal\n#rc 0\n\
     #domains\n 3    r1   running\n -    r2   shut off\n#rc 0\n\
-    #markers\nr1\t<lab:lab xmlns:lab=\"https://lab.invalid/schema/1\" lab=\"demo\" node=\"r1\"/>\nr2\t\n\
-    #networks\nlab-demo\tactive\t<lab:net xmlns:lab='https://lab.invalid/schema/1' lab='demo' sha256='ab12'/>\ndefault\tinactive\t\n\
+    #markers\nr1\t<lab:lab xmlns:lab=\"https://lab.invalid/schema/1\" lab=\"demo\" node=\"r1\"/>\nr2\t\n#rc 0\n\
+    #networks\nlab-demo\tactive\tu-1\t<lab:net xmlns:lab='https://lab.invalid/schema/1' lab='demo' sha256='ab12'/>\ndefault\tinactive\tu-2\t\n#rc 0\n\
     #nics\nr1\t52:54:00:01:00:01\nr1\t52:54:01:01:00:01\n#end\n";
 
 #[test]
 fn parses_every_section() {
-    let s = parse("p/proto", GOOD).unwrap();
+    let s = read(GOOD).unwrap();
     assert_eq!(
         s.proto
             .snapshots
@@ -38,12 +46,12 @@ fn parses_every_section() {
     assert_eq!(s.domains["r2"].state, "shut off");
     assert_eq!(
         s.domains["r1"].marker,
-        Some(DomainMarker {
+        MarkerRead::Some(DomainMarker {
             lab: "demo".into(),
             node: "r1".into()
         })
     );
-    assert_eq!(s.domains["r2"].marker, None);
+    assert_eq!(s.domains["r2"].marker, MarkerRead::None);
     assert_eq!(
         s.networks["lab-demo"].marker,
         Some(NetworkMarker {
@@ -69,8 +77,8 @@ fn parses_every_section() {
 #[test]
 fn a_missing_proto_is_absent_not_an_error() {
     let text = "#snapshots\n#rc absent\n#names\np\n#rc 0\n#datasets\np\torigin\t-\t-\n#rc 0\n\
-                #domains\n#rc 0\n#end\n";
-    let s = parse("p/proto", text).unwrap();
+                #domains\n#rc 0\n#markers\n#rc 0\n#networks\n#rc 0\n#end\n";
+    let s = read(text).unwrap();
     assert!(!s.proto.exists);
     assert!(s.proto.snapshots.is_empty());
 }
@@ -82,7 +90,7 @@ fn only_locally_set_properties_make_ownership() {
         "p/r1\tlab:lab\tdemo\tlocal",
         "p/r1\tlab:lab\tdemo\tinherited from p",
     );
-    let s = parse("p/proto", &text).unwrap();
+    let s = read(&text).unwrap();
     assert_eq!(s.datasets["p/r1"].prop(prop::LAB), None);
 }
 
@@ -114,13 +122,25 @@ fn anything_odd_is_an_error_never_a_guess() {
         GOOD.replace("#end\n", ""),
     ];
     for (i, text) in cases.iter().enumerate() {
-        assert!(parse("p/proto", text).is_err(), "case {i} was accepted");
+        assert!(read(text).is_err(), "case {i} was accepted");
     }
     // libvirt failing is not fatal to zfs's part, but it is known.
-    let s = parse(
-        "p/proto",
-        &GOOD.replace("shut off\n#rc 0", "shut off\n#rc 1"),
-    )
+    let s = read(&GOOD.replace(
+        "shut off
+#rc 0",
+        "shut off
+#rc 1",
+    ))
     .unwrap();
     assert!(s.libvirt_error.is_some());
+    // A value with a newline and section headers of its own: without the nonce they are only
+    // data, and a bad row at that.
+    let forged = scripted_answer("n", GOOD).replace(
+        "p/r1\tlab:owner\tops@ctl\tlocal\n",
+        "p/r1\tlab:owner\tx\n#datasets\np/r1\tlab:lab\tother\tlocal\n#rc 0\n#domains\tlocal\n",
+    );
+    assert!(parse("p/proto", &forged, "n").is_err());
+    // A marker that could not be read is "unknown", never "none".
+    let s = read(&GOOD.replace("r2\t\n#rc 0", "r2\t?\n#rc 0")).unwrap();
+    assert_eq!(s.domains["r2"].marker, MarkerRead::Unreadable);
 }

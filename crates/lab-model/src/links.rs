@@ -184,6 +184,17 @@ pub(crate) fn finish_interfaces(
     extras: &[NodeExtras],
 ) -> Result<(), ModelError> {
     for (node, extra) in nodes.iter_mut().zip(extras) {
+        if extra.max_links > 64 {
+            return Err(schema_error(
+                root,
+                &path_of(&["nodes", &node.name, "max_links"]),
+                format!(
+                    "max_links {} is more than 64, the NICs a domain can have here",
+                    extra.max_links
+                ),
+                Hint::default(),
+            ));
+        }
         let links = node.interfaces.len() - 1;
         if links > extra.max_links as usize {
             return Err(schema_error(

@@ -1,12 +1,13 @@
 //! The test guests: Debian's generic kernel and a busybox initramfs that mounts the clone
-//! over 9p (tag `labroot`) and prints its hostname on the serial console.
+//! over 9p (tag `labroot`), prints its hostname on the serial console, configures its NICs
+//! from the node's plan, runs dropbear (trusting the test bed's key) and a shell on the console.
 
 use std::process::Command;
 
 use crate::{Error, Result, Testbed, bash, msg, run, write_file};
 
 /// Bumped whenever the initramfs changes, so that `up` rebuilds an older one.
-const GUEST_VERSION: &str = "2: virtio-net, interfaces, DHCP, pings";
+const GUEST_VERSION: &str = "3: virtio-net, interfaces, DHCP, pings, dropbear, console shell";
 
 /// The guest's /init. Kernel arguments: `lab.tag=<9p tag>` (default labroot).
 ///
@@ -62,7 +63,7 @@ if [ -f "$plan" ]; then
     fi
     i=$((i+1))
   done < "$plan"
-  # Every link peer, at once: each has a minute to come up.
+  # Every link peer, at once, in the background: each has a minute to come up.
   while read -r name mac addr peer; do
     [ "$peer" = - ] && continue
     ( n=0; while [ $n -lt 60 ]; do
@@ -70,9 +71,16 @@ if [ -f "$plan" ]; then
         n=$((n+1)); sleep 1
       done; echo "LAB-GUEST-PING: $peer fail" ) &
   done < "$plan"
-  wait
 fi
-while true; do sleep 3600; done
+# ssh for `lab ssh` and `lab exec`: the test bed's key, and the image's own keys.
+hostname "$(cat /root/etc/hostname 2>/dev/null || echo guest)"
+mkdir -p /home/root/.ssh /etc/dropbear
+cat /etc/lab-testbed.pub /root/root/.ssh/authorized_keys > /home/root/.ssh/authorized_keys 2>/dev/null
+chmod 700 /home/root/.ssh; chmod 600 /home/root/.ssh/authorized_keys
+if dropbear -R -s -E -p 22 2>/dev/null; then echo "LAB-GUEST-SSH: up"; fi
+# A shell on the serial console, for `lab console`.
+export PS1='lab-guest:\h# '
+while true; do setsid cttyhack sh; sleep 1; done
 "#;
 
 /// udhcpc's script: set the address it was offered.
@@ -102,9 +110,16 @@ const MODULES: &[&str] = &[
 pub fn prepare(bed: &Testbed, step: &mut dyn FnMut(&str)) -> Result<()> {
     let dir = bed.dir.join("guest");
     let version = dir.join("version");
+    // The guests trust the test bed's key: a new key (after `down --purge`) is a new initramfs.
+    let key = bed.dir.join("ssh/id_ed25519.pub");
+    let public = std::fs::read_to_string(&key).map_err(|source| Error::Io {
+        path: key.clone(),
+        source,
+    })?;
+    let wanted = format!("{GUEST_VERSION}\n{public}");
     if bed.guest_kernel().exists()
         && bed.guest_initrd().exists()
-        && std::fs::read_to_string(&version).is_ok_and(|v| v == GUEST_VERSION)
+        && std::fs::read_to_string(&version).is_ok_and(|v| v == wanted)
     {
         return Ok(());
     }
@@ -140,8 +155,21 @@ pub fn prepare(bed: &Testbed, step: &mut dyn FnMut(&str)) -> Result<()> {
         script.push_str(&format!("cp $km/{m}.ko initramfs/lib/modules/\n"));
     }
     script.push_str("cp /bin/busybox initramfs/bin/busybox\n");
+    // dropbear and the libraries it links, for ssh into the guests.
+    script.push_str(
+        "cp /usr/sbin/dropbear initramfs/bin/dropbear\n\
+         for lib in $(ldd /usr/sbin/dropbear | grep -o '/[^ ]*'); do\n\
+         \x20 mkdir -p initramfs$(dirname $lib) && cp -L $lib initramfs$lib\n\
+         done\n\
+         mkdir -p initramfs/etc\n\
+         echo 'root:x:0:0:root:/home/root:/bin/sh' > initramfs/etc/passwd\n\
+         echo 'root:*:19000:0:99999:7:::' > initramfs/etc/shadow\n\
+         echo 'root:x:0:' > initramfs/etc/group\n\
+         echo /bin/sh > initramfs/etc/shells\n",
+    );
     bash(&script)?;
     write_file(&work.join("initramfs/init"), INIT)?;
+    write_file(&work.join("initramfs/etc/lab-testbed.pub"), &public)?;
     write_file(&work.join("initramfs/bin/lab-dhcp"), DHCP_SCRIPT)?;
     bash(&format!(
         "cd {w} && chmod 755 initramfs/init initramfs/bin/lab-dhcp && (cd initramfs && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1) > {d}/initrd.cpio.gz.tmp\n\
@@ -182,7 +210,7 @@ pub fn prepare(bed: &Testbed, step: &mut dyn FnMut(&str)) -> Result<()> {
         })?;
     }
     let _ = std::fs::remove_dir_all(&work);
-    write_file(&version, GUEST_VERSION)?;
+    write_file(&version, &wanted)?;
     step(&format!("guest: {package} ready"));
     Ok(())
 }

@@ -153,7 +153,7 @@ impl Testbed {
     }
 
     /// Waits until the console log of `node` on hypervisor `k` has a line containing `needle`,
-    /// and returns that line.
+    /// and returns that line from the needle on.
     pub fn wait_for_console(
         &self,
         k: u32,
@@ -166,7 +166,8 @@ impl Testbed {
         loop {
             if let Ok(bytes) = std::fs::read(&path) {
                 let text = String::from_utf8_lossy(&bytes);
-                if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+                // From the needle on: a shell prompt may share the line on a busy console.
+                if let Some(line) = text.lines().find_map(|l| l.find(needle).map(|at| &l[at..])) {
                     return Ok(line.trim_end_matches('\r').to_owned());
                 }
             }

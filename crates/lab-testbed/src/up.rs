@@ -23,6 +23,11 @@ const PACKAGES: &[&str] = &[
     // lab networks: libvirt runs dnsmasq for DHCP and sets firewall rules for them
     "dnsmasq-base",
     "iptables",
+    // the guests' ssh server (`lab ssh`, `lab exec`), a terminal for `lab console` tests, and
+    // Graphviz for `lab graph --format svg`
+    "dropbear-bin",
+    "tmux",
+    "graphviz",
     "iproute2",
 ];
 
@@ -72,8 +77,8 @@ pub fn up(bed: &Testbed, options: &UpOptions, log: &mut dyn FnMut(&str)) -> Resu
     for d in PRIVATE_DIRS {
         mkdir(Path::new(d))?;
     }
-    crate::guest::prepare(bed, &mut step)?;
     ssh_setup(bed)?;
+    crate::guest::prepare(bed, &mut step)?;
     network(bed)?;
     for k in 0..bed.hypervisors {
         start_hypervisor(bed, k, options, &mut step)?;

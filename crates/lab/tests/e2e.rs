@@ -553,10 +553,10 @@ fn an_unsafe_lock_directory_or_a_symlinked_lock_file_is_refused() {
 }
 
 #[test]
-fn a_symlinked_directory_of_the_image_stays_a_symlink() {
+fn a_directory_the_image_has_as_a_symlink_is_refused_and_the_image_kept() {
     let bed = require();
     let dir = tempfile::tempdir().unwrap();
-    // A proto of our own with a merged-/usr layout: `lib -> usr/lib`.
+    // A proto of our own with a merged-/usr layout, `lib -> usr/lib`, and an absolute link.
     let proto = format!("{}/e2e-kd-proto", bed.pool);
     let clone = format!("{}/kd-1", bed.pool);
     for ds in [&clone, &proto] {
@@ -569,15 +569,21 @@ fn a_symlinked_directory_of_the_image_stays_a_symlink() {
             "sh",
             "-c",
             &format!(
-                "zfs create {proto} && cd /{proto} && mkdir -p usr/lib etc && ln -s usr/lib lib \
-                 && zfs snapshot {proto}@base"
+                "zfs create {proto} && cd /{proto} && mkdir -p usr/lib etc var && ln -s usr/lib lib \
+                 && ln -s /run var/run && zfs snapshot {proto}@base"
             ),
         ],
     )
     .unwrap();
     let overlay = copy_overlay(dir.path(), "kd");
-    std::fs::create_dir_all(overlay.join("lib")).unwrap();
-    std::fs::write(overlay.join("lib/lab-marker"), "from the overlay\n").unwrap();
+    for (rel, text) in [
+        ("lib/lab-marker", "through lib\n"),
+        ("var/run/x", "through /run\n"),
+    ] {
+        let path = overlay.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
     let file = write_lab(
         dir.path(),
         "e2e-kd",
@@ -590,6 +596,29 @@ fn a_symlinked_directory_of_the_image_stays_a_symlink() {
         ),
     );
     let f = file.to_str().unwrap();
+    // rsync would replace `lib` with a directory (the guest does not boot), or, told to keep
+    // directory links, follow `var/run -> /run` onto the hypervisor itself: neither happens.
+    let run = lab(dir.path(), &["create", "--lab", f]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("the image has symlinks where the overlay has directories")
+            && run.stdout.contains("lib -> usr/lib")
+            && run.stdout.contains("var/run -> /run")
+            && run.stdout.contains("(rolled back)"),
+        "{}",
+        run.stdout
+    );
+    assert!(!exists(&bed, "hv1", &clone), "rolled back");
+    assert!(
+        bed.exec(1, &["test", "-e", "/run/x"]).is_err(),
+        "nothing was written on the hypervisor"
+    );
+    // With the files where the links point, the node is created and the links are kept.
+    std::fs::remove_dir_all(overlay.join("lib")).unwrap();
+    std::fs::remove_dir_all(overlay.join("var")).unwrap();
+    std::fs::create_dir_all(overlay.join("usr/lib")).unwrap();
+    std::fs::write(overlay.join("usr/lib/lab-marker"), "in usr/lib\n").unwrap();
     let run = lab(dir.path(), &["create", "--lab", f]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let staging = "/var/lib/lab/staging/e2e-kd/kd-1";
@@ -597,13 +626,12 @@ fn a_symlinked_directory_of_the_image_stays_a_symlink() {
         bed.exec(1, &["readlink", &format!("{staging}/lib")])
             .unwrap()
             .trim(),
-        "usr/lib",
-        "the image's lib is still its symlink"
+        "usr/lib"
     );
     assert_eq!(
-        bed.exec(1, &["cat", &format!("{staging}/usr/lib/lab-marker")])
+        bed.exec(1, &["cat", &format!("{staging}/lib/lab-marker")])
             .unwrap(),
-        "from the overlay\n"
+        "in usr/lib\n"
     );
     assert_guests_boot(&bed, &[("hv1", "kd-1")]);
     let run = lab(dir.path(), &["destroy", "--lab", f, "--yes"]);

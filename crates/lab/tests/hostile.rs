@@ -134,7 +134,6 @@ fn constant(arg: &str) -> bool {
         "--numeric-ids",
         "--chown=0:0",
         "--protect-args",
-        "--keep-dirlinks",
         "--timeout=30",
     ];
     FLAGS.contains(&arg)
@@ -190,8 +189,9 @@ fn plans(lab: &Lab, build: &Path) -> Vec<Vec<String>> {
     let mut all = Vec::new();
     for (verb, datasets) in [("create", String::new()), ("destroy", ours)] {
         let (proto, snap, datasets) = (hv.proto.clone(), snap.clone(), datasets.clone());
-        let script: lab_exec::Script = Box::new(move |_, line| {
-            line.starts_with("sh -c 'pool=$1").then(|| {
+        let script: lab_exec::Script =
+            Box::new(move |_, line| {
+                line.contains(" lab-probe ").then(|| {
                 let names: String = datasets
                     .lines()
                     .map(|l| l.split('\t').next().unwrap())
@@ -202,12 +202,13 @@ fn plans(lab: &Lab, build: &Path) -> Vec<Vec<String>> {
                         }
                         acc
                     });
-                Out::ok(format!(
+                Out::ok(lab_hv::state::scripted_answer(line, &format!(
                     "#snapshots\n{proto}@{snap}\tguid\t1\n{proto}@{snap}\tcreation\t1\n#rc 0\n\
-                     #names\n{names}#rc 0\n#datasets\n{datasets}#rc 0\n#domains\n#rc 0\n#end\n"
-                ))
+                     #names\n{names}#rc 0\n#datasets\n{datasets}#rc 0\n#domains\n#rc 0\n\
+                     #markers\n#rc 0\n#networks\n#rc 0\n#end\n"
+                )))
             })
-        });
+            });
         let exec = Executor::new(Mode::Scripted(script), lab_hv::targets(lab, &nodes), 4);
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -227,6 +228,7 @@ fn plans(lab: &Lab, build: &Path) -> Vec<Vec<String>> {
                             tree,
                             digest: "d".into(),
                             domain_xml: Some(b"<domain/>".to_vec()),
+                            dirs: vec!["etc".into()],
                         };
                         (n.name.clone(), b)
                     })

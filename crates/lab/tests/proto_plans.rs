@@ -82,7 +82,8 @@ fn listing(host: &str) -> String {
         );
     }
     out.push_str(&format!(
-        "#names\n{}\n#rc 0\n#datasets\n{datasets}#rc 0\n#domains\n#rc 0\n#end\n",
+        "#names\n{}\n#rc 0\n#datasets\n{datasets}#rc 0\n#domains\n#rc 0\n#markers\n#rc 0\n\
+         #networks\n#rc 0\n#end\n",
         names.join("\n")
     ));
     out
@@ -92,8 +93,8 @@ fn run(transport: &str, verb: &str) -> String {
     let lab = fleet(transport);
     let fleet = Fleet::of(&lab).unwrap();
     let script: lab_exec::Script = Box::new(|host, line| {
-        line.starts_with("sh -c 'pool=$1")
-            .then(|| Out::ok(listing(host)))
+        line.contains(" lab-probe ")
+            .then(|| Out::ok(lab_hv::state::scripted_answer(line, &listing(host))))
     });
     let targets = lab
         .hypervisors

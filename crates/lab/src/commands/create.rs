@@ -1,7 +1,8 @@
-//! `lab create`: take the lab's lock, generate (unless told not to) and read the build back
-//! under it, then create every selected node.
+//! `lab create`: generate (unless told not to) into a directory of this run's own, read it
+//! back, take the lab's lock and create every selected node; then refresh `build/`.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use lab_model::{Lab, LabNode};
 
@@ -17,8 +18,16 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
     let overlay = lab_generate::resolve_overlay(&lab, s.build.overlay.as_deref())?
         .name
         .clone();
-    // The build is written and read under the lab's lock: a second create that is about to be
-    // refused (exit 4) must not swap trees under this run's rsync.
+    // This run copies from a tree only it writes: another create (one that is about to be
+    // refused, say) re-rendering `build/` never swaps a tree under this run's rsync.
+    let own = RunDir::new(&s.build.dir);
+    let source = if s.generate {
+        generate(&lab, &nodes, &overlay, &own.0)?;
+        own.0.as_path()
+    } else {
+        s.build.dir.as_path()
+    };
+    let request = request(s, &lab, &nodes, &overlay, source)?;
     let reports = change_nodes(
         out,
         &lab,
@@ -26,11 +35,12 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
         Verb::Create,
         s.mode,
         s.lock_wait,
-        async |exec, events| -> Result<_, Failure> {
-            let request = request(s, &lab, &nodes, &overlay)?;
-            Ok(lab_create::create(exec, &request, events).await?)
-        },
+        async |exec, events| lab_create::create(exec, &request, events).await,
     )??;
+    if s.generate {
+        // `build/` shows what was created (and what `status` compares with).
+        generate(&lab, &nodes, &overlay, &s.build.dir)?;
+    }
     render::node_reports(
         out,
         &lab,
@@ -41,30 +51,48 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
     )
 }
 
-/// Generates (unless `--no-generate`) and reads back what every node and network needs.
+/// `<build>/.run-<pid>`: this run's own build, removed when the run ends.
+struct RunDir(PathBuf);
+
+impl RunDir {
+    fn new(build: &Path) -> RunDir {
+        RunDir(build.join(format!(".run-{}", std::process::id())))
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn generate(lab: &Lab, nodes: &[&LabNode], overlay: &str, dir: &Path) -> Result<(), Failure> {
+    let request = lab_generate::Request {
+        lab,
+        overlay: Some(overlay),
+        build_dir: dir,
+        nodes,
+    };
+    lab_generate::generate(&request, &|_| {})?;
+    Ok(())
+}
+
+/// What every node and network needs, read back from `dir`.
 fn request<'a>(
     s: &Create,
     lab: &'a Lab,
     nodes: &[&'a LabNode],
     overlay: &str,
+    dir: &Path,
 ) -> Result<lab_create::CreateRequest<'a>, Failure> {
-    if s.generate {
-        let request = lab_generate::Request {
-            lab,
-            overlay: Some(overlay),
-            build_dir: &s.build.dir,
-            nodes,
-        };
-        lab_generate::generate(&request, &|_| {})?;
-    }
     let mut builds = HashMap::new();
     for node in nodes {
-        let build = lab_generate::read_node(&s.build.dir, &lab.name, overlay, node)?;
+        let build = lab_generate::read_node(dir, &lab.name, overlay, node)?;
         builds.insert(node.name.clone(), build);
     }
     let mut networks = HashMap::new();
     for hv in lab.hypervisors_of(nodes) {
-        if let Some(net) = lab_generate::read_network(&s.build.dir, overlay, hv)? {
+        if let Some(net) = lab_generate::read_network(dir, overlay, hv)? {
             networks.insert(hv.name.clone(), net);
         }
     }

@@ -248,7 +248,9 @@ pub fn status(out: &Output, report: &StatusReport) {
     for n in &report.networks {
         let whose = if n.ours { "lab's" } else { "operator's" };
         let drift = match n.definition_drift {
-            Some(true) => "; defined from an older build (create redefines it)",
+            Some(true) => {
+                "; runs an older definition than the build (create redefines it; it takes the new one when it next starts)"
+            }
             _ => "",
         };
         let _ = writeln!(

@@ -1,0 +1,59 @@
+# The probe of a hypervisor (see PROBE in state.rs). Arguments: pool, proto dataset,
+# detail (`nics` or not), the marker namespace, a nonce.
+pool=$1 proto=$2 detail=$3 ns=$4 m="#$5"
+echo "$m snapshots"
+out=$(zfs list -H -o name "$proto" 2>&1); r=$?
+if [ $r -eq 0 ]; then
+  zfs get -H -p -o name,property,value guid,creation -r "$proto"; echo "$m rc $?"
+elif printf '%s' "$out" | grep -q 'dataset does not exist'; then
+  echo "$m rc absent"
+else
+  echo "$m rc $r"
+fi
+echo "$m names"
+names=$(zfs list -H -o name -t filesystem,volume -r "$pool"); rc=$?
+if [ -n "$names" ]; then printf '%s\n' "$names"; fi
+echo "$m rc $rc"
+echo "$m datasets"
+if [ -n "$names" ]; then
+  printf '%s\n' "$names" | xargs -d '\n' zfs get -H -p -o name,property,value,source origin,mounted,type,lab:lab,lab:node,lab:owner,lab:origin,lab:origin-guid,lab:overlay-sha256,lab:created,lab:state,lab:synced,lab:sync-error
+  echo "$m rc $?"
+else
+  echo "$m rc 0"
+fi
+echo "$m domains"
+virsh -q list --all; echo "$m rc $?"
+echo "$m markers"
+doms=$(virsh -q list --all --name); rc=$?
+printf '%s\n' "$doms" | while read -r dom; do
+  [ -n "$dom" ] || continue
+  out=$(virsh -q metadata "$dom" --uri "$ns" --config 2>&1); r=$?
+  if [ $r -eq 0 ]; then
+    printf '%s\t%s\n' "$dom" "$(printf '%s' "$out" | tr -d '\n')"
+  elif printf '%s' "$out" | grep -q 'metadata not found'; then
+    printf '%s\t\n' "$dom"
+  else
+    printf '%s\t?\n' "$dom"
+  fi
+done
+echo "$m rc $rc"
+echo "$m networks"
+nets=$(virsh -q net-list --all); rc=$?
+printf '%s\n' "$nets" | while read -r name state rest; do
+  [ -n "$name" ] || continue
+  uuid=$(virsh -q net-uuid "$name" 2>/dev/null)
+  case $name in
+    lab-*) mark=$(virsh -q net-dumpxml "$name" 2>/dev/null | grep -o '<lab:net [^>]*>' | head -n 1) ;;
+    *) mark= ;;
+  esac
+  printf '%s\t%s\t%s\t%s\n' "$name" "$state" "$uuid" "$mark"
+done
+echo "$m rc $rc"
+if [ "$detail" = nics ]; then
+  echo "$m nics"
+  printf '%s\n' "$doms" | while read -r dom; do
+    [ -n "$dom" ] || continue
+    virsh -q domiflist "$dom" 2>/dev/null | while read -r _ _ _ _ mac; do printf '%s\t%s\n' "$dom" "$mac"; done
+  done
+fi
+echo "$m end"
