@@ -1,8 +1,10 @@
-//! Remote commands that run as long as their handle lives: what `lab`'s locks stand on.
+//! Remote commands that run for a while: ones whose output is read as it comes (`stream`),
+//! ones that run as long as their handle lives (`hold`, what `lab`'s locks stand on), and one
+//! host's output piped into another's (`pipe`).
 //!
-//! The command's stdin gets a newline every `beat`; a remote side that stops hearing them (the
-//! controller died or the network went away) can give up on its own, and a released or dropped
-//! handle closes stdin so the remote side reads end-of-file at once.
+//! A held command's stdin gets a newline every `beat`; a remote side that stops hearing them
+//! (the controller died or the network went away) can give up on its own, and a released or
+//! dropped handle closes stdin so the remote side reads end-of-file at once.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -124,6 +126,59 @@ impl Holding {
 }
 
 impl Executor {
+    /// Runs the query `cmd` on `host`, handing each line of its stdout to `on_line` as it
+    /// comes; returns how it ended. For long waits that report progress (`lab wait`).
+    /// Scripted mode answers from the script, line by line; dry-run runs it (a query).
+    pub async fn stream(
+        &self,
+        host: &str,
+        cmd: &Cmd,
+        on_line: &(dyn Fn(&str) + Sync),
+    ) -> Result<Out, ExecError> {
+        let h = self.host(host)?;
+        let line = quote_line(&cmd.argv);
+        if let Mode::Scripted(script) = &self.mode {
+            self.note(host, cmd.effect, cmd.line(), &cmd.argv);
+            let out = script(host, &line).unwrap_or_else(|| Out::fail(1, "no scripted answer"));
+            out.stdout.lines().for_each(on_line);
+            return Ok(out);
+        }
+        let _global = self.global.acquire().await.expect("never closed");
+        let _local = h.limit.acquire().await.expect("never closed");
+        let session = self.session(h).await?;
+        let lost = |e: openssh::Error| lost(host, &cmd.line(), e);
+        let work = async {
+            let mut command = session.raw_command(&line);
+            command
+                .stdin(openssh::Stdio::null())
+                .stdout(openssh::Stdio::piped())
+                .stderr(openssh::Stdio::piped());
+            let mut child = command.spawn().await.map_err(lost)?;
+            let stdout = child.stdout().take().expect("piped");
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            let mut all = String::new();
+            while let Ok(Some(l)) = lines.next_line().await {
+                on_line(&l);
+                all.push_str(&l);
+                all.push('\n');
+            }
+            let output = child.wait_with_output().await.map_err(lost)?;
+            Ok(Out {
+                status: output.status.code().unwrap_or(-1),
+                stdout: all,
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            })
+        };
+        match tokio::time::timeout(cmd.timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(ExecError::Timeout {
+                host: host.to_owned(),
+                command: cmd.line(),
+                after: cmd.timeout,
+            }),
+        }
+    }
+
     /// Starts `cmd` on `host` and keeps it running, outside the command limits, until the
     /// returned handle is released or dropped; its stdin receives a newline every `beat`.
     /// Scripted mode answers from the script and dry-run mode pretends (both record it).

@@ -11,6 +11,7 @@
 //! Architecture invariant: this is the only crate of `lab` that spawns processes.
 
 mod hold;
+pub mod local;
 mod quote;
 mod ssh;
 

@@ -11,6 +11,7 @@ mod clock;
 pub mod cmd;
 pub mod lock;
 pub mod own;
+pub mod reach;
 mod report;
 pub mod run;
 pub mod state;

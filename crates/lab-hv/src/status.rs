@@ -14,6 +14,9 @@ pub struct NodeStatus {
     pub hypervisor: String,
     /// `running`, `shut off` ..., or `absent`; `unknown` when the hypervisor did not answer.
     pub domain: String,
+    /// How far the node is: `absent`, `defined`, `running`, or `ready` (its readiness check
+    /// passed; only the caller that checks it sets this one); `None` when unknown.
+    pub phase: Option<String>,
     pub clone: bool,
     /// `ready`, or `filling` for a clone an interrupted run left (the next create redoes it).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -96,6 +99,7 @@ pub async fn status(
             node: node.name.clone(),
             hypervisor: hv.name.clone(),
             domain: "unknown".to_owned(),
+            phase: None,
             clone: false,
             state: None,
             foreign: None,
@@ -121,6 +125,14 @@ pub async fn status(
                     .domains
                     .get(&node.domain)
                     .map_or("absent".to_owned(), |d| d.state.clone());
+                s.phase = Some(
+                    match s.domain.as_str() {
+                        "absent" => "absent",
+                        "running" => "running",
+                        _ => "defined",
+                    }
+                    .to_owned(),
+                );
                 if let Some(ds) = state.datasets.get(&node.dataset) {
                     s.clone = true;
                     s.state = Some(ds.prop(prop::STATE).unwrap_or("ready").to_owned());

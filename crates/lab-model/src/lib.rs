@@ -25,7 +25,7 @@ pub use emit::to_yaml;
 pub use error::{Hint, ModelError};
 pub use load::{load, load_fleet, merged_tree};
 pub use model::{
-    Hypervisor, Interface, InterfaceKind, Lab, LabNode, MgmtMode, MgmtNetwork, Overlay, Proto,
-    SnapshotSpec, Storage, Transport, Wire, origin_of,
+    Hypervisor, Interface, InterfaceKind, Lab, LabNode, MgmtMode, MgmtNetwork, NodeSsh, Overlay,
+    Proto, SnapshotSpec, Storage, Transport, Wire, origin_of,
 };
 pub use tree::{Origin, Tree};

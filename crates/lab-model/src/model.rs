@@ -146,7 +146,18 @@ pub struct LabNode {
     pub mgmt_ipv6: Option<Ipv6Net>,
     /// Management first (`eth0`), then one per link in link order (`eth1`, `eth2` ...).
     pub interfaces: Vec<Interface>,
+    /// How to log into the node (`lab ssh`, `lab exec`, inventories).
+    pub ssh: NodeSsh,
     pub vars: Map<String, Json>,
+}
+
+/// How to log into a node over ssh, at its management address.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeSsh {
+    /// Default `root`.
+    pub user: String,
+    /// ssh options, each `Key=Value` (`-o Key=Value`).
+    pub options: Vec<String>,
 }
 
 impl LabNode {

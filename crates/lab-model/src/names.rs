@@ -80,6 +80,33 @@ pub fn mac(s: &str) -> Result<(), Rule> {
     check(pairs.len() == 6 && pairs.iter().all(hex) && unicast, RULE)
 }
 
+/// A login name: `[a-z_][a-z0-9_-]*`, at most 32 characters.
+pub fn user(s: &str) -> Result<(), Rule> {
+    const RULE: Rule = "[a-z_][a-z0-9_-]*, at most 32 characters";
+    check(
+        s.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+            && s.len() <= 32,
+        RULE,
+    )
+}
+
+/// An ssh option: `Key=Value`, the key letters only, the value `[A-Za-z0-9_./@:,+~-]`.
+pub fn ssh_option(s: &str) -> Result<(), Rule> {
+    const RULE: Rule = "Key=Value: a key of letters, a value of [A-Za-z0-9_./@:,+~-]";
+    let ok = s.split_once('=').is_some_and(|(k, v)| {
+        !k.is_empty()
+            && k.bytes().all(|b| b.is_ascii_alphabetic())
+            && !v.is_empty()
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_./@:,+~-".contains(&b))
+    });
+    check(ok && s.len() <= 256, RULE)
+}
+
 /// A hostname: dot-separated labels of `[a-z0-9-]`, not starting or ending with `-`.
 pub fn hostname(s: &str) -> Result<(), Rule> {
     const RULE: Rule = "lower-case DNS labels ([a-z0-9-], no leading or trailing dash) joined by dots, at most 253 characters";

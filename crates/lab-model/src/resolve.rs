@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Hint, ModelError};
 use crate::mgmt::resolve_mgmt;
-use crate::model::{Hypervisor, Interface, InterfaceKind, LabNode, SnapshotSpec, Storage};
+use crate::model::{Hypervisor, Interface, InterfaceKind, LabNode, NodeSsh, SnapshotSpec, Storage};
 use crate::names;
 use crate::schema::{HYPERVISOR_DERIVED, HypervisorSchema, LabSchema, NODE_DERIVED, NodeSchema};
 use crate::tree::{Tree, Value};
@@ -398,6 +398,19 @@ pub(crate) fn resolve_node(
         link: None,
         wire: None,
     };
+    let user = s.ssh.user.clone().unwrap_or_else(|| "root".to_owned());
+    name_ok(
+        root,
+        &["nodes", name, "ssh", "user"],
+        &user,
+        "login name",
+        names::user,
+    )?;
+    for (i, option) in s.ssh.options.iter().enumerate() {
+        let at = ["nodes", name, "ssh", "options", &i.to_string()].map(String::from);
+        let at: Vec<&str> = at.iter().map(String::as_str).collect();
+        name_ok(root, &at, option, "ssh option", names::ssh_option)?;
+    }
     let node = LabNode {
         name: name.to_owned(),
         hostname,
@@ -410,6 +423,10 @@ pub(crate) fn resolve_node(
         mgmt_ipv4,
         mgmt_ipv6,
         interfaces: vec![mgmt],
+        ssh: NodeSsh {
+            user,
+            options: s.ssh.options.clone(),
+        },
         vars: s.vars,
     };
     Ok((

@@ -23,6 +23,7 @@ pub(crate) const NODE_DERIVED: &[&str] = &[
     "links",
     "interfaces",
     "max_links",
+    "ssh",
     "domain",
     "staging",
 ];
@@ -213,8 +214,21 @@ pub(crate) struct NodeSchema {
     pub(crate) interfaces: IndexMap<String, InterfaceSchema>,
     #[serde(default = "default_max_links")]
     pub(crate) max_links: u32,
+    /// How `lab ssh`, `lab exec` and inventories log into the node.
+    #[serde(default)]
+    pub(crate) ssh: NodeSshSchema,
     #[serde(default)]
     pub(crate) vars: Map<String, Json>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NodeSshSchema {
+    #[serde(default)]
+    pub(crate) user: Option<String>,
+    /// ssh options as `Key=Value`, e.g. `StrictHostKeyChecking=no`.
+    #[serde(default)]
+    pub(crate) options: Vec<String>,
 }
 
 #[derive(Deserialize)]

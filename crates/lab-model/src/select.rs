@@ -5,7 +5,8 @@ use crate::model::{Hypervisor, Lab, LabNode};
 
 impl Lab {
     /// The nodes on `hosts` (all hypervisors when empty) named in `nodes` (all when empty), in
-    /// lab order. A name the lab does not have is an error with a suggestion.
+    /// lab order. A name may be a glob (`*`, `?`: `vpp0-*`). A name the lab does not have, or a
+    /// glob that matches no node, is an error with a suggestion.
     pub fn select(&self, hosts: &[String], nodes: &[String]) -> Result<Vec<&LabNode>, ModelError> {
         for h in hosts {
             if self.hypervisor(h).is_none() {
@@ -16,8 +17,15 @@ impl Lab {
                 });
             }
         }
+        let named = |pattern: &String, node: &LabNode| {
+            if is_glob(pattern) {
+                crate::names::glob_match(pattern, &node.name)
+            } else {
+                *pattern == node.name
+            }
+        };
         for n in nodes {
-            if self.node(n).is_none() {
+            if !self.nodes.iter().any(|node| named(n, node)) {
                 return Err(ModelError::UnknownSelection {
                     what: "node",
                     name: n.clone(),
@@ -29,7 +37,7 @@ impl Lab {
             .nodes
             .iter()
             .filter(|n| hosts.is_empty() || hosts.contains(&n.hypervisor))
-            .filter(|n| nodes.is_empty() || nodes.contains(&n.name))
+            .filter(|n| nodes.is_empty() || nodes.iter().any(|p| named(p, n)))
             .collect())
     }
 
@@ -46,4 +54,8 @@ impl Lab {
         self.hypervisor(&node.hypervisor)
             .expect("the model checked every node's hypervisor")
     }
+}
+
+fn is_glob(name: &str) -> bool {
+    name.contains(['*', '?'])
 }

@@ -13,7 +13,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
                   3 partial (some nodes failed or were skipped), 4 lock held by another run."
 )]
 pub struct Cli {
-    /// Output format of the result on stdout. Logs and progress always go to stderr.
+    /// Output format of the result on stdout: text or json for every verb; `inventory` also
+    /// takes ssh-config, ansible and hosts, `graph` dot, mermaid and svg. Logs and progress
+    /// always go to stderr.
     #[arg(long, global = true, value_enum, default_value_t = Format::Text, env = "LAB_FORMAT")]
     pub format: Format,
 
@@ -33,6 +35,12 @@ pub struct Cli {
 pub enum Format {
     Text,
     Json,
+    SshConfig,
+    Ansible,
+    Hosts,
+    Dot,
+    Mermaid,
+    Svg,
 }
 
 #[derive(Subcommand, Debug)]
@@ -45,6 +53,24 @@ pub enum Command {
     Destroy(DestroyArgs),
     /// Per node: domain state, clone, origin, age, owner, drift; and orphaned clones.
     Status(StatusArgs),
+    /// Wait until the nodes are ready (checked on their hypervisors).
+    Wait(WaitArgs),
+    /// Start the selected nodes' domains (their clones and links as they are).
+    Start(PowerArgs),
+    /// Power the selected nodes' domains off; their clones and links stay.
+    Stop(PowerArgs),
+    /// Power the selected nodes off and start them again.
+    Restart(PowerArgs),
+    /// A node's serial console, through its hypervisor (escape: Ctrl+]).
+    Console(ConsoleArgs),
+    /// ssh into a node through its hypervisor, or run CMD there; exits with CMD's status.
+    Ssh(SshArgs),
+    /// Run CMD on many nodes at once, one result per node.
+    Exec(ExecArgs),
+    /// How to reach the nodes, for ssh, Ansible or /etc/hosts (from the lab files alone).
+    Inventory(ExportArgs),
+    /// The topology: nodes per hypervisor, links with interfaces and prefixes.
+    Graph(ExportArgs),
     /// Inspect the merged lab configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -56,6 +82,8 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Print the man page (roff): `lab man > lab.1`.
+    Man,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -77,7 +105,7 @@ pub struct SelectArgs {
     /// Only nodes on this hypervisor (repeatable).
     #[arg(long = "host", value_name = "HV")]
     pub hosts: Vec<String>,
-    /// Only this node (repeatable).
+    /// Only this node, or the nodes a glob such as `vpp0-*` matches (repeatable).
     #[arg(long = "node", value_name = "NAME")]
     pub nodes: Vec<String>,
 }
@@ -115,6 +143,30 @@ pub enum ConfigCommand {
     },
 }
 
+/// `ssh`, `console:REGEX` or `tcp:PORT`.
+fn readiness(s: &str) -> Result<lab_hv::reach::Readiness, String> {
+    use lab_hv::reach::Readiness;
+    match s.split_once(':') {
+        None if s == "ssh" => Ok(Readiness::Ssh),
+        Some(("console", re)) if !re.is_empty() => Ok(Readiness::Console(re.to_owned())),
+        Some(("tcp", port)) => port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .map(Readiness::Tcp)
+            .ok_or_else(|| format!("`{port}` is not a TCP port (1-65535)")),
+        _ => Err("expected ssh, console:REGEX or tcp:PORT".to_owned()),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct WaitTimeout {
+    /// Give up on a node that is not ready after this long.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub wait_timeout: u64,
+}
+
 #[derive(Args, Debug)]
 pub struct CreateArgs {
     #[command(flatten)]
@@ -129,6 +181,13 @@ pub struct CreateArgs {
     /// Replace running domains and existing clones (only ones lab made for this lab).
     #[arg(long)]
     pub force: bool,
+    /// Then wait until every node is ready: its ssh server answers (`ssh`, the default), a
+    /// console line matches (`console:REGEX`) or a port accepts (`tcp:PORT`).
+    #[arg(long, value_name = "HOW", num_args = 0..=1, require_equals = true,
+          default_missing_value = "ssh", value_parser = readiness)]
+    pub wait: Option<lab_hv::reach::Readiness>,
+    #[command(flatten)]
+    pub wait_timeout: WaitTimeout,
     #[command(flatten)]
     pub lock: LockArgs,
     /// Print each node's decision and the exact commands; change nothing on the hypervisors.
@@ -169,6 +228,74 @@ pub struct StatusArgs {
     /// The build compared with the clones (overlay drift).
     #[command(flatten)]
     pub out: BuildArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct WaitArgs {
+    #[command(flatten)]
+    pub lab: LabArgs,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// What ready means: `ssh` (its ssh server answers), `console:REGEX`, `tcp:PORT`.
+    #[arg(long = "for", value_name = "HOW", default_value = "ssh", value_parser = readiness)]
+    pub how: lab_hv::reach::Readiness,
+    #[command(flatten)]
+    pub timeout: WaitTimeout,
+}
+
+#[derive(Args, Debug)]
+pub struct PowerArgs {
+    #[command(flatten)]
+    pub lab: LabArgs,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    #[command(flatten)]
+    pub lock: LockArgs,
+    /// Print each node's decision and the exact commands; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ConsoleArgs {
+    #[command(flatten)]
+    pub lab: LabArgs,
+    /// The node.
+    pub node: String,
+}
+
+#[derive(Args, Debug)]
+pub struct SshArgs {
+    #[command(flatten)]
+    pub lab: LabArgs,
+    /// The node.
+    pub node: String,
+    /// A command to run instead of a login shell (after `--`).
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub lab: LabArgs,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Give up on a node whose command has not ended after this long.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub timeout: u64,
+    /// The command (after `--`), run by each node's login shell.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub lab: LabArgs,
+    #[command(flatten)]
+    pub select: SelectArgs,
 }
 
 #[derive(Subcommand, Debug)]

@@ -6,12 +6,25 @@ use lab_model::ModelError;
 
 /// Exit codes, documented in the README and `lab --help`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
 pub enum Exit {
-    Failure = 1,
-    Invalid = 2,
-    Partial = 3,
-    Locked = 4,
+    Failure,
+    Invalid,
+    Partial,
+    Locked,
+    /// The status of a program `lab` ran for the user (`lab ssh NODE -- CMD`), passed on.
+    Passthrough(u8),
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Failure => 1,
+            Exit::Invalid => 2,
+            Exit::Partial => 3,
+            Exit::Locked => 4,
+            Exit::Passthrough(code) => code,
+        }
+    }
 }
 
 /// An error on its way to the user: the message and the exit code.
@@ -27,6 +40,14 @@ impl Failure {
             code,
             message: message.into(),
         }
+    }
+
+    /// Exits with a program's own status, saying nothing (it has said what it had to).
+    pub fn passthrough(status: i32) -> Failure {
+        Failure::new(
+            Exit::Passthrough(u8::try_from(status).unwrap_or(1)),
+            String::new(),
+        )
     }
 
     /// Bad input or usage: nothing was changed.
@@ -83,5 +104,11 @@ impl From<lab_proto::ProtoError> for Failure {
             ProtoError::Exec(_) | ProtoError::DomainRunning { .. } => Exit::Failure,
         };
         Failure::new(code, e.to_string())
+    }
+}
+
+impl From<lab_exec::ExecError> for Failure {
+    fn from(e: lab_exec::ExecError) -> Self {
+        Failure::new(Exit::Failure, e.to_string())
     }
 }

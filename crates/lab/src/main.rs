@@ -15,12 +15,14 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let settings = settings::Settings::from_cli(cli::Cli::parse());
-    match commands::run(&settings) {
+    let result = settings::Settings::from_cli(cli::Cli::parse()).and_then(|s| commands::run(&s));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("error: {}", f.message);
-            ExitCode::from(f.code as u8)
+            if !f.message.is_empty() {
+                eprintln!("error: {}", f.message);
+            }
+            ExitCode::from(f.code.code())
         }
     }
 }

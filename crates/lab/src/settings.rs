@@ -3,9 +3,21 @@
 
 use std::path::PathBuf;
 
+use lab_export::InventoryFormat;
+use lab_hv::reach::Readiness;
 use lab_proto::{IfRunning, SnapshotKind};
+use lab_reach::Power;
 
-use crate::cli::{self, Cli, Format};
+use crate::cli::{self, Cli};
+use crate::exit::Failure;
+
+/// How results are printed on stdout by every verb but `inventory` and `graph` (which read
+/// their own formats from `--format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
 
 /// How results, logs and progress are shown.
 #[derive(Debug, Clone, Copy)]
@@ -72,6 +84,65 @@ pub struct Create {
     pub mode: Mode,
     /// How long to wait for another run's lock, in seconds (0: exit 4 at once).
     pub lock_wait: u64,
+    /// Then wait until the nodes are ready.
+    pub wait: Option<WaitFor>,
+}
+
+/// What ready means, and how long a node has to get there.
+#[derive(Debug, Clone)]
+pub struct WaitFor {
+    pub how: Readiness,
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug)]
+pub struct Wait {
+    pub lab: LabFiles,
+    pub select: Selection,
+    pub until: WaitFor,
+}
+
+/// `start`, `stop` and `restart`.
+#[derive(Debug)]
+pub struct PowerNodes {
+    pub lab: LabFiles,
+    pub select: Selection,
+    pub what: Power,
+    pub mode: Mode,
+    pub lock_wait: u64,
+}
+
+/// `console` and `ssh`: one node, interactive (or one command).
+#[derive(Debug)]
+pub struct Reach {
+    pub lab: LabFiles,
+    pub node: String,
+    /// The command `ssh` runs instead of a login shell.
+    pub command: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct Exec {
+    pub lab: LabFiles,
+    pub select: Selection,
+    pub command: Vec<String>,
+    pub timeout_secs: u64,
+}
+
+/// What `graph` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphFormat {
+    Dot,
+    Mermaid,
+    /// Dot drawn by Graphviz.
+    Svg,
+}
+
+#[derive(Debug)]
+pub struct Export<F> {
+    pub lab: LabFiles,
+    pub select: Selection,
+    pub format: F,
 }
 
 #[derive(Debug)]
@@ -122,9 +193,17 @@ pub enum Command {
     Create(Create),
     Destroy(Destroy),
     Status(Status),
+    Wait(Wait),
+    Power(PowerNodes),
+    Console(Reach),
+    Ssh(Reach),
+    Exec(Exec),
+    Inventory(Export<InventoryFormat>),
+    Graph(Export<GraphFormat>),
     ConfigShow { lab: LabFiles, explain: bool },
     Proto { lab: LabFiles, verb: Proto },
     Completions(clap_complete::Shell),
+    Man,
 }
 
 #[derive(Debug)]
@@ -142,10 +221,65 @@ fn if_running(force: bool) -> IfRunning {
     }
 }
 
+/// The `--format` values `inventory` takes (text: ssh-config).
+fn inventory_format(format: cli::Format) -> Result<InventoryFormat, Failure> {
+    match format {
+        cli::Format::Text | cli::Format::SshConfig => Ok(InventoryFormat::SshConfig),
+        cli::Format::Json => Ok(InventoryFormat::Json),
+        cli::Format::Ansible => Ok(InventoryFormat::Ansible),
+        cli::Format::Hosts => Ok(InventoryFormat::Hosts),
+        other => Err(wrong_format(
+            other,
+            "inventory",
+            "ssh-config, ansible, hosts or json",
+        )),
+    }
+}
+
+/// The `--format` values `graph` takes (text: dot).
+fn graph_format(format: cli::Format) -> Result<GraphFormat, Failure> {
+    match format {
+        cli::Format::Text | cli::Format::Dot => Ok(GraphFormat::Dot),
+        cli::Format::Mermaid => Ok(GraphFormat::Mermaid),
+        cli::Format::Svg => Ok(GraphFormat::Svg),
+        other => Err(wrong_format(other, "graph", "dot, mermaid or svg")),
+    }
+}
+
+fn format_name(format: cli::Format) -> String {
+    use clap::ValueEnum;
+    format
+        .to_possible_value()
+        .map_or_else(String::new, |v| v.get_name().to_owned())
+}
+
+fn wrong_format(format: cli::Format, verb: &str, takes: &str) -> Failure {
+    Failure::invalid(format!(
+        "`lab {verb}` does not print --format {}; it prints {takes}",
+        format_name(format)
+    ))
+}
+
 impl Settings {
-    pub fn from_cli(cli: Cli) -> Settings {
+    /// The settings of a parsed command line, or why they make no sense together (a
+    /// `--format` the verb does not print).
+    pub fn from_cli(cli: Cli) -> Result<Settings, Failure> {
+        // The formats of `inventory` and `graph` mean nothing to the other verbs.
+        let generic = !matches!(
+            cli.command,
+            cli::Command::Inventory(_) | cli::Command::Graph(_)
+        );
+        if generic && !matches!(cli.format, cli::Format::Text | cli::Format::Json) {
+            return Err(Failure::invalid(format!(
+                "--format {} is for `lab inventory` or `lab graph`; this verb prints text or json",
+                format_name(cli.format)
+            )));
+        }
         let output = Output {
-            format: cli.format,
+            format: match cli.format {
+                cli::Format::Json => Format::Json,
+                _ => Format::Text,
+            },
             quiet: cli.quiet,
             verbose: cli.verbose,
         };
@@ -172,7 +306,49 @@ impl Settings {
                 force: a.force,
                 mode: Mode::from_flag(a.dry_run),
                 lock_wait: a.lock.lock_wait,
+                wait: a.wait.map(|how| WaitFor {
+                    how,
+                    timeout_secs: a.wait_timeout.wait_timeout,
+                }),
             }),
+            cli::Command::Wait(a) => Command::Wait(Wait {
+                lab: files(a.lab),
+                select: select(a.select),
+                until: WaitFor {
+                    how: a.how,
+                    timeout_secs: a.timeout.wait_timeout,
+                },
+            }),
+            cli::Command::Start(a) => power(a, Power::Start),
+            cli::Command::Stop(a) => power(a, Power::Stop),
+            cli::Command::Restart(a) => power(a, Power::Restart),
+            cli::Command::Console(a) => Command::Console(Reach {
+                lab: files(a.lab),
+                node: a.node,
+                command: Vec::new(),
+            }),
+            cli::Command::Ssh(a) => Command::Ssh(Reach {
+                lab: files(a.lab),
+                node: a.node,
+                command: a.command,
+            }),
+            cli::Command::Exec(a) => Command::Exec(Exec {
+                lab: files(a.lab),
+                select: select(a.select),
+                command: a.command,
+                timeout_secs: a.timeout,
+            }),
+            cli::Command::Inventory(a) => Command::Inventory(Export {
+                lab: files(a.lab),
+                select: select(a.select),
+                format: inventory_format(cli.format)?,
+            }),
+            cli::Command::Graph(a) => Command::Graph(Export {
+                lab: files(a.lab),
+                select: select(a.select),
+                format: graph_format(cli.format)?,
+            }),
+            cli::Command::Man => Command::Man,
             cli::Command::Destroy(a) => Command::Destroy(Destroy {
                 lab: files(a.lab),
                 select: select(a.select),
@@ -243,6 +419,19 @@ impl Settings {
             }
             cli::Command::Completions { shell } => Command::Completions(shell),
         };
-        Settings { output, command }
+        Ok(Settings { output, command })
     }
+}
+
+fn power(a: cli::PowerArgs, what: Power) -> Command {
+    Command::Power(PowerNodes {
+        lab: LabFiles(a.lab.files),
+        select: Selection {
+            hosts: a.select.hosts,
+            nodes: a.select.nodes,
+        },
+        what,
+        mode: Mode::from_flag(a.dry_run),
+        lock_wait: a.lock.lock_wait,
+    })
 }

@@ -338,7 +338,7 @@ fn explain_names_the_file_and_line_of_every_value() {
     );
     assert!(line("name: vpp").ends_with("# labs/vpp.yaml:7"), "{out}");
     assert!(
-        out.contains("pool: ssd-vol0  # labs/testbed.yaml:5"),
+        out.contains("pool: ssd-vol0  # labs/testbed.yaml:12"),
         "defaults are explained: {out}"
     );
     insta::assert_snapshot!("explain", out);
@@ -909,10 +909,115 @@ fn overlays_cannot_reach_outside_the_node_directory() {
 }
 
 #[test]
-fn completions_are_printed() {
+fn completions_and_the_man_page_are_printed() {
     let s = Scratch::new();
     let out = s.ok(&["completions", "bash"]);
     assert!(out.contains("generate"));
+    let man = s.ok(&["man"]);
+    assert!(man.starts_with(".ie") || man.contains(".TH lab"), "{man}");
+    for verb in ["console", "exec", "inventory", "graph", "wait"] {
+        assert!(man.contains(verb), "the man page lacks {verb}");
+    }
+}
+
+/// Inventories and graphs come from the lab files alone: pinned as snapshots.
+#[test]
+fn inventories_and_graphs_of_the_example_lab() {
+    let s = Scratch::new();
+    for format in ["ssh-config", "ansible", "hosts"] {
+        let out = s.ok(&["--format", format, "inventory", "--lab", EXAMPLE]);
+        insta::assert_snapshot!(format!("inventory-{format}"), out);
+    }
+    let out = s.ok(&[
+        "--format",
+        "json",
+        "inventory",
+        "--lab",
+        EXAMPLE,
+        "--node",
+        "vpp0-1",
+    ]);
+    insta::assert_snapshot!("inventory-json", out);
+    // Text is ssh-config for inventory and dot for graph.
+    assert_eq!(
+        s.ok(&["inventory", "--lab", EXAMPLE]),
+        s.ok(&["--format", "ssh-config", "inventory", "--lab", EXAMPLE])
+    );
+    let dot = s.ok(&["graph", "--lab", EXAMPLE]);
+    insta::assert_snapshot!("graph-dot", dot);
+    let mermaid = s.ok(&["--format", "mermaid", "graph", "--lab", EXAMPLE]);
+    insta::assert_snapshot!("graph-mermaid", mermaid);
+    // A glob selects nodes; links to nodes left out are left out.
+    let part = s.ok(&[
+        "--format", "mermaid", "graph", "--lab", EXAMPLE, "--node", "vpp1-*",
+    ]);
+    assert!(!part.contains("vpp0-"), "{part}");
+    assert_eq!(
+        part.matches("---").count() + part.matches("===").count(),
+        4,
+        "{part}"
+    );
+}
+
+/// The README's picture of the example lab is what `lab graph --format mermaid` draws.
+#[test]
+fn the_readme_shows_the_example_lab_as_drawn() {
+    let s = Scratch::new();
+    let mermaid = s.ok(&["--format", "mermaid", "graph", "--lab", EXAMPLE]);
+    let readme = fs::read_to_string(repo().join("README.md")).unwrap();
+    let block = format!("```mermaid\n{mermaid}```");
+    assert!(
+        readme.contains(&block),
+        "README.md's mermaid block differs from `lab graph --format mermaid --lab {EXAMPLE}`:\n{block}"
+    );
+}
+
+/// Day-two verbs refuse what makes no sense before reaching any hypervisor: exit 2.
+#[test]
+fn day_two_usage_errors() {
+    let s = Scratch::new();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--format", "dot", "status", "--lab", EXAMPLE],
+            "--format dot is for `lab inventory` or `lab graph`",
+        ),
+        (
+            &["--format", "svg", "inventory", "--lab", EXAMPLE],
+            "`lab inventory` does not print --format svg",
+        ),
+        (
+            &["--format", "json", "graph", "--lab", EXAMPLE],
+            "`lab graph` does not print --format json",
+        ),
+        (&["exec", "--lab", EXAMPLE], "CMD"),
+        (
+            &["create", "--lab", EXAMPLE, "--wait=tcp:0"],
+            "not a TCP port",
+        ),
+        (
+            &["create", "--lab", EXAMPLE, "--wait=http"],
+            "expected ssh, console:REGEX or tcp:PORT",
+        ),
+        (
+            &["wait", "--lab", EXAMPLE, "--for", "console:"],
+            "expected ssh, console:REGEX or tcp:PORT",
+        ),
+        (
+            &["console", "--lab", EXAMPLE, "vpp0-*"],
+            "`vpp0-*` matches 4 nodes",
+        ),
+        (&["ssh", "--lab", EXAMPLE, "vpp0-9"], "vpp0-9"),
+        (
+            &["exec", "--lab", EXAMPLE, "--node", "nope-*", "--", "true"],
+            "nope-*",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = s.lab(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "lab {args:?}: {stderr}");
+        assert!(stderr.contains(want), "lab {args:?}: {stderr}");
+    }
 }
 
 /// Hostile values for every field that reaches a command or a path: each one, alone, in an

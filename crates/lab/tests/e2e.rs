@@ -30,9 +30,34 @@ fn example_lab_lifecycle() {
     for k in 0..3 {
         let _ = std::fs::remove_file(bed.console_log(k, "x"));
     }
-    let run = lab(b, &["--format", "json", "create", "--lab", file]);
+    // --wait=ssh: create returns once every guest's ssh server answers, so exec works at once
+    let run = lab(
+        b,
+        &["--format", "json", "create", "--lab", file, "--wait=ssh"],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.json()["summary"]["done"], 12);
+    let ready = run.json()["ready"].as_array().unwrap().clone();
+    assert_eq!(ready.len(), 12, "{ready:?}");
+    assert!(ready.iter().all(|r| r["ready"] == true), "{ready:?}");
+    let names = lab(
+        b,
+        &["--format", "json", "exec", "--lab", file, "--", "hostname"],
+    );
+    assert_eq!(names.code, 0, "{}", names.stderr);
+    let names: Vec<(String, String)> = names.json()["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["node"].as_str().unwrap().to_owned(),
+                n["stdout"].as_str().unwrap().trim().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(names.len(), 12);
+    assert!(names.iter().all(|(node, name)| node == name), "{names:?}");
     let networks = run.json()["networks"].as_array().unwrap().clone();
     assert_eq!(networks.len(), 3, "{networks:?}");
     for n in &networks {
@@ -94,6 +119,7 @@ fn example_lab_lifecycle() {
     let status = run.json();
     for n in status["nodes"].as_array().unwrap() {
         assert_eq!(n["domain"], "running", "{n}");
+        assert_eq!(n["phase"], "ready", "{n}");
         assert_eq!(n["clone"], true, "{n}");
         assert_eq!(n["origin"], format!("{}/{PROTO}@base", bed.pool), "{n}");
         assert_eq!(n["overlay_drift"], false, "{n}");
@@ -110,6 +136,8 @@ fn example_lab_lifecycle() {
         );
         assert_eq!(n["definition_drift"], false, "{n}");
     }
+
+    day_two(&bed, b, file, &model);
 
     // create again: every node unchanged (running), exit 0, nothing recreated
     let guid = |hv: &str, node: &str| {
@@ -245,6 +273,264 @@ fn example_lab_lifecycle() {
     let run = lab(b, &["--format", "json", "destroy", "--lab", file, "--yes"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.json()["summary"]["unchanged"], 12);
+}
+
+/// Day two on the running example lab: ssh and its exit status, the console in a terminal,
+/// one node stopped and started with its clone and its peers' links intact, the ssh-config
+/// inventory used by ssh itself, the graph drawn by Graphviz.
+fn day_two(bed: &lab_testbed::Testbed, b: &std::path::Path, file: &str, model: &lab_model::Lab) {
+    // ssh: a command's exit status comes back; the words are read by the node's shell
+    let run = lab(
+        b,
+        &["ssh", "--lab", file, "vpp1-3", "--", "hostname; exit 7"],
+    );
+    assert_eq!(
+        (run.code, run.stdout.trim()),
+        (7, "vpp1-3"),
+        "{}",
+        run.stderr
+    );
+
+    // wait: a node that is not ready in time is a failure with its last console lines
+    let run = lab(
+        b,
+        &[
+            "wait",
+            "--lab",
+            file,
+            "--node",
+            "vpp0-1",
+            "--for",
+            "console:no such line",
+            "--wait-timeout",
+            "2",
+        ],
+    );
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("vpp0-1           NOT READY"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("    | "),
+        "the console's last lines: {}",
+        run.stdout
+    );
+    assert!(
+        run.stderr.contains("not ready in time: vpp0-1"),
+        "{}",
+        run.stderr
+    );
+    let run = lab(
+        b,
+        &["wait", "--lab", file, "--for", "tcp:22", "--host", "hv1"],
+    );
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert_eq!(run.stdout.matches(" ready ").count(), 4, "{}", run.stdout);
+
+    // console: in a terminal multiplexer, Enter shows the guest's prompt and a command runs
+    let tmux = Tmux::new(&format!(
+        "{} console --lab {file} vpp2-4",
+        env!("CARGO_BIN_EXE_lab")
+    ));
+    let screen = tmux.until("Escape character", Duration::from_secs(20));
+    assert!(screen.contains("leave with Ctrl+]"), "{screen}");
+    tmux.keys(&["Enter"]);
+    tmux.keys(&["echo sum-$((40+2))", "Enter"]);
+    let screen = tmux.until("sum-42", Duration::from_secs(20));
+    assert!(screen.contains("lab-guest:vpp2-4#"), "{screen}");
+
+    // stop and start one node: its clone stays, its peers keep running with their NICs, and
+    // its links carry traffic again once it is back
+    let guid = |node: &str| {
+        bed.exec(
+            0,
+            &[
+                "zfs",
+                "get",
+                "-H",
+                "-o",
+                "value",
+                "guid",
+                &format!("{}/{node}", bed.pool),
+            ],
+        )
+        .unwrap()
+    };
+    let before = (
+        guid("vpp0-2"),
+        nics(bed, "hv0", "vpp0-1"),
+        nics(bed, "hv0", "vpp0-3"),
+    );
+    let run = lab(
+        b,
+        &[
+            "--format", "json", "stop", "--lab", file, "--node", "vpp0-2",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.json()["summary"]["done"], 1);
+    let run = lab(
+        b,
+        &[
+            "--format", "json", "status", "--lab", file, "--node", "vpp0-*",
+        ],
+    );
+    let phases: Vec<String> = run.json()["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            format!(
+                "{} {}",
+                n["node"].as_str().unwrap(),
+                n["phase"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "vpp0-1 ready",
+            "vpp0-2 defined",
+            "vpp0-3 ready",
+            "vpp0-4 ready"
+        ],
+        "{}",
+        run.stdout
+    );
+    let run = lab(b, &["start", "--lab", file, "--node", "vpp0-2"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = lab(
+        b,
+        &[
+            "wait",
+            "--lab",
+            file,
+            "--node",
+            "vpp0-2",
+            "--wait-timeout",
+            "120",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert_eq!(
+        before,
+        (
+            guid("vpp0-2"),
+            nics(bed, "hv0", "vpp0-1"),
+            nics(bed, "hv0", "vpp0-3")
+        )
+    );
+    let vpp02 = model.node("vpp0-2").unwrap();
+    for link in vpp02.links() {
+        let peer = link.peer.as_deref().unwrap();
+        let address = link.ipv4.unwrap().addr().to_string();
+        let run = lab(
+            b,
+            &[
+                "exec", "--lab", file, "--node", peer, "--", "ping", "-c", "1", "-W", "3", &address,
+            ],
+        );
+        assert_eq!(
+            run.code, 0,
+            "{peer} to vpp0-2 {}: {}{}",
+            link.name, run.stdout, run.stderr
+        );
+    }
+
+    // the ssh-config inventory, as ssh reads it (after the test bed's own config for the hops)
+    let run = lab(b, &["inventory", "--lab", file]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let config = b.join("ssh_config");
+    let bed_config = std::fs::read_to_string(bed.ssh_config()).unwrap();
+    std::fs::write(&config, format!("{bed_config}\n{}", run.stdout)).unwrap();
+    let out = std::process::Command::new("ssh")
+        .args(["-F", config.to_str().unwrap(), "vpp2-1", "hostname"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "vpp2-1",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // the graph, drawn by Graphviz: every node and the cross-hypervisor links are there
+    let run = lab(b, &["--format", "svg", "graph", "--lab", file]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("<svg"), "{}", run.stdout);
+    for node in &model.nodes {
+        let text = node.name.replace('-', "&#45;");
+        assert!(
+            run.stdout.contains(&format!(">{text}</text>")),
+            "{} missing",
+            node.name
+        );
+    }
+}
+
+/// A detached tmux session of its own (its own server socket) running one command.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn new(command: &str) -> Tmux {
+        let tmux = Tmux {
+            socket: format!("lab-e2e-{}", std::process::id()),
+        };
+        let shell = format!("cd {} && {command}; sleep 600", repo().display());
+        tmux.run(&["new-session", "-d", "-x", "160", "-y", "40", &shell]);
+        tmux
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(args)
+            .env_remove("LAB_FILE")
+            .output()
+            .expect("tmux is installed (cargo xtask testbed up installs it)");
+        assert!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys"];
+        args.extend(keys);
+        self.run(&args);
+    }
+
+    /// The screen once it shows `needle` (panics with the screen after `timeout`).
+    fn until(&self, needle: &str, timeout: Duration) -> String {
+        let start = std::time::Instant::now();
+        loop {
+            let screen = self.run(&["capture-pane", "-p"]);
+            if screen.contains(needle) {
+                return screen;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "no {needle:?} on the screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .output();
+    }
 }
 
 /// The MACs of a domain's NICs, in order.

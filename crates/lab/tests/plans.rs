@@ -1,4 +1,4 @@
-//! Command plans of create and destroy, asserted exactly, against scripted hypervisor state.
+//! Command plans of create, destroy, start, stop and restart, asserted exactly, against scripted hypervisor state.
 //!
 //! The executor runs nothing here: queries are answered from a script of what the hypervisor
 //! holds, and every command is recorded. This is how the zvol paths (which the test bed's
@@ -207,6 +207,59 @@ const SCENARIOS: &[Scenario] = &[
         markers: &[],
         networks: &[],
         lab_edit: &[("snapshot: 20261101-release", "snapshot: \"2027*-release\"")],
+    },
+    Scenario {
+        // Only a domain lab defined for this lab, on a complete clone, is stopped: d1 is;
+        // z1's domain is another lab's.
+        name: "stop_only_this_labs_domains",
+        verb: "stop",
+        force: false,
+        datasets: &[("hvd", OURS_D1), ("hvz", OTHER_LAB_Z1)],
+        domains: &[("hvd", " 4 d1 running\n"), ("hvz", " 7 z1 running\n")],
+        markers: &[
+            ("d1", "<lab lab=\"plan\" node=\"d1\"/>"),
+            ("z1", "<lab lab=\"other\" node=\"z1\"/>"),
+        ],
+        networks: &[],
+        lab_edit: &[],
+    },
+    Scenario {
+        // A dataset clone is mounted for its domain before it starts (a zvol needs nothing);
+        // a clone an interrupted create left is not started.
+        name: "start_mounts_a_dataset_clone_first",
+        verb: "start",
+        force: false,
+        datasets: &[("hvd", OURS_D1), ("hvz", OURS_Z1)],
+        domains: &[("hvd", " - d1 shut off\n"), ("hvz", " - z1 shut off\n")],
+        markers: &[
+            ("d1", "<lab lab=\"plan\" node=\"d1\"/>"),
+            ("z1", "<lab lab=\"plan\" node=\"z1\"/>"),
+        ],
+        networks: &[],
+        lab_edit: &[],
+    },
+    Scenario {
+        name: "start_skips_an_incomplete_clone",
+        verb: "start",
+        force: false,
+        datasets: &[("hvd", FILLING_D1)],
+        domains: &[("hvd", " - d1 shut off\n")],
+        markers: &[("d1", "<lab lab=\"plan\" node=\"d1\"/>")],
+        networks: &[],
+        lab_edit: &[],
+    },
+    Scenario {
+        name: "restart_running_and_stopped",
+        verb: "restart",
+        force: false,
+        datasets: &[("hvd", OURS_D1), ("hvz", OURS_Z1)],
+        domains: &[("hvd", " 4 d1 running\n"), ("hvz", " - z1 shut off\n")],
+        markers: &[
+            ("d1", "<lab lab=\"plan\" node=\"d1\"/>"),
+            ("z1", "<lab lab=\"plan\" node=\"z1\"/>"),
+        ],
+        networks: &[],
+        lab_edit: &[],
     },
     Scenario {
         name: "destroy_ours",
@@ -423,6 +476,14 @@ fn run(s: &Scenario) -> String {
             lab_create::create(&exec, &req, &|_| {})
                 .await
                 .map(|r| (r.networks, r.nodes))
+        } else if let Some(what) = match s.verb {
+            "start" => Some(lab_reach::Power::Start),
+            "stop" => Some(lab_reach::Power::Stop),
+            "restart" => Some(lab_reach::Power::Restart),
+            _ => None,
+        } {
+            let r = lab_reach::power(&exec, &lab, &nodes, what, &|_| {}).await;
+            Ok((Vec::new(), r))
         } else {
             let r = lab_destroy::destroy(
                 &exec,

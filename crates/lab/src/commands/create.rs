@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use lab_hv::Outcome;
 use lab_model::{Lab, LabNode};
 
 use crate::commands::Verb;
@@ -41,14 +42,34 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
         // `build/` shows what was created (and what `status` compares with).
         generate(&lab, &nodes, &overlay, &s.build.dir)?;
     }
-    render::node_reports(
+    // Waited for after the lock is released: waiting changes nothing.
+    let waits = match &s.wait {
+        Some(until) if !s.mode.is_dry_run() => {
+            // Nodes created now or already as built; not skipped or failed ones.
+            let started: Vec<&LabNode> = nodes
+                .iter()
+                .copied()
+                .filter(|n| {
+                    reports.nodes.iter().any(|r| {
+                        r.node == n.name
+                            && matches!(r.outcome, Outcome::Done | Outcome::Unchanged { .. })
+                    })
+                })
+                .collect();
+            crate::commands::reach::wait_for(out, &lab, &started, until)?
+        }
+        _ => Vec::new(),
+    };
+    let created = render::node_reports(
         out,
         &lab,
         Verb::Create,
         &reports.networks,
         &reports.nodes,
         s.mode,
-    )
+        &waits,
+    );
+    created.and(crate::commands::reach::wait_exit(&waits))
 }
 
 /// `<build>/.run-<pid>`: this run's own build, removed when the run ends.

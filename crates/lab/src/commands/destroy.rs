@@ -52,5 +52,6 @@ pub fn run(out: &Output, s: &Destroy) -> Result<(), Failure> {
         &reports.networks,
         &reports.nodes,
         s.mode,
+        &[],
     )
 }

@@ -1,9 +1,9 @@
 //! `lab generate`: render the overlay for the selected nodes into the build directory.
 
-use crate::cli::Format;
 use crate::exit::Failure;
 use crate::progress::Progress;
 use crate::render::print_json;
+use crate::settings::Format;
 use crate::settings::{Generate, Output};
 
 pub fn run(out: &Output, s: &Generate) -> Result<(), Failure> {

@@ -3,15 +3,19 @@
 
 mod create;
 mod destroy;
+mod export;
 mod generate;
+mod power;
 mod proto;
+mod reach;
 mod status;
 
 use clap::CommandFactory;
 
-use crate::cli::{Cli, Format};
+use crate::cli::Cli;
 use crate::exit::Failure;
 use crate::render::print_json;
+use crate::settings::Format;
 use crate::settings::{Command, Settings};
 
 /// The verbs that change hypervisors: what a lock holder records and what a result line says.
@@ -19,6 +23,9 @@ use crate::settings::{Command, Settings};
 pub enum Verb {
     Create,
     Destroy,
+    Start,
+    Stop,
+    Restart,
     ProtoRelease,
     ProtoBegin,
     ProtoRollback,
@@ -33,6 +40,9 @@ impl Verb {
         match self {
             Verb::Create => "create",
             Verb::Destroy => "destroy",
+            Verb::Start => "start",
+            Verb::Stop => "stop",
+            Verb::Restart => "restart",
             Verb::ProtoRelease => "proto-release",
             Verb::ProtoBegin => "proto-begin",
             Verb::ProtoRollback => "proto-rollback",
@@ -50,6 +60,13 @@ pub fn run(settings: &Settings) -> Result<(), Failure> {
         Command::Create(s) => create::run(out, s),
         Command::Destroy(s) => destroy::run(out, s),
         Command::Status(s) => status::run(out, s),
+        Command::Wait(s) => reach::wait(out, s),
+        Command::Power(s) => power::run(out, s),
+        Command::Console(s) => reach::console(out, s),
+        Command::Ssh(s) => reach::ssh(out, s),
+        Command::Exec(s) => reach::exec(out, s),
+        Command::Inventory(s) => export::inventory(s),
+        Command::Graph(s) => export::graph(s),
         Command::Proto { lab, verb } => proto::run(out, lab, verb),
         Command::ConfigShow { lab, explain } => {
             let lab = lab_model::load(&lab.0)?;
@@ -63,6 +80,15 @@ pub fn run(settings: &Settings) -> Result<(), Failure> {
             let mut cmd = Cli::command();
             clap_complete::generate(*shell, &mut cmd, "lab", &mut std::io::stdout());
             Ok(())
+        }
+        Command::Man => {
+            let page = clap_mangen::Man::new(Cli::command());
+            page.render(&mut std::io::stdout()).map_err(|e| {
+                crate::exit::Failure::new(
+                    crate::exit::Exit::Failure,
+                    format!("cannot write the man page: {e}"),
+                )
+            })
         }
     }
 }

@@ -5,12 +5,12 @@
 use lab_exec::Executor;
 use lab_proto::{Fleet, PruneReport, TargetReport};
 
-use crate::cli::Format;
 use crate::commands::Verb;
 use crate::exit::{Exit, Failure};
 use crate::progress::NodeProgress;
 use crate::remote::{Lock, drive, drive_locked, executor_for};
 use crate::render::{self, print_json};
+use crate::settings::Format;
 use crate::settings::{LabFiles, Mode, Output, Proto};
 use lab_proto::SnapshotKind;
 

@@ -7,10 +7,11 @@ use std::io::Write;
 
 use lab_hv::{NetworkReport, NodeReport, Outcome, StatusReport};
 use lab_model::{Lab, LabNode};
+use lab_reach::{ExecReport, WaitReport};
 
-use crate::cli::Format;
 use crate::commands::Verb;
 use crate::exit::{Exit, Failure};
+use crate::settings::Format;
 use crate::settings::{Mode, Output};
 
 pub fn print_json(value: &impl serde::Serialize) {
@@ -57,6 +58,7 @@ pub fn node_reports(
     networks: &[NetworkReport],
     reports: &[NodeReport],
     mode: Mode,
+    waits: &[WaitReport],
 ) -> Result<(), Failure> {
     let summary = lab_hv::summary(reports);
     let dry_run = mode.is_dry_run();
@@ -72,6 +74,7 @@ pub fn node_reports(
             "summary": summary,
             "networks": networks,
             "nodes": reports,
+            "ready": (!waits.is_empty()).then_some(waits),
             "wires": if verb == Verb::Create {
                 reports
                     .iter()
@@ -120,6 +123,9 @@ pub fn node_reports(
                         outcome,
                         match verb {
                             Verb::Destroy => "destroyed",
+                            Verb::Start => "started",
+                            Verb::Stop => "stopped",
+                            Verb::Restart => "restarted",
                             _ => "created",
                         },
                         r.snapshot.clone().unwrap_or_default(),
@@ -142,6 +148,7 @@ pub fn node_reports(
             if verb != Verb::Create {
                 networks.iter().for_each(|n| print_network(&mut stdout, n));
             }
+            wait_lines(&mut stdout, waits);
             if !out.quiet {
                 eprintln!(
                     "{} {}: {} done, {} unchanged, {} skipped, {} failed",
@@ -205,8 +212,8 @@ pub fn status(out: &Output, report: &StatusReport) {
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(
         stdout,
-        "{:<8} {:<16} {:<10} {:<6} {:<36} {:>8} {:<20} DRIFT",
-        "HV", "NODE", "DOMAIN", "CLONE", "ORIGIN", "AGE", "OWNER"
+        "{:<8} {:<16} {:<10} {:<8} {:<6} {:<36} {:>8} {:<20} DRIFT",
+        "HV", "NODE", "DOMAIN", "PHASE", "CLONE", "ORIGIN", "AGE", "OWNER"
     );
     for n in &report.nodes {
         let mut drift = Vec::new();
@@ -230,10 +237,11 @@ pub fn status(out: &Output, report: &StatusReport) {
         }
         let _ = writeln!(
             stdout,
-            "{:<8} {:<16} {:<10} {:<6} {:<36} {:>8} {:<20} {}",
+            "{:<8} {:<16} {:<10} {:<8} {:<6} {:<36} {:>8} {:<20} {}",
             n.hypervisor,
             n.node,
             n.domain,
+            n.phase.as_deref().unwrap_or("-"),
             if n.clone { "yes" } else { "no" },
             n.origin.as_deref().unwrap_or("-"),
             n.age_seconds.map_or("-".to_owned(), age),
@@ -246,7 +254,11 @@ pub fn status(out: &Output, report: &StatusReport) {
         );
     }
     for n in &report.networks {
-        let whose = if n.ours { "lab's" } else { "operator's" };
+        let whose = match (n.state, n.ours) {
+            ("absent", _) => "",
+            (_, true) => " (lab's)",
+            (_, false) => " (operator's)",
+        };
         let drift = match n.definition_drift {
             Some(true) => {
                 "; runs an older definition than the build (create redefines it; it takes the new one when it next starts)"
@@ -255,7 +267,7 @@ pub fn status(out: &Output, report: &StatusReport) {
         };
         let _ = writeln!(
             stdout,
-            "network: {} {} {} ({whose}){drift}",
+            "network: {} {} {}{whose}{drift}",
             n.hypervisor, n.network, n.state
         );
     }
@@ -274,5 +286,60 @@ fn age(seconds: u64) -> String {
         s if s < 7200 => format!("{}m", s / 60),
         s if s < 172_800 => format!("{}h", s / 3600),
         s => format!("{}d", s / 86400),
+    }
+}
+
+/// One line per waited-for node; a late one's last console lines under it.
+fn wait_lines(stdout: &mut impl Write, waits: &[WaitReport]) {
+    for w in waits {
+        let how = match (w.ready, w.seconds) {
+            (true, Some(s)) => format!("ready      after {s} s"),
+            (true, None) => "ready".to_owned(),
+            (false, _) => format!(
+                "NOT READY  {}",
+                w.error
+                    .as_deref()
+                    .unwrap_or("in time; its last console lines:")
+            ),
+        };
+        let _ = writeln!(stdout, "{:<8} {:<16} {how}", w.hypervisor, w.node);
+        for line in &w.console {
+            let _ = writeln!(stdout, "    | {line}");
+        }
+    }
+}
+
+/// `lab wait`: one line per node.
+pub fn waits(out: &Output, waits: &[WaitReport]) {
+    match out.format {
+        Format::Json => print_json(&serde_json::json!({ "nodes": waits })),
+        _ => wait_lines(&mut std::io::stdout().lock(), waits),
+    }
+}
+
+/// `lab exec`: each node's output lines prefixed with its name (stdout on stdout, stderr on
+/// stderr), then a line for each node the command failed on; or one JSON document.
+pub fn exec(out: &Output, reports: &[ExecReport]) {
+    if out.format == Format::Json {
+        print_json(&serde_json::json!({ "nodes": reports }));
+        return;
+    }
+    let width = reports.iter().map(|r| r.node.len()).max().unwrap_or(0);
+    let mut stdout = std::io::stdout().lock();
+    for r in reports {
+        for line in r.stdout.lines() {
+            let _ = writeln!(stdout, "{:<width$} | {line}", r.node);
+        }
+        for line in r.stderr.lines() {
+            eprintln!("{:<width$} ! {line}", r.node);
+        }
+    }
+    for r in reports.iter().filter(|r| r.failed()) {
+        let why = match (&r.error, r.status) {
+            (Some(e), _) => e.clone(),
+            (None, Some(status)) => format!("exit status {status}"),
+            (None, None) => "no status".to_owned(),
+        };
+        eprintln!("{:<width$} failed: {why}", r.node);
     }
 }

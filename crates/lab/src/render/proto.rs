@@ -5,8 +5,8 @@ use std::io::Write;
 use lab_exec::Recorded;
 use lab_proto::{SyncOutcome, TargetReport};
 
-use crate::cli::Format;
 use crate::render::print_json;
+use crate::settings::Format;
 use crate::settings::{Mode, Output};
 
 pub fn snapshot(out: &Output, what: &str, done: &lab_proto::Snapshotted) {

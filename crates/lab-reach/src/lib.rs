@@ -1,0 +1,189 @@
+//! Day two: reaching the nodes of a running lab. [`exec`] runs a command on many nodes at once,
+//! from their hypervisors (one connection per hypervisor, as everywhere); [`wait`] waits on the
+//! hypervisors until the nodes are ready; [`power`] starts, stops or restarts nodes, their
+//! clones and links untouched.
+
+mod power;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use lab_exec::Executor;
+use lab_hv::reach::{self, Readiness};
+use lab_hv::{Event, Events};
+use lab_model::{Lab, LabNode};
+
+pub use power::{Power, power};
+
+/// What a command did on one node.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExecReport {
+    pub node: String,
+    pub hypervisor: String,
+    /// Its exit status; `None` when it could not be run (see `error`).
+    pub status: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl ExecReport {
+    pub fn failed(&self) -> bool {
+        self.status != Some(0)
+    }
+}
+
+/// The address `lab` reaches a node at: its management IPv4 address.
+pub fn address(node: &LabNode) -> Option<String> {
+    node.mgmt_ipv4.map(|a| a.addr().to_string())
+}
+
+/// Runs `words` on every node, all at once (within each hypervisor's `parallel`), from its
+/// hypervisor. One report per node, in the order of `nodes`.
+pub async fn exec(
+    exec: &Executor,
+    nodes: &[&LabNode],
+    words: &[String],
+    timeout: Duration,
+) -> Vec<ExecReport> {
+    let jobs = nodes.iter().map(|node| async move {
+        let mut report = ExecReport {
+            node: node.name.clone(),
+            hypervisor: node.hypervisor.clone(),
+            status: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            error: None,
+        };
+        let Some(address) = address(node) else {
+            report.error = Some("the node has no management address".to_owned());
+            return report;
+        };
+        let cmd = reach::exec_on_node(node, &address, words, timeout);
+        match exec.output(&node.hypervisor, &cmd).await {
+            Ok(out) => {
+                report.status = Some(out.status);
+                report.stdout = out.stdout;
+                report.stderr = out.stderr;
+            }
+            Err(e) => report.error = Some(e.to_string()),
+        }
+        report
+    });
+    lab_hv::run::join_all(jobs.collect()).await
+}
+
+/// Whether one node became ready.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WaitReport {
+    pub node: String,
+    pub hypervisor: String,
+    pub ready: bool,
+    /// How long it took, in seconds from the start of the wait.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<u64>,
+    /// The last lines of its console, when it did not become ready.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub console: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Waits until every node is ready (`how`), at most `timeout`, checking on each hypervisor
+/// (one command there for all its nodes); reports each node as it becomes ready.
+pub async fn wait(
+    exec: &Executor,
+    lab: &Lab,
+    nodes: &[&LabNode],
+    how: &Readiness,
+    timeout: Duration,
+    events: Events<'_>,
+) -> Vec<WaitReport> {
+    let reports: Mutex<HashMap<String, WaitReport>> = Mutex::new(HashMap::new());
+    let blank = |node: &LabNode| WaitReport {
+        node: node.name.clone(),
+        hypervisor: node.hypervisor.clone(),
+        ready: false,
+        seconds: None,
+        console: Vec::new(),
+        error: None,
+    };
+    let hypervisors = lab.hypervisors_of(nodes);
+    let jobs = hypervisors.iter().map(|hv| {
+        let reports = &reports;
+        async move {
+            let mut targets = Vec::new();
+            for node in nodes.iter().filter(|n| n.hypervisor == hv.name) {
+                let address = address(node);
+                if address.is_none() && !matches!(how, Readiness::Console(_)) {
+                    let mut r = blank(node);
+                    r.error = Some("the node has no management address".to_owned());
+                    reports
+                        .lock()
+                        .expect("reports")
+                        .insert(node.name.clone(), r);
+                    continue;
+                }
+                events(Event::Step {
+                    node: node.name.clone(),
+                    hypervisor: hv.name.clone(),
+                    step: "waiting",
+                });
+                targets.push((node, address.unwrap_or_else(|| "-".to_owned())));
+            }
+            if targets.is_empty() {
+                return;
+            }
+            let triples: Vec<(&str, &str, &str)> = targets
+                .iter()
+                .map(|(n, a)| (n.name.as_str(), n.domain.as_str(), a.as_str()))
+                .collect();
+            let cmd = reach::wait_nodes(how, timeout.as_secs(), &triples);
+            let on_line = |line: &str| {
+                let mut words = line.splitn(3, ' ');
+                let (kind, node) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                let Some((n, _)) = targets.iter().find(|(n, _)| n.name == node) else {
+                    return;
+                };
+                let mut all = reports.lock().expect("reports");
+                let r = all.entry(n.name.clone()).or_insert_with(|| blank(n));
+                match kind {
+                    "READY" => {
+                        r.ready = true;
+                        r.seconds = words.next().and_then(|s| s.trim().parse().ok());
+                        events(Event::Done {
+                            node: n.name.clone(),
+                            hypervisor: hv.name.clone(),
+                            outcome: "ready".to_owned(),
+                        });
+                    }
+                    "NOT-READY" => events(Event::Done {
+                        node: n.name.clone(),
+                        hypervisor: hv.name.clone(),
+                        outcome: "not ready".to_owned(),
+                    }),
+                    "LOG" => r.console.push(words.next().unwrap_or("").to_owned()),
+                    _ => {}
+                }
+            };
+            let result = exec.stream(&hv.name, &cmd, &on_line).await;
+            let mut all = reports.lock().expect("reports");
+            for (n, _) in &targets {
+                let r = all.entry(n.name.clone()).or_insert_with(|| blank(n));
+                if let Err(e) = &result
+                    && !r.ready
+                {
+                    r.error = Some(e.to_string());
+                }
+            }
+        }
+    });
+    lab_hv::run::join_all(jobs.collect()).await;
+    let mut all = reports.into_inner().expect("reports");
+    nodes
+        .iter()
+        .map(|n| all.remove(&n.name).unwrap_or_else(|| blank(n)))
+        .collect()
+}

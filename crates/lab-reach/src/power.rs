@@ -1,0 +1,86 @@
+//! `lab start`, `stop` and `restart`: a node's domain only; its clone, its network and the
+//! wires of its links stay as they are (a restarted node's wires bind their ports again).
+
+use lab_exec::{Cmd, Executor};
+use lab_hv::own::{CloneFacts, inspect};
+use lab_hv::run::{failed, step_events};
+use lab_hv::{Events, NodeReport, Outcome, cmd};
+use lab_model::{Lab, LabNode, Storage};
+
+/// What to do with the nodes' domains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Power {
+    Start,
+    /// Powers the domain off (`virsh destroy`: the test guests, like many routers, have no
+    /// ACPI shutdown).
+    Stop,
+    Restart,
+}
+
+/// Starts, stops or restarts every node whose domain `lab` defined for it; any other node is
+/// skipped, and one already as asked is unchanged.
+pub async fn power(
+    exec: &Executor,
+    lab: &Lab,
+    nodes: &[&LabNode],
+    what: Power,
+    events: Events<'_>,
+) -> Vec<NodeReport> {
+    let states = lab_hv::run::probe_nodes(exec, lab, nodes).await;
+    lab_hv::run::each_node(
+        exec,
+        lab,
+        nodes,
+        &states,
+        events,
+        |hv, node, state| async move {
+            let facts = match inspect(hv, &lab.name, node, &state) {
+                Ok(f) => f,
+                Err(e) => return failed(node, "inspect", &e, false),
+            };
+            let skip = |reason: String| NodeReport::new(node, Outcome::Skipped { reason });
+            if !facts.domain.ours() {
+                return skip(format!(
+                    "domain {} was not defined by lab for this node (create it first)",
+                    node.domain
+                ));
+            }
+            if !matches!(facts.clone, CloneFacts::Ours { filling: false, .. }) {
+                return skip(format!(
+                    "no complete clone {} of this lab (create it first)",
+                    node.dataset
+                ));
+            }
+            let running = facts.domain.running();
+            let mut steps: Vec<(&'static str, Cmd)> = Vec::new();
+            if matches!(what, Power::Stop | Power::Restart) && running {
+                steps.push(("stop", cmd::stop(node)));
+            }
+            if matches!(what, Power::Start | Power::Restart) && (!running || what == Power::Restart)
+            {
+                if hv.storage == Storage::Dataset {
+                    steps.push(("mount", cmd::attach(hv, node)));
+                }
+                steps.push(("start", cmd::start(node)));
+            }
+            if steps.is_empty() {
+                let how = if running { "running" } else { "stopped" };
+                return NodeReport::new(
+                    node,
+                    Outcome::Unchanged {
+                        reason: format!("already {how}"),
+                    },
+                );
+            }
+            let step = step_events(events, hv, node);
+            for (name, c) in steps {
+                step(name);
+                if let Err(e) = exec.run(&hv.name, &c).await {
+                    return failed(node, name, &e, false);
+                }
+            }
+            NodeReport::new(node, Outcome::Done)
+        },
+    )
+    .await
+}

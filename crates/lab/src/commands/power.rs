@@ -1,0 +1,27 @@
+//! `lab start`, `stop` and `restart`: the selected nodes' domains, under the lab's lock.
+
+use crate::commands::Verb;
+use crate::exit::Failure;
+use crate::remote::change_nodes;
+use crate::render;
+use crate::settings::{Output, PowerNodes};
+
+pub fn run(out: &Output, s: &PowerNodes) -> Result<(), Failure> {
+    let lab = lab_model::load(&s.lab.0)?;
+    let nodes = lab.select(&s.select.hosts, &s.select.nodes)?;
+    let verb = match s.what {
+        lab_reach::Power::Start => Verb::Start,
+        lab_reach::Power::Stop => Verb::Stop,
+        lab_reach::Power::Restart => Verb::Restart,
+    };
+    let reports = change_nodes(
+        out,
+        &lab,
+        &nodes,
+        verb,
+        s.mode,
+        s.lock_wait,
+        async |exec, events| lab_reach::power(exec, &lab, &nodes, s.what, events).await,
+    )?;
+    render::node_reports(out, &lab, verb, &[], &reports, s.mode, &[])
+}
