@@ -136,6 +136,7 @@ impl Executor {
         on_line: &(dyn Fn(&str) + Sync),
     ) -> Result<Out, ExecError> {
         let h = self.host(host)?;
+        let cmd = &*self.guarded(h, cmd);
         let line = quote_line(&cmd.argv);
         if let Mode::Scripted(script) = &self.mode {
             self.note(host, cmd.effect, cmd.line(), &cmd.argv);
@@ -155,18 +156,45 @@ impl Executor {
                 .stderr(openssh::Stdio::piped());
             let mut child = command.spawn().await.map_err(lost)?;
             let stdout = child.stdout().take().expect("piped");
-            let mut lines = tokio::io::BufReader::new(stdout).lines();
-            let mut all = String::new();
-            while let Ok(Some(l)) = lines.next_line().await {
-                on_line(&l);
-                all.push_str(&l);
-                all.push('\n');
-            }
-            let output = child.wait_with_output().await.map_err(lost)?;
+            let mut stderr = child.stderr().take().expect("piped");
+            // Lines as they come (any bytes: a console line need not be UTF-8), and stderr
+            // drained beside them, so that neither pipe can fill and stall the other.
+            let read_out = async {
+                let mut reader = tokio::io::BufReader::new(stdout);
+                let mut all = String::new();
+                let mut buf = Vec::new();
+                loop {
+                    buf.clear();
+                    match reader.read_until(b'\n', &mut buf).await {
+                        Ok(0) => return Ok(all),
+                        Ok(_) => {
+                            let text = String::from_utf8_lossy(&buf);
+                            let l = text.trim_end_matches(['\n', '\r']);
+                            on_line(l);
+                            all.push_str(l);
+                            all.push('\n');
+                        }
+                        Err(_) => {
+                            return Err(ExecError::Disconnected {
+                                host: host.to_owned(),
+                                command: cmd.line(),
+                            });
+                        }
+                    }
+                }
+            };
+            let read_err = async {
+                let mut bytes = Vec::new();
+                let _ = stderr.read_to_end(&mut bytes).await;
+                bytes
+            };
+            let (all, err) = tokio::join!(read_out, read_err);
+            let all = all?;
+            let status = child.wait().await.map_err(lost)?;
             Ok(Out {
-                status: output.status.code().unwrap_or(-1),
+                status: status.code().unwrap_or(-1),
                 stdout: all,
-                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+                stderr: String::from_utf8_lossy(&err).into_owned(),
             })
         };
         match tokio::time::timeout(cmd.timeout, work).await {

@@ -10,6 +10,7 @@
 //!
 //! Architecture invariant: this is the only crate of `lab` that spawns processes.
 
+mod cmd;
 mod hold;
 pub mod local;
 mod quote;
@@ -24,97 +25,9 @@ use openssh::Session;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
+pub use cmd::{Cmd, Effect, Out};
 pub use hold::Holding;
 pub use quote::{quote, quote_line};
-
-/// Does a command change anything? Queries may be repeated and run even under `--dry-run`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Effect {
-    Query,
-    Change,
-}
-
-/// A remote command: program and arguments, never a shell string.
-#[derive(Debug, Clone)]
-pub struct Cmd {
-    pub argv: Vec<String>,
-    pub effect: Effect,
-    pub stdin: Option<Vec<u8>>,
-    pub timeout: Duration,
-}
-
-impl Cmd {
-    fn new<I, S>(effect: Effect, argv: I) -> Cmd
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        Cmd {
-            argv: argv.into_iter().map(Into::into).collect(),
-            effect,
-            stdin: None,
-            timeout: Duration::from_secs(60),
-        }
-    }
-
-    pub fn query<I: IntoIterator<Item = S>, S: Into<String>>(argv: I) -> Cmd {
-        Cmd::new(Effect::Query, argv)
-    }
-
-    pub fn change<I: IntoIterator<Item = S>, S: Into<String>>(argv: I) -> Cmd {
-        Cmd::new(Effect::Change, argv)
-    }
-
-    pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Cmd {
-        self.stdin = Some(bytes.into());
-        self
-    }
-
-    pub fn timeout(mut self, t: Duration) -> Cmd {
-        self.timeout = t;
-        self
-    }
-
-    /// The command line as the remote shell receives it.
-    pub fn line(&self) -> String {
-        let mut line = quote_line(&self.argv);
-        if self.stdin.is_some() {
-            line.push_str(" <<< (stdin)");
-        }
-        line
-    }
-}
-
-/// What a command printed and how it ended.
-#[derive(Debug, Clone, Default)]
-pub struct Out {
-    pub status: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Out {
-    pub fn ok(stdout: impl Into<String>) -> Out {
-        Out {
-            status: 0,
-            stdout: stdout.into(),
-            stderr: String::new(),
-        }
-    }
-
-    pub fn fail(status: i32, stderr: impl Into<String>) -> Out {
-        Out {
-            status,
-            stdout: String::new(),
-            stderr: stderr.into(),
-        }
-    }
-
-    pub fn success(&self) -> bool {
-        self.status == 0
-    }
-}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ExecError {
@@ -322,20 +235,25 @@ impl Executor {
 
     /// `cmd` as it is sent to `h`: every change runs as `[guard...] timeout -k 5 SECS argv...`,
     /// so that it ends on the remote side at its deadline even when its connection was cut,
-    /// and, on a guarded host, holds the guard's lock while it runs. Queries go as they are.
+    /// and, on a guarded host, holds the guard's lock while it runs; a query that runs
+    /// [`once`](Cmd::once) gets the deadline only. Other queries go as they are. The local wait
+    /// is 10 s longer than the remote deadline, so the remote side's own status (124) says
+    /// that it was ended.
     fn guarded<'c>(&self, h: &Host, cmd: &'c Cmd) -> std::borrow::Cow<'c, Cmd> {
-        if cmd.effect != Effect::Change {
-            return std::borrow::Cow::Borrowed(cmd);
-        }
         let deadline = ["timeout", "-k", "5"].map(String::from);
+        let guard = match (cmd.effect, cmd.once) {
+            (Effect::Change, _) => self.guard_of(h),
+            (Effect::Query, true) => Vec::new(),
+            (Effect::Query, false) => return std::borrow::Cow::Borrowed(cmd),
+        };
         std::borrow::Cow::Owned(Cmd {
-            argv: self
-                .guard_of(h)
+            argv: guard
                 .into_iter()
                 .chain(deadline)
                 .chain([cmd.timeout.as_secs().max(1).to_string()])
                 .chain(cmd.argv.iter().cloned())
                 .collect(),
+            timeout: cmd.timeout + Duration::from_secs(10),
             ..cmd.clone()
         })
     }
@@ -369,7 +287,7 @@ impl Executor {
         }
         match self.run_live(h, cmd, &line).await {
             // A lost connection is reopened once for commands that are safe to repeat.
-            Err(ExecError::Disconnected { .. }) if cmd.effect == Effect::Query => {
+            Err(ExecError::Disconnected { .. }) if cmd.effect == Effect::Query && !cmd.once => {
                 *h.session.lock().await = None;
                 self.run_live(h, cmd, &line).await
             }

@@ -13,13 +13,33 @@ pub enum GraphFormat {
     Mermaid,
 }
 
-/// One link, once: (a, a's interface, b, b's interface, the link's IPv4 prefix).
+/// One link, once: each end's node, interface and address, and the link's IPv4 prefix.
 struct Edge<'a> {
     a: &'a LabNode,
     a_if: &'a str,
+    a_addr: Option<String>,
     b: &'a LabNode,
     b_if: &'a str,
+    b_addr: Option<String>,
     prefix: Option<String>,
+}
+
+impl Edge<'_> {
+    /// `eth1 100.64.2.0` (or just the interface when the link has no addresses).
+    fn a_end(&self) -> String {
+        end(self.a_if, self.a_addr.as_deref())
+    }
+
+    fn b_end(&self) -> String {
+        end(self.b_if, self.b_addr.as_deref())
+    }
+}
+
+fn end(interface: &str, address: Option<&str>) -> String {
+    match address {
+        Some(a) => format!("{interface} {a}"),
+        None => interface.to_owned(),
+    }
 }
 
 fn edges<'a>(lab: &'a Lab, nodes: &[&'a LabNode]) -> Vec<Edge<'a>> {
@@ -42,15 +62,18 @@ fn edges<'a>(lab: &'a Lab, nodes: &[&'a LabNode]) -> Vec<Edge<'a>> {
                 .iter()
                 .position(|n| n.name == a.name)
                 .lt(&lab.nodes.iter().position(|n| &n.name == peer));
+            // A link from a node to itself: once, from its lower interface.
             let same = a.name == *peer;
-            if !first && !same {
+            if (!first && !same) || (same && i.name.as_str() > peer_if.as_str()) {
                 continue;
             }
             out.push(Edge {
                 a,
                 a_if: &i.name,
+                a_addr: i.ipv4.map(|p| p.addr().to_string()),
                 b,
                 b_if: peer_if,
+                b_addr: i.peer_ipv4.map(|p| p.to_string()),
                 prefix: i.ipv4.map(|p| p.trunc().to_string()),
             });
         }
@@ -99,8 +122,8 @@ pub fn graph(lab: &Lab, nodes: &[&LabNode], format: GraphFormat) -> String {
                     "  \"{}\" -- \"{}\" [taillabel=\"{}\", headlabel=\"{}\", label=\"{}\"{}];",
                     e.a.name,
                     e.b.name,
-                    e.a_if,
-                    e.b_if,
+                    e.a_end(),
+                    e.b_end(),
                     e.prefix.as_deref().unwrap_or(""),
                     if across {
                         ", style=bold, color=\"#1f5fbf\""
@@ -133,11 +156,10 @@ pub fn graph(lab: &Lab, nodes: &[&LabNode], format: GraphFormat) -> String {
                 };
                 let _ = writeln!(
                     out,
-                    "  {} {arrow}|\"{} {} {}\"| {}",
+                    "  {} {arrow}|\"{} — {}\"| {}",
                     id(e.a),
-                    e.a_if,
-                    e.prefix.as_deref().unwrap_or(""),
-                    e.b_if,
+                    e.a_end(),
+                    e.b_end(),
                     id(e.b)
                 );
             }

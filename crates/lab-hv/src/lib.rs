@@ -24,7 +24,7 @@ pub use clock::{now, owner, utc};
 pub use lock::{Holder, LockError, Locks, lock};
 pub use report::{Event, Events, NetworkReport, NodeReport, Outcome, Summary, summary};
 pub use state::{
-    Dataset, Detail, Domain, HostState, Network, NetworkMarker, Pin, ProtoState, Snapshot,
+    Dataset, Detail, Domain, HostState, Network, NetworkMarker, Pin, ProtoState, Snapshot, ZfsInfo,
 };
 pub use status::{Expected, NetworkStatus, NodeStatus, Orphan, StatusReport, status};
 

@@ -4,11 +4,45 @@ pool=$1 proto=$2 detail=$3 ns=$4 m="#$5"
 echo "$m snapshots"
 out=$(zfs list -H -o name "$proto" 2>&1); r=$?
 if [ $r -eq 0 ]; then
-  zfs get -H -p -o name,property,value guid,creation -r "$proto"; echo "$m rc $?"
+  zfs get -H -p -o name,property,value guid,creation,userrefs -r "$proto"; echo "$m rc $?"
 elif printf '%s' "$out" | grep -q 'dataset does not exist'; then
   echo "$m rc absent"
 else
   echo "$m rc $r"
+fi
+# What this zfs can do: a pool with feature flags (version `-`) is OpenZFS (resumable and
+# compressed sends, raw sends, volmode); a numbered one (zfs-fuse: 23) can do none of that.
+echo "$m zfs"
+version=$(zpool get version "$pool" 2>/dev/null | awk 'NR == 2 { print $3 }')
+printf 'version\t%s\n' "$version"
+for tool in pv mbuffer; do
+  command -v "$tool" >/dev/null 2>&1 && printf 'tool\t%s\n' "$tool"
+done
+if [ "$version" = - ] && [ $r -eq 0 ]; then
+  # Each on its own: an OpenZFS without encryption (before 0.8) has no such property.
+  for p in receive_resume_token encryption; do
+    v=$(zfs get -H -o value "$p" "$proto" 2>/dev/null) && printf 'prop\t%s\t%s\n' "$p" "$v"
+  done
+fi
+echo "$m rc 0"
+# The holds on the proto's held snapshots; zfs-fuse cannot list them (its `zfs holds` needs
+# pyzfs), though it can take and release them: `rc unsupported`, the counts stand.
+echo "$m holds"
+held=
+[ $r -eq 0 ] && held=$(zfs get -H -p -o name,value userrefs -r "$proto" | awk -F '\t' 'index($1, "@") && $2 > 0 { print $1 }')
+if [ -n "$held" ]; then
+  out=$(printf '%s\n' "$held" | xargs -d '\n' zfs holds -H 2>&1); hr=$?
+  if [ $hr -eq 0 ]; then
+    printf '%s\n' "$out"
+    echo "$m rc 0"
+  elif printf '%s' "$out" | grep -q 'pyzfs'; then
+    echo "$m rc unsupported"
+  else
+    printf '%s\n' "$out" >&2
+    echo "$m rc $hr"
+  fi
+else
+  echo "$m rc 0"
 fi
 echo "$m names"
 names=$(zfs list -H -o name -t filesystem,volume -r "$pool"); rc=$?

@@ -30,9 +30,19 @@ fn ssh_login(node: &LabNode) -> Vec<String> {
     argv
 }
 
-/// `words` run on the node, from its hypervisor: `ssh ... ADDRESS -- WORDS`. As with ssh, the
-/// words are joined with spaces and the node's login shell reads the line: `exit 7` and
-/// `ip -br a | grep UP` work as one word or several.
+/// The command line the node's shell reads for `words`: one word is a shell line as it is
+/// (`'ip -br a | grep UP'`, `'exit 7'`); several are one command whose arguments arrive
+/// exactly as given (`sh -c 'a; b'`).
+pub fn node_line(words: &[String]) -> String {
+    match words {
+        [line] => line.clone(),
+        words => lab_exec::quote_line(words),
+    }
+}
+
+/// `words` run on the node, from its hypervisor: `ssh ... ADDRESS -- LINE` (see
+/// [`node_line`]). Run once (never repeated after a lost connection) and ended on the
+/// hypervisor at `timeout`.
 pub fn exec_on_node(node: &LabNode, address: &str, words: &[String], timeout: Duration) -> Cmd {
     let mut argv: Vec<String> = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]
         .map(String::from)
@@ -40,13 +50,14 @@ pub fn exec_on_node(node: &LabNode, address: &str, words: &[String], timeout: Du
     argv.extend(ssh_login(node));
     argv.push(address.to_owned());
     argv.push("--".to_owned());
-    argv.push(words.join(" "));
-    Cmd::query(argv).timeout(timeout)
+    argv.push(node_line(words));
+    Cmd::query(argv).timeout(timeout).once()
 }
 
 /// Waits on the hypervisor for each `(node, domain, address)` to be ready, all at once, at most
-/// `secs` (0: look once). Prints `READY <node> <seconds>` or `NOT-READY <node>` followed by
-/// `LOG <node> <line>` for the last lines of its console, as each ends.
+/// `secs` (0: look once). Prints `READY <node> <seconds>` or `NOT-READY <node> [why]` followed
+/// by `LOG <node> <line>` for the last lines of its console, as each ends; `ERROR <why>` when
+/// the check itself is wrong (a console pattern grep cannot read).
 pub fn wait_nodes(how: &Readiness, secs: u64, nodes: &[(&str, &str, &str)]) -> Cmd {
     let (kind, arg) = match how {
         Readiness::Console(re) => ("console", re.clone()),
@@ -64,22 +75,34 @@ pub fn wait_nodes(how: &Readiness, secs: u64, nodes: &[(&str, &str, &str)]) -> C
 
 const WAIT: &str = r#"how=$1 arg=$2 secs=$3; shift 3
 start=$(date +%s)
-ready() { # node domain address log
+if [ "$how" = console ]; then
+  grep -Eq -- "$arg" </dev/null 2>/dev/null
+  if [ $? -eq 2 ]; then echo "ERROR not an extended regular expression: $arg"; exit 0; fi
+fi
+quick=3; [ "$secs" -eq 0 ] && quick=1
+ready() { # address log
   case $how in
-    console) [ -n "$4" ] && grep -Eq -- "$arg" "$4" ;;
-    ssh) [ "$3" != - ] && timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/$1" && read -r -t 2 l <&3 && case $l in SSH-*) ;; *) exit 1 ;; esac' "$3" "$arg" 2>/dev/null ;;
-    tcp) [ "$3" != - ] && timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$3" "$arg" 2>/dev/null ;;
+    console) grep -Eq -- "$arg" "$2" 2>/dev/null ;;
+    ssh) timeout "$quick" bash -c 'exec 3<>"/dev/tcp/$0/$1" && read -r -t 2 l <&3 && case $l in SSH-*) ;; *) exit 1 ;; esac' "$1" "$arg" 2>/dev/null ;;
+    tcp) timeout "$quick" bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$1" "$arg" 2>/dev/null ;;
   esac
 }
+# The last lines of a console log, without control characters.
+tail_log() { [ -r "$2" ] && tail -n 5 -- "$2" | LC_ALL=C tr -d '\000-\010\013-\037\177' | sed "s/^/LOG $1 /"; }
 while [ $# -ge 3 ]; do
   node=$1 dom=$2 ip=$3; shift 3
   (
     log=$(virsh -q dumpxml "$dom" 2>/dev/null | sed -n "s/.*<log file='\([^']*\)'.*/\1/p; s/.*<source path='\([^']*console[^']*\)'.*/\1/p" | head -n 1)
-    while ! ready "$node" "$dom" "$ip" "$log"; do
+    if [ "$how" = console ] && [ -z "$log" ]; then
+      echo "NOT-READY $node the domain has no console log (a <log file=...> on its serial)"; exit 0
+    fi
+    while ! ready "$ip" "$log"; do
+      state=$(virsh -q domstate "$dom" 2>/dev/null | head -n 1)
+      if [ "$state" != running ]; then
+        echo "NOT-READY $node the domain is ${state:-not defined}"; tail_log "$node" "$log"; exit 0
+      fi
       if [ $(( $(date +%s) - start )) -ge "$secs" ]; then
-        echo "NOT-READY $node"
-        [ -n "$log" ] && tail -n 5 -- "$log" 2>/dev/null | tr -d '\r' | sed "s/^/LOG $node /"
-        exit 0
+        echo "NOT-READY $node"; tail_log "$node" "$log"; exit 0
       fi
       sleep 1
     done
@@ -88,22 +111,23 @@ while [ $# -ge 3 ]; do
 done
 wait"#;
 
-/// The controller's command line for a node's serial console, through its hypervisor.
-pub fn console_argv(hv: &Hypervisor, node: &LabNode) -> Vec<String> {
+/// The controller's command line for a node's serial console, through its hypervisor;
+/// `take_over` disconnects whoever else is on it (`virsh console --force`).
+pub fn console_argv(hv: &Hypervisor, node: &LabNode, take_over: bool) -> Vec<String> {
     let mut argv = vec!["ssh".to_owned(), "-t".to_owned()];
     argv.extend(ssh_destination(&hv.ssh));
     argv.push("--".to_owned());
-    argv.push(lab_exec::quote_line(&[
-        "virsh".to_owned(),
-        "console".to_owned(),
-        "--force".to_owned(),
-        node.domain.clone(),
-    ]));
+    let mut virsh = vec!["virsh".to_owned(), "console".to_owned()];
+    if take_over {
+        virsh.push("--force".to_owned());
+    }
+    virsh.push(node.domain.clone());
+    argv.push(lab_exec::quote_line(&virsh));
     argv
 }
 
-/// The controller's command line for an ssh session on a node (or `words` run there, read by
-/// its shell as ssh does), jumping through its hypervisor to its management address.
+/// The controller's command line for an ssh session on a node (or `words` run there, see
+/// [`node_line`]), jumping through its hypervisor to its management address.
 pub fn ssh_argv(hv: &Hypervisor, node: &LabNode, address: &str, words: &[String]) -> Vec<String> {
     let mut argv = vec!["ssh".to_owned(), "-J".to_owned(), hv.ssh.clone()];
     argv.extend(ssh_login(node));
@@ -112,7 +136,7 @@ pub fn ssh_argv(hv: &Hypervisor, node: &LabNode, address: &str, words: &[String]
     } else {
         argv.push(address.to_owned());
         argv.push("--".to_owned());
-        argv.push(words.join(" "));
+        argv.push(node_line(words));
     }
     argv
 }

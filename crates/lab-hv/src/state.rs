@@ -1,6 +1,10 @@
 //! The one reader of a hypervisor: its proto's snapshots, every dataset of the proto's pool
 //! with `lab`'s properties, and its libvirt domains, in one round trip. Create, destroy,
 //! status and every proto verb decide from this [`HostState`] and nothing else.
+//!
+//! Long: the state's types and the one parser that fills them from the probe's sections are
+//! read together (a field and the row that sets it); the parser's tests are in
+//! `state_tests.rs`.
 
 use std::collections::BTreeMap;
 
@@ -27,6 +31,11 @@ pub struct Snapshot {
     pub name: String,
     pub guid: String,
     pub creation: u64,
+    /// How many holds it has (`userrefs`): zfs refuses to destroy it while there are any.
+    pub userrefs: u32,
+    /// The tags of those holds, where zfs can list them (see [`ZfsInfo::holds_listed`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub holds: Vec<String>,
 }
 
 /// A filesystem or volume, with the `lab:` properties it carries.
@@ -82,6 +91,37 @@ pub struct ProtoState {
     pub synced: Option<u64>,
     /// The last sync error left on the replica (`lab:sync-error`).
     pub last_error: Option<String>,
+    /// A cut resumable receive left this token (`receive_resume_token`): the send that
+    /// resumes it continues where it stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resume_token: Option<String>,
+    /// The proto is encrypted: it is replicated with raw sends, never decrypted on the way.
+    pub encrypted: bool,
+}
+
+/// What the hypervisor's zfs can do, and the tools beside it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ZfsInfo {
+    /// The pool's `version`: `-` for a pool with feature flags (OpenZFS), a number for an
+    /// older pool (zfs-fuse's is 23).
+    pub pool_version: String,
+    /// `pv`, `mbuffer`: what a bandwidth limit or byte progress can use there.
+    pub tools: Vec<String>,
+    /// Whether `zfs holds` could list the tags of the proto's holds (zfs-fuse cannot; its
+    /// holds are still counted in `userrefs`).
+    pub holds_listed: bool,
+}
+
+impl ZfsInfo {
+    /// OpenZFS with feature flags: resumable receives (`recv -s`, `send -t`), compressed and
+    /// raw sends, `volmode`.
+    pub fn modern(&self) -> bool {
+        self.pool_version == "-" || self.pool_version.parse::<u32>().is_ok_and(|v| v >= 5000)
+    }
+
+    pub fn has_tool(&self, tool: &str) -> bool {
+        self.tools.iter().any(|t| t == tool)
+    }
 }
 
 impl ProtoState {
@@ -131,6 +171,7 @@ pub enum Detail {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct HostState {
     pub proto: ProtoState,
+    pub zfs: ZfsInfo,
     /// Every filesystem and volume of the proto's pool, by name.
     pub datasets: BTreeMap<String, Dataset>,
     pub domains: BTreeMap<String, Domain>,
@@ -267,6 +308,7 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
     let mut seen: std::collections::HashSet<(&str, &str)> = std::collections::HashSet::new();
     let mut rc: BTreeMap<&str, &str> = BTreeMap::new();
     let mut markers: Vec<(&str, &str)> = Vec::new();
+    let mut holds: Vec<(String, String)> = Vec::new();
     let mut section = "";
     let mut ended = false;
     let mark = format!("#{nonce} ");
@@ -278,8 +320,8 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
                 continue;
             }
             section = match control {
-                "snapshots" | "names" | "datasets" | "domains" | "markers" | "networks"
-                | "nics" => control,
+                "snapshots" | "zfs" | "holds" | "names" | "datasets" | "domains" | "markers"
+                | "networks" | "nics" => control,
                 "end" => {
                     ended = true;
                     ""
@@ -307,6 +349,8 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
                             name: short.to_owned(),
                             guid: String::new(),
                             creation: 0,
+                            userrefs: 0,
+                            holds: Vec::new(),
                         });
                         snapshots.len() - 1
                     }
@@ -314,7 +358,29 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
                 match property {
                     "guid" => snapshots[i].guid = value.to_owned(),
                     "creation" => snapshots[i].creation = value.parse().unwrap_or(0),
+                    "userrefs" => snapshots[i].userrefs = value.parse().unwrap_or(0),
                     _ => {}
+                }
+            }
+            "zfs" => {
+                let mut f = line.splitn(3, '\t');
+                match (f.next(), f.next(), f.next()) {
+                    (Some("version"), Some(v), None) => state.zfs.pool_version = v.to_owned(),
+                    (Some("tool"), Some(t), None) => state.zfs.tools.push(t.to_owned()),
+                    (Some("prop"), Some("receive_resume_token"), Some(v)) if v != "-" => {
+                        state.proto.resume_token = Some(v.to_owned());
+                    }
+                    (Some("prop"), Some("encryption"), Some(v)) => {
+                        state.proto.encrypted = v != "off" && v != "-";
+                    }
+                    _ => {}
+                }
+            }
+            "holds" => {
+                // NAME TAB TAG TAB TIMESTAMP
+                let mut f = line.split('\t');
+                if let (Some(name), Some(tag)) = (f.next(), f.next()) {
+                    holds.push((name.trim().to_owned(), tag.trim().to_owned()));
                 }
             }
             "names" => {
@@ -413,6 +479,22 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
     match rc.get("snapshots") {
         Some(&"0") | Some(&"absent") => {}
         other => return Err(format!("reading the proto's snapshots failed ({other:?})")),
+    }
+    if rc.get("zfs") != Some(&"0") {
+        return Err(format!(
+            "reading what zfs can do failed ({:?})",
+            rc.get("zfs")
+        ));
+    }
+    match rc.get("holds") {
+        Some(&"0") => state.zfs.holds_listed = true,
+        Some(&"unsupported") => state.zfs.holds_listed = false,
+        other => return Err(format!("listing the proto's holds failed ({other:?})")),
+    }
+    for (name, tag) in holds {
+        if let Some(s) = snapshots.iter_mut().find(|s| s.full == name) {
+            s.holds.push(tag);
+        }
     }
     for section in ["names", "datasets"] {
         if rc.get(section) != Some(&"0") {

@@ -12,7 +12,7 @@ fn read(text: &str) -> Result<HostState, String> {
 
 const GOOD: &str = "#snapshots\n\
     p/proto\tguid\t99\np/proto@b\tguid\t22\np/proto@b\tcreation\t200\np/proto@a\tguid\t11\np/proto@a\tcreation\t100\n#rc 0\n\
-    #names\np\np/proto\np/r1\n#rc 0\n\
+    #zfs\nversion\t-\n#rc 0\n#holds\n#rc 0\n#names\np\np/proto\np/r1\n#rc 0\n\
     #datasets\n\
     p\torigin\t-\t-\np/proto\tlab:synced\t1234\tlocal\np/proto\tlab:sync-error\t-\t-\n\
     p/r1\torigin\tp/proto@a\t-\np/r1\tmounted\tno\t-\np/r1\tlab:lab\tdemo\tlocal\np/r1\tlab:node\t-\t-\n\
@@ -76,7 +76,7 @@ fn parses_every_section() {
 
 #[test]
 fn a_missing_proto_is_absent_not_an_error() {
-    let text = "#snapshots\n#rc absent\n#names\np\n#rc 0\n#datasets\np\torigin\t-\t-\n#rc 0\n\
+    let text = "#snapshots\n#rc absent\n#zfs\nversion\t-\n#rc 0\n#holds\n#rc 0\n#names\np\n#rc 0\n#datasets\np\torigin\t-\t-\n#rc 0\n\
                 #domains\n#rc 0\n#markers\n#rc 0\n#networks\n#rc 0\n#end\n";
     let s = read(text).unwrap();
     assert!(!s.proto.exists);
@@ -143,4 +143,53 @@ fn anything_odd_is_an_error_never_a_guess() {
     // A marker that could not be read is "unknown", never "none".
     let s = read(&GOOD.replace("r2\t\n#rc 0", "r2\t?\n#rc 0")).unwrap();
     assert_eq!(s.domains["r2"].marker, MarkerRead::Unreadable);
+}
+
+#[test]
+fn reads_what_zfs_can_do_and_the_holds() {
+    // OpenZFS: feature flags, a resume token, encryption, holds listed by tag.
+    let modern = GOOD
+        .replace(
+            "p/proto@b\tcreation\t200\n",
+            "p/proto@b\tcreation\t200\np/proto@b\tuserrefs\t2\n",
+        )
+        .replace(
+            "#zfs\nversion\t-\n#rc 0\n#holds\n#rc 0\n",
+            "#zfs\nversion\t-\ntool\tpv\nprop\treceive_resume_token\t1-abc-def\nprop\tencryption\taes-256-gcm\n#rc 0\n\
+             #holds\np/proto@b\tlab-sync:hv1\tTue Dec  1 10:00 2026\np/proto@b\tlab-sync:hv2\tTue Dec  1 10:00 2026\n#rc 0\n",
+        );
+    let s = read(&modern).unwrap();
+    assert!(s.zfs.modern() && s.zfs.holds_listed && s.zfs.has_tool("pv"));
+    assert!(!s.zfs.has_tool("mbuffer"));
+    assert_eq!(s.proto.resume_token.as_deref(), Some("1-abc-def"));
+    assert!(s.proto.encrypted);
+    let b = &s.proto.snapshots[1];
+    assert_eq!(
+        (b.userrefs, b.holds.clone()),
+        (
+            2,
+            vec!["lab-sync:hv1".to_owned(), "lab-sync:hv2".to_owned()]
+        )
+    );
+
+    // zfs-fuse: pool version 23, holds counted but not listable; no token, not encrypted.
+    let old = GOOD
+        .replace(
+            "p/proto@a\tcreation\t100\n",
+            "p/proto@a\tcreation\t100\np/proto@a\tuserrefs\t1\n",
+        )
+        .replace(
+            "#zfs\nversion\t-\n#rc 0\n#holds\n#rc 0\n",
+            "#zfs\nversion\t23\n#rc 0\n#holds\n#rc unsupported\n",
+        );
+    let s = read(&old).unwrap();
+    assert!(!s.zfs.modern() && !s.zfs.holds_listed);
+    assert_eq!(s.proto.snapshots[0].userrefs, 1);
+    assert!(s.proto.resume_token.is_none() && !s.proto.encrypted);
+
+    // Holds that could not be listed for another reason, or no zfs section: refused.
+    let failed = GOOD.replace("#holds\n#rc 0\n", "#holds\n#rc 1\n");
+    assert!(read(&failed).unwrap_err().contains("holds"));
+    let missing = GOOD.replace("#zfs\nversion\t-\n#rc 0\n", "");
+    assert!(read(&missing).unwrap_err().contains("zfs"));
 }

@@ -14,7 +14,7 @@ pub struct NodeStatus {
     pub hypervisor: String,
     /// `running`, `shut off` ..., or `absent`; `unknown` when the hypervisor did not answer.
     pub domain: String,
-    /// How far the node is: `absent`, `defined`, `running`, or `ready` (its readiness check
+    /// How far the node is: `absent`, `defined`, `paused`, `running`, or `ready` (its readiness check
     /// passed; only the caller that checks it sets this one); `None` when unknown.
     pub phase: Option<String>,
     pub clone: bool,
@@ -129,6 +129,7 @@ pub async fn status(
                     match s.domain.as_str() {
                         "absent" => "absent",
                         "running" => "running",
+                        "paused" => "paused",
                         _ => "defined",
                     }
                     .to_owned(),

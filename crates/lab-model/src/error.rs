@@ -53,6 +53,10 @@ pub enum ModelError {
         name: String,
         hint: Hint,
     },
+
+    /// `--host` and `--node` together leave no node.
+    #[error("no node of the lab is {selection}")]
+    EmptySelection { selection: String },
 }
 
 impl ModelError {

@@ -51,6 +51,14 @@ pub struct Proto {
     pub keep: u32,
     pub transport: Transport,
     pub zrepl_job: Option<String>,
+    /// Send compressed blocks as they are on disk (`zfs send -c`) where both ends can.
+    pub compressed: bool,
+    /// At most this many targets receive at once.
+    pub parallel: u32,
+    /// A rate limit per stream (`pv -L` / `mbuffer -r` syntax: `50M`), if any.
+    pub bwlimit: Option<String>,
+    /// How long `sync` waits for zrepl to deliver the newest release to a target, in seconds.
+    pub zrepl_wait: u64,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -107,6 +107,20 @@ pub fn ssh_option(s: &str) -> Result<(), Rule> {
     check(ok && s.len() <= 256, RULE)
 }
 
+/// A transfer rate for `pv -L` or `mbuffer -r`: digits and an optional unit, `50M`, `800k`.
+pub fn rate(s: &str) -> Result<(), Rule> {
+    const RULE: Rule = "a number of bytes per second with an optional unit (k, M, G): 50M, 800k";
+    let digits = s.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G']);
+    check(
+        !digits.is_empty()
+            && digits.len() + 1 >= s.len()
+            && digits.len() <= 12
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && digits.bytes().any(|b| b != b'0'),
+        RULE,
+    )
+}
+
 /// A hostname: dot-separated labels of `[a-z0-9-]`, not starting or ending with `-`.
 pub fn hostname(s: &str) -> Result<(), Rule> {
     const RULE: Rule = "lower-case DNS labels ([a-z0-9-], no leading or trailing dash) joined by dots, at most 253 characters";

@@ -56,7 +56,22 @@ pub(crate) fn resolve_proto(
         }
         (None, _) => {}
     }
+    if let Some(rate) = &p.bwlimit {
+        name_ok(root, &["proto", "bwlimit"], rate, "rate", names::rate)?;
+    }
+    if p.parallel == 0 || p.parallel > 64 {
+        return Err(schema_error(
+            root,
+            &path_of(&["proto", "parallel"]),
+            "parallel must be between 1 and 64 targets at once".to_owned(),
+            Hint::default(),
+        ));
+    }
     Ok(Proto {
+        compressed: p.compressed,
+        parallel: p.parallel,
+        bwlimit: p.bwlimit,
+        zrepl_wait: p.zrepl_wait,
         source: p.source,
         domain: p.domain,
         pattern: p.pattern,

@@ -406,7 +406,12 @@ pub(crate) fn resolve_node(
         "login name",
         names::user,
     )?;
-    for (i, option) in s.ssh.options.iter().enumerate() {
+    let ssh_options = s
+        .ssh
+        .options
+        .clone()
+        .unwrap_or_else(crate::schema::default_ssh_options);
+    for (i, option) in ssh_options.iter().enumerate() {
         let at = ["nodes", name, "ssh", "options", &i.to_string()].map(String::from);
         let at: Vec<&str> = at.iter().map(String::as_str).collect();
         name_ok(root, &at, option, "ssh option", names::ssh_option)?;
@@ -425,7 +430,7 @@ pub(crate) fn resolve_node(
         interfaces: vec![mgmt],
         ssh: NodeSsh {
             user,
-            options: s.ssh.options.clone(),
+            options: ssh_options,
         },
         vars: s.vars,
     };

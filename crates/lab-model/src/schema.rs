@@ -93,6 +93,21 @@ pub(crate) struct ProtoSchema {
     pub(crate) transport: Transport,
     #[serde(default)]
     pub(crate) zrepl_job: Option<String>,
+    #[serde(default = "default_true")]
+    pub(crate) compressed: bool,
+    #[serde(default = "default_proto_parallel")]
+    pub(crate) parallel: u32,
+    #[serde(default)]
+    pub(crate) bwlimit: Option<String>,
+    #[serde(default = "default_zrepl_wait")]
+    pub(crate) zrepl_wait: u64,
+}
+
+pub(crate) fn default_proto_parallel() -> u32 {
+    4
+}
+pub(crate) fn default_zrepl_wait() -> u64 {
+    600
 }
 
 pub(crate) fn default_release_pattern() -> String {
@@ -226,9 +241,22 @@ pub(crate) struct NodeSchema {
 pub(crate) struct NodeSshSchema {
     #[serde(default)]
     pub(crate) user: Option<String>,
-    /// ssh options as `Key=Value`, e.g. `StrictHostKeyChecking=no`.
+    /// ssh options as `Key=Value`, e.g. `IdentityFile=~/.ssh/lab`; when not given, host keys
+    /// are neither checked nor kept (see [`default_ssh_options`]).
     #[serde(default)]
-    pub(crate) options: Vec<String>,
+    pub(crate) options: Option<Vec<String>>,
+}
+
+/// A lab's nodes get new host keys on every create, at the same addresses: by default, ssh
+/// neither checks nor records them (as containerlab does).
+pub(crate) fn default_ssh_options() -> Vec<String> {
+    [
+        "StrictHostKeyChecking=no",
+        "UserKnownHostsFile=/dev/null",
+        "LogLevel=ERROR",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 #[derive(Deserialize)]
@@ -240,4 +268,8 @@ pub(crate) struct InterfaceSchema {
 
 pub(crate) fn default_max_links() -> u32 {
     16
+}
+
+pub(crate) fn default_true() -> bool {
+    true
 }

@@ -33,12 +33,25 @@ impl Lab {
                 });
             }
         }
-        Ok(self
+        let selected: Vec<&LabNode> = self
             .nodes
             .iter()
             .filter(|n| hosts.is_empty() || hosts.contains(&n.hypervisor))
             .filter(|n| nodes.is_empty() || nodes.iter().any(|p| named(p, n)))
-            .collect())
+            .collect();
+        if selected.is_empty() && !(hosts.is_empty() && nodes.is_empty()) {
+            let mut said = Vec::new();
+            if !hosts.is_empty() {
+                said.push(format!("on {}", hosts.join(" or ")));
+            }
+            if !nodes.is_empty() {
+                said.push(format!("named {}", nodes.join(" or ")));
+            }
+            return Err(ModelError::EmptySelection {
+                selection: said.join(" and "),
+            });
+        }
+        Ok(selected)
     }
 
     /// The hypervisors that carry `nodes`, in lab order.

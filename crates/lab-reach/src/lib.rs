@@ -64,9 +64,17 @@ pub async fn exec(
         let cmd = reach::exec_on_node(node, &address, words, timeout);
         match exec.output(&node.hypervisor, &cmd).await {
             Ok(out) => {
-                report.status = Some(out.status);
                 report.stdout = out.stdout;
                 report.stderr = out.stderr;
+                // `timeout` on the hypervisor ended it.
+                if out.status == 124 {
+                    report.error = Some(format!(
+                        "did not finish within {} s (ended on the hypervisor)",
+                        timeout.as_secs()
+                    ));
+                } else {
+                    report.status = Some(out.status);
+                }
             }
             Err(e) => report.error = Some(e.to_string()),
         }
@@ -87,6 +95,8 @@ pub struct WaitReport {
     /// The last lines of its console, when it did not become ready.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub console: Vec<String>,
+    /// Why it is not ready, when more is known than "not in time": the domain stopped, the
+    /// hypervisor did not answer, the check itself is wrong.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -114,6 +124,8 @@ pub async fn wait(
     let jobs = hypervisors.iter().map(|hv| {
         let reports = &reports;
         async move {
+            let check_error: Mutex<Option<String>> = Mutex::new(None);
+            let check_error = &check_error;
             let mut targets = Vec::new();
             for node in nodes.iter().filter(|n| n.hypervisor == hv.name) {
                 let address = address(node);
@@ -144,6 +156,11 @@ pub async fn wait(
             let on_line = |line: &str| {
                 let mut words = line.splitn(3, ' ');
                 let (kind, node) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                if kind == "ERROR" {
+                    *check_error.lock().expect("check error") =
+                        Some(line.trim_start_matches("ERROR ").to_owned());
+                    return;
+                }
                 let Some((n, _)) = targets.iter().find(|(n, _)| n.name == node) else {
                     return;
                 };
@@ -159,23 +176,30 @@ pub async fn wait(
                             outcome: "ready".to_owned(),
                         });
                     }
-                    "NOT-READY" => events(Event::Done {
-                        node: n.name.clone(),
-                        hypervisor: hv.name.clone(),
-                        outcome: "not ready".to_owned(),
-                    }),
+                    "NOT-READY" => {
+                        r.error = words.next().map(str::to_owned);
+                        events(Event::Done {
+                            node: n.name.clone(),
+                            hypervisor: hv.name.clone(),
+                            outcome: "not ready".to_owned(),
+                        });
+                    }
                     "LOG" => r.console.push(words.next().unwrap_or("").to_owned()),
                     _ => {}
                 }
             };
             let result = exec.stream(&hv.name, &cmd, &on_line).await;
+            let check_error = check_error.lock().expect("check error").clone();
             let mut all = reports.lock().expect("reports");
             for (n, _) in &targets {
                 let r = all.entry(n.name.clone()).or_insert_with(|| blank(n));
-                if let Err(e) = &result
-                    && !r.ready
-                {
-                    r.error = Some(e.to_string());
+                if r.ready {
+                    continue;
+                }
+                match (&result, &check_error) {
+                    (_, Some(why)) => r.error = Some(why.clone()),
+                    (Err(e), None) => r.error = Some(e.to_string()),
+                    (Ok(_), None) => {}
                 }
             }
         }

@@ -262,6 +262,9 @@ pub struct ConsoleArgs {
     pub lab: LabArgs,
     /// The node.
     pub node: String,
+    /// Take the console over from whoever is on it.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -270,8 +273,13 @@ pub struct SshArgs {
     pub lab: LabArgs,
     /// The node.
     pub node: String,
-    /// A command to run instead of a login shell (after `--`).
-    #[arg(last = true, value_name = "CMD")]
+    /// A command to run instead of a login shell: one word is a shell line
+    /// (`'ip a | grep UP'`), several are one command with exactly those arguments.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
     pub command: Vec<String>,
 }
 
@@ -285,8 +293,14 @@ pub struct ExecArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout: u64,
-    /// The command (after `--`), run by each node's login shell.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// The command (after `--`): one word is a shell line (`'ip a | grep UP'`), several are
+    /// one command with exactly those arguments (`sh -c 'a; b'`).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        required = true,
+        value_name = "CMD"
+    )]
     pub command: Vec<String>,
 }
 

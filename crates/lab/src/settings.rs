@@ -119,6 +119,8 @@ pub struct Reach {
     pub node: String,
     /// The command `ssh` runs instead of a login shell.
     pub command: Vec<String>,
+    /// `console --force`: take the console over.
+    pub force: bool,
 }
 
 #[derive(Debug)]
@@ -326,11 +328,13 @@ impl Settings {
                 lab: files(a.lab),
                 node: a.node,
                 command: Vec::new(),
+                force: a.force,
             }),
             cli::Command::Ssh(a) => Command::Ssh(Reach {
                 lab: files(a.lab),
                 node: a.node,
                 command: a.command,
+                force: false,
             }),
             cli::Command::Exec(a) => Command::Exec(Exec {
                 lab: files(a.lab),

@@ -1011,6 +1011,12 @@ fn day_two_usage_errors() {
             &["exec", "--lab", EXAMPLE, "--node", "nope-*", "--", "true"],
             "nope-*",
         ),
+        (
+            &[
+                "exec", "--lab", EXAMPLE, "--host", "hv0", "--node", "vpp1-*", "--", "true",
+            ],
+            "no node of the lab is on hv0 and named vpp1-*",
+        ),
     ];
     for (args, want) in cases {
         let out = s.lab(args);

@@ -279,7 +279,8 @@ fn example_lab_lifecycle() {
 /// one node stopped and started with its clone and its peers' links intact, the ssh-config
 /// inventory used by ssh itself, the graph drawn by Graphviz.
 fn day_two(bed: &lab_testbed::Testbed, b: &std::path::Path, file: &str, model: &lab_model::Lab) {
-    // ssh: a command's exit status comes back; the words are read by the node's shell
+    // ssh: a command's exit status comes back; one word is a shell line, several words are
+    // one command's exact arguments
     let run = lab(
         b,
         &["ssh", "--lab", file, "vpp1-3", "--", "hostname; exit 7"],
@@ -287,6 +288,45 @@ fn day_two(bed: &lab_testbed::Testbed, b: &std::path::Path, file: &str, model: &
     assert_eq!(
         (run.code, run.stdout.trim()),
         (7, "vpp1-3"),
+        "{}",
+        run.stderr
+    );
+    let run = lab(
+        b,
+        &[
+            "ssh",
+            "--lab",
+            file,
+            "vpp1-3",
+            "sh",
+            "-c",
+            "echo a; echo 'b c'",
+        ],
+    );
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (0, "a\nb c\n"),
+        "{}",
+        run.stderr
+    );
+    let run = lab(
+        b,
+        &[
+            "exec",
+            "--lab",
+            file,
+            "--node",
+            "vpp0-*",
+            "--timeout",
+            "2",
+            "--",
+            "sleep 30",
+        ],
+    );
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert_eq!(
+        run.stderr.matches("did not finish within 2 s").count(),
+        4,
         "{}",
         run.stderr
     );
@@ -318,7 +358,28 @@ fn day_two(bed: &lab_testbed::Testbed, b: &std::path::Path, file: &str, model: &
         run.stdout
     );
     assert!(
-        run.stderr.contains("not ready in time: vpp0-1"),
+        run.stderr.contains("not ready: vpp0-1 (not in time)"),
+        "{}",
+        run.stderr
+    );
+    // a pattern grep cannot read is said at once, not waited out
+    let run = lab(
+        b,
+        &[
+            "wait",
+            "--lab",
+            file,
+            "--node",
+            "vpp0-1",
+            "--for",
+            "console:(",
+            "--wait-timeout",
+            "300",
+        ],
+    );
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("not an extended regular expression"),
         "{}",
         run.stderr
     );
@@ -399,6 +460,25 @@ fn day_two(bed: &lab_testbed::Testbed, b: &std::path::Path, file: &str, model: &
         ],
         "{}",
         run.stdout
+    );
+    // waiting for a stopped node ends at once, saying why
+    let run = lab(
+        b,
+        &[
+            "wait",
+            "--lab",
+            file,
+            "--node",
+            "vpp0-2",
+            "--wait-timeout",
+            "300",
+        ],
+    );
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("vpp0-2 (the domain is shut off)"),
+        "{}",
+        run.stderr
     );
     let run = lab(b, &["start", "--lab", file, "--node", "vpp0-2"]);
     assert_eq!(run.code, 0, "{}", run.stderr);

@@ -189,9 +189,8 @@ fn plans(lab: &Lab, build: &Path) -> Vec<Vec<String>> {
     let mut all = Vec::new();
     for (verb, datasets) in [("create", String::new()), ("destroy", ours)] {
         let (proto, snap, datasets) = (hv.proto.clone(), snap.clone(), datasets.clone());
-        let script: lab_exec::Script =
-            Box::new(move |_, line| {
-                line.contains(" lab-probe ").then(|| {
+        let script: lab_exec::Script = Box::new(move |_, line| {
+            line.contains(" lab-probe ").then(|| {
                 let names: String = datasets
                     .lines()
                     .map(|l| l.split('\t').next().unwrap())
@@ -204,11 +203,11 @@ fn plans(lab: &Lab, build: &Path) -> Vec<Vec<String>> {
                     });
                 Out::ok(lab_hv::state::scripted_answer(line, &format!(
                     "#snapshots\n{proto}@{snap}\tguid\t1\n{proto}@{snap}\tcreation\t1\n#rc 0\n\
-                     #names\n{names}#rc 0\n#datasets\n{datasets}#rc 0\n#domains\n#rc 0\n\
+                     #zfs\nversion\t-\n#rc 0\n#holds\n#rc 0\n#names\n{names}#rc 0\n#datasets\n{datasets}#rc 0\n#domains\n#rc 0\n\
                      #markers\n#rc 0\n#networks\n#rc 0\n#end\n"
                 )))
             })
-            });
+        });
         let exec = Executor::new(Mode::Scripted(script), lab_hv::targets(lab, &nodes), 4);
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()

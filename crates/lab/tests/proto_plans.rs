@@ -82,7 +82,7 @@ fn listing(host: &str) -> String {
         );
     }
     out.push_str(&format!(
-        "#names\n{}\n#rc 0\n#datasets\n{datasets}#rc 0\n#domains\n#rc 0\n#markers\n#rc 0\n\
+        "#zfs\nversion\t-\n#rc 0\n#holds\n#rc 0\n#names\n{}\n#rc 0\n#datasets\n{datasets}#rc 0\n#domains\n#rc 0\n#markers\n#rc 0\n\
          #networks\n#rc 0\n#end\n",
         names.join("\n")
     ));

@@ -37,7 +37,8 @@ pub fn console(out: &Output, s: &Reach) -> Result<(), Failure> {
             node.name, node.domain, hv.name
         );
     }
-    let status = lab_exec::local::interactive(&lab_hv::reach::console_argv(hv, node))?;
+    let argv = lab_hv::reach::console_argv(hv, node, s.force);
+    let status = lab_exec::local::interactive(&argv)?;
     passthrough(status)
 }
 
@@ -113,12 +114,15 @@ pub fn wait_for(
     Ok(reports)
 }
 
-/// Every node ready: 0; some: partial (3); none: failure (1).
+/// Every node ready: 0; some: partial (3); none: failure (1), as for create and destroy.
 pub fn wait_exit(reports: &[WaitReport]) -> Result<(), Failure> {
-    let late: Vec<&str> = reports
+    let late: Vec<String> = reports
         .iter()
         .filter(|r| !r.ready)
-        .map(|r| r.node.as_str())
+        .map(|r| match &r.error {
+            Some(why) => format!("{} ({why})", r.node),
+            None => format!("{} (not in time)", r.node),
+        })
         .collect();
     if late.is_empty() {
         return Ok(());
@@ -130,6 +134,6 @@ pub fn wait_exit(reports: &[WaitReport]) -> Result<(), Failure> {
     };
     Err(Failure::new(
         code,
-        format!("not ready in time: {}", late.join(", ")),
+        format!("not ready: {}", late.join(", ")),
     ))
 }
