@@ -126,9 +126,10 @@ impl Holding {
 }
 
 impl Executor {
-    /// Runs the query `cmd` on `host`, handing each line of its stdout to `on_line` as it
-    /// comes; returns how it ended. For long waits that report progress (`lab wait`).
-    /// Scripted mode answers from the script, line by line; dry-run runs it (a query).
+    /// Runs `cmd` on `host`, handing each line of its stdout to `on_line` as it comes; returns
+    /// how it ended. For long commands that report progress (`lab wait`, a direct proto send).
+    /// Scripted mode answers from the script, line by line; dry-run runs a query and records
+    /// a change, as [`Executor::output`] does.
     pub async fn stream(
         &self,
         host: &str,
@@ -138,14 +139,27 @@ impl Executor {
         let h = self.host(host)?;
         let cmd = &*self.guarded(h, cmd);
         let line = quote_line(&cmd.argv);
-        if let Mode::Scripted(script) = &self.mode {
-            self.note(host, cmd.effect, cmd.line(), &cmd.argv);
-            let out = script(host, &line).unwrap_or_else(|| Out::fail(1, "no scripted answer"));
-            out.stdout.lines().for_each(on_line);
-            return Ok(out);
+        match (&self.mode, cmd.effect) {
+            (Mode::Scripted(script), effect) => {
+                self.note(host, effect, cmd.line(), &cmd.argv);
+                let out = script(host, &line).unwrap_or_else(|| match effect {
+                    Effect::Query => Out::fail(1, "no scripted answer"),
+                    Effect::Change => Out::ok(""),
+                });
+                out.stdout.lines().for_each(on_line);
+                return Ok(out);
+            }
+            (Mode::DryRun, Effect::Change) => {
+                self.note(host, Effect::Change, cmd.line(), &cmd.argv);
+                return Ok(Out::ok(""));
+            }
+            _ => {}
         }
         let _global = self.global.acquire().await.expect("never closed");
         let _local = h.limit.acquire().await.expect("never closed");
+        if cmd.effect == Effect::Change {
+            self.check_lock(h)?;
+        }
         let session = self.session(h).await?;
         let lost = |e: openssh::Error| lost(host, &cmd.line(), e);
         let work = async {

@@ -2,6 +2,10 @@
 //! in `lock.rs`), as pure functions of the model: what `--dry-run` prints and the plan tests
 //! assert is exactly what runs. Commands take names as arguments, never as shell text.
 
+mod proto;
+
+pub use proto::*;
+
 use std::time::Duration;
 
 use lab_exec::Cmd;
@@ -38,8 +42,11 @@ pub fn clone(hv: &Hypervisor, node: &LabNode, snap: &Snapshot, own: &Ownership<'
         argv.push("-o".to_owned());
         argv.push(format!("{k}={v}"));
     };
-    if hv.storage == Storage::Dataset {
-        set("mountpoint", staging_dir(node));
+    match hv.storage {
+        Storage::Dataset => set("mountpoint", staging_dir(node)),
+        // A replica is received with volmode=none (no device nodes for its snapshots); the
+        // clone a domain boots from needs its device.
+        Storage::Zvol => set("volmode", "dev"),
     }
     set(prop::LAB, own.lab);
     set(prop::NODE, &node.name);
@@ -229,118 +236,6 @@ pub fn stop_network(name: &str) -> Cmd {
 
 pub fn undefine_network(name: &str) -> Cmd {
     Cmd::change(["virsh", "-q", "net-undefine", name])
-}
-
-// ---------------------------------------------------------------------------------------------
-// The proto
-
-/// A snapshot of the proto: `zfs snapshot <proto>@<name>`.
-pub fn snapshot_proto(hv: &Hypervisor, name: &str) -> Cmd {
-    Cmd::change([
-        "zfs".to_owned(),
-        "snapshot".to_owned(),
-        format!("{}@{name}", hv.proto),
-    ])
-}
-
-/// Rolls the proto back to its newest snapshot `name` (never `-r`: nothing newer may exist).
-pub fn rollback_proto(hv: &Hypervisor, name: &str) -> Cmd {
-    Cmd::change([
-        "zfs".to_owned(),
-        "rollback".to_owned(),
-        format!("{}@{name}", hv.proto),
-    ])
-}
-
-/// Destroys exactly one snapshot of the proto (zfs refuses one that has clones).
-pub fn destroy_proto_snapshot(hv: &Hypervisor, name: &str) -> Cmd {
-    Cmd::change([
-        "zfs".to_owned(),
-        "destroy".to_owned(),
-        format!("{}@{name}", hv.proto),
-    ])
-}
-
-/// How long a stream may stall, and a receive or a direct send may take at most.
-pub const SEND_STALL: Duration = Duration::from_secs(300);
-pub const TRANSFER_DEADLINE: Duration = Duration::from_secs(3600);
-
-/// `zfs send` of the proto up to `to`: everything since `from` (`-I`), or in full.
-pub fn send(src: &Hypervisor, from: Option<&str>, to: &str) -> Cmd {
-    let to = format!("{}@{to}", src.proto);
-    let argv: Vec<String> = match from {
-        None => vec!["zfs".into(), "send".into(), to],
-        Some(f) => vec![
-            "zfs".into(),
-            "send".into(),
-            "-I".into(),
-            format!("{}@{f}", src.proto),
-            to,
-        ],
-    };
-    Cmd::query(argv).timeout(SEND_STALL)
-}
-
-/// `zfs recv -u` into the replica: never mounted, never `-F` (nothing is rolled back).
-pub fn receive(dst: &Hypervisor) -> Cmd {
-    Cmd::change(["zfs", "recv", "-u", &dst.proto]).timeout(TRANSFER_DEADLINE)
-}
-
-/// The source pipes straight to the target: `zfs send ... | ssh TARGET zfs recv -u DATASET`.
-const DIRECT: &str = r#"dst=$1 ds=$2; shift 2
-zfs send "$@" | ssh -o BatchMode=yes -- "$dst" zfs recv -u "$ds""#;
-
-pub fn send_direct(src: &Hypervisor, dst: &Hypervisor, from: Option<&str>, to: &str) -> Cmd {
-    let send = send(src, from, to);
-    let mut argv: Vec<String> = ["sh", "-c", DIRECT, "lab-proto-direct"]
-        .map(String::from)
-        .to_vec();
-    argv.push(ssh_uri(&dst.ssh));
-    argv.push(dst.proto.clone());
-    argv.extend(send.argv.into_iter().skip(2));
-    Cmd::change(argv).timeout(TRANSFER_DEADLINE)
-}
-
-/// An ssh destination as the `ssh` command takes it: `[user@]host:port` becomes
-/// `ssh://[user@]host:port` (plain `ssh` reads `host:port` as a host name).
-fn ssh_uri(dest: &str) -> String {
-    match dest.rsplit_once(':') {
-        Some((_, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
-            format!("ssh://{dest}")
-        }
-        _ => dest.to_owned(),
-    }
-}
-
-/// Asks a target's zrepl to pull now.
-pub fn zrepl_wakeup(job: &str) -> Cmd {
-    Cmd::change(["zrepl", "signal", "wakeup", job])
-}
-
-/// After a good sync: the replica stays read-only, records when, and forgets the last error.
-pub fn after_sync(dst: &Hypervisor, now: u64) -> [Cmd; 3] {
-    [
-        Cmd::change(["zfs", "set", "readonly=on", &dst.proto]),
-        Cmd::change([
-            "zfs".to_owned(),
-            "set".to_owned(),
-            format!("{}={now}", prop::SYNCED),
-            dst.proto.clone(),
-        ]),
-        Cmd::change(["zfs", "inherit", prop::SYNC_ERROR, &dst.proto]),
-    ]
-}
-
-/// Leaves a sync's error on the replica (one line, at most 300 characters).
-pub fn record_sync_error(dst: &Hypervisor, error: &str) -> Cmd {
-    let one_line: String = error.split_whitespace().collect::<Vec<_>>().join(" ");
-    let one_line: String = one_line.chars().take(300).collect();
-    Cmd::change([
-        "zfs".to_owned(),
-        "set".to_owned(),
-        format!("{}={one_line}", prop::SYNC_ERROR),
-        dst.proto.clone(),
-    ])
 }
 
 #[cfg(test)]

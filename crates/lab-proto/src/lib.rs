@@ -18,10 +18,10 @@ use lab_hv::HostState;
 use lab_model::names::glob_match;
 use lab_model::{Hypervisor, Lab, Proto};
 
-pub use prune::{PruneReport, prune};
+pub use prune::{Held, PruneReport, prune};
 pub use release::{IfRunning, SnapshotKind, SnapshotRequest, Snapshotted, rollback, snapshot};
 pub use status::{HostStatus, status};
-pub use sync::{SyncOutcome, TargetReport, sync};
+pub use sync::{SyncOptions, SyncOutcome, TargetReport, sync};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProtoError {
@@ -54,6 +54,10 @@ pub enum ProtoError {
     },
     #[error("{host}: {dataset} does not exist")]
     NoDataset { host: String, dataset: String },
+    #[error(
+        "{host}: a rate limit ({rate}) needs `pv` or `mbuffer` on the source (apt install pv);          nothing was sent"
+    )]
+    NoLimiter { host: String, rate: String },
 }
 
 /// The source and targets of a fleet's proto, from the lab files.
@@ -112,10 +116,11 @@ pub struct Refreshed {
 pub async fn refresh(
     exec: &Executor,
     fleet: &Fleet<'_>,
+    opts: &SyncOptions,
     now: u64,
     events: lab_hv::Events<'_>,
 ) -> Result<Refreshed, ProtoError> {
-    let sync = sync(exec, fleet, now, events).await?;
+    let sync = sync(exec, fleet, opts, now, events).await?;
     let prune = prune(exec, fleet, fleet.cfg.keep as usize).await?;
     Ok(Refreshed { sync, prune })
 }

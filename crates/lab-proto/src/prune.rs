@@ -1,6 +1,7 @@
 //! `prune`: per hypervisor, release snapshots beyond the newest `keep` and `-before`
-//! snapshots older than the newest release; never one with clones, never a target's base for
-//! its next increment.
+//! snapshots older than the newest release; never one with clones, never one with holds
+//! (`lab-sync:<target>` keeps a target's next base, and a human's hold is respected), never a
+//! target's base for its next increment.
 
 use std::collections::HashSet;
 
@@ -15,11 +16,36 @@ pub struct PruneReport {
     pub destroyed: Vec<String>,
     /// Old snapshots kept because clones use them.
     pub pinned: Vec<Pin>,
+    /// Old snapshots kept because they have holds.
+    pub held: Vec<Held>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
-/// What prune would destroy on one hypervisor, and what it keeps because clones pin it.
+/// A snapshot with holds: their tags where zfs lists them (zfs-fuse cannot), and how many.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Held {
+    pub snapshot: String,
+    pub tags: Vec<String>,
+    pub count: u32,
+}
+
+/// Every snapshot of `have`'s proto that has holds.
+pub fn held(have: &HostState) -> Vec<Held> {
+    have.proto
+        .snapshots
+        .iter()
+        .filter(|s| s.userrefs > 0)
+        .map(|s| Held {
+            snapshot: s.name.clone(),
+            tags: s.holds.clone(),
+            count: s.userrefs,
+        })
+        .collect()
+}
+
+/// What prune would destroy on one hypervisor, what it keeps because clones pin it, and what
+/// it keeps because it is held.
 /// Candidates: release snapshots beyond the newest `keep`, and `-before` snapshots older than
 /// the newest release. Never the newest common base with the source (`protected`).
 pub fn prune_plan(
@@ -27,7 +53,7 @@ pub fn prune_plan(
     have: &HostState,
     keep: usize,
     protected: &HashSet<String>,
-) -> (Vec<String>, Vec<Pin>) {
+) -> (Vec<String>, Vec<Pin>, Vec<Held>) {
     let snapshots = &have.proto.snapshots;
     let all_pins = have.pins();
     let releases: Vec<usize> = snapshots
@@ -47,6 +73,8 @@ pub fn prune_plan(
     candidates.sort_unstable();
     let mut destroy = Vec::new();
     let mut pinned = Vec::new();
+    let mut kept_held = Vec::new();
+    let holds = held(have);
     for i in candidates {
         let s = &snapshots[i];
         let pins: Vec<Pin> = all_pins
@@ -56,11 +84,13 @@ pub fn prune_plan(
             .collect();
         if !pins.is_empty() {
             pinned.extend(pins);
+        } else if let Some(h) = holds.iter().find(|h| h.snapshot == s.name) {
+            kept_held.push(h.clone());
         } else if !protected.contains(&s.guid) {
             destroy.push(s.name.clone());
         }
     }
-    (destroy, pinned)
+    (destroy, pinned, kept_held)
 }
 
 /// Destroys, on every hypervisor, the snapshots no lab uses any more (see [`prune_plan`]).
@@ -120,8 +150,9 @@ pub async fn prune(
                 );
                 return report;
             }
-            let (destroy, pinned) = prune_plan(fleet, have, keep, bases);
+            let (destroy, pinned, held) = prune_plan(fleet, have, keep, bases);
             report.pinned = pinned;
+            report.held = held;
             for name in destroy {
                 match exec.run(&hv.name, &cmd::destroy_proto_snapshot(hv, &name)).await {
                     Ok(_) => report.destroyed.push(format!("{}@{name}", hv.proto)),

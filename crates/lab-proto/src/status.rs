@@ -22,7 +22,13 @@ pub struct HostStatus {
     /// Seconds between the source's newest release and this host's.
     pub lag_seconds: Option<u64>,
     pub pinned: Vec<Pin>,
+    /// Its proto's snapshots with holds (`lab-sync:<target>` keeps a target's next base).
+    pub held: Vec<crate::prune::Held>,
+    /// When its newest release was taken (seconds since the epoch).
+    pub newest_created: Option<u64>,
     pub synced: Option<u64>,
+    /// Whether the hypervisor answered.
+    pub reachable: bool,
     pub last_error: Option<String>,
 }
 
@@ -30,9 +36,14 @@ pub async fn status(exec: &Executor, fleet: &Fleet<'_>) -> Vec<HostStatus> {
     let all: Vec<_> = crate::read_all(exec, &fleet.all())
         .await
         .into_iter()
-        .map(|(hv, state)| (hv, state.map(|s| (s.proto.clone(), s.pins()))))
+        .map(|(hv, state)| {
+            (
+                hv,
+                state.map(|s| (s.proto.clone(), s.pins(), crate::prune::held(&s))),
+            )
+        })
         .collect();
-    let source = all[0].1.as_ref().ok().map(|(p, _)| p.clone());
+    let source = all[0].1.as_ref().ok().map(|(p, _, _)| p.clone());
     let newest_of = |h: &ProtoState| -> Option<Snapshot> {
         h.snapshots
             .iter()
@@ -53,15 +64,21 @@ pub async fn status(exec: &Executor, fleet: &Fleet<'_>) -> Vec<HostStatus> {
                 behind: 0,
                 lag_seconds: None,
                 pinned: Vec::new(),
+                held: Vec::new(),
+                newest_created: None,
                 synced: None,
+                reachable: false,
                 last_error: None,
             };
             match have {
                 Err(e) => s.last_error = Some(e.to_string()),
-                Ok((h, pins)) => {
+                Ok((h, pins, held)) => {
+                    s.reachable = true;
                     let newest = newest_of(h);
                     s.newest = newest.as_ref().map(|n| n.name.clone());
+                    s.newest_created = newest.as_ref().map(|n| n.creation);
                     s.pinned = pins.clone();
+                    s.held = held.clone();
                     s.synced = h.synced;
                     s.last_error = h.last_error.clone();
                     if let (Some(src), Some(sn)) = (&source, &src_newest) {

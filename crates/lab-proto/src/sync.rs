@@ -1,12 +1,24 @@
 //! `sync`: every target gets what it misses of the source's releases, in one `zfs send -I`
-//! (a full send only when it has no replica), all targets at once. The newest common snapshot
-//! is found by GUID; a target whose history does not continue the source's is left alone.
+//! (a full send only when it has no replica), at most `proto.parallel` targets at once. The
+//! newest common snapshot is found by GUID; a target whose history does not continue the
+//! source's is left alone.
+//!
+//! On OpenZFS (pools with feature flags) a receive is resumable: a cut one is continued from
+//! its token by the next sync, or thrown away (`zfs recv -A`) only when the source refuses
+//! the token. Streams are compressed (`-c`) or raw (`-w`, an encrypted proto), zvol replicas
+//! have no device nodes (`volmode=none`). After each good sync the base of the target's next
+//! increment is held on both sides (`lab-sync:<target>`) and the previous base released.
+//!
+//! Long: the per-target flow (resume, plan, send, holds) reads best in one place; the plan
+//! itself is the pure [`plan`].
 
 use std::collections::HashMap;
 
 use lab_exec::{ExecError, Executor};
-use lab_hv::{Event, Events, HostState, ProtoState, cmd};
-use lab_model::{Hypervisor, Transport};
+use lab_hv::cmd::{self, Limiter, ReceiveOptions, SendOptions, Stream};
+use lab_hv::{Event, Events, HostState, ProtoState};
+use lab_model::{Hypervisor, Storage, Transport};
+use tokio::sync::Semaphore;
 
 use crate::{Fleet, ProtoError};
 
@@ -22,12 +34,16 @@ pub enum SyncOutcome {
         from: Option<String>,
         to: String,
         snapshots: usize,
-        /// Bytes that went through the controller (`None` for direct transport).
+        /// Bytes sent: through the controller, or counted by `pv` on the source (direct).
         bytes: Option<u64>,
+        /// How: `full`, `incremental`, and `resumed` first when a cut receive was continued.
+        path: Vec<&'static str>,
     },
-    /// zrepl was asked to pull.
+    /// zrepl was asked to pull, and delivered the source's newest release.
     Woken {
         job: String,
+        snapshot: String,
+        waited_seconds: u64,
     },
     /// The target's history does not continue the source's: left alone.
     Diverged {
@@ -43,6 +59,10 @@ pub struct TargetReport {
     pub host: String,
     #[serde(flatten)]
     pub outcome: SyncOutcome,
+    /// What the run had to do differently there, once each: a pool that cannot resume, a
+    /// token the source refused, holds that could not be taken.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl TargetReport {
@@ -67,6 +87,13 @@ pub enum Plan {
         count: usize,
     },
     Diverged(String),
+}
+
+/// How a sync moves its streams, for every target: from the lab files and the command line.
+#[derive(Debug, Clone, Default)]
+pub struct SyncOptions {
+    /// A rate limit per stream (`50M`), overriding `proto.bwlimit`.
+    pub bwlimit: Option<String>,
 }
 
 /// Decides what a target needs: the newest common snapshot is found by GUID; the target must
@@ -132,10 +159,26 @@ pub fn plan(
     })
 }
 
-/// Sends every target what it misses, all targets at once.
+/// The limiter for `rate` on the source: `pv`, else `mbuffer`; an error naming the source
+/// when it has neither (checked before anything is sent).
+fn limiter(fleet: &Fleet<'_>, source: &HostState, rate: &str) -> Result<Limiter, ProtoError> {
+    if source.zfs.has_tool("pv") {
+        Ok(Limiter::Pv)
+    } else if source.zfs.has_tool("mbuffer") {
+        Ok(Limiter::Mbuffer)
+    } else {
+        Err(ProtoError::NoLimiter {
+            host: fleet.source.name.clone(),
+            rate: rate.to_owned(),
+        })
+    }
+}
+
+/// Sends every target what it misses, at most `proto.parallel` at once.
 pub async fn sync(
     exec: &Executor,
     fleet: &Fleet<'_>,
+    opts: &SyncOptions,
     now: u64,
     events: Events<'_>,
 ) -> Result<Vec<TargetReport>, ProtoError> {
@@ -143,141 +186,438 @@ pub async fn sync(
     let mut all = crate::read_all(exec, &fleet.all()).await;
     let targets = all.split_off(1);
     let source = all.pop().expect("the source").1?;
-    let jobs = targets
-        .into_iter()
-        .map(|(dst, have)| sync_one(exec, fleet, &source, dst, have, now, events));
+    let rate = opts.bwlimit.as_ref().or(fleet.cfg.bwlimit.as_ref());
+    let limit = match rate {
+        Some(rate) if fleet.cfg.transport != Transport::Zrepl => {
+            Some((limiter(fleet, &source, rate)?, rate.clone()))
+        }
+        _ => None,
+    };
+    let slots = Semaphore::new(fleet.cfg.parallel.max(1) as usize);
+    let jobs = targets.into_iter().map(|(dst, have)| {
+        let (slots, source, limit) = (&slots, &source, &limit);
+        async move {
+            let _slot = slots.acquire().await.expect("never closed");
+            let mut one = One {
+                exec,
+                fleet,
+                source,
+                dst,
+                limit: limit.clone(),
+                now,
+                events,
+                notes: Vec::new(),
+            };
+            let outcome = one.run(have).await;
+            events(Event::Done {
+                node: "proto".to_owned(),
+                hypervisor: dst.name.clone(),
+                outcome: outcome_word(&outcome),
+            });
+            TargetReport {
+                host: dst.name.clone(),
+                outcome,
+                notes: one.notes,
+            }
+        }
+    });
     Ok(lab_hv::run::join_all(jobs.collect()).await)
 }
 
-async fn sync_one(
-    exec: &Executor,
-    fleet: &Fleet<'_>,
-    source: &HostState,
-    dst: &Hypervisor,
-    have: Result<HostState, ExecError>,
-    now: u64,
-    events: Events<'_>,
-) -> TargetReport {
-    let report = |outcome| TargetReport {
-        host: dst.name.clone(),
-        outcome,
-    };
-    let step = |step: &'static str| {
-        events(Event::Step {
-            node: "proto".to_owned(),
-            hypervisor: dst.name.clone(),
-            step,
-        })
-    };
-    let done = |r: TargetReport| {
-        events(Event::Done {
-            node: "proto".to_owned(),
-            hypervisor: dst.name.clone(),
-            outcome: match &r.outcome {
-                SyncOutcome::UpToDate { .. } => "up to date".to_owned(),
-                SyncOutcome::Sent { bytes, .. } => {
-                    format!("sent {}", bytes.map_or("?".to_owned(), human_bytes))
-                }
-                SyncOutcome::Woken { .. } => "zrepl woken".to_owned(),
-                SyncOutcome::Diverged { .. } => "diverged".to_owned(),
-                SyncOutcome::Failed { .. } => "failed".to_owned(),
-            },
-        });
-        r
-    };
-    if fleet.cfg.transport == Transport::Zrepl {
-        let job = fleet.cfg.zrepl_job.clone().expect("the model checked it");
-        step("zrepl wakeup");
-        return done(match exec.run(&dst.name, &cmd::zrepl_wakeup(&job)).await {
-            Ok(_) => report(SyncOutcome::Woken { job }),
-            Err(e) => report(SyncOutcome::Failed {
-                error: e.to_string(),
-            }),
-        });
+fn outcome_word(outcome: &SyncOutcome) -> String {
+    match outcome {
+        SyncOutcome::UpToDate { .. } => "up to date".to_owned(),
+        SyncOutcome::Sent { bytes, path, .. } => format!(
+            "sent {} ({})",
+            bytes.map_or("?".to_owned(), human_bytes),
+            path.join(", ")
+        ),
+        SyncOutcome::Woken { .. } => "delivered by zrepl".to_owned(),
+        SyncOutcome::Diverged { .. } => "diverged".to_owned(),
+        SyncOutcome::Failed { .. } => "failed".to_owned(),
     }
-    let have = match have {
-        Ok(h) => h.proto,
-        Err(e) => {
-            return done(report(SyncOutcome::Failed {
-                error: e.to_string(),
-            }));
-        }
-    };
-    let plan = match plan(fleet, &source.proto, &have) {
-        Ok(p) => p,
-        Err(e) => {
-            return done(report(SyncOutcome::Failed {
-                error: e.to_string(),
-            }));
-        }
-    };
-    let (from, to, count) = match plan {
-        Plan::UpToDate(snapshot) => return done(report(SyncOutcome::UpToDate { snapshot })),
-        Plan::Diverged(detail) => {
-            record_error(exec, dst, &have, &format!("diverged: {detail}")).await;
-            return done(report(SyncOutcome::Diverged { detail }));
-        }
-        Plan::Full { to } => (None, to, 1),
-        Plan::Incremental { from, to, count } => (Some(from), to, count),
-    };
-    step("sending");
-    let on_bytes = |bytes: u64| {
-        events(Event::Bytes {
-            node: "proto".to_owned(),
-            hypervisor: dst.name.clone(),
-            bytes,
-        })
-    };
-    let sent = match fleet.cfg.transport {
-        Transport::Direct => exec
-            .run(
-                &fleet.source.name,
-                &cmd::send_direct(fleet.source, dst, from.as_deref(), &to),
-            )
-            .await
-            .map(|_| None),
-        _ => exec
-            .pipe(
-                (
-                    &fleet.source.name,
-                    &cmd::send(fleet.source, from.as_deref(), &to),
-                ),
-                (&dst.name, &cmd::receive(dst)),
-                &on_bytes,
-            )
-            .await
-            .map(Some),
-    };
-    let bytes = match sent {
-        Ok(b) => b,
-        Err(e) => {
-            let error = e.to_string();
-            record_error(exec, dst, &have, &error).await;
-            return done(report(SyncOutcome::Failed { error }));
-        }
-    };
-    // The replica is kept read-only so it cannot drift; the sync is recorded on it.
-    for c in &cmd::after_sync(dst, now) {
-        if let Err(e) = exec.run(&dst.name, c).await {
-            return done(report(SyncOutcome::Failed {
-                error: e.to_string(),
-            }));
-        }
-    }
-    done(report(SyncOutcome::Sent {
-        from,
-        to,
-        snapshots: count,
-        bytes,
-    }))
 }
 
-/// Leaves the last error on the replica, where `lab proto status` finds it.
-async fn record_error(exec: &Executor, dst: &Hypervisor, have: &ProtoState, error: &str) {
-    if have.exists {
-        let _ = exec
-            .run(&dst.name, &cmd::record_sync_error(dst, error))
-            .await;
+/// One target's sync.
+struct One<'r, 'a> {
+    exec: &'r Executor,
+    fleet: &'r Fleet<'a>,
+    source: &'r HostState,
+    dst: &'a Hypervisor,
+    limit: Option<(Limiter, String)>,
+    now: u64,
+    events: Events<'r>,
+    notes: Vec<String>,
+}
+
+impl One<'_, '_> {
+    fn step(&self, step: &'static str) {
+        (self.events)(Event::Step {
+            node: "proto".to_owned(),
+            hypervisor: self.dst.name.clone(),
+            step,
+        });
+    }
+
+    async fn run(&mut self, have: Result<HostState, ExecError>) -> SyncOutcome {
+        let failed = |e: &dyn std::fmt::Display| SyncOutcome::Failed {
+            error: e.to_string(),
+        };
+        if self.fleet.cfg.transport == Transport::Zrepl {
+            return self.zrepl().await;
+        }
+        let mut have = match have {
+            Ok(h) => h,
+            Err(e) => return failed(&e),
+        };
+        let mut path = Vec::new();
+        let mut bytes_before = 0;
+        if !have.zfs.modern() {
+            self.notes.push(format!(
+                "pool version {} cannot resume a cut receive (no resume tokens): a cut send \
+                 starts again from the beginning",
+                have.zfs.pool_version
+            ));
+        }
+        // A receive a cut left behind: continue it, or throw it away if the source cannot.
+        if let Some(token) = have.proto.resume_token.clone() {
+            match self.resume(&token).await {
+                Ok(Some(bytes)) => {
+                    path.push("resumed");
+                    bytes_before = bytes;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.record_error(&have.proto, &e.to_string()).await;
+                    return failed(&e);
+                }
+            }
+            // What is there now decides the rest.
+            have = match lab_hv::state::probe(self.exec, self.dst).await {
+                Ok(h) => h,
+                Err(e) => return failed(&e),
+            };
+        }
+        let plan = match plan(self.fleet, &self.source.proto, &have.proto) {
+            Ok(p) => p,
+            Err(e) => return failed(&e),
+        };
+        let (from, to, count) = match plan {
+            Plan::UpToDate(snapshot) => {
+                if path.is_empty() {
+                    self.hold_base(&have, &snapshot, None).await;
+                    return SyncOutcome::UpToDate { snapshot };
+                }
+                // A resumed stream brought the target up to date.
+                if let Err(e) = self.after(&have, &snapshot, None).await {
+                    return failed(&e);
+                }
+                return SyncOutcome::Sent {
+                    from: None,
+                    to: snapshot,
+                    snapshots: 0,
+                    bytes: Some(bytes_before),
+                    path,
+                };
+            }
+            Plan::Diverged(detail) => {
+                self.record_error(&have.proto, &format!("diverged: {detail}"))
+                    .await;
+                return SyncOutcome::Diverged { detail };
+            }
+            Plan::Full { to } => (None, to, 1),
+            Plan::Incremental { from, to, count } => (Some(from), to, count),
+        };
+        let stream = match &from {
+            None => Stream::Full { to: &to },
+            Some(f) => Stream::Incremental { from: f, to: &to },
+        };
+        let send = match self.send_options(&have) {
+            Ok(s) => s,
+            Err(e) => return failed(&e),
+        };
+        self.step("sending");
+        let receive = self.receive_options(&have);
+        let bytes = match self.transfer(&stream, &send, receive).await {
+            Ok(b) => b,
+            Err(e) => {
+                self.record_error(&have.proto, &e.to_string()).await;
+                return failed(&e);
+            }
+        };
+        path.push(if from.is_some() {
+            "incremental"
+        } else {
+            "full"
+        });
+        if let Err(e) = self.after(&have, &to, from.as_deref()).await {
+            return failed(&e);
+        }
+        SyncOutcome::Sent {
+            from,
+            to,
+            snapshots: count,
+            bytes: bytes.map(|b| b + bytes_before),
+            path,
+        }
+    }
+
+    /// Compressed where both ends are OpenZFS; raw for an encrypted proto (which an old pool
+    /// cannot receive).
+    fn send_options(&self, have: &HostState) -> Result<SendOptions, String> {
+        let modern = self.source.zfs.modern() && have.zfs.modern();
+        if self.source.proto.encrypted && !have.zfs.modern() {
+            return Err(format!(
+                "the proto is encrypted and {}'s pool (version {}) cannot receive a raw stream",
+                self.dst.name, have.zfs.pool_version
+            ));
+        }
+        Ok(SendOptions {
+            compressed: self.fleet.cfg.compressed && modern,
+            raw: self.source.proto.encrypted,
+            limit: self.limit.clone(),
+        })
+    }
+
+    fn receive_options(&self, have: &HostState) -> ReceiveOptions {
+        ReceiveOptions {
+            resumable: have.zfs.modern(),
+            volmode_none: have.zfs.modern() && self.dst.storage == Storage::Zvol,
+        }
+    }
+
+    /// Sends `stream` to the target; the bytes sent when they are known.
+    async fn transfer(
+        &self,
+        stream: &Stream<'_>,
+        send: &SendOptions,
+        receive: ReceiveOptions,
+    ) -> Result<Option<u64>, ExecError> {
+        let on_bytes = |bytes: u64| {
+            (self.events)(Event::Bytes {
+                node: "proto".to_owned(),
+                hypervisor: self.dst.name.clone(),
+                bytes,
+            })
+        };
+        match self.fleet.cfg.transport {
+            Transport::Direct => {
+                // pv on the source counts the bytes, one number a line.
+                let meter = self.source.zfs.has_tool("pv");
+                let c = cmd::send_direct(self.fleet.source, self.dst, stream, send, receive, meter);
+                let last = std::sync::atomic::AtomicU64::new(0);
+                let on_line = |line: &str| {
+                    if let Ok(b) = line.trim().parse::<u64>() {
+                        last.store(b, std::sync::atomic::Ordering::Relaxed);
+                        on_bytes(b);
+                    }
+                };
+                let out = self
+                    .exec
+                    .stream(&self.fleet.source.name, &c, &on_line)
+                    .await?;
+                if !out.success() {
+                    return Err(ExecError::Failed {
+                        host: self.fleet.source.name.clone(),
+                        command: c.line(),
+                        status: out.status,
+                        stderr: out.stderr.trim().to_owned(),
+                    });
+                }
+                Ok(meter.then(|| last.load(std::sync::atomic::Ordering::Relaxed)))
+            }
+            _ => self
+                .exec
+                .pipe(
+                    (
+                        &self.fleet.source.name,
+                        &cmd::send(self.fleet.source, stream, send),
+                    ),
+                    (&self.dst.name, &cmd::receive(self.dst, receive)),
+                    &on_bytes,
+                )
+                .await
+                .map(Some),
+        }
+    }
+
+    /// Continues a cut receive from its token. `Ok(None)`: the source refused the token
+    /// (its snapshot is gone, say), so the partial receive was thrown away.
+    async fn resume(&mut self, token: &str) -> Result<Option<u64>, ExecError> {
+        self.step("checking the resume token");
+        let src = &self.fleet.source.name;
+        if self
+            .exec
+            .run(src, &cmd::check_resume_token(token))
+            .await
+            .is_err()
+        {
+            self.step("aborting the partial receive");
+            self.exec
+                .run(&self.dst.name, &cmd::abort_receive(self.dst))
+                .await?;
+            self.notes.push(
+                "the source refused the resume token of a cut receive: the partial receive was \
+                 aborted (zfs recv -A) and the send starts again"
+                    .to_owned(),
+            );
+            return Ok(None);
+        }
+        self.step("resuming");
+        // A resumed stream keeps the flags and properties of the send it continues; only the
+        // limit applies, and the receive stays resumable.
+        let send = SendOptions {
+            limit: self.limit.clone(),
+            ..SendOptions::default()
+        };
+        let receive = ReceiveOptions {
+            resumable: true,
+            volmode_none: false,
+        };
+        let bytes = self
+            .transfer(&Stream::Resume { token }, &send, receive)
+            .await?;
+        self.notes
+            .push("a cut receive was resumed from its token".to_owned());
+        Ok(Some(bytes.unwrap_or(0)))
+    }
+
+    /// After a good sync: the replica read-only, the sync recorded, the holds moved to `to`.
+    async fn after(
+        &mut self,
+        have: &HostState,
+        to: &str,
+        from: Option<&str>,
+    ) -> Result<(), ExecError> {
+        for c in &cmd::after_sync(self.dst, self.now) {
+            self.exec.run(&self.dst.name, c).await?;
+        }
+        self.hold_base(have, to, from).await;
+        Ok(())
+    }
+
+    /// Holds `base` for this target on the source and on the target, and releases this
+    /// target's holds on other snapshots (`previous`, the base this sync moved from, included).
+    /// A hold that fails is a note: the sync itself succeeded, and prune protects bases anyway.
+    async fn hold_base(&mut self, have: &HostState, base: &str, previous: Option<&str>) {
+        let tag = cmd::sync_tag(self.dst);
+        let sides = [
+            (self.fleet.source, &self.source.proto, &self.source.zfs),
+            (self.dst, &have.proto, &have.zfs),
+        ];
+        for (hv, proto, zfs) in sides {
+            let held = proto
+                .snapshots
+                .iter()
+                .find(|s| s.name == base)
+                .is_some_and(|s| s.holds.contains(&tag));
+            // Where tags are not listed, hold again (an existing hold is taken as done).
+            if !held && let Err(e) = self.exec.run(&hv.name, &cmd::hold(hv, &tag, base)).await {
+                self.notes
+                    .push(format!("the hold {tag} on {}@{base} failed: {e}", hv.proto));
+                continue;
+            }
+            // This target's holds elsewhere: by tag where zfs lists them, else on every other
+            // held snapshot (releasing a tag that is not there is taken as done).
+            let stale: Vec<String> = proto
+                .snapshots
+                .iter()
+                .filter(|s| s.name != base)
+                .filter(|s| {
+                    if zfs.holds_listed {
+                        s.holds.contains(&tag)
+                    } else {
+                        s.userrefs > 0 || previous == Some(s.name.as_str())
+                    }
+                })
+                .map(|s| s.name.clone())
+                .collect();
+            for name in stale {
+                if let Err(e) = self
+                    .exec
+                    .run(&hv.name, &cmd::release(hv, &tag, &name))
+                    .await
+                {
+                    self.notes.push(format!(
+                        "releasing {tag} on {}@{name} failed: {e}",
+                        hv.proto
+                    ));
+                }
+            }
+        }
+    }
+
+    /// zrepl pulls on its own: wake it, then wait until the target has the source's newest
+    /// release (by GUID), at most `proto.zrepl_wait` seconds.
+    async fn zrepl(&mut self) -> SyncOutcome {
+        let job = self
+            .fleet
+            .cfg
+            .zrepl_job
+            .clone()
+            .expect("the model checked it");
+        let Some(newest) = self
+            .source
+            .proto
+            .snapshots
+            .iter()
+            .rev()
+            .find(|s| self.fleet.is_release(&s.name))
+        else {
+            return SyncOutcome::Failed {
+                error: format!(
+                    "{}: {} has no snapshot matching `{}`",
+                    self.fleet.source.name, self.source.proto.dataset, self.fleet.cfg.pattern
+                ),
+            };
+        };
+        self.step("zrepl wakeup");
+        if let Err(e) = self
+            .exec
+            .run(&self.dst.name, &cmd::zrepl_wakeup(&job))
+            .await
+        {
+            return SyncOutcome::Failed {
+                error: e.to_string(),
+            };
+        }
+        self.step("waiting for zrepl");
+        let secs = self.fleet.cfg.zrepl_wait;
+        let start = std::time::Instant::now();
+        let wait = cmd::zrepl_wait(self.dst, &newest.guid, secs);
+        match self.exec.output(&self.dst.name, &wait).await {
+            Ok(out) if out.success() => SyncOutcome::Woken {
+                job,
+                snapshot: newest.name.clone(),
+                waited_seconds: start.elapsed().as_secs(),
+            },
+            Ok(out) if out.status == 3 => SyncOutcome::Failed {
+                error: format!(
+                    "zrepl job {job} did not deliver {} (guid {}) within {secs} s",
+                    newest.full, newest.guid
+                ),
+            },
+            Ok(out) => SyncOutcome::Failed {
+                error: format!(
+                    "waiting for zrepl failed (status {}): {}",
+                    out.status,
+                    out.stderr.trim()
+                ),
+            },
+            Err(e) => SyncOutcome::Failed {
+                error: e.to_string(),
+            },
+        }
+    }
+
+    /// Leaves the last error on the replica, where `lab proto status` finds it.
+    async fn record_error(&self, have: &ProtoState, error: &str) {
+        if have.exists {
+            let _ = self
+                .exec
+                .run(&self.dst.name, &cmd::record_sync_error(self.dst, error))
+                .await;
+        }
     }
 }
 

@@ -28,6 +28,8 @@ const PACKAGES: &[&str] = &[
     "dropbear-bin",
     "tmux",
     "graphviz",
+    // proto sync's rate limit and byte progress on the source (`pv`)
+    "pv",
     "iproute2",
 ];
 

@@ -14,8 +14,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 )]
 pub struct Cli {
     /// Output format of the result on stdout: text or json for every verb; `inventory` also
-    /// takes ssh-config, ansible and hosts, `graph` dot, mermaid and svg. Logs and progress
-    /// always go to stderr.
+    /// takes ssh-config, ansible and hosts, `graph` dot, mermaid and svg, `proto status`
+    /// prometheus. Logs and progress always go to stderr.
     #[arg(long, global = true, value_enum, default_value_t = Format::Text, env = "LAB_FORMAT")]
     pub format: Format,
 
@@ -41,6 +41,8 @@ pub enum Format {
     Dot,
     Mermaid,
     Svg,
+    /// The Prometheus text format (`lab proto status`), for node_exporter's textfile collector.
+    Prometheus,
 }
 
 #[derive(Subcommand, Debug)]
@@ -339,13 +341,15 @@ pub enum ProtoCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Send every target the snapshots it misses (incremental, by GUID).
+    /// Send every target the snapshots it misses (incremental, by GUID; resumable on OpenZFS).
     Sync {
         #[command(flatten)]
         lab: LabArgs,
         /// Print what would be sent; change nothing.
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        bwlimit: BwLimit,
     },
     /// Destroy old snapshots that no clone uses, on every hypervisor.
     Prune {
@@ -370,5 +374,26 @@ pub enum ProtoCommand {
         #[arg(long, value_name = "SECONDS", default_value_t = 0,
               value_parser = clap::value_parser!(u64).range(0..=86_400))]
         jitter: u64,
+        #[command(flatten)]
+        bwlimit: BwLimit,
+        /// After every run, write `lab proto status` in the Prometheus text format to PATH
+        /// (atomically: node_exporter's textfile collector never reads half a file).
+        #[arg(long, value_name = "PATH")]
+        status_file: Option<PathBuf>,
     },
+}
+
+/// `50M`, `800k`: bytes per second.
+fn rate(s: &str) -> Result<String, String> {
+    lab_model::names::rate(s)
+        .map(|()| s.to_owned())
+        .map_err(|rule| rule.to_string())
+}
+
+#[derive(Args, Debug)]
+pub struct BwLimit {
+    /// Limit each stream to RATE bytes per second (`50M`, `800k`), through `pv` or `mbuffer`
+    /// on the source; overrides `proto.bwlimit`.
+    #[arg(long, value_name = "RATE", value_parser = rate)]
+    pub bwlimit: Option<String>,
 }

@@ -101,7 +101,9 @@ impl From<lab_proto::ProtoError> for Failure {
             | ProtoError::NothingReleased { .. }
             | ProtoError::NotAfterBegin { .. }
             | ProtoError::NoDataset { .. } => Exit::Invalid,
-            ProtoError::Exec(_) | ProtoError::DomainRunning { .. } => Exit::Failure,
+            ProtoError::Exec(_)
+            | ProtoError::DomainRunning { .. }
+            | ProtoError::NoLimiter { .. } => Exit::Failure,
         };
         Failure::new(code, e.to_string())
     }

@@ -178,14 +178,20 @@ pub enum Proto {
     },
     Sync {
         mode: Mode,
+        bwlimit: Option<String>,
     },
     Prune {
         keep: Option<u32>,
         mode: Mode,
     },
-    Status,
+    Status {
+        prometheus: bool,
+    },
     Refresh {
         jitter_secs: u64,
+        bwlimit: Option<String>,
+        /// Where the Prometheus status goes after every run.
+        status_file: Option<PathBuf>,
     },
 }
 
@@ -266,14 +272,25 @@ impl Settings {
     /// The settings of a parsed command line, or why they make no sense together (a
     /// `--format` the verb does not print).
     pub fn from_cli(cli: Cli) -> Result<Settings, Failure> {
-        // The formats of `inventory` and `graph` mean nothing to the other verbs.
+        // The formats of `inventory`, `graph` and `proto status` mean nothing to the others.
         let generic = !matches!(
             cli.command,
             cli::Command::Inventory(_) | cli::Command::Graph(_)
         );
-        if generic && !matches!(cli.format, cli::Format::Text | cli::Format::Json) {
+        let proto_status = matches!(
+            cli.command,
+            cli::Command::Proto(cli::ProtoCommand::Status { .. })
+        );
+        let fits = match cli.format {
+            cli::Format::Text | cli::Format::Json => true,
+            cli::Format::Prometheus => proto_status,
+            _ => !generic,
+        };
+        if !fits {
             return Err(Failure::invalid(format!(
-                "--format {} is for `lab inventory` or `lab graph`; this verb prints text or json",
+                "--format {} is not for this verb: text and json are for every verb; ssh-config, \
+                 ansible and hosts for `lab inventory`; dot, mermaid and svg for `lab graph`; \
+                 prometheus for `lab proto status`",
                 format_name(cli.format)
             )));
         }
@@ -395,10 +412,15 @@ impl Settings {
                             if_running: if_running(force),
                         },
                     ),
-                    cli::ProtoCommand::Sync { lab, dry_run } => (
+                    cli::ProtoCommand::Sync {
+                        lab,
+                        dry_run,
+                        bwlimit,
+                    } => (
                         lab,
                         Proto::Sync {
                             mode: Mode::from_flag(dry_run),
+                            bwlimit: bwlimit.bwlimit,
                         },
                     ),
                     cli::ProtoCommand::Prune { lab, keep, dry_run } => (
@@ -408,11 +430,23 @@ impl Settings {
                             mode: Mode::from_flag(dry_run),
                         },
                     ),
-                    cli::ProtoCommand::Status { lab } => (lab, Proto::Status),
-                    cli::ProtoCommand::Refresh { lab, jitter } => (
+                    cli::ProtoCommand::Status { lab } => (
+                        lab,
+                        Proto::Status {
+                            prometheus: cli.format == cli::Format::Prometheus,
+                        },
+                    ),
+                    cli::ProtoCommand::Refresh {
+                        lab,
+                        jitter,
+                        bwlimit,
+                        status_file,
+                    } => (
                         lab,
                         Proto::Refresh {
                             jitter_secs: jitter,
+                            bwlimit: bwlimit.bwlimit,
+                            status_file,
                         },
                     ),
                 };

@@ -979,7 +979,7 @@ fn day_two_usage_errors() {
     let cases: &[(&[&str], &str)] = &[
         (
             &["--format", "dot", "status", "--lab", EXAMPLE],
-            "--format dot is for `lab inventory` or `lab graph`",
+            "--format dot is not for this verb",
         ),
         (
             &["--format", "svg", "inventory", "--lab", EXAMPLE],

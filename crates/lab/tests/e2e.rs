@@ -325,7 +325,8 @@ fn day_two(bed: &lab_testbed::Testbed, b: &std::path::Path, file: &str, model: &
     );
     assert_eq!(run.code, 3, "{}", run.stderr);
     assert_eq!(
-        run.stderr.matches("did not finish within 2 s").count(),
+        // (on the hypervisor at 2 s, or, on a machine this busy, locally a little later)
+        run.stderr.matches("did not finish within").count(),
         4,
         "{}",
         run.stderr

@@ -1,6 +1,9 @@
 //! The proto lifecycle end to end on the test bed: release on hv0, replicate to hv1 and hv2
 //! through the controller, prune, from the real `lab proto` verbs. Each test has a proto
 //! dataset of its own (`ssd-vol0/pe-*`), so they can run in parallel.
+//!
+//! Long: one binary for every proto scenario on the bed (each binary is a link of the whole
+//! stack), with a strict reader of the Prometheus text format for the status file.
 
 mod common;
 
@@ -23,6 +26,12 @@ fn proto(dir: &Path, fleet: &str, args: &[&str]) -> Run {
 /// every hypervisor; zfs-fuse may call a dataset busy for a moment after an unmount.
 fn drop_everywhere(bed: &Testbed, ds: &str) {
     for k in 0..bed.hypervisors {
+        // The holds sync leaves on increment bases (zfs would refuse to destroy those).
+        for (snap, _) in snapshots(bed, k, ds) {
+            for t in 0..bed.hypervisors {
+                let _ = bed.exec(k, &["zfs", "release", &format!("lab-sync:hv{t}"), &snap]);
+            }
+        }
         let gone = (0..20).any(|_| {
             let _ = bed.exec(k, &["zfs", "destroy", "-R", "-f", ds]);
             let gone = bed
@@ -293,6 +302,24 @@ fn one_sync_catches_up_fills_an_empty_target_and_leaves_a_diverged_one_alone() {
     assert_eq!(proto(&["release", "--name", "20260102-release"]).code, 0);
     grow(&bed, &ds, "c", 1);
     assert_eq!(proto(&["release", "--name", "20260103-release"]).code, 0);
+    // The base of each target's next increment is held, on the source and on the target:
+    // neither a prune nor a human's `zfs destroy` can take it away.
+    let base = format!("{ds}@20260101-release");
+    let userrefs = |k: u32| {
+        bed.exec(k, &["zfs", "get", "-H", "-o", "value", "userrefs", &base])
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(
+        (userrefs(0), userrefs(1), userrefs(2)),
+        ("2".into(), "1".into(), "1".into())
+    );
+    let refused = bed.exec(2, &["zfs", "destroy", "-r", &ds]).unwrap_err();
+    assert!(refused.to_string().contains("busy"), "{refused}");
+    // An operator who means it releases the hold first: hv2 loses its replica.
+    bed.exec(2, &["zfs", "release", "lab-sync:hv2", &base])
+        .unwrap();
     bed.exec(2, &["zfs", "destroy", "-r", &ds]).unwrap();
 
     let run = proto(&["sync"]);
@@ -302,6 +329,30 @@ fn one_sync_catches_up_fills_an_empty_target_and_leaves_a_diverged_one_alone() {
     assert_eq!(t["hv1"]["snapshots"], 2, "one sync, both missing snapshots");
     assert_eq!(t["hv2"]["from"], serde_json::Value::Null, "full send");
     assert_eq!(snapshots(&bed, 1, &ds), snapshots(&bed, 0, &ds));
+    // The holds moved to the new base, hv2's too (it got 20260103 in full): the old base is
+    // free on the source and on hv1.
+    assert_eq!((userrefs(0), userrefs(1)), ("0".into(), "0".into()));
+    let newest = format!("{ds}@20260103-release");
+    let refs = |k: u32| {
+        bed.exec(k, &["zfs", "get", "-H", "-o", "value", "userrefs", &newest])
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(
+        (refs(0), refs(1), refs(2)),
+        ("2".into(), "1".into(), "1".into())
+    );
+    // zfs-fuse cannot resume a cut receive: said once per target
+    let notes = t["hv1"]["notes"].as_array().unwrap();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0]
+            .as_str()
+            .unwrap()
+            .contains("pool version 23 cannot resume"),
+        "{notes:?}"
+    );
 
     // hv2's replica gets a snapshot of its own: its history no longer continues the source's.
     bed.exec(2, &["zfs", "snapshot", &format!("{ds}@hand-made")])
@@ -464,5 +515,261 @@ fn begin_rollback_and_release_refuse_what_would_lose_or_misname_a_snapshot() {
 
     let run = lab(dir.path(), &["destroy", "--lab", l]);
     assert_eq!(run.code, 0, "{}", run.stderr);
+    drop_everywhere(&bed, &ds);
+}
+
+/// The samples of a Prometheus text-format document, `name{labels}` → value; an error for
+/// any line the format does not allow (a sample before its TYPE, a bad label, a bad value).
+fn parse_prometheus(text: &str) -> Result<std::collections::BTreeMap<String, f64>, String> {
+    let mut typed = std::collections::HashSet::new();
+    let mut samples = std::collections::BTreeMap::new();
+    let name_ok = |n: &str| {
+        n.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut w = rest.splitn(3, ' ');
+            match (w.next(), w.next(), w.next()) {
+                (Some("HELP"), Some(n), Some(_)) if name_ok(n) => {}
+                (Some("TYPE"), Some(n), Some("gauge" | "counter")) if name_ok(n) => {
+                    typed.insert(n.to_owned());
+                }
+                _ => return Err(format!("a bad comment line: {line}")),
+            }
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .ok_or_else(|| format!("no value: {line}"))?;
+        let value: f64 = value.parse().map_err(|_| format!("a bad value: {line}"))?;
+        let name = series.split('{').next().unwrap();
+        if !name_ok(name) || !typed.contains(name) {
+            return Err(format!(
+                "a sample without its TYPE or with a bad name: {line}"
+            ));
+        }
+        if let Some(labels) = series.strip_prefix(name)
+            && !labels.is_empty()
+        {
+            let inner = labels
+                .strip_prefix('{')
+                .and_then(|l| l.strip_suffix('}'))
+                .ok_or_else(|| format!("bad braces: {line}"))?;
+            // key="value" pairs; a value may hold \" \\ \n escapes and commas.
+            let mut rest = inner;
+            while !rest.is_empty() {
+                let (key, after) = rest
+                    .split_once("=\"")
+                    .ok_or_else(|| format!("a bad label: {line}"))?;
+                if !name_ok(key) {
+                    return Err(format!("a bad label name `{key}`: {line}"));
+                }
+                let mut chars = after.char_indices();
+                let mut end = None;
+                while let Some((i, c)) = chars.next() {
+                    match c {
+                        '\\' => match chars.next() {
+                            Some((_, '\\' | '"' | 'n')) => {}
+                            _ => return Err(format!("a bad escape: {line}")),
+                        },
+                        '"' => {
+                            end = Some(i);
+                            break;
+                        }
+                        '\n' => return Err(format!("a raw newline: {line}")),
+                        _ => {}
+                    }
+                }
+                let end = end.ok_or_else(|| format!("an open label value: {line}"))?;
+                rest = after[end + 1..]
+                    .strip_prefix(',')
+                    .unwrap_or(&after[end + 1..]);
+            }
+        }
+        if samples.insert(series.to_owned(), value).is_some() {
+            return Err(format!("a sample twice: {line}"));
+        }
+    }
+    Ok(samples)
+}
+
+fn sample(samples: &std::collections::BTreeMap<String, f64>, name: &str, hv: &str) -> Option<f64> {
+    samples
+        .iter()
+        .find(|(k, _)| k.starts_with(&format!("{name}{{hypervisor=\"{hv}\"")))
+        .map(|(_, v)| *v)
+}
+
+#[test]
+fn refresh_writes_a_prometheus_status_file_that_follows_releases() {
+    let bed = require();
+    let dir = tempfile::tempdir().unwrap();
+    let ds = fresh_proto(&bed, "pe-prom", 2);
+    let file = fleet(dir.path(), &ds, "");
+    let f = file.to_str().unwrap();
+    let status_file = dir.path().join("textfile/lab_proto.prom");
+    std::fs::create_dir_all(status_file.parent().unwrap()).unwrap();
+    let sf = status_file.to_str().unwrap();
+    assert_eq!(lab(dir.path(), &["proto", "release", "--lab", f]).code, 0);
+    let run = lab(
+        dir.path(),
+        &["proto", "refresh", "--lab", f, "--status-file", sf],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let text = std::fs::read_to_string(&status_file).unwrap();
+    let s = parse_prometheus(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    // The reader is strict: it would catch a sample without its TYPE or a bad escape.
+    assert!(parse_prometheus("lab_x 1\n").is_err());
+    assert!(parse_prometheus("# TYPE lab_x gauge\nlab_x{a=\"\\q\"} 1\n").is_err());
+    for hv in ["hv1", "hv2"] {
+        assert_eq!(sample(&s, "lab_proto_in_sync", hv), Some(1.0), "{text}");
+        assert_eq!(
+            sample(&s, "lab_proto_releases_behind", hv),
+            Some(0.0),
+            "{text}"
+        );
+        assert!(
+            sample(&s, "lab_proto_last_success_timestamp_seconds", hv).is_some(),
+            "{text}"
+        );
+        assert_eq!(sample(&s, "lab_proto_up", hv), Some(1.0), "{text}");
+    }
+    // Only the file itself is left in the directory: the temporary one was renamed over it.
+    assert_eq!(
+        std::fs::read_dir(status_file.parent().unwrap())
+            .unwrap()
+            .count(),
+        1
+    );
+
+    // A new release: the targets are one behind until the next refresh.
+    grow(&bed, &ds, "b", 1);
+    assert_eq!(
+        lab(
+            dir.path(),
+            &["proto", "release", "--lab", f, "--name", "20990101-release"]
+        )
+        .code,
+        0
+    );
+    let run = lab(
+        dir.path(),
+        &["--format", "prometheus", "proto", "status", "--lab", f],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let s = parse_prometheus(&run.stdout).unwrap_or_else(|e| panic!("{e}\n{}", run.stdout));
+    for hv in ["hv1", "hv2"] {
+        assert_eq!(
+            sample(&s, "lab_proto_in_sync", hv),
+            Some(0.0),
+            "{}",
+            run.stdout
+        );
+        assert_eq!(
+            sample(&s, "lab_proto_releases_behind", hv),
+            Some(1.0),
+            "{}",
+            run.stdout
+        );
+    }
+    let run = lab(
+        dir.path(),
+        &["proto", "refresh", "--lab", f, "--status-file", sf],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let s = parse_prometheus(&std::fs::read_to_string(&status_file).unwrap()).unwrap();
+    assert_eq!(sample(&s, "lab_proto_in_sync", "hv2"), Some(1.0));
+    drop_everywhere(&bed, &ds);
+}
+
+#[test]
+fn a_cut_sync_leaves_nothing_the_next_sync_does_not_finish() {
+    let bed = require();
+    let dir = tempfile::tempdir().unwrap();
+    let ds = fresh_proto(&bed, "pe-cut", 1);
+    let file = fleet(dir.path(), &ds, "");
+    let f = file.to_str().unwrap();
+    let proto = |args: &[&str]| proto(dir.path(), f, args);
+    assert_eq!(proto(&["release", "--name", "20260101-release"]).code, 0);
+    assert_eq!(proto(&["sync"]).code, 0);
+    grow(&bed, &ds, "big", 16);
+    assert_eq!(proto(&["release", "--name", "20260102-release"]).code, 0);
+
+    // 16 MiB at 1 MiB/s: killed (SIGKILL) a few seconds into the stream.
+    let mut cut = spawn_lab(
+        dir.path(),
+        &["-v", "proto", "sync", "--lab", f, "--bwlimit", "1M"],
+    );
+    let stderr = cut.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let sending = line.ends_with(": sending");
+        seen.push(line);
+        if sending {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    cut.kill().unwrap();
+    cut.wait().unwrap();
+    assert!(seen.iter().any(|l| l.ends_with(": sending")), "{seen:?}");
+    assert_ne!(
+        snapshots(&bed, 1, &ds),
+        snapshots(&bed, 0, &ds),
+        "the cut sync did not finish"
+    );
+
+    // The next sync finishes (its lock is free once the killed run's channel is gone).
+    let mut run = proto(&["sync"]);
+    for _ in 0..30 {
+        if run.code != 4 {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        run = proto(&["sync"]);
+    }
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let names = |k: u32| {
+        bed.exec(
+            k,
+            &["zfs", "list", "-H", "-t", "all", "-o", "name", "-r", &ds],
+        )
+        .unwrap()
+    };
+    for k in [1, 2] {
+        assert_eq!(snapshots(&bed, k, &ds), snapshots(&bed, 0, &ds), "hv{k}");
+        // Nothing half-received is left anywhere under the replica.
+        assert_eq!(names(k), names(0), "hv{k}");
+    }
+    drop_everywhere(&bed, &ds);
+}
+
+#[test]
+fn direct_transport_counts_bytes_with_pv_and_takes_a_rate_limit() {
+    let bed = require();
+    let dir = tempfile::tempdir().unwrap();
+    let ds = fresh_proto(&bed, "pe-direct", 3);
+    let file = fleet(dir.path(), &ds, ", transport: direct, bwlimit: 50M");
+    let f = file.to_str().unwrap();
+    assert_eq!(proto(dir.path(), f, &["release"]).code, 0);
+    let run = proto(dir.path(), f, &["sync"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let t = by_host(&run.json()["targets"]);
+    for hv in ["hv1", "hv2"] {
+        assert_eq!(t[hv]["result"], "sent", "{}", t[hv]);
+        let bytes = t[hv]["bytes"].as_u64().unwrap_or(0);
+        assert!(
+            bytes >= 3 * MIB,
+            "pv on the source counted {bytes} bytes: {}",
+            t[hv]
+        );
+        assert_eq!(snapshots(&bed, 1, &ds), snapshots(&bed, 0, &ds));
+    }
     drop_everywhere(&bed, &ds);
 }

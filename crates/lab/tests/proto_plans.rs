@@ -1,6 +1,10 @@
-//! Command plans of `lab proto sync` and `prune` for each transport, against scripted
-//! hypervisors: zrepl is not installable here and OpenZFS-only behaviour cannot run on the test
-//! bed, so the exact commands are what is checked.
+//! Command plans of `lab proto sync` and `prune` for each transport and each path, against
+//! scripted hypervisors: zrepl is not installable here and OpenZFS-only behaviour (resume
+//! tokens, compressed and raw sends, volmode, listing holds) cannot run on the test bed's
+//! zfs-fuse, so the exact commands are what is checked.
+//!
+//! Long: most of it is the scripted fleet (what each hypervisor holds and can do) and the
+//! table of scenarios.
 
 use std::path::{Path, PathBuf};
 
@@ -17,8 +21,11 @@ hypervisors:
 proto: {source: src, keep: 1, TRANSPORT}
 "#;
 
-fn fleet(transport: &str) -> Lab {
-    let text = FLEET.replace("TRANSPORT", transport);
+fn fleet(transport: &str, edits: &[(&str, &str)]) -> Lab {
+    let mut text = FLEET.replace("TRANSPORT", transport);
+    for (from, to) in edits {
+        text = text.replace(from, to);
+    }
     let (tree, files) = (
         lab_model::tree::parse(&text, Path::new("fleet.yaml")).unwrap(),
         vec![PathBuf::from("fleet.yaml")],
@@ -33,8 +40,28 @@ fn fleet(transport: &str) -> Lab {
     Lab::from_tree(base, files).unwrap()
 }
 
+/// What the scripted fleet is and can do, beyond the snapshots every scenario starts from.
+#[derive(Default, Clone, Copy)]
+struct World {
+    /// Pools with feature flags (OpenZFS) everywhere; else zfs-fuse's version 23.
+    modern: bool,
+    /// Tools on every hypervisor.
+    tools: &'static [&'static str],
+    /// `behind` has a cut receive's token.
+    token: bool,
+    /// The source still has what the token asks for.
+    token_good: bool,
+    /// The source's proto is encrypted.
+    encrypted: bool,
+    /// `behind` already holds its base (and the source holds it for `behind`), and an old
+    /// source snapshot carries a stale hold of `behind`'s.
+    held: bool,
+    /// zrepl delivers within the wait.
+    zrepl_delivers: bool,
+}
+
 /// What each hypervisor holds: snapshots (name, guid) oldest first, and clones.
-fn listing(host: &str) -> String {
+fn listing(host: &str, w: &World) -> String {
     let rows: &[(&str, &str)] = match host {
         "src" => &[
             ("20261001-release", "1"),
@@ -51,14 +78,29 @@ fn listing(host: &str) -> String {
     } else {
         "tank/proto"
     };
-    // The probe's answer: the proto's snapshots, the pool's datasets, no domains.
+    let tag = "lab-sync:behind";
+    // (snapshot, tags) held on this host.
+    let holds: Vec<(&str, Vec<&str>)> = match (w.held, host) {
+        (true, "src") => vec![
+            ("20261001-release", vec![tag]),
+            ("20261101-before", vec![tag, "ops-keep"]),
+        ],
+        (true, "behind") => vec![("20261001-release", vec![tag])],
+        _ => Vec::new(),
+    };
+    // The probe's answer: the proto's snapshots, what zfs can do, the holds, the pool's
+    // datasets, no domains.
     let mut out = String::from("#snapshots\n");
     if host != "empty" {
         out.push_str(&format!("{dataset}\tguid\t1000\n"));
     }
     for (i, (name, guid)) in rows.iter().enumerate() {
+        let refs = holds
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, t)| t.len());
         out.push_str(&format!(
-            "{dataset}@{name}\tguid\t{guid}\n{dataset}@{name}\tcreation\t{}\n",
+            "{dataset}@{name}\tguid\t{guid}\n{dataset}@{name}\tcreation\t{}\n{dataset}@{name}\tuserrefs\t{refs}\n",
             100 + i
         ));
     }
@@ -67,6 +109,36 @@ fn listing(host: &str) -> String {
     } else {
         "#rc 0\n"
     });
+    out.push_str(&format!(
+        "#zfs\nversion\t{}\n",
+        if w.modern { "-" } else { "23" }
+    ));
+    for t in w.tools {
+        out.push_str(&format!("tool\t{t}\n"));
+    }
+    if w.modern && host != "empty" {
+        if w.token && host == "behind" {
+            out.push_str("prop\treceive_resume_token\t1-abc123-d8-789c\n");
+        }
+        let encrypted = w.encrypted && host == "src";
+        out.push_str(&format!(
+            "prop\tencryption\t{}\n",
+            if encrypted { "aes-256-gcm" } else { "off" }
+        ));
+    }
+    out.push_str("#rc 0\n#holds\n");
+    if w.modern {
+        for (name, tags) in &holds {
+            for t in tags {
+                out.push_str(&format!("{dataset}@{name}\t{t}\tTue Dec  1 10:00 2026\n"));
+            }
+        }
+        out.push_str("#rc 0\n");
+    } else if holds.is_empty() {
+        out.push_str("#rc 0\n");
+    } else {
+        out.push_str("#rc unsupported\n");
+    }
     let pool = dataset.split('/').next().unwrap();
     let mut names = vec![pool.to_owned()];
     let mut datasets = format!("{pool}\torigin\t-\t-\n");
@@ -82,19 +154,47 @@ fn listing(host: &str) -> String {
         );
     }
     out.push_str(&format!(
-        "#zfs\nversion\t-\n#rc 0\n#holds\n#rc 0\n#names\n{}\n#rc 0\n#datasets\n{datasets}#rc 0\n#domains\n#rc 0\n#markers\n#rc 0\n\
+        "#names\n{}\n#rc 0\n#datasets\n{datasets}#rc 0\n#domains\n#rc 0\n#markers\n#rc 0\n\
          #networks\n#rc 0\n#end\n",
         names.join("\n")
     ));
     out
 }
 
-fn run(transport: &str, verb: &str) -> String {
-    let lab = fleet(transport);
+fn run_with(
+    transport: &str,
+    verb: &str,
+    w: World,
+    edits: &[(&str, &str)],
+    bwlimit: Option<&str>,
+) -> String {
+    let lab = fleet(transport, edits);
     let fleet = Fleet::of(&lab).unwrap();
-    let script: lab_exec::Script = Box::new(|host, line| {
-        line.contains(" lab-probe ")
-            .then(|| Out::ok(lab_hv::state::scripted_answer(line, &listing(host))))
+    let script: lab_exec::Script = Box::new(move |host, line| {
+        if line.contains(" lab-probe ") {
+            return Some(Out::ok(lab_hv::state::scripted_answer(
+                line,
+                &listing(host, &w),
+            )));
+        }
+        if line.starts_with("zfs send -n -t") {
+            return Some(if w.token_good {
+                Out::ok("")
+            } else {
+                Out::fail(
+                    255,
+                    "cannot resume send: 'tank/proto@20261101-release' used in the initial send no longer exists",
+                )
+            });
+        }
+        if line.contains("lab-zrepl-wait") {
+            return Some(if w.zrepl_delivers {
+                Out::ok("")
+            } else {
+                Out::fail(3, "")
+            });
+        }
+        None
     });
     let targets = lab
         .hypervisors
@@ -109,25 +209,35 @@ fn run(transport: &str, verb: &str) -> String {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
+    let opts = lab_proto::SyncOptions {
+        bwlimit: bwlimit.map(str::to_owned),
+    };
     let report = rt.block_on(async {
         if verb == "sync" {
-            serde_json::to_string_pretty(
-                &lab_proto::sync(&exec, &fleet, 1_800_000_000, &|_| {})
-                    .await
-                    .unwrap(),
-            )
+            match lab_proto::sync(&exec, &fleet, &opts, 1_800_000_000, &|_| {}).await {
+                Ok(r) => serde_json::to_string_pretty(&r).unwrap(),
+                Err(e) => format!("refused: {e}"),
+            }
         } else {
             serde_json::to_string_pretty(&lab_proto::prune(&exec, &fleet, 1).await.unwrap())
+                .unwrap()
         }
-        .unwrap()
     });
     let mut out = format!("{report}\n");
     for r in exec.recorded() {
-        if r.effect == lab_exec::Effect::Change || r.line.starts_with("zfs send") {
+        if r.effect == lab_exec::Effect::Change
+            || r.line.starts_with("zfs send")
+            || r.line.contains("lab-send")
+            || r.line.contains("lab-zrepl-wait")
+        {
             out.push_str(&format!("{} $ {}\n", r.host, r.line));
         }
     }
     out
+}
+
+fn run(transport: &str, verb: &str) -> String {
+    run_with(transport, verb, World::default(), &[], None)
 }
 
 #[test]
@@ -141,26 +251,199 @@ fn sync_direct_from_the_source() {
 }
 
 #[test]
-fn sync_wakes_zrepl_on_each_target() {
-    insta::assert_snapshot!(run("transport: zrepl, zrepl_job: lab-proto", "sync"));
-}
-
-#[test]
 fn prune_keeps_pinned_snapshots_and_increment_bases() {
     insta::assert_snapshot!(run("transport: controller", "prune"));
 }
 
+const MODERN: World = World {
+    modern: true,
+    tools: &[],
+    token: false,
+    token_good: false,
+    encrypted: false,
+    held: false,
+    zrepl_delivers: false,
+};
+
+/// On OpenZFS: compressed streams, resumable receives, holds moved to the new base; with a
+/// zvol target, no device nodes for the replica.
 #[test]
-fn zrepl_without_a_job_is_refused_at_load_time() {
-    let text = FLEET.replace("TRANSPORT", "transport: zrepl");
-    let tree = lab_model::tree::parse(
-        &format!("lab: {{name: f, id: 0}}\nnodes: {{}}\n{text}"),
-        Path::new("fleet.yaml"),
-    )
-    .unwrap();
-    let err = Lab::from_tree(tree, vec![]).unwrap_err().to_string();
-    assert!(
-        err.contains("proto.transport") && err.contains("zrepl_job"),
-        "{err}"
+fn sync_on_openzfs_compresses_resumes_and_holds() {
+    insta::assert_snapshot!(run_with(
+        "transport: controller",
+        "sync",
+        MODERN,
+        &[(
+            "proto: ssd/replica/proto,",
+            "proto: ssd/replica/proto, storage: zvol, partition: 1,"
+        )],
+        None
+    ));
+}
+
+/// A cut receive's token that the source accepts: resumed, then the rest sent.
+#[test]
+fn sync_resumes_a_cut_receive_from_its_token() {
+    insta::assert_snapshot!(run_with(
+        "transport: controller",
+        "sync",
+        World {
+            token: true,
+            token_good: true,
+            ..MODERN
+        },
+        &[],
+        None
+    ));
+}
+
+/// A token the source refuses (its snapshot is gone): the partial receive is aborted, said so,
+/// and the send starts again.
+#[test]
+fn sync_aborts_a_partial_receive_only_when_its_token_is_refused() {
+    insta::assert_snapshot!(run_with(
+        "transport: controller",
+        "sync",
+        World {
+            token: true,
+            token_good: false,
+            ..MODERN
+        },
+        &[],
+        None
+    ));
+}
+
+/// An encrypted proto goes raw (`-w`), never decrypted on the way.
+#[test]
+fn sync_sends_an_encrypted_proto_raw() {
+    insta::assert_snapshot!(run_with(
+        "transport: controller",
+        "sync",
+        World {
+            encrypted: true,
+            ..MODERN
+        },
+        &[],
+        None
+    ));
+}
+
+/// Where zfs lists holds, this target's stale hold is released by tag and a human's hold is
+/// left alone; an up-to-date target whose base is held changes nothing.
+#[test]
+fn sync_moves_listed_holds_and_leaves_others_alone() {
+    insta::assert_snapshot!(run_with(
+        "transport: controller",
+        "sync",
+        World {
+            held: true,
+            ..MODERN
+        },
+        &[],
+        None
+    ));
+}
+
+/// zfs-fuse (pool version 23): plain streams, a note per target, holds released by trying.
+#[test]
+fn sync_on_an_old_pool_degrades_and_says_so() {
+    insta::assert_snapshot!(run_with(
+        "transport: controller",
+        "sync",
+        World {
+            held: true,
+            ..World::default()
+        },
+        &[],
+        None
+    ));
+}
+
+/// A rate limit goes through pv (preferred) or mbuffer on the source, in both transports.
+#[test]
+fn sync_limits_the_rate_through_pv_or_mbuffer() {
+    let with = |tools: &'static [&'static str], transport: &str| {
+        run_with(
+            transport,
+            "sync",
+            World {
+                tools,
+                ..World::default()
+            },
+            &[("rogue:", "x-rogue:"), ("empty:", "x-empty:")],
+            Some("20M"),
+        )
+    };
+    insta::assert_snapshot!(
+        "bwlimit_pv_controller",
+        with(&["pv", "mbuffer"], "transport: controller")
     );
+    insta::assert_snapshot!(
+        "bwlimit_mbuffer_controller",
+        with(&["mbuffer"], "transport: controller")
+    );
+    insta::assert_snapshot!("bwlimit_pv_direct", with(&["pv"], "transport: direct"));
+    // Neither: refused before anything is sent.
+    let refused = with(&[], "transport: controller");
+    assert!(
+        refused.starts_with("refused: src: a rate limit (20M) needs `pv` or `mbuffer`"),
+        "{refused}"
+    );
+    assert!(!refused.contains(" $ "), "nothing ran: {refused}");
+}
+
+#[test]
+fn sync_wakes_zrepl_and_waits_for_the_newest_release() {
+    let zrepl = "transport: zrepl, zrepl_job: lab-proto, zrepl_wait: 120";
+    insta::assert_snapshot!(
+        "zrepl_delivers",
+        run_with(
+            zrepl,
+            "sync",
+            World {
+                zrepl_delivers: true,
+                ..World::default()
+            },
+            &[],
+            None
+        )
+    );
+    insta::assert_snapshot!(
+        "zrepl_does_not_deliver",
+        run_with(zrepl, "sync", World::default(), &[], None)
+    );
+}
+
+/// Held snapshots are kept and listed, whoever holds them.
+#[test]
+fn prune_keeps_held_snapshots_and_lists_them() {
+    insta::assert_snapshot!(run_with(
+        "transport: controller",
+        "prune",
+        World {
+            held: true,
+            ..MODERN
+        },
+        &[],
+        None
+    ));
+}
+
+#[test]
+fn zrepl_without_a_job_and_a_bad_rate_are_refused_at_load_time() {
+    for (proto, says) in [
+        ("transport: zrepl", "zrepl_job"),
+        ("bwlimit: 10 MB/s", "proto.bwlimit"),
+        ("parallel: 0", "proto.parallel"),
+    ] {
+        let text = FLEET.replace("TRANSPORT", proto);
+        let tree = lab_model::tree::parse(
+            &format!("lab: {{name: f, id: 0}}\nnodes: {{}}\n{text}"),
+            Path::new("fleet.yaml"),
+        )
+        .unwrap();
+        let err = Lab::from_tree(tree, vec![]).unwrap_err().to_string();
+        assert!(err.contains(says), "{proto}: {err}");
+    }
 }

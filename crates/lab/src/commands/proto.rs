@@ -31,13 +31,13 @@ fn verb_of(p: &Proto) -> Option<Verb> {
         Proto::Sync { .. } => Verb::ProtoSync,
         Proto::Prune { .. } => Verb::ProtoPrune,
         Proto::Refresh { .. } => Verb::ProtoRefresh,
-        Proto::Status => return None,
+        Proto::Status { .. } => return None,
     })
 }
 
 fn mode_of(p: &Proto) -> Mode {
     match p {
-        Proto::Sync { mode } | Proto::Prune { mode, .. } => *mode,
+        Proto::Sync { mode, .. } | Proto::Prune { mode, .. } => *mode,
         _ => Mode::Live,
     }
 }
@@ -45,7 +45,7 @@ fn mode_of(p: &Proto) -> Mode {
 pub fn run(out: &Output, files: &LabFiles, p: &Proto) -> Result<(), Failure> {
     let lab = lab_model::load_fleet(&files.0)?;
     let fleet = Fleet::of(&lab)?;
-    if let Proto::Refresh { jitter_secs } = p
+    if let Proto::Refresh { jitter_secs, .. } = p
         && *jitter_secs > 0
     {
         let nanos = std::time::SystemTime::now()
@@ -59,8 +59,29 @@ pub fn run(out: &Output, files: &LabFiles, p: &Proto) -> Result<(), Failure> {
     let Some(verb) = verb_of(p) else {
         return drive(exec, work)?;
     };
+    let result = run_locked(out, exec, &fleet, verb, mode, work);
+    // For cron and node_exporter: the fleet's state after every refresh, whatever happened.
+    if let Proto::Refresh {
+        status_file: Some(path),
+        ..
+    } = p
+    {
+        write_status_file(&fleet, path)?;
+    }
+    result
+}
+
+/// Runs a changing proto verb under the proto's lock on the source.
+fn run_locked(
+    out: &Output,
+    exec: Executor,
+    fleet: &Fleet<'_>,
+    verb: Verb,
+    mode: Mode,
+    work: impl AsyncFnOnce(&Executor) -> Result<(), Failure>,
+) -> Result<(), Failure> {
     let lock = Lock {
-        name: lock_name(&fleet),
+        name: lock_name(fleet),
         on: vec![fleet.source],
         verb,
         wait: 0,
@@ -118,9 +139,12 @@ async fn work(
             render::proto::snapshot(out, "rolled back to", &done);
             Ok(())
         }
-        Proto::Sync { .. } => {
+        Proto::Sync { bwlimit, .. } => {
             let progress = target_progress(out, fleet, false);
-            let reports = lab_proto::sync(exec, fleet, now, &|e| progress.on_event(e)).await;
+            let opts = lab_proto::SyncOptions {
+                bwlimit: bwlimit.clone(),
+            };
+            let reports = lab_proto::sync(exec, fleet, &opts, now, &|e| progress.on_event(e)).await;
             progress.finish();
             let reports = reports?;
             render::proto::sync(out, &reports, &recorded(), mode);
@@ -132,15 +156,22 @@ async fn work(
             render::proto::prune(out, &reports, &recorded(), mode);
             prune_exit(&reports)
         }
-        Proto::Status => {
+        Proto::Status { prometheus } => {
             let hosts = lab_proto::status(exec, fleet).await;
-            render::proto::status(out, &hosts);
+            if *prometheus {
+                print!("{}", render::proto::prometheus(&hosts));
+            } else {
+                render::proto::status(out, &hosts);
+            }
             Ok(())
         }
-        Proto::Refresh { .. } => {
+        Proto::Refresh { bwlimit, .. } => {
             // Quiet under cron: no progress unless -v.
             let progress = target_progress(out, fleet, !out.verbose);
-            let done = lab_proto::refresh(exec, fleet, now, &|e| progress.on_event(e)).await;
+            let opts = lab_proto::SyncOptions {
+                bwlimit: bwlimit.clone(),
+            };
+            let done = lab_proto::refresh(exec, fleet, &opts, now, &|e| progress.on_event(e)).await;
             progress.finish();
             let done = done?;
             if out.format == Format::Json {
@@ -207,4 +238,37 @@ fn prune_exit(reports: &[PruneReport]) -> Result<(), Failure> {
             format!("proto prune: {n} hypervisor(s) not fully pruned"),
         )),
     }
+}
+
+/// Reads the fleet once more and writes its status for node_exporter's textfile collector:
+/// into a temporary file beside `path`, then renamed over it, so a reader never sees half.
+fn write_status_file(fleet: &Fleet<'_>, path: &std::path::Path) -> Result<(), Failure> {
+    let exec = executor_for(&fleet.all(), Mode::Live);
+    let hosts = drive(exec, async |exec| lab_proto::status(exec, fleet).await)?;
+    let text = render::proto::prometheus(&hosts);
+    let failed = |e: std::io::Error| {
+        Failure::new(
+            Exit::Failure,
+            format!("cannot write the status file {}: {e}", path.display()),
+        )
+    };
+    let name = path.file_name().ok_or_else(|| {
+        Failure::invalid(format!("--status-file {} names no file", path.display()))
+    })?;
+    let tmp = path.with_file_name(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let write = || -> std::io::Result<()> {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        failed(e)
+    })
 }

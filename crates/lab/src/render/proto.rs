@@ -18,31 +18,36 @@ pub fn snapshot(out: &Output, what: &str, done: &lab_proto::Snapshotted) {
 
 pub fn sync_text(o: &SyncOutcome, mode: Mode) -> String {
     let dry_run = mode.is_dry_run();
+    let range = |from: &Option<String>, to: &str| {
+        from.as_ref()
+            .map_or(format!("full: {to}"), |f| format!("{f} .. {to}"))
+    };
     match o {
         SyncOutcome::UpToDate { snapshot } => format!("up to date ({snapshot})"),
         SyncOutcome::Sent {
             from,
             to,
             snapshots,
-            bytes,
-        } if dry_run => format!(
-            "would send {snapshots} snapshot(s), {}{to}",
-            from.as_ref()
-                .map_or("full: ".to_owned(), |f| format!("{f} .. "))
-        ),
+            ..
+        } if dry_run => format!("would send {snapshots} snapshot(s), {}", range(from, to)),
         SyncOutcome::Sent {
             from,
             to,
             snapshots,
             bytes,
+            path,
         } => format!(
-            "sent {} ({} snapshot(s), {}{to})",
+            "sent {} ({} snapshot(s), {}; {})",
             bytes.map_or("? bytes".to_owned(), lab_proto::sync::human_bytes),
             snapshots,
-            from.as_ref()
-                .map_or("full: ".to_owned(), |f| format!("{f} .. "))
+            range(from, to),
+            path.join(" then ")
         ),
-        SyncOutcome::Woken { job } => format!("asked zrepl job `{job}` to pull"),
+        SyncOutcome::Woken {
+            job,
+            snapshot,
+            waited_seconds,
+        } => format!("zrepl job `{job}` delivered {snapshot} after {waited_seconds} s"),
         SyncOutcome::Diverged { detail } => format!("DIVERGED, left alone: {detail}"),
         SyncOutcome::Failed { error } => format!("FAILED: {error}"),
     }
@@ -61,6 +66,9 @@ pub fn sync(out: &Output, reports: &[TargetReport], commands: &[Recorded], mode:
             let mut stdout = std::io::stdout().lock();
             for r in reports {
                 let _ = writeln!(stdout, "{:<8} {}", r.host, sync_text(&r.outcome, mode));
+                for n in &r.notes {
+                    let _ = writeln!(stdout, "{:<8}   note: {n}", "");
+                }
             }
             if dry_run {
                 for c in commands {
@@ -107,6 +115,9 @@ pub fn prune(out: &Output, reports: &[lab_proto::PruneReport], commands: &[Recor
                         p.node.as_deref().unwrap_or("?")
                     );
                 }
+                for h in &r.held {
+                    let _ = writeln!(stdout, "{:<8}   kept @{}: {}", "", h.snapshot, held_text(h));
+                }
                 if let Some(e) = &r.error {
                     let _ = writeln!(stdout, "{:<8}   error: {e}", "");
                 }
@@ -122,13 +133,13 @@ pub fn status(out: &Output, hosts: &[lab_proto::HostStatus]) {
             let mut stdout = std::io::stdout().lock();
             let _ = writeln!(
                 stdout,
-                "{:<8} {:<7} {:<24} {:<8} {:>6} {:>8} {:<6} LAST ERROR",
-                "HV", "ROLE", "NEWEST", "IN SYNC", "BEHIND", "LAG", "PINS"
+                "{:<8} {:<7} {:<24} {:<8} {:>6} {:>8} {:<5} {:<5} LAST ERROR",
+                "HV", "ROLE", "NEWEST", "IN SYNC", "BEHIND", "LAG", "PINS", "HELD"
             );
             for h in hosts {
                 let _ = writeln!(
                     stdout,
-                    "{:<8} {:<7} {:<24} {:<8} {:>6} {:>8} {:<6} {}",
+                    "{:<8} {:<7} {:<24} {:<8} {:>6} {:>8} {:<5} {:<5} {}",
                     h.host,
                     h.role,
                     h.newest.as_deref().unwrap_or("-"),
@@ -136,9 +147,119 @@ pub fn status(out: &Output, hosts: &[lab_proto::HostStatus]) {
                     h.behind,
                     h.lag_seconds.map_or("-".to_owned(), |s| format!("{s}s")),
                     h.pinned.len(),
+                    h.held.len(),
                     h.last_error.as_deref().unwrap_or("-")
                 );
             }
+            for h in hosts {
+                for held in &h.held {
+                    let _ = writeln!(
+                        stdout,
+                        "held: {} @{}: {}",
+                        h.host,
+                        held.snapshot,
+                        held_text(held)
+                    );
+                }
+            }
         }
     }
+}
+
+/// `held by lab-sync:hv1, lab-sync:hv2`, or `2 hold(s)` where zfs cannot name them.
+fn held_text(h: &lab_proto::Held) -> String {
+    if h.tags.is_empty() {
+        format!("{} hold(s) (this zfs cannot list their tags)", h.count)
+    } else {
+        format!("held by {}", h.tags.join(", "))
+    }
+}
+
+/// `lab proto status` in the Prometheus text format (node_exporter's textfile collector):
+/// a gauge family per fact, one sample per hypervisor; a last error is a label of its own
+/// gauge, present only while there is one.
+pub fn prometheus(hosts: &[lab_proto::HostStatus]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let labels = |h: &lab_proto::HostStatus| {
+        format!(
+            "hypervisor=\"{}\",role=\"{}\",dataset=\"{}\"",
+            escape(&h.host),
+            h.role,
+            escape(&h.dataset)
+        )
+    };
+    type Value = fn(&lab_proto::HostStatus) -> Option<f64>;
+    let families: [(&str, &str, Value); 7] = [
+        (
+            "lab_proto_up",
+            "Whether the hypervisor answered (1) or not (0).",
+            |h| Some(f64::from(u8::from(h.reachable))),
+        ),
+        (
+            "lab_proto_in_sync",
+            "Whether the hypervisor has the source's newest release (1) or not (0).",
+            |h| h.reachable.then_some(f64::from(u8::from(h.in_sync))),
+        ),
+        (
+            "lab_proto_releases_behind",
+            "Source releases the hypervisor does not have yet.",
+            |h| h.reachable.then_some(h.behind as f64),
+        ),
+        (
+            "lab_proto_lag_seconds",
+            "Seconds between the source's newest release and the hypervisor's.",
+            |h| h.lag_seconds.map(|s| s as f64),
+        ),
+        (
+            "lab_proto_newest_release_timestamp_seconds",
+            "When the hypervisor's newest release was taken.",
+            |h| h.newest_created.map(|s| s as f64),
+        ),
+        (
+            "lab_proto_last_success_timestamp_seconds",
+            "When the last sync to this hypervisor succeeded.",
+            |h| h.synced.map(|s| s as f64),
+        ),
+        (
+            "lab_proto_held_snapshots",
+            "The proto's snapshots with holds on this hypervisor.",
+            |h| h.reachable.then_some(h.held.len() as f64),
+        ),
+    ];
+    for (name, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for h in hosts {
+            if let Some(v) = value(h) {
+                let _ = writeln!(out, "{name}{{{}}} {v}", labels(h));
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP lab_proto_last_error The last sync error on the hypervisor (or why it could not be read), as a label."
+    );
+    let _ = writeln!(out, "# TYPE lab_proto_last_error gauge");
+    for h in hosts {
+        if let Some(e) = &h.last_error {
+            let one_line: String = e.split_whitespace().collect::<Vec<_>>().join(" ");
+            let short: String = one_line.chars().take(200).collect();
+            let _ = writeln!(
+                out,
+                "lab_proto_last_error{{{},error=\"{}\"}} 1",
+                labels(h),
+                escape(&short)
+            );
+        }
+    }
+    out
+}
+
+/// A label value as the text format wants it: backslash, double quote and newline escaped.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
