@@ -72,7 +72,10 @@ pub(crate) async fn node(
         overlay_digest: &build.digest,
         created: req.now,
     };
-    if let Err(e) = exec.run(&hv.name, &cmd::clone(hv, node, snap, &own)).await {
+    if let Err(e) = exec
+        .run(&hv.name, &cmd::clone(hv, node, snap, &own, &state.zfs))
+        .await
+    {
         return failed(node, "clone", &e, false);
     }
     let mut defined = false;

@@ -184,6 +184,12 @@ impl Executor {
         matches!(self.mode, Mode::Live)
     }
 
+    /// `--dry-run`: changes are recorded, not made, so what a change would leave behind cannot
+    /// be read back. (Scripted mode answers as the script says, as a live host would.)
+    pub fn is_dry_run(&self) -> bool {
+        matches!(self.mode, Mode::DryRun)
+    }
+
     /// Every command recorded so far (dry-run and scripted modes), in order.
     pub fn recorded(&self) -> Vec<Recorded> {
         self.record.lock().expect("record lock").clone()

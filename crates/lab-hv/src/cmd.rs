@@ -12,7 +12,7 @@ use lab_exec::Cmd;
 use lab_model::{Hypervisor, LabNode, Storage};
 
 use crate::own::{domain_marker, prop};
-use crate::state::Snapshot;
+use crate::state::{Snapshot, ZfsInfo};
 
 /// Where a node's root filesystem is reachable while `lab` fills it.
 pub fn staging_dir(node: &LabNode) -> &str {
@@ -36,7 +36,13 @@ pub struct Ownership<'a> {
     pub created: u64,
 }
 
-pub fn clone(hv: &Hypervisor, node: &LabNode, snap: &Snapshot, own: &Ownership<'_>) -> Cmd {
+pub fn clone(
+    hv: &Hypervisor,
+    node: &LabNode,
+    snap: &Snapshot,
+    own: &Ownership<'_>,
+    zfs: &ZfsInfo,
+) -> Cmd {
     let mut argv = vec!["zfs".to_owned(), "clone".to_owned()];
     let mut set = |k: &str, v: &str| {
         argv.push("-o".to_owned());
@@ -45,8 +51,9 @@ pub fn clone(hv: &Hypervisor, node: &LabNode, snap: &Snapshot, own: &Ownership<'
     match hv.storage {
         Storage::Dataset => set("mountpoint", staging_dir(node)),
         // A replica is received with volmode=none (no device nodes for its snapshots); the
-        // clone a domain boots from needs its device.
-        Storage::Zvol => set("volmode", "dev"),
+        // clone a domain boots from needs its device (where zfs has volmode at all).
+        Storage::Zvol if zfs.modern() => set("volmode", "dev"),
+        Storage::Zvol => {}
     }
     set(prop::LAB, own.lab);
     set(prop::NODE, &node.name);

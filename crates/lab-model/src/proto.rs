@@ -59,6 +59,14 @@ pub(crate) fn resolve_proto(
     if let Some(rate) = &p.bwlimit {
         name_ok(root, &["proto", "bwlimit"], rate, "rate", names::rate)?;
     }
+    if p.zrepl_wait > 86_400 {
+        return Err(schema_error(
+            root,
+            &path_of(&["proto", "zrepl_wait"]),
+            "zrepl_wait is at most 86400 seconds (a day)".to_owned(),
+            Hint::default(),
+        ));
+    }
     if p.parallel == 0 || p.parallel > 64 {
         return Err(schema_error(
             root,

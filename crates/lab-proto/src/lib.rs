@@ -55,7 +55,7 @@ pub enum ProtoError {
     #[error("{host}: {dataset} does not exist")]
     NoDataset { host: String, dataset: String },
     #[error(
-        "{host}: a rate limit ({rate}) needs `pv` or `mbuffer` on the source (apt install pv);          nothing was sent"
+        "{host}: a rate limit ({rate}) needs `pv` or `mbuffer` on the source (apt install pv); nothing was sent"
     )]
     NoLimiter { host: String, rate: String },
 }

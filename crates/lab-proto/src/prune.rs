@@ -18,6 +18,10 @@ pub struct PruneReport {
     pub pinned: Vec<Pin>,
     /// Old snapshots kept because they have holds.
     pub held: Vec<Held>,
+    /// Holds of hypervisors no longer in the fleet (`lab-sync:<gone>` on `snapshot`), released
+    /// so that they do not keep snapshots forever; only where zfs lists holds.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub released: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -41,6 +45,24 @@ pub fn held(have: &HostState) -> Vec<Held> {
             tags: s.holds.clone(),
             count: s.userrefs,
         })
+        .collect()
+}
+
+/// `(snapshot, tag)` of every `lab-sync:<hv>` hold whose hypervisor is not a target of the
+/// fleet any more (only where zfs lists holds by tag).
+pub fn orphaned_holds(fleet: &Fleet<'_>, have: &HostState) -> Vec<(String, String)> {
+    if !have.zfs.holds_listed {
+        return Vec::new();
+    }
+    have.proto
+        .snapshots
+        .iter()
+        .flat_map(|s| s.holds.iter().map(move |t| (s, t)))
+        .filter(|(_, t)| {
+            t.strip_prefix("lab-sync:")
+                .is_some_and(|hv| !fleet.targets.iter().any(|h| h.name == hv))
+        })
+        .map(|(s, t)| (s.name.clone(), t.clone()))
         .collect()
 }
 
@@ -150,7 +172,25 @@ pub async fn prune(
                 );
                 return report;
             }
-            let (destroy, pinned, held) = prune_plan(fleet, have, keep, bases);
+            // A hypervisor that left the fleet: its sync holds go first, then the plan sees
+            // what they no longer keep.
+            let mut have = have.clone();
+            for (name, tag) in orphaned_holds(fleet, &have) {
+                match exec.run(&hv.name, &cmd::release(hv, &tag, &name)).await {
+                    Ok(_) => {
+                        report.released.push(format!("{tag} on {}@{name}", hv.proto));
+                        if let Some(s) = have.proto.snapshots.iter_mut().find(|s| s.name == name) {
+                            s.holds.retain(|t| *t != tag);
+                            s.userrefs = s.userrefs.saturating_sub(1);
+                        }
+                    }
+                    Err(e) => {
+                        report.error = Some(e.to_string());
+                        return report;
+                    }
+                }
+            }
+            let (destroy, pinned, held) = prune_plan(fleet, &have, keep, bases);
             report.pinned = pinned;
             report.held = held;
             for name in destroy {

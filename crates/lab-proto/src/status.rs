@@ -17,8 +17,8 @@ pub struct HostStatus {
     pub newest: Option<String>,
     /// Whether its newest release is the source's newest release (same GUID).
     pub in_sync: bool,
-    /// Source releases it does not have yet.
-    pub behind: usize,
+    /// Source releases it does not have yet (unknown when the source could not be read).
+    pub behind: Option<usize>,
     /// Seconds between the source's newest release and this host's.
     pub lag_seconds: Option<u64>,
     pub pinned: Vec<Pin>,
@@ -61,7 +61,7 @@ pub async fn status(exec: &Executor, fleet: &Fleet<'_>) -> Vec<HostStatus> {
                 dataset: hv.proto.clone(),
                 newest: None,
                 in_sync: false,
-                behind: 0,
+                behind: None,
                 lag_seconds: None,
                 pinned: Vec::new(),
                 held: Vec::new(),
@@ -85,17 +85,18 @@ pub async fn status(exec: &Executor, fleet: &Fleet<'_>) -> Vec<HostStatus> {
                         let guids: HashSet<&str> =
                             h.snapshots.iter().map(|x| x.guid.as_str()).collect();
                         s.in_sync = newest.as_ref().is_some_and(|n| n.guid == sn.guid);
-                        s.behind = src
-                            .snapshots
-                            .iter()
-                            .filter(|x| fleet.is_release(&x.name))
-                            .rev()
-                            .take_while(|x| !guids.contains(x.guid.as_str()))
-                            .count();
-                        s.lag_seconds = Some(
-                            sn.creation
-                                .saturating_sub(newest.as_ref().map_or(0, |n| n.creation)),
+                        s.behind = Some(
+                            src.snapshots
+                                .iter()
+                                .filter(|x| fleet.is_release(&x.name))
+                                .rev()
+                                .take_while(|x| !guids.contains(x.guid.as_str()))
+                                .count(),
                         );
+                        // Only between two releases: a host with none has no lag to speak of.
+                        s.lag_seconds = newest
+                            .as_ref()
+                            .map(|n| sn.creation.saturating_sub(n.creation));
                     }
                 }
             }

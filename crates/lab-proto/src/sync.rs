@@ -113,7 +113,8 @@ pub fn plan(
             pattern: fleet.cfg.pattern.clone(),
         })?;
     let to = source.snapshots[newest].name.clone();
-    if !target.exists {
+    // A cut full receive leaves a dataset with no snapshot (and a token): still nothing there.
+    if !target.exists || (target.snapshots.is_empty() && target.resume_token.is_some()) {
         return Ok(Plan::Full { to });
     }
     let guids: HashMap<&str, usize> = source
@@ -238,6 +239,14 @@ fn outcome_word(outcome: &SyncOutcome) -> String {
     }
 }
 
+/// What became of a cut receive.
+enum Resumed {
+    /// Continued to its end; the bytes, when known.
+    Done(Option<u64>),
+    /// The source refused the token: the partial receive was thrown away.
+    Aborted,
+}
+
 /// One target's sync.
 struct One<'r, 'a> {
     exec: &'r Executor,
@@ -263,15 +272,16 @@ impl One<'_, '_> {
         let failed = |e: &dyn std::fmt::Display| SyncOutcome::Failed {
             error: e.to_string(),
         };
-        if self.fleet.cfg.transport == Transport::Zrepl {
-            return self.zrepl().await;
-        }
         let mut have = match have {
             Ok(h) => h,
             Err(e) => return failed(&e),
         };
+        if self.fleet.cfg.transport == Transport::Zrepl {
+            return self.zrepl(&have).await;
+        }
         let mut path = Vec::new();
-        let mut bytes_before = 0;
+        // What a resumed stream moved, when that is known.
+        let mut bytes_before: Option<u64> = Some(0);
         if !have.zfs.modern() {
             self.notes.push(format!(
                 "pool version {} cannot resume a cut receive (no resume tokens): a cut send \
@@ -282,21 +292,42 @@ impl One<'_, '_> {
         // A receive a cut left behind: continue it, or throw it away if the source cannot.
         if let Some(token) = have.proto.resume_token.clone() {
             match self.resume(&token).await {
-                Ok(Some(bytes)) => {
+                Ok(Resumed::Done(bytes)) => {
                     path.push("resumed");
                     bytes_before = bytes;
                 }
-                Ok(None) => {}
+                Ok(Resumed::Aborted) => path.push("aborted partial receive"),
                 Err(e) => {
                     self.record_error(&have.proto, &e.to_string()).await;
                     return failed(&e);
                 }
             }
-            // What is there now decides the rest.
-            have = match lab_hv::state::probe(self.exec, self.dst).await {
-                Ok(h) => h,
-                Err(e) => return failed(&e),
-            };
+            if !self.exec.is_dry_run() {
+                // What is there now decides the rest.
+                have = match lab_hv::state::probe(self.exec, self.dst).await {
+                    Ok(h) => h,
+                    Err(e) => return failed(&e),
+                };
+            } else if path == ["resumed"] {
+                // A dry run resumed nothing: what the target needs after it is not known yet.
+                self.notes.push(
+                    "what the target needs after the resumed receive is planned by the real run"
+                        .to_owned(),
+                );
+                return SyncOutcome::Sent {
+                    from: None,
+                    to: "(what the token continues)".to_owned(),
+                    snapshots: 0,
+                    bytes: None,
+                    path,
+                };
+            } else {
+                // A dry run aborted nothing: plan as if the abort had run.
+                have.proto.resume_token = None;
+                if have.proto.snapshots.is_empty() {
+                    have.proto.exists = false;
+                }
+            }
         }
         let plan = match plan(self.fleet, &self.source.proto, &have.proto) {
             Ok(p) => p,
@@ -316,7 +347,7 @@ impl One<'_, '_> {
                     from: None,
                     to: snapshot,
                     snapshots: 0,
-                    bytes: Some(bytes_before),
+                    bytes: bytes_before,
                     path,
                 };
             }
@@ -357,7 +388,7 @@ impl One<'_, '_> {
             from,
             to,
             snapshots: count,
-            bytes: bytes.map(|b| b + bytes_before),
+            bytes: bytes.zip(bytes_before).map(|(b, before)| b + before),
             path,
         }
     }
@@ -381,7 +412,8 @@ impl One<'_, '_> {
 
     fn receive_options(&self, have: &HostState) -> ReceiveOptions {
         ReceiveOptions {
-            resumable: have.zfs.modern(),
+            // Resuming takes `zfs send -t` on the source as well.
+            resumable: have.zfs.modern() && self.source.zfs.modern(),
             volmode_none: have.zfs.modern() && self.dst.storage == Storage::Zvol,
         }
     }
@@ -441,17 +473,18 @@ impl One<'_, '_> {
         }
     }
 
-    /// Continues a cut receive from its token. `Ok(None)`: the source refused the token
-    /// (its snapshot is gone, say), so the partial receive was thrown away.
-    async fn resume(&mut self, token: &str) -> Result<Option<u64>, ExecError> {
+    /// Continues a cut receive from its token, or throws the partial receive away when the
+    /// source refuses the token (its snapshot is gone, say); any other error (the source
+    /// unreachable) leaves the partial receive for the next sync.
+    async fn resume(&mut self, token: &str) -> Result<Resumed, ExecError> {
         self.step("checking the resume token");
         let src = &self.fleet.source.name;
-        if self
-            .exec
-            .run(src, &cmd::check_resume_token(token))
-            .await
-            .is_err()
-        {
+        let refused = match self.exec.run(src, &cmd::check_resume_token(token)).await {
+            Ok(_) => false,
+            Err(ExecError::Failed { .. }) => true,
+            Err(e) => return Err(e),
+        };
+        if refused {
             self.step("aborting the partial receive");
             self.exec
                 .run(&self.dst.name, &cmd::abort_receive(self.dst))
@@ -461,7 +494,7 @@ impl One<'_, '_> {
                  aborted (zfs recv -A) and the send starts again"
                     .to_owned(),
             );
-            return Ok(None);
+            return Ok(Resumed::Aborted);
         }
         self.step("resuming");
         // A resumed stream keeps the flags and properties of the send it continues; only the
@@ -479,7 +512,7 @@ impl One<'_, '_> {
             .await?;
         self.notes
             .push("a cut receive was resumed from its token".to_owned());
-        Ok(Some(bytes.unwrap_or(0)))
+        Ok(Resumed::Done(bytes))
     }
 
     /// After a good sync: the replica read-only, the sync recorded, the holds moved to `to`.
@@ -548,14 +581,21 @@ impl One<'_, '_> {
     }
 
     /// zrepl pulls on its own: wake it, then wait until the target has the source's newest
-    /// release (by GUID), at most `proto.zrepl_wait` seconds.
-    async fn zrepl(&mut self) -> SyncOutcome {
+    /// release (by GUID), at most `proto.zrepl_wait` seconds. The result is recorded on the
+    /// replica like any sync's (`lab:synced`, `lab:sync-error`), for `proto status`.
+    async fn zrepl(&mut self, have: &HostState) -> SyncOutcome {
         let job = self
             .fleet
             .cfg
             .zrepl_job
             .clone()
             .expect("the model checked it");
+        if self.limit.is_some() {
+            self.notes.push(
+                "--bwlimit does not apply to zrepl transport: zrepl's own job settings limit it"
+                    .to_owned(),
+            );
+        }
         let Some(newest) = self
             .source
             .proto
@@ -577,37 +617,49 @@ impl One<'_, '_> {
             .run(&self.dst.name, &cmd::zrepl_wakeup(&job))
             .await
         {
+            self.record_error(&have.proto, &e.to_string()).await;
             return SyncOutcome::Failed {
                 error: e.to_string(),
+            };
+        }
+        if self.exec.is_dry_run() {
+            // A dry run woke nothing: there is nothing to wait for.
+            return SyncOutcome::Woken {
+                job,
+                snapshot: newest.name.clone(),
+                waited_seconds: 0,
             };
         }
         self.step("waiting for zrepl");
         let secs = self.fleet.cfg.zrepl_wait;
         let start = std::time::Instant::now();
         let wait = cmd::zrepl_wait(self.dst, &newest.guid, secs);
-        match self.exec.output(&self.dst.name, &wait).await {
-            Ok(out) if out.success() => SyncOutcome::Woken {
-                job,
-                snapshot: newest.name.clone(),
-                waited_seconds: start.elapsed().as_secs(),
-            },
-            Ok(out) if out.status == 3 => SyncOutcome::Failed {
-                error: format!(
-                    "zrepl job {job} did not deliver {} (guid {}) within {secs} s",
-                    newest.full, newest.guid
-                ),
-            },
-            Ok(out) => SyncOutcome::Failed {
-                error: format!(
-                    "waiting for zrepl failed (status {}): {}",
-                    out.status,
-                    out.stderr.trim()
-                ),
-            },
-            Err(e) => SyncOutcome::Failed {
-                error: e.to_string(),
-            },
-        }
+        let error = match self.exec.output(&self.dst.name, &wait).await {
+            Ok(out) if out.success() => {
+                for c in cmd::after_zrepl(self.dst, self.now) {
+                    if let Err(e) = self.exec.run(&self.dst.name, &c).await {
+                        self.notes.push(format!("recording the sync failed: {e}"));
+                    }
+                }
+                return SyncOutcome::Woken {
+                    job,
+                    snapshot: newest.name.clone(),
+                    waited_seconds: start.elapsed().as_secs(),
+                };
+            }
+            Ok(out) if out.status == 3 => format!(
+                "zrepl job {job} did not deliver {} (guid {}) within {secs} s",
+                newest.full, newest.guid
+            ),
+            Ok(out) => format!(
+                "waiting for zrepl failed (status {}): {}",
+                out.status,
+                out.stderr.trim()
+            ),
+            Err(e) => e.to_string(),
+        };
+        self.record_error(&have.proto, &error).await;
+        SyncOutcome::Failed { error }
     }
 
     /// Leaves the last error on the replica, where `lab proto status` finds it.

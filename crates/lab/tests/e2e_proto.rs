@@ -773,3 +773,37 @@ fn direct_transport_counts_bytes_with_pv_and_takes_a_rate_limit() {
     }
     drop_everywhere(&bed, &ds);
 }
+
+/// `--dry-run` with zrepl transport wakes nothing, so it waits for nothing: it says what it
+/// would do and ends at once (the test bed has no zrepl: a real wakeup would fail).
+#[test]
+fn a_zrepl_dry_run_neither_wakes_nor_waits() {
+    let bed = require();
+    let dir = tempfile::tempdir().unwrap();
+    let ds = fresh_proto(&bed, "pe-zrepl", 1);
+    let file = fleet(dir.path(), &ds, ", transport: zrepl, zrepl_job: lab-proto");
+    let f = file.to_str().unwrap();
+    assert_eq!(proto(dir.path(), f, &["release"]).code, 0);
+    let run = proto(dir.path(), f, &["sync", "--dry-run"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = run.json();
+    let t = by_host(&report["targets"]);
+    for hv in ["hv1", "hv2"] {
+        assert_eq!(t[hv]["result"], "woken", "{}", t[hv]);
+        assert_eq!(t[hv]["waited_seconds"], 0, "{}", t[hv]);
+    }
+    let commands: Vec<&str> = report["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["effect"] == "change")
+        .map(|c| c["line"].as_str().unwrap())
+        .collect();
+    assert!(
+        commands
+            .iter()
+            .all(|c| c.contains("zrepl signal wakeup lab-proto")),
+        "{commands:?}"
+    );
+    drop_everywhere(&bed, &ds);
+}

@@ -58,6 +58,8 @@ struct World {
     held: bool,
     /// zrepl delivers within the wait.
     zrepl_delivers: bool,
+    /// `empty` has a cut full receive: its dataset, no snapshot, a token.
+    cut_full: bool,
 }
 
 /// What each hypervisor holds: snapshots (name, guid) oldest first, and clones.
@@ -78,6 +80,7 @@ fn listing(host: &str, w: &World) -> String {
     } else {
         "tank/proto"
     };
+    let exists = host != "empty" || w.cut_full;
     let tag = "lab-sync:behind";
     // (snapshot, tags) held on this host.
     let holds: Vec<(&str, Vec<&str>)> = match (w.held, host) {
@@ -91,7 +94,7 @@ fn listing(host: &str, w: &World) -> String {
     // The probe's answer: the proto's snapshots, what zfs can do, the holds, the pool's
     // datasets, no domains.
     let mut out = String::from("#snapshots\n");
-    if host != "empty" {
+    if exists {
         out.push_str(&format!("{dataset}\tguid\t1000\n"));
     }
     for (i, (name, guid)) in rows.iter().enumerate() {
@@ -104,11 +107,7 @@ fn listing(host: &str, w: &World) -> String {
             100 + i
         ));
     }
-    out.push_str(if host == "empty" {
-        "#rc absent\n"
-    } else {
-        "#rc 0\n"
-    });
+    out.push_str(if exists { "#rc 0\n" } else { "#rc absent\n" });
     out.push_str(&format!(
         "#zfs\nversion\t{}\n",
         if w.modern { "-" } else { "23" }
@@ -116,8 +115,8 @@ fn listing(host: &str, w: &World) -> String {
     for t in w.tools {
         out.push_str(&format!("tool\t{t}\n"));
     }
-    if w.modern && host != "empty" {
-        if w.token && host == "behind" {
+    if w.modern && exists {
+        if (w.token && host == "behind") || (w.cut_full && host == "empty") {
             out.push_str("prop\treceive_resume_token\t1-abc123-d8-789c\n");
         }
         let encrypted = w.encrypted && host == "src";
@@ -142,7 +141,7 @@ fn listing(host: &str, w: &World) -> String {
     let pool = dataset.split('/').next().unwrap();
     let mut names = vec![pool.to_owned()];
     let mut datasets = format!("{pool}\torigin\t-\t-\n");
-    if host != "empty" {
+    if exists {
         names.push(dataset.to_owned());
         datasets.push_str(&format!("{dataset}\torigin\t-\t-\n"));
     }
@@ -263,6 +262,7 @@ const MODERN: World = World {
     encrypted: false,
     held: false,
     zrepl_delivers: false,
+    cut_full: false,
 };
 
 /// On OpenZFS: compressed streams, resumable receives, holds moved to the new base; with a
@@ -312,6 +312,44 @@ fn sync_aborts_a_partial_receive_only_when_its_token_is_refused() {
         &[],
         None
     ));
+}
+
+/// A cut full receive (a dataset with no snapshot, and a token): resumed when the source can,
+/// else aborted and sent in full again; never taken for a diverged replica.
+#[test]
+fn sync_treats_a_cut_full_receive_as_no_replica_yet() {
+    let cut = |token_good| {
+        run_with(
+            "transport: controller",
+            "sync",
+            World {
+                cut_full: true,
+                token_good,
+                ..MODERN
+            },
+            &[("rogue:", "x-rogue:"), ("behind:", "x-behind:")],
+            None,
+        )
+    };
+    insta::assert_snapshot!("cut_full_resumed", cut(true));
+    insta::assert_snapshot!("cut_full_aborted", cut(false));
+}
+
+/// A hold of a hypervisor that left the fleet is released by prune, so that it does not keep
+/// snapshots forever; a human's hold stays.
+#[test]
+fn prune_releases_the_holds_of_a_hypervisor_that_left() {
+    let plan = run_with(
+        "transport: controller",
+        "prune",
+        World {
+            held: true,
+            ..MODERN
+        },
+        &[("  behind: {", "  gone: {")],
+        None,
+    );
+    insta::assert_snapshot!(plan);
 }
 
 /// An encrypted proto goes raw (`-w`), never decrypted on the way.

@@ -35,9 +35,11 @@ pub fn destroy_proto_snapshot(hv: &Hypervisor, name: &str) -> Cmd {
     ])
 }
 
-/// How long a stream may stall, and a receive or a direct send may take at most.
+/// How long a stream may stall, and a receive or a direct send may take at most: a day, so
+/// that a big first send under a rate limit finishes (a stalled stream through the controller
+/// is caught after `SEND_STALL` anyway).
 pub const SEND_STALL: Duration = Duration::from_secs(300);
-pub const TRANSFER_DEADLINE: Duration = Duration::from_secs(3600);
+pub const TRANSFER_DEADLINE: Duration = Duration::from_secs(86_400);
 
 /// How a proto stream is sent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -164,11 +166,13 @@ pub fn abort_receive(dst: &Hypervisor) -> Cmd {
 }
 
 /// The source pipes straight to the target: `zfs send ... | [meter|limiter] | ssh TARGET zfs
-/// recv ...`. With `pv` as the meter, the bytes sent so far come out on stdout, a number a
-/// line, each second.
-const DIRECT: &str = r#"dst=$1 meter=$2 tool=$3 rate=$4; shift 4
-recv=
-while [ "$1" != -- ]; do recv="$recv $1"; shift; done; shift
+/// recv ...` (bash, for each side's status: the script fails with the first side that
+/// failed). With `pv` as the meter, the bytes sent so far come out on stdout, a number a line,
+/// each second. The receive's words are plain (validated names), never globbed.
+const DIRECT: &str = r#"set -f
+dst=$1 meter=$2 tool=$3 rate=$4; shift 4
+recv=()
+while [ "$1" != -- ]; do recv+=("$1"); shift; done; shift
 limit() {
   case $tool in
     pv) if [ "$meter" = pv ]; then pv -f -n -b -i 1 -L "$rate" 2>&3; else pv -q -L "$rate"; fi ;;
@@ -176,7 +180,11 @@ limit() {
     *) if [ "$meter" = pv ]; then pv -f -n -b -i 1 2>&3; else cat; fi ;;
   esac
 }
-{ zfs send "$@" | limit | ssh -o BatchMode=yes -- "$dst" $recv; } 3>&1"#;
+{ zfs send "$@" | limit | ssh -o BatchMode=yes -- "$dst" "${recv[@]}"; } 3>&1
+status=("${PIPESTATUS[@]}")
+if [ "${status[0]}" -ne 0 ]; then echo "zfs send failed (status ${status[0]})" >&2; exit "${status[0]}"; fi
+if [ "${status[1]}" -ne 0 ]; then echo "$tool failed (status ${status[1]})" >&2; exit "${status[1]}"; fi
+exit "${status[2]}""#;
 
 pub fn send_direct(
     src: &Hypervisor,
@@ -190,7 +198,7 @@ pub fn send_direct(
         Some((tool, rate)) => (tool.word(), rate.as_str()),
         None => ("-", "-"),
     };
-    let mut argv: Vec<String> = ["sh", "-c", DIRECT, "lab-proto-direct"]
+    let mut argv: Vec<String> = ["bash", "-c", DIRECT, "lab-proto-direct"]
         .map(String::from)
         .to_vec();
     argv.push(ssh_uri(&dst.ssh));
@@ -208,7 +216,7 @@ pub fn send_direct(
 /// Runs `zfs hold|release TAG SNAPSHOT`, taking "already held" (hold) or "no such hold"
 /// (release) as done.
 const HOLD: &str = r#"verb=$1 tag=$2 snap=$3
-out=$(zfs "$verb" "$tag" "$snap" 2>&1) && exit 0
+out=$(LC_ALL=C zfs "$verb" "$tag" "$snap" 2>&1) && exit 0
 case $out in
   *"tag already exists"*) [ "$verb" = hold ] && exit 0 ;;
   *"no such tag"*) [ "$verb" = release ] && exit 0 ;;
@@ -289,6 +297,20 @@ pub fn zrepl_wakeup(job: &str) -> Cmd {
 pub fn after_sync(dst: &Hypervisor, now: u64) -> [Cmd; 3] {
     [
         Cmd::change(["zfs", "set", "readonly=on", &dst.proto]),
+        Cmd::change([
+            "zfs".to_owned(),
+            "set".to_owned(),
+            format!("{}={now}", prop::SYNCED),
+            dst.proto.clone(),
+        ]),
+        Cmd::change(["zfs", "inherit", prop::SYNC_ERROR, &dst.proto]),
+    ]
+}
+
+/// After zrepl delivered: the sync recorded, the last error forgotten (zrepl keeps the
+/// replica as it likes otherwise).
+pub fn after_zrepl(dst: &Hypervisor, now: u64) -> [Cmd; 2] {
+    [
         Cmd::change([
             "zfs".to_owned(),
             "set".to_owned(),

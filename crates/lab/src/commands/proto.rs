@@ -66,7 +66,15 @@ pub fn run(out: &Output, files: &LabFiles, p: &Proto) -> Result<(), Failure> {
         ..
     } = p
     {
-        write_status_file(&fleet, path)?;
+        // Both are said: the refresh's own result first.
+        let written = write_status_file(&fleet, path);
+        return match (result, written) {
+            (Err(run), Err(write)) => {
+                eprintln!("error: {}", write.message);
+                Err(run)
+            }
+            (run, write) => run.and(write),
+        };
     }
     result
 }

@@ -31,6 +31,17 @@ pub fn sync_text(o: &SyncOutcome, mode: Mode) -> String {
             ..
         } if dry_run => format!("would send {snapshots} snapshot(s), {}", range(from, to)),
         SyncOutcome::Sent {
+            from: None,
+            to,
+            snapshots: 0,
+            bytes,
+            path,
+        } => format!(
+            "{} a cut receive up to {to} ({})",
+            path.join(" then "),
+            bytes.map_or("? bytes".to_owned(), lab_proto::sync::human_bytes),
+        ),
+        SyncOutcome::Sent {
             from,
             to,
             snapshots,
@@ -144,7 +155,7 @@ pub fn status(out: &Output, hosts: &[lab_proto::HostStatus]) {
                     h.role,
                     h.newest.as_deref().unwrap_or("-"),
                     if h.in_sync { "yes" } else { "no" },
-                    h.behind,
+                    h.behind.map_or("-".to_owned(), |b| b.to_string()),
                     h.lag_seconds.map_or("-".to_owned(), |s| format!("{s}s")),
                     h.pinned.len(),
                     h.held.len(),
@@ -199,12 +210,12 @@ pub fn prometheus(hosts: &[lab_proto::HostStatus]) -> String {
         (
             "lab_proto_in_sync",
             "Whether the hypervisor has the source's newest release (1) or not (0).",
-            |h| h.reachable.then_some(f64::from(u8::from(h.in_sync))),
+            |h| h.behind.map(|_| f64::from(u8::from(h.in_sync))),
         ),
         (
             "lab_proto_releases_behind",
             "Source releases the hypervisor does not have yet.",
-            |h| h.reachable.then_some(h.behind as f64),
+            |h| h.behind.map(|b| b as f64),
         ),
         (
             "lab_proto_lag_seconds",
