@@ -264,8 +264,14 @@ fn demo() -> Result {
         pings.0, pings.1
     ));
     say("");
+    say("Day two: wait until every node's ssh server answers, then ask each one its name:");
+    run(&["-q", "wait", "--lab", "labs/vpp.yaml"])?;
+    run(&["exec", "--lab", "labs/vpp.yaml", "--", "hostname"])?;
+    say("");
     run(&["status", "--lab", "labs/vpp.yaml"])?;
     say("");
+    say("Reach a node with `lab console vpp0-1` or `lab ssh vpp0-1`, draw the lab with");
+    say("`lab --format mermaid graph`, and write an inventory with `lab inventory` (see README).");
     say(
         "The lab stays up. Throw it away with:   cargo run -q -p lab -- destroy --lab labs/vpp.yaml --yes",
     );
