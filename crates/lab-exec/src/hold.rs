@@ -139,21 +139,9 @@ impl Executor {
         let h = self.host(host)?;
         let cmd = &*self.guarded(h, cmd);
         let line = quote_line(&cmd.argv);
-        match (&self.mode, cmd.effect) {
-            (Mode::Scripted(script), effect) => {
-                self.note(host, effect, cmd.line(), &cmd.argv);
-                let out = script(host, &line).unwrap_or_else(|| match effect {
-                    Effect::Query => Out::fail(1, "no scripted answer"),
-                    Effect::Change => Out::ok(""),
-                });
-                out.stdout.lines().for_each(on_line);
-                return Ok(out);
-            }
-            (Mode::DryRun, Effect::Change) => {
-                self.note(host, Effect::Change, cmd.line(), &cmd.argv);
-                return Ok(Out::ok(""));
-            }
-            _ => {}
+        if let Some(out) = self.canned(host, cmd, &line) {
+            out.stdout.lines().for_each(on_line);
+            return Ok(out);
         }
         let _global = self.global.acquire().await.expect("never closed");
         let _local = h.limit.acquire().await.expect("never closed");

@@ -269,20 +269,8 @@ impl Executor {
         let h = self.host(host)?;
         let cmd = &*self.guarded(h, cmd);
         let line = quote_line(&cmd.argv);
-        match (&self.mode, cmd.effect) {
-            (Mode::Scripted(script), effect) => {
-                self.note(host, effect, cmd.line(), &cmd.argv);
-                return Ok(match (script(host, &line), effect) {
-                    (Some(out), _) => out,
-                    (None, Effect::Query) => Out::fail(1, "no scripted answer"),
-                    (None, Effect::Change) => Out::ok(""),
-                });
-            }
-            (Mode::DryRun, Effect::Change) => {
-                self.note(host, Effect::Change, cmd.line(), &cmd.argv);
-                return Ok(Out::ok(""));
-            }
-            _ => {}
+        if let Some(out) = self.canned(host, cmd, &line) {
+            return Ok(out);
         }
         let _global = self.global.acquire().await.expect("never closed");
         let _local = h.limit.acquire().await.expect("never closed");
@@ -298,6 +286,26 @@ impl Executor {
                 self.run_live(h, cmd, &line).await
             }
             other => other,
+        }
+    }
+
+    /// The answer a command gets without running: from the script (scripted mode), or an
+    /// empty success for a change under `--dry-run`; either is recorded. `None`: run it.
+    fn canned(&self, host: &str, cmd: &Cmd, line: &str) -> Option<Out> {
+        match (&self.mode, cmd.effect) {
+            (Mode::Scripted(script), effect) => {
+                self.note(host, effect, cmd.line(), &cmd.argv);
+                Some(match (script(host, line), effect) {
+                    (Some(out), _) => out,
+                    (None, Effect::Query) => Out::fail(1, "no scripted answer"),
+                    (None, Effect::Change) => Out::ok(""),
+                })
+            }
+            (Mode::DryRun, Effect::Change) => {
+                self.note(host, Effect::Change, cmd.line(), &cmd.argv);
+                Some(Out::ok(""))
+            }
+            _ => None,
         }
     }
 

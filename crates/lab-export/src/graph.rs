@@ -81,11 +81,6 @@ fn edges<'a>(lab: &'a Lab, nodes: &[&'a LabNode]) -> Vec<Edge<'a>> {
     out
 }
 
-fn address(node: &LabNode) -> String {
-    node.mgmt_ipv4
-        .map_or_else(String::new, |a| a.addr().to_string())
-}
-
 /// The graph of `nodes` and the links between them.
 pub fn graph(lab: &Lab, nodes: &[&LabNode], format: GraphFormat) -> String {
     let mut out = String::new();
@@ -110,7 +105,7 @@ pub fn graph(lab: &Lab, nodes: &[&LabNode], format: GraphFormat) -> String {
                         "    \"{}\" [label=\"{}\\n{}\"];",
                         n.name,
                         n.name,
-                        address(n)
+                        n.mgmt_address().unwrap_or_default()
                     );
                 }
                 let _ = writeln!(out, "  }}");
@@ -144,7 +139,13 @@ pub fn graph(lab: &Lab, nodes: &[&LabNode], format: GraphFormat) -> String {
             for (i, hv) in hypervisors.iter().enumerate() {
                 let _ = writeln!(out, "  subgraph h{i}[\"{}\"]", hv.name);
                 for n in nodes.iter().filter(|n| n.hypervisor == hv.name) {
-                    let _ = writeln!(out, "    {}[\"{}<br/>{}\"]", id(n), n.name, address(n));
+                    let _ = writeln!(
+                        out,
+                        "    {}[\"{}<br/>{}\"]",
+                        id(n),
+                        n.name,
+                        n.mgmt_address().unwrap_or_default()
+                    );
                 }
                 let _ = writeln!(out, "  end");
             }

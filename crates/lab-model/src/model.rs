@@ -169,6 +169,11 @@ pub struct NodeSsh {
 }
 
 impl LabNode {
+    /// The address `lab` and other tools reach the node at: its management IPv4 address.
+    pub fn mgmt_address(&self) -> Option<String> {
+        self.mgmt_ipv4.map(|a| a.addr().to_string())
+    }
+
     /// The link interfaces (all but management).
     pub fn links(&self) -> impl Iterator<Item = &Interface> {
         self.interfaces

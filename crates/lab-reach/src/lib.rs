@@ -35,11 +35,6 @@ impl ExecReport {
     }
 }
 
-/// The address `lab` reaches a node at: its management IPv4 address.
-pub fn address(node: &LabNode) -> Option<String> {
-    node.mgmt_ipv4.map(|a| a.addr().to_string())
-}
-
 /// Runs `words` on every node, all at once (within each hypervisor's `parallel`), from its
 /// hypervisor. One report per node, in the order of `nodes`.
 pub async fn exec(
@@ -57,7 +52,7 @@ pub async fn exec(
             stderr: String::new(),
             error: None,
         };
-        let Some(address) = address(node) else {
+        let Some(address) = node.mgmt_address() else {
             report.error = Some("the node has no management address".to_owned());
             return report;
         };
@@ -128,7 +123,7 @@ pub async fn wait(
             let check_error = &check_error;
             let mut targets = Vec::new();
             for node in nodes.iter().filter(|n| n.hypervisor == hv.name) {
-                let address = address(node);
+                let address = node.mgmt_address();
                 if address.is_none() && !matches!(how, Readiness::Console(_)) {
                     let mut r = blank(node);
                     r.error = Some("the node has no management address".to_owned());

@@ -302,15 +302,7 @@ impl Settings {
             quiet: cli.quiet,
             verbose: cli.verbose,
         };
-        let files = |l: cli::LabArgs| LabFiles(l.files);
-        let select = |s: cli::SelectArgs| Selection {
-            hosts: s.hosts,
-            nodes: s.nodes,
-        };
-        let build = |b: cli::BuildArgs| Build {
-            overlay: b.overlay,
-            dir: b.build,
-        };
+        let (files, select, build) = (LabFiles::from, Selection::from, Build::from);
         let command = match cli.command {
             cli::Command::Generate(a) => Command::Generate(Generate {
                 lab: files(a.lab),
@@ -463,13 +455,34 @@ impl Settings {
 
 fn power(a: cli::PowerArgs, what: Power) -> Command {
     Command::Power(PowerNodes {
-        lab: LabFiles(a.lab.files),
-        select: Selection {
-            hosts: a.select.hosts,
-            nodes: a.select.nodes,
-        },
+        lab: a.lab.into(),
+        select: a.select.into(),
         what,
         mode: Mode::from_flag(a.dry_run),
         lock_wait: a.lock.lock_wait,
     })
+}
+
+impl From<cli::LabArgs> for LabFiles {
+    fn from(l: cli::LabArgs) -> LabFiles {
+        LabFiles(l.files)
+    }
+}
+
+impl From<cli::SelectArgs> for Selection {
+    fn from(s: cli::SelectArgs) -> Selection {
+        Selection {
+            hosts: s.hosts,
+            nodes: s.nodes,
+        }
+    }
+}
+
+impl From<cli::BuildArgs> for Build {
+    fn from(b: cli::BuildArgs) -> Build {
+        Build {
+            overlay: b.overlay,
+            dir: b.build,
+        }
+    }
 }

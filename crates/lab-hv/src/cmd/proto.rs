@@ -226,24 +226,20 @@ exit 1"#;
 
 /// The hold `tag` on the proto's snapshot `name` (see [`sync_tag`]).
 pub fn hold(hv: &Hypervisor, tag: &str, name: &str) -> Cmd {
-    Cmd::change([
-        "sh".to_owned(),
-        "-c".to_owned(),
-        HOLD.to_owned(),
-        "lab-hold".to_owned(),
-        "hold".to_owned(),
-        tag.to_owned(),
-        format!("{}@{name}", hv.proto),
-    ])
+    hold_cmd(hv, "hold", tag, name)
 }
 
 pub fn release(hv: &Hypervisor, tag: &str, name: &str) -> Cmd {
+    hold_cmd(hv, "release", tag, name)
+}
+
+fn hold_cmd(hv: &Hypervisor, verb: &str, tag: &str, name: &str) -> Cmd {
     Cmd::change([
         "sh".to_owned(),
         "-c".to_owned(),
         HOLD.to_owned(),
         "lab-hold".to_owned(),
-        "release".to_owned(),
+        verb.to_owned(),
         tag.to_owned(),
         format!("{}@{name}", hv.proto),
     ])

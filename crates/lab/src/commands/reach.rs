@@ -45,7 +45,7 @@ pub fn console(out: &Output, s: &Reach) -> Result<(), Failure> {
 pub fn ssh(_out: &Output, s: &Reach) -> Result<(), Failure> {
     let lab = lab_model::load(&s.lab.0)?;
     let node = one_node(&lab, &s.node)?;
-    let address = lab_reach::address(node).ok_or_else(|| {
+    let address = node.mgmt_address().ok_or_else(|| {
         Failure::invalid(format!(
             "node {} has no management address (set `mgmt_ipv4` on its hypervisor)",
             node.name
