@@ -33,8 +33,19 @@ pub struct Ask<'a> {
     pub digest: &'a str,
 }
 
-/// Decides what `create` does with a node (see [`Decision`]).
+/// Decides what `create` does with a node (see [`Decision`]): first by whose its clone and
+/// domain are, then, for a domain that would be started, whether its wires' ports are free.
 pub fn decide(facts: &NodeFacts, node: &str, dataset: &str, ask: Ask<'_>) -> Decision {
+    match by_ownership(facts, node, dataset, ask) {
+        // A running domain (stopped first) holds its own ports: only a fresh start asks.
+        d @ (Decision::Start { .. } | Decision::Make { .. }) if !facts.domain.running() => {
+            facts.wires.refusal().map_or(d, Decision::Skip)
+        }
+        d => d,
+    }
+}
+
+fn by_ownership(facts: &NodeFacts, node: &str, dataset: &str, ask: Ask<'_>) -> Decision {
     let domain = &facts.domain;
     let (filling, digest) = match &facts.clone {
         // A dataset lab did not make is never touched, --force or not.
@@ -94,10 +105,14 @@ pub fn decide(facts: &NodeFacts, node: &str, dataset: &str, ask: Ask<'_>) -> Dec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lab_hv::own::{DomainFacts, Marker};
+    use lab_hv::own::{DomainFacts, Marker, WireFacts};
 
     fn facts(clone: CloneFacts, domain: DomainFacts) -> NodeFacts {
-        NodeFacts { clone, domain }
+        NodeFacts {
+            clone,
+            domain,
+            wires: WireFacts::Free,
+        }
     }
 
     fn ours() -> CloneFacts {
@@ -323,5 +338,33 @@ mod tests {
                 "row {i}: {f:?}, force {force}, xml {has_domain_xml}"
             );
         }
+    }
+
+    #[test]
+    fn a_domain_is_started_only_on_free_wire_ports() {
+        let ask = Ask {
+            force: true,
+            has_domain_xml: true,
+            digest: "d",
+        };
+        let taken = WireFacts::Taken(vec![20320, 20322]);
+        let with = |clone, domain, wires: &WireFacts| {
+            let f = NodeFacts {
+                clone,
+                domain,
+                wires: wires.clone(),
+            };
+            decide(&f, "n", "tank/n", ask)
+        };
+        for wires in [&taken, &WireFacts::Unknown] {
+            let refused = Decision::Skip(wires.refusal().unwrap());
+            // a fresh node, a stopped one, one made again: each would bind the ports anew
+            assert_eq!(with(CloneFacts::Absent, NO_DOMAIN, wires), refused);
+            assert_eq!(with(ours(), dom(false, true), wires), refused);
+            // a running domain holds its own ports: replaced with --force as ever
+            assert_eq!(with(ours(), dom(true, true), wires), make(true, true, true));
+        }
+        assert!(taken.refusal().unwrap().contains("20320, 20322"));
+        assert_eq!(WireFacts::Free.refusal(), None);
     }
 }

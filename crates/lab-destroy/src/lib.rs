@@ -293,7 +293,11 @@ mod tests {
             ),
         ];
         for (i, (clone, domain, expected)) in table.into_iter().enumerate() {
-            let facts = NodeFacts { clone, domain };
+            let facts = NodeFacts {
+                clone,
+                domain,
+                wires: lab_hv::own::WireFacts::Free,
+            };
             assert_eq!(decide(&facts), expected, "row {i}: {facts:?}");
         }
         assert!(!remove(true, false, false).removes_anything());

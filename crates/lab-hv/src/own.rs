@@ -154,11 +154,51 @@ impl DomainFacts {
     }
 }
 
+/// Whether the UDP ports the node's wires bind are free on its hypervisor. QEMU binds them with
+/// `SO_REUSEADDR`, so a second binder succeeds and takes the frames: another lab with the same
+/// `lab.id` (or `wire_port_base`) would silently cut this lab's links, or this lab its.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WireFacts {
+    /// Free, or the node has no wires.
+    Free,
+    /// Bound by something on the host, these.
+    Taken(Vec<u16>),
+    /// The host's bound ports could not be read.
+    Unknown,
+}
+
+impl WireFacts {
+    /// Why the node's domain must not be started, when it must not (a running domain holds
+    /// its own ports: only a start that binds them anew asks).
+    pub fn refusal(&self) -> Option<String> {
+        match self {
+            WireFacts::Free => None,
+            WireFacts::Taken(ports) => Some(format!(
+                "UDP port(s) {} of its wires are already bound on the hypervisor by something else \
+                 (another lab with this lab id or `wire_port_base`?): started now, its links \
+                 and that one's would take each other's frames; give one of the labs another \
+                 `lab.id` or `lab.wire_port_base`",
+                ports
+                    .iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            WireFacts::Unknown => Some(
+                "could not read which UDP ports are bound on the hypervisor, so its wires' ports \
+                 are not known to be free"
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
 /// Everything create and destroy need to know about one node before they decide.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeFacts {
     pub clone: CloneFacts,
     pub domain: DomainFacts,
+    pub wires: WireFacts,
 }
 
 /// A node's facts, from its hypervisor's probed state alone (the probe read every marker).
@@ -201,5 +241,26 @@ pub fn inspect(
             },
         },
     };
-    Ok(NodeFacts { clone, domain })
+    let ports: Vec<u16> = node
+        .interfaces
+        .iter()
+        .filter_map(|i| i.wire.map(|w| w.local_port))
+        .collect();
+    let wires = match &state.udp_ports {
+        _ if ports.is_empty() => WireFacts::Free,
+        None => WireFacts::Unknown,
+        Some(bound) => {
+            let taken: Vec<u16> = ports.into_iter().filter(|p| bound.contains(p)).collect();
+            if taken.is_empty() {
+                WireFacts::Free
+            } else {
+                WireFacts::Taken(taken)
+            }
+        }
+    };
+    Ok(NodeFacts {
+        clone,
+        domain,
+        wires,
+    })
 }

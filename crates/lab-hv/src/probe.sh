@@ -83,6 +83,11 @@ printf '%s\n' "$nets" | while read -r name state rest; do
   printf '%s\t%s\t%s\t%s\n' "$name" "$state" "$uuid" "$mark"
 done
 echo "$m rc $rc"
+# The UDP ports bound on this host (hex, as the kernel lists them): a wire's port that someone
+# else holds would hand that one this lab's frames (QEMU binds with SO_REUSEADDR).
+echo "$m udp"
+f=/proc/net/udp; [ -r /proc/net/udp6 ] && f="$f /proc/net/udp6"
+awk 'FNR > 1 { n = split($2, a, ":"); print a[n] }' $f; echo "$m rc $?"
 if [ "$detail" = nics ]; then
   echo "$m nics"
   printf '%s\n' "$doms" | while read -r dom; do

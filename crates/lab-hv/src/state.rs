@@ -6,7 +6,7 @@
 //! read together (a field and the row that sets it); the parser's tests are in
 //! `state_tests.rs`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use lab_exec::{Cmd, ExecError, Executor};
 use lab_model::Hypervisor;
@@ -180,6 +180,8 @@ pub struct HostState {
     pub nics: BTreeMap<String, Vec<String>>,
     /// Why libvirt could not be read, when it could not: nothing about domains is known then.
     pub libvirt_error: Option<String>,
+    /// The UDP ports something on the host has bound; `None` when they could not be read.
+    pub udp_ports: Option<BTreeSet<u16>>,
 }
 
 impl HostState {
@@ -309,6 +311,8 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
     let mut rc: BTreeMap<&str, &str> = BTreeMap::new();
     let mut markers: Vec<(&str, &str)> = Vec::new();
     let mut holds: Vec<(String, String)> = Vec::new();
+    let mut udp = BTreeSet::new();
+    let mut udp_odd = false;
     let mut section = "";
     let mut ended = false;
     let mark = format!("#{nonce} ");
@@ -321,7 +325,7 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
             }
             section = match control {
                 "snapshots" | "zfs" | "holds" | "names" | "datasets" | "domains" | "markers"
-                | "networks" | "nics" => control,
+                | "networks" | "udp" | "nics" => control,
                 "end" => {
                     ended = true;
                     ""
@@ -459,6 +463,12 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
                     },
                 );
             }
+            "udp" => match u16::from_str_radix(line.trim(), 16) {
+                Ok(port) => {
+                    udp.insert(port);
+                }
+                Err(_) => udp_odd = true,
+            },
             "nics" => {
                 if let Some((domain, mac)) = line.split_once('\t')
                     && !mac.is_empty()
@@ -511,6 +521,9 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
                 rc.get(section).unwrap_or(&"unknown")
             ));
         }
+    }
+    if rc.get("udp") == Some(&"0") && !udp_odd {
+        state.udp_ports = Some(udp);
     }
     for (domain, marker) in markers {
         if let Some(d) = state.domains.get_mut(domain) {

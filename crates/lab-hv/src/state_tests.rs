@@ -20,6 +20,7 @@ const GOOD: &str = "#snapshots\n\
     #domains\n 3    r1   running\n -    r2   shut off\n#rc 0\n\
     #markers\nr1\t<lab:lab xmlns:lab=\"https://lab.invalid/schema/1\" lab=\"demo\" node=\"r1\"/>\nr2\t\n#rc 0\n\
     #networks\nlab-demo\tactive\tu-1\t<lab:net xmlns:lab='https://lab.invalid/schema/1' lab='demo' sha256='ab12'/>\ndefault\tinactive\tu-2\t\n#rc 0\n\
+    #udp\n0035\n4F60\n4F60\n#rc 0\n\
     #nics\nr1\t52:54:00:01:00:01\nr1\t52:54:01:01:00:01\n#end\n";
 
 #[test]
@@ -62,6 +63,7 @@ fn parses_every_section() {
     assert!(s.networks["lab-demo"].active);
     assert!(!s.networks["default"].active && s.networks["default"].marker.is_none());
     assert_eq!(s.nics["r1"], ["52:54:00:01:00:01", "52:54:01:01:00:01"]);
+    assert_eq!(s.udp_ports, Some([53, 20320].into()));
     assert!(s.libvirt_error.is_none());
     assert_eq!(
         s.pins(),
@@ -192,4 +194,14 @@ fn reads_what_zfs_can_do_and_the_holds() {
     assert!(read(&failed).unwrap_err().contains("holds"));
     let missing = GOOD.replace("#zfs\nversion\t-\n#rc 0\n", "");
     assert!(read(&missing).unwrap_err().contains("zfs"));
+}
+
+#[test]
+fn bound_udp_ports_unread_or_odd_are_unknown() {
+    let unread = GOOD.replace("#udp\n0035\n4F60\n4F60\n#rc 0\n", "#udp\n#rc 2\n");
+    assert_eq!(read(&unread).unwrap().udp_ports, None);
+    let odd = GOOD.replace("#udp\n0035\n", "#udp\n0035\nnot-a-port\n");
+    assert_eq!(read(&odd).unwrap().udp_ports, None);
+    let missing = GOOD.replace("#udp\n0035\n4F60\n4F60\n#rc 0\n", "");
+    assert_eq!(read(&missing).unwrap().udp_ports, None);
 }

@@ -11,8 +11,8 @@ use lab_model::{Lab, LabNode, Storage};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Power {
     Start,
-    /// Powers the domain off (`virsh destroy`: the test guests, like many routers, have no
-    /// ACPI shutdown).
+    /// Powers the domain off (`virsh destroy`: the test guests, like many routers, do not
+    /// act on an ACPI power button).
     Stop,
     Restart,
 }
@@ -52,6 +52,12 @@ pub async fn power(
                 ));
             }
             let running = facts.domain.running();
+            if matches!(what, Power::Start)
+                && !running
+                && let Some(why) = facts.wires.refusal()
+            {
+                return skip(why);
+            }
             let mut steps: Vec<(&'static str, Cmd)> = Vec::new();
             if matches!(what, Power::Stop | Power::Restart) && running {
                 steps.push(("stop", cmd::stop(node)));

@@ -138,6 +138,7 @@ fn example_lab_lifecycle() {
     }
 
     day_two(&bed, b, file, &model);
+    a_twin_lab_cannot_take_the_wires(&bed, b, file, &model);
 
     // create again: every node unchanged (running), exit 0, nothing recreated
     let guid = |hv: &str, node: &str| {
@@ -273,6 +274,64 @@ fn example_lab_lifecycle() {
     let run = lab(b, &["--format", "json", "destroy", "--lab", file, "--yes"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.json()["summary"]["unchanged"], 12);
+}
+
+/// Another lab with the example lab's id wants the same UDP ports for its wires on hv0. QEMU
+/// would bind them anyway (`SO_REUSEADDR`) and take the running lab's frames: refused before
+/// anything is made, and the running lab's link keeps passing traffic.
+fn a_twin_lab_cannot_take_the_wires(
+    bed: &lab_testbed::Testbed,
+    b: &std::path::Path,
+    file: &str,
+    model: &lab_model::Lab,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let twin = dir.path().join("twin.yaml");
+    std::fs::write(
+        &twin,
+        format!(
+            "include: {}\nlab: {{name: e2e-twin, id: {}, p2p_ipv4: 100.64.99.0/24}}\n\
+             overlay: bird\nvars: {{domain: e2e.example, dns: [192.0.2.53]}}\n\
+             defaults:\n  node:\n    vars: {{vpp_workers: 1, ospf_area: 0}}\n\
+             \x20 hypervisor:\n    mgmt: {{mode: none}}\n\
+             nodes:\n  tw-1: {{hypervisor: hv0, id: 31}}\n  tw-2: {{hypervisor: hv0, id: 32}}\n\
+             links:\n  - [tw-1, tw-2]\n",
+            repo().join("labs/testbed.yaml").display(),
+            model.id
+        ),
+    )
+    .unwrap();
+    let t = twin.to_str().unwrap();
+    let run = lab(b, &["--format", "json", "create", "--lab", t]);
+    assert_eq!(run.code, 3, "{}{}", run.stdout, run.stderr);
+    assert_eq!(run.json()["summary"]["skipped"], 2, "{}", run.stdout);
+    assert!(
+        run.stdout.contains("already bound on the hypervisor"),
+        "{}",
+        run.stdout
+    );
+    for node in ["tw-1", "tw-2"] {
+        assert!(
+            !exists(bed, "hv0", &format!("{}/{node}", bed.pool)),
+            "{node}"
+        );
+        assert!(!domain_exists(bed, "hv0", node), "{node}");
+    }
+    let vpp01 = model.nodes.iter().find(|n| n.name == "vpp0-1").unwrap();
+    let peer = vpp01.links().next().unwrap().peer_ipv4.unwrap();
+    let run = lab(
+        b,
+        &[
+            "exec",
+            "--lab",
+            file,
+            "--node",
+            "vpp0-1",
+            "--",
+            &format!("ping -c 2 -W 2 {peer}"),
+        ],
+    );
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
 }
 
 /// Day two on the running example lab: ssh and its exit status, the console in a terminal,

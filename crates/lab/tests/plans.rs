@@ -71,7 +71,7 @@ fn probe_answer(
          {proto}@20261101-release\tguid\t222\n{proto}@20261101-release\tcreation\t200\n\
          {proto}@20261102-before\tguid\t333\n{proto}@20261102-before\tcreation\t300\n#rc 0\n\
          #zfs\nversion\t-\n#rc 0\n#holds\n#rc 0\n#names\n{}\n#rc 0\n#datasets\n{rows}#rc 0\n#domains\n{domains}#rc 0\n\
-         #markers\n{marker_rows}#rc 0\n#networks\n{networks}#rc 0\n#end\n",
+         #markers\n{marker_rows}#rc 0\n#networks\n{networks}#rc 0\n#udp\n#rc 0\n#end\n",
         names.join("\n")
     )
 }
