@@ -356,7 +356,7 @@ fn create_and_time(
         + floor_step(
             r#"set -e; st=/var/lib/lab/staging/vpp/$2
 zfs clone -o mountpoint=$st -o lab-bench:floor=yes "$5" "$1/$2"
-rsync -aH --numeric-ids --chown=0:0 "$3/" "$st/"
+rsync -rltDH --executability --ignore-times --omit-dir-times "$3/" "$st/"
 virsh -q define "$4" >/dev/null
 virsh -q start "$2" >/dev/null"#,
         )?;

@@ -10,7 +10,10 @@ use crate::{Effect, ExecError, Executor, MASTER_IDLE, Mode, quote, quote_line};
 
 impl Executor {
     /// Copies the contents of `local` into `remote` on `host` with rsync over the host's master
-    /// connection: `-aH --numeric-ids`, owned by root on the guest, never `--delete` (the
+    /// connection. The image keeps what it has: a directory or file it already holds keeps its
+    /// owner and mode (only a file's content and execute bit change), and its directories keep
+    /// their times; what the overlay adds is root's, with its mode under umask 022 (so a
+    /// controller's umask 002 checkout makes no group-writable `/etc`). Never `--delete` (the
     /// target is a clone of the proto image), never `-X`.
     pub async fn rsync(&self, host: &str, local: &Path, remote: &str) -> Result<(), ExecError> {
         let h = self.host(host)?;
@@ -74,17 +77,27 @@ fn rsync_args(local: &Path, host: &str, remote: &str, guard: &[String]) -> Vec<S
     let mut src: PathBuf = local.to_path_buf();
     src.push(""); // trailing slash: the directory's contents
     let mut args = vec![
-        "-aH".to_owned(),
-        "--numeric-ids".to_owned(),
-        "--chown=0:0".to_owned(),
+        // -a without -p, -o, -g: recursive, links, times, devices and specials; hard links.
+        "-rltDH".to_owned(),
+        // The execute bit of an existing file follows the overlay's; its other bits stay.
+        "--executability".to_owned(),
+        // Every file of the tree is written: an image's file of the same size and time as
+        // the overlay's is not taken for it.
+        "--ignore-times".to_owned(),
+        "--omit-dir-times".to_owned(),
         "--protect-args".to_owned(),
         // Both ends give up after this long without I/O (a cut connection).
         "--timeout=30".to_owned(),
     ];
+    // The remote shell runs this as the rsync command: new files' modes under umask 022,
+    // whatever the ssh session's umask is.
+    let mut path = "umask 022 && ".to_owned();
     if !guard.is_empty() {
-        // The remote shell runs this as the rsync command.
-        args.push(format!("--rsync-path={} rsync", quote_line(guard)));
+        path.push_str(&quote_line(guard));
+        path.push(' ');
     }
+    path.push_str("rsync");
+    args.push(format!("--rsync-path={path}"));
     args.push(src.to_string_lossy().into_owned());
     args.push(format!("{host}:{}/", remote.trim_end_matches('/')));
     args

@@ -1072,3 +1072,111 @@ fn a_directory_the_image_has_as_a_symlink_is_refused_and_the_image_kept() {
     }
     assert!(!exists(&bed, "hv1", &proto));
 }
+
+#[test]
+fn the_image_keeps_the_owners_and_modes_it_has() {
+    let bed = require();
+    let dir = tempfile::tempdir().unwrap();
+    // A proto of our own whose directories and one file have owners and modes of their own.
+    let proto = format!("{}/e2e-pm-proto", bed.pool);
+    let clone = format!("{}/pm-1", bed.pool);
+    let make_proto = || {
+        bed.exec(
+            2,
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "zfs create {proto} && cd /{proto} && mkdir -p root etc tmp var/spool/cron/crontabs \
+                     && chmod 700 root && chmod 1777 tmp && chown 0:102 var/spool/cron/crontabs \
+                     && chmod 1730 var/spool/cron/crontabs && echo old > etc/issue \
+                     && chown 0:42 etc/issue && chmod 640 etc/issue && zfs snapshot {proto}@base"
+                ),
+            ],
+        )
+        .unwrap();
+    };
+    // An overlay checked out as if under umask 000, with files where the image has directories
+    // of its own, and new ones.
+    let overlay = copy_overlay(dir.path(), "pm");
+    use std::os::unix::fs::PermissionsExt;
+    let chmod = |rel: &str, mode: u32| {
+        std::fs::set_permissions(overlay.join(rel), std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    for (rel, mode) in [
+        ("root/.profile", 0o666),
+        ("tmp/lab-x", 0o666),
+        ("var/spool/cron/crontabs/root", 0o600),
+        ("etc/issue", 0o666),
+        ("etc/pm-new/f", 0o666),
+        ("usr/local/bin/tool", 0o777),
+    ] {
+        let path = overlay.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "new\n").unwrap();
+        chmod(rel, mode);
+    }
+    for rel in [
+        "root",
+        "tmp",
+        "etc",
+        "etc/pm-new",
+        "var",
+        "var/spool/cron/crontabs",
+    ] {
+        chmod(rel, 0o777);
+    }
+    let file = write_lab(
+        dir.path(),
+        "e2e-pm",
+        47,
+        &format!(
+            "overlay: pm\noverlays:\n  pm: {{dir: {}}}\n\
+             hypervisors:\n  hv2: {{proto: {proto}, snapshot: base}}\n\
+             nodes:\n  pm-1: {{hypervisor: hv2, id: 47}}\n",
+            overlay.display()
+        ),
+    );
+    let f = file.to_str().unwrap();
+    // What a failed run may have left.
+    lab(dir.path(), &["destroy", "--lab", f, "--yes", "-q"]);
+    for ds in [&clone, &proto] {
+        let _ = bed.exec(2, &["zfs", "umount", ds]);
+        let _ = bed.exec(2, &["zfs", "destroy", "-r", ds]);
+    }
+    make_proto();
+    let run = lab(dir.path(), &["create", "--lab", f]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let staging = "/var/lib/lab/staging/e2e-pm/pm-1";
+    let stat = bed
+        .exec(
+            2,
+            &[
+                "sh",
+                "-c",
+                "cd \"$0\" && stat -c '%n %a %u:%g' root tmp var/spool/cron/crontabs etc \
+                 etc/issue root/.profile tmp/lab-x var/spool/cron/crontabs/root etc/pm-new \
+                 etc/pm-new/f usr/local/bin/tool && cat etc/issue",
+                staging,
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        stat,
+        // what the image had keeps its owner and mode ...
+        "root 700 0:0\ntmp 1777 0:0\nvar/spool/cron/crontabs 1730 0:102\netc 755 0:0\n\
+         etc/issue 640 0:0\n\
+         root/.profile 644 0:0\ntmp/lab-x 644 0:0\nvar/spool/cron/crontabs/root 600 0:0\n\
+         etc/pm-new 755 0:0\netc/pm-new/f 644 0:0\nusr/local/bin/tool 755 0:0\nnew\n",
+        "... what the overlay adds is root's, under umask 022, and a file's content is replaced"
+    );
+    let run = lab(dir.path(), &["destroy", "--lab", f, "--yes"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for _ in 0..20 {
+        if bed.exec(2, &["zfs", "destroy", "-r", &proto]).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(!exists(&bed, "hv2", &proto));
+}

@@ -126,13 +126,18 @@ fn constant(arg: &str) -> bool {
         "-r",
         "-x",
         "-w",
-        "-aH",
+        "-rltDH",
+        "--executability",
+        "--ignore-times",
+        "--omit-dir-times",
+        "umask",
+        "022",
+        "&&",
         "--uri",
         "--key",
         "--set",
         "--config",
         "--numeric-ids",
-        "--chown=0:0",
         "--protect-args",
         "--timeout=30",
     ];
@@ -151,7 +156,7 @@ fn plain(arg: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._/@:=+,-".contains(&b))
 }
 
-/// rsync's remote command (the guard, then `rsync`): each word a flag or a plain word.
+/// rsync's remote command (`umask 022 &&`, the guard, then `rsync`): each word a flag or a plain word.
 fn rsync_path_ok(arg: &str) -> Option<bool> {
     let words = arg.strip_prefix("--rsync-path=")?;
     Some(words.split(' ').all(|w| constant(w) || plain(w)))
