@@ -106,7 +106,42 @@ pub(crate) fn decide_for(
     let facts = network_facts(state, name, lab);
     let existing = state.networks.get(name).map(|n| n.active);
     let lab_running = nodes_here.iter().any(|n| state.domain_running(&n.domain));
-    decide_network(hv.mgmt.mode, name, &facts, existing, build, lab_running)
+    match decide_network(hv.mgmt.mode, name, &facts, existing, build, lab_running) {
+        decision @ NetworkDecision::Apply { start: true, .. } => {
+            match prefix_in_use(hv, name, state) {
+                Some(why) => NetworkDecision::Refuse(why),
+                None => decision,
+            }
+        }
+        decision => decision,
+    }
+}
+
+/// Why the lab's network cannot start on `hv`: an interface other than its own bridge already
+/// has an address in its management prefix (another lab's network on the same prefix, say),
+/// and libvirt would refuse to start it after it was defined. `None` when nothing is known
+/// against it (the addresses unread: libvirt still refuses, with its own words).
+pub fn prefix_in_use(hv: &Hypervisor, network: &str, state: &HostState) -> Option<String> {
+    let ours = hv.mgmt.gateway_ipv4?.trunc();
+    let (iface, net) = state.ipv4.as_ref()?.iter().find(|(iface, net)| {
+        Some(iface.as_str()) != hv.mgmt.bridge.as_deref()
+            && (ours.contains(&net.network()) || net.trunc().contains(&ours.network()))
+    })?;
+    let whose = state
+        .networks
+        .values()
+        .find(|n| n.bridge.as_deref() == Some(iface.as_str()))
+        .map(|n| match &n.marker {
+            Some(m) => format!(" (the bridge of network {}, lab `{}`)", n.name, m.lab),
+            None => format!(" (the bridge of network {})", n.name),
+        })
+        .unwrap_or_default();
+    Some(format!(
+        "{net} on interface {iface}{whose} overlaps the management prefix {ours} of network \
+         {network}, so libvirt would not start it: give this lab a prefix of its own on {hv} \
+         (`hypervisors: {{{hv}: {{mgmt_ipv4: ...}}}}` in the lab file) or `mgmt: {{mode: none}}`",
+        hv = hv.name
+    ))
 }
 
 /// Carries a decision out; `None` when there is nothing to report.

@@ -75,14 +75,20 @@ echo "$m networks"
 nets=$(virsh -q net-list --all); rc=$?
 printf '%s\n' "$nets" | while read -r name state rest; do
   [ -n "$name" ] || continue
-  uuid=$(virsh -q net-uuid "$name" 2>/dev/null)
+  info=$(virsh -q net-info "$name" 2>/dev/null)
+  uuid=$(printf '%s\n' "$info" | awk '$1 == "UUID:" { print $2 }')
+  bridge=$(printf '%s\n' "$info" | awk '$1 == "Bridge:" { print $2 }')
   case $name in
     lab-*) mark=$(virsh -q net-dumpxml "$name" 2>/dev/null | grep -o '<lab:net [^>]*>' | head -n 1) ;;
     *) mark= ;;
   esac
-  printf '%s\t%s\t%s\t%s\n' "$name" "$state" "$uuid" "$mark"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$state" "$uuid" "$mark" "$bridge"
 done
 echo "$m rc $rc"
+# The host's IPv4 addresses: a management prefix already on an interface cannot be served again.
+echo "$m addrs"
+out=$(ip -4 -o addr show); r=$?
+printf '%s\n' "$out" | awk 'NF >= 4 { print $2 "\t" $4 }'; echo "$m rc $r"
 # The UDP ports bound on this host (hex, as the kernel lists them): a wire's port that someone
 # else holds would hand that one this lab's frames (QEMU binds with SO_REUSEADDR).
 echo "$m udp"

@@ -8,6 +8,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use ipnet::Ipv4Net;
+
 use lab_exec::{Cmd, ExecError, Executor};
 use lab_model::Hypervisor;
 
@@ -149,6 +151,8 @@ pub struct Network {
     pub uuid: Option<String>,
     /// `lab`'s ownership mark in the network's metadata (read for `lab-*` networks only).
     pub marker: Option<NetworkMarker>,
+    /// Its Linux bridge.
+    pub bridge: Option<String>,
 }
 
 /// What `lab` records in a network it defines: the lab, and the digest of its definition.
@@ -182,6 +186,8 @@ pub struct HostState {
     pub libvirt_error: Option<String>,
     /// The UDP ports something on the host has bound; `None` when they could not be read.
     pub udp_ports: Option<BTreeSet<u16>>,
+    /// The host's IPv4 addresses with their interfaces; `None` when they could not be read.
+    pub ipv4: Option<Vec<(String, Ipv4Net)>>,
 }
 
 impl HostState {
@@ -312,6 +318,8 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
     let mut markers: Vec<(&str, &str)> = Vec::new();
     let mut holds: Vec<(String, String)> = Vec::new();
     let mut udp = BTreeSet::new();
+    let mut addrs = Vec::new();
+    let mut addrs_odd = false;
     let mut udp_odd = false;
     let mut section = "";
     let mut ended = false;
@@ -325,7 +333,7 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
             }
             section = match control {
                 "snapshots" | "zfs" | "holds" | "names" | "datasets" | "domains" | "markers"
-                | "networks" | "udp" | "nics" => control,
+                | "networks" | "addrs" | "udp" | "nics" => control,
                 "end" => {
                     ended = true;
                     ""
@@ -447,12 +455,13 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
                 }
             }
             "networks" => {
-                let mut f = line.splitn(4, '\t');
+                let mut f = line.splitn(5, '\t');
                 let (Some(name), Some(active)) = (f.next(), f.next()) else {
                     continue;
                 };
                 let uuid = f.next().filter(|u| !u.is_empty()).map(str::to_owned);
                 let marker = f.next().and_then(parse_network_marker);
+                let bridge = f.next().filter(|b| !b.is_empty()).map(str::to_owned);
                 state.networks.insert(
                     name.to_owned(),
                     Network {
@@ -460,9 +469,17 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
                         active: active == "active",
                         uuid,
                         marker,
+                        bridge,
                     },
                 );
             }
+            "addrs" => match line
+                .split_once('\t')
+                .and_then(|(i, a)| Some((i, host_net(a)?)))
+            {
+                Some((iface, net)) => addrs.push((iface.to_owned(), net)),
+                None => addrs_odd = true,
+            },
             "udp" => match u16::from_str_radix(line.trim(), 16) {
                 Ok(port) => {
                     udp.insert(port);
@@ -522,6 +539,9 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
             ));
         }
     }
+    if rc.get("addrs") == Some(&"0") && !addrs_odd {
+        state.ipv4 = Some(addrs);
+    }
     if rc.get("udp") == Some(&"0") && !udp_odd {
         state.udp_ports = Some(udp);
     }
@@ -571,6 +591,14 @@ fn parse_network_marker(text: &str) -> Option<NetworkMarker> {
         lab: attribute(text, "lab")?,
         sha256: attribute(text, "sha256")?,
     })
+}
+
+/// An interface's address as `ip -o addr` shows it: `a.b.c.d/len`, or a point-to-point
+/// `a.b.c.d` (its own address only).
+fn host_net(text: &str) -> Option<Ipv4Net> {
+    text.parse::<Ipv4Net>()
+        .ok()
+        .or_else(|| Some(Ipv4Net::from(text.parse::<std::net::Ipv4Addr>().ok()?)))
 }
 
 /// `name TAB property TAB value`.

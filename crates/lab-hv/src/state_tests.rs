@@ -19,7 +19,8 @@ const GOOD: &str = "#snapshots\n\
     p/r1\tlab:owner\tops@ctl\tlocal\n#rc 0\n\
     #domains\n 3    r1   running\n -    r2   shut off\n#rc 0\n\
     #markers\nr1\t<lab:lab xmlns:lab=\"https://lab.invalid/schema/1\" lab=\"demo\" node=\"r1\"/>\nr2\t\n#rc 0\n\
-    #networks\nlab-demo\tactive\tu-1\t<lab:net xmlns:lab='https://lab.invalid/schema/1' lab='demo' sha256='ab12'/>\ndefault\tinactive\tu-2\t\n#rc 0\n\
+    #networks\nlab-demo\tactive\tu-1\t<lab:net xmlns:lab='https://lab.invalid/schema/1' lab='demo' sha256='ab12'/>\ndefault\tinactive\tu-2\t\tvirbr0\n#rc 0\n\
+    #addrs\nlo\t127.0.0.1/8\nlab2\t192.168.20.254/24\nptp0\t10.9.9.1\n#rc 0\n\
     #udp\n0035\n4F60\n4F60\n#rc 0\n\
     #nics\nr1\t52:54:00:01:00:01\nr1\t52:54:01:01:00:01\n#end\n";
 
@@ -64,6 +65,21 @@ fn parses_every_section() {
     assert!(!s.networks["default"].active && s.networks["default"].marker.is_none());
     assert_eq!(s.nics["r1"], ["52:54:00:01:00:01", "52:54:01:01:00:01"]);
     assert_eq!(s.udp_ports, Some([53, 20320].into()));
+    let addrs: Vec<String> = s
+        .ipv4
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|(i, a)| format!("{i} {a}"))
+        .collect();
+    assert_eq!(
+        addrs,
+        [
+            "lo 127.0.0.1/8",
+            "lab2 192.168.20.254/24",
+            "ptp0 10.9.9.1/32"
+        ]
+    );
     assert!(s.libvirt_error.is_none());
     assert_eq!(
         s.pins(),
@@ -204,4 +220,15 @@ fn bound_udp_ports_unread_or_odd_are_unknown() {
     assert_eq!(read(&odd).unwrap().udp_ports, None);
     let missing = GOOD.replace("#udp\n0035\n4F60\n4F60\n#rc 0\n", "");
     assert_eq!(read(&missing).unwrap().udp_ports, None);
+}
+
+#[test]
+fn host_addresses_unread_or_odd_are_unknown() {
+    let unread = GOOD.replace("ptp0\t10.9.9.1\n#rc 0", "ptp0\t10.9.9.1\n#rc 1");
+    assert_eq!(read(&unread).unwrap().ipv4, None);
+    let odd = GOOD.replace("ptp0\t10.9.9.1\n", "ptp0\tnot-an-address\n");
+    assert_eq!(read(&odd).unwrap().ipv4, None);
+    let s = read(GOOD).unwrap();
+    assert_eq!(s.networks["default"].bridge.as_deref(), Some("virbr0"));
+    assert_eq!(s.networks["lab-demo"].bridge, None);
 }

@@ -138,7 +138,7 @@ fn example_lab_lifecycle() {
     }
 
     day_two(&bed, b, file, &model);
-    a_twin_lab_cannot_take_the_wires(&bed, b, file, &model);
+    a_second_lab_cannot_take_the_wires_or_the_prefix(&bed, b, file, &model);
 
     // create again: every node unchanged (running), exit 0, nothing recreated
     let guid = |hv: &str, node: &str| {
@@ -278,8 +278,9 @@ fn example_lab_lifecycle() {
 
 /// Another lab with the example lab's id wants the same UDP ports for its wires on hv0. QEMU
 /// would bind them anyway (`SO_REUSEADDR`) and take the running lab's frames: refused before
-/// anything is made, and the running lab's link keeps passing traffic.
-fn a_twin_lab_cannot_take_the_wires(
+/// anything is made, and the running lab's link keeps passing traffic. Another lab that wants
+/// hv0's management prefix for a network of its own is refused before anything changes.
+fn a_second_lab_cannot_take_the_wires_or_the_prefix(
     bed: &lab_testbed::Testbed,
     b: &std::path::Path,
     file: &str,
@@ -332,6 +333,30 @@ fn a_twin_lab_cannot_take_the_wires(
         ],
     );
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+
+    // A lab with a management network of its own on hv0's prefix, which the example lab's
+    // network serves: refused before anything changes, naming whose network it is.
+    let file = write_lab(
+        dir.path(),
+        "e2e-mg",
+        33,
+        "# mgmt: the fleet's (isolated, hv0's prefix)\nnodes:\n  mg-1: {hypervisor: hv0, id: 33}\n",
+    );
+    let run = lab(b, &["create", "--lab", file.to_str().unwrap()]);
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains(
+            "on interface lab2 (the bridge of network lab-vpp, lab `vpp`) overlaps the \
+             management prefix 192.168.20.0/24 of network lab-e2e-mg"
+        ) && run.stderr.contains("nothing was changed"),
+        "{}",
+        run.stderr
+    );
+    let nets = bed
+        .exec(0, &["virsh", "-q", "net-list", "--all", "--name"])
+        .unwrap();
+    assert!(!nets.contains("lab-e2e-mg"), "{nets}");
+    assert!(!exists(bed, "hv0", &format!("{}/mg-1", bed.pool)));
 }
 
 /// Day two on the running example lab: ssh and its exit status, the console in a terminal,

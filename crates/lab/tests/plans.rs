@@ -41,6 +41,7 @@ fn probe_answer(
     domains: &str,
     markers: &HashMap<String, String>,
     networks: &str,
+    addrs: &str,
 ) -> String {
     let (proto, parent) = if host == "hvd" {
         ("tank/proto", "tank")
@@ -71,7 +72,7 @@ fn probe_answer(
          {proto}@20261101-release\tguid\t222\n{proto}@20261101-release\tcreation\t200\n\
          {proto}@20261102-before\tguid\t333\n{proto}@20261102-before\tcreation\t300\n#rc 0\n\
          #zfs\nversion\t-\n#rc 0\n#holds\n#rc 0\n#names\n{}\n#rc 0\n#datasets\n{rows}#rc 0\n#domains\n{domains}#rc 0\n\
-         #markers\n{marker_rows}#rc 0\n#networks\n{networks}#rc 0\n#udp\n#rc 0\n#end\n",
+         #markers\n{marker_rows}#rc 0\n#networks\n{networks}#rc 0\n#addrs\n{addrs}#rc 0\n#udp\n#rc 0\n#end\n",
         names.join("\n")
     )
 }
@@ -87,6 +88,8 @@ struct Scenario {
     markers: &'static [(&'static str, &'static str)],
     /// `#networks` rows per host.
     networks: &'static [(&'static str, &'static str)],
+    /// `#addrs` rows (`interface TAB address/len`) per host.
+    addrs: &'static [(&'static str, &'static str)],
     /// Text replacements in the lab file.
     lab_edit: &'static [(&'static str, &'static str)],
 }
@@ -117,6 +120,7 @@ const SCENARIOS: &[Scenario] = &[
         domains: &[],
         markers: &[],
         networks: &[],
+        addrs: &[],
         lab_edit: &[],
     },
     Scenario {
@@ -131,6 +135,7 @@ const SCENARIOS: &[Scenario] = &[
             ("z1", "<lab lab=\"plan\" node=\"z1\"/>"),
         ],
         networks: &[],
+        addrs: &[],
         lab_edit: &[],
     },
     Scenario {
@@ -146,6 +151,7 @@ const SCENARIOS: &[Scenario] = &[
             ("z1", "<lab lab=\"other\" node=\"z1\"/>"),
         ],
         networks: &[],
+        addrs: &[],
         lab_edit: &[],
     },
     Scenario {
@@ -158,6 +164,7 @@ const SCENARIOS: &[Scenario] = &[
         domains: &[("hvd", " 4 d1 running\n")],
         markers: &[("d1", "<lab lab=\"other\" node=\"d1\"/>")],
         networks: &[],
+        addrs: &[],
         lab_edit: &[(
             "lab: {name: plan, id: 3}",
             "lab: {name: plan, id: 3, prefix_names: true}",
@@ -174,6 +181,7 @@ const SCENARIOS: &[Scenario] = &[
             ("z1", "<lab lab=\"plan\" node=\"z1\"/>"),
         ],
         networks: &[],
+        addrs: &[],
         lab_edit: &[],
     },
     Scenario {
@@ -185,6 +193,7 @@ const SCENARIOS: &[Scenario] = &[
         domains: &[],
         markers: &[],
         networks: &[],
+        addrs: &[],
         lab_edit: &[],
     },
     Scenario {
@@ -195,6 +204,7 @@ const SCENARIOS: &[Scenario] = &[
         domains: &[("hvz", " - z1 shut off\n")],
         markers: &[],
         networks: &[],
+        addrs: &[],
         lab_edit: &[],
     },
     Scenario {
@@ -206,6 +216,7 @@ const SCENARIOS: &[Scenario] = &[
         domains: &[],
         markers: &[],
         networks: &[],
+        addrs: &[],
         lab_edit: &[("snapshot: 20261101-release", "snapshot: \"2027*-release\"")],
     },
     Scenario {
@@ -221,6 +232,7 @@ const SCENARIOS: &[Scenario] = &[
             ("z1", "<lab lab=\"other\" node=\"z1\"/>"),
         ],
         networks: &[],
+        addrs: &[],
         lab_edit: &[],
     },
     Scenario {
@@ -236,6 +248,7 @@ const SCENARIOS: &[Scenario] = &[
             ("z1", "<lab lab=\"plan\" node=\"z1\"/>"),
         ],
         networks: &[],
+        addrs: &[],
         lab_edit: &[],
     },
     Scenario {
@@ -246,6 +259,7 @@ const SCENARIOS: &[Scenario] = &[
         domains: &[("hvd", " - d1 shut off\n")],
         markers: &[("d1", "<lab lab=\"plan\" node=\"d1\"/>")],
         networks: &[],
+        addrs: &[],
         lab_edit: &[],
     },
     Scenario {
@@ -259,6 +273,7 @@ const SCENARIOS: &[Scenario] = &[
             ("z1", "<lab lab=\"plan\" node=\"z1\"/>"),
         ],
         networks: &[],
+        addrs: &[],
         lab_edit: &[],
     },
     Scenario {
@@ -272,6 +287,7 @@ const SCENARIOS: &[Scenario] = &[
             ("z1", "<lab lab=\"plan\" node=\"z1\"/>"),
         ],
         networks: &[],
+        addrs: &[],
         lab_edit: &[],
     },
     Scenario {
@@ -282,6 +298,7 @@ const SCENARIOS: &[Scenario] = &[
         domains: &[("hvd", " 4 d1 running\n")],
         markers: &[],
         networks: &[],
+        addrs: &[],
         lab_edit: &[],
     },
     Scenario {
@@ -293,6 +310,7 @@ const SCENARIOS: &[Scenario] = &[
         domains: &[("hvd", " 4 d1 running\n"), ("hvz", " 7 z1 running\n")],
         markers: &[("d1", "<lab lab=\"plan\" node=\"d1\"/>")],
         networks: &[],
+        addrs: &[],
         lab_edit: &[],
     },
     Scenario {
@@ -304,6 +322,7 @@ const SCENARIOS: &[Scenario] = &[
         domains: &[],
         markers: &[],
         networks: &[],
+        addrs: &[],
         lab_edit: &[(
             "d1: {hypervisor: hvd, id: 1}",
             "d1: {hypervisor: hvd, id: 1, dataset: tank/elsewhere/d1}",
@@ -317,6 +336,7 @@ const SCENARIOS: &[Scenario] = &[
         domains: &[],
         markers: &[],
         networks: &[],
+        addrs: &[],
         lab_edit: &[],
     },
     Scenario {
@@ -329,6 +349,7 @@ const SCENARIOS: &[Scenario] = &[
         domains: &[],
         markers: &[],
         networks: &[("hvz", "default\tactive\tuuid-of-default\t\n")],
+        addrs: &[],
         lab_edit: &[MGMT_HVD, MGMT_HVZ],
     },
     Scenario {
@@ -346,6 +367,7 @@ const SCENARIOS: &[Scenario] = &[
             ("hvd", OLD_NETWORK),
             ("hvz", "default\tactive\tuuid-of-default\t\n"),
         ],
+        addrs: &[],
         lab_edit: &[MGMT_HVD, MGMT_HVZ],
     },
     Scenario {
@@ -359,6 +381,26 @@ const SCENARIOS: &[Scenario] = &[
             ("hvd", "lab-plan\tactive\tuuid-of-lab-plan\t\n"),
             ("hvz", "default\tactive\tuuid-of-default\t\n"),
         ],
+        addrs: &[],
+        lab_edit: &[MGMT_HVD, MGMT_HVZ],
+    },
+    Scenario {
+        // Another lab's network serves hvd's management prefix: libvirt would define ours and
+        // then refuse to start it. Refused before anything changes, saying whose it is.
+        name: "create_refuses_a_management_prefix_another_network_serves",
+        verb: "create",
+        force: false,
+        datasets: &[],
+        domains: &[],
+        markers: &[],
+        networks: &[
+            (
+                "hvd",
+                "lab-other\tactive\tuuid-of-lab-other\t<lab:net xmlns:lab=\"https://lab.invalid/schema/1\" lab=\"other\" sha256=\"x\"/>\tlab7\n",
+            ),
+            ("hvz", "default\tactive\tuuid-of-default\t\n"),
+        ],
+        addrs: &[("hvd", "lo\t127.0.0.1/8\nlab7\t10.9.0.254/24\n")],
         lab_edit: &[MGMT_HVD, MGMT_HVZ],
     },
     Scenario {
@@ -369,6 +411,7 @@ const SCENARIOS: &[Scenario] = &[
         domains: &[],
         markers: &[],
         networks: &[("hvz", "default\tinactive\tuuid-of-default\t\n")],
+        addrs: &[],
         lab_edit: &[MGMT_HVD, MGMT_HVZ],
     },
     Scenario {
@@ -383,6 +426,7 @@ const SCENARIOS: &[Scenario] = &[
             ("hvd", OLD_NETWORK),
             ("hvz", "default\tactive\tuuid-of-default\t\n"),
         ],
+        addrs: &[],
         lab_edit: &[MGMT_HVD, MGMT_HVZ],
     },
 ];
@@ -404,6 +448,7 @@ fn run(s: &Scenario) -> String {
     let datasets: HashMap<&str, &str> = s.datasets.iter().copied().collect();
     let domains: HashMap<&str, &str> = s.domains.iter().copied().collect();
     let networks: HashMap<&str, &str> = s.networks.iter().copied().collect();
+    let addrs: HashMap<&str, &str> = s.addrs.iter().copied().collect();
     let markers: HashMap<String, String> = s
         .markers
         .iter()
@@ -421,6 +466,7 @@ fn run(s: &Scenario) -> String {
                 domains.get(host).unwrap_or(&""),
                 &markers,
                 networks.get(host).unwrap_or(&""),
+                addrs.get(host).unwrap_or(&""),
             );
             Out::ok(lab_hv::state::scripted_answer(line, &answer))
         })
