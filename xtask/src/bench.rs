@@ -363,7 +363,9 @@ virsh -q start "$2" >/dev/null"#,
     let floor_destroy = floor_step(
         r#"set -e; virsh -q destroy "$2" >/dev/null; virsh -q undefine "$2" >/dev/null
 if [ "$(zfs get -H -o value mounted "$1/$2")" = yes ]; then zfs umount "$1/$2"; fi
-zfs destroy "$1/$2"; rmdir /var/lib/lab/staging/vpp/$2"#,
+# zfs-fuse calls a dataset busy for a moment after its domain ended (lab retries too)
+n=0; until zfs destroy "$1/$2" 2>/dev/null; do n=$((n+1)); [ $n -lt 50 ] || zfs destroy "$1/$2"; sleep 0.1; done
+rmdir /var/lib/lab/staging/vpp/$2"#,
     )? + floor_networks(false)?;
 
     // lab itself, counting the ssh connections each hypervisor's sshd accepts.
