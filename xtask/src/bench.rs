@@ -356,7 +356,7 @@ fn create_and_time(
         + floor_step(
             r#"set -e; st=/var/lib/lab/staging/vpp/$2
 zfs clone -o mountpoint=$st -o lab-bench:floor=yes "$5" "$1/$2"
-rsync -rltDH --executability --ignore-times --omit-dir-times "$3/" "$st/"
+umask 022; rsync -rltDH --executability --ignore-times --inplace --omit-dir-times "$3/" "$st/"
 virsh -q define "$4" >/dev/null
 virsh -q start "$2" >/dev/null"#,
         )?;
@@ -364,7 +364,7 @@ virsh -q start "$2" >/dev/null"#,
         r#"set -e; virsh -q destroy "$2" >/dev/null; virsh -q undefine "$2" >/dev/null
 if [ "$(zfs get -H -o value mounted "$1/$2")" = yes ]; then zfs umount "$1/$2"; fi
 # zfs-fuse calls a dataset busy for a moment after its domain ended (lab retries too)
-n=0; until zfs destroy "$1/$2" 2>/dev/null; do n=$((n+1)); [ $n -lt 50 ] || zfs destroy "$1/$2"; sleep 0.1; done
+n=0; until zfs destroy "$1/$2" 2>/dev/null; do n=$((n+1)); [ $n -lt 50 ] || { zfs destroy "$1/$2"; break; }; sleep 0.1; done
 rmdir /var/lib/lab/staging/vpp/$2"#,
     )? + floor_networks(false)?;
 

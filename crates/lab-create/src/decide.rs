@@ -342,28 +342,49 @@ mod tests {
 
     #[test]
     fn a_domain_is_started_only_on_free_wire_ports() {
-        let ask = Ask {
-            force: true,
-            has_domain_xml: true,
-            digest: "d",
-        };
         let taken = WireFacts::Taken(vec![20320, 20322]);
-        let with = |clone, domain, wires: &WireFacts| {
+        let with = |clone, domain, wires: &WireFacts, force| {
             let f = NodeFacts {
                 clone,
                 domain,
                 wires: wires.clone(),
             };
+            let ask = Ask {
+                force,
+                has_domain_xml: true,
+                digest: "d",
+            };
             decide(&f, "n", "tank/n", ask)
         };
-        for wires in [&taken, &WireFacts::Unknown] {
-            let refused = Decision::Skip(wires.refusal().unwrap());
-            // a fresh node, a stopped one, one made again: each would bind the ports anew
-            assert_eq!(with(CloneFacts::Absent, NO_DOMAIN, wires), refused);
-            assert_eq!(with(ours(), dom(false, true), wires), refused);
-            // a running domain holds its own ports: replaced with --force as ever
-            assert_eq!(with(ours(), dom(true, true), wires), make(true, true, true));
+        for force in [false, true] {
+            // With free ports: made, or (our stopped clone, without --force) started.
+            let free = &WireFacts::Free;
+            assert_eq!(
+                with(CloneFacts::Absent, NO_DOMAIN, free, force),
+                make(false, false, false)
+            );
+            let stopped = if force {
+                make(false, true, true)
+            } else {
+                Decision::Start { define: false }
+            };
+            assert_eq!(with(ours(), dom(false, true), free, force), stopped);
+            for wires in [&taken, &WireFacts::Unknown] {
+                let refused = Decision::Skip(wires.refusal().unwrap());
+                // a fresh node, a stopped one started or made again: each would bind anew
+                assert_eq!(with(CloneFacts::Absent, NO_DOMAIN, wires, force), refused);
+                assert_eq!(with(ours(), dom(false, true), wires, force), refused);
+            }
         }
+        // a running domain holds its own ports: replaced with --force as ever, else unchanged
+        assert_eq!(
+            with(ours(), dom(true, true), &taken, true),
+            make(true, true, true)
+        );
+        assert!(matches!(
+            with(ours(), dom(true, true), &taken, false),
+            Decision::Unchanged(_)
+        ));
         assert!(taken.refusal().unwrap().contains("20320, 20322"));
         assert_eq!(WireFacts::Free.refusal(), None);
     }

@@ -117,27 +117,52 @@ pub(crate) fn decide_for(
     }
 }
 
-/// Why the lab's network cannot start on `hv`: an interface other than its own bridge already
-/// has an address in its management prefix (another lab's network on the same prefix, say),
-/// and libvirt would refuse to start it after it was defined. `None` when nothing is known
-/// against it (the addresses unread: libvirt still refuses, with its own words).
+/// Why the lab's network cannot start on `hv`, as libvirt would find out only after defining
+/// it: its bridge is already another network's (another lab with this lab id), or an interface
+/// other than its own bridge already has its management prefix (another lab's network on the
+/// same fleet prefix). `None` when nothing is known against it (the addresses unread: libvirt
+/// still refuses, in its own words).
 pub fn prefix_in_use(hv: &Hypervisor, network: &str, state: &HostState) -> Option<String> {
+    let whose = |n: &lab_hv::state::Network| match &n.marker {
+        Some(m) => format!("network {}, lab `{}`", n.name, m.lab),
+        None => format!("network {}", n.name),
+    };
+    if let Some(bridge) = hv.mgmt.bridge.as_deref()
+        && let Some(other) = state
+            .networks
+            .values()
+            .find(|n| n.name != network && n.bridge.as_deref() == Some(bridge))
+    {
+        return Some(format!(
+            "bridge {bridge} of network {network} is already that of {} (another lab with \
+             this lab id?): give one of the labs another `lab.id`",
+            whose(other)
+        ));
+    }
     let ours = hv.mgmt.gateway_ipv4?.trunc();
-    let (iface, net) = state.ipv4.as_ref()?.iter().find(|(iface, net)| {
-        Some(iface.as_str()) != hv.mgmt.bridge.as_deref()
-            && (ours.contains(&net.network()) || net.trunc().contains(&ours.network()))
-    })?;
+    let own_bridge = state
+        .networks
+        .get(network)
+        .and_then(|n| n.bridge.as_deref());
+    // As libvirt judges it: the same prefix, not any overlap.
+    let (iface, net) = state
+        .ipv4
+        .as_ref()?
+        .iter()
+        .find(|(iface, net)| Some(iface.as_str()) != own_bridge && net.trunc() == ours)?;
     let whose = state
         .networks
         .values()
         .find(|n| n.bridge.as_deref() == Some(iface.as_str()))
-        .map(|n| match &n.marker {
-            Some(m) => format!(" (the bridge of network {}, lab `{}`)", n.name, m.lab),
-            None => format!(" (the bridge of network {})", n.name),
+        .map(|n| {
+            format!(
+                " ({})",
+                whose(n).replacen("network", "the bridge of network", 1)
+            )
         })
         .unwrap_or_default();
     Some(format!(
-        "{net} on interface {iface}{whose} overlaps the management prefix {ours} of network \
+        "{net} on interface {iface}{whose} is the management prefix {ours} of network \
          {network}, so libvirt would not start it: give this lab a prefix of its own on {hv} \
          (`hypervisors: {{{hv}: {{mgmt_ipv4: ...}}}}` in the lab file) or `mgmt: {{mode: none}}`",
         hv = hv.name

@@ -11,10 +11,10 @@ use crate::{Effect, ExecError, Executor, MASTER_IDLE, Mode, quote, quote_line};
 impl Executor {
     /// Copies the contents of `local` into `remote` on `host` with rsync over the host's master
     /// connection. The image keeps what it has: a directory or file it already holds keeps its
-    /// owner and mode (only a file's content and execute bit change), and its directories keep
-    /// their times; what the overlay adds is root's, with its mode under umask 022 (so a
-    /// controller's umask 002 checkout makes no group-writable `/etc`). Never `--delete` (the
-    /// target is a clone of the proto image), never `-X`.
+    /// owner, group and mode (a file is written in place: only its content and execute bit
+    /// change), and its directories keep their times; what the overlay adds is root's, with its
+    /// mode under umask 022 (so a controller's umask 002 checkout makes no group-writable
+    /// `/etc`). Never `--delete` (the target is a clone of the proto image), never `-X`.
     pub async fn rsync(&self, host: &str, local: &Path, remote: &str) -> Result<(), ExecError> {
         let h = self.host(host)?;
         let (dest_host, port) = split_port(&h.target.ssh);
@@ -84,6 +84,9 @@ fn rsync_args(local: &Path, host: &str, remote: &str, guard: &[String]) -> Vec<S
         // Every file of the tree is written: an image's file of the same size and time as
         // the overlay's is not taken for it.
         "--ignore-times".to_owned(),
+        // Into the image's own file, which so keeps its owner, group and mode (a daemon's
+        // `root:bird 0640` config stays readable by the daemon).
+        "--inplace".to_owned(),
         "--omit-dir-times".to_owned(),
         "--protect-args".to_owned(),
         // Both ends give up after this long without I/O (a cut connection).

@@ -93,7 +93,8 @@ printf '%s\n' "$out" | awk 'NF >= 4 { print $2 "\t" $4 }'; echo "$m rc $r"
 # else holds would hand that one this lab's frames (QEMU binds with SO_REUSEADDR).
 echo "$m udp"
 f=/proc/net/udp; [ -r /proc/net/udp6 ] && f="$f /proc/net/udp6"
-awk 'FNR > 1 { n = split($2, a, ":"); print a[n] }' $f; echo "$m rc $?"
+# Unconnected sockets only (state 07): a client's connected socket is no one's wire.
+awk 'FNR > 1 && $4 == "07" { n = split($2, a, ":"); print a[n] }' $f; echo "$m rc $?"
 if [ "$detail" = nics ]; then
   echo "$m nics"
   printf '%s\n' "$doms" | while read -r dom; do

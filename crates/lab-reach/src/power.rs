@@ -52,7 +52,7 @@ pub async fn power(
                 ));
             }
             let running = facts.domain.running();
-            if matches!(what, Power::Start)
+            if matches!(what, Power::Start | Power::Restart)
                 && !running
                 && let Some(why) = facts.wires.refusal()
             {

@@ -346,8 +346,8 @@ fn a_second_lab_cannot_take_the_wires_or_the_prefix(
     assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
     assert!(
         run.stderr.contains(
-            "on interface lab2 (the bridge of network lab-vpp, lab `vpp`) overlaps the \
-             management prefix 192.168.20.0/24 of network lab-e2e-mg"
+            "on interface lab2 (the bridge of network lab-vpp, lab `vpp`) is the management \
+             prefix 192.168.20.0/24 of network lab-e2e-mg"
         ) && run.stderr.contains("nothing was changed"),
         "{}",
         run.stderr
@@ -1190,7 +1190,7 @@ fn the_image_keeps_the_owners_and_modes_it_has() {
         stat,
         // what the image had keeps its owner and mode ...
         "root 700 0:0\ntmp 1777 0:0\nvar/spool/cron/crontabs 1730 0:102\netc 755 0:0\n\
-         etc/issue 640 0:0\n\
+         etc/issue 640 0:42\n\
          root/.profile 644 0:0\ntmp/lab-x 644 0:0\nvar/spool/cron/crontabs/root 600 0:0\n\
          etc/pm-new 755 0:0\netc/pm-new/f 644 0:0\nusr/local/bin/tool 755 0:0\nnew\n",
         "... what the overlay adds is root's, under umask 022, and a file's content is replaced"

@@ -129,6 +129,7 @@ fn constant(arg: &str) -> bool {
         "-rltDH",
         "--executability",
         "--ignore-times",
+        "--inplace",
         "--omit-dir-times",
         "umask",
         "022",
@@ -137,7 +138,6 @@ fn constant(arg: &str) -> bool {
         "--key",
         "--set",
         "--config",
-        "--numeric-ids",
         "--protect-args",
         "--timeout=30",
     ];

@@ -404,6 +404,24 @@ const SCENARIOS: &[Scenario] = &[
         lab_edit: &[MGMT_HVD, MGMT_HVZ],
     },
     Scenario {
+        // Another lab with this lab's id runs its network on hvd: same bridge name, refused.
+        name: "create_refuses_a_bridge_another_labs_network_has",
+        verb: "create",
+        force: false,
+        datasets: &[],
+        domains: &[],
+        markers: &[],
+        networks: &[
+            (
+                "hvd",
+                "lab-twin\tactive\tuuid-of-lab-twin\t<lab:net xmlns:lab=\"https://lab.invalid/schema/1\" lab=\"twin\" sha256=\"x\"/>\tlab3\n",
+            ),
+            ("hvz", "default\tactive\tuuid-of-default\t\n"),
+        ],
+        addrs: &[("hvd", "lab3\t10.8.0.254/24\n")],
+        lab_edit: &[MGMT_HVD, MGMT_HVZ],
+    },
+    Scenario {
         name: "create_refuses_an_operator_network_that_is_stopped",
         verb: "create",
         force: false,
