@@ -123,7 +123,11 @@ pub enum Marker {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DomainFacts {
     Absent,
-    Present { running: bool, marker: Marker },
+    /// `running`: its QEMU lives (running, paused, shutting down: see `Domain::active`).
+    Present {
+        running: bool,
+        marker: Marker,
+    },
 }
 
 impl DomainFacts {
@@ -229,7 +233,7 @@ pub fn inspect(
     let domain = match state.domains.get(&node.domain) {
         None => DomainFacts::Absent,
         Some(d) => DomainFacts::Present {
-            running: d.state == "running",
+            running: d.active(),
             marker: match &d.marker {
                 MarkerRead::None => Marker::None,
                 MarkerRead::Some(m) if m.lab == lab && m.node == node.name => Marker::Ours,

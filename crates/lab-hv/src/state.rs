@@ -64,6 +64,14 @@ pub struct Domain {
     pub marker: MarkerRead,
 }
 
+impl Domain {
+    /// Whether its QEMU process lives (running, paused, shutting down, suspended): it holds
+    /// its wires' ports and its network, and must be stopped before it is replaced.
+    pub fn active(&self) -> bool {
+        !matches!(self.state.as_str(), "shut off" | "crashed")
+    }
+}
+
 /// What reading a domain's marker gave.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub enum MarkerRead {
@@ -191,8 +199,9 @@ pub struct HostState {
 }
 
 impl HostState {
+    /// Whether the domain's QEMU process lives (see [`Domain::active`]).
     pub fn domain_running(&self, name: &str) -> bool {
-        self.domains.get(name).is_some_and(|d| d.state == "running")
+        self.domains.get(name).is_some_and(Domain::active)
     }
 
     /// The clones of proto snapshots, in dataset order.

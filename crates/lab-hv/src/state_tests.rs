@@ -232,3 +232,17 @@ fn host_addresses_unread_or_odd_are_unknown() {
     assert_eq!(s.networks["default"].bridge.as_deref(), Some("virbr0"));
     assert_eq!(s.networks["lab-demo"].bridge, None);
 }
+
+#[test]
+fn a_paused_or_stopping_domain_is_active() {
+    let text = GOOD.replace(
+        "#domains\n 3    r1   running\n",
+        "#domains\n 3    r1   running\n 5 r3 paused\n 6 r4 in shutdown\n - r5 crashed\n",
+    );
+    let s = read(&text).unwrap();
+    let active: Vec<&str> = ["r1", "r2", "r3", "r4", "r5"]
+        .into_iter()
+        .filter(|d| s.domain_running(d))
+        .collect();
+    assert_eq!(active, ["r1", "r3", "r4"]);
+}
