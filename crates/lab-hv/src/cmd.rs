@@ -198,8 +198,58 @@ pub fn start(node: &LabNode) -> Cmd {
     Cmd::change(["virsh", "-q", "start", &node.domain]).timeout(Duration::from_secs(120))
 }
 
+/// Powers the domain off at once (`virsh destroy`): what `destroy` and `create --force` do.
 pub fn stop(node: &LabNode) -> Cmd {
     Cmd::change(["virsh", "-q", "destroy", &node.domain]).timeout(Duration::from_secs(120))
+}
+
+/// Asks the guest to shut down (the ACPI power button) and waits up to `grace` seconds for the
+/// domain to be off; powers it off when it is not. Prints `acpi SECONDS` or `forced` (see
+/// [`ShutDown::read`]).
+pub fn shut_down(node: &LabNode, grace: u64) -> Cmd {
+    Cmd::change([
+        "sh",
+        "-c",
+        SHUT_DOWN,
+        "lab-shutdown",
+        &node.domain,
+        &grace.to_string(),
+    ])
+    .timeout(Duration::from_secs(grace + 120))
+}
+
+const SHUT_DOWN: &str = r#"d=$1 grace=$2 start=$(date +%s)
+off() { [ "$(virsh -q domstate "$d" 2>/dev/null | head -n 1)" = "shut off" ]; }
+# A guest without ACPI refuses the request: it is powered off at once.
+if virsh -q shutdown --mode acpi "$d" >/dev/null 2>&1; then
+  while [ $(( $(date +%s) - start )) -lt "$grace" ]; do
+    if off; then echo "acpi $(( $(date +%s) - start ))"; exit 0; fi
+    sleep 0.5
+  done
+fi
+# It may have gone off in the last moment: that is not a failure to power it off.
+if out=$(virsh -q destroy "$d" 2>&1); then echo forced; exit 0; fi
+if off; then echo "acpi $(( $(date +%s) - start ))"; exit 0; fi
+printf '%s\n' "$out" >&2; exit 1"#;
+
+/// How a [`shut_down`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutDown {
+    /// The guest powered itself off, after this many seconds.
+    Guest(u64),
+    /// It did not in time (or cannot be asked): powered off.
+    Forced,
+}
+
+impl ShutDown {
+    /// From the command's output; `None` for anything else.
+    pub fn read(stdout: &str) -> Option<ShutDown> {
+        match stdout.trim().split_once(' ') {
+            Some(("acpi", secs)) => secs.parse().ok().map(ShutDown::Guest),
+            _ if stdout.trim() == "forced" => Some(ShutDown::Forced),
+            _ => None,
+        }
+    }
 }
 
 pub fn undefine(node: &LabNode) -> Cmd {
@@ -248,6 +298,14 @@ pub fn undefine_network(name: &str) -> Cmd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shut_down_says_how_it_ended() {
+        assert_eq!(ShutDown::read("acpi 3\n"), Some(ShutDown::Guest(3)));
+        assert_eq!(ShutDown::read("forced\n"), Some(ShutDown::Forced));
+        assert_eq!(ShutDown::read(""), None);
+        assert_eq!(ShutDown::read("acpi soon"), None);
+    }
 
     #[test]
     fn a_network_is_defined_with_its_mark_in_one_step() {

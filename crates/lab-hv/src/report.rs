@@ -65,6 +65,9 @@ pub struct NodeReport {
     /// The snapshot a created node was cloned from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
+    /// How a node that is done went, when there is more to say (how a stop ended).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     /// With `--dry-run`: the commands that would run, in order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub commands: Vec<String>,
@@ -77,6 +80,7 @@ impl NodeReport {
             hypervisor: node.hypervisor.clone(),
             outcome,
             snapshot: None,
+            note: None,
             commands: Vec::new(),
         }
     }

@@ -11,19 +11,21 @@ use lab_model::{Lab, LabNode, Storage};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Power {
     Start,
-    /// Powers the domain off (`virsh destroy`: the test guests, like many routers, do not
-    /// act on an ACPI power button).
+    /// Asks the guest to shut down (ACPI) and powers the domain off when it has not within
+    /// the grace time (at once with no grace).
     Stop,
     Restart,
 }
 
 /// Starts, stops or restarts every node whose domain `lab` defined for it; any other node is
-/// skipped, and one already as asked is unchanged.
+/// skipped, and one already as asked is unchanged. A stop gives each guest `grace` seconds to
+/// shut down by itself (0: powered off at once).
 pub async fn power(
     exec: &Executor,
     lab: &Lab,
     nodes: &[&LabNode],
     what: Power,
+    grace: u64,
     events: Events<'_>,
 ) -> Vec<NodeReport> {
     let states = lab_hv::run::probe_nodes(exec, lab, nodes).await;
@@ -60,7 +62,11 @@ pub async fn power(
             }
             let mut steps: Vec<(&'static str, Cmd)> = Vec::new();
             if matches!(what, Power::Stop | Power::Restart) && running {
-                steps.push(("stop", cmd::stop(node)));
+                if grace == 0 {
+                    steps.push(("stop", cmd::stop(node)));
+                } else {
+                    steps.push(("shut down", cmd::shut_down(node, grace)));
+                }
             }
             if matches!(what, Power::Start | Power::Restart) && (!running || what == Power::Restart)
             {
@@ -79,13 +85,30 @@ pub async fn power(
                 );
             }
             let step = step_events(events, hv, node);
+            let mut note = None;
             for (name, c) in steps {
                 step(name);
-                if let Err(e) = exec.run(&hv.name, &c).await {
-                    return failed(node, name, &e, false);
+                match exec.run(&hv.name, &c).await {
+                    Err(e) => return failed(node, name, &e, false),
+                    Ok(out) if name == "shut down" => {
+                        note = match cmd::ShutDown::read(&out.stdout) {
+                            Some(cmd::ShutDown::Guest(secs)) => {
+                                Some(format!("the guest shut down in {secs} s"))
+                            }
+                            Some(cmd::ShutDown::Forced) => Some(format!(
+                                "powered off: the guest did not shut down within {grace} s"
+                            )),
+                            // a dry run
+                            None => None,
+                        }
+                    }
+                    Ok(_) => {}
                 }
             }
-            NodeReport::new(node, Outcome::Done)
+            NodeReport {
+                note,
+                ..NodeReport::new(node, Outcome::Done)
+            }
         },
     )
     .await

@@ -1,13 +1,15 @@
 //! The test guests: Debian's generic kernel and a busybox initramfs that mounts the clone
 //! over 9p (tag `labroot`), prints its hostname on the serial console, configures its NICs
-//! from the node's plan, runs dropbear (trusting the test bed's key) and a shell on the console.
+//! from the node's plan, runs dropbear (trusting the test bed's key) and a shell on the console,
+//! and powers off on the ACPI power button.
 
 use std::process::Command;
 
 use crate::{Error, Result, Testbed, bash, msg, run, write_file};
 
 /// Bumped whenever the initramfs changes, so that `up` rebuilds an older one.
-const GUEST_VERSION: &str = "3: virtio-net, interfaces, DHCP, pings, dropbear, console shell";
+const GUEST_VERSION: &str =
+    "4: virtio-net, interfaces, DHCP, pings, dropbear, console shell, ACPI power button";
 
 /// The guest's /init. Kernel arguments: `lab.tag=<9p tag>` (default labroot).
 ///
@@ -23,7 +25,7 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
 mkdir -p /run /var/run /tmp
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci netfs fscache 9pnet 9pnet_virtio 9p failover net_failover virtio_net; do
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci netfs fscache 9pnet 9pnet_virtio 9p failover net_failover virtio_net evdev button; do
   insmod /lib/modules/$m.ko 2>/dev/null
 done
 tag=labroot
@@ -72,6 +74,11 @@ if [ -f "$plan" ]; then
       done; echo "LAB-GUEST-PING: $peer fail" ) &
   done < "$plan"
 fi
+# The ACPI power button (`virsh shutdown`, `lab stop`) powers the guest off, saying so.
+mkdir -p /etc/acpi/PWRF
+printf '#!/bin/busybox sh\necho "LAB-GUEST: ACPI power off" > /dev/console\nsync\npoweroff -f\n' > /etc/acpi/PWRF/00000080
+chmod 755 /etc/acpi/PWRF/00000080
+acpid -c /etc/acpi -l /dev/null
 # ssh for `lab ssh` and `lab exec`: the test bed's key, and the image's own keys.
 hostname "$(cat /root/etc/hostname 2>/dev/null || echo guest)"
 mkdir -p /home/root/.ssh /etc/dropbear
@@ -105,6 +112,8 @@ const MODULES: &[&str] = &[
     "net/core/failover",
     "drivers/net/net_failover",
     "drivers/net/virtio_net",
+    "drivers/input/evdev",
+    "drivers/acpi/button",
 ];
 
 pub fn prepare(bed: &Testbed, step: &mut dyn FnMut(&str)) -> Result<()> {
@@ -146,7 +155,8 @@ pub fn prepare(bed: &Testbed, step: &mut dyn FnMut(&str)) -> Result<()> {
         "cd {w} && chmod 777 . && {{ apt-get download -q {package} >/dev/null 2>&1 || {{ apt-get update -q >/dev/null && apt-get download -q {package} >/dev/null; }}; }}\n\
          mkdir kernel && dpkg-deb --fsys-tarfile {package}_*.deb | tar -x -C kernel --wildcards './boot/vmlinuz-*' './lib/modules/*/kernel/fs/9p/*' \
            './lib/modules/*/kernel/net/9p/*' './lib/modules/*/kernel/fs/netfs/*' './lib/modules/*/kernel/fs/fscache/*' './lib/modules/*/kernel/drivers/virtio/*' \
-           './lib/modules/*/kernel/net/core/failover.ko' './lib/modules/*/kernel/drivers/net/net_failover.ko' './lib/modules/*/kernel/drivers/net/virtio_net.ko'"
+           './lib/modules/*/kernel/net/core/failover.ko' './lib/modules/*/kernel/drivers/net/net_failover.ko' './lib/modules/*/kernel/drivers/net/virtio_net.ko' \
+           './lib/modules/*/kernel/drivers/input/evdev.ko' './lib/modules/*/kernel/drivers/acpi/button.ko'"
     ))?;
     let mut script = format!(
         "cd {w}\nkm=$(echo kernel/lib/modules/*/kernel)\nmkdir -p initramfs/bin initramfs/proc initramfs/sys initramfs/dev initramfs/root\n"

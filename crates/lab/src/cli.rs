@@ -253,6 +253,11 @@ pub struct PowerArgs {
     pub select: SelectArgs,
     #[command(flatten)]
     pub lock: LockArgs,
+    /// stop, restart: ask each guest to shut down (ACPI) and power it off when it has not
+    /// after this long; 0 powers it off at once [default: 30].
+    #[arg(long, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub grace: Option<u64>,
     /// Print each node's decision and the exact commands; change nothing.
     #[arg(long)]
     pub dry_run: bool,

@@ -108,6 +108,8 @@ pub struct PowerNodes {
     pub lab: LabFiles,
     pub select: Selection,
     pub what: Power,
+    /// `stop`, `restart`: seconds a guest may take to shut down before it is powered off.
+    pub grace: u64,
     pub mode: Mode,
     pub lock_wait: u64,
 }
@@ -330,9 +332,9 @@ impl Settings {
                     timeout_secs: a.timeout.wait_timeout,
                 },
             }),
-            cli::Command::Start(a) => power(a, Power::Start),
-            cli::Command::Stop(a) => power(a, Power::Stop),
-            cli::Command::Restart(a) => power(a, Power::Restart),
+            cli::Command::Start(a) => power(a, Power::Start)?,
+            cli::Command::Stop(a) => power(a, Power::Stop)?,
+            cli::Command::Restart(a) => power(a, Power::Restart)?,
             cli::Command::Console(a) => Command::Console(Reach {
                 lab: files(a.lab),
                 node: a.node,
@@ -453,14 +455,23 @@ impl Settings {
     }
 }
 
-fn power(a: cli::PowerArgs, what: Power) -> Command {
-    Command::Power(PowerNodes {
+/// How long `stop` and `restart` wait for a guest to shut down by itself, by default.
+const GRACE_SECS: u64 = 30;
+
+fn power(a: cli::PowerArgs, what: Power) -> Result<Command, Failure> {
+    if what == Power::Start && a.grace.is_some() {
+        return Err(Failure::invalid(
+            "--grace is for stop and restart (how long a guest may take to shut down)".to_owned(),
+        ));
+    }
+    Ok(Command::Power(PowerNodes {
         lab: a.lab.into(),
         select: a.select.into(),
         what,
+        grace: a.grace.unwrap_or(GRACE_SECS),
         mode: Mode::from_flag(a.dry_run),
         lock_wait: a.lock.lock_wait,
-    })
+    }))
 }
 
 impl From<cli::LabArgs> for LabFiles {

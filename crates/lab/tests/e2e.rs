@@ -519,6 +519,15 @@ fn day_two(bed: &lab_testbed::Testbed, b: &std::path::Path, file: &str, model: &
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.json()["summary"]["done"], 1);
+    // by default the guest is asked (the ACPI power button) and shuts itself down
+    let note = run.json()["nodes"][0]["note"].clone();
+    assert!(
+        note.as_str()
+            .is_some_and(|n| n.starts_with("the guest shut down in")),
+        "{note}"
+    );
+    let console = std::fs::read_to_string(bed.console_log(0, "vpp0-2")).unwrap();
+    assert!(console.contains("LAB-GUEST: ACPI power off"), "{console}");
     let run = lab(
         b,
         &[
@@ -589,6 +598,33 @@ fn day_two(bed: &lab_testbed::Testbed, b: &std::path::Path, file: &str, model: &
             nics(bed, "hv0", "vpp0-1"),
             nics(bed, "hv0", "vpp0-3")
         )
+    );
+    // a guest that does not act on the power button is powered off when its grace is over
+    let run = lab(
+        b,
+        &[
+            "exec",
+            "--lab",
+            file,
+            "--node",
+            "vpp1-4",
+            "--",
+            "killall acpid",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let run = lab(
+        b,
+        &[
+            "--format", "json", "restart", "--lab", file, "--node", "vpp1-4", "--grace", "1",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.json()["nodes"][0]["note"],
+        "powered off: the guest did not shut down within 1 s",
+        "{}",
+        run.stdout
     );
     let vpp02 = model.node("vpp0-2").unwrap();
     for link in vpp02.links() {

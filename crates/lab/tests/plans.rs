@@ -546,7 +546,8 @@ fn run(s: &Scenario) -> String {
             "restart" => Some(lab_reach::Power::Restart),
             _ => None,
         } {
-            let r = lab_reach::power(&exec, &lab, &nodes, what, &|_| {}).await;
+            // the default grace of `stop` and `restart`
+            let r = lab_reach::power(&exec, &lab, &nodes, what, 30, &|_| {}).await;
             Ok((Vec::new(), r))
         } else {
             let r = lab_destroy::destroy(

@@ -21,7 +21,7 @@ pub fn run(out: &Output, s: &PowerNodes) -> Result<(), Failure> {
         verb,
         s.mode,
         s.lock_wait,
-        async |exec, events| lab_reach::power(exec, &lab, &nodes, s.what, events).await,
+        async |exec, events| lab_reach::power(exec, &lab, &nodes, s.what, s.grace, events).await,
     )?;
     render::node_reports(out, &lab, verb, &[], &reports, s.mode, &[])
 }

@@ -128,7 +128,10 @@ pub fn node_reports(
                             Verb::Restart => "restarted",
                             _ => "created",
                         },
-                        r.snapshot.clone().unwrap_or_default(),
+                        r.snapshot
+                            .clone()
+                            .or_else(|| r.note.clone())
+                            .unwrap_or_default(),
                     ),
                 };
                 let _ = writeln!(
