@@ -123,6 +123,9 @@ pub(crate) async fn node(
         Ok(()) => {
             let mut report = NodeReport::new(node, Outcome::Done);
             report.snapshot = Some(snap.full.clone());
+            if remove_clone {
+                report.note = Some("made anew: its old clone was replaced".to_owned());
+            }
             report
         }
         Err((failed_step, err)) => {
@@ -162,7 +165,10 @@ async fn start(
             return failed(node, name, &e, false);
         }
     }
-    NodeReport::new(node, Outcome::Done)
+    NodeReport {
+        note: Some("only started: its complete clone was there".to_owned()),
+        ..NodeReport::new(node, Outcome::Done)
+    }
 }
 
 /// Removes what this run made for a node: its domain definition (if this run defined it),

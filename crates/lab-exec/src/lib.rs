@@ -357,7 +357,7 @@ impl Executor {
         let host = &h.target.name;
         let lost = |e: openssh::Error| lost(host, &cmd.line(), e);
         let work = async {
-            let mut command = session.raw_command(line);
+            let mut command = session.raw_command(with_status_trailer(line));
             command
                 .stdin(if cmd.stdin.is_some() {
                     openssh::Stdio::piped()
@@ -376,10 +376,14 @@ impl Executor {
                 drop(stdin);
             }
             let output = child.wait_with_output().await.map_err(lost)?;
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            // No trailer: the shell did not get to the end (its connection was cut).
+            let (status, stderr) = split_status_trailer(&stderr)
+                .ok_or_else(|| lost(openssh::Error::RemoteProcessTerminated))?;
             Ok(Out {
-                status: output.status.code().unwrap_or(-1),
+                status,
                 stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+                stderr: stderr.to_owned(),
             })
         };
         match tokio::time::timeout(cmd.timeout, work).await {
@@ -404,6 +408,29 @@ impl Executor {
     }
 }
 
+/// The last line a command's stderr gets: its exit status.
+const STATUS_TRAILER: &str = "\nlab-exec-status ";
+
+/// `line` run by `sh` on the remote side, which then writes the line's exit status as the last
+/// line of stderr and exits 0. The ssh client's own status cannot be trusted to say it: the
+/// `openssh` crate reads 255 as a lost connection and 127 as "could not be executed", while
+/// `ssh` (to a node) and a shell (a command not found) exit so for reasons of their own.
+fn with_status_trailer(line: &str) -> String {
+    let script = format!(
+        "(\n{line}\n)\ns=$?; printf '{}%s\\n' \"$s\" >&2; exit 0",
+        STATUS_TRAILER.replace('\n', "\\n")
+    );
+    quote_line(&["sh".to_owned(), "-c".to_owned(), script])
+}
+
+/// `(status, stderr without the trailer)`, or `None` when there is no trailer.
+fn split_status_trailer(stderr: &str) -> Option<(i32, &str)> {
+    let body = stderr.strip_suffix('\n')?;
+    let at = body.rfind(STATUS_TRAILER)?;
+    let status = body[at + STATUS_TRAILER.len()..].parse().ok()?;
+    Some((status, &stderr[..at]))
+}
+
 /// An ssh-level error as an executor error: a lost connection, or a local problem.
 fn lost(host: &str, command: &str, e: openssh::Error) -> ExecError {
     match e {
@@ -419,5 +446,44 @@ fn lost(host: &str, command: &str, e: openssh::Error) -> ExecError {
             command: command.to_owned(),
             message: other.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the remote side would run, run here by the login shell's stand-in.
+    fn remote(line: &str) -> (i32, String) {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(with_status_trailer(line))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "the wrapper always exits 0");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        let (status, rest) = split_status_trailer(&stderr).unwrap();
+        (status, rest.to_owned())
+    }
+
+    #[test]
+    fn the_exit_status_comes_back_whatever_it_is() {
+        assert_eq!(remote("true"), (0, String::new()));
+        assert_eq!(remote("echo oops >&2; false"), (1, "oops\n".to_owned()));
+        // what the ssh client reports as a lost connection or a command that cannot run
+        assert_eq!(remote("sh -c 'exit 255'").0, 255);
+        let (status, stderr) = remote("lab-no-such-command-here");
+        assert_eq!(status, 127);
+        assert!(stderr.contains("not found"), "{stderr}");
+        // a line that exits ends its own subshell, not the trailer's
+        assert_eq!(remote("exit 3").0, 3);
+        assert_eq!(remote("printf 'no newline' >&2").1, "no newline");
+    }
+
+    #[test]
+    fn no_trailer_is_no_status() {
+        assert_eq!(split_status_trailer(""), None);
+        assert_eq!(split_status_trailer("ssh: connection closed\n"), None);
+        assert_eq!(split_status_trailer("\nlab-exec-status x\n"), None);
     }
 }

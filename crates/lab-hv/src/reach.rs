@@ -87,8 +87,14 @@ ready() { # address log
     tcp) timeout "$quick" bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$1" "$arg" 2>/dev/null ;;
   esac
 }
-# The last lines of a console log, without control characters.
-tail_log() { [ -r "$2" ] && tail -n 5 -- "$2" | LC_ALL=C tr -d '\000-\010\013-\037\177' | sed "s/^/LOG $1 /"; }
+# The last lines of a console log (after a kernel panic's own line, when there is one), without
+# terminal escapes or control characters, each a line of its own (the log need not end in one).
+tail_log() {
+  [ -r "$2" ] || return 0
+  { grep -a -m 1 'Kernel panic' -- "$2"; tail -n 6 -- "$2"; } |
+    sed 's/\x1b\[[0-9;?]*[A-Za-z]//g' | LC_ALL=C tr -d '\000-\010\013-\037\177' |
+    awk -v n="$1" '!seen[$0]++ { print "LOG " n " " $0 }'
+}
 while [ $# -ge 3 ]; do
   node=$1 dom=$2 ip=$3; shift 3
   (
@@ -96,11 +102,13 @@ while [ $# -ge 3 ]; do
     if [ "$how" = console ] && [ -z "$log" ]; then
       echo "NOT-READY $node the domain has no console log (a <log file=...> on its serial)"; exit 0
     fi
-    while ! ready "$ip" "$log"; do
+    # The domain's state first: a stopped domain's console log is its last boot's.
+    while :; do
       state=$(virsh -q domstate "$dom" 2>/dev/null | head -n 1)
       if [ "$state" != running ]; then
         echo "NOT-READY $node the domain is ${state:-not defined}"; tail_log "$node" "$log"; exit 0
       fi
+      ready "$ip" "$log" && break
       if [ $(( $(date +%s) - start )) -ge "$secs" ]; then
         echo "NOT-READY $node"; tail_log "$node" "$log"; exit 0
       fi

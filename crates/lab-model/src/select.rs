@@ -25,6 +25,11 @@ impl Lab {
             }
         };
         for n in nodes {
+            if is_glob(n) && !self.nodes.iter().any(|node| named(n, node)) {
+                return Err(ModelError::EmptySelection {
+                    selection: format!("named like `{n}`"),
+                });
+            }
             if !self.nodes.iter().any(|node| named(n, node)) {
                 return Err(ModelError::UnknownSelection {
                     what: "node",

@@ -163,10 +163,30 @@ pub fn parse(text: &str, file: &Path) -> Result<Tree, ModelError> {
             file: file.to_path_buf(),
             line,
             column,
-            message: err.without_snippet().to_string(),
+            message: yaml_message(&err.without_snippet().to_string()),
         }
     })?;
     Ok(raw.into_tree(&file))
+}
+
+/// The parser's message for a user: without its location (the error shows it as file:line)
+/// and without advice meant for programs that embed the parser.
+fn yaml_message(text: &str) -> String {
+    let text = text
+        .split(", set DuplicateKeyPolicy")
+        .next()
+        .unwrap_or(text);
+    let text = match text.rfind(" at line ") {
+        Some(at)
+            if text[at + " at line ".len()..]
+                .chars()
+                .all(|c| c.is_ascii_digit() || ", column".contains(c)) =>
+        {
+            &text[..at]
+        }
+        _ => text,
+    };
+    text.trim_end().to_owned()
 }
 
 /// Reads and parses a file.
@@ -379,7 +399,13 @@ mod tests {
     fn duplicate_keys_and_bad_yaml_have_a_line() {
         for text in ["a: 1\na: 2\n", "a: [1, 2\nb: 3\n"] {
             match parse(text, Path::new("bad.yaml")) {
-                Err(ModelError::Yaml { line, .. }) => assert!(line >= 1, "{text}"),
+                Err(ModelError::Yaml { line, message, .. }) => {
+                    assert!(line >= 1, "{text}");
+                    assert!(
+                        !message.contains("DuplicateKeyPolicy") && !message.contains(" at line "),
+                        "{message}"
+                    );
+                }
                 other => panic!("expected a YAML error, got {other:?}"),
             }
         }

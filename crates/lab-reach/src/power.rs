@@ -85,7 +85,8 @@ pub async fn power(
                 );
             }
             let step = step_events(events, hv, node);
-            let mut note = None;
+            let mut note = (grace == 0 && matches!(what, Power::Stop | Power::Restart) && running)
+                .then(|| "powered off".to_owned());
             for (name, c) in steps {
                 step(name);
                 match exec.run(&hv.name, &c).await {

@@ -13,9 +13,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
                   3 partial (some nodes failed or were skipped), 4 lock held by another run."
 )]
 pub struct Cli {
-    /// Output format of the result on stdout: text or json for every verb; `inventory` also
-    /// takes ssh-config, ansible and hosts, `graph` dot, mermaid and svg, `proto status`
-    /// prometheus. Logs and progress always go to stderr.
+    /// Output format of the result on stdout: text or json for every verb but `graph` (dot,
+    /// mermaid or svg) and the interactive `ssh` and `console`; `inventory` also takes
+    /// ssh-config, ansible and hosts, `proto status` prometheus. Logs and progress always go
+    /// to stderr.
     #[arg(long, global = true, value_enum, default_value_t = Format::Text, env = "LAB_FORMAT")]
     pub format: Format,
 

@@ -290,9 +290,9 @@ impl Settings {
         };
         if !fits {
             return Err(Failure::invalid(format!(
-                "--format {} is not for this verb: text and json are for every verb; ssh-config, \
-                 ansible and hosts for `lab inventory`; dot, mermaid and svg for `lab graph`; \
-                 prometheus for `lab proto status`",
+                "--format {} is not for this verb: text and json are for the others; \
+                 ssh-config, ansible and hosts for `lab inventory`; dot, mermaid and svg for \
+                 `lab graph`; prometheus for `lab proto status`",
                 format_name(cli.format)
             )));
         }

@@ -754,6 +754,20 @@ const BAD: &[Bad] = &[
         code: 2,
         says: &["node `vpp0-9` is not in the lab", "did you mean"],
     },
+    Bad {
+        name: "a node pattern that matches nothing",
+        files: &[],
+        args: &["generate", "--lab", "labs/vpp.yaml", "--node", "vpp9-*"],
+        code: 2,
+        says: &["no node of the lab is named like `vpp9-*`"],
+    },
+    Bad {
+        name: "a grace time for start",
+        files: &[],
+        args: &["start", "--lab", "labs/vpp.yaml", "--grace", "5"],
+        code: 2,
+        says: &["--grace is for stop and restart"],
+    },
 ];
 
 #[test]

@@ -393,6 +393,29 @@ fn day_two(bed: &lab_testbed::Testbed, b: &std::path::Path, file: &str, model: &
         "{}",
         run.stderr
     );
+    // a command the node does not have: its shell's 127 and message come back (ssh and the
+    // shell exit 255 and 127 for reasons of their own, not as a lost connection)
+    let run = lab(
+        b,
+        &[
+            "--format",
+            "json",
+            "exec",
+            "--lab",
+            file,
+            "--node",
+            "vpp1-3",
+            "--",
+            "lab-no-such-command",
+        ],
+    );
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    let node = &run.json()["nodes"][0];
+    assert_eq!(node["status"], 127, "{node}");
+    assert!(
+        node["stderr"].as_str().unwrap().contains("not found"),
+        "{node}"
+    );
     let run = lab(
         b,
         &[
@@ -568,6 +591,25 @@ fn day_two(bed: &lab_testbed::Testbed, b: &std::path::Path, file: &str, model: &
             "vpp0-2",
             "--wait-timeout",
             "300",
+        ],
+    );
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("vpp0-2 (the domain is shut off)"),
+        "{}",
+        run.stderr
+    );
+    // ... also when its console log still has the line of its last boot
+    let run = lab(
+        b,
+        &[
+            "wait",
+            "--lab",
+            file,
+            "--node",
+            "vpp0-2",
+            "--for",
+            "console:LAB-GUEST-HOSTNAME",
         ],
     );
     assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);

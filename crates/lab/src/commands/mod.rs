@@ -83,12 +83,16 @@ pub fn run(settings: &Settings) -> Result<(), Failure> {
         }
         Command::Man => {
             let page = clap_mangen::Man::new(Cli::command());
-            page.render(&mut std::io::stdout()).map_err(|e| {
-                crate::exit::Failure::new(
-                    crate::exit::Exit::Failure,
-                    format!("cannot write the man page: {e}"),
-                )
-            })
+            match page.render(&mut std::io::stdout()) {
+                // `lab man | head`: the reader has what it wanted.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                result => result.map_err(|e| {
+                    crate::exit::Failure::new(
+                        crate::exit::Exit::Failure,
+                        format!("cannot write the man page: {e}"),
+                    )
+                }),
+            }
         }
     }
 }

@@ -128,10 +128,10 @@ pub fn node_reports(
                             Verb::Restart => "restarted",
                             _ => "created",
                         },
-                        r.snapshot
-                            .clone()
-                            .or_else(|| r.note.clone())
-                            .unwrap_or_default(),
+                        match (&r.snapshot, &r.note) {
+                            (Some(s), Some(n)) => format!("{s} ({n})"),
+                            (s, n) => s.clone().or_else(|| n.clone()).unwrap_or_default(),
+                        },
                     ),
                 };
                 let _ = writeln!(
@@ -154,10 +154,12 @@ pub fn node_reports(
             wait_lines(&mut stdout, waits);
             if !out.quiet {
                 eprintln!(
-                    "{} {}: {} done, {} unchanged, {} skipped, {} failed",
+                    "{} {}{}: {} {}, {} unchanged, {} skipped, {} failed",
                     verb.as_str(),
                     lab.name,
+                    if dry_run { " (dry run)" } else { "" },
                     summary.done,
+                    if dry_run { "planned" } else { "done" },
                     summary.unchanged,
                     summary.skipped,
                     summary.failed
