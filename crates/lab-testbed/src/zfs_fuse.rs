@@ -172,8 +172,9 @@ pub(crate) fn abort_fuse_connections(bed: &Testbed, k: u32) -> Result<usize, Str
 const ZFS: &str = "/usr/sbin/zfs";
 
 /// Inside hypervisor `k` only, `/usr/sbin/zfs` becomes a short script that runs every `zfs`
-/// call that may mount (clone, create, mount, set, rename, rollback, promote, inherit, upgrade,
-/// and receive without `-u`) under one `flock` per hypervisor, then execs the real binary,
+/// call that may mount or unmount (clone, create, mount, set, rename, rollback, promote,
+/// inherit, upgrade, receive without `-u`; umount and destroy, since the daemon once aborted
+/// in CI with unmounts racing mounts) under one `flock` per hypervisor, then execs the real binary,
 /// which the script reaches through a second bind mount. zfs-fuse 0.7.0 deadlocks when two
 /// mounts are announced at once (see above); real OpenZFS has no such bug, so `lab`
 /// itself keeps mounting in parallel and this lock lives in the test bed alone. Idempotent.
@@ -211,12 +212,12 @@ pub(crate) fn serialize_mounting_zfs_calls(bed: &Testbed, k: u32) -> Result<()> 
 /// The script bound over `zfs` in each hypervisor; `@HV@` and `@REAL@` are filled in.
 const ZFS_WRAPPER: &str = r#"#!/bin/sh
 # lab-testbed, @HV@: zfs-fuse 0.7.0 deadlocks when two mounts are announced at once, so every
-# zfs call that may mount waits for this hypervisor's lock. The real zfs (bound at @REAL@)
+# zfs call that may mount or unmount waits for this hypervisor's lock. The real zfs (bound at @REAL@)
 # does all the work.
 real=@REAL@
 lock=/run/zfs/lab-testbed-mount.lock
 case "$1" in
-  clone|create|mount|set|rename|rollback|promote|inherit|upgrade)
+  clone|create|mount|set|rename|rollback|promote|inherit|upgrade|umount|unmount|destroy)
     exec flock "$lock" "$real" "$@" ;;
   receive|recv)
     for arg; do case "$arg" in -*u*) exec "$real" "$@" ;; esac; done
