@@ -43,15 +43,47 @@ pub fn node_line(words: &[String]) -> String {
 /// `words` run on the node, from its hypervisor: `ssh ... ADDRESS -- LINE` (see
 /// [`node_line`]). Run once (never repeated after a lost connection) and ended on the
 /// hypervisor at `timeout`.
+/// When ssh cannot reach the node (255), the domain's state says why, as the last line of
+/// stderr: `lab: domain NAME is shut off`.
 pub fn exec_on_node(node: &LabNode, address: &str, words: &[String], timeout: Duration) -> Cmd {
-    let mut argv: Vec<String> = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]
-        .map(String::from)
-        .to_vec();
+    let mut argv: Vec<String> = [
+        "sh",
+        "-c",
+        SSH_OR_SAY_WHY,
+        "lab-exec",
+        &node.domain,
+        "ssh",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=5",
+    ]
+    .map(String::from)
+    .to_vec();
     argv.extend(ssh_login(node));
     argv.push(address.to_owned());
     argv.push("--".to_owned());
     argv.push(node_line(words));
     Cmd::query(argv).timeout(timeout).once()
+}
+
+/// `ssh ...` (after the domain's name), and when it could not connect, whether the domain runs.
+const SSH_OR_SAY_WHY: &str = r#"d=$1; shift
+"$@"; s=$?
+if [ "$s" -eq 255 ]; then
+  state=$(virsh -q domstate "$d" 2>/dev/null | head -n 1)
+  [ "$state" = running ] || echo "lab: domain $d is ${state:-not defined}" >&2
+fi
+exit "$s""#;
+
+/// The state of the node's domain (`running`, `shut off` ...; nothing when it is not defined).
+pub fn domain_state(node: &LabNode) -> Cmd {
+    Cmd::query(["virsh", "-q", "domstate", node.domain.as_str()])
+}
+
+/// What [`exec_on_node`] said about a node ssh could not reach, if anything.
+pub fn unreachable_because(stderr: &str) -> Option<&str> {
+    stderr.lines().last()?.strip_prefix("lab: ")
 }
 
 /// Waits on the hypervisor for each `(node, domain, address)` to be ready, all at once, at most
@@ -139,6 +171,8 @@ pub fn console_argv(hv: &Hypervisor, node: &LabNode, take_over: bool) -> Vec<Str
 pub fn ssh_argv(hv: &Hypervisor, node: &LabNode, address: &str, words: &[String]) -> Vec<String> {
     let mut argv = vec!["ssh".to_owned(), "-J".to_owned(), hv.ssh.clone()];
     argv.extend(ssh_login(node));
+    // After the lab file's options, which win: a node that is down is said in seconds.
+    argv.extend(["-o".to_owned(), "ConnectTimeout=10".to_owned()]);
     if words.is_empty() {
         argv.push(address.to_owned());
     } else {

@@ -67,6 +67,10 @@ pub async fn exec(
                         "did not finish within {} s (ended on the hypervisor)",
                         timeout.as_secs()
                     ));
+                } else if let (255, Some(why)) =
+                    (out.status, reach::unreachable_because(&report.stderr))
+                {
+                    report.error = Some(format!("unreachable: {why}"));
                 } else {
                     report.status = Some(out.status);
                 }

@@ -599,6 +599,20 @@ fn day_two(bed: &lab_testbed::Testbed, b: &std::path::Path, file: &str, model: &
         "{}",
         run.stderr
     );
+    // exec on it says why it cannot reach it, not ssh's own words alone
+    let run = lab(
+        b,
+        &[
+            "--format", "json", "exec", "--lab", file, "--node", "vpp0-2", "--", "true",
+        ],
+    );
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert_eq!(
+        run.json()["nodes"][0]["error"],
+        "unreachable: domain vpp0-2 is shut off",
+        "{}",
+        run.stdout
+    );
     // ... also when its console log still has the line of its last boot
     let run = lab(
         b,

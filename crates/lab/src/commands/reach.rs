@@ -42,7 +42,7 @@ pub fn console(out: &Output, s: &Reach) -> Result<(), Failure> {
     passthrough(status)
 }
 
-pub fn ssh(_out: &Output, s: &Reach) -> Result<(), Failure> {
+pub fn ssh(out: &Output, s: &Reach) -> Result<(), Failure> {
     let lab = lab_model::load(&s.lab.0)?;
     let node = one_node(&lab, &s.node)?;
     let address = node.mgmt_address().ok_or_else(|| {
@@ -51,8 +51,30 @@ pub fn ssh(_out: &Output, s: &Reach) -> Result<(), Failure> {
             node.name
         ))
     })?;
-    let argv = lab_hv::reach::ssh_argv(lab.hypervisor_of(node), node, &address, &s.command);
-    passthrough(lab_exec::local::interactive(&argv)?)
+    let hv = lab.hypervisor_of(node);
+    let argv = lab_hv::reach::ssh_argv(hv, node, &address, &s.command);
+    let status = lab_exec::local::interactive(&argv)?;
+    if status == 255 && !out.quiet {
+        // ssh did not get there: one query on the hypervisor says whether the domain runs.
+        let state = drive(executor_for(&[hv], Mode::Live), async |e| {
+            e.output(&hv.name, &lab_hv::reach::domain_state(node)).await
+        })
+        .ok()
+        .and_then(Result::ok)
+        .map(|o| o.stdout.trim().to_owned());
+        match state.as_deref() {
+            None | Some("running") => {}
+            Some("") => eprintln!(
+                "lab: domain {} is not defined on {} (lab create --node {})",
+                node.domain, hv.name, node.name
+            ),
+            Some(state) => eprintln!(
+                "lab: domain {} is {state} on {} (lab start --node {})",
+                node.domain, hv.name, node.name
+            ),
+        }
+    }
+    passthrough(status)
 }
 
 fn passthrough(status: i32) -> Result<(), Failure> {

@@ -222,8 +222,12 @@ pub fn status(out: &Output, report: &StatusReport) {
     );
     for n in &report.nodes {
         let mut drift = Vec::new();
-        if n.overlay_drift == Some(true) {
-            drift.push("overlay changed".to_owned());
+        match n.overlay_drift {
+            Some(true) => drift.push("overlay changed".to_owned()),
+            None if n.clone && n.foreign.is_none() => {
+                drift.push("overlay unknown: no build to compare (lab generate)".to_owned())
+            }
+            _ => {}
         }
         if let Some(s) = &n.newer_snapshot {
             drift.push(format!("newer {s}"));
