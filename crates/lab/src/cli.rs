@@ -212,7 +212,8 @@ pub struct DestroyArgs {
     pub lab: LabArgs,
     #[command(flatten)]
     pub select: SelectArgs,
-    /// Do not ask for confirmation on a terminal.
+    /// Do not ask for confirmation on a terminal. Without a terminal on stdin (cron, CI,
+    /// scripts) nothing is asked: every selected node is destroyed.
     #[arg(long, short = 'y')]
     pub yes: bool,
     #[command(flatten)]
