@@ -154,12 +154,7 @@ pub fn prefix_in_use(hv: &Hypervisor, network: &str, state: &HostState) -> Optio
         .networks
         .values()
         .find(|n| n.bridge.as_deref() == Some(iface.as_str()))
-        .map(|n| {
-            format!(
-                " ({})",
-                whose(n).replacen("network", "the bridge of network", 1)
-            )
-        })
+        .map(|n| format!(" (the bridge of {})", whose(n)))
         .unwrap_or_default();
     Some(format!(
         "{net} on interface {iface}{whose} is the management prefix {ours} of network \

@@ -61,9 +61,11 @@ pub async fn power(
                 return skip(why);
             }
             let mut steps: Vec<(&'static str, Cmd)> = Vec::new();
+            let mut note = None;
             if matches!(what, Power::Stop | Power::Restart) && running {
                 if grace == 0 {
                     steps.push(("stop", cmd::stop(node)));
+                    note = Some("powered off".to_owned());
                 } else {
                     steps.push(("shut down", cmd::shut_down(node, grace)));
                 }
@@ -85,8 +87,6 @@ pub async fn power(
                 );
             }
             let step = step_events(events, hv, node);
-            let mut note = (grace == 0 && matches!(what, Power::Stop | Power::Restart) && running)
-                .then(|| "powered off".to_owned());
             for (name, c) in steps {
                 step(name);
                 match exec.run(&hv.name, &c).await {

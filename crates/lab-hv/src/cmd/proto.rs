@@ -291,15 +291,11 @@ pub fn zrepl_wakeup(job: &str) -> Cmd {
 
 /// After a good sync: the replica stays read-only, records when, and forgets the last error.
 pub fn after_sync(dst: &Hypervisor, now: u64) -> [Cmd; 3] {
+    let [synced, forget_error] = after_zrepl(dst, now);
     [
         Cmd::change(["zfs", "set", "readonly=on", &dst.proto]),
-        Cmd::change([
-            "zfs".to_owned(),
-            "set".to_owned(),
-            format!("{}={now}", prop::SYNCED),
-            dst.proto.clone(),
-        ]),
-        Cmd::change(["zfs", "inherit", prop::SYNC_ERROR, &dst.proto]),
+        synced,
+        forget_error,
     ]
 }
 
