@@ -91,6 +91,22 @@ pub(crate) async fn node(
         exec.rsync(&hv.name, &build.tree, cmd::staging_dir(node))
             .await
             .map_err(|e| ("copy", e))?;
+        if !build.modes.is_empty() {
+            fn keep(v: &Option<String>) -> &str {
+                v.as_deref().unwrap_or("-")
+            }
+            let modes = build.modes.iter().map(|m| {
+                [
+                    m.path.as_str(),
+                    keep(&m.mode),
+                    keep(&m.owner),
+                    keep(&m.group),
+                ]
+            });
+            exec.run(&hv.name, &cmd::set_modes(node, modes))
+                .await
+                .map_err(|e| ("copy", e))?;
+        }
         // A dataset stays mounted for the domain's life: its 9p share is that directory. A
         // zvol's partition is unmounted: the domain opens the block device.
         if hv.storage == Storage::Zvol {

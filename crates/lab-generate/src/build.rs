@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! <build>/<overlay>/<hypervisor>/<hostname>/                     the guest's root filesystem
-//! <build>/<overlay>/<hypervisor>/_meta/<hostname>.manifest.json  sha256 of every entry, digest
+//! <build>/<overlay>/<hypervisor>/_meta/<hostname>.manifest.json  sha256 of every entry, modes, digest
 //! <build>/<overlay>/<hypervisor>/_meta/<hostname>.domain.xml     when there is domain.xml.j2
 //! <build>/<overlay>/_networks/<hypervisor>/<network>.xml         a management network lab owns
 //! ```
@@ -120,6 +120,19 @@ pub struct ManifestEntry {
     pub target: Option<String>,
 }
 
+/// The owner, group and mode the overlay's `modes` gives one path of a node's tree; applied
+/// in the clone after the copy (`None` keeps what the image or the copy made).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PathMode {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
 /// `<hostname>.manifest.json`: what was generated for a node.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -136,6 +149,9 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain_sha256: Option<String>,
     pub entries: BTreeMap<String, ManifestEntry>,
+    /// What the overlay's `modes` gives paths of this tree, in path order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modes: Vec<PathMode>,
 }
 
 /// A node's build as `create` needs it.
@@ -148,6 +164,8 @@ pub struct NodeBuild {
     pub domain_xml: Option<Vec<u8>>,
     /// The tree's directories, relative, parents first.
     pub dirs: Vec<String>,
+    /// Owners and modes to set in the clone after the copy.
+    pub modes: Vec<PathMode>,
 }
 
 impl NodeBuild {
@@ -240,5 +258,6 @@ pub fn read_node(
         digest: manifest.digest,
         domain_xml,
         dirs,
+        modes: manifest.modes,
     })
 }

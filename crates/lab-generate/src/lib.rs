@@ -9,6 +9,7 @@
 
 mod build;
 mod filters;
+mod modes;
 mod overlay;
 mod render;
 mod write;
@@ -20,10 +21,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use lab_model::{Hint, Lab, LabNode};
 
 pub use build::{
-    EntryKind, Manifest, ManifestEntry, NetworkBuild, NetworkPaths, NodeBuild, NodePaths,
+    EntryKind, Manifest, ManifestEntry, NetworkBuild, NetworkPaths, NodeBuild, NodePaths, PathMode,
     read_network, read_node,
 };
-pub use overlay::{BLOBS_DIR, DOMAIN_TEMPLATE, NETWORK_TEMPLATE};
+pub use overlay::{BLOBS_DIR, DOMAIN_TEMPLATE, MODES_FILE, NETWORK_TEMPLATE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
@@ -39,6 +40,14 @@ pub enum GenerateError {
 
     #[error("{}: {message}", path.display())]
     Overlay { path: PathBuf, message: String },
+
+    /// A line of an overlay's `modes` that cannot be applied.
+    #[error("{}:{line}: {message}", file.display())]
+    Modes {
+        file: PathBuf,
+        line: usize,
+        message: String,
+    },
 
     #[error("{}:{line}: node `{node}`: {message}", template.display())]
     Template {

@@ -6,12 +6,15 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use crate::GenerateError;
+use crate::modes::ModeRule;
 
 /// Top-level names of an overlay that are not part of the guest's tree.
 pub const BLOBS_DIR: &str = "blobs";
 pub const DOMAIN_TEMPLATE: &str = "domain.xml.j2";
 /// Renders a hypervisor's management network (libvirt network XML), once per hypervisor.
 pub const NETWORK_TEMPLATE: &str = "network.xml.j2";
+/// Owners and modes of guest paths (see `modes.rs`).
+pub const MODES_FILE: &str = "modes";
 
 /// One entry of a guest tree, by path relative to the tree's root.
 #[derive(Debug, Clone)]
@@ -40,6 +43,7 @@ pub struct Overlay {
     pub templates: Vec<(String, String)>,
     pub has_domain: bool,
     pub has_network: bool,
+    pub modes: Vec<ModeRule>,
 }
 
 impl Overlay {
@@ -57,7 +61,7 @@ impl Overlay {
         let mut entries = Vec::new();
         let mut templates = Vec::new();
         let skip_top = |rel: &Path| {
-            [BLOBS_DIR, DOMAIN_TEMPLATE, NETWORK_TEMPLATE]
+            [BLOBS_DIR, DOMAIN_TEMPLATE, NETWORK_TEMPLATE, MODES_FILE]
                 .iter()
                 .any(|top| rel == Path::new(top))
         };
@@ -117,7 +121,40 @@ impl Overlay {
         };
         let has_domain = beside(DOMAIN_TEMPLATE)?;
         let has_network = beside(NETWORK_TEMPLATE)?;
+        let modes_path = dir.join(MODES_FILE);
+        refuse_symlink(&modes_path)?;
+        let modes = if modes_path.is_file() {
+            let text = fs::read_to_string(&modes_path).map_err(|source| GenerateError::Io {
+                path: modes_path.clone(),
+                source,
+            })?;
+            crate::modes::parse(&modes_path, &text)?
+        } else {
+            Vec::new()
+        };
         entries.sort_by(|a, b| a.rel.cmp(&b.rel));
+        // A line of `modes` must name a path the overlay or some host's blobs have (a typo
+        // would otherwise do nothing, silently).
+        for rule in &modes {
+            let in_tree = entries.iter().any(|e| e.rel == Path::new(&rule.path));
+            let in_blobs = || {
+                fs::read_dir(dir.join(BLOBS_DIR)).is_ok_and(|hosts| {
+                    hosts
+                        .flatten()
+                        .any(|h| fs::symlink_metadata(h.path().join(&rule.path)).is_ok())
+                })
+            };
+            if !in_tree && !in_blobs() {
+                return Err(GenerateError::Modes {
+                    file: modes_path.clone(),
+                    line: rule.line,
+                    message: format!(
+                        "`{}` is neither in the overlay's tree nor in any host's blobs",
+                        rule.path
+                    ),
+                });
+            }
+        }
         if let Some(pair) = entries.windows(2).find(|w| w[0].rel == w[1].rel) {
             return Err(GenerateError::Overlay {
                 path: dir.join(&pair[0].rel),
@@ -130,6 +167,7 @@ impl Overlay {
             templates,
             has_domain,
             has_network,
+            modes,
         })
     }
 

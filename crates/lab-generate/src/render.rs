@@ -280,6 +280,8 @@ pub(crate) fn render_node(
         domain_xml: &domain_xml,
         items: files,
         domain,
+        modes: &overlay.modes,
+        modes_file: &overlay.dir.join(crate::MODES_FILE),
     })?;
     Ok(NodeOutput {
         node: node.name.clone(),

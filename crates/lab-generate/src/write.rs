@@ -10,7 +10,8 @@ use lab_model::LabNode;
 use sha2::{Digest, Sha256};
 
 use crate::GenerateError;
-use crate::build::{EntryKind, Manifest, ManifestEntry};
+use crate::build::{EntryKind, Manifest, ManifestEntry, PathMode};
+use crate::modes::ModeRule;
 
 pub enum Content {
     Dir,
@@ -34,6 +35,9 @@ pub struct NodeWrite<'a> {
     /// Overlay entries, then blobs: later items win.
     pub items: Vec<Item>,
     pub domain: Option<Vec<u8>>,
+    /// The overlay's `modes`: those for paths of this tree apply.
+    pub modes: &'a [ModeRule],
+    pub modes_file: &'a Path,
 }
 
 pub struct Written {
@@ -55,6 +59,29 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 pub fn node(w: &NodeWrite<'_>) -> Result<Written, GenerateError> {
+    // `modes` cannot give a symlink a mode (it is its target's); checked before anything is
+    // written. The last item of a path is the one the tree gets.
+    for rule in w.modes {
+        let last = w
+            .items
+            .iter()
+            .rev()
+            .find(|i| i.rel == Path::new(&rule.path));
+        if let Some(Item {
+            content: Content::Symlink(_),
+            ..
+        }) = last
+        {
+            return Err(GenerateError::Modes {
+                file: w.modes_file.to_path_buf(),
+                line: rule.line,
+                message: format!(
+                    "`{}` is a symlink in node `{}`'s tree: its mode is its target's",
+                    rule.path, w.node.name
+                ),
+            });
+        }
+    }
     let parent = w
         .tree
         .parent()
@@ -171,6 +198,31 @@ pub fn node(w: &NodeWrite<'_>) -> Result<Written, GenerateError> {
             }
         }
     }
+    // The overlay's `modes`, for the paths this tree has: the build shows the mode the guest
+    // gets; owners are set in the clone, where the image's users are known.
+    let mut modes = Vec::new();
+    for rule in w.modes {
+        let Some(entry) = entries.get_mut(&rule.path) else {
+            continue;
+        };
+        if let Some(mode) = &rule.mode {
+            let bits = u32::from_str_radix(mode, 8).expect("modes.rs checked the octal");
+            entry.mode = mode.clone();
+            let path = stage.join(&rule.path);
+            if entry.kind == EntryKind::Dir {
+                dir_modes.insert(PathBuf::from(&rule.path), bits);
+            } else {
+                fs::set_permissions(&path, fs::Permissions::from_mode(bits)).map_err(io(&path))?;
+            }
+        }
+        modes.push(PathMode {
+            path: rule.path.clone(),
+            mode: rule.mode.clone(),
+            owner: rule.owner.clone(),
+            group: rule.group.clone(),
+        });
+    }
+    modes.sort_by(|a, b| a.path.cmp(&b.path));
     // Directory modes last (deepest first), so a read-only directory does not block its children.
     for (rel, mode) in dir_modes.iter().rev() {
         let path = stage.join(rel);
@@ -191,6 +243,16 @@ pub fn node(w: &NodeWrite<'_>) -> Result<Written, GenerateError> {
             path
         ));
     }
+    for m in &modes {
+        let or_keep = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
+        digest_input.push_str(&format!(
+            "modes {} {}:{} {}\n",
+            or_keep(&m.mode),
+            or_keep(&m.owner),
+            or_keep(&m.group),
+            m.path
+        ));
+    }
     if let Some(d) = &domain_sha256 {
         digest_input.push_str(&format!("domain {d}\n"));
     }
@@ -205,6 +267,7 @@ pub fn node(w: &NodeWrite<'_>) -> Result<Written, GenerateError> {
         digest: digest.clone(),
         domain_sha256,
         entries,
+        modes,
     };
     let mut manifest_text = serde_json::to_string_pretty(&manifest).expect("manifests serialize");
     manifest_text.push('\n');

@@ -121,6 +121,38 @@ if [ -n "$bad" ]; then
   exit 1
 fi"#;
 
+/// Gives paths of the filled clone the owner, group and mode the overlay's `modes` says; each
+/// of `modes` is `[path, mode, owner, group]`, `-` for "keep". Names are looked up in the
+/// image's own `/etc/passwd` and `/etc/group`, never the hypervisor's; a path that is a symlink
+/// in the clone is refused (`chmod` would follow it).
+pub fn set_modes<'a>(node: &LabNode, modes: impl IntoIterator<Item = [&'a str; 4]>) -> Cmd {
+    let mut argv: Vec<String> = ["sh", "-c", SET_MODES, "lab-modes", staging_dir(node)]
+        .map(String::from)
+        .to_vec();
+    argv.extend(modes.into_iter().flatten().map(str::to_owned));
+    Cmd::change(argv)
+}
+
+const SET_MODES: &str = r#"root=$1; shift
+id_in() {
+  case $2 in *[!0-9]*) ;; *) echo "$2"; return 0 ;; esac
+  awk -F: -v n="$2" '$1 == n { print $3; found = 1; exit } END { exit !found }' "$root/etc/$1" 2>/dev/null
+}
+while [ $# -ge 4 ]; do
+  p=$1 m=$2 o=$3 g=$4; shift 4
+  f=$root/$p
+  if [ -L "$f" ] || [ ! -e "$f" ]; then echo "modes: /$p is not a file or directory in the clone" >&2; exit 1; fi
+  if [ "$o" != - ]; then
+    u=$(id_in passwd "$o") || { echo "modes: /$p: user $o is not in the image's /etc/passwd" >&2; exit 1; }
+    chown -h "$u" "$f" || exit 1
+  fi
+  if [ "$g" != - ]; then
+    n=$(id_in group "$g") || { echo "modes: /$p: group $g is not in the image's /etc/group" >&2; exit 1; }
+    chgrp -h "$n" "$f" || exit 1
+  fi
+  if [ "$m" != - ]; then chmod "$m" "$f" || exit 1; fi
+done"#;
+
 /// Unmounts the clone (tolerates "not mounted", so it serves rollback and destroy too).
 pub fn detach(hv: &Hypervisor, node: &LabNode) -> Cmd {
     match hv.storage {

@@ -836,6 +836,65 @@ fn a_lab_with_more_links_than_its_port_block_is_refused() {
 }
 
 #[test]
+fn an_overlays_modes_are_checked_line_by_line() {
+    for (modes, line, says) in [
+        (
+            "root/.ssh 0700\netc/nowhere 0600\n",
+            2,
+            "`etc/nowhere` is neither in the overlay's tree nor in any host's blobs",
+        ),
+        (
+            "# comment\n\netc 0700 bird:bird extra\n",
+            3,
+            "one line per path",
+        ),
+        ("etc 0900\n", 1, "mode `0900` is not octal"),
+        ("../etc 0700\n", 1, "without `..`"),
+        (
+            "etc/link 0700\n",
+            1,
+            "`etc/link` is a symlink in node `vpp0-1`'s tree",
+        ),
+    ] {
+        let s = Scratch::new();
+        s.write("overlays/bird/modes", modes);
+        std::os::unix::fs::symlink("hostname", s.path("overlays/bird/etc/link")).unwrap();
+        let out = s.lab(&["generate", "--lab", EXAMPLE, "--node", "vpp0-1"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{modes}: {stderr}");
+        assert!(
+            stderr.contains(&format!("overlays/bird/modes:{line}: ")) && stderr.contains(says),
+            "{modes}: {stderr}"
+        );
+        assert!(!s.path("build/bird/hv0/vpp0-1").exists(), "{modes}");
+    }
+    // What applies is in the node's manifest, and changes its digest.
+    let s = Scratch::new();
+    s.ok(&["generate", "--lab", EXAMPLE, "--node", "vpp0-1"]);
+    let manifest = s.path("build/bird/hv0/_meta/vpp0-1.manifest.json");
+    let read =
+        || -> serde_json::Value { serde_json::from_slice(&fs::read(&manifest).unwrap()).unwrap() };
+    let before = read();
+    assert_eq!(
+        before["modes"],
+        serde_json::json!([
+            {"path": "root/.ssh", "mode": "0700", "owner": "0", "group": "0"},
+            {"path": "root/.ssh/authorized_keys", "mode": "0600", "owner": "0", "group": "0"},
+        ])
+    );
+    s.write(
+        "overlays/bird/modes",
+        "root/.ssh 0700 0:0\nroot/.ssh/authorized_keys 0600 0:1\n",
+    );
+    s.ok(&["generate", "--lab", EXAMPLE, "--node", "vpp0-1"]);
+    assert_ne!(
+        read()["digest"],
+        before["digest"],
+        "an owner is part of the build"
+    );
+}
+
+#[test]
 fn overlays_cannot_reach_outside_the_node_directory() {
     type Setup = dyn Fn(&Scratch);
     let cases: &[(&str, &Setup)] = &[
@@ -880,6 +939,15 @@ fn overlays_cannot_reach_outside_the_node_directory() {
             fs::remove_file(s.path("overlays/bird/domain.xml.j2")).unwrap();
             std::os::unix::fs::symlink("/etc/passwd", s.path("overlays/bird/domain.xml.j2"))
                 .unwrap();
+        }),
+        ("network.xml.j2 as a symlink", &|s| {
+            fs::remove_file(s.path("overlays/bird/network.xml.j2")).unwrap();
+            std::os::unix::fs::symlink("/etc/passwd", s.path("overlays/bird/network.xml.j2"))
+                .unwrap();
+        }),
+        ("modes as a symlink", &|s| {
+            fs::remove_file(s.path("overlays/bird/modes")).unwrap();
+            std::os::unix::fs::symlink("/etc/passwd", s.path("overlays/bird/modes")).unwrap();
         }),
     ];
     for (name, setup) in cases {

@@ -1207,7 +1207,9 @@ fn the_image_keeps_the_owners_and_modes_it_has() {
                     "zfs create {proto} && cd /{proto} && mkdir -p root etc tmp var/spool/cron/crontabs \
                      && chmod 700 root && chmod 1777 tmp && chown 0:102 var/spool/cron/crontabs \
                      && chmod 1730 var/spool/cron/crontabs && echo old > etc/issue \
-                     && chown 0:42 etc/issue && chmod 640 etc/issue && zfs snapshot {proto}@base"
+                     && chown 0:42 etc/issue && chmod 640 etc/issue \
+                     && echo 'frr:x:101:102::/nonexistent:/bin/false' > etc/passwd \
+                     && echo 'frr:x:102:' > etc/group && zfs snapshot {proto}@base"
                 ),
             ],
         )
@@ -1227,6 +1229,7 @@ fn the_image_keeps_the_owners_and_modes_it_has() {
         ("etc/issue", 0o666),
         ("etc/pm-new/f", 0o666),
         ("usr/local/bin/tool", 0o777),
+        ("etc/pm-owned/conf", 0o666),
     ] {
         let path = overlay.join(rel);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -1243,6 +1246,12 @@ fn the_image_keeps_the_owners_and_modes_it_has() {
     ] {
         chmod(rel, 0o777);
     }
+    // ... and owners and modes the overlay declares, with names from the image's passwd.
+    std::fs::write(
+        overlay.join("modes"),
+        "etc/pm-owned 2750 frr:frr\netc/pm-owned/conf 0640 :frr # group only\n",
+    )
+    .unwrap();
     let file = write_lab(
         dir.path(),
         "e2e-pm",
@@ -1273,7 +1282,7 @@ fn the_image_keeps_the_owners_and_modes_it_has() {
                 "-c",
                 "cd \"$0\" && stat -c '%n %a %u:%g' root tmp var/spool/cron/crontabs etc \
                  etc/issue root/.profile tmp/lab-x var/spool/cron/crontabs/root etc/pm-new \
-                 etc/pm-new/f usr/local/bin/tool && cat etc/issue",
+                 etc/pm-new/f usr/local/bin/tool etc/pm-owned etc/pm-owned/conf && cat etc/issue",
                 staging,
             ],
         )
@@ -1284,8 +1293,10 @@ fn the_image_keeps_the_owners_and_modes_it_has() {
         "root 700 0:0\ntmp 1777 0:0\nvar/spool/cron/crontabs 1730 0:102\netc 755 0:0\n\
          etc/issue 640 0:42\n\
          root/.profile 644 0:0\ntmp/lab-x 644 0:0\nvar/spool/cron/crontabs/root 600 0:0\n\
-         etc/pm-new 755 0:0\netc/pm-new/f 644 0:0\nusr/local/bin/tool 755 0:0\nnew\n",
-        "... what the overlay adds is root's, under umask 022, and a file's content is replaced"
+         etc/pm-new 755 0:0\netc/pm-new/f 644 0:0\nusr/local/bin/tool 755 0:0\n\
+         etc/pm-owned 2750 101:102\netc/pm-owned/conf 640 0:102\nnew\n",
+        "... what the overlay adds is root's, under umask 022, unless its `modes` says \
+         otherwise, and a file's content is replaced"
     );
     let run = lab(dir.path(), &["destroy", "--lab", f, "--yes"]);
     assert_eq!(run.code, 0, "{}", run.stderr);

@@ -233,6 +233,7 @@ fn plans(lab: &Lab, build: &Path) -> Vec<Vec<String>> {
                             digest: "d".into(),
                             domain_xml: Some(b"<domain/>".to_vec()),
                             dirs: vec!["etc".into()],
+                            modes: Vec::new(),
                         };
                         (n.name.clone(), b)
                     })

@@ -511,6 +511,25 @@ fn run(s: &Scenario) -> String {
                         digest: format!("digest-of-{}", n.name),
                         domain_xml: Some(b"<domain/>".to_vec()),
                         dirs: vec!["etc".into(), "root".into()],
+                        // The overlay's `modes`, for one node: set after the copy.
+                        modes: if n.name == "d1" {
+                            vec![
+                                lab_generate::PathMode {
+                                    path: "etc/frr".into(),
+                                    mode: None,
+                                    owner: Some("frr".into()),
+                                    group: Some("frr".into()),
+                                },
+                                lab_generate::PathMode {
+                                    path: "root".into(),
+                                    mode: Some("0700".into()),
+                                    owner: Some("0".into()),
+                                    group: None,
+                                },
+                            ]
+                        } else {
+                            Vec::new()
+                        },
                     };
                     (n.name.clone(), build)
                 })
