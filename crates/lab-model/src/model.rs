@@ -113,6 +113,9 @@ pub struct Hypervisor {
     pub id: u8,
     /// The ssh destination: an ssh config alias or `[user@]host[:port]`.
     pub ssh: String,
+    /// The ssh destination other hypervisors use for this one (the `direct` proto transport),
+    /// where the controller's aliases do not exist; `ssh` unless set.
+    pub peer_ssh: String,
     pub pool: String,
     /// The proto dataset (filesystem or volume) clones are made from.
     pub proto: String,

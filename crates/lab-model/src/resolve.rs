@@ -176,6 +176,14 @@ pub(crate) fn resolve_hypervisor(
         "ssh destination",
         names::ssh_destination,
     )?;
+    let peer_ssh = s.peer_ssh.unwrap_or_else(|| ssh.clone());
+    name_ok(
+        root,
+        &at("peer_ssh"),
+        &peer_ssh,
+        "ssh destination",
+        names::ssh_destination,
+    )?;
     name_ok(root, &at("pool"), &s.pool, "pool name", names::pool)?;
     name_ok(root, &at("proto"), &s.proto, "dataset name", names::dataset)?;
     if s.proto.split('/').next() != Some(s.pool.as_str()) {
@@ -249,6 +257,7 @@ pub(crate) fn resolve_hypervisor(
         name: name.to_owned(),
         id: s.id,
         ssh,
+        peer_ssh,
         pool: s.pool,
         proto: s.proto,
         snapshot: SnapshotSpec::parse(&s.snapshot),

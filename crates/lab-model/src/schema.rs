@@ -31,6 +31,7 @@ pub(crate) const HYPERVISOR_DERIVED: &[&str] = &[
     "name",
     "id",
     "ssh",
+    "peer_ssh",
     "pool",
     "proto",
     "snapshot",
@@ -158,6 +159,9 @@ pub(crate) struct HypervisorSchema {
     pub(crate) id: u8,
     #[serde(default)]
     pub(crate) ssh: Option<String>,
+    /// How other hypervisors reach this one by ssh (`transport: direct`); default `ssh`.
+    #[serde(default)]
+    pub(crate) peer_ssh: Option<String>,
     pub(crate) pool: String,
     pub(crate) proto: String,
     pub(crate) snapshot: String,

@@ -1152,6 +1152,11 @@ fn hostile_names_in_every_field_are_refused_with_field_and_line() {
             "lab: {name: t, id: 1}\nhypervisors:\n  hv0: {id: 0, ssh: @, pool: tank, proto: tank/proto, snapshot: base}\nnodes:\n  r1: {hypervisor: hv0, id: 1}\n",
         ),
         (
+            "hypervisors.hv0.peer_ssh",
+            3,
+            "lab: {name: t, id: 1}\nhypervisors:\n  hv0: {id: 0, peer_ssh: @, pool: tank, proto: tank/proto, snapshot: base}\nnodes:\n  r1: {hypervisor: hv0, id: 1}\n",
+        ),
+        (
             "hypervisors.hv0.pool",
             3,
             "lab: {name: t, id: 1}\nhypervisors:\n  hv0: {id: 0, pool: @, proto: tank/proto, snapshot: base}\nnodes:\n  r1: {hypervisor: hv0, id: 1}\n",

@@ -16,7 +16,7 @@ const FLEET: &str = r#"
 hypervisors:
   src: {id: 0, pool: tank, proto: tank/proto, snapshot: "*-release"}
   behind: {id: 1, ssh: "root@behind.example:2222", pool: tank, proto: tank/proto, snapshot: "*-release"}
-  empty: {id: 2, pool: ssd, proto: ssd/replica/proto, snapshot: "*-release"}
+  empty: {id: 2, peer_ssh: "replica@10.0.0.2", pool: ssd, proto: ssd/replica/proto, snapshot: "*-release"}
   rogue: {id: 3, pool: tank, proto: tank/proto, snapshot: "*-release"}
 proto: {source: src, keep: 1, TRANSPORT}
 "#;

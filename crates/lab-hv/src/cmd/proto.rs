@@ -201,7 +201,7 @@ pub fn send_direct(
     let mut argv: Vec<String> = ["bash", "-c", DIRECT, "lab-proto-direct"]
         .map(String::from)
         .to_vec();
-    argv.push(ssh_uri(&dst.ssh));
+    argv.push(ssh_uri(&dst.peer_ssh));
     argv.push(if meter { "pv" } else { "-" }.to_owned());
     argv.push(tool.to_owned());
     argv.push(rate.to_owned());
