@@ -175,7 +175,8 @@ pub(crate) fn resolve_links(
 
 /// Once every link is known: the lab file's MACs applied, and the checks that need every
 /// interface: at most `max_links` links per node, no MAC twice in the lab, no MAC in another
-/// hypervisor's derived range, no two wires on one UDP port of a hypervisor.
+/// hypervisor's derived range. (Wire ports cannot meet within a lab: link `i` side `s` has
+/// `base + 2i + s`; see `wire_port_base` for ranges across labs.)
 pub(crate) fn finish_interfaces(
     root: &Tree,
     lab_id: u8,
@@ -239,7 +240,6 @@ pub(crate) fn finish_interfaces(
         }
     };
     let mut macs: HashMap<&str, (&LabNode, &Interface)> = HashMap::new();
-    let mut ports: HashMap<(&str, Ipv4Addr, u16), (&LabNode, &Interface)> = HashMap::new();
     for node in nodes.iter() {
         let hv_id = hypervisors
             .iter()
@@ -269,27 +269,6 @@ pub(crate) fn finish_interfaces(
                         "MAC {} of `{}` {} is in hypervisor `{}`'s range \
                          (52:54:xx:{lab_id:02x}:{:02x}:xx), but the node runs on `{}`",
                         iface.mac, node.name, iface.name, owner.name, owner.id, node.hypervisor
-                    ),
-                    Hint::default(),
-                ));
-            }
-            if let Some(w) = iface.wire
-                && let Some((other, other_iface)) = ports.insert(
-                    (&node.hypervisor, w.local_address, w.local_port),
-                    (node, iface),
-                )
-            {
-                return Err(schema_error(
-                    root,
-                    &path_of(&["links", &iface.link.unwrap_or_default().to_string()]),
-                    format!(
-                        "UDP port {} on `{}` is taken twice: `{}` {} and `{}` {}",
-                        w.local_port,
-                        node.hypervisor,
-                        node.name,
-                        iface.name,
-                        other.name,
-                        other_iface.name
                     ),
                     Hint::default(),
                 ));

@@ -350,11 +350,7 @@ impl Lab {
             |n| n.hostname.clone(),
         )?;
 
-        // Each lab gets 160 ports (80 links) of its own by default: 20000 .. 60959.
-        let wire_port_base = schema
-            .lab
-            .wire_port_base
-            .unwrap_or(20000 + 160 * u16::from(schema.lab.id));
+        let wire_port_base = wire_port_base(&root, &schema.lab, schema.links.len())?;
         if schema.lab.wire_port_base.is_none() && schema.links.len() > 80 {
             return Err(schema_error(
                 &root,
@@ -436,4 +432,41 @@ impl Lab {
 /// The origin of a value in the effective tree, for messages of later stages.
 pub fn origin_of(lab: &Lab, path: &[&str]) -> Origin {
     lab.effective.closest(&path_of(path)).origin.clone()
+}
+
+/// Each lab id owns 160 UDP ports (80 links) for its wires: `20000 + 160 * id`, so labs on one
+/// hypervisor never meet. A base set by hand must keep the lab's ports out of the ranges other
+/// lab ids own (20000..=60959), or its wires could take another lab's.
+fn wire_port_base(
+    root: &Tree,
+    lab: &crate::schema::LabSchema,
+    links: usize,
+) -> Result<u16, ModelError> {
+    const FIRST: usize = 20000;
+    const PER_LAB: usize = 160;
+    let own = FIRST + PER_LAB * usize::from(lab.id);
+    let Some(base) = lab.wire_port_base else {
+        return Ok(u16::try_from(own).expect("20000 + 160 * 255 < 65536"));
+    };
+    let (from, to) = (usize::from(base), usize::from(base) + 2 * links);
+    let owned_end = FIRST + PER_LAB * 256;
+    let other = (from.max(FIRST)..to.min(owned_end))
+        .find(|p| !(own..own + PER_LAB).contains(p))
+        .map(|p| (p - FIRST) / PER_LAB);
+    if let Some(other_id) = other {
+        let theirs = FIRST + PER_LAB * other_id;
+        return Err(schema_error(
+            root,
+            &path_of(&["lab", "wire_port_base"]),
+            format!(
+                "wire ports {from}..{} would take lab id {other_id}'s ({theirs}..{}): a lab with \
+                 that id on the same hypervisor would collide; choose a base below {FIRST} or \
+                 from {owned_end} on",
+                to - 1,
+                theirs + PER_LAB - 1
+            ),
+            Hint::default(),
+        ));
+    }
+    Ok(base)
 }

@@ -626,6 +626,33 @@ const BAD: &[Bad] = &[
         ],
     },
     Bad {
+        name: "wire ports in another lab id's range",
+        files: &[(
+            "labs/p.yaml",
+            "include: vpp.yaml\nlab: {wire_port_base: 20000}\n",
+        )],
+        args: &["generate", "--lab", "labs/p.yaml"],
+        code: 2,
+        says: &[
+            "labs/p.yaml:2",
+            "wire ports 20000..20029 would take lab id 0's (20000..20159)",
+        ],
+    },
+    Bad {
+        name: "wire ports that reach into the next lab id's range",
+        files: &[(
+            "labs/p.yaml",
+            "include: vpp.yaml\nlab: {wire_port_base: 20460}\n",
+        )],
+        args: &["generate", "--lab", "labs/p.yaml"],
+        code: 2,
+        says: &[
+            "labs/p.yaml:2",
+            "would take lab id 3's (20480..20639)",
+            "choose a base below 20000 or from 60960 on",
+        ],
+    },
+    Bad {
         name: "a cross-hypervisor link without underlay addresses",
         files: &[(
             "labs/u.yaml",
@@ -830,7 +857,7 @@ fn a_lab_with_more_links_than_its_port_block_is_refused() {
         "{stderr}"
     );
     // With a base of its own, the same lab is fine.
-    text.push_str("lab: {wire_port_base: 40000}\n");
+    text.push_str("lab: {wire_port_base: 61000}\n");
     s.write("labs/many.yaml", &text);
     s.ok(&["generate", "--lab", "labs/many.yaml"]);
 }
