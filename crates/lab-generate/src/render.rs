@@ -303,11 +303,13 @@ fn check_domain(dir: &Path, node: &lab_model::LabNode, xml: &[u8]) -> Result<(),
         path: dir.join(DOMAIN_TEMPLATE),
         message,
     };
-    let name = text
-        .split_once("<name>")
-        .and_then(|(_, rest)| rest.split_once("</name>"))
-        .map(|(name, _)| name.trim().to_owned());
-    match name {
+    if lab_model::xml::find_start(&text, "domain").is_none_or(|d| d.empty) {
+        return Err(bad(format!(
+            "renders no <domain> element for node `{}`",
+            node.name
+        )));
+    }
+    match lab_model::xml::first_text(&text, "name") {
         Some(n) if n == node.domain => {}
         Some(n) => {
             return Err(bad(format!(

@@ -206,23 +206,24 @@ pub fn define_domain(xml: &[u8], lab: &str, node: &LabNode) -> Cmd {
     Cmd::change(["virsh", "-q", "define", "/dev/stdin"]).stdin(marked.into_bytes())
 }
 
-/// `xml` with `mark` as the first child of its `<metadata>`, which is made right after the
-/// `<root ...>` tag when there is none.
+/// `xml` with `mark` as the first child of its `<metadata>` (an empty `<metadata/>` opened up),
+/// which is made right after the `<root ...>` tag when there is none. Tags inside comments do
+/// not count (see `lab_model::xml`); `generate` checked that the root is there.
 fn with_marker(xml: &str, root: &str, mark: &str) -> String {
-    let after = |tag: &str| {
-        xml.find(tag)
-            .and_then(|at| xml[at..].find('>').map(|end| at + end + 1))
-    };
-    if let Some(end) = after("<metadata") {
-        format!("{}\n    {mark}{}", &xml[..end], &xml[end..])
-    } else if let Some(end) = after(&format!("<{root}")) {
-        format!(
+    use lab_model::xml::find_start;
+    match (find_start(xml, "metadata"), find_start(xml, root)) {
+        (Some(m), _) if m.empty => format!(
+            "{}<metadata>\n    {mark}\n  </metadata>{}",
+            &xml[..m.start],
+            &xml[m.end..]
+        ),
+        (Some(m), _) => format!("{}\n    {mark}{}", &xml[..m.end], &xml[m.end..]),
+        (None, Some(r)) => format!(
             "{}\n  <metadata>\n    {mark}\n  </metadata>{}",
-            &xml[..end],
-            &xml[end..]
-        )
-    } else {
-        xml.to_owned()
+            &xml[..r.end],
+            &xml[r.end..]
+        ),
+        (None, None) => xml.to_owned(),
     }
 }
 
@@ -337,6 +338,31 @@ mod tests {
         assert_eq!(ShutDown::read("forced\n"), Some(ShutDown::Forced));
         assert_eq!(ShutDown::read(""), None);
         assert_eq!(ShutDown::read("acpi soon"), None);
+    }
+
+    #[test]
+    fn the_marker_goes_inside_the_domains_metadata_wherever_the_template_put_it() {
+        let mark = "<lab:m/>";
+        for (xml, marked) in [
+            (
+                "<domain type='kvm'>\n  <name>r1</name>\n</domain>",
+                "<domain type='kvm'>\n  <metadata>\n    <lab:m/>\n  </metadata>\n  <name>r1</name>\n</domain>",
+            ),
+            (
+                "<domain>\n  <metadata/>\n</domain>",
+                "<domain>\n  <metadata>\n    <lab:m/>\n  </metadata>\n</domain>",
+            ),
+            (
+                "<domain>\n  <metadata>\n    <x:y/>\n  </metadata>\n</domain>",
+                "<domain>\n  <metadata>\n    <lab:m/>\n    <x:y/>\n  </metadata>\n</domain>",
+            ),
+            (
+                "<!-- no <metadata> here --><domain>\n</domain>",
+                "<!-- no <metadata> here --><domain>\n  <metadata>\n    <lab:m/>\n  </metadata>\n</domain>",
+            ),
+        ] {
+            assert_eq!(with_marker(xml, "domain", mark), marked, "{xml}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod resolve;
 mod schema;
 mod select;
 pub mod tree;
+pub mod xml;
 
 /// The XML namespace of the marks `lab` puts into the libvirt domains and networks it defines.
 /// Overlay templates must not use it: the mark is `lab`'s alone.

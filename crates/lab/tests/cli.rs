@@ -863,6 +863,37 @@ fn a_lab_with_more_links_than_its_port_block_is_refused() {
 }
 
 #[test]
+fn a_rendered_domain_must_be_named_after_its_node() {
+    let template = fs::read_to_string(repo().join("overlays/bird/domain.xml.j2")).unwrap();
+    let named = "<name>{{ node.domain }}</name>";
+    assert!(template.contains(named));
+    for (name, edit, says) in [
+        (
+            "another name",
+            "<name>router-{{ node.id }}</name>",
+            "renders the domain name `router-1` for node `vpp0-1`: it must be `vpp0-1`",
+        ),
+        (
+            "the right name only in a comment",
+            "<!-- <name>{{ node.domain }}</name> --><name>x</name>",
+            "renders the domain name `x`",
+        ),
+        ("no name", "", "renders no <name> for node `vpp0-1`"),
+    ] {
+        let s = Scratch::new();
+        s.write(
+            "overlays/bird/domain.xml.j2",
+            &template.replace(named, edit),
+        );
+        let out = s.lab(&["generate", "--lab", EXAMPLE, "--node", "vpp0-1"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains(says), "{name}: {stderr}");
+        assert!(!s.path("build/bird/hv0/vpp0-1").exists(), "{name}");
+    }
+}
+
+#[test]
 fn an_overlays_modes_are_checked_line_by_line() {
     for (modes, line, says) in [
         (
