@@ -102,15 +102,27 @@ pub async fn destroy(
         ) else {
             continue;
         };
-        let NetworkFacts::Ours { active, .. } = network_facts(state, name, lab) else {
-            continue;
-        };
         let report = |outcome, action: &str, commands| NetworkReport {
             hypervisor: hv.name.clone(),
             network: name.to_owned(),
             outcome,
             action: Some(action.to_owned()),
             commands,
+        };
+        let active = match network_facts(state, name, lab) {
+            NetworkFacts::Ours { active, .. } => active,
+            NetworkFacts::Absent => continue,
+            // A network of that name lab did not make for this lab: never touched, and said.
+            NetworkFacts::Foreign(why) => {
+                networks.push(report(
+                    Outcome::Unchanged {
+                        reason: format!("{why}: left as it is"),
+                    },
+                    "left",
+                    Vec::new(),
+                ));
+                continue;
+            }
         };
         // Nodes of the lab that are (or may be) still there: not destroyed by this run, and
         // with a clone or a domain of their name.

@@ -447,6 +447,33 @@ const SCENARIOS: &[Scenario] = &[
         addrs: &[],
         lab_edit: &[MGMT_HVD, MGMT_HVZ],
     },
+    Scenario {
+        // A network of the lab's network name that lab did not make (hvd: no mark) or that
+        // another lab marked: the nodes go, the networks stay, and destroy says why.
+        name: "destroy_leaves_a_network_of_its_name_it_did_not_make",
+        verb: "destroy",
+        force: false,
+        datasets: &[("hvd", OURS_D1)],
+        domains: &[],
+        markers: &[],
+        networks: &[("hvd", "lab-plan\tactive\tuuid-of-lab-plan\t\n")],
+        addrs: &[],
+        lab_edit: &[MGMT_HVD],
+    },
+    Scenario {
+        name: "destroy_leaves_another_labs_network_of_its_name",
+        verb: "destroy",
+        force: false,
+        datasets: &[("hvd", OURS_D1)],
+        domains: &[],
+        markers: &[],
+        networks: &[(
+            "hvd",
+            "lab-plan\tactive\tuuid-of-lab-plan\t<lab:net xmlns:lab=\"https://lab.invalid/schema/1\" lab=\"other\" sha256=\"x\"/>\tlab9\n",
+        )],
+        addrs: &[],
+        lab_edit: &[MGMT_HVD],
+    },
 ];
 
 /// hvd gets an isolated network of the lab's own, hvz uses the operator's `default`.
@@ -461,8 +488,8 @@ const MGMT_HVZ: (&str, &str) = (
 /// The lab's network on hvd, defined from an older build than the scenarios' (`sha-of-hvd`).
 const OLD_NETWORK: &str = "lab-plan\tactive\tuuid-of-lab-plan\t<lab:net xmlns:lab=\"https://lab.invalid/schema/1\" lab=\"plan\" sha256=\"older\"/>\n";
 
-fn run(s: &Scenario) -> String {
-    let lab = lab(s.lab_edit);
+/// An executor that answers `s`'s probe, and records everything else.
+fn scripted(s: &Scenario, lab: &Lab) -> Executor {
     let datasets: HashMap<&str, &str> = s.datasets.iter().copied().collect();
     let domains: HashMap<&str, &str> = s.domains.iter().copied().collect();
     let networks: HashMap<&str, &str> = s.networks.iter().copied().collect();
@@ -489,11 +516,16 @@ fn run(s: &Scenario) -> String {
             Out::ok(lab_hv::state::scripted_answer(line, &answer))
         })
     });
-    let exec = Executor::new(
+    Executor::new(
         Mode::Scripted(script),
-        lab_hv::targets(&lab, &lab.nodes.iter().collect::<Vec<_>>()),
+        lab_hv::targets(lab, &lab.nodes.iter().collect::<Vec<_>>()),
         8,
-    );
+    )
+}
+
+fn run(s: &Scenario) -> String {
+    let lab = lab(s.lab_edit);
+    let exec = scripted(s, &lab);
     let nodes: Vec<_> = lab.nodes.iter().collect();
     // As a real run after taking the lab's lock (and as --dry-run): every change guarded.
     lab_hv::lock::guard_only(&exec, &lab.name, &lab.hypervisors_of(&nodes));
@@ -648,6 +680,39 @@ changes: {changes:?}
 fn command_plans() {
     for s in SCENARIOS {
         insta::assert_snapshot!(s.name, run(s));
+    }
+}
+
+/// The README's promise: `status` reads a hypervisor with one command, whatever the number of
+/// nodes, domains (their markers and NICs included) and networks there.
+#[test]
+fn status_asks_each_hypervisor_one_query() {
+    for s in SCENARIOS {
+        let lab = lab(s.lab_edit);
+        let exec = scripted(s, &lab);
+        let nodes: Vec<_> = lab.nodes.iter().collect();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let report = rt.block_on(lab_hv::status(
+            &exec,
+            &lab,
+            &nodes,
+            &lab_hv::Expected::default(),
+            1_700_000_000,
+        ));
+        assert_eq!(report.nodes.len(), nodes.len());
+        let recorded = exec.recorded();
+        assert!(
+            recorded.iter().all(|r| r.effect == lab_exec::Effect::Query),
+            "{}: status changed something",
+            s.name
+        );
+        for host in ["hvd", "hvz"] {
+            let asked = recorded.iter().filter(|r| r.host == host).count();
+            assert_eq!(asked, 1, "{}: {host} was asked {asked} times", s.name);
+        }
     }
 }
 
