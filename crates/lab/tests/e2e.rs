@@ -1271,8 +1271,20 @@ fn the_image_keeps_the_owners_and_modes_it_has() {
         let _ = bed.exec(2, &["zfs", "destroy", "-r", ds]);
     }
     make_proto();
+    // The build of a run that was killed goes; one of a live process stays.
+    let (dead, live) = (
+        dir.path().join(".run-4194303"),
+        dir.path().join(format!(".run-{}", std::process::id())),
+    );
+    for d in [&dead, &live] {
+        std::fs::create_dir_all(d.join("pm/hv2/pm-1")).unwrap();
+    }
     let run = lab(dir.path(), &["create", "--lab", f]);
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(
+        !dead.exists() && live.exists(),
+        "a dead run's build is removed, a live one's kept"
+    );
     let staging = "/var/lib/lab/staging/e2e-pm/pm-1";
     let stat = bed
         .exec(

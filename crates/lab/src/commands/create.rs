@@ -29,19 +29,28 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
         s.build.dir.as_path()
     };
     let request = request(s, &lab, &nodes, &overlay, source)?;
-    let reports = change_nodes(
+    let (created, published) = change_nodes(
         out,
         &lab,
         &nodes,
         Verb::Create,
         s.mode,
         s.lock_wait,
-        async |exec, events| lab_create::create(exec, &request, events).await,
-    )??;
-    if s.generate {
-        // `build/` shows what was created (and what `status` compares with).
-        generate(&lab, &nodes, &overlay, &s.build.dir)?;
-    }
+        async |exec, events| {
+            let created = lab_create::create(exec, &request, events).await;
+            // `build/` shows what was created (and what `status` compares with). It is
+            // refreshed while the lock is held: a `--no-generate` create of this lab, which
+            // copies from `build/`, never meets a tree being swapped.
+            let published = if s.generate {
+                generate(&lab, &nodes, &overlay, &s.build.dir)
+            } else {
+                Ok(())
+            };
+            (created, published)
+        },
+    )?;
+    let reports = created?;
+    published?;
     // Waited for after the lock is released: waiting changes nothing.
     let waits = match &s.wait {
         Some(until) if !s.mode.is_dry_run() => {
@@ -76,7 +85,23 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
 struct RunDir(PathBuf);
 
 impl RunDir {
+    /// This run's directory; those of runs that no longer exist (killed before they could
+    /// remove theirs) go first.
     fn new(build: &Path) -> RunDir {
+        if let Ok(entries) = std::fs::read_dir(build) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(".run-")) else {
+                    continue;
+                };
+                let gone = pid
+                    .parse::<u32>()
+                    .is_ok_and(|pid| !Path::new("/proc").join(pid.to_string()).exists());
+                if gone && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
         RunDir(build.join(format!(".run-{}", std::process::id())))
     }
 }
