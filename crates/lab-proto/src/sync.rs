@@ -282,13 +282,6 @@ impl One<'_, '_> {
         let mut path = Vec::new();
         // What a resumed stream moved, when that is known.
         let mut bytes_before: Option<u64> = Some(0);
-        if !have.zfs.modern() {
-            self.notes.push(format!(
-                "pool version {} cannot resume a cut receive (no resume tokens): a cut send \
-                 starts again from the beginning",
-                have.zfs.pool_version
-            ));
-        }
         // A receive a cut left behind: continue it, or throw it away if the source cannot.
         if let Some(token) = have.proto.resume_token.clone() {
             match self.resume(&token).await {
@@ -367,6 +360,13 @@ impl One<'_, '_> {
             Ok(s) => s,
             Err(e) => return failed(&e),
         };
+        if !have.zfs.modern() {
+            self.notes.push(format!(
+                "pool version {} cannot resume a cut receive (no resume tokens): a cut send \
+                 starts again from the beginning",
+                have.zfs.pool_version
+            ));
+        }
         self.step("sending");
         let receive = self.receive_options(&have);
         let bytes = match self.transfer(&stream, &send, receive).await {
@@ -510,6 +510,13 @@ impl One<'_, '_> {
         let bytes = self
             .transfer(&Stream::Resume { token }, &send, receive)
             .await?;
+        // The cut receive may have been the full one that made the replica: a zvol replica
+        // gets no device nodes, whichever receive finished it.
+        if self.dst.storage == Storage::Zvol {
+            self.exec
+                .run(&self.dst.name, &cmd::replica_volmode_none(self.dst))
+                .await?;
+        }
         self.notes
             .push("a cut receive was resumed from its token".to_owned());
         Ok(Resumed::Done(bytes))

@@ -297,6 +297,30 @@ fn sync_resumes_a_cut_receive_from_its_token() {
     ));
 }
 
+/// A zvol replica whose cut receive is resumed to its end gets no device nodes either.
+#[test]
+fn a_resumed_zvol_replica_stays_without_device_nodes() {
+    let plan = run_with(
+        "transport: controller",
+        "sync",
+        World {
+            token: true,
+            token_good: true,
+            ..MODERN
+        },
+        &[(
+            "root@behind.example:2222\", pool: tank",
+            "root@behind.example:2222\", storage: zvol, partition: 1, pool: tank",
+        )],
+        None,
+    );
+    let resumed = plan.find("send -t").expect("a resumed send");
+    let volmode = plan
+        .find("zfs set volmode=none tank/proto")
+        .expect("volmode=none set");
+    assert!(resumed < volmode, "{plan}");
+}
+
 /// A token the source refuses (its snapshot is gone): the partial receive is aborted, said so,
 /// and the send starts again.
 #[test]

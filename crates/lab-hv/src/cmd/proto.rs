@@ -284,6 +284,11 @@ fn ssh_uri(dest: &str) -> String {
     }
 }
 
+/// A zvol replica without device nodes (what `recv -o volmode=none` gives a receive).
+pub fn replica_volmode_none(dst: &Hypervisor) -> Cmd {
+    Cmd::change(["zfs", "set", "volmode=none", &dst.proto])
+}
+
 /// Asks a target's zrepl to pull now.
 pub fn zrepl_wakeup(job: &str) -> Cmd {
     Cmd::change(["zrepl", "signal", "wakeup", job])

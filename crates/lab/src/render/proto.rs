@@ -77,9 +77,20 @@ pub fn sync(out: &Output, reports: &[TargetReport], commands: &[Recorded], mode:
             let mut stdout = std::io::stdout().lock();
             for r in reports {
                 let _ = writeln!(stdout, "{:<8} {}", r.host, sync_text(&r.outcome, mode));
+            }
+            // A note is said once, with the hypervisors it concerns (an old pool is the same
+            // news for every target that has one).
+            let mut notes: Vec<(&str, Vec<&str>)> = Vec::new();
+            for r in reports {
                 for n in &r.notes {
-                    let _ = writeln!(stdout, "{:<8}   note: {n}", "");
+                    match notes.iter_mut().find(|(text, _)| text == n) {
+                        Some((_, hosts)) => hosts.push(&r.host),
+                        None => notes.push((n, vec![&r.host])),
+                    }
                 }
+            }
+            for (text, hosts) in notes {
+                let _ = writeln!(stdout, "note ({}): {text}", hosts.join(", "));
             }
             if dry_run {
                 for c in commands {
@@ -273,4 +284,67 @@ fn escape(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str) -> lab_proto::HostStatus {
+        lab_proto::HostStatus {
+            host: name.to_owned(),
+            role: "target",
+            dataset: "tank/proto".to_owned(),
+            newest: Some("20261101-release".to_owned()),
+            in_sync: false,
+            behind: Some(2),
+            lag_seconds: Some(86_400),
+            pinned: Vec::new(),
+            held: Vec::new(),
+            newest_created: Some(1_700_000_000),
+            synced: Some(1_700_003_600),
+            reachable: true,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn every_fact_is_a_sample_and_an_error_is_an_escaped_label() {
+        let mut stale = host("hv1");
+        stale.last_error = Some("cannot receive:\n\"tank/proto\" \\ busy".to_owned());
+        let mut gone = host("hv2");
+        gone.reachable = false;
+        gone.behind = None;
+        gone.lag_seconds = None;
+        let text = prometheus(&[stale, gone]);
+        let l = |h: &str| format!("hypervisor=\"{h}\",role=\"target\",dataset=\"tank/proto\"");
+        for sample in [
+            format!("lab_proto_up{{{}}} 1", l("hv1")),
+            format!("lab_proto_up{{{}}} 0", l("hv2")),
+            format!("lab_proto_in_sync{{{}}} 0", l("hv1")),
+            format!("lab_proto_releases_behind{{{}}} 2", l("hv1")),
+            format!("lab_proto_lag_seconds{{{}}} 86400", l("hv1")),
+            format!(
+                "lab_proto_last_success_timestamp_seconds{{{}}} 1700003600",
+                l("hv1")
+            ),
+            format!(
+                "lab_proto_last_error{{{},error=\"cannot receive: \\\"tank/proto\\\" \\\\ busy\"}} 1",
+                l("hv1")
+            ),
+        ] {
+            assert!(text.lines().any(|line| line == sample), "{sample}\n{text}");
+        }
+        // What is unknown is left out, not reported as 0.
+        assert!(!text.contains(&format!("lab_proto_lag_seconds{{{}}}", l("hv2"))));
+        assert!(!text.contains(&format!("lab_proto_in_sync{{{}}}", l("hv2"))));
+        // Every line is a comment or `name{labels} value`.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            assert!(
+                series.ends_with('}') && value.parse::<f64>().is_ok(),
+                "{line}"
+            );
+        }
+    }
 }
