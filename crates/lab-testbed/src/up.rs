@@ -232,8 +232,16 @@ fn start_hypervisor(
         && let ZfsHealth::Hung(why) = zfs_health(bed, k)
     {
         let aborted = free_hung_hypervisor(bed, k, pid)?;
+        // libvirtd and sshd may have been waiting on the dead mounts too: they start afresh
+        // below (running domains keep running; a restarted libvirtd finds them again).
+        for daemon in ["libvirtd", "sshd"] {
+            if let Some(pid) = bed.alive(k, daemon, daemon) {
+                stop(pid);
+            }
+        }
         step(&format!(
-            "hv{k}: zfs-fuse was hung ({why}): aborted {aborted} FUSE connection(s), killed it; restarting"
+            "hv{k}: zfs-fuse was hung ({why}): aborted {aborted} FUSE connection(s), killed it; \
+             restarting it, libvirtd and sshd"
         ));
     }
 

@@ -2,12 +2,18 @@
 //! hypervisor, 20 rounds. Unserialized, zfs-fuse 0.7.0 deadlocks within a few rounds (every
 //! FUSE request of the hypervisor waits for ever); the test bed's lock around `zfs` must make
 //! that impossible. Bounded by a timeout; a failure names the hypervisor and what hangs.
+//! And a hung hypervisor, made on purpose (its zfs-fuse stopped), is seen and recovered.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lab_testbed::{PROTO, ZfsHealth, require};
+use std::sync::Mutex;
+
+use lab_testbed::{PROTO, UpOptions, ZfsHealth, require};
+
+/// The two tests take the bed one after the other: a hung hypervisor fails `require()`.
+static BED: Mutex<()> = Mutex::new(());
 
 const ROUNDS: u32 = 20;
 const PARALLEL: u32 = 8;
@@ -44,6 +50,7 @@ done
 
 #[test]
 fn parallel_clones_with_copies_never_hang_a_hypervisor() {
+    let _bed = BED.lock().unwrap_or_else(|e| e.into_inner());
     let bed = require();
     let k = bed.hypervisors - 1;
     let hv = format!("hv{k}");
@@ -112,4 +119,66 @@ fn parallel_clones_with_copies_never_hang_a_hypervisor() {
             );
         }
     }
+}
+
+/// A zfs-fuse that does not answer (stopped here; deadlocked in the wild) is reported as HUNG
+/// within the probe's timeout, the end-to-end helper refuses the bed, and `up` frees and
+/// restarts that hypervisor without a reboot, saying so.
+#[test]
+fn a_hung_hypervisor_is_reported_and_up_recovers_it() {
+    let _bed = BED.lock().unwrap_or_else(|e| e.into_inner());
+    let bed = require();
+    let k = 0;
+    let pid = bed.alive(k, "zfs-fuse", "zfs-fuse").expect("zfs-fuse runs");
+    let signal = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    signal("-STOP");
+    let health = bed.zfs_health(k);
+    let status = bed.status();
+    let refused = std::panic::catch_unwind(require).err().map(|p| {
+        p.downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_else(|| "(no message)".to_owned())
+    });
+    let mut log = Vec::new();
+    let up = bed.up(&UpOptions::default(), &mut |l| log.push(l.to_owned()));
+    if up.is_err() {
+        signal("-CONT");
+    }
+    up.unwrap();
+    assert!(matches!(health, ZfsHealth::Hung(_)), "{health}");
+    let shown = status.hypervisors[k as usize].zfs.to_string();
+    assert!(shown.starts_with("HUNG"), "testbed status shows {shown}");
+    let refused = refused.expect("require() refuses a hung bed");
+    assert!(
+        refused.contains("hv0 of the test bed is HUNG") && refused.contains("recovers it"),
+        "{refused}"
+    );
+    let said = log.join("\n");
+    assert!(
+        said.contains("hv0: zfs-fuse was hung")
+            && said.contains("restarting it, libvirtd and sshd"),
+        "{said}"
+    );
+    assert_ne!(
+        bed.alive(k, "zfs-fuse", "zfs-fuse"),
+        Some(pid),
+        "a new zfs-fuse"
+    );
+    assert!(
+        matches!(bed.zfs_health(k), ZfsHealth::Answers),
+        "{}",
+        bed.zfs_health(k)
+    );
+    bed.exec(k, &["zfs", "list", "-H", "-o", "name"]).unwrap();
+    bed.exec(k, &["virsh", "-q", "-c", "qemu:///system", "list", "--all"])
+        .unwrap();
+    require();
 }
