@@ -58,6 +58,36 @@ fn example_lab_lifecycle() {
         .collect();
     assert_eq!(names.len(), 12);
     assert!(names.iter().all(|(node, name)| node == name), "{names:?}");
+    // --host: only that hypervisor's nodes
+    let on_hv1 = lab(
+        b,
+        &[
+            "--format", "json", "exec", "--lab", file, "--host", "hv1", "--", "hostname",
+        ],
+    );
+    assert_eq!(on_hv1.code, 0, "{}", on_hv1.stderr);
+    let mut hv1: Vec<String> = on_hv1.json()["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["stdout"].as_str().unwrap().trim().to_owned())
+        .collect();
+    hv1.sort();
+    assert_eq!(hv1, ["vpp1-1", "vpp1-2", "vpp1-3", "vpp1-4"]);
+    // readiness by console line, checked on the hypervisors
+    let run = lab(
+        b,
+        &[
+            "wait",
+            "--lab",
+            file,
+            "--for",
+            "console:LAB-GUEST-HOSTNAME: vpp",
+            "--wait-timeout",
+            "60",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     let networks = run.json()["networks"].as_array().unwrap().clone();
     assert_eq!(networks.len(), 3, "{networks:?}");
     for n in &networks {
@@ -259,6 +289,17 @@ fn example_lab_lifecycle() {
         before,
         "the proto and its snapshots are untouched"
     );
+    // no network and no tunnel: none of the lab's wire ports is bound any more
+    let ports: std::collections::HashSet<u16> = model
+        .nodes
+        .iter()
+        .flat_map(|n| {
+            n.interfaces
+                .iter()
+                .filter_map(|i| i.wire.map(|w| w.local_port))
+        })
+        .collect();
+    assert_eq!(ports.len(), 30);
     for k in 0..3 {
         let nets = bed
             .exec(k, &["virsh", "-q", "net-list", "--all", "--name"])
@@ -267,6 +308,15 @@ fn example_lab_lifecycle() {
             !nets.contains("lab-vpp"),
             "hv{k}: the lab's network is left: {nets}"
         );
+        let bound = bed.exec(k, &["cat", "/proc/net/udp"]).unwrap();
+        let left: Vec<u16> = bound
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().nth(1)?.rsplit_once(':'))
+            .filter_map(|(_, port)| u16::from_str_radix(port, 16).ok())
+            .filter(|p| ports.contains(p))
+            .collect();
+        assert!(left.is_empty(), "hv{k}: wire ports still bound: {left:?}");
     }
     operator.assert_untouched_and_remove(&bed);
 
@@ -1027,6 +1077,38 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     );
     assert!(!exists(&bed, "hv0", &format!("{}/dr-1", bed.pool)));
     assert!(!domain_exists(&bed, "hv0", "dr-1"));
+
+    // With a link (a second lab file merged over the first), the text plan shows each wire.
+    let linked = dir.path().join("linked.yaml");
+    std::fs::write(
+        &linked,
+        "lab: {name: e2e-dry, p2p_ipv4: 100.64.44.0/24}\n\
+         nodes:\n  dr-2: {hypervisor: hv0, id: 47}\nlinks:\n  - [dr-1, dr-2]\n",
+    )
+    .unwrap();
+    let run = lab(
+        dir.path(),
+        &[
+            "create",
+            "--lab",
+            f,
+            "--lab",
+            linked.to_str().unwrap(),
+            "--dry-run",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for wire in [
+        "    wire eth1: udp 127.0.0.1:27040 -> 127.0.0.1:27041 (dr-2 eth1)",
+        "    wire eth1: udp 127.0.0.1:27041 -> 127.0.0.1:27040 (dr-1 eth1)",
+    ] {
+        assert!(
+            run.stdout.lines().any(|l| l == wire),
+            "{wire}\n{}",
+            run.stdout
+        );
+    }
+    assert!(!exists(&bed, "hv0", &format!("{}/dr-2", bed.pool)));
 
     let run = lab(
         dir.path(),
