@@ -514,18 +514,18 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
     }
     match rc.get("snapshots") {
         Some(&"0") | Some(&"absent") => {}
-        other => return Err(format!("reading the proto's snapshots failed ({other:?})")),
+        other => return Err(format!("reading the proto's snapshots failed ({})", status(other))),
     }
     if rc.get("zfs") != Some(&"0") {
         return Err(format!(
-            "reading what zfs can do failed ({:?})",
-            rc.get("zfs")
+            "reading what zfs can do failed ({})",
+            status(rc.get("zfs"))
         ));
     }
     match rc.get("holds") {
         Some(&"0") => state.zfs.holds_listed = true,
         Some(&"unsupported") => state.zfs.holds_listed = false,
-        other => return Err(format!("listing the proto's holds failed ({other:?})")),
+        other => return Err(format!("listing the proto's holds failed ({})", status(other))),
     }
     for (name, tag) in holds {
         if let Some(s) = snapshots.iter_mut().find(|s| s.full == name) {
@@ -535,8 +535,8 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
     for section in ["names", "datasets"] {
         if rc.get(section) != Some(&"0") {
             return Err(format!(
-                "reading the pool's datasets failed ({section}: {:?})",
-                rc.get(section)
+                "reading the pool's datasets failed (`zfs` {}, section {section})",
+                status(rc.get(section))
             ));
         }
     }
@@ -614,6 +614,15 @@ fn host_net(text: &str) -> Option<Ipv4Net> {
 fn row(line: &str) -> Option<(&str, &str, &str)> {
     let mut fields = line.splitn(3, '\t');
     Some((fields.next()?, fields.next()?, fields.next()?))
+}
+
+/// A section's recorded exit status, for messages.
+fn status(rc: Option<&&str>) -> String {
+    match rc {
+        Some(code) if code.bytes().all(|b| b.is_ascii_digit()) => format!("exit status {code}"),
+        Some(other) => (*other).to_owned(),
+        None => "no exit status: the section is missing".to_owned(),
+    }
 }
 
 #[cfg(test)]

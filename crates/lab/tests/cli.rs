@@ -732,6 +732,40 @@ const BAD: &[Bad] = &[
         says: &["labs/b.yaml:3", "not the network or broadcast address"],
     },
     Bad {
+        name: "a node on its prefix's network address",
+        files: &[(
+            "labs/n.yaml",
+            "include: vpp.yaml\nnodes:\n  vpp0-9: {hypervisor: hv0, id: 0}\n",
+        )],
+        args: &["generate", "--lab", "labs/n.yaml"],
+        code: 2,
+        says: &["labs/n.yaml:3", "not the network or broadcast address"],
+    },
+    Bad {
+        name: "a node's dataset outside its hypervisor's pool",
+        files: &[(
+            "labs/d.yaml",
+            "include: vpp.yaml\nnodes:\n  vpp0-1: {dataset: elsewhere/vpp0-1}\n",
+        )],
+        args: &["generate", "--lab", "labs/d.yaml"],
+        code: 2,
+        says: &["labs/d.yaml:3", "dataset `elsewhere/vpp0-1` is not in pool"],
+    },
+    Bad {
+        name: "a refresh jitter beyond a day",
+        files: &[],
+        args: &[
+            "proto",
+            "refresh",
+            "--lab",
+            "labs/vpp.yaml",
+            "--jitter",
+            "18446744073709551615",
+        ],
+        code: 2,
+        says: &["--jitter"],
+    },
+    Bad {
         name: "two lab files that name different labs",
         files: &[("labs/other.yaml", "lab: {name: other, id: 9}\n")],
         args: &[
@@ -1097,6 +1131,21 @@ fn inventories_and_graphs_of_the_example_lab() {
         4,
         "{part}"
     );
+    // svg without Graphviz: said, with what to do, and nothing half-written on stdout.
+    let no_dot = Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args(["--format", "svg", "graph", "--lab", EXAMPLE])
+        .current_dir(s.dir.path())
+        .env("PATH", s.path("no-tools"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&no_dot.stderr);
+    assert_eq!(no_dot.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--format svg needs Graphviz's `dot`")
+            && stderr.contains("apt install graphviz"),
+        "{stderr}"
+    );
+    assert!(no_dot.stdout.is_empty());
 }
 
 /// The README's picture of the example lab is what `lab graph --format mermaid` draws.

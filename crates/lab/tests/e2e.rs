@@ -75,7 +75,7 @@ fn example_lab_lifecycle() {
     hv1.sort();
     assert_eq!(hv1, ["vpp1-1", "vpp1-2", "vpp1-3", "vpp1-4"]);
     // readiness by console line, checked on the hypervisors
-    let run = lab(
+    let waited = lab(
         b,
         &[
             "wait",
@@ -87,7 +87,13 @@ fn example_lab_lifecycle() {
             "60",
         ],
     );
-    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert_eq!(waited.code, 0, "{}{}", waited.stdout, waited.stderr);
+    assert_eq!(
+        waited.stdout.matches(" ready ").count(),
+        12,
+        "{}",
+        waited.stdout
+    );
     let networks = run.json()["networks"].as_array().unwrap().clone();
     assert_eq!(networks.len(), 3, "{networks:?}");
     for n in &networks {
@@ -1175,8 +1181,39 @@ fn an_unsafe_lock_directory_or_a_symlinked_lock_file_is_refused() {
         bed.exec(2, &["cat", &format!("{locks}/target")]).unwrap(),
         "precious\n"
     );
+    // The same for the busy file, a directory of another user, and a symlinked directory.
+    for (setup, says) in [
+        (
+            format!(
+                "rm -f {locks}/e2e-unsafe.lock && ln -s {locks}/target {locks}/e2e-unsafe.busy"
+            ),
+            format!("lock file {locks}/e2e-unsafe.busy is a symlink"),
+        ),
+        (
+            format!("rm -rf {locks} && mkdir -m 700 {locks} && chown 65534 {locks}"),
+            format!("lock directory {locks} belongs to uid 65534 with mode 700"),
+        ),
+        (
+            format!(
+                "rm -rf {locks} {locks}.real && mkdir -m 700 {locks}.real && ln -s {locks}.real {locks}"
+            ),
+            format!("lock directory {locks} is a symlink"),
+        ),
+    ] {
+        bed.exec(2, &["sh", "-c", &setup]).unwrap();
+        let run = lab(dir.path(), &["create", "--lab", f]);
+        assert_eq!(run.code, 1, "{setup}: {}", run.stderr);
+        assert!(run.stderr.contains(&says), "{setup}: {}", run.stderr);
+    }
+    assert_eq!(
+        bed.exec(2, &["ls", "-A", &format!("{locks}.real")])
+            .unwrap(),
+        "",
+        "nothing was written through the symlinked directory"
+    );
     assert!(!exists(&bed, "hv2", &format!("{}/us-1", bed.pool)));
-    bed.exec(2, &["rm", "-rf", locks]).unwrap();
+    bed.exec(2, &["rm", "-rf", locks, &format!("{locks}.real")])
+        .unwrap();
 }
 
 #[test]

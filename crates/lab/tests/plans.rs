@@ -716,6 +716,76 @@ fn status_asks_each_hypervisor_one_query() {
     }
 }
 
+/// A `zfs get` that fails on a hypervisor makes what it would have said unknown, never
+/// "nothing there": destroy changes nothing there and says why, and the other hypervisor's
+/// node goes as usual.
+#[test]
+fn destroy_changes_nothing_where_the_datasets_cannot_be_read() {
+    let lab = lab(&[]);
+    let script: lab_exec::Script = Box::new(|host, line| {
+        line.contains(" lab-probe ").then(|| {
+            let (datasets, domains) = match host {
+                "hvd" => (OURS_D1, " 4 d1 running\n"),
+                _ => (OURS_Z1, ""),
+            };
+            let mut answer = probe_answer(host, datasets, domains, &HashMap::new(), "", "");
+            if host == "hvd" {
+                // `zfs get` failed after printing part of its rows.
+                let start = answer.find("#datasets\n").unwrap();
+                let end = answer[start..].find("#rc 0\n").unwrap() + start;
+                answer.replace_range(
+                    start..end + "#rc 0\n".len(),
+                    "#datasets\ntank\torigin\t-\t-\n#rc 1\n",
+                );
+            }
+            Out::ok(lab_hv::state::scripted_answer(line, &answer))
+        })
+    });
+    let exec = Executor::new(
+        Mode::Scripted(script),
+        lab_hv::targets(&lab, &lab.nodes.iter().collect::<Vec<_>>()),
+        8,
+    );
+    let nodes: Vec<_> = lab.nodes.iter().collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = rt.block_on(lab_destroy::destroy(
+        &exec,
+        &lab_destroy::DestroyRequest {
+            lab: &lab,
+            nodes: nodes.clone(),
+        },
+        &|_| {},
+    ));
+    let changed_on = |host: &str| {
+        exec.recorded()
+            .into_iter()
+            .filter(|r| r.host == host && r.effect == lab_exec::Effect::Change)
+            .count()
+    };
+    assert_eq!(
+        changed_on("hvd"),
+        0,
+        "nothing changes where the datasets are unknown"
+    );
+    assert!(changed_on("hvz") > 0, "the other hypervisor's node goes");
+    let d1 = report.nodes.iter().find(|r| r.node == "d1").unwrap();
+    let said = serde_json::to_string(&d1.outcome).unwrap();
+    assert!(
+        !matches!(
+            d1.outcome,
+            lab_hv::Outcome::Done | lab_hv::Outcome::Unchanged { .. }
+        ),
+        "{said}"
+    );
+    assert!(
+        said.contains("reading the pool's datasets failed (`zfs` exit status 1"),
+        "{said}"
+    );
+}
+
 #[test]
 fn destroy_never_recurses_and_never_names_the_proto() {
     for s in SCENARIOS {
