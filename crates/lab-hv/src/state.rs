@@ -514,7 +514,12 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
     }
     match rc.get("snapshots") {
         Some(&"0") | Some(&"absent") => {}
-        other => return Err(format!("reading the proto's snapshots failed ({})", status(other))),
+        other => {
+            return Err(format!(
+                "reading the proto's snapshots failed ({})",
+                status(other)
+            ));
+        }
     }
     if rc.get("zfs") != Some(&"0") {
         return Err(format!(
@@ -525,7 +530,12 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
     match rc.get("holds") {
         Some(&"0") => state.zfs.holds_listed = true,
         Some(&"unsupported") => state.zfs.holds_listed = false,
-        other => return Err(format!("listing the proto's holds failed ({})", status(other))),
+        other => {
+            return Err(format!(
+                "listing the proto's holds failed ({})",
+                status(other)
+            ));
+        }
     }
     for (name, tag) in holds {
         if let Some(s) = snapshots.iter_mut().find(|s| s.full == name) {

@@ -854,6 +854,19 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
             );
         }
         assert!(!s.path("build").exists(), "{}: wrote output", case.name);
+        // Asked for JSON, a script gets the error as a document on stdout too (clap's usage
+        // errors come before lab knows the format).
+        if !stderr.contains("Usage:") && !stderr.contains("try '--help'") {
+            let json = s.lab(&[&["--format", "json"], case.args].concat());
+            let doc: serde_json::Value = serde_json::from_slice(&json.stdout)
+                .unwrap_or_else(|e| panic!("{}: stdout is not JSON ({e})", case.name));
+            assert_eq!(doc["exit_code"], case.code, "{}", case.name);
+            assert!(
+                doc["error"].as_str().unwrap().contains(case.says[0]),
+                "{}: {doc}",
+                case.name
+            );
+        }
     }
 }
 

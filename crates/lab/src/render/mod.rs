@@ -14,7 +14,15 @@ use crate::exit::{Exit, Failure};
 use crate::settings::Format;
 use crate::settings::{Mode, Output};
 
+/// Whether a JSON document went to stdout in this run (then an error adds none).
+static PRINTED_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn printed_json() -> bool {
+    PRINTED_JSON.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub fn print_json(value: &impl serde::Serialize) {
+    PRINTED_JSON.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut out = std::io::stdout().lock();
     let _ = serde_json::to_writer_pretty(&mut out, value);
     let _ = writeln!(out);
