@@ -151,7 +151,20 @@ fn readiness(s: &str) -> Result<lab_hv::reach::Readiness, String> {
     use lab_hv::reach::Readiness;
     match s.split_once(':') {
         None if s == "ssh" => Ok(Readiness::Ssh),
-        Some(("console", re)) if !re.is_empty() => Ok(Readiness::Console(re.to_owned())),
+        Some(("console", re)) if !re.is_empty() => {
+            // The hypervisor runs `grep -E`; a pattern it cannot read is said now, before
+            // anything waits. (grep here exits 1 for no match, 2 for a bad pattern.)
+            let argv = ["grep", "-E", "-e", re].map(String::from);
+            match lab_exec::local::filter(&argv, b"") {
+                Err(lab_exec::ExecError::Failed {
+                    status: 2, stderr, ..
+                }) => Err(format!(
+                    "`{re}` is not an extended regular expression: {}",
+                    stderr.trim().trim_start_matches("grep: ")
+                )),
+                _ => Ok(Readiness::Console(re.to_owned())),
+            }
+        }
         Some(("tcp", port)) => port
             .parse::<u16>()
             .ok()

@@ -752,6 +752,13 @@ const BAD: &[Bad] = &[
         says: &["labs/d.yaml:3", "dataset `elsewhere/vpp0-1` is not in pool"],
     },
     Bad {
+        name: "a console pattern grep cannot read",
+        files: &[],
+        args: &["wait", "--lab", "labs/vpp.yaml", "--for", "console:("],
+        code: 2,
+        says: &["`(` is not an extended regular expression"],
+    },
+    Bad {
         name: "a refresh jitter beyond a day",
         files: &[],
         args: &[
