@@ -85,8 +85,12 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff): `lab man > lab.1`.
-    Man,
+    /// Print the man page (roff): `lab man > lab.1`; `lab man create > lab-create.1` for a
+    /// verb's own page (`lab man proto sync` for a proto verb's).
+    Man {
+        /// The verb (and sub-verb) whose page to print; none for `lab` itself.
+        verb: Vec<String>,
+    },
 }
 
 #[derive(Args, Debug, Clone)]

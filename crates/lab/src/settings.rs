@@ -213,7 +213,7 @@ pub enum Command {
     ConfigShow { lab: LabFiles, explain: bool },
     Proto { lab: LabFiles, verb: Proto },
     Completions(clap_complete::Shell),
-    Man,
+    Man(Vec<String>),
 }
 
 #[derive(Debug)]
@@ -363,7 +363,7 @@ impl Settings {
                 select: select(a.select),
                 format: graph_format(cli.format)?,
             }),
-            cli::Command::Man => Command::Man,
+            cli::Command::Man { verb } => Command::Man(verb),
             cli::Command::Destroy(a) => Command::Destroy(Destroy {
                 lab: files(a.lab),
                 select: select(a.select),

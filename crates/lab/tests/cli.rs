@@ -1112,6 +1112,20 @@ fn completions_and_the_man_page_are_printed() {
     for verb in ["console", "exec", "inventory", "graph", "wait"] {
         assert!(man.contains(verb), "the man page lacks {verb}");
     }
+    // Every page `lab`'s page refers to (`lab-create(1)` ...) is there too.
+    for verb in ["create", "destroy", "wait", "proto"] {
+        assert!(man.contains(&format!("lab\\-{verb}(1)")), "{man}");
+        let page = s.ok(&["man", verb]);
+        assert!(page.contains(&format!(".TH lab-{verb} 1")), "{page}");
+    }
+    let sync = s.ok(&["man", "proto", "sync"]);
+    assert!(
+        sync.contains(".TH lab-proto-sync 1") && sync.contains("bwlimit"),
+        "{sync}"
+    );
+    let out = s.lab(&["man", "creat"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`lab` has no verb `creat`"));
 }
 
 /// Inventories and graphs come from the lab files alone: pinned as snapshots.

@@ -81,8 +81,23 @@ pub fn run(settings: &Settings) -> Result<(), Failure> {
             clap_complete::generate(*shell, &mut cmd, "lab", &mut std::io::stdout());
             Ok(())
         }
-        Command::Man => {
-            let page = clap_mangen::Man::new(Cli::command());
+        Command::Man(verb) => {
+            // `lab man create` is the page `lab-create(1)` that `lab`'s page refers to.
+            let mut cmd = Cli::command();
+            cmd.build();
+            let mut name = "lab".to_owned();
+            for v in verb {
+                let Some(sub) = cmd.find_subcommand(v).cloned() else {
+                    let known: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
+                    return Err(crate::exit::Failure::new(
+                        crate::exit::Exit::Invalid,
+                        format!("`{name}` has no verb `{v}` (it has {})", known.join(", ")),
+                    ));
+                };
+                name = format!("{name}-{v}");
+                cmd = sub;
+            }
+            let page = clap_mangen::Man::new(cmd);
             match page.render(&mut std::io::stdout()) {
                 // `lab man | head`: the reader has what it wanted.
                 Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
