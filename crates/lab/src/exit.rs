@@ -13,6 +13,8 @@ pub enum Exit {
     Locked,
     /// The status of a program `lab` ran for the user (`lab ssh NODE -- CMD`), passed on.
     Passthrough(u8),
+    /// Stopped by a signal (SIGINT, SIGTERM): 128 + its number, as a shell reports it.
+    Interrupted(u8),
 }
 
 impl Exit {
@@ -23,6 +25,7 @@ impl Exit {
             Exit::Partial => 3,
             Exit::Locked => 4,
             Exit::Passthrough(code) => code,
+            Exit::Interrupted(signal) => 128 + signal,
         }
     }
 }

@@ -35,13 +35,42 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         })
 }
 
-/// Runs `work` with the executor on a fresh runtime, then closes its ssh masters.
+/// Runs `work` with the executor on a fresh runtime, then closes its ssh masters. SIGINT or
+/// SIGTERM stops the work where it is (as a lost connection would: what is half-made carries
+/// its `filling` state and the next run picks it up), still closing the masters, so the lock
+/// ends and nothing of the run lingers on the controller.
 pub fn drive<T>(exec: Executor, work: impl AsyncFnOnce(&Executor) -> T) -> Result<T, Failure> {
-    Ok(runtime()?.block_on(async {
-        let out = work(&exec).await;
+    runtime()?.block_on(async {
+        let out = tokio::select! {
+            out = work(&exec) => Ok(out),
+            signal = interrupted() => Err(signal),
+        };
         exec.close().await;
-        out
-    }))
+        out.map_err(|(number, name)| {
+            Failure::new(
+                Exit::Interrupted(number),
+                format!(
+                    "interrupted by {name}: the run stopped where it was; `lab status` shows \
+                     what it left, and the next run picks it up"
+                ),
+            )
+        })
+    })
+}
+
+/// The first SIGINT or SIGTERM: its number and name. Never, where they cannot be watched.
+async fn interrupted() -> (u8, &'static str) {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => tokio::select! {
+            _ = int.recv() => (2, "SIGINT"),
+            _ = term.recv() => (15, "SIGTERM"),
+        },
+        _ => std::future::pending().await,
+    }
 }
 
 /// The lock a verb that changes something takes: its name, and the hypervisors it is taken

@@ -1,6 +1,6 @@
 //! Faults, end to end on the test bed: a hypervisor that is down, a connection cut in the
-//! middle of a create, a pool that fills up, `lab` killed with SIGKILL, a lock held by someone
-//! else, and hostile arguments over real ssh.
+//! middle of a create, a pool that fills up, `lab` killed with SIGKILL or interrupted with
+//! SIGINT, a lock held by someone else, and hostile arguments over real ssh.
 //!
 //! These tests stop daemons and cut links, so they run one at a time (and in their own test
 //! binary, which cargo never runs beside the other end-to-end tests).
@@ -227,6 +227,71 @@ fn lab_killed_mid_create_converges_on_the_next_create_and_destroy_leaves_nothing
     let run = lab(dir.path(), &["--format", "json", "create", "--lab", f]);
     assert_eq!(run.code, 0, "converges: {}\n{}", run.stdout, run.stderr);
     assert_guests_boot(&bed, &all);
+    let run = lab(dir.path(), &["destroy", "--lab", f, "--yes"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_nothing_left(&bed, &all);
+}
+
+/// Ctrl-C in the middle of a create: the run stops where it is, says so, exits 130, and
+/// leaves nothing of itself on the controller (its ssh masters are closed); status explains
+/// every node and destroy removes what was half-made.
+#[test]
+fn lab_interrupted_mid_create_stops_cleanly() {
+    let _serial = serial();
+    let bed = require();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_lab(
+        dir.path(),
+        "e2e-int",
+        54,
+        "nodes:\n  in-1: {hypervisor: hv0, id: 63}\n  in-2: {hypervisor: hv1, id: 64}\n",
+    );
+    let f = file.to_str().unwrap();
+    let all = [("hv0", "in-1"), ("hv1", "in-2")];
+    lab(dir.path(), &["destroy", "--lab", f, "--yes", "-q"]);
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args(["-v", "create", "--lab", f])
+        .env("LAB_BUILD", dir.path())
+        .env("TMPDIR", &tmp)
+        .env_remove("LAB_FORMAT")
+        .current_dir(repo())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut said = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let copying = line.ends_with(": copy");
+        said.push(line);
+        if copying {
+            break;
+        }
+    }
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    said.extend(lines.map_while(Result::ok));
+    let status = child.wait().unwrap();
+    let said = said.join("\n");
+    assert_eq!(status.code(), Some(130), "{said}");
+    assert!(
+        said.contains("error: interrupted by SIGINT: the run stopped where it was"),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "the run's ssh control directories are gone"
+    );
+    assert_status_explains_everything(dir.path(), f);
     let run = lab(dir.path(), &["destroy", "--lab", f, "--yes"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_nothing_left(&bed, &all);
