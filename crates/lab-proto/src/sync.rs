@@ -438,16 +438,42 @@ impl One<'_, '_> {
                 let meter = self.source.zfs.has_tool("pv");
                 let c = cmd::send_direct(self.fleet.source, self.dst, stream, send, receive, meter);
                 let last = std::sync::atomic::AtomicU64::new(0);
+                // When the bytes last grew, in seconds since the send started.
+                let started = tokio::time::Instant::now();
+                let grew = std::sync::atomic::AtomicU64::new(0);
                 let on_line = |line: &str| {
                     if let Ok(b) = line.trim().parse::<u64>() {
-                        last.store(b, std::sync::atomic::Ordering::Relaxed);
+                        if b > last.swap(b, std::sync::atomic::Ordering::Relaxed) {
+                            grew.store(
+                                started.elapsed().as_secs(),
+                                std::sync::atomic::Ordering::Relaxed,
+                            );
+                        }
                         on_bytes(b);
                     }
                 };
-                let out = self
-                    .exec
-                    .stream(&self.fleet.source.name, &c, &on_line)
-                    .await?;
+                // pv prints the count every second, moving or not: a count that stays put for
+                // SEND_STALL is a stalled stream (a lost network is ssh's keepalive's to find).
+                let stalled = async {
+                    loop {
+                        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                        let since = started.elapsed().as_secs()
+                            - grew.load(std::sync::atomic::Ordering::Relaxed);
+                        if meter && since >= cmd::SEND_STALL.as_secs() {
+                            return;
+                        }
+                    }
+                };
+                let out = tokio::select! {
+                    out = self.exec.stream(&self.fleet.source.name, &c, &on_line) => out?,
+                    () = stalled => {
+                        return Err(ExecError::Timeout {
+                            host: self.fleet.source.name.clone(),
+                            command: format!("{} (no byte moved)", c.line()),
+                            after: cmd::SEND_STALL,
+                        });
+                    }
+                };
                 if !out.success() {
                     return Err(ExecError::Failed {
                         host: self.fleet.source.name.clone(),

@@ -206,6 +206,7 @@ fn run_with(
         .collect();
     let exec = Executor::new(Mode::Scripted(script), targets, 1);
     let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .unwrap();
     let opts = lab_proto::SyncOptions {

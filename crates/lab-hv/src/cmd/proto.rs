@@ -180,7 +180,7 @@ limit() {
     *) if [ "$meter" = pv ]; then pv -f -n -b -i 1 2>&3; else cat; fi ;;
   esac
 }
-{ zfs send "$@" | limit | ssh -o BatchMode=yes -- "$dst" "${recv[@]}"; } 3>&1
+{ zfs send "$@" | limit | ssh -o BatchMode=yes -o ServerAliveInterval=15 -o ServerAliveCountMax=4 -- "$dst" "${recv[@]}"; } 3>&1
 status=("${PIPESTATUS[@]}")
 if [ "${status[0]}" -ne 0 ]; then echo "zfs send failed (status ${status[0]})" >&2; exit "${status[0]}"; fi
 if [ "${status[1]}" -ne 0 ]; then echo "$tool failed (status ${status[1]})" >&2; exit "${status[1]}"; fi
