@@ -192,7 +192,13 @@ pub(crate) fn render_network(
         .get_template(NETWORK_TEMPLATE)
         .and_then(|t| t.render(&ctx))
         .map_err(|e| template_error(&overlay.dir, NETWORK_TEMPLATE, &hv.name, &e))?;
-    if xml.contains("<metadata") {
+    if lab_model::xml::find_start(&xml, "network", 0).is_none_or(|n| n.empty) {
+        return Err(GenerateError::Overlay {
+            path: overlay.dir.join(NETWORK_TEMPLATE),
+            message: format!("renders no <network> element for `{}`", hv.name),
+        });
+    }
+    if lab_model::xml::find_start(&xml, "metadata", 1).is_some() {
         return Err(GenerateError::Overlay {
             path: overlay.dir.join(NETWORK_TEMPLATE),
             message: "renders a <metadata> element: lab puts its own ownership mark there"
@@ -303,13 +309,13 @@ fn check_domain(dir: &Path, node: &lab_model::LabNode, xml: &[u8]) -> Result<(),
         path: dir.join(DOMAIN_TEMPLATE),
         message,
     };
-    if lab_model::xml::find_start(&text, "domain").is_none_or(|d| d.empty) {
+    if lab_model::xml::find_start(&text, "domain", 0).is_none_or(|d| d.empty) {
         return Err(bad(format!(
             "renders no <domain> element for node `{}`",
             node.name
         )));
     }
-    match lab_model::xml::first_text(&text, "name") {
+    match lab_model::xml::child_text(&text, "name") {
         Some(n) if n == node.domain => {}
         Some(n) => {
             return Err(bad(format!(

@@ -211,7 +211,7 @@ pub fn define_domain(xml: &[u8], lab: &str, node: &LabNode) -> Cmd {
 /// not count (see `lab_model::xml`); `generate` checked that the root is there.
 fn with_marker(xml: &str, root: &str, mark: &str) -> String {
     use lab_model::xml::find_start;
-    match (find_start(xml, "metadata"), find_start(xml, root)) {
+    match (find_start(xml, "metadata", 1), find_start(xml, root, 0)) {
         (Some(m), _) if m.empty => format!(
             "{}<metadata>\n    {mark}\n  </metadata>{}",
             &xml[..m.start],
@@ -308,8 +308,12 @@ pub fn define_network(xml: &[u8], lab: &str, sha256: &str, uuid: Option<&str>) -
         "network",
         &crate::own::network_marker(lab, sha256),
     );
-    if let (Some(uuid), false) = (uuid, marked.contains("<uuid>"))
-        && let Some(end) = marked.find("</name>").map(|at| at + "</name>".len())
+    use lab_model::xml::find_start;
+    if let (Some(uuid), None) = (uuid, find_start(&marked, "uuid", 1))
+        && let Some(name) = find_start(&marked, "name", 1)
+        && let Some(end) = marked[name.end..]
+            .find("</name>")
+            .map(|at| name.end + at + "</name>".len())
     {
         marked.insert_str(end, &format!("\n  <uuid>{uuid}</uuid>"));
     }

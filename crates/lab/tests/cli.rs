@@ -932,6 +932,11 @@ fn a_rendered_domain_must_be_named_after_its_node() {
             "<!-- <name>{{ node.domain }}</name> --><name>x</name>",
             "renders the domain name `x`",
         ),
+        (
+            "the right name in what libxml2 reads as a comment",
+            "<!--><name>{{ node.domain }}</name>--><name>y</name>",
+            "renders the domain name `y`",
+        ),
         ("no name", "", "renders no <name> for node `vpp0-1`"),
     ] {
         let s = Scratch::new();
