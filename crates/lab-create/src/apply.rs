@@ -92,17 +92,7 @@ pub(crate) async fn node(
             .await
             .map_err(|e| ("copy", e))?;
         if !build.modes.is_empty() {
-            fn keep(v: &Option<String>) -> &str {
-                v.as_deref().unwrap_or("-")
-            }
-            let modes = build.modes.iter().map(|m| {
-                [
-                    m.path.as_str(),
-                    keep(&m.mode),
-                    keep(&m.owner),
-                    keep(&m.group),
-                ]
-            });
+            let modes = build.modes.iter().map(lab_generate::PathMode::args);
             exec.run(&hv.name, &cmd::set_modes(node, modes))
                 .await
                 .map_err(|e| ("copy", e))?;

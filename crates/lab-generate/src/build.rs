@@ -133,6 +133,61 @@ pub struct PathMode {
     pub group: Option<String>,
 }
 
+impl PathMode {
+    /// `[path, mode, owner, group]` as the clone's `modes` step takes them, `-` for "keep".
+    pub fn args(&self) -> [&str; 4] {
+        fn keep(v: &Option<String>) -> &str {
+            v.as_deref().unwrap_or("-")
+        }
+        [
+            self.path.as_str(),
+            keep(&self.mode),
+            keep(&self.owner),
+            keep(&self.group),
+        ]
+    }
+
+    /// Whether this setting may reach root's shell on a hypervisor: a plain path that is a
+    /// file or directory of the tree (so every directory above it is one too, and checked
+    /// against the image's symlinks before the copy), an octal mode, ids `modes` accepts.
+    fn check(&self, entries: &BTreeMap<String, ManifestEntry>) -> Result<(), String> {
+        use crate::modes::{plain_path, valid_id, valid_mode};
+        let in_tree = |p: &str| entries.get(p).map(|e| e.kind);
+        if !plain_path(&self.path) {
+            return Err(format!("`{}` is not a plain relative path", self.path));
+        }
+        if !matches!(in_tree(&self.path), Some(EntryKind::Dir | EntryKind::File)) {
+            return Err(format!(
+                "`{}` is not a file or directory of the tree",
+                self.path
+            ));
+        }
+        let mut parent = std::path::Path::new(&self.path).parent();
+        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+            if in_tree(&p.to_string_lossy()) != Some(EntryKind::Dir) {
+                return Err(format!("`{}` is not a directory of the tree", p.display()));
+            }
+            parent = p.parent();
+        }
+        if self.mode.as_deref().is_some_and(|m| !valid_mode(m)) {
+            return Err(format!(
+                "`{}` has a mode that is not four octal digits",
+                self.path
+            ));
+        }
+        if [&self.owner, &self.group]
+            .iter()
+            .any(|id| id.as_deref().is_some_and(|id| !valid_id(id)))
+        {
+            return Err(format!(
+                "`{}` has an owner or group that is not a name or number",
+                self.path
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `<hostname>.manifest.json`: what was generated for a node.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -247,6 +302,16 @@ pub fn read_node(
             Some(xml)
         }
     };
+    // What goes to root's shell is checked again: the manifest is a file anyone with write
+    // access to the build could have edited.
+    for m in &manifest.modes {
+        m.check(&manifest.entries).map_err(|e| {
+            bad(
+                &paths.manifest,
+                format!("its `modes`: {e} (generate again)"),
+            )
+        })?;
+    }
     let dirs = manifest
         .entries
         .iter()

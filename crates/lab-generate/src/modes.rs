@@ -30,16 +30,27 @@ pub struct ModeRule {
 }
 
 /// A user or group as `modes` may name it: a number, or a name as `useradd` takes it.
-fn valid_id(s: &str) -> bool {
+pub(crate) fn valid_id(s: &str) -> bool {
     if s.bytes().all(|b| b.is_ascii_digit()) {
         return !s.is_empty() && s.len() <= 10;
     }
-    let mut bytes = s.bytes();
-    s.len() <= 32
-        && bytes
-            .next()
-            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
-        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    lab_model::names::user(s).is_ok()
+}
+
+/// A path relative to the guest's `/`, of plain components (no `.`, `..`, empty or control
+/// characters).
+pub(crate) fn plain_path(path: &str) -> bool {
+    !path.is_empty()
+        && Path::new(path)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+        && !path.split('/').any(|c| c.is_empty() || c == ".")
+        && !path.bytes().any(|b| b.is_ascii_control())
+}
+
+/// A mode as the manifest keeps it: four octal digits.
+pub(crate) fn valid_mode(mode: &str) -> bool {
+    mode.len() == 4 && mode.bytes().all(|b| (b'0'..=b'7').contains(&b))
 }
 
 /// Parses `modes` (`file` names it in errors). Paths are relative, plain and given once.
@@ -73,12 +84,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Vec<ModeRule>, GenerateError> {
             }
         };
         let path = path.trim_end_matches('/');
-        let plain = !path.is_empty()
-            && Path::new(path)
-                .components()
-                .all(|c| matches!(c, Component::Normal(_)))
-            && !path.split('/').any(|c| c.is_empty() || c == ".");
-        if !plain || path.bytes().any(|b| b.is_ascii_control()) {
+        if !plain_path(path) {
             return Err(bad(format!(
                 "path `{path}` must be relative to the guest's `/`, without `..` or `.`"
             )));

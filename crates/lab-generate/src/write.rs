@@ -206,13 +206,16 @@ pub fn node(w: &NodeWrite<'_>) -> Result<Written, GenerateError> {
             continue;
         };
         if let Some(mode) = &rule.mode {
+            // The build keeps what its owner needs to read it (rsync runs as this user); the
+            // clone gets the exact mode from the `modes` step.
             let bits = u32::from_str_radix(mode, 8).expect("modes.rs checked the octal");
             entry.mode = mode.clone();
             let path = stage.join(&rule.path);
             if entry.kind == EntryKind::Dir {
-                dir_modes.insert(PathBuf::from(&rule.path), bits);
+                dir_modes.insert(PathBuf::from(&rule.path), bits | 0o700);
             } else {
-                fs::set_permissions(&path, fs::Permissions::from_mode(bits)).map_err(io(&path))?;
+                fs::set_permissions(&path, fs::Permissions::from_mode(bits | 0o600))
+                    .map_err(io(&path))?;
             }
         }
         modes.push(PathMode {
@@ -244,14 +247,8 @@ pub fn node(w: &NodeWrite<'_>) -> Result<Written, GenerateError> {
         ));
     }
     for m in &modes {
-        let or_keep = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
-        digest_input.push_str(&format!(
-            "modes {} {}:{} {}\n",
-            or_keep(&m.mode),
-            or_keep(&m.owner),
-            or_keep(&m.group),
-            m.path
-        ));
+        let [path, mode, owner, group] = m.args();
+        digest_input.push_str(&format!("modes {mode} {owner}:{group} {path}\n"));
     }
     if let Some(d) = &domain_sha256 {
         digest_input.push_str(&format!("domain {d}\n"));

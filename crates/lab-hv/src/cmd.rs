@@ -136,21 +136,23 @@ pub fn set_modes<'a>(node: &LabNode, modes: impl IntoIterator<Item = [&'a str; 4
 const SET_MODES: &str = r#"root=$1; shift
 id_in() {
   case $2 in *[!0-9]*) ;; *) echo "$2"; return 0 ;; esac
-  awk -F: -v n="$2" '$1 == n { print $3; found = 1; exit } END { exit !found }' "$root/etc/$1" 2>/dev/null
+  awk -F: -v n="$2" '$1 "" == n "" { print $3; found = 1; exit } END { exit !found }' "$root/etc/$1" 2>/dev/null
 }
+numeric() { case $1 in ''|*[!0-9]*) return 1 ;; esac; }
 while [ $# -ge 4 ]; do
   p=$1 m=$2 o=$3 g=$4; shift 4
   f=$root/$p
   if [ -L "$f" ] || [ ! -e "$f" ]; then echo "modes: /$p is not a file or directory in the clone" >&2; exit 1; fi
   if [ "$o" != - ]; then
-    u=$(id_in passwd "$o") || { echo "modes: /$p: user $o is not in the image's /etc/passwd" >&2; exit 1; }
+    u=$(id_in passwd "$o") && numeric "$u" || { echo "modes: /$p: user $o is not in the image's /etc/passwd" >&2; exit 1; }
     chown -h "$u" "$f" || exit 1
   fi
   if [ "$g" != - ]; then
-    n=$(id_in group "$g") || { echo "modes: /$p: group $g is not in the image's /etc/group" >&2; exit 1; }
+    n=$(id_in group "$g") && numeric "$n" || { echo "modes: /$p: group $g is not in the image's /etc/group" >&2; exit 1; }
     chgrp -h "$n" "$f" || exit 1
   fi
-  if [ "$m" != - ]; then chmod "$m" "$f" || exit 1; fi
+  # Five digits: a directory's set-id bits go too, unless the mode sets them.
+  if [ "$m" != - ]; then chmod "0$m" "$f" || exit 1; fi
 done"#;
 
 /// Unmounts the clone (tolerates "not mounted", so it serves rollback and destroy too).

@@ -1009,6 +1009,33 @@ fn an_overlays_modes_are_checked_line_by_line() {
         before["digest"],
         "an owner is part of the build"
     );
+    // What reaches root's shell is checked again when the build is read back: an edited
+    // manifest is refused before any hypervisor is asked.
+    for (path, mode, owner) in [
+        ("../../etc/shadow", "0600", "0"),
+        ("etc/nowhere", "0600", "0"),
+        ("root/.ssh", "0600; reboot", "0"),
+        ("root/.ssh", "0700", "$(id)"),
+    ] {
+        let mut m = read();
+        m["modes"] = serde_json::json!([{"path": path, "mode": mode, "owner": owner}]);
+        fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+        let out = s.lab(&[
+            "create",
+            "--lab",
+            EXAMPLE,
+            "--node",
+            "vpp0-1",
+            "--no-generate",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{path} {mode} {owner}: {stderr}"
+        );
+        assert!(stderr.contains("its `modes`"), "{stderr}");
+    }
 }
 
 #[test]

@@ -1307,7 +1307,8 @@ fn the_image_keeps_the_owners_and_modes_it_has() {
                      && chmod 1730 var/spool/cron/crontabs && echo old > etc/issue \
                      && chown 0:42 etc/issue && chmod 640 etc/issue \
                      && echo 'frr:x:101:102::/nonexistent:/bin/false' > etc/passwd \
-                     && echo 'frr:x:102:' > etc/group && zfs snapshot {proto}@base"
+                     && echo 'frr:x:102:' > etc/group && mkdir -m 2775 etc/pm-sgid \
+                     && zfs snapshot {proto}@base"
                 ),
             ],
         )
@@ -1328,6 +1329,7 @@ fn the_image_keeps_the_owners_and_modes_it_has() {
         ("etc/pm-new/f", 0o666),
         ("usr/local/bin/tool", 0o777),
         ("etc/pm-owned/conf", 0o666),
+        ("etc/pm-sgid/x", 0o644),
     ] {
         let path = overlay.join(rel);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -1347,7 +1349,8 @@ fn the_image_keeps_the_owners_and_modes_it_has() {
     // ... and owners and modes the overlay declares, with names from the image's passwd.
     std::fs::write(
         overlay.join("modes"),
-        "etc/pm-owned 2750 frr:frr\netc/pm-owned/conf 0640 :frr # group only\n",
+        "etc/pm-owned 2750 frr:frr\netc/pm-owned/conf 0640 :frr # group only\n\
+         etc/pm-sgid 0750 # the image's setgid bit goes too\n",
     )
     .unwrap();
     let file = write_lab(
@@ -1392,7 +1395,8 @@ fn the_image_keeps_the_owners_and_modes_it_has() {
                 "-c",
                 "cd \"$0\" && stat -c '%n %a %u:%g' root tmp var/spool/cron/crontabs etc \
                  etc/issue root/.profile tmp/lab-x var/spool/cron/crontabs/root etc/pm-new \
-                 etc/pm-new/f usr/local/bin/tool etc/pm-owned etc/pm-owned/conf && cat etc/issue",
+                 etc/pm-new/f usr/local/bin/tool etc/pm-owned etc/pm-owned/conf etc/pm-sgid \
+                 && cat etc/issue",
                 staging,
             ],
         )
@@ -1404,7 +1408,7 @@ fn the_image_keeps_the_owners_and_modes_it_has() {
          etc/issue 640 0:42\n\
          root/.profile 644 0:0\ntmp/lab-x 644 0:0\nvar/spool/cron/crontabs/root 600 0:0\n\
          etc/pm-new 755 0:0\netc/pm-new/f 644 0:0\nusr/local/bin/tool 755 0:0\n\
-         etc/pm-owned 2750 101:102\netc/pm-owned/conf 640 0:102\nnew\n",
+         etc/pm-owned 2750 101:102\netc/pm-owned/conf 640 0:102\netc/pm-sgid 750 0:0\nnew\n",
         "... what the overlay adds is root's, under umask 022, unless its `modes` says \
          otherwise, and a file's content is replaced"
     );
