@@ -438,28 +438,33 @@ impl One<'_, '_> {
                 let meter = self.source.zfs.has_tool("pv");
                 let c = cmd::send_direct(self.fleet.source, self.dst, stream, send, receive, meter);
                 let last = std::sync::atomic::AtomicU64::new(0);
-                // When the bytes last grew, in seconds since the send started.
+                // When the bytes last grew, and when pv last said anything, in seconds since
+                // the send started.
+                use std::sync::atomic::Ordering::Relaxed;
                 let started = tokio::time::Instant::now();
-                let grew = std::sync::atomic::AtomicU64::new(0);
+                let (grew, heard) = (
+                    std::sync::atomic::AtomicU64::new(0),
+                    std::sync::atomic::AtomicU64::new(0),
+                );
                 let on_line = |line: &str| {
                     if let Ok(b) = line.trim().parse::<u64>() {
-                        if b > last.swap(b, std::sync::atomic::Ordering::Relaxed) {
-                            grew.store(
-                                started.elapsed().as_secs(),
-                                std::sync::atomic::Ordering::Relaxed,
-                            );
+                        let now = started.elapsed().as_secs();
+                        heard.store(now, Relaxed);
+                        if b > last.swap(b, Relaxed) {
+                            grew.store(now, Relaxed);
                         }
                         on_bytes(b);
                     }
                 };
-                // pv prints the count every second, moving or not: a count that stays put for
-                // SEND_STALL is a stalled stream (a lost network is ssh's keepalive's to find).
+                // pv prints the count every second while the stream runs, moving or not: counts
+                // that keep coming and stay put for SEND_STALL are a stalled stream. Once pv
+                // is done (the receive may take its time to finish), nothing is counted; a lost
+                // network is for ssh's keepalives to find.
                 let stalled = async {
                     loop {
                         tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-                        let since = started.elapsed().as_secs()
-                            - grew.load(std::sync::atomic::Ordering::Relaxed);
-                        if meter && since >= cmd::SEND_STALL.as_secs() {
+                        let still = heard.load(Relaxed).saturating_sub(grew.load(Relaxed));
+                        if meter && still >= cmd::SEND_STALL.as_secs() {
                             return;
                         }
                     }

@@ -41,11 +41,23 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 /// ends and nothing of the run lingers on the controller.
 pub fn drive<T>(exec: Executor, work: impl AsyncFnOnce(&Executor) -> T) -> Result<T, Failure> {
     runtime()?.block_on(async {
+        // The signal first: a terminal's Ctrl-C also reaches rsync and the ssh masters, whose
+        // failures must not be taken for the run's own.
         let out = tokio::select! {
-            out = work(&exec) => Ok(out),
+            biased;
             signal = interrupted() => Err(signal),
+            out = work(&exec) => Ok(out),
         };
-        exec.close().await;
+        if let Err((number, _)) = out {
+            // A second signal while the masters close: leave at once.
+            tokio::select! {
+                biased;
+                _ = interrupted() => std::process::exit(128 + i32::from(number)),
+                () = exec.close() => {}
+            }
+        } else {
+            exec.close().await;
+        }
         out.map_err(|(number, name)| {
             Failure::new(
                 Exit::Interrupted(number),

@@ -10,6 +10,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command};
 use std::sync::Mutex;
@@ -259,6 +260,9 @@ fn lab_interrupted_mid_create_stops_cleanly() {
         .current_dir(repo())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
+        // Its own process group, signalled as a whole below: what a terminal's Ctrl-C does
+        // (rsync and the ssh masters get it too).
+        .process_group(0)
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
@@ -273,7 +277,7 @@ fn lab_interrupted_mid_create_stops_cleanly() {
     }
     assert!(
         Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
+            .args(["-INT", "--", &format!("-{}", child.id())])
             .status()
             .unwrap()
             .success()
