@@ -25,6 +25,7 @@ pub use build::{
     read_network, read_node,
 };
 pub use overlay::{BLOBS_DIR, DOMAIN_TEMPLATE, MODES_FILE, NETWORK_TEMPLATE};
+pub use write::remove_tree;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {

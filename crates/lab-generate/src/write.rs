@@ -325,7 +325,7 @@ pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), GenerateErro
 
 /// Removes a tree, first making its directories writable (an overlay may hold 0555 ones). A
 /// symlink is removed itself, never walked.
-fn remove_tree(dir: &Path) -> Result<(), GenerateError> {
+pub fn remove_tree(dir: &Path) -> Result<(), GenerateError> {
     if fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
         return fs::remove_file(dir).map_err(io(dir));
     }

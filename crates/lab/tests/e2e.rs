@@ -1372,20 +1372,32 @@ fn the_image_keeps_the_owners_and_modes_it_has() {
         let _ = bed.exec(2, &["zfs", "destroy", "-r", ds]);
     }
     make_proto();
-    // The build of a run that was killed goes; one of a live process stays.
-    let (dead, live) = (
-        dir.path().join(".run-4194303"),
-        dir.path().join(format!(".run-{}", std::process::id())),
+    // The build of a run that was killed goes (its lock file unlocked, or without one, its
+    // process gone); one whose lock is held, or of a live process, stays.
+    let run_dir = |id: &str| dir.path().join(format!(".run-{id}"));
+    let (dead, dead_locked, held, live) = (
+        run_dir("4194303"),
+        run_dir("4194302"),
+        run_dir("4194301"),
+        run_dir(&std::process::id().to_string()),
     );
-    for d in [&dead, &live] {
+    for d in [&dead, &dead_locked, &held, &live] {
         std::fs::create_dir_all(d.join("pm/hv2/pm-1")).unwrap();
     }
+    std::fs::File::create(dir.path().join(".run-4194302.lock")).unwrap();
+    let holder = std::fs::File::create(dir.path().join(".run-4194301.lock")).unwrap();
+    holder.lock().unwrap();
     let run = lab(dir.path(), &["create", "--lab", f]);
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     assert!(
-        !dead.exists() && live.exists(),
-        "a dead run's build is removed, a live one's kept"
+        !dead.exists() && !dead_locked.exists() && held.exists() && live.exists(),
+        "dead runs' builds are removed, live ones' kept"
     );
+    assert!(
+        !dir.path().join(".run-4194302.lock").exists(),
+        "with their lock files"
+    );
+    drop(holder);
     let staging = "/var/lib/lab/staging/e2e-pm/pm-1";
     let stat = bed
         .exec(

@@ -23,8 +23,8 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
     // refused, say) re-rendering `build/` never swaps a tree under this run's rsync.
     let own = RunDir::new(&s.build.dir);
     let source = if s.generate {
-        generate(&lab, &nodes, &overlay, &own.0)?;
-        own.0.as_path()
+        generate(&lab, &nodes, &overlay, &own.dir)?;
+        own.dir.as_path()
     } else {
         s.build.dir.as_path()
     };
@@ -81,34 +81,62 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
     created.and(crate::commands::reach::wait_exit(&waits))
 }
 
-/// `<build>/.run-<pid>`: this run's own build, removed when the run ends.
-struct RunDir(PathBuf);
+/// `<build>/.run-<pid>`: this run's own build, removed when the run ends. Beside it,
+/// `.run-<pid>.lock` stays locked (`flock`) for as long as the run lives, whoever and wherever
+/// it is (another PID namespace sharing the build directory, say).
+struct RunDir {
+    dir: PathBuf,
+    lock: Option<(PathBuf, std::fs::File)>,
+}
 
 impl RunDir {
-    /// This run's directory; those of runs that no longer exist (killed before they could
-    /// remove theirs) go first.
+    /// This run's directory; those of runs that no longer hold their lock (killed before they
+    /// could remove theirs) go first.
     fn new(build: &Path) -> RunDir {
         if let Ok(entries) = std::fs::read_dir(build) {
             for entry in entries.flatten() {
                 let name = entry.file_name();
-                let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(".run-")) else {
+                let Some(id) = name.to_str().and_then(|n| n.strip_prefix(".run-")) else {
                     continue;
                 };
-                let gone = pid
-                    .parse::<u32>()
-                    .is_ok_and(|pid| !Path::new("/proc").join(pid.to_string()).exists());
-                if gone && entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    let _ = std::fs::remove_dir_all(entry.path());
+                if id.ends_with(".lock") || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let lock_path = build.join(format!(".run-{id}.lock"));
+                let stale = match std::fs::File::open(&lock_path) {
+                    // Lockable: its run is gone.
+                    Ok(f) => f.try_lock().is_ok(),
+                    // No lock file (a run of an older lab): gone when its process is.
+                    Err(_) => id
+                        .parse::<u32>()
+                        .is_ok_and(|pid| !Path::new("/proc").join(pid.to_string()).exists()),
+                };
+                if stale {
+                    let _ = lab_generate::remove_tree(&entry.path());
+                    let _ = std::fs::remove_file(&lock_path);
                 }
             }
         }
-        RunDir(build.join(format!(".run-{}", std::process::id())))
+        let id = std::process::id();
+        let lock_path = build.join(format!(".run-{id}.lock"));
+        let lock = std::fs::create_dir_all(build)
+            .and_then(|()| std::fs::File::create(&lock_path))
+            .and_then(|f| f.lock().map(|()| f))
+            .ok()
+            .map(|f| (lock_path, f));
+        RunDir {
+            dir: build.join(format!(".run-{id}")),
+            lock,
+        }
     }
 }
 
 impl Drop for RunDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = lab_generate::remove_tree(&self.dir);
+        if let Some((path, _file)) = self.lock.take() {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
