@@ -180,6 +180,36 @@ pub fn resolve_overlay<'a>(
         })
 }
 
+/// Moves what `generate` wrote for `nodes` under `from` to the same places under `to` (one
+/// filesystem), each node swapped in as `generate` does: `create` renders into a directory of
+/// its own, copies from it, then makes exactly that the build everyone sees.
+pub fn publish(
+    from: &Path,
+    to: &Path,
+    overlay: &str,
+    lab: &Lab,
+    nodes: &[&LabNode],
+) -> Result<(), GenerateError> {
+    for node in nodes {
+        let (a, b) = (
+            NodePaths::of(from, overlay, node),
+            NodePaths::of(to, overlay, node),
+        );
+        write::swap_in(&a.tree, &b.tree)?;
+        write::move_file(&a.manifest, &b.manifest)?;
+        write::move_file(&a.domain_xml, &b.domain_xml)?;
+    }
+    for hv in lab.hypervisors_of(nodes) {
+        if let (true, Some(network)) = (hv.mgmt.owned, &hv.mgmt.network) {
+            write::move_file(
+                &NetworkPaths::of(from, overlay, &hv.name, network).xml,
+                &NetworkPaths::of(to, overlay, &hv.name, network).xml,
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// Renders and writes every selected node. Nodes are rendered in parallel; the first error
 /// stops the run (nodes already swapped in stay, complete).
 pub fn generate(

@@ -270,16 +270,7 @@ pub fn node(w: &NodeWrite<'_>) -> Result<Written, GenerateError> {
     manifest_text.push('\n');
 
     // Swap: the new tree takes the old one's place, then the files beside it follow.
-    let old = parent.join(format!(".{hostname}.old-{pid}"));
-    let had_old = fs::symlink_metadata(w.tree).is_ok();
-    if had_old {
-        fs::rename(w.tree, &old).map_err(io(w.tree))?;
-    }
-    fs::rename(&stage, w.tree).map_err(io(w.tree))?;
-    if had_old {
-        // The old tree (or a symlink planted in its place) goes; a symlink is never followed.
-        remove_tree(&old)?;
-    }
+    swap_in(&stage, w.tree)?;
     replace_file(w.manifest, manifest_text.as_bytes())?;
     match &w.domain {
         Some(xml) => replace_file(w.domain_xml, xml)?,
@@ -292,6 +283,42 @@ pub fn node(w: &NodeWrite<'_>) -> Result<Written, GenerateError> {
         digest,
         entries: count,
     })
+}
+
+/// Puts the tree `stage` where `tree` is (both in one filesystem): the old tree is renamed
+/// aside, the new one renamed in, the old one removed.
+pub(crate) fn swap_in(stage: &Path, tree: &Path) -> Result<(), GenerateError> {
+    let parent = tree.parent().expect("a node's tree has a parent directory");
+    fs::create_dir_all(parent).map_err(io(parent))?;
+    let name = tree
+        .file_name()
+        .expect("a node's tree has a name")
+        .to_string_lossy();
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    let had_old = fs::symlink_metadata(tree).is_ok();
+    if had_old {
+        fs::rename(tree, &old).map_err(io(tree))?;
+    }
+    fs::rename(stage, tree).map_err(io(tree))?;
+    if had_old {
+        // The old tree (or a symlink planted in its place) goes; a symlink is never followed.
+        remove_tree(&old)?;
+    }
+    Ok(())
+}
+
+/// Moves the file `from` to `to`, replacing it at once; a missing `from` removes `to`.
+pub(crate) fn move_file(from: &Path, to: &Path) -> Result<(), GenerateError> {
+    if fs::symlink_metadata(from).is_err() {
+        return match fs::remove_file(to) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(to)(e)),
+            _ => Ok(()),
+        };
+    }
+    if let Some(parent) = to.parent() {
+        fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    fs::rename(from, to).map_err(io(to))
 }
 
 fn key(rel: &Path) -> String {

@@ -1398,6 +1398,26 @@ fn the_image_keeps_the_owners_and_modes_it_has() {
         "with their lock files"
     );
     drop(holder);
+    // What was created is the build everyone sees now, and the run's own directory is gone.
+    assert!(dir.path().join("pm/hv2/pm-1/etc/pm-owned/conf").is_file());
+    assert!(dir.path().join("pm/hv2/_meta/pm-1.manifest.json").is_file());
+    let mut runs: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".run-"))
+        .collect();
+    runs.sort();
+    let mut expected = vec![
+        ".run-4194301".to_owned(),
+        ".run-4194301.lock".to_owned(),
+        format!(".run-{}", std::process::id()),
+    ];
+    expected.sort();
+    assert_eq!(
+        runs, expected,
+        "the run's own directory and lock file are gone"
+    );
     let staging = "/var/lib/lab/staging/e2e-pm/pm-1";
     let stat = bed
         .exec(

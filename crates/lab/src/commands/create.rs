@@ -38,11 +38,12 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
         s.lock_wait,
         async |exec, events| {
             let created = lab_create::create(exec, &request, events).await;
-            // `build/` shows what was created (and what `status` compares with). It is
-            // refreshed while the lock is held: a `--no-generate` create of this lab, which
-            // copies from `build/`, never meets a tree being swapped.
-            let published = if s.generate {
-                generate(&lab, &nodes, &overlay, &s.build.dir)
+            // `build/` shows what was created (and what `status` compares with): this run's
+            // own build, moved there while the lock is held, so a `--no-generate` create of
+            // this lab, which copies from `build/`, never meets a tree being swapped.
+            let published = if s.generate && created.is_ok() {
+                lab_generate::publish(&own.dir, &s.build.dir, &overlay, &lab, &nodes)
+                    .map_err(Failure::from)
             } else {
                 Ok(())
             };
