@@ -459,7 +459,7 @@ fn wire_port_base(
             root,
             &path_of(&["lab", "wire_port_base"]),
             format!(
-                "wire ports {from}..{} would take lab id {other_id}'s ({theirs}..{}): a lab with \
+                "wire ports {from}-{} would take lab id {other_id}'s ({theirs}-{}): a lab with \
                  that id on the same hypervisor would collide; choose a base below {FIRST} or \
                  from {owned_end} on",
                 to - 1,

@@ -635,7 +635,7 @@ const BAD: &[Bad] = &[
         code: 2,
         says: &[
             "labs/p.yaml:2",
-            "wire ports 20000..20029 would take lab id 0's (20000..20159)",
+            "wire ports 20000-20029 would take lab id 0's (20000-20159)",
         ],
     },
     Bad {
@@ -648,7 +648,7 @@ const BAD: &[Bad] = &[
         code: 2,
         says: &[
             "labs/p.yaml:2",
-            "would take lab id 3's (20480..20639)",
+            "would take lab id 3's (20480-20639)",
             "choose a base below 20000 or from 60960 on",
         ],
     },
