@@ -17,15 +17,12 @@
 use std::path::{Component, Path};
 
 use crate::GenerateError;
+use crate::build::PathMode;
 
-/// One line of `modes`.
+/// One line of `modes`: the setting as the manifest keeps it, and where it was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModeRule {
-    pub path: String,
-    /// Octal, four digits; `None` keeps the mode.
-    pub mode: Option<String>,
-    pub owner: Option<String>,
-    pub group: Option<String>,
+    pub setting: PathMode,
     pub line: usize,
 }
 
@@ -121,17 +118,19 @@ pub fn parse(file: &Path, text: &str) -> Result<Vec<ModeRule>, GenerateError> {
         if mode.is_none() && owner.is_none() && group.is_none() {
             return Err(bad(format!("`{path}` gets neither a mode nor an owner")));
         }
-        if let Some(first) = rules.iter().find(|r| r.path == path) {
+        if let Some(first) = rules.iter().find(|r| r.setting.path == path) {
             return Err(bad(format!(
                 "`{path}` is given twice (first on line {})",
                 first.line
             )));
         }
         rules.push(ModeRule {
-            path: path.to_owned(),
-            mode,
-            owner,
-            group,
+            setting: PathMode {
+                path: path.to_owned(),
+                mode,
+                owner,
+                group,
+            },
             line,
         });
     }
@@ -142,22 +141,23 @@ pub fn parse(file: &Path, text: &str) -> Result<Vec<ModeRule>, GenerateError> {
 mod tests {
     use super::*;
 
-    fn one(text: &str) -> Result<ModeRule, String> {
+    fn one(text: &str) -> Result<(PathMode, usize), String> {
         parse(Path::new("modes"), text)
             .map(|mut r| r.remove(0))
+            .map(|r| (r.setting, r.line))
             .map_err(|e| e.to_string())
     }
 
     #[test]
     fn lines_that_are_read() {
-        let r = one("root/.ssh/ 700 # keys\n").unwrap();
+        let (r, _) = one("root/.ssh/ 700 # keys\n").unwrap();
         assert_eq!(
             (r.path.as_str(), r.mode.as_deref(), r.owner, r.group),
             ("root/.ssh", Some("0700"), None, None)
         );
-        let r = one("\n# c\netc/frr - frr:frr\n").unwrap();
-        assert_eq!((r.line, r.mode, r.owner.as_deref()), (3, None, Some("frr")));
-        let r = one("etc/x 2750 :42").unwrap();
+        let (r, line) = one("\n# c\netc/frr - frr:frr\n").unwrap();
+        assert_eq!((line, r.mode, r.owner.as_deref()), (3, None, Some("frr")));
+        let (r, _) = one("etc/x 2750 :42").unwrap();
         assert_eq!((r.owner, r.group.as_deref()), (None, Some("42")));
     }
 

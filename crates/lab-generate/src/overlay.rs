@@ -135,22 +135,27 @@ impl Overlay {
         entries.sort_by(|a, b| a.rel.cmp(&b.rel));
         // A line of `modes` must name a path the overlay or some host's blobs have (a typo
         // would otherwise do nothing, silently).
+        let hosts: Vec<PathBuf> = if modes.is_empty() {
+            Vec::new()
+        } else {
+            fs::read_dir(dir.join(BLOBS_DIR))
+                .map(|d| d.flatten().map(|h| h.path()).collect())
+                .unwrap_or_default()
+        };
         for rule in &modes {
-            let in_tree = entries.iter().any(|e| e.rel == Path::new(&rule.path));
+            let path = &rule.setting.path;
+            let in_tree = entries.iter().any(|e| e.rel == Path::new(path));
             let in_blobs = || {
-                fs::read_dir(dir.join(BLOBS_DIR)).is_ok_and(|hosts| {
-                    hosts
-                        .flatten()
-                        .any(|h| fs::symlink_metadata(h.path().join(&rule.path)).is_ok())
-                })
+                hosts
+                    .iter()
+                    .any(|h| fs::symlink_metadata(h.join(path)).is_ok())
             };
             if !in_tree && !in_blobs() {
                 return Err(GenerateError::Modes {
                     file: modes_path.clone(),
                     line: rule.line,
                     message: format!(
-                        "`{}` is neither in the overlay's tree nor in any host's blobs",
-                        rule.path
+                        "`{path}` is neither in the overlay's tree nor in any host's blobs"
                     ),
                 });
             }

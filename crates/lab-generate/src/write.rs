@@ -10,7 +10,7 @@ use lab_model::LabNode;
 use sha2::{Digest, Sha256};
 
 use crate::GenerateError;
-use crate::build::{EntryKind, Manifest, ManifestEntry, PathMode};
+use crate::build::{EntryKind, Manifest, ManifestEntry};
 use crate::modes::ModeRule;
 
 pub enum Content {
@@ -66,7 +66,7 @@ pub fn node(w: &NodeWrite<'_>) -> Result<Written, GenerateError> {
             .items
             .iter()
             .rev()
-            .find(|i| i.rel == Path::new(&rule.path));
+            .find(|i| i.rel == Path::new(&rule.setting.path));
         if let Some(Item {
             content: Content::Symlink(_),
             ..
@@ -77,7 +77,7 @@ pub fn node(w: &NodeWrite<'_>) -> Result<Written, GenerateError> {
                 line: rule.line,
                 message: format!(
                     "`{}` is a symlink in node `{}`'s tree: its mode is its target's",
-                    rule.path, w.node.name
+                    rule.setting.path, w.node.name
                 ),
             });
         }
@@ -201,29 +201,24 @@ pub fn node(w: &NodeWrite<'_>) -> Result<Written, GenerateError> {
     // The overlay's `modes`, for the paths this tree has: the build shows the mode the guest
     // gets; owners are set in the clone, where the image's users are known.
     let mut modes = Vec::new();
-    for rule in w.modes {
-        let Some(entry) = entries.get_mut(&rule.path) else {
+    for ModeRule { setting, .. } in w.modes {
+        let Some(entry) = entries.get_mut(&setting.path) else {
             continue;
         };
-        if let Some(mode) = &rule.mode {
+        if let Some(mode) = &setting.mode {
             // The build keeps what its owner needs to read it (rsync runs as this user); the
             // clone gets the exact mode from the `modes` step.
             let bits = u32::from_str_radix(mode, 8).expect("modes.rs checked the octal");
             entry.mode = mode.clone();
-            let path = stage.join(&rule.path);
+            let path = stage.join(&setting.path);
             if entry.kind == EntryKind::Dir {
-                dir_modes.insert(PathBuf::from(&rule.path), bits | 0o700);
+                dir_modes.insert(PathBuf::from(&setting.path), bits | 0o700);
             } else {
                 fs::set_permissions(&path, fs::Permissions::from_mode(bits | 0o600))
                     .map_err(io(&path))?;
             }
         }
-        modes.push(PathMode {
-            path: rule.path.clone(),
-            mode: rule.mode.clone(),
-            owner: rule.owner.clone(),
-            group: rule.group.clone(),
-        });
+        modes.push(setting.clone());
     }
     modes.sort_by(|a, b| a.path.cmp(&b.path));
     // Directory modes last (deepest first), so a read-only directory does not block its children.
@@ -274,10 +269,7 @@ pub fn node(w: &NodeWrite<'_>) -> Result<Written, GenerateError> {
     replace_file(w.manifest, manifest_text.as_bytes())?;
     match &w.domain {
         Some(xml) => replace_file(w.domain_xml, xml)?,
-        None => match fs::remove_file(w.domain_xml) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(w.domain_xml)(e)),
-            _ => {}
-        },
+        None => remove_if_present(w.domain_xml)?,
     }
     Ok(Written {
         digest,
@@ -307,13 +299,18 @@ pub(crate) fn swap_in(stage: &Path, tree: &Path) -> Result<(), GenerateError> {
     Ok(())
 }
 
+/// Removes the file `path`; one that is not there is fine.
+fn remove_if_present(path: &Path) -> Result<(), GenerateError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(path)(e)),
+        _ => Ok(()),
+    }
+}
+
 /// Moves the file `from` to `to`, replacing it at once; a missing `from` removes `to`.
 pub(crate) fn move_file(from: &Path, to: &Path) -> Result<(), GenerateError> {
     if fs::symlink_metadata(from).is_err() {
-        return match fs::remove_file(to) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(to)(e)),
-            _ => Ok(()),
-        };
+        return remove_if_present(to);
     }
     if let Some(parent) = to.parent() {
         fs::create_dir_all(parent).map_err(io(parent))?;
