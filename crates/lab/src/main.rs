@@ -12,8 +12,8 @@ mod settings;
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
 
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
@@ -30,11 +30,8 @@ fn main() -> ExitCode {
             }
             // A script that asked for JSON gets a document on stdout whatever happened: the
             // verb's report, or else the error.
-            if json && !f.message.is_empty() && !render::printed_json() {
-                render::print_json(&serde_json::json!({
-                    "error": f.message,
-                    "exit_code": f.code.code(),
-                }));
+            if json && !f.message.is_empty() {
+                error_json(&f.message, f.code.code());
             }
             ExitCode::from(f.code.code())
         }
@@ -42,33 +39,36 @@ fn main() -> ExitCode {
 }
 
 /// A command line clap refused (or `--help`, `--version`): clap says it as usual, and a run that
-/// asked for JSON (`--format json`, `--format=json` or `LAB_FORMAT=json`) also gets the error
-/// as a document on stdout.
+/// asked for JSON (on the command line or in `LAB_FORMAT`) also gets the error as a document.
 fn usage_error(e: clap::Error) -> ExitCode {
     let _ = e.print();
-    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
-        || matches!(
-            e.kind(),
-            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-        )
-    {
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
         return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
     }
-    let args: Vec<String> = std::env::args().collect();
-    let asked = args
-        .windows(2)
-        .any(|w| w[0] == "--format" && w[1] == "json")
-        || args.iter().any(|a| a == "--format=json")
-        || std::env::var("LAB_FORMAT").is_ok_and(|f| f == "json");
+    // What clap could read of the command line, the format included, errors aside.
+    let asked = cli::Cli::command()
+        .ignore_errors(true)
+        .try_get_matches()
+        .ok()
+        .and_then(|m| m.get_one::<cli::Format>("format").copied())
+        == Some(cli::Format::Json);
     let code = exit::Exit::Invalid.code();
     if asked {
         let message = e.render().to_string();
-        let first = message
-            .lines()
-            .next()
-            .unwrap_or("")
-            .trim_start_matches("error: ");
-        render::print_json(&serde_json::json!({ "error": first, "exit_code": code }));
+        let first = message.lines().next().unwrap_or("");
+        error_json(first.trim_start_matches("error: "), code);
     }
     ExitCode::from(code)
+}
+
+/// The error as the JSON document on stdout, unless the verb already printed its report.
+fn error_json(message: &str, code: u8) {
+    if !render::printed_json() {
+        render::print_json(&serde_json::json!({ "error": message, "exit_code": code }));
+    }
 }
