@@ -351,18 +351,6 @@ impl Lab {
         )?;
 
         let wire_port_base = wire_port_base(&root, &schema.lab, schema.links.len())?;
-        if schema.lab.wire_port_base.is_none() && schema.links.len() > 80 {
-            return Err(schema_error(
-                &root,
-                &["links".to_owned()],
-                format!(
-                    "{} links need more than the 160 UDP ports a lab gets by default, so their \
-                     wires would collide with the next lab id's: set `lab.wire_port_base`",
-                    schema.links.len()
-                ),
-                Hint::default(),
-            ));
-        }
         resolve_links(
             &root,
             &schema.links,
@@ -435,8 +423,9 @@ pub fn origin_of(lab: &Lab, path: &[&str]) -> Origin {
 }
 
 /// Each lab id owns 160 UDP ports (80 links) for its wires: `20000 + 160 * id`, so labs on one
-/// hypervisor never meet. A base set by hand must keep the lab's ports out of the ranges other
-/// lab ids own (20000..=60959), or its wires could take another lab's.
+/// hypervisor never meet. A lab with more links needs a base of its own, and a base set by
+/// hand must keep the lab's ports out of the ranges other lab ids own (20000..=60959), or its
+/// wires could take another lab's.
 fn wire_port_base(
     root: &Tree,
     lab: &crate::schema::LabSchema,
@@ -446,6 +435,18 @@ fn wire_port_base(
     const PER_LAB: usize = 160;
     let own = FIRST + PER_LAB * usize::from(lab.id);
     let Some(base) = lab.wire_port_base else {
+        if 2 * links > PER_LAB {
+            return Err(schema_error(
+                root,
+                &["links".to_owned()],
+                format!(
+                    "{links} links need more than the {PER_LAB} UDP ports a lab gets by \
+                     default, so their wires would collide with the next lab id's: set \
+                     `lab.wire_port_base`"
+                ),
+                Hint::default(),
+            ));
+        }
         return Ok(u16::try_from(own).expect("20000 + 160 * 255 < 65536"));
     };
     let (from, to) = (usize::from(base), usize::from(base) + 2 * links);

@@ -461,10 +461,13 @@ impl One<'_, '_> {
                 // is done (the receive may take its time to finish), nothing is counted; a lost
                 // network is for ssh's keepalives to find.
                 let stalled = async {
+                    if !meter {
+                        return std::future::pending().await;
+                    }
                     loop {
                         tokio::time::sleep(std::time::Duration::from_secs(5)).await;
                         let still = heard.load(Relaxed).saturating_sub(grew.load(Relaxed));
-                        if meter && still >= cmd::SEND_STALL.as_secs() {
+                        if still >= cmd::SEND_STALL.as_secs() {
                             return;
                         }
                     }
