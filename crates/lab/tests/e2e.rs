@@ -616,24 +616,19 @@ fn day_two(bed: &lab_testbed::Testbed, b: &std::path::Path, file: &str, model: &
         run.stdout
     );
     // waiting for a stopped node ends at once, saying why
-    let run = lab(
-        b,
-        &[
-            "wait",
-            "--lab",
-            file,
-            "--node",
-            "vpp0-2",
-            "--wait-timeout",
-            "300",
-        ],
-    );
-    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
-    assert!(
-        run.stderr.contains("vpp0-2 (the domain is shut off)"),
-        "{}",
-        run.stderr
-    );
+    let wait_for_stopped = |how: &[&str]| {
+        let run = lab(
+            b,
+            &[&["wait", "--lab", file, "--node", "vpp0-2"], how].concat(),
+        );
+        assert_eq!(run.code, 1, "{how:?}: {}{}", run.stdout, run.stderr);
+        assert!(
+            run.stderr.contains("vpp0-2 (the domain is shut off)"),
+            "{how:?}: {}",
+            run.stderr
+        );
+    };
+    wait_for_stopped(&["--wait-timeout", "300"]);
     // exec on it says why it cannot reach it, not ssh's own words alone
     let run = lab(
         b,
@@ -649,24 +644,7 @@ fn day_two(bed: &lab_testbed::Testbed, b: &std::path::Path, file: &str, model: &
         run.stdout
     );
     // ... also when its console log still has the line of its last boot
-    let run = lab(
-        b,
-        &[
-            "wait",
-            "--lab",
-            file,
-            "--node",
-            "vpp0-2",
-            "--for",
-            "console:LAB-GUEST-HOSTNAME",
-        ],
-    );
-    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
-    assert!(
-        run.stderr.contains("vpp0-2 (the domain is shut off)"),
-        "{}",
-        run.stderr
-    );
+    wait_for_stopped(&["--for", "console:LAB-GUEST-HOSTNAME"]);
     let run = lab(b, &["start", "--lab", file, "--node", "vpp0-2"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let run = lab(
