@@ -282,17 +282,20 @@ fn sync_on_openzfs_compresses_resumes_and_holds() {
     ));
 }
 
+/// OpenZFS, and `behind` has a cut receive whose token the source accepts.
+const RESUMABLE: World = World {
+    token: true,
+    token_good: true,
+    ..MODERN
+};
+
 /// A cut receive's token that the source accepts: resumed, then the rest sent.
 #[test]
 fn sync_resumes_a_cut_receive_from_its_token() {
     insta::assert_snapshot!(run_with(
         "transport: controller",
         "sync",
-        World {
-            token: true,
-            token_good: true,
-            ..MODERN
-        },
+        RESUMABLE,
         &[],
         None
     ));
@@ -304,11 +307,7 @@ fn a_resumed_zvol_replica_stays_without_device_nodes() {
     let plan = run_with(
         "transport: controller",
         "sync",
-        World {
-            token: true,
-            token_good: true,
-            ..MODERN
-        },
+        RESUMABLE,
         &[(
             "root@behind.example:2222\", pool: tank",
             "root@behind.example:2222\", storage: zvol, partition: 1, pool: tank",
