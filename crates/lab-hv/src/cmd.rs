@@ -51,8 +51,9 @@ pub fn clone(
     match hv.storage {
         Storage::Dataset => set("mountpoint", staging_dir(node)),
         // A replica is received with volmode=none (no device nodes for its snapshots); the
-        // clone a domain boots from needs its device (where zfs has volmode at all).
-        Storage::Zvol if zfs.modern() => set("volmode", "dev"),
+        // clone a domain boots from needs its device and its partitions: `full`, never `dev`,
+        // which hides the partitions (where zfs has volmode at all).
+        Storage::Zvol if zfs.modern() => set("volmode", "full"),
         Storage::Zvol => {}
     }
     set(prop::LAB, own.lab);
