@@ -41,8 +41,15 @@ enum Cmd {
 enum TestbedCmd {
     /// Install what is missing and start hv0..hvN-1 (idempotent).
     Up {
+        /// Namespace hypervisors with zfs-fuse (hv0..).
         #[arg(long, default_value_t = 3)]
         hypervisors: u32,
+        /// OpenZFS hypervisors after them, as QEMU VMs (0: none).
+        #[arg(long, env = "LAB_TESTBED_OPENZFS", default_value_t = 2)]
+        openzfs: u32,
+        /// Which OpenZFS the VMs run: Debian stable's or bookworm-backports'.
+        #[arg(long, env = "LAB_TESTBED_ZFS", default_value = "stable", value_parser = ["stable", "backports"])]
+        zfs: String,
         /// Size of each hypervisor's sparse pool file.
         #[arg(long, default_value = "2G")]
         pool_size: String,
@@ -109,9 +116,11 @@ fn say(line: &str) {
     eprintln!("{line}");
 }
 
-fn bed_for(hypervisors: u32) -> Testbed {
+fn bed_for(hypervisors: u32, openzfs: u32, zfs: &str) -> Testbed {
     Testbed {
         hypervisors,
+        openzfs,
+        zfs: lab_testbed::ZfsSuite::parse(zfs).expect("clap checked the value"),
         ..Testbed::default()
     }
 }
@@ -121,8 +130,10 @@ fn testbed(cmd: TestbedCmd) -> Result {
     match cmd {
         TestbedCmd::Up {
             hypervisors,
+            openzfs,
+            zfs,
             pool_size,
-        } => bed_for(hypervisors)
+        } => bed_for(hypervisors, openzfs, &zfs)
             .up(&UpOptions { pool_size }, &mut |l| say(l))
             .map_err(|e| e.to_string()),
         TestbedCmd::Down { purge } => bed.down(purge, &mut |l| say(l)).map_err(|e| e.to_string()),
@@ -137,17 +148,28 @@ fn testbed(cmd: TestbedCmd) -> Result {
                 let pid = |p: Option<u32>| p.map_or("down".to_owned(), |p| p.to_string());
                 println!("test bed in {}", status.dir);
                 for hv in &status.hypervisors {
-                    println!(
-                        "{} {}: holder {} zfs-fuse {} ({}) libvirtd {} sshd {} pool {}",
-                        hv.name,
-                        hv.address,
-                        pid(hv.holder),
-                        pid(hv.zfs_fuse),
-                        hv.zfs,
-                        pid(hv.libvirtd),
-                        pid(hv.sshd),
-                        hv.pool_health.as_deref().unwrap_or("-")
-                    );
+                    if hv.kind == "openzfs" {
+                        println!(
+                            "{} {}: OpenZFS VM qemu {} {} pool {}",
+                            hv.name,
+                            hv.address,
+                            pid(hv.qemu),
+                            hv.zfs_version.as_deref().unwrap_or("(zfs does not answer)"),
+                            hv.pool_health.as_deref().unwrap_or("-")
+                        );
+                    } else {
+                        println!(
+                            "{} {}: holder {} zfs-fuse {} ({}) libvirtd {} sshd {} pool {}",
+                            hv.name,
+                            hv.address,
+                            pid(hv.holder),
+                            pid(hv.zfs_fuse),
+                            hv.zfs,
+                            pid(hv.libvirtd),
+                            pid(hv.sshd),
+                            hv.pool_health.as_deref().unwrap_or("-")
+                        );
+                    }
                     for (what, items) in [
                         ("snapshot", &hv.proto_snapshots),
                         ("clone", &hv.clones),

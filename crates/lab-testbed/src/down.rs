@@ -9,6 +9,9 @@ use crate::zfs_fuse::{ZfsHealth, free_hung_hypervisor, zfs_health};
 use crate::{Error, Result, Testbed, run, write_file};
 
 pub fn down(bed: &Testbed, purge: bool, log: &mut dyn FnMut(&str)) -> Result<()> {
+    for k in bed.openzfs_range() {
+        crate::openzfs::stop_vm(bed, k, log);
+    }
     for k in 0..bed.hypervisors {
         if let Some(pid) = bed.alive(k, "zfs-fuse", "zfs-fuse")
             && let ZfsHealth::Hung(why) = zfs_health(bed, k)

@@ -1,5 +1,6 @@
 //! The test guests: Debian's generic kernel and a busybox initramfs that mounts the clone
-//! over 9p (tag `labroot`), prints its hostname on the serial console, configures its NICs
+//! over 9p (tag `labroot`), or a zvol clone's first partition when the domain has a disk
+//! (`/dev/vda1`, ext4), prints its hostname on the serial console, configures its NICs
 //! from the node's plan, runs dropbear (trusting the test bed's key) and a shell on the console,
 //! and powers off on the ACPI power button.
 
@@ -8,8 +9,8 @@ use std::process::Command;
 use crate::{Error, Result, Testbed, bash, msg, run, write_file};
 
 /// Bumped whenever the initramfs changes, so that `up` rebuilds an older one.
-const GUEST_VERSION: &str =
-    "4: virtio-net, interfaces, DHCP, pings, dropbear, console shell, ACPI power button";
+const GUEST_VERSION: &str = "5: virtio-net, interfaces, DHCP, pings, dropbear, console shell, ACPI power button, \
+     a root on a virtio disk";
 
 /// The guest's /init. Kernel arguments: `lab.tag=<9p tag>` (default labroot).
 ///
@@ -25,7 +26,7 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
 mkdir -p /run /var/run /tmp
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci netfs fscache 9pnet 9pnet_virtio 9p failover net_failover virtio_net evdev button; do
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci netfs fscache 9pnet 9pnet_virtio 9p failover net_failover virtio_net evdev button virtio_blk crc16 mbcache jbd2 crc32c_generic ext4; do
   insmod /lib/modules/$m.ko 2>/dev/null
 done
 tag=labroot
@@ -33,11 +34,20 @@ for arg in $(cat /proc/cmdline); do
   case $arg in lab.tag=*) tag=${arg#lab.tag=} ;; esac
 done
 echo "LAB-GUEST: up after $(cut -d' ' -f1 /proc/uptime)s"
-if mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=none "$tag" /root; then
+# A domain with a disk (a zvol clone) boots off its first partition; others off the 9p share.
+if [ -b /dev/vda ]; then
+  n=0; while [ ! -b /dev/vda1 ] && [ $n -lt 20 ]; do sleep 0.1; n=$((n+1)); done
+  root() { mount -t ext4 -o ro /dev/vda1 /root; }
+  what="the disk's partition /dev/vda1"
+else
+  root() { mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=none "$tag" /root; }
+  what="the 9p share $tag"
+fi
+if root; then
   echo "LAB-GUEST-HOSTNAME: $(cat /root/etc/hostname 2>&1)"
   [ -f /root/etc/lab-guest-marker ] && echo "LAB-GUEST-MARKER: $(cat /root/etc/lab-guest-marker)"
 else
-  echo "LAB-GUEST: cannot mount the 9p share $tag"
+  echo "LAB-GUEST: cannot mount $what"
 fi
 plan=/root/etc/lab/interfaces
 if [ -f "$plan" ]; then
@@ -114,6 +124,12 @@ const MODULES: &[&str] = &[
     "drivers/net/virtio_net",
     "drivers/input/evdev",
     "drivers/acpi/button",
+    "drivers/block/virtio_blk",
+    "lib/crc16",
+    "fs/mbcache",
+    "fs/jbd2/jbd2",
+    "crypto/crc32c_generic",
+    "fs/ext4/ext4",
 ];
 
 pub fn prepare(bed: &Testbed, step: &mut dyn FnMut(&str)) -> Result<()> {
@@ -156,7 +172,9 @@ pub fn prepare(bed: &Testbed, step: &mut dyn FnMut(&str)) -> Result<()> {
          mkdir kernel && dpkg-deb --fsys-tarfile {package}_*.deb | tar -x -C kernel --wildcards './boot/vmlinuz-*' './lib/modules/*/kernel/fs/9p/*' \
            './lib/modules/*/kernel/net/9p/*' './lib/modules/*/kernel/fs/netfs/*' './lib/modules/*/kernel/fs/fscache/*' './lib/modules/*/kernel/drivers/virtio/*' \
            './lib/modules/*/kernel/net/core/failover.ko' './lib/modules/*/kernel/drivers/net/net_failover.ko' './lib/modules/*/kernel/drivers/net/virtio_net.ko' \
-           './lib/modules/*/kernel/drivers/input/evdev.ko' './lib/modules/*/kernel/drivers/acpi/button.ko'"
+           './lib/modules/*/kernel/drivers/input/evdev.ko' './lib/modules/*/kernel/drivers/acpi/button.ko' \
+           './lib/modules/*/kernel/drivers/block/virtio_blk.ko' './lib/modules/*/kernel/lib/crc16.ko' './lib/modules/*/kernel/fs/mbcache.ko' \
+           './lib/modules/*/kernel/fs/jbd2/*' './lib/modules/*/kernel/crypto/crc32c_generic.ko' './lib/modules/*/kernel/fs/ext4/*'"
     ))?;
     let mut script = format!(
         "cd {w}\nkm=$(echo kernel/lib/modules/*/kernel)\nmkdir -p initramfs/bin initramfs/proc initramfs/sys initramfs/dev initramfs/root\n"

@@ -11,6 +11,7 @@ mod down;
 mod guest;
 mod libvirt;
 mod net;
+mod openzfs;
 mod status;
 mod up;
 mod zfs_fuse;
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub use openzfs::{Accel, ZfsSuite};
 pub use status::{HypervisorStatus, Status};
 pub use up::UpOptions;
 pub use zfs_fuse::{PROBE_TIMEOUT, ZfsHealth};
@@ -30,8 +32,12 @@ pub use zfs_fuse::{PROBE_TIMEOUT, ZfsHealth};
 pub struct Testbed {
     /// State directory: pidfiles, logs, pool images, keys, guest kernel.
     pub dir: PathBuf,
-    /// Hypervisors hv0..hv{n-1}.
+    /// Namespace hypervisors with zfs-fuse: hv0..hv{n-1}.
     pub hypervisors: u32,
+    /// OpenZFS hypervisors (QEMU VMs) after them: hv{n}..hv{n+m-1}.
+    pub openzfs: u32,
+    /// Which OpenZFS the VMs run.
+    pub zfs: ZfsSuite,
     pub pool: String,
     /// First three octets of the bridge's /24.
     pub net: String,
@@ -47,6 +53,8 @@ impl Default for Testbed {
         Testbed {
             dir: PathBuf::from(env("LAB_TESTBED_DIR", "/var/lib/lab-testbed")),
             hypervisors: env("LAB_TESTBED_HYPERVISORS", "3").parse().unwrap_or(3),
+            openzfs: env("LAB_TESTBED_OPENZFS", "2").parse().unwrap_or(2),
+            zfs: ZfsSuite::parse(&env("LAB_TESTBED_ZFS", "stable")).unwrap_or(ZfsSuite::Stable),
             pool: env("LAB_TESTBED_POOL", "ssd-vol0"),
             net: env("LAB_TESTBED_NET", "10.251.0"),
             bridge: env("LAB_TESTBED_BRIDGE", "labtb0"),
@@ -79,8 +87,9 @@ fn msg(s: impl Into<String>) -> Error {
 }
 
 impl Testbed {
+    /// Every hypervisor's name: the namespaces, then the OpenZFS VMs.
     pub fn names(&self) -> impl Iterator<Item = String> + '_ {
-        (0..self.hypervisors).map(|k| format!("hv{k}"))
+        self.all().map(|k| format!("hv{k}"))
     }
     pub fn hv_dir(&self, k: u32) -> PathBuf {
         self.dir.join(format!("hv{k}"))
@@ -106,9 +115,24 @@ impl Testbed {
             .join("priv")
             .join(path.trim_start_matches('/'))
     }
-    /// The serial console log of domain `node` on hypervisor `k`, as the host sees it.
+    /// The serial console log of domain `node` on hypervisor `k`, as the host sees it (a
+    /// namespace hypervisor's; an OpenZFS VM's is read with [`Testbed::console_text`]).
     pub fn console_log(&self, k: u32, node: &str) -> PathBuf {
         self.host_path(k, &format!("/var/log/libvirt/qemu/{node}.console.log"))
+    }
+    /// The serial console log of domain `node` on hypervisor `k` (empty when there is none).
+    pub fn console_text(&self, k: u32, node: &str) -> String {
+        if self.is_vm(k) {
+            self.exec(
+                k,
+                &["cat", &format!("/var/log/libvirt/qemu/{node}.console.log")],
+            )
+            .unwrap_or_default()
+        } else {
+            std::fs::read(self.console_log(k, node))
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        }
     }
     /// The sshd log of hypervisor `k` (one "Accepted publickey" line per connection).
     pub fn sshd_log(&self, k: u32) -> PathBuf {
@@ -132,8 +156,18 @@ impl Testbed {
         (actual.trim() == comm).then_some(pid)
     }
 
-    /// A command run inside hypervisor `k`'s namespaces, as if logged in there (no ssh).
+    /// A command run inside hypervisor `k`'s namespaces, as if logged in there (no ssh); on
+    /// an OpenZFS VM, through ssh (the arguments then pass through the remote shell).
     pub fn command(&self, k: u32, program: &str) -> Result<Command> {
+        if self.is_vm(k) {
+            self.alive(k, "qemu", "qemu-system-x86")
+                .ok_or_else(|| msg(format!("hv{k} is not running: `cargo xtask testbed up`")))?;
+            let mut c = Command::new("ssh");
+            c.arg("-F")
+                .arg(self.ssh_config())
+                .args([&format!("hv{k}"), "--", program]);
+            return Ok(c);
+        }
         let holder = self
             .alive(k, "holder", "sleep")
             .ok_or_else(|| msg(format!("hv{k} is not running: `cargo xtask testbed up`")))?;
@@ -148,8 +182,17 @@ impl Testbed {
             .split_first()
             .ok_or_else(|| msg("exec needs a command"))?;
         let mut c = self.command(k, program)?;
-        c.args(rest);
+        if self.is_vm(k) {
+            c.args(rest.iter().map(|a| shell_quote(a)));
+        } else {
+            c.args(rest);
+        }
         run(&mut c)
+    }
+
+    /// Runs a shell script (`set -eu`) on hypervisor `k` and returns its stdout.
+    pub fn ssh_script(&self, k: u32, script: &str) -> Result<String> {
+        self.exec(k, &["sh", "-c", &format!("set -eu\n{script}")])
     }
 
     /// Waits until the console log of `node` on hypervisor `k` has a line containing `needle`,
@@ -161,39 +204,31 @@ impl Testbed {
         needle: &str,
         timeout: Duration,
     ) -> Result<String> {
-        let path = self.console_log(k, node);
         let start = Instant::now();
+        // An OpenZFS VM's log is read over ssh: once a second is enough.
+        let every = Duration::from_millis(if self.is_vm(k) { 1000 } else { 50 });
         loop {
-            if let Ok(bytes) = std::fs::read(&path) {
-                let text = String::from_utf8_lossy(&bytes);
-                // From the needle on: a shell prompt may share the line on a busy console.
-                if let Some(line) = text.lines().find_map(|l| l.find(needle).map(|at| &l[at..])) {
-                    return Ok(line.trim_end_matches('\r').to_owned());
-                }
+            let text = self.console_text(k, node);
+            // From the needle on: a shell prompt may share the line on a busy console.
+            if let Some(line) = text.lines().find_map(|l| l.find(needle).map(|at| &l[at..])) {
+                return Ok(line.trim_end_matches('\r').to_owned());
             }
             if start.elapsed() > timeout {
-                let tail = std::fs::read(&path)
-                    .map(|b| {
-                        String::from_utf8_lossy(&b)
-                            .lines()
-                            .rev()
-                            .take(5)
-                            .collect::<Vec<_>>()
-                            .join(" | ")
-                    })
-                    .unwrap_or_else(|e| e.to_string());
+                let tail = text.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
                 return Err(msg(format!(
-                    "hv{k}/{node}: no console line with {needle:?} after {timeout:?} ({}; last lines: {tail})",
-                    path.display()
+                    "hv{k}/{node}: no console line with {needle:?} after {timeout:?} (last lines: {tail})"
                 )));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(every);
         }
     }
 
-    /// Whether every hypervisor's daemons run.
+    /// Whether every hypervisor's daemons (or VM) run.
     pub fn is_up(&self) -> bool {
-        (0..self.hypervisors).all(|k| {
+        self.all().all(|k| {
+            if self.is_vm(k) {
+                return self.alive(k, "qemu", "qemu-system-x86").is_some();
+            }
             self.alive(k, "holder", "sleep").is_some()
                 && self.alive(k, "zfs-fuse", "zfs-fuse").is_some()
                 && self.alive(k, "libvirtd", "libvirtd").is_some()
@@ -255,6 +290,19 @@ pub fn require() -> Testbed {
         }
     }
     bed
+}
+
+/// One word for a POSIX shell, quoted when it needs to be.
+pub fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@,+%".contains(&b));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
 }
 
 /// Runs a command, returning stdout; a failure carries the command line and stderr.

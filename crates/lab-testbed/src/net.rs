@@ -25,7 +25,7 @@ pub(crate) fn ssh_setup(bed: &Testbed) -> Result<()> {
     write_file(&ssh.join("authorized_keys"), &public)?;
     let mut known = String::new();
     let mut config = String::from("# written by `cargo xtask testbed up`\n");
-    for k in 0..bed.hypervisors {
+    for k in bed.all() {
         let host_key = bed.hv_dir(k).join("ssh_host_ed25519_key");
         if !host_key.exists() {
             mkdir(&bed.hv_dir(k))?;
@@ -67,7 +67,8 @@ pub(crate) fn ssh_setup(bed: &Testbed) -> Result<()> {
             &ssh.join("known_hosts").display().to_string(),
             "~/.ssh/known_hosts",
         );
-    for k in 0..bed.hypervisors {
+    // (an OpenZFS VM gets the same files through its seed disk)
+    for k in bed.all() {
         let dot_ssh = bed.host_path(k, "/root/.ssh");
         mkdir(&dot_ssh)?;
         for (name, text) in [

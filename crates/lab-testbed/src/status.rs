@@ -13,7 +13,13 @@ pub struct Status {
 #[derive(Debug, Serialize)]
 pub struct HypervisorStatus {
     pub name: String,
+    /// `zfs-fuse` (a namespace on this machine) or `openzfs` (a QEMU VM).
+    pub kind: &'static str,
     pub address: String,
+    /// An OpenZFS VM's QEMU process.
+    pub qemu: Option<u32>,
+    /// What `zfs version` says on an OpenZFS VM.
+    pub zfs_version: Option<String>,
     /// Daemon name → pid, or none when it is down.
     pub holder: Option<u32>,
     pub zfs_fuse: Option<u32>,
@@ -30,8 +36,12 @@ pub struct HypervisorStatus {
 }
 
 pub fn status(bed: &Testbed) -> Status {
-    let hypervisors = (0..bed.hypervisors)
+    let hypervisors = bed
+        .all()
         .map(|k| {
+            let vm = bed.is_vm(k);
+            let qemu = bed.alive(k, "qemu", "qemu-system-x86");
+            let zfs_version = qemu.and_then(|_| crate::openzfs::zfs_version(bed, k));
             let holder = bed.alive(k, "holder", "sleep");
             let zfs_fuse = bed.alive(k, "zfs-fuse", "zfs-fuse");
             let libvirtd = bed.alive(k, "libvirtd", "libvirtd");
@@ -45,13 +55,20 @@ pub fn status(bed: &Testbed) -> Status {
                     })
                     .unwrap_or_default()
             };
-            let zfs = bed.zfs_health(k);
+            let zfs = match (vm, &zfs_version) {
+                (false, _) => bed.zfs_health(k),
+                (true, Some(_)) => ZfsHealth::Answers,
+                (true, None) => ZfsHealth::Down,
+            };
             // A hung zfs-fuse would make every further zfs call wait: ask it nothing more.
             let zfs_up = zfs == ZfsHealth::Answers;
             let proto = format!("{}/{PROTO}", bed.pool);
             HypervisorStatus {
                 name: format!("hv{k}"),
+                kind: if vm { "openzfs" } else { "zfs-fuse" },
                 address: bed.address(k),
+                qemu,
+                zfs_version: zfs_version.clone(),
                 holder,
                 zfs_fuse,
                 libvirtd,
@@ -79,7 +96,7 @@ pub fn status(bed: &Testbed) -> Status {
                         "-o",
                         "name,origin",
                         "-t",
-                        "filesystem",
+                        "filesystem,volume",
                         "-r",
                         &bed.pool,
                     ])
@@ -89,7 +106,7 @@ pub fn status(bed: &Testbed) -> Status {
                 } else {
                     vec![]
                 },
-                domains: if holder.is_some() && libvirtd.is_some() {
+                domains: if (holder.is_some() && libvirtd.is_some()) || zfs_up && vm {
                     let names = lines(&[
                         "virsh",
                         "-q",

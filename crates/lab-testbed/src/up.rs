@@ -31,6 +31,10 @@ const PACKAGES: &[&str] = &[
     // proto sync's rate limit and byte progress on the source (`pv`)
     "pv",
     "iproute2",
+    // the OpenZFS hypervisors: their image (mmdebstrap, mkfs.ext4 -d) and disks (qemu-img)
+    "mmdebstrap",
+    "qemu-utils",
+    "e2fsprogs",
 ];
 
 /// Directories each hypervisor gets its own copy of, bind-mounted in its mount namespace.
@@ -86,6 +90,12 @@ pub fn up(bed: &Testbed, options: &UpOptions, log: &mut dyn FnMut(&str)) -> Resu
         start_hypervisor(bed, k, options, &mut step)?;
     }
     seed(bed, &mut step)?;
+    if bed.openzfs > 0 {
+        let image = crate::openzfs::image(bed, &mut step)?;
+        let accel = crate::openzfs::accel(bed, &mut step)?;
+        crate::openzfs::start_all(bed, &image, &accel, &mut step)?;
+        crate::openzfs::seed(bed, &mut step)?;
+    }
     step(&format!(
         "up: {}",
         bed.names().collect::<Vec<_>>().join(" ")
@@ -128,9 +138,15 @@ fn install_packages(step: &mut dyn FnMut(&str)) -> Result<()> {
         write_file(policy, "#!/bin/sh\nexit 101\n")?;
         run(Command::new("chmod").args(["+x", "/usr/sbin/policy-rc.d"]))?;
     }
+    // qemu-utils and qemu-system-x86 must be of one version: a machine that came with a newer
+    // qemu-utils (from backports) gets the one that matches the QEMU it can install.
     let apt = format!(
         "export DEBIAN_FRONTEND=noninteractive; A='apt-get -y -q -o DPkg::Lock::Timeout=300'; \
-         $A install --no-install-recommends {m} >/dev/null || {{ $A update >/dev/null && $A install --no-install-recommends {m} >/dev/null; }}",
+         $A update >/dev/null\n\
+         q=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {{ print $2 }}')\n\
+         u=$(dpkg-query -W -f='${{Version}}' qemu-utils 2>/dev/null || true)\n\
+         pin=; [ -z \"$u\" ] || [ \"$u\" = \"$q\" ] || pin=\"qemu-utils=$q\"\n\
+         $A install --allow-downgrades --no-install-recommends {m} $pin >/dev/null",
         m = missing.join(" ")
     );
     let result = bash(&apt);
