@@ -85,7 +85,7 @@ pub fn attach(hv: &Hypervisor, node: &LabNode) -> Cmd {
             "sh",
             "-c",
             r#"i=0; while [ ! -b "$1" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
-[ -b "$1" ] || { echo "$1 did not appear within 30 s" >&2; exit 1; }
+[ -b "$1" ] || { echo "$1 did not appear within 30 s: is it in the partition table of the proto (hypervisor setting: partition)?" >&2; exit 1; }
 mkdir -p "$2" && mount "$1" "$2""#,
             "lab-attach",
             &zvol_partition(hv, node),
