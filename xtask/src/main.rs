@@ -251,16 +251,22 @@ fn demo() -> Result {
         }
     };
     run(&["create", "--lab", "labs/vpp.yaml"])?;
+    // Dataset clones on zfs-fuse and zvol clones on the OpenZFS VMs, linked across them.
+    run(&["create", "--lab", "labs/zvol.yaml"])?;
     say("");
     say("Each guest booted off its own clone and prints the hostname from its overlay:");
-    for k in 0..3 {
-        for n in 1..=4 {
-            let node = format!("vpp{k}-{n}");
-            let line = bed
-                .wait_for_console(k, &node, "LAB-GUEST-HOSTNAME:", Duration::from_secs(180))
-                .map_err(|e| e.to_string())?;
-            say(&format!("  hv{k}/{node}: {line}"));
-        }
+    let zvol_lab = [(0, "zvol0"), (1, "zvol1"), (3, "zvol3"), (4, "zvol4")];
+    let vpp_lab = (0..3).flat_map(|k| (1..=4).map(move |n| (k, format!("vpp{k}-{n}"))));
+    for (k, node) in vpp_lab.chain(zvol_lab.map(|(k, n)| (k, n.to_owned()))) {
+        let line = bed
+            .wait_for_console(k, &node, "LAB-GUEST-HOSTNAME:", Duration::from_secs(180))
+            .map_err(|e| e.to_string())?;
+        let kind = if bed.is_vm(k) {
+            "zvol on OpenZFS"
+        } else {
+            "dataset on zfs-fuse"
+        };
+        say(&format!("  hv{k}/{node} ({kind}): {line}"));
     }
     say("");
     say("Each got its planned management address by DHCP and pinged its link peers:");
@@ -291,11 +297,15 @@ fn demo() -> Result {
     run(&["exec", "--lab", "labs/vpp.yaml", "--", "hostname"])?;
     say("");
     run(&["status", "--lab", "labs/vpp.yaml"])?;
+    run(&["status", "--lab", "labs/zvol.yaml"])?;
     say("");
     say("Reach a node with `lab console vpp0-1` or `lab ssh vpp0-1`, draw the lab with");
     say("`lab --format mermaid graph`, and write an inventory with `lab inventory` (see README).");
     say(
-        "The lab stays up. Throw it away with:   cargo run -q -p lab -- destroy --lab labs/vpp.yaml --yes",
+        "The labs stay up. Throw them away with: cargo run -q -p lab -- destroy --lab labs/vpp.yaml --yes",
+    );
+    say(
+        "                                        cargo run -q -p lab -- destroy --lab labs/zvol.yaml --yes",
     );
     say("and the test bed with:                  cargo xtask testbed down");
     Ok(())

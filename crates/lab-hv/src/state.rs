@@ -246,7 +246,7 @@ pub fn probe_cmd(hv: &Hypervisor, detail: Detail) -> Cmd {
 }
 
 /// 64 random bits in hex: the probe's section marks, unknown to anything it reads.
-fn nonce() -> String {
+pub(crate) fn nonce() -> String {
     use std::io::Read;
     let mut bytes = [0u8; 8];
     let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));

@@ -58,6 +58,11 @@ pub enum Command {
     Status(StatusArgs),
     /// Wait until the nodes are ready (checked on their hypervisors).
     Wait(WaitArgs),
+    /// Before a first create: check every hypervisor of the lab (ssh, ZFS and its features,
+    /// the proto and its snapshot, space, libvirt, QEMU, KVM, dnsmasq, tools, the lab's
+    /// management prefixes and wire ports, UDP between the hypervisors links cross) and say
+    /// what to fix. Exits 1 when a check fails.
+    Doctor(DoctorArgs),
     /// Start the selected nodes' domains (their clones and links as they are).
     Start(PowerArgs),
     /// Power the selected nodes' domains off; their clones and links stay.
@@ -249,6 +254,14 @@ pub struct StatusArgs {
     /// The build compared with the clones (overlay drift).
     #[command(flatten)]
     pub out: BuildArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub lab: LabArgs,
+    #[command(flatten)]
+    pub select: SelectArgs,
 }
 
 #[derive(Args, Debug)]

@@ -168,6 +168,12 @@ pub struct Status {
 }
 
 #[derive(Debug)]
+pub struct Doctor {
+    pub lab: LabFiles,
+    pub select: Selection,
+}
+
+#[derive(Debug)]
 pub enum Proto {
     /// `release` (`kind` release) and `begin` (`kind` before).
     Snapshot {
@@ -203,6 +209,7 @@ pub enum Command {
     Create(Create),
     Destroy(Destroy),
     Status(Status),
+    Doctor(Doctor),
     Wait(Wait),
     Power(PowerNodes),
     Console(Reach),
@@ -375,6 +382,10 @@ impl Settings {
                 lab: files(a.lab),
                 select: select(a.select),
                 build: build(a.out),
+            }),
+            cli::Command::Doctor(a) => Command::Doctor(Doctor {
+                lab: files(a.lab),
+                select: select(a.select),
             }),
             cli::Command::Config(cli::ConfigCommand::Show { lab, explain }) => {
                 Command::ConfigShow {

@@ -443,3 +443,163 @@ fn a_partition_that_never_appears_is_a_clear_error_and_the_node_is_rolled_back()
     assert!(!domain_exists(&bed, "hv4", "np4"));
     assert!(!staging_exists(&bed, "hv4", "np4"));
 }
+
+/// A lab across every kind of hypervisor of the bed, never created: what `lab doctor` reads.
+fn doctor_lab(dir: &Path, hv4: &str) -> PathBuf {
+    let path = dir.join("doc.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "include: [{}, {}]\nlab: {{name: doc, id: 8, p2p_ipv4: 100.64.8.0/24}}\noverlay: bird\n\
+             vars: {{domain: e2e.example, dns: [192.0.2.53]}}\n\
+             defaults:\n  node:\n    vars: {{vpp_workers: 1, ospf_area: 0}}\n\
+             hypervisors:\n  hv0: {{mgmt: {{mode: none}}}}\n  hv1: {{mgmt: {{mode: none}}}}\n\
+             \x20 hv3: {{mgmt: {{mode: none}}}}\n  hv4: {{mgmt: {{mode: none}}{hv4}}}\n\
+             \x20 hv2: {{mgmt_ipv4: 192.168.48.0/24, mgmt_ipv6: \"2001:db8:48::/64\"}}\n\
+             nodes:\n  d0: {{hypervisor: hv0, id: 8}}\n  d1: {{hypervisor: hv1, id: 8}}\n\
+             \x20 d2: {{hypervisor: hv2, id: 8}}\n  d3: {{hypervisor: hv3, id: 8}}\n  d4: {{hypervisor: hv4, id: 8}}\n\
+             links:\n  - [d0, d3]\n  - [d3, d4]\n  - [d4, d1]\n",
+            repo().join("labs/testbed.yaml").display(),
+            repo().join("labs/testbed-openzfs.yaml").display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// `lab doctor`'s checks, per hypervisor: check name → (verdict, detail, fix).
+fn doctor(
+    dir: &Path,
+    file: &Path,
+) -> (
+    i32,
+    std::collections::HashMap<String, Vec<serde_json::Value>>,
+) {
+    let run = lab(
+        dir,
+        &[
+            "--format",
+            "json",
+            "doctor",
+            "--lab",
+            file.to_str().unwrap(),
+        ],
+    );
+    let report = run.json();
+    let hosts = report["hypervisors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}{}", run.stdout, run.stderr))
+        .iter()
+        .map(|h| {
+            (
+                h["host"].as_str().unwrap().to_owned(),
+                h["checks"].as_array().unwrap().clone(),
+            )
+        })
+        .collect();
+    (run.code, hosts)
+}
+
+fn check<'a>(
+    hosts: &'a std::collections::HashMap<String, Vec<serde_json::Value>>,
+    host: &str,
+    name: &str,
+) -> &'a serde_json::Value {
+    hosts[host]
+        .iter()
+        .find(|c| c["check"] == name)
+        .unwrap_or_else(|| panic!("{host} has no check {name}: {:?}", hosts[host]))
+}
+
+/// Undoes a fault made for a test, even when the test fails.
+struct Undo<'a>(&'a Testbed, u32, String);
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.ssh_script(self.1, &self.2);
+    }
+}
+
+#[test]
+fn doctor_passes_a_healthy_bed_and_names_each_fault_with_its_fix() {
+    let bed = require();
+    let dir = tempfile::tempdir().unwrap();
+    let file = doctor_lab(dir.path(), "");
+
+    // healthy: nothing fails; zfs-fuse and OpenZFS told apart; the underlay checked for real
+    let (code, hosts) = doctor(dir.path(), &file);
+    assert_eq!(code, 0, "{hosts:?}");
+    for hv in ["hv0", "hv1", "hv2"] {
+        let zfs = check(&hosts, hv, "zfs");
+        assert_eq!(zfs["verdict"], "warn", "{zfs}");
+        assert!(
+            zfs["detail"]
+                .as_str()
+                .unwrap()
+                .contains("pool of version 23"),
+            "{zfs}"
+        );
+    }
+    for hv in ["hv3", "hv4"] {
+        let zfs = check(&hosts, hv, "zfs");
+        assert_eq!(zfs["verdict"], "ok", "{zfs}");
+        assert!(
+            zfs["detail"].as_str().unwrap().starts_with("zfs-2."),
+            "{zfs}"
+        );
+        assert!(
+            zfs["detail"]
+                .as_str()
+                .unwrap()
+                .contains("resumable sends yes"),
+            "{zfs}"
+        );
+    }
+    for (hv, from) in [
+        ("hv3", "hv0"),
+        ("hv0", "hv3"),
+        ("hv4", "hv1"),
+        ("hv1", "hv4"),
+    ] {
+        let u = check(&hosts, hv, &format!("underlay from {from}"));
+        assert_eq!(u["verdict"], "ok", "{u}");
+    }
+    assert_eq!(check(&hosts, "hv2", "dnsmasq")["verdict"], "ok");
+
+    // the proto snapshot missing on one hypervisor
+    let missing = doctor_lab(dir.path(), ", snapshot: no-such-release");
+    let (code, hosts) = doctor(dir.path(), &missing);
+    assert_eq!(code, 1);
+    let snap = check(&hosts, "hv4", "snapshot");
+    assert_eq!(snap["verdict"], "fail", "{snap}");
+    assert!(
+        snap["fix"].as_str().unwrap().contains("lab proto release"),
+        "{snap}"
+    );
+
+    // dnsmasq missing where lab makes a network (hidden in hv2's own mount namespace)
+    bed.exec(2, &["mount", "--bind", "/dev/null", "/usr/sbin/dnsmasq"])
+        .unwrap();
+    let unhide = Undo(&bed, 2, "umount /usr/sbin/dnsmasq".to_owned());
+    let (code, hosts) = doctor(dir.path(), &file);
+    drop(unhide);
+    assert_eq!(code, 1);
+    let dns = check(&hosts, "hv2", "dnsmasq");
+    assert_eq!(dns["verdict"], "fail", "{dns}");
+    assert!(
+        dns["fix"].as_str().unwrap().contains("dnsmasq-base"),
+        "{dns}"
+    );
+
+    // the underlay between hv1 and hv4 blocked by a firewall rule on hv4
+    let rule = format!("INPUT -p udp -s {} -j DROP", bed.address(1));
+    bed.ssh_script(TARGET, &format!("iptables -I {rule}"))
+        .unwrap();
+    let _unblock = Undo(&bed, TARGET, format!("iptables -D {rule}"));
+    let (code, hosts) = doctor(dir.path(), &file);
+    assert_eq!(code, 1);
+    let u = check(&hosts, "hv4", "underlay from hv1");
+    assert_eq!(u["verdict"], "fail", "{u}");
+    assert!(u["fix"].as_str().unwrap().contains("firewall"), "{u}");
+    assert_eq!(check(&hosts, "hv4", "underlay from hv3")["verdict"], "ok");
+}

@@ -3,6 +3,7 @@
 
 mod create;
 mod destroy;
+mod doctor;
 mod export;
 mod generate;
 mod power;
@@ -60,6 +61,7 @@ pub fn run(settings: &Settings) -> Result<(), Failure> {
         Command::Create(s) => create::run(out, s),
         Command::Destroy(s) => destroy::run(out, s),
         Command::Status(s) => status::run(out, s),
+        Command::Doctor(s) => doctor::run(out, s),
         Command::Wait(s) => reach::wait(out, s),
         Command::Power(s) => power::run(out, s),
         Command::Console(s) => reach::console(out, s),

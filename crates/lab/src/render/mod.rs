@@ -360,3 +360,30 @@ pub fn exec(out: &Output, reports: &[ExecReport]) {
         eprintln!("{:<width$} failed: {why}", r.node);
     }
 }
+
+/// `lab doctor`: a table per hypervisor, every warning and failure with its fix.
+pub fn doctor(out: &Output, report: &lab_hv::doctor::DoctorReport) {
+    if out.format == Format::Json {
+        print_json(report);
+        return;
+    }
+    let mut stdout = std::io::stdout().lock();
+    for (i, host) in report.hypervisors.iter().enumerate() {
+        if i > 0 {
+            let _ = writeln!(stdout);
+        }
+        let _ = writeln!(stdout, "{}: {}", host.host, host.worst().as_str());
+        for c in &host.checks {
+            let _ = writeln!(
+                stdout,
+                "  {:<4} {:<22} {}",
+                c.verdict.as_str(),
+                c.check,
+                c.detail
+            );
+            if let Some(fix) = &c.fix {
+                let _ = writeln!(stdout, "  {:<4} {:<22} fix: {fix}", "", "");
+            }
+        }
+    }
+}
