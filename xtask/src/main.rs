@@ -250,23 +250,33 @@ fn demo() -> Result {
             Err(format!("`lab {}` failed ({status})", args.join(" ")))
         }
     };
+    run(&["doctor", "--lab", "labs/zvol.yaml"])?;
     run(&["create", "--lab", "labs/vpp.yaml"])?;
-    // Dataset clones on zfs-fuse and zvol clones on the OpenZFS VMs, linked across them.
-    run(&["create", "--lab", "labs/zvol.yaml"])?;
     say("");
     say("Each guest booted off its own clone and prints the hostname from its overlay:");
-    let zvol_lab = [(0, "zvol0"), (1, "zvol1"), (3, "zvol3"), (4, "zvol4")];
-    let vpp_lab = (0..3).flat_map(|k| (1..=4).map(move |n| (k, format!("vpp{k}-{n}"))));
-    for (k, node) in vpp_lab.chain(zvol_lab.map(|(k, n)| (k, n.to_owned()))) {
+    let hostname = |k: u32, node: &str| -> Result {
         let line = bed
-            .wait_for_console(k, &node, "LAB-GUEST-HOSTNAME:", Duration::from_secs(180))
+            .wait_for_console(k, node, "LAB-GUEST-HOSTNAME:", Duration::from_secs(180))
             .map_err(|e| e.to_string())?;
         let kind = if bed.is_vm(k) {
-            "zvol on OpenZFS"
+            "zvol clone, OpenZFS"
         } else {
-            "dataset on zfs-fuse"
+            "dataset clone, zfs-fuse"
         };
         say(&format!("  hv{k}/{node} ({kind}): {line}"));
+        Ok(())
+    };
+    for k in 0..3 {
+        for n in 1..=4 {
+            hostname(k, &format!("vpp{k}-{n}"))?;
+        }
+    }
+    // Dataset clones on zfs-fuse and zvol clones on the OpenZFS VMs in one lab, linked
+    // across them: made once the first lab's guests have booted (two cores here).
+    say("");
+    run(&["create", "--lab", "labs/zvol.yaml"])?;
+    for (k, node) in [(0, "zvol0"), (1, "zvol1"), (3, "zvol3"), (4, "zvol4")] {
+        hostname(k, node)?;
     }
     say("");
     say("Each got its planned management address by DHCP and pinged its link peers:");
