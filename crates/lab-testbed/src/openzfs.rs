@@ -17,6 +17,9 @@
 //! - KVM only where a stock kernel really boots under it: probed once with the bed's own
 //!   guest, the verdict cached (`<dir>/openzfs/accel`). Here `/dev/kvm` is a paravirtual KVM
 //!   that hangs a stock kernel, so the VMs run under TCG.
+//!
+//! Long: the image, the KVM verdict, the VMs' disks and their boot are one life cycle, read
+//! together from top to bottom.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

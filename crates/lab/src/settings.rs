@@ -1,5 +1,7 @@
 //! The command line turned into settings, once: every command works from these and never
 //! sees the raw flags; renderers see only [`Output`].
+//!
+//! Long: one settings type per verb and the one mapping from flags to them, read side by side.
 
 use std::path::PathBuf;
 

@@ -1,7 +1,11 @@
 //! The paths only a real OpenZFS has, end to end on the test bed's OpenZFS hypervisors (hv3 and
 //! hv4, QEMU VMs with Debian's zfs-dkms): zvol clones that boot, resumable sends cut and
 //! continued, a token the source refuses, holds, raw sends of an encrypted proto, replicas
-//! without device nodes. Each proto test has a zvol of its own (`ssd-vol0/oz-*`).
+//! without device nodes, and `lab doctor`. Each proto test has a zvol of its own
+//! (`ssd-vol0/oz-*`).
+//!
+//! Long: one binary for every OpenZFS scenario (each binary links the whole stack), sharing
+//! the helpers that reach the two VMs.
 
 mod common;
 
