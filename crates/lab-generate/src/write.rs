@@ -332,19 +332,23 @@ fn dir_entry(mode: u32) -> ManifestEntry {
     }
 }
 
-/// Writes `path` atomically: a temporary file beside it, then a rename.
+/// Writes `path` atomically: a temporary file beside it, then a rename (which replaces a
+/// symlink at `path` itself, never what it points to).
 pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), GenerateError> {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(io(parent))?;
     }
-    let name = path
-        .file_name()
-        .expect("output files have names")
-        .to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).map_err(io(&tmp))?;
-    fs::rename(&tmp, path).map_err(io(path))
+    let dir = path.parent().expect("output files are in a directory");
+    // A random name made with O_EXCL|O_NOFOLLOW: nothing planted beside it is written through.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".lab-tmp-")
+        .tempfile_in(dir)
+        .map_err(io(dir))?;
+    std::io::Write::write_all(&mut tmp, bytes).map_err(io(tmp.path()))?;
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(0o644))
+        .map_err(io(path))?;
+    tmp.persist(path).map(drop).map_err(|e| io(path)(e.error))
 }
 
 /// Removes a tree, first making its directories writable (an overlay may hold 0555 ones). A

@@ -18,7 +18,7 @@ use lab_hv::HostState;
 use lab_model::names::glob_match;
 use lab_model::{Hypervisor, Lab, Proto};
 
-pub use prune::{Held, PruneReport, prune};
+pub use prune::{Departed, ForgetReport, Held, PruneReport, forget, prune};
 pub use release::{IfRunning, SnapshotKind, SnapshotRequest, Snapshotted, rollback, snapshot};
 pub use status::{HostStatus, status};
 pub use sync::{SyncOptions, SyncOutcome, TargetReport, sync};

@@ -1,7 +1,9 @@
 //! `prune`: per hypervisor, release snapshots beyond the newest `keep` and `-before`
 //! snapshots older than the newest release; never one with clones, never one with holds
 //! (`lab-sync:<target>` keeps a target's next base, and a human's hold is respected), never a
-//! target's base for its next increment.
+//! target's base for its next increment. A `lab-sync:` hold of a hypervisor the fleet file does
+//! not name protects its snapshot like any other and is listed: only `lab proto forget HV`
+//! (see [`forget`]) says that hypervisor left for good and releases its holds.
 
 use std::collections::HashSet;
 
@@ -18,12 +20,19 @@ pub struct PruneReport {
     pub pinned: Vec<Pin>,
     /// Old snapshots kept because they have holds.
     pub held: Vec<Held>,
-    /// Holds of hypervisors no longer in the fleet (`lab-sync:<gone>` on `snapshot`), released
-    /// so that they do not keep snapshots forever; only where zfs lists holds.
+    /// Sync holds of hypervisors this fleet file does not name (`lab-sync:<hv>` on
+    /// `proto@snapshot`): kept, with their snapshots, until `lab proto forget <hv>`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub released: Vec<String>,
+    pub departed: Vec<Departed>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// A sync hold of a hypervisor the fleet file does not name.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Departed {
+    pub hypervisor: String,
+    pub snapshot: String,
 }
 
 /// A snapshot with holds: their tags where zfs lists them (zfs-fuse cannot), and how many.
@@ -48,9 +57,10 @@ pub fn held(have: &HostState) -> Vec<Held> {
         .collect()
 }
 
-/// `(snapshot, tag)` of every `lab-sync:<hv>` hold whose hypervisor is not a target of the
-/// fleet any more (only where zfs lists holds by tag).
-pub fn orphaned_holds(fleet: &Fleet<'_>, have: &HostState) -> Vec<(String, String)> {
+/// Every `lab-sync:<hv>` hold whose hypervisor is not a target of this fleet file (only where
+/// zfs lists holds by tag). The file may leave a hypervisor out for a while (down for
+/// maintenance): its holds stay, and so does the base of its next increment.
+pub fn departed_holds(fleet: &Fleet<'_>, have: &HostState) -> Vec<Departed> {
     if !have.zfs.holds_listed {
         return Vec::new();
     }
@@ -58,11 +68,13 @@ pub fn orphaned_holds(fleet: &Fleet<'_>, have: &HostState) -> Vec<(String, Strin
         .snapshots
         .iter()
         .flat_map(|s| s.holds.iter().map(move |t| (s, t)))
-        .filter(|(_, t)| {
-            t.strip_prefix("lab-sync:")
-                .is_some_and(|hv| !fleet.targets.iter().any(|h| h.name == hv))
+        .filter_map(|(s, t)| {
+            let hv = t.strip_prefix("lab-sync:")?;
+            (!fleet.targets.iter().any(|h| h.name == hv)).then(|| Departed {
+                hypervisor: hv.to_owned(),
+                snapshot: s.name.clone(),
+            })
         })
-        .map(|(s, t)| (s.name.clone(), t.clone()))
         .collect()
 }
 
@@ -172,25 +184,8 @@ pub async fn prune(
                 );
                 return report;
             }
-            // A hypervisor that left the fleet: its sync holds go first, then the plan sees
-            // what they no longer keep.
-            let mut have = have.clone();
-            for (name, tag) in orphaned_holds(fleet, &have) {
-                match exec.run(&hv.name, &cmd::release(hv, &tag, &name)).await {
-                    Ok(_) => {
-                        report.released.push(format!("{tag} on {}@{name}", hv.proto));
-                        if let Some(s) = have.proto.snapshots.iter_mut().find(|s| s.name == name) {
-                            s.holds.retain(|t| *t != tag);
-                            s.userrefs = s.userrefs.saturating_sub(1);
-                        }
-                    }
-                    Err(e) => {
-                        report.error = Some(e.to_string());
-                        return report;
-                    }
-                }
-            }
-            let (destroy, pinned, held) = prune_plan(fleet, &have, keep, bases);
+            report.departed = departed_holds(fleet, have);
+            let (destroy, pinned, held) = prune_plan(fleet, have, keep, bases);
             report.pinned = pinned;
             report.held = held;
             for name in destroy {
@@ -206,4 +201,56 @@ pub async fn prune(
         }
     });
     Ok(lab_hv::run::join_all(jobs.collect()).await)
+}
+
+/// What `forget` released on one hypervisor.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ForgetReport {
+    pub host: String,
+    /// `proto@snapshot` whose `lab-sync:<gone>` hold was released.
+    pub released: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `lab proto forget HV`: `gone` left the fleet for good; its `lab-sync:` holds are released on
+/// every hypervisor of the fleet, so that prune may take what they kept. Where zfs cannot list
+/// holds (zfs-fuse), the release is tried on every held snapshot (a missing tag is no error).
+pub async fn forget(exec: &Executor, fleet: &Fleet<'_>, gone: &str) -> Vec<ForgetReport> {
+    let tag = format!("lab-sync:{gone}");
+    let all = crate::read_all(exec, &fleet.all()).await;
+    let jobs = all.iter().map(|(hv, have)| {
+        let tag = &tag;
+        async move {
+            let mut report = ForgetReport {
+                host: hv.name.clone(),
+                ..ForgetReport::default()
+            };
+            let have = match have {
+                Ok(h) => h,
+                Err(e) => {
+                    report.error = Some(e.to_string());
+                    return report;
+                }
+            };
+            let snapshots = have.proto.snapshots.iter().filter(|s| {
+                if have.zfs.holds_listed {
+                    s.holds.iter().any(|t| t == tag)
+                } else {
+                    s.userrefs > 0
+                }
+            });
+            for s in snapshots {
+                match exec.run(&hv.name, &cmd::release(hv, tag, &s.name)).await {
+                    Ok(_) => report.released.push(format!("{}@{}", hv.proto, s.name)),
+                    Err(e) => {
+                        report.error = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            report
+        }
+    });
+    lab_hv::run::join_all(jobs.collect()).await
 }

@@ -398,6 +398,17 @@ pub enum ProtoCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// HV left the fleet for good: release its sync holds (`lab-sync:HV`) on every hypervisor
+    /// of the fleet, so that prune may take the snapshots they kept.
+    Forget {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// The hypervisor that left (it must not be in the fleet file any more).
+        #[arg(value_name = "HV")]
+        hypervisor: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Per hypervisor: newest release, in sync with the source or not, lag, pins, last error.
     Status {
         #[command(flatten)]

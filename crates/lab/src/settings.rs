@@ -194,6 +194,11 @@ pub enum Proto {
         keep: Option<u32>,
         mode: Mode,
     },
+    /// A hypervisor left the fleet for good: its sync holds go.
+    Forget {
+        hypervisor: String,
+        mode: Mode,
+    },
     Status {
         prometheus: bool,
     },
@@ -434,6 +439,17 @@ impl Settings {
                         lab,
                         Proto::Prune {
                             keep,
+                            mode: Mode::from_flag(dry_run),
+                        },
+                    ),
+                    cli::ProtoCommand::Forget {
+                        lab,
+                        hypervisor,
+                        dry_run,
+                    } => (
+                        lab,
+                        Proto::Forget {
+                            hypervisor,
                             mode: Mode::from_flag(dry_run),
                         },
                     ),

@@ -1281,6 +1281,49 @@ fn day_two_usage_errors() {
     }
 }
 
+/// The proto verbs refuse what would hurt before they reach a hypervisor: forgetting a
+/// hypervisor that is still in the fleet, a name that is no hypervisor's, and a status file in
+/// a directory others may write without the sticky bit (review 3, N1 and N2).
+#[test]
+fn proto_refusals_come_before_any_hypervisor_is_reached() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let s = Scratch::new();
+    let shared = s.path("shared");
+    fs::create_dir_all(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+    let status_file = shared.join("lab.prom");
+    let status_file = status_file.to_str().unwrap();
+    let fleet = "labs/testbed.yaml";
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["proto", "forget", "hv1", "--lab", fleet],
+            "hv1 is in the fleet file",
+        ),
+        (
+            &["proto", "forget", "a;b", "--lab", fleet],
+            "is not a hypervisor name",
+        ),
+        (
+            &[
+                "proto",
+                "refresh",
+                "--lab",
+                fleet,
+                "--status-file",
+                status_file,
+            ],
+            "is writable by others (mode 0777) without the sticky bit",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = s.lab(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "lab {args:?}: {stderr}");
+        assert!(stderr.contains(want), "lab {args:?}: {stderr}");
+    }
+    assert!(!fs::exists(status_file).unwrap());
+}
+
 /// Hostile values for every field that reaches a command or a path: each one, alone, in an
 /// otherwise valid lab file, is refused at load time with the field and its file:line.
 #[test]

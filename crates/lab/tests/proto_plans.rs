@@ -1,7 +1,7 @@
 //! Command plans of `lab proto sync` and `prune` for each transport and each path, against
-//! scripted hypervisors: zrepl is not installable here and OpenZFS-only behaviour (resume
-//! tokens, compressed and raw sends, volmode, listing holds) cannot run on the test bed's
-//! zfs-fuse, so the exact commands are what is checked.
+//! scripted hypervisors: the exact commands are what is checked. The OpenZFS-only paths also
+//! run for real on the bed's OpenZFS pair (`e2e_openzfs.rs`), each named below; what has no
+//! twin there says why.
 //!
 //! Long: most of it is the scripted fleet (what each hypervisor holds and can do) and the
 //! table of scenarios.
@@ -218,6 +218,8 @@ fn run_with(
                 Ok(r) => serde_json::to_string_pretty(&r).unwrap(),
                 Err(e) => format!("refused: {e}"),
             }
+        } else if verb == "forget" {
+            serde_json::to_string_pretty(&lab_proto::forget(&exec, &fleet, "behind").await).unwrap()
         } else {
             serde_json::to_string_pretty(&lab_proto::prune(&exec, &fleet, 1).await.unwrap())
                 .unwrap()
@@ -267,7 +269,8 @@ const MODERN: World = World {
 };
 
 /// On OpenZFS: compressed streams, resumable receives, holds moved to the new base; with a
-/// zvol target, no device nodes for the replica.
+/// zvol target, no device nodes for the replica. Twins: `a_cut_send_resumes_...` (`-c`,
+/// `recv -s`, `volmode=none`) and `holds_keep_the_next_base_...`.
 #[test]
 fn sync_on_openzfs_compresses_resumes_and_holds() {
     insta::assert_snapshot!(run_with(
@@ -289,7 +292,8 @@ const RESUMABLE: World = World {
     ..MODERN
 };
 
-/// A cut receive's token that the source accepts: resumed, then the rest sent.
+/// A cut receive's token that the source accepts: resumed, then the rest sent. Twin:
+/// `a_cut_send_resumes_from_its_token_and_moves_less_than_a_full_send`.
 #[test]
 fn sync_resumes_a_cut_receive_from_its_token() {
     insta::assert_snapshot!(run_with(
@@ -301,7 +305,8 @@ fn sync_resumes_a_cut_receive_from_its_token() {
     ));
 }
 
-/// A zvol replica whose cut receive is resumed to its end gets no device nodes either.
+/// A zvol replica whose cut receive is resumed to its end gets no device nodes either. Twin:
+/// the same e2e test checks `volmode=none` and no `/dev/zvol` link after the resume.
 #[test]
 fn a_resumed_zvol_replica_stays_without_device_nodes() {
     let plan = run_with(
@@ -322,7 +327,7 @@ fn a_resumed_zvol_replica_stays_without_device_nodes() {
 }
 
 /// A token the source refuses (its snapshot is gone): the partial receive is aborted, said so,
-/// and the send starts again.
+/// and the send starts again. Twin: `a_token_the_source_refuses_is_thrown_away_and_said`.
 #[test]
 fn sync_aborts_a_partial_receive_only_when_its_token_is_refused() {
     insta::assert_snapshot!(run_with(
@@ -339,7 +344,8 @@ fn sync_aborts_a_partial_receive_only_when_its_token_is_refused() {
 }
 
 /// A cut full receive (a dataset with no snapshot, and a token): resumed when the source can,
-/// else aborted and sent in full again; never taken for a diverged replica.
+/// else aborted and sent in full again; never taken for a diverged replica. Twins: both e2e
+/// tests above cut the first (full) send of a new proto.
 #[test]
 fn sync_treats_a_cut_full_receive_as_no_replica_yet() {
     let cut = |token_good| {
@@ -359,10 +365,11 @@ fn sync_treats_a_cut_full_receive_as_no_replica_yet() {
     insta::assert_snapshot!("cut_full_aborted", cut(false));
 }
 
-/// A hold of a hypervisor that left the fleet is released by prune, so that it does not keep
-/// snapshots forever; a human's hold stays.
+/// A fleet file that leaves a hypervisor out (`behind`, down for maintenance) changes nothing
+/// about it: prune keeps its held bases and lists them (review 3, N1); a human's hold stays.
+/// No twin: the bed has no hypervisor to lose; the plan is the whole of it.
 #[test]
-fn prune_releases_the_holds_of_a_hypervisor_that_left() {
+fn prune_keeps_and_lists_the_holds_of_a_hypervisor_the_file_leaves_out() {
     let plan = run_with(
         "transport: controller",
         "prune",
@@ -373,10 +380,30 @@ fn prune_releases_the_holds_of_a_hypervisor_that_left() {
         &[("  behind: {", "  gone: {")],
         None,
     );
+    assert!(!plan.contains("lab-hold release"), "{plan}");
+    assert!(!plan.contains("@20261001-release\n"), "{plan}");
     insta::assert_snapshot!(plan);
 }
 
-/// An encrypted proto goes raw (`-w`), never decrypted on the way.
+/// `lab proto forget behind`: its sync holds go, on every hypervisor of the fleet; nothing else.
+#[test]
+fn forget_releases_the_holds_of_a_hypervisor_that_left() {
+    let plan = run_with(
+        "transport: controller",
+        "forget",
+        World {
+            held: true,
+            ..MODERN
+        },
+        &[("  behind: {", "  gone: {")],
+        None,
+    );
+    assert!(!plan.contains("zfs destroy"), "{plan}");
+    insta::assert_snapshot!(plan);
+}
+
+/// An encrypted proto goes raw (`-w`), never decrypted on the way. Twin:
+/// `an_encrypted_proto_is_sent_raw_and_arrives_still_encrypted`.
 #[test]
 fn sync_sends_an_encrypted_proto_raw() {
     insta::assert_snapshot!(run_with(
@@ -392,7 +419,8 @@ fn sync_sends_an_encrypted_proto_raw() {
 }
 
 /// Where zfs lists holds, this target's stale hold is released by tag and a human's hold is
-/// left alone; an up-to-date target whose base is held changes nothing.
+/// left alone; an up-to-date target whose base is held changes nothing. Twin (the moving
+/// hold): `holds_keep_the_next_base_on_both_sides_and_move_with_each_sync`.
 #[test]
 fn sync_moves_listed_holds_and_leaves_others_alone() {
     insta::assert_snapshot!(run_with(

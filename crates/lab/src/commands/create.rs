@@ -121,7 +121,7 @@ impl RunDir {
         let id = std::process::id();
         let lock_path = build.join(format!(".run-{id}.lock"));
         let lock = std::fs::create_dir_all(build)
-            .and_then(|()| std::fs::File::create(&lock_path))
+            .and_then(|()| create_new_no_follow(&lock_path))
             .and_then(|f| f.lock().map(|()| f))
             .ok()
             .map(|f| (lock_path, f));
@@ -129,6 +129,28 @@ impl RunDir {
             dir: build.join(format!(".run-{id}")),
             lock,
         }
+    }
+}
+
+/// Creates `path` as a new file, never through a symlink: whatever is at that name (a stale
+/// lock of a process that had this pid, or a link someone planted) is removed first, itself,
+/// and the file is then made with `O_CREAT|O_EXCL|O_NOFOLLOW`.
+fn create_new_no_follow(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let open = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(path)
+    };
+    match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(path)?;
+            open()
+        }
+        other => other,
     }
 }
 

@@ -32,6 +32,7 @@ pub enum Verb {
     ProtoRollback,
     ProtoSync,
     ProtoPrune,
+    ProtoForget,
     ProtoRefresh,
 }
 
@@ -49,6 +50,7 @@ impl Verb {
             Verb::ProtoRollback => "proto-rollback",
             Verb::ProtoSync => "proto-sync",
             Verb::ProtoPrune => "proto-prune",
+            Verb::ProtoForget => "proto-forget",
             Verb::ProtoRefresh => "proto-refresh",
         }
     }

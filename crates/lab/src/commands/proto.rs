@@ -30,6 +30,7 @@ fn verb_of(p: &Proto) -> Option<Verb> {
         Proto::Rollback { .. } => Verb::ProtoRollback,
         Proto::Sync { .. } => Verb::ProtoSync,
         Proto::Prune { .. } => Verb::ProtoPrune,
+        Proto::Forget { .. } => Verb::ProtoForget,
         Proto::Refresh { .. } => Verb::ProtoRefresh,
         Proto::Status { .. } => return None,
     })
@@ -37,7 +38,7 @@ fn verb_of(p: &Proto) -> Option<Verb> {
 
 fn mode_of(p: &Proto) -> Mode {
     match p {
-        Proto::Sync { mode, .. } | Proto::Prune { mode, .. } => *mode,
+        Proto::Sync { mode, .. } | Proto::Prune { mode, .. } | Proto::Forget { mode, .. } => *mode,
         _ => Mode::Live,
     }
 }
@@ -45,6 +46,23 @@ fn mode_of(p: &Proto) -> Mode {
 pub fn run(out: &Output, files: &LabFiles, p: &Proto) -> Result<(), Failure> {
     let lab = lab_model::load_fleet(&files.0)?;
     let fleet = Fleet::of(&lab)?;
+    if let Proto::Forget { hypervisor, .. } = p {
+        if fleet.all().iter().any(|h| &h.name == hypervisor) {
+            return Err(Failure::invalid(format!(
+                "{hypervisor} is in the fleet file: `forget` is for a hypervisor that left; take it \
+                 out of the file first"
+            )));
+        }
+        if hypervisor.is_empty()
+            || !hypervisor
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(Failure::invalid(format!(
+                "{hypervisor:?} is not a hypervisor name (letters, digits, `-`, `_`, `.`)"
+            )));
+        }
+    }
     if let Proto::Refresh { jitter_secs, .. } = p
         && *jitter_secs > 0
     {
@@ -52,6 +70,13 @@ pub fn run(out: &Output, files: &LabFiles, p: &Proto) -> Result<(), Failure> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos() as u64 ^ std::process::id() as u64);
         std::thread::sleep(std::time::Duration::from_secs(nanos % (jitter_secs + 1)));
+    }
+    if let Proto::Refresh {
+        status_file: Some(path),
+        ..
+    } = p
+    {
+        status_dir_is_safe(path)?;
     }
     let mode = mode_of(p);
     let exec = executor_for(&fleet.all(), mode);
@@ -164,6 +189,17 @@ async fn work(
             render::proto::prune(out, &reports, &recorded(), mode);
             prune_exit(&reports)
         }
+        Proto::Forget { hypervisor, .. } => {
+            let reports = lab_proto::forget(exec, fleet, hypervisor).await;
+            render::proto::forget(out, hypervisor, &reports, &recorded(), mode);
+            match reports.iter().filter(|r| r.error.is_some()).count() {
+                0 => Ok(()),
+                n => Err(Failure::new(
+                    Exit::Partial,
+                    format!("forget: {n} hypervisor(s) could not release {hypervisor}'s holds"),
+                )),
+            }
+        }
         Proto::Status { prometheus } => {
             let hosts = lab_proto::status(exec, fleet).await;
             if *prometheus {
@@ -250,6 +286,35 @@ fn prune_exit(reports: &[PruneReport]) -> Result<(), Failure> {
 
 /// Reads the fleet once more and writes its status for node_exporter's textfile collector:
 /// into a temporary file beside `path`, then renamed over it, so a reader never sees half.
+/// The status file's directory: one that others may write (group or world) without the
+/// sticky bit is refused before anything runs, since they could rename or replace what
+/// `lab`, as root, puts there.
+fn status_dir_is_safe(path: &std::path::Path) -> Result<(), Failure> {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let meta = std::fs::metadata(dir).map_err(|e| {
+        Failure::invalid(format!(
+            "--status-file {}: its directory {}: {e}",
+            path.display(),
+            dir.display()
+        ))
+    })?;
+    let mode = meta.mode();
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Err(Failure::invalid(format!(
+            "--status-file {}: its directory {} is writable by others (mode {:04o}) without the \
+             sticky bit; use a directory only its owner can write, or set the sticky bit",
+            path.display(),
+            dir.display(),
+            mode & 0o7777
+        )));
+    }
+    Ok(())
+}
+
 fn write_status_file(fleet: &Fleet<'_>, path: &std::path::Path) -> Result<(), Failure> {
     let exec = executor_for(&fleet.all(), Mode::Live);
     let hosts = drive(exec, async |exec| lab_proto::status(exec, fleet).await)?;
@@ -260,23 +325,30 @@ fn write_status_file(fleet: &Fleet<'_>, path: &std::path::Path) -> Result<(), Fa
             format!("cannot write the status file {}: {e}", path.display()),
         )
     };
-    let name = path.file_name().ok_or_else(|| {
-        Failure::invalid(format!("--status-file {} names no file", path.display()))
-    })?;
-    let tmp = path.with_file_name(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    if path.file_name().is_none() {
+        return Err(Failure::invalid(format!(
+            "--status-file {} names no file",
+            path.display()
+        )));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    // A temporary file of a random name made with O_EXCL|O_NOFOLLOW (the tempfile crate), then
+    // a rename: nothing planted in the directory is ever written through.
     let write = || -> std::io::Result<()> {
         use std::io::Write as _;
-        let mut f = std::fs::File::create(&tmp)?;
+        use std::os::unix::fs::PermissionsExt as _;
+        let mut f = tempfile::Builder::new()
+            .prefix(".lab-status-")
+            .tempfile_in(dir)?;
         f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        // node_exporter reads it as another user
+        f.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        f.as_file().sync_all()?;
+        f.persist(path).map(drop).map_err(|e| e.error)
     };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        failed(e)
-    })
+    write().map_err(failed)
 }

@@ -140,6 +140,50 @@ pub fn prune(out: &Output, reports: &[lab_proto::PruneReport], commands: &[Recor
                 for h in &r.held {
                     let _ = writeln!(stdout, "{:<8}   kept @{}: {}", "", h.snapshot, held_text(h));
                 }
+                for d in &r.departed {
+                    let _ = writeln!(
+                        stdout,
+                        "{:<8}   kept @{}: held for {}, which this fleet file does not name \
+                         (`lab proto forget {}` if it left for good)",
+                        "", d.snapshot, d.hypervisor, d.hypervisor
+                    );
+                }
+                if let Some(e) = &r.error {
+                    let _ = writeln!(stdout, "{:<8}   error: {e}", "");
+                }
+            }
+        }
+    }
+}
+
+pub fn forget(
+    out: &Output,
+    gone: &str,
+    reports: &[lab_proto::ForgetReport],
+    commands: &[Recorded],
+    mode: Mode,
+) {
+    let dry_run = mode.is_dry_run();
+    match out.format {
+        Format::Json => print_json(&serde_json::json!({
+            "dry_run": dry_run,
+            "forgotten": gone,
+            "hosts": reports,
+            "commands": commands,
+        })),
+        Format::Text => {
+            let mut stdout = std::io::stdout().lock();
+            for r in reports {
+                let what = match (r.released.is_empty(), dry_run) {
+                    (true, _) => format!("no hold of {gone}"),
+                    (false, true) => {
+                        format!("would release {gone}'s holds on {}", r.released.join(", "))
+                    }
+                    (false, false) => {
+                        format!("released {gone}'s holds on {}", r.released.join(", "))
+                    }
+                };
+                let _ = writeln!(stdout, "{:<8} {what}", r.host);
                 if let Some(e) = &r.error {
                     let _ = writeln!(stdout, "{:<8}   error: {e}", "");
                 }
