@@ -108,6 +108,152 @@ pub fn proto(root: &Path) -> Result {
     resumed(&bed, &ds, &lab_bin, &fleet, &lab, &exec0)?;
     drop_all();
     let _ = std::fs::remove_dir_all(&dir);
+    if bed.openzfs >= 2 {
+        openzfs(root, &bed, &lab_bin)?;
+    }
+    Ok(())
+}
+
+/// MiB written per change on the OpenZFS pair.
+const OPENZFS_CHANGE: u32 = 96;
+
+/// The OpenZFS pair (the bed's first two VMs): a zvol proto's full send, an incremental one and
+/// one cut and resumed, through `lab proto sync`, each beside `ssh SRC zfs send -c | ssh DST
+/// zfs recv` by hand into a second replica (the floor).
+fn openzfs(root: &Path, bed: &lab_testbed::Testbed, lab_bin: &Path) -> Result {
+    let (src, dst) = (bed.hypervisors, bed.hypervisors + 1);
+    let ds = format!("{}/proto-bench", bed.pool);
+    let floor_ds = format!("{}/proto-bench-floor", bed.pool);
+    let on = |k: u32, script: &str| -> Result<String> {
+        bed.ssh_script(k, script).map_err(|e| e.to_string())
+    };
+    let drop_all = || {
+        for (k, d) in [(src, &ds), (dst, &ds), (dst, &floor_ds)] {
+            let _ = on(
+                k,
+                &format!(
+                    "for s in $(zfs list -H -t snapshot -o name {d} 2>/dev/null); do zfs release lab-sync:hv{dst} $s 2>/dev/null || true; done\n\
+                     zfs recv -A {d} 2>/dev/null || true; zfs destroy -r {d} 2>/dev/null || true"
+                ),
+            );
+        }
+    };
+    drop_all();
+    on(
+        src,
+        &format!(
+            "zfs create -s -V 1G {ds}\n\
+             i=0; while [ ! -b /dev/zvol/{ds} ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done"
+        ),
+    )?;
+    let change = |n: u32| -> Result<String> {
+        on(
+            src,
+            &format!(
+                "head -c {OPENZFS_CHANGE}M /dev/urandom | dd of=/dev/zvol/{ds} bs=1M seek={} oflag=direct status=none",
+                n * OPENZFS_CHANGE
+            ),
+        )
+    };
+    let dir = tempdir()?;
+    let fleet = dir.join("fleet.yaml");
+    std::fs::write(
+        &fleet,
+        format!(
+            "include: {}\ndefaults:\n  hypervisor:\n    proto: {ds}\n",
+            root.join("labs/testbed-openzfs.yaml").display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let lab = |args: &[&str]| -> Result<(f64, serde_json::Value)> {
+        let start = Instant::now();
+        let out = Command::new(lab_bin)
+            .args(["--format", "json"])
+            .args(args)
+            .arg("--lab")
+            .arg(&fleet)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "lab {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let json = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        Ok((start.elapsed().as_secs_f64(), json))
+    };
+    let bytes = |report: &serde_json::Value| report["targets"][0]["bytes"].as_u64().unwrap_or(0);
+    let floor = |send: &str| -> Result<f64> {
+        let start = Instant::now();
+        lab_testbed::bash(&format!(
+            "ssh hv{src} zfs send -c {send} | ssh hv{dst} zfs recv -u {floor_ds}"
+        ))
+        .map_err(|e| e.to_string())?;
+        Ok(start.elapsed().as_secs_f64())
+    };
+    say(&format!(
+        "OpenZFS pair hv{src} -> hv{dst} ({}), a zvol proto, {OPENZFS_CHANGE} MiB of new data per release:",
+        bed.exec(src, &["zfs", "version"])
+            .ok()
+            .and_then(|v| v.lines().next().map(str::to_owned))
+            .unwrap_or_default()
+    ));
+    let row = |what: &str, wall: f64, bytes: u64, floor: Option<f64>| {
+        let floor = floor.map_or("-".to_owned(), |f| format!("{f:.2} s"));
+        say(&format!(
+            "  {what:<28} lab {wall:6.2} s {:>12} bytes   floor {floor}",
+            bytes
+        ));
+    };
+
+    change(0)?;
+    lab(&["proto", "release", "--name", "o1-release"])?;
+    let (wall, report) = lab(&["proto", "sync"])?;
+    let f = floor(&format!("{ds}@o1-release"))?;
+    row("full send", wall, bytes(&report), Some(f));
+
+    change(1)?;
+    lab(&["proto", "release", "--name", "o2-release"])?;
+    let (wall, report) = lab(&["proto", "sync"])?;
+    let f = floor(&format!("-i {ds}@o1-release {ds}@o2-release"))?;
+    row("incremental send", wall, bytes(&report), Some(f));
+
+    // A third change, cut about halfway by a rate limit and SIGINT, then resumed.
+    change(2)?;
+    lab(&["proto", "release", "--name", "o3-release"])?;
+    let mut cut = Command::new(lab_bin)
+        .args(["-q", "proto", "sync", "--bwlimit", "16M", "--lab"])
+        .arg(&fleet)
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    while on(dst, "pgrep -f '^zfs recv' >/dev/null && echo yes || true")?.trim() != "yes" {
+        if start.elapsed().as_secs() > 120 {
+            return Err("the cut send never started".to_owned());
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let _ = Command::new("kill")
+        .args(["-INT", &cut.id().to_string()])
+        .status();
+    let _ = cut.wait();
+    let (wall, report) = lab(&["proto", "sync"])?;
+    let path = report["targets"][0]["path"].to_string();
+    row(&format!("resumed send {path}"), wall, bytes(&report), None);
+    let full = on(
+        src,
+        &format!("zfs send -n -P -c -i {ds}@o2-release {ds}@o3-release"),
+    )?;
+    say(&format!(
+        "  (the uncut increment is {} bytes)",
+        full.lines()
+            .find_map(|l| l.strip_prefix("size\t"))
+            .unwrap_or("?")
+    ));
+    drop_all();
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 

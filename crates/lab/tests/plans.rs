@@ -1,8 +1,9 @@
 //! Command plans of create, destroy, start, stop and restart, asserted exactly, against scripted hypervisor state.
 //!
 //! The executor runs nothing here: queries are answered from a script of what the hypervisor
-//! holds, and every command is recorded. This is how the zvol paths (which the test bed's
-//! zfs-fuse cannot run) and the refusals are pinned down.
+//! holds, and every command is recorded: the exact commands, byte for byte, and the refusals.
+//! The zvol paths also run for real on the bed's OpenZFS hypervisors (`e2e_openzfs.rs`:
+//! create, re-create, `--force`, destroy, a partition that never appears).
 //!
 //! Long: most of it is the table of scenarios and the hypervisor states they start from.
 
