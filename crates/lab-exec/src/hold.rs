@@ -14,7 +14,7 @@ use std::time::Duration;
 use openssh::{ChildStdout, Session};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 
-use crate::{Cmd, Effect, ExecError, Executor, Mode, Out, lost, quote_line};
+use crate::{Cmd, Effect, ExecError, Executor, Mode, Out, c_locale, lost, quote_line};
 
 /// A running remote command; see the module documentation.
 pub struct Holding {
@@ -151,7 +151,7 @@ impl Executor {
         let session = self.session(h).await?;
         let lost = |e: openssh::Error| lost(host, &cmd.line(), e);
         let work = async {
-            let mut command = session.raw_command(&line);
+            let mut command = session.raw_command(c_locale(&line));
             command
                 .stdin(openssh::Stdio::null())
                 .stdout(openssh::Stdio::piped())
@@ -240,7 +240,7 @@ impl Executor {
             Mode::Live => {}
         }
         let session = self.session(h).await?;
-        let mut command = Session::arc_raw_command(session, &line);
+        let mut command = Session::arc_raw_command(session, c_locale(&line));
         command
             .stdin(openssh::Stdio::piped())
             .stdout(openssh::Stdio::piped())
@@ -314,13 +314,13 @@ impl Executor {
         self.check_lock(hd)?;
         let (ss, ds) = (self.session(hs).await?, self.session(hd).await?);
         let (from_line, to_line) = (from.line(), to.line());
-        let mut sender = Session::arc_raw_command(ss, quote_line(&from.argv));
+        let mut sender = Session::arc_raw_command(ss, c_locale(&quote_line(&from.argv)));
         sender
             .stdin(openssh::Stdio::null())
             .stdout(openssh::Stdio::piped())
             .stderr(openssh::Stdio::piped());
         let mut sender = sender.spawn().await.map_err(|e| lost(src, &from_line, e))?;
-        let mut receiver = Session::arc_raw_command(ds, quote_line(&to.argv));
+        let mut receiver = Session::arc_raw_command(ds, c_locale(&quote_line(&to.argv)));
         receiver
             .stdin(openssh::Stdio::piped())
             .stdout(openssh::Stdio::null())

@@ -417,10 +417,17 @@ const STATUS_TRAILER: &str = "\nlab-exec-status ";
 /// `ssh` (to a node) and a shell (a command not found) exit so for reasons of their own.
 fn with_status_trailer(line: &str) -> String {
     let script = format!(
-        "(\n{line}\n)\ns=$?; printf '{}%s\\n' \"$s\" >&2; exit 0",
+        "(\nexport LC_ALL=C\n{line}\n)\ns=$?; printf '{}%s\\n' \"$s\" >&2; exit 0",
         STATUS_TRAILER.replace('\n', "\\n")
     );
     quote_line(&["sh".to_owned(), "-c".to_owned(), script])
+}
+
+/// A remote line run in the C locale: `lab` parses what zfs, virsh and ip say, and a
+/// hypervisor installed in another language (sshd applies `/etc/default/locale`, ssh forwards
+/// `LANG` and `LC_*`) would otherwise translate it (review 3, N8).
+pub(crate) fn c_locale(line: &str) -> String {
+    format!("LC_ALL=C {line}")
 }
 
 /// `(status, stderr without the trailer)`, or `None` when there is no trailer.
@@ -478,6 +485,22 @@ mod tests {
         // a line that exits ends its own subshell, not the trailer's
         assert_eq!(remote("exit 3").0, 3);
         assert_eq!(remote("printf 'no newline' >&2").1, "no newline");
+    }
+
+    /// Every remote line runs in the C locale, whatever the login environment says: what zfs,
+    /// virsh and ip print is parsed as English (review 3, N8).
+    #[test]
+    fn remote_lines_run_in_the_c_locale() {
+        let (status, said) = remote("printf '%s' \"$LC_ALL\" >&2");
+        assert_eq!((status, said.as_str()), (0, "C"));
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(c_locale("env"))
+            .env("LC_ALL", "de_DE.UTF-8")
+            .output()
+            .unwrap();
+        let env = String::from_utf8_lossy(&out.stdout);
+        assert!(env.lines().any(|l| l == "LC_ALL=C"), "{env}");
     }
 
     #[test]

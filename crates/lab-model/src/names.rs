@@ -94,12 +94,60 @@ pub fn user(s: &str) -> Result<(), Rule> {
     )
 }
 
-/// An ssh option: `Key=Value`, the key letters only, the value `[A-Za-z0-9_./@:,+~-]`.
+/// The ssh options a lab file may set for reaching its nodes: how to authenticate, which host
+/// keys to trust, timeouts and algorithms. Nothing that runs a program or loads a library
+/// (`ProxyCommand`, `LocalCommand`, `KnownHostsCommand`, `*Provider`), reads another file of
+/// options (`Include`, `Match`), or opens a forward or a control socket: `lab exec` runs ssh as
+/// root on every hypervisor (review 3, N9). Case does not matter to ssh, nor here.
+pub const SSH_OPTION_KEYS: &[&str] = &[
+    "AddressFamily",
+    "BatchMode",
+    "CASignatureAlgorithms",
+    "CertificateFile",
+    "CheckHostIP",
+    "Ciphers",
+    "Compression",
+    "ConnectionAttempts",
+    "ConnectTimeout",
+    "FingerprintHash",
+    "GlobalKnownHostsFile",
+    "HashKnownHosts",
+    "HostKeyAlgorithms",
+    "HostKeyAlias",
+    "HostbasedAcceptedAlgorithms",
+    "IdentitiesOnly",
+    "IdentityFile",
+    "IPQoS",
+    "KbdInteractiveAuthentication",
+    "KexAlgorithms",
+    "LogLevel",
+    "MACs",
+    "NumberOfPasswordPrompts",
+    "PasswordAuthentication",
+    "Port",
+    "PreferredAuthentications",
+    "PubkeyAcceptedAlgorithms",
+    "PubkeyAuthentication",
+    "RekeyLimit",
+    "ServerAliveCountMax",
+    "ServerAliveInterval",
+    "StrictHostKeyChecking",
+    "TCPKeepAlive",
+    "UpdateHostKeys",
+    "User",
+    "UserKnownHostsFile",
+    "VerifyHostKeyDNS",
+];
+
+/// An ssh option: `Key=Value`, the key one of [`SSH_OPTION_KEYS`], the value
+/// `[A-Za-z0-9_./@:,+~-]`.
 pub fn ssh_option(s: &str) -> Result<(), Rule> {
-    const RULE: Rule = "Key=Value: a key of letters, a value of [A-Za-z0-9_./@:,+~-]";
+    const RULE: Rule = "Key=Value: a key of the allowed list (IdentityFile, User, Port, \
+        StrictHostKeyChecking, UserKnownHostsFile, ConnectTimeout, ServerAlive*, LogLevel, \
+        algorithms...; never *Command, *Provider, Include, Match, forwards or ControlPath), a \
+        value of [A-Za-z0-9_./@:,+~-]";
     let ok = s.split_once('=').is_some_and(|(k, v)| {
-        !k.is_empty()
-            && k.bytes().all(|b| b.is_ascii_alphabetic())
+        SSH_OPTION_KEYS.iter().any(|a| a.eq_ignore_ascii_case(k))
             && !v.is_empty()
             && v.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"_./@:,+~-".contains(&b))

@@ -515,7 +515,8 @@ impl One<'_, '_> {
         let src = &self.fleet.source.name;
         let refused = match self.exec.run(src, &cmd::check_resume_token(token)).await {
             Ok(_) => false,
-            Err(ExecError::Failed { .. }) => true,
+            Err(ExecError::Failed { status, .. }) if status == cmd::TOKEN_REFUSED => true,
+            // Any other failure leaves the partial receive for the next sync.
             Err(e) => return Err(e),
         };
         if refused {

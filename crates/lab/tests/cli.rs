@@ -408,6 +408,20 @@ const BAD: &[Bad] = &[
         says: &["labs/n.yaml:3", "is not a valid node name"],
     },
     Bad {
+        name: "an ssh option that runs a program (review 3, N9)",
+        files: &[(
+            "labs/o.yaml",
+            "include: vpp.yaml\ndefaults:\n  node:\n    ssh:\n      options: [User=root, ProxyCommand=/usr/sbin/reboot]\n",
+        )],
+        args: &["generate", "--lab", "labs/o.yaml"],
+        code: 2,
+        says: &[
+            "labs/o.yaml:5",
+            "ProxyCommand=/usr/sbin/reboot",
+            "never *Command",
+        ],
+    },
+    Bad {
         name: "dataset with a leading dash",
         files: &[(
             "labs/d.yaml",

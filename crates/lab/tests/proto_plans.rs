@@ -40,6 +40,18 @@ fn fleet(transport: &str, edits: &[(&str, &str)]) -> Lab {
     Lab::from_tree(base, files).unwrap()
 }
 
+/// The source's answer to `zfs send -n -t TOKEN`.
+#[derive(Default, Clone, Copy)]
+enum Token {
+    /// It can send what the token asks for.
+    Good,
+    /// It refuses the token: the snapshot is gone.
+    #[default]
+    Refused,
+    /// It fails for another reason (a suspended pool): nothing is known of the token.
+    SourceTrouble,
+}
+
 /// What the scripted fleet is and can do, beyond the snapshots every scenario starts from.
 #[derive(Default, Clone, Copy)]
 struct World {
@@ -49,8 +61,8 @@ struct World {
     tools: &'static [&'static str],
     /// `behind` has a cut receive's token.
     token: bool,
-    /// The source still has what the token asks for.
-    token_good: bool,
+    /// What the source says of the token.
+    token_answer: Token,
     /// The source's proto is encrypted.
     encrypted: bool,
     /// `behind` already holds its base (and the source holds it for `behind`), and an old
@@ -176,14 +188,17 @@ fn run_with(
                 &listing(host, &w),
             )));
         }
-        if line.starts_with("zfs send -n -t") {
-            return Some(if w.token_good {
-                Out::ok("")
-            } else {
-                Out::fail(
-                    255,
+        if line.contains(" lab-token ") {
+            return Some(match w.token_answer {
+                Token::Good => Out::ok(""),
+                Token::Refused => Out::fail(
+                    3,
                     "cannot resume send: 'tank/proto@20261101-release' used in the initial send no longer exists",
-                )
+                ),
+                Token::SourceTrouble => Out::fail(
+                    1,
+                    "cannot open 'tank/proto': pool I/O is currently suspended",
+                ),
             });
         }
         if line.contains("lab-zrepl-wait") {
@@ -231,6 +246,7 @@ fn run_with(
             || r.line.starts_with("zfs send")
             || r.line.contains("lab-send")
             || r.line.contains("lab-zrepl-wait")
+            || r.line.contains(" lab-token ")
         {
             out.push_str(&format!("{} $ {}\n", r.host, r.line));
         }
@@ -261,7 +277,7 @@ const MODERN: World = World {
     modern: true,
     tools: &[],
     token: false,
-    token_good: false,
+    token_answer: Token::Refused,
     encrypted: false,
     held: false,
     zrepl_delivers: false,
@@ -288,7 +304,7 @@ fn sync_on_openzfs_compresses_resumes_and_holds() {
 /// OpenZFS, and `behind` has a cut receive whose token the source accepts.
 const RESUMABLE: World = World {
     token: true,
-    token_good: true,
+    token_answer: Token::Good,
     ..MODERN
 };
 
@@ -335,7 +351,7 @@ fn sync_aborts_a_partial_receive_only_when_its_token_is_refused() {
         "sync",
         World {
             token: true,
-            token_good: false,
+            token_answer: Token::Refused,
             ..MODERN
         },
         &[],
@@ -348,21 +364,40 @@ fn sync_aborts_a_partial_receive_only_when_its_token_is_refused() {
 /// tests above cut the first (full) send of a new proto.
 #[test]
 fn sync_treats_a_cut_full_receive_as_no_replica_yet() {
-    let cut = |token_good| {
+    let cut = |token_answer| {
         run_with(
             "transport: controller",
             "sync",
             World {
                 cut_full: true,
-                token_good,
+                token_answer,
                 ..MODERN
             },
             &[("rogue:", "x-rogue:"), ("behind:", "x-behind:")],
             None,
         )
     };
-    insta::assert_snapshot!("cut_full_resumed", cut(true));
-    insta::assert_snapshot!("cut_full_aborted", cut(false));
+    insta::assert_snapshot!("cut_full_resumed", cut(Token::Good));
+    insta::assert_snapshot!("cut_full_aborted", cut(Token::Refused));
+}
+
+/// The source fails the token check for a reason of its own (a suspended pool): the partial
+/// receive is kept for the next sync, never aborted (review 3, N6).
+#[test]
+fn a_source_in_trouble_never_costs_a_partial_receive() {
+    let plan = run_with(
+        "transport: controller",
+        "sync",
+        World {
+            token: true,
+            token_answer: Token::SourceTrouble,
+            ..MODERN
+        },
+        &[],
+        None,
+    );
+    assert!(!plan.contains("zfs recv -A"), "{plan}");
+    assert!(plan.contains("pool I/O is currently suspended"), "{plan}");
 }
 
 /// A fleet file that leaves a hypervisor out (`behind`, down for maintenance) changes nothing

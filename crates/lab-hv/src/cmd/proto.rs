@@ -138,10 +138,24 @@ pub fn send(src: &Hypervisor, stream: &Stream<'_>, opts: &SendOptions) -> Cmd {
 }
 
 /// Whether the source can still send what a resume token asks for (`zfs send -n -t`): a
-/// dry run that reads nothing but the token and the snapshots it names.
+/// dry run that reads nothing but the token and the snapshots it names. Exit 0: it can;
+/// [`TOKEN_REFUSED`]: it refuses the token itself (the snapshot is gone or is another one, or
+/// the token is corrupt); anything else (a suspended pool, a killed `zfs`) is another failure,
+/// after which the partial receive must be kept for a later try (review 3, N6).
 pub fn check_resume_token(token: &str) -> Cmd {
-    Cmd::query(["zfs", "send", "-n", "-t", token])
+    Cmd::query(["sh", "-c", CHECK_TOKEN, "lab-token", token])
 }
+
+/// The exit status of [`check_resume_token`] when the source refuses the token.
+pub const TOKEN_REFUSED: i32 = 3;
+
+const CHECK_TOKEN: &str = r#"out=$(LC_ALL=C zfs send -n -t "$1" 2>&1) && exit 0
+case $out in
+  *"no longer exists"*|*"is no longer the same snapshot"*|*"resume token is corrupt"*)
+    printf '%s\n' "$out" >&2; exit 3 ;;
+esac
+printf '%s\n' "$out" >&2
+exit 1"#;
 
 fn receive_args(dst: &Hypervisor, opts: ReceiveOptions) -> Vec<String> {
     let mut argv: Vec<String> = ["zfs", "recv", "-u"].map(String::from).to_vec();
