@@ -49,7 +49,13 @@ pub fn clone(
         argv.push(format!("{k}={v}"));
     };
     match hv.storage {
-        Storage::Dataset => set("mountpoint", staging_dir(node)),
+        // Mounted on the hypervisor for the domain's life: its setuid binaries and device
+        // files mean nothing there (review 3, N4).
+        Storage::Dataset => {
+            set("mountpoint", staging_dir(node));
+            set("setuid", "off");
+            set("devices", "off");
+        }
         // A replica is received with volmode=none (no device nodes for its snapshots); the
         // clone a domain boots from needs its device and its partitions: `full`, never `dev`,
         // which hides the partitions (where zfs has volmode at all).
@@ -86,7 +92,7 @@ pub fn attach(hv: &Hypervisor, node: &LabNode) -> Cmd {
             "-c",
             r#"i=0; while [ ! -b "$1" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
 [ -b "$1" ] || { echo "$1 did not appear within 30 s: is it in the partition table of the proto (hypervisor setting: partition)?" >&2; exit 1; }
-mkdir -p "$2" && mount "$1" "$2""#,
+mkdir -p "$2" && mount -o nosuid,nodev "$1" "$2""#,
             "lab-attach",
             &zvol_partition(hv, node),
             staging_dir(node),

@@ -81,12 +81,15 @@ pub fn departed_holds(fleet: &Fleet<'_>, have: &HostState) -> Vec<Departed> {
 /// What prune would destroy on one hypervisor, what it keeps because clones pin it, and what
 /// it keeps because it is held.
 /// Candidates: release snapshots beyond the newest `keep`, and `-before` snapshots older than
-/// the newest release. Never the newest common base with the source (`protected`).
+/// the newest release. Never the newest common base with the source (`protected`); on a
+/// target, never a snapshot the source does not have (`replicated`: a diverged replica's own
+/// snapshots may be the only copies there are, review 3, N7).
 pub fn prune_plan(
     fleet: &Fleet<'_>,
     have: &HostState,
     keep: usize,
     protected: &HashSet<String>,
+    replicated: Option<&HashSet<&str>>,
 ) -> (Vec<String>, Vec<Pin>, Vec<Held>) {
     let snapshots = &have.proto.snapshots;
     let all_pins = have.pins();
@@ -120,7 +123,9 @@ pub fn prune_plan(
             pinned.extend(pins);
         } else if let Some(h) = holds.iter().find(|h| h.snapshot == s.name) {
             kept_held.push(h.clone());
-        } else if !protected.contains(&s.guid) {
+        } else if !protected.contains(&s.guid)
+            && replicated.is_none_or(|r| r.contains(s.guid.as_str()))
+        {
             destroy.push(s.name.clone());
         }
     }
@@ -165,6 +170,7 @@ pub async fn prune(
     }
     let jobs = all.iter().enumerate().map(|(i, (hv, have))| {
         let bases = &bases;
+        let source_guids = &source_guids;
         async move {
             let mut report = PruneReport {
                 host: hv.name.clone(),
@@ -185,7 +191,8 @@ pub async fn prune(
                 return report;
             }
             report.departed = departed_holds(fleet, have);
-            let (destroy, pinned, held) = prune_plan(fleet, have, keep, bases);
+            let replicated = (i > 0).then_some(source_guids);
+            let (destroy, pinned, held) = prune_plan(fleet, have, keep, bases, replicated);
             report.pinned = pinned;
             report.held = held;
             for name in destroy {

@@ -464,6 +464,10 @@ fn configure(bed: &Testbed, k: u32) -> Result<()> {
             "zpool list -H -o name {pool} >/dev/null 2>&1 || zpool import -f -d /dev/disk/by-id {pool} >/dev/null 2>&1 \
                || zpool create -f -o ashift=12 -O compression=lz4 {pool} /dev/disk/by-id/virtio-pool0\n\
              mkdir -p /run/lab /var/lib/lab/staging && chmod 700 /run/lab\n\
+             # nested guests write AMD's performance-counter MSRs, which KVM here does not\n\
+             # emulate: ignored rather than a #GP in the guest's early boot\n\
+             echo 1 > /sys/module/kvm/parameters/ignore_msrs 2>/dev/null || true\n\
+             echo 0 > /sys/module/kvm/parameters/report_ignored_msrs 2>/dev/null || true\n\
              virsh -q -c qemu:///system version >/dev/null"
         ),
     )

@@ -72,6 +72,8 @@ struct World {
     zrepl_delivers: bool,
     /// `empty` has a cut full receive: its dataset, no snapshot, a token.
     cut_full: bool,
+    /// `rogue` (diverged) has releases of its own that the source never had.
+    rogue_releases: bool,
 }
 
 /// What each hypervisor holds: snapshots (name, guid) oldest first, and clones.
@@ -85,6 +87,12 @@ fn listing(host: &str, w: &World) -> String {
         ],
         "behind" => &[("20261001-release", "1")],
         "empty" => &[],
+        _ if w.rogue_releases => &[
+            ("20261001-release", "1"),
+            ("hand-made", "99"),
+            ("local1-release", "97"),
+            ("local2-release", "98"),
+        ],
         _ => &[("20261001-release", "1"), ("hand-made", "99")],
     };
     let dataset = if host == "empty" {
@@ -282,6 +290,7 @@ const MODERN: World = World {
     held: false,
     zrepl_delivers: false,
     cut_full: false,
+    rogue_releases: false,
 };
 
 /// On OpenZFS: compressed streams, resumable receives, holds moved to the new base; with a
@@ -418,6 +427,24 @@ fn prune_keeps_and_lists_the_holds_of_a_hypervisor_the_file_leaves_out() {
     assert!(!plan.contains("lab-hold release"), "{plan}");
     assert!(!plan.contains("@20261001-release\n"), "{plan}");
     insta::assert_snapshot!(plan);
+}
+
+/// A diverged target's own releases (the source never had them) may be the only copies: prune
+/// leaves them, whatever `keep` says (review 3, N7). No twin: the plan is the whole of it.
+#[test]
+fn prune_never_destroys_what_only_a_diverged_target_has() {
+    let plan = run_with(
+        "transport: controller",
+        "prune",
+        World {
+            rogue_releases: true,
+            ..MODERN
+        },
+        &[],
+        None,
+    );
+    assert!(!plan.contains("local1-release\n"), "{plan}");
+    assert!(!plan.contains("rogue $"), "{plan}");
 }
 
 /// `lab proto forget behind`: its sync holds go, on every hypervisor of the fleet; nothing else.
