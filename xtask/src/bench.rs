@@ -355,7 +355,7 @@ fn create_and_time(
     let floor_create = floor_net_up
         + floor_step(
             r#"set -e; st=/var/lib/lab/staging/vpp/$2
-zfs clone -o mountpoint=$st -o lab-bench:floor=yes "$5" "$1/$2"
+zfs clone -o mountpoint=$st -o setuid=off -o devices=off -o lab-bench:floor=yes "$5" "$1/$2"
 umask 022; rsync -rltDH --executability --ignore-times --inplace --omit-dir-times "$3/" "$st/"
 virsh -q define "$4" >/dev/null
 virsh -q start "$2" >/dev/null"#,

@@ -1029,7 +1029,7 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
         .collect();
     assert!(
         commands[0].starts_with(
-            "flock -s /run/lab/e2e-dry.busy timeout -k 5 60 zfs clone -o mountpoint=/var/lib/lab/staging/e2e-dry/dr-1 -o lab:lab=e2e-dry"
+            "flock -s /run/lab/e2e-dry.busy timeout -k 5 60 zfs clone -o mountpoint=/var/lib/lab/staging/e2e-dry/dr-1 -o setuid=off -o devices=off -o lab:lab=e2e-dry"
         ),
         "{commands:?}"
     );
