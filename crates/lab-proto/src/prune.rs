@@ -82,8 +82,9 @@ pub fn departed_holds(fleet: &Fleet<'_>, have: &HostState) -> Vec<Departed> {
 /// it keeps because it is held.
 /// Candidates: release snapshots beyond the newest `keep`, and `-before` snapshots older than
 /// the newest release. Never the newest common base with the source (`protected`); on a
-/// target, never a snapshot the source does not have (`replicated`: a diverged replica's own
-/// snapshots may be the only copies there are, review 3, N7).
+/// target, never a snapshot newer than its newest one the source has (`replicated`: the source's
+/// GUIDs) that the source does not have: a diverged replica's own snapshots may be the only
+/// copies there are (review 3, N7). Older ones the source has pruned already may go.
 pub fn prune_plan(
     fleet: &Fleet<'_>,
     have: &HostState,
@@ -112,6 +113,15 @@ pub fn prune_plan(
     let mut pinned = Vec::new();
     let mut kept_held = Vec::new();
     let holds = held(have);
+    // A target's snapshot after its newest one in common with the source, that the source does
+    // not have: history of its own (all of them, with nothing in common).
+    let common = replicated.map(|r| snapshots.iter().rposition(|s| r.contains(s.guid.as_str())));
+    let own_history = |i: usize| match (replicated, common) {
+        (Some(r), Some(base)) => {
+            !r.contains(snapshots[i].guid.as_str()) && base.is_none_or(|b| i > b)
+        }
+        _ => false,
+    };
     for i in candidates {
         let s = &snapshots[i];
         let pins: Vec<Pin> = all_pins
@@ -123,9 +133,7 @@ pub fn prune_plan(
             pinned.extend(pins);
         } else if let Some(h) = holds.iter().find(|h| h.snapshot == s.name) {
             kept_held.push(h.clone());
-        } else if !protected.contains(&s.guid)
-            && replicated.is_none_or(|r| r.contains(s.guid.as_str()))
-        {
+        } else if !protected.contains(&s.guid) && !own_history(i) {
             destroy.push(s.name.clone());
         }
     }
