@@ -9,6 +9,9 @@
 //! [`Mode::Scripted`] runs nothing and answers queries from a script, for command-plan tests.
 //!
 //! Architecture invariant: this is the only crate of `lab` that spawns processes.
+//!
+//! Long: the executor, its modes and the one wrapper every remote line goes through (status
+//! trailer, locale) are read together, with the wrapper's tests beside them.
 
 mod cmd;
 mod hold;
