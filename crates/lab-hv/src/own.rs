@@ -146,6 +146,32 @@ impl DomainFacts {
             }
         )
     }
+    /// Why a day-two verb (exec, console, ssh, wait) must not reach the node through this
+    /// domain, or `None` when `lab` defined it for this lab and node: another lab's node may
+    /// answer at the address this lab file names.
+    pub fn reach_refusal(&self, domain: &str, node: &str) -> Option<String> {
+        match self {
+            DomainFacts::Present {
+                marker: Marker::Ours,
+                ..
+            } => None,
+            DomainFacts::Absent => Some(format!(
+                "domain {domain} is not defined (lab create --node {node})"
+            )),
+            DomainFacts::Present {
+                marker: Marker::None,
+                ..
+            } => Some(format!(
+                "domain {domain} was not defined by lab for this lab, so it is not reached"
+            )),
+            DomainFacts::Present {
+                marker: Marker::Other(who),
+                ..
+            } => Some(format!(
+                "domain {domain} belongs to {who}, not to this lab, so it is not reached"
+            )),
+        }
+    }
     /// The other lab (and node) whose marker the domain carries, if it carries one.
     pub fn other(&self) -> Option<&str> {
         match self {

@@ -24,6 +24,10 @@ pub struct NodeStatus {
     /// Why the dataset at the node's name is not this lab's, when it is not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub foreign: Option<String>,
+    /// Why the domain at the node's name is not this lab's, when one exists and is not: the
+    /// day-two verbs do not reach it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub foreign_domain: Option<String>,
     pub origin: Option<String>,
     pub owner: Option<String>,
     pub age_seconds: Option<u64>,
@@ -103,6 +107,7 @@ pub async fn status(
             clone: false,
             state: None,
             foreign: None,
+            foreign_domain: None,
             origin: None,
             owner: None,
             age_seconds: None,
@@ -125,6 +130,11 @@ pub async fn status(
                     .domains
                     .get(&node.domain)
                     .map_or("absent".to_owned(), |d| d.state.clone());
+                if let Ok(facts) = crate::own::inspect(hv, &lab.name, node, state)
+                    && facts.domain.exists()
+                {
+                    s.foreign_domain = facts.domain.reach_refusal(&node.domain, &node.name);
+                }
                 s.phase = Some(
                     match s.domain.as_str() {
                         "absent" => "absent",

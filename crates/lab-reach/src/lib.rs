@@ -2,6 +2,9 @@
 //! from their hypervisors (one connection per hypervisor, as everywhere); [`wait`] waits on the
 //! hypervisors until the nodes are ready; [`power`] starts, stops or restarts nodes, their
 //! clones and links untouched.
+//!
+//! Every verb here reaches a node only through a domain `lab` defined for that lab and node
+//! ([`refusals`]): another lab's node may answer at the address a lab file names.
 
 mod power;
 
@@ -35,14 +38,37 @@ impl ExecReport {
     }
 }
 
-/// Runs `words` on every node, all at once (within each hypervisor's `parallel`), from its
-/// hypervisor. One report per node, in the order of `nodes`.
+/// Why each node must not be reached, by node name: its domain is not one `lab` defined for
+/// this lab and node, or its hypervisor could not be read. One probe per hypervisor.
+pub async fn refusals(exec: &Executor, lab: &Lab, nodes: &[&LabNode]) -> HashMap<String, String> {
+    let states = lab_hv::run::probe_nodes(exec, lab, nodes).await;
+    nodes
+        .iter()
+        .filter_map(|node| {
+            let hv = lab.hypervisor_of(node);
+            let why = match &states[hv.name.as_str()] {
+                Err(e) => Some(e.to_string()),
+                Ok(state) => match lab_hv::own::inspect(hv, &lab.name, node, state) {
+                    Err(e) => Some(e.to_string()),
+                    Ok(facts) => facts.domain.reach_refusal(&node.domain, &node.name),
+                },
+            };
+            why.map(|why| (node.name.clone(), why))
+        })
+        .collect()
+}
+
+/// Runs `words` on every node of this lab, all at once (within each hypervisor's
+/// `parallel`), from its hypervisor. One report per node, in the order of `nodes`.
 pub async fn exec(
     exec: &Executor,
+    lab: &Lab,
     nodes: &[&LabNode],
     words: &[String],
     timeout: Duration,
 ) -> Vec<ExecReport> {
+    let refused = refusals(exec, lab, nodes).await;
+    let refused = &refused;
     let jobs = nodes.iter().map(|node| async move {
         let mut report = ExecReport {
             node: node.name.clone(),
@@ -52,6 +78,10 @@ pub async fn exec(
             stderr: String::new(),
             error: None,
         };
+        if let Some(why) = refused.get(&node.name) {
+            report.error = Some(why.clone());
+            return report;
+        }
         let Some(address) = node.mgmt_address() else {
             report.error = Some("the node has no management address".to_owned());
             return report;
@@ -100,8 +130,19 @@ pub struct WaitReport {
     pub error: Option<String>,
 }
 
-/// Waits until every node is ready (`how`), at most `timeout`, checking on each hypervisor
-/// (one command there for all its nodes); reports each node as it becomes ready.
+fn blank(node: &LabNode) -> WaitReport {
+    WaitReport {
+        node: node.name.clone(),
+        hypervisor: node.hypervisor.clone(),
+        ready: false,
+        seconds: None,
+        console: Vec::new(),
+        error: None,
+    }
+}
+
+/// Waits until every node of this lab is ready (`how`), at most `timeout`, checking on each
+/// hypervisor (one command there for all its nodes); reports each node as it becomes ready.
 pub async fn wait(
     exec: &Executor,
     lab: &Lab,
@@ -110,15 +151,38 @@ pub async fn wait(
     timeout: Duration,
     events: Events<'_>,
 ) -> Vec<WaitReport> {
+    let refused = refusals(exec, lab, nodes).await;
+    let owned: Vec<&LabNode> = nodes
+        .iter()
+        .copied()
+        .filter(|n| !refused.contains_key(&n.name))
+        .collect();
+    let mut waited = wait_owned(exec, lab, &owned, how, timeout, events)
+        .await
+        .into_iter();
+    nodes
+        .iter()
+        .map(|n| match refused.get(&n.name) {
+            Some(why) => WaitReport {
+                error: Some(why.clone()),
+                ..blank(n)
+            },
+            None => waited.next().expect("one report per owned node"),
+        })
+        .collect()
+}
+
+/// [`wait`] for nodes whose domains the caller has just found to be this lab's (`status`,
+/// which has read every marker already).
+pub async fn wait_owned(
+    exec: &Executor,
+    lab: &Lab,
+    nodes: &[&LabNode],
+    how: &Readiness,
+    timeout: Duration,
+    events: Events<'_>,
+) -> Vec<WaitReport> {
     let reports: Mutex<HashMap<String, WaitReport>> = Mutex::new(HashMap::new());
-    let blank = |node: &LabNode| WaitReport {
-        node: node.name.clone(),
-        hypervisor: node.hypervisor.clone(),
-        ready: false,
-        seconds: None,
-        console: Vec::new(),
-        error: None,
-    };
     let hypervisors = lab.hypervisors_of(nodes);
     let jobs = hypervisors.iter().map(|hv| {
         let reports = &reports;

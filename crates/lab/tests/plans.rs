@@ -804,3 +804,72 @@ fn destroy_never_recurses_and_never_names_the_proto() {
         }
     }
 }
+
+/// Review 3, N3: `exec` and `wait` reach a node only through a domain `lab` defined for this
+/// lab and node. d1's domain on hvd is another lab's (its address is the one this lab file
+/// names for d1); z1's is not defined at all. Neither is asked anything but the probe.
+#[test]
+fn day_two_verbs_reach_only_this_labs_domains() {
+    let s = Scenario {
+        name: "day_two_foreign",
+        verb: "exec",
+        force: false,
+        datasets: &[("hvd", OTHER_LABS_D1)],
+        domains: &[("hvd", " 4 d1 running\n")],
+        markers: &[("d1", "<lab lab=\"other\" node=\"d1\"/>")],
+        networks: &[],
+        addrs: &[],
+        lab_edit: &[MGMT_HVD],
+    };
+    let lab = lab(s.lab_edit);
+    let exec = scripted(&s, &lab);
+    let nodes: Vec<_> = lab.nodes.iter().collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let words = vec!["reboot".to_owned()];
+    let execs = rt.block_on(lab_reach::exec(
+        &exec,
+        &lab,
+        &nodes,
+        &words,
+        std::time::Duration::from_secs(5),
+    ));
+    let waits = rt.block_on(lab_reach::wait(
+        &exec,
+        &lab,
+        &nodes,
+        &lab_hv::reach::Readiness::Ssh,
+        std::time::Duration::from_secs(5),
+        &|_| {},
+    ));
+    let errors: Vec<String> = execs
+        .iter()
+        .map(|r| format!("exec {}: {}", r.node, r.error.clone().unwrap_or_default()))
+        .chain(waits.iter().map(|r| {
+            format!(
+                "wait {} ready={}: {}",
+                r.node,
+                r.ready,
+                r.error.clone().unwrap_or_default()
+            )
+        }))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "exec d1: domain d1 belongs to lab `other`, node `d1`, not to this lab, so it is not reached",
+            "exec z1: domain z1 is not defined (lab create --node z1)",
+            "wait d1 ready=false: domain d1 belongs to lab `other`, node `d1`, not to this lab, so it is not reached",
+            "wait z1 ready=false: domain z1 is not defined (lab create --node z1)",
+        ]
+    );
+    let asked: Vec<String> = exec
+        .recorded()
+        .into_iter()
+        .map(|r| r.line)
+        .filter(|l| !l.contains(" lab-probe "))
+        .collect();
+    assert!(asked.is_empty(), "asked beyond the probe: {asked:?}");
+}

@@ -27,9 +27,26 @@ fn one_node<'a>(lab: &'a Lab, name: &str) -> Result<&'a LabNode, Failure> {
     }
 }
 
+/// Refuses a node whose domain `lab` did not define for this lab and node: the terminal is
+/// handed to no one else's guest (or console).
+fn check_owned(lab: &Lab, node: &LabNode) -> Result<(), Failure> {
+    let hv = lab.hypervisor_of(node);
+    let refused = drive(executor_for(&[hv], Mode::Live), async |e| {
+        lab_reach::refusals(e, lab, &[node]).await
+    })?;
+    match refused.get(&node.name) {
+        None => Ok(()),
+        Some(why) => Err(Failure::new(
+            Exit::Failure,
+            format!("node {} on {}: {why}", node.name, hv.name),
+        )),
+    }
+}
+
 pub fn console(out: &Output, s: &Reach) -> Result<(), Failure> {
     let lab = lab_model::load(&s.lab.0)?;
     let node = one_node(&lab, &s.node)?;
+    check_owned(&lab, node)?;
     let hv = lab.hypervisor_of(node);
     if !out.quiet {
         eprintln!(
@@ -51,6 +68,7 @@ pub fn ssh(out: &Output, s: &Reach) -> Result<(), Failure> {
             node.name
         ))
     })?;
+    check_owned(&lab, node)?;
     let hv = lab.hypervisor_of(node);
     let argv = lab_hv::reach::ssh_argv(hv, node, &address, &s.command);
     let status = lab_exec::local::interactive(&argv)?;
@@ -91,7 +109,7 @@ pub fn exec(out: &Output, s: &Exec) -> Result<(), Failure> {
     let executor = executor_for(&lab.hypervisors_of(&nodes), Mode::Live);
     let timeout = Duration::from_secs(s.timeout_secs);
     let reports = drive(executor, async |e| {
-        lab_reach::exec(e, &nodes, &s.command, timeout).await
+        lab_reach::exec(e, &lab, &nodes, &s.command, timeout).await
     })?;
     render::exec(out, &reports);
     let failed = reports.iter().filter(|r| r.failed()).count();

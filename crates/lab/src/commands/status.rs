@@ -47,7 +47,8 @@ pub fn run(out: &Output, s: &Status) -> Result<(), Failure> {
     Ok(())
 }
 
-/// A running node whose ssh server answers is `ready` (one look, no waiting).
+/// A running node of this lab (its domain marked for it) whose ssh server answers is
+/// `ready` (one look, no waiting).
 async fn ready_phase(
     exec: &lab_exec::Executor,
     lab: &lab_model::Lab,
@@ -58,17 +59,19 @@ async fn ready_phase(
         .iter()
         .copied()
         .filter(|n| {
-            report
-                .nodes
-                .iter()
-                .any(|s| s.node == n.name && s.phase.as_deref() == Some("running"))
+            report.nodes.iter().any(|s| {
+                s.node == n.name
+                    && s.phase.as_deref() == Some("running")
+                    && s.foreign.is_none()
+                    && s.foreign_domain.is_none()
+            })
         })
         .collect();
     if running.is_empty() {
         return;
     }
     let how = lab_hv::reach::Readiness::Ssh;
-    let looks = lab_reach::wait(exec, lab, &running, &how, Duration::ZERO, &|_| {}).await;
+    let looks = lab_reach::wait_owned(exec, lab, &running, &how, Duration::ZERO, &|_| {}).await;
     for look in looks.iter().filter(|l| l.ready) {
         if let Some(s) = report.nodes.iter_mut().find(|s| s.node == look.node) {
             s.phase = Some("ready".to_owned());

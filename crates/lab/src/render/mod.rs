@@ -246,6 +246,9 @@ pub fn status(out: &Output, report: &StatusReport) {
         if let Some(f) = &n.foreign {
             drift.push(format!("NOT OURS: {f}"));
         }
+        if let Some(f) = &n.foreign_domain {
+            drift.push(format!("NOT OURS: {f}"));
+        }
         if let Some(d) = &n.nic_drift {
             drift.push(format!("NICs: {d}"));
         }
