@@ -105,7 +105,14 @@ pub(crate) fn decide_for(
     };
     let facts = network_facts(state, name, lab);
     let existing = state.networks.get(name).map(|n| n.active);
-    let lab_running = nodes_here.iter().any(|n| state.domain_running(&n.domain));
+    // A network something is plugged into (this lab's nodes, or domains the lab file does
+    // not name) is never restarted under them.
+    let lab_running = nodes_here.iter().any(|n| state.domain_running(&n.domain))
+        || matches!(hv.mgmt.mode, MgmtMode::Isolated | MgmtMode::Nat)
+            && state
+                .networks
+                .get(name)
+                .is_some_and(|n| n.active && n.ports > 0);
     match decide_network(hv.mgmt.mode, name, &facts, existing, build, lab_running) {
         decision @ NetworkDecision::Apply { start: true, .. } => {
             match prefix_in_use(hv, name, state) {
@@ -127,7 +134,11 @@ pub fn prefix_in_use(hv: &Hypervisor, network: &str, state: &HostState) -> Optio
         Some(m) => format!("network {}, lab `{}`", n.name, m.lab),
         None => format!("network {}", n.name),
     };
+    // Only a bridge lab makes (`lab<id>`, modes isolated and nat) must be no one else's; in
+    // bridge mode it is the host's bridge, which any number of networks may forward onto (as
+    // libvirt itself allows).
     if let Some(bridge) = hv.mgmt.bridge.as_deref()
+        && matches!(hv.mgmt.mode, MgmtMode::Isolated | MgmtMode::Nat)
         && let Some(other) = state
             .networks
             .values()
@@ -216,7 +227,7 @@ pub(crate) async fn apply(
         ));
     }
     if restart {
-        steps.push(("restart", cmd::stop_network(&name)));
+        steps.push(("restart", cmd::stop_network(hv)));
     }
     if start {
         steps.push(("start", cmd::start_network(&name)));

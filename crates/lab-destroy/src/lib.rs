@@ -8,9 +8,10 @@
 
 use std::collections::HashSet;
 
-use lab_exec::{Cmd, Executor};
-use lab_hv::own::{CloneFacts, NetworkFacts, NodeFacts, network_facts};
+use lab_exec::{Cmd, ExecError, Executor};
+use lab_hv::own::{CloneFacts, NetworkFacts, NodeFacts, network_facts, prop};
 use lab_hv::run::{failed, run_patiently, step_events};
+use lab_hv::state::MarkerRead;
 use lab_hv::{Events, HostState, NetworkReport, NodeReport, Outcome, cmd};
 use lab_model::{Hypervisor, Lab, LabNode};
 
@@ -126,7 +127,7 @@ pub async fn destroy(
         };
         // Nodes of the lab that are (or may be) still there: not destroyed by this run, and
         // with a clone or a domain of their name.
-        let remaining: Vec<&str> = req
+        let remaining: Vec<String> = req
             .lab
             .nodes
             .iter()
@@ -134,8 +135,29 @@ pub async fn destroy(
             .filter(|n| {
                 state.datasets.contains_key(&n.dataset) || state.domains.contains_key(&n.domain)
             })
-            .map(|n| n.name.as_str())
+            .map(|n| n.name.clone())
             .collect();
+        // ... and what the lab file no longer names: this lab's clones and domains of nodes
+        // removed from the file (`status` lists them as orphans) still use the network.
+        let named = |node: &str| {
+            req.lab
+                .nodes
+                .iter()
+                .any(|n| n.hypervisor == hv.name && n.name == node)
+        };
+        let orphans = state
+            .datasets
+            .values()
+            .filter(|ds| ds.prop(prop::LAB) == Some(lab.as_str()))
+            .filter_map(|ds| ds.prop(prop::NODE))
+            .chain(state.domains.values().filter_map(|d| match &d.marker {
+                MarkerRead::Some(m) if m.lab == *lab => Some(m.node.as_str()),
+                _ => None,
+            }))
+            .filter(|node| !named(node))
+            .map(|node| format!("{node} (not in the lab file)"))
+            .collect::<std::collections::BTreeSet<String>>();
+        let remaining: Vec<String> = remaining.into_iter().chain(orphans).collect();
         if !remaining.is_empty() {
             networks.push(report(
                 Outcome::Skipped {
@@ -148,13 +170,26 @@ pub async fn destroy(
         }
         let mut steps = Vec::new();
         if active {
-            steps.push(cmd::stop_network(name));
+            steps.push(cmd::stop_network(hv));
         }
         steps.push(cmd::undefine_network(name));
         let before = exec.recorded().len();
         let mut outcome = Outcome::Done;
+        let mut action = "removed";
         for c in &steps {
             if let Err(e) = exec.run(&hv.name, c).await {
+                if let ExecError::Failed {
+                    status: cmd::NETWORK_IN_USE,
+                    stderr,
+                    ..
+                } = &e
+                {
+                    outcome = Outcome::Skipped {
+                        reason: stderr.trim().to_owned(),
+                    };
+                    action = "kept";
+                    break;
+                }
                 outcome = Outcome::Failed {
                     step: "remove network".to_owned(),
                     error: e.to_string(),
@@ -171,7 +206,7 @@ pub async fn destroy(
                 .map(|c| c.line.clone())
                 .collect()
         };
-        networks.push(report(outcome, "removed", commands));
+        networks.push(report(outcome, action, commands));
     }
     DestroyReport { nodes, networks }
 }

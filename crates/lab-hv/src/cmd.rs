@@ -9,7 +9,7 @@ pub use proto::*;
 use std::time::Duration;
 
 use lab_exec::Cmd;
-use lab_model::{Hypervisor, LabNode, Storage};
+use lab_model::{Hypervisor, LabNode, MgmtMode, Storage};
 
 use crate::own::{domain_marker, prop};
 use crate::state::{Snapshot, ZfsInfo};
@@ -333,9 +333,36 @@ pub fn start_network(name: &str) -> Cmd {
     Cmd::change(["virsh", "-q", "net-start", name])
 }
 
-pub fn stop_network(name: &str) -> Cmd {
-    Cmd::change(["virsh", "-q", "net-destroy", name])
+/// Stops the hypervisor's management network. One whose bridge `lab` made (modes isolated
+/// and nat) is stopped only when nothing is plugged into that bridge at that moment (exit 3,
+/// naming the domains): a domain the lab file does not name (an orphan, another lab's on
+/// `mode: existing`) would lose its network. (In bridge mode the bridge is the host's, with
+/// its own ports, and stays up.)
+pub fn stop_network(hv: &Hypervisor) -> Cmd {
+    let name = hv.mgmt.network.as_deref().unwrap_or_default();
+    match hv.mgmt.mode {
+        MgmtMode::Isolated | MgmtMode::Nat => {
+            Cmd::change(["sh", "-c", STOP_NETWORK, "lab-net-stop", name])
+        }
+        _ => Cmd::change(["virsh", "-q", "net-destroy", name]),
+    }
 }
+
+/// The exit status of [`stop_network`] when the network is in use.
+pub const NETWORK_IN_USE: i32 = 3;
+
+const STOP_NETWORK: &str = r#"br=$(virsh -q net-info "$1" | awk '$1 == "Bridge:" { print $2 }')
+if [ -n "$br" ] && [ -d "/sys/class/net/$br/brif" ]; then
+  taps=$(ls "/sys/class/net/$br/brif")
+  if [ -n "$taps" ]; then
+    users=$(virsh -q list --name | while read -r d; do
+      [ -n "$d" ] && virsh -q domiflist "$d" | awk -v d="$d" -v t=" $(echo $taps) " 'index(t, " " $1 " ") { print d; exit }'
+    done)
+    echo "network $1 is in use: $(echo $taps) on its bridge $br (domain(s): $(echo $users)); left as it is" >&2
+    exit 3
+  fi
+fi
+virsh -q net-destroy "$1""#;
 
 pub fn undefine_network(name: &str) -> Cmd {
     Cmd::change(["virsh", "-q", "net-undefine", name])

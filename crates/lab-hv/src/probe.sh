@@ -82,7 +82,11 @@ printf '%s\n' "$nets" | while read -r name state rest; do
     lab-*) mark=$(virsh -q net-dumpxml "$name" 2>/dev/null | grep -o '<lab:net [^>]*>' | head -n 1) ;;
     *) mark= ;;
   esac
-  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$state" "$uuid" "$mark" "$bridge"
+  # What is plugged into its bridge (a running domain's tap): a network in use is never
+  # restarted or removed under it, whoever's it is.
+  ports=0
+  [ -n "$bridge" ] && [ -d "/sys/class/net/$bridge/brif" ] && ports=$(ls "/sys/class/net/$bridge/brif" | wc -l)
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$state" "$uuid" "$mark" "$bridge" "$ports"
 done
 echo "$m rc $rc"
 # The host's IPv4 addresses: a management prefix already on an interface cannot be served again.

@@ -161,6 +161,8 @@ pub struct Network {
     pub marker: Option<NetworkMarker>,
     /// Its Linux bridge.
     pub bridge: Option<String>,
+    /// How many interfaces are plugged into its bridge (running domains' taps).
+    pub ports: usize,
 }
 
 /// What `lab` records in a network it defines: the lab, and the digest of its definition.
@@ -464,13 +466,14 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
                 }
             }
             "networks" => {
-                let mut f = line.splitn(5, '\t');
+                let mut f = line.splitn(6, '\t');
                 let (Some(name), Some(active)) = (f.next(), f.next()) else {
                     continue;
                 };
                 let uuid = f.next().filter(|u| !u.is_empty()).map(str::to_owned);
                 let marker = f.next().and_then(parse_network_marker);
                 let bridge = f.next().filter(|b| !b.is_empty()).map(str::to_owned);
+                let ports = f.next().and_then(|p| p.trim().parse().ok()).unwrap_or(0);
                 state.networks.insert(
                     name.to_owned(),
                     Network {
@@ -479,6 +482,7 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
                         uuid,
                         marker,
                         bridge,
+                        ports,
                     },
                 );
             }

@@ -475,7 +475,59 @@ const SCENARIOS: &[Scenario] = &[
         addrs: &[],
         lab_edit: &[MGMT_HVD],
     },
+    Scenario {
+        // Review 3, N11: x9 was removed from the lab file without being destroyed (status
+        // lists it as an orphan); its domain still runs on the lab's network, which stays.
+        name: "destroy_keeps_the_network_under_an_orphan",
+        verb: "destroy",
+        force: false,
+        datasets: &[("hvd", ORPHAN_X9)],
+        domains: &[("hvd", " 4 x9 running\n")],
+        markers: &[("x9", "<lab lab=\"plan\" node=\"x9\"/>")],
+        networks: &[("hvd", OLD_NETWORK)],
+        addrs: &[],
+        lab_edit: &[MGMT_HVD],
+    },
+    Scenario {
+        // Review 3, N11: the lab's network runs an older definition and none of the lab's
+        // nodes runs, but something is plugged into its bridge (another lab on `mode:
+        // existing`, an orphan): it is redefined for its next start, never restarted.
+        name: "create_never_restarts_a_network_in_use",
+        verb: "create",
+        force: false,
+        datasets: &[],
+        domains: &[],
+        markers: &[],
+        networks: &[("hvd", IN_USE_NETWORK)],
+        addrs: &[],
+        lab_edit: &[MGMT_HVD],
+    },
+    Scenario {
+        // Review 3, N12: in bridge mode the bridge is the host's, and an operator's network
+        // (or another lab's) forwarding onto it too is no conflict: the network is made.
+        name: "create_bridge_mode_beside_another_network_on_that_bridge",
+        verb: "create",
+        force: false,
+        datasets: &[],
+        domains: &[],
+        markers: &[],
+        networks: &[(
+            "hvd",
+            "host-bridge\tactive\tuuid-of-host-bridge\t\tbr0\t3\n",
+        )],
+        addrs: &[],
+        lab_edit: &[(
+            "pool: tank, proto: tank/proto, snapshot: \"*-release\"}",
+            "pool: tank, proto: tank/proto, snapshot: \"*-release\", mgmt: {mode: bridge, bridge: br0}}",
+        )],
+    },
 ];
+
+/// A node of this lab that the lab file no longer names: its clone on hvd.
+const ORPHAN_X9: &str =
+    "tank/x9\torigin\ttank/proto@20261001-release\ntank/x9\tlab:lab\tplan\ntank/x9\tlab:node\tx9\n";
+/// The lab's network on hvd, from an older build, with two interfaces on its bridge.
+const IN_USE_NETWORK: &str = "lab-plan\tactive\tuuid-of-lab-plan\t<lab:net xmlns:lab=\"https://lab.invalid/schema/1\" lab=\"plan\" sha256=\"older\"/>\tlab3\t2\n";
 
 /// hvd gets an isolated network of the lab's own, hvz uses the operator's `default`.
 const MGMT_HVD: (&str, &str) = (
