@@ -68,6 +68,7 @@ pub(crate) async fn node(
     step("clone");
     let own = Ownership {
         lab,
+        lab_id: req.lab.id,
         owner: &req.owner,
         overlay_digest: &build.digest,
         created: req.now,
@@ -119,7 +120,7 @@ pub(crate) async fn node(
             defined = true;
         }
         step("start");
-        exec.run(&hv.name, &cmd::start(node))
+        exec.run(&hv.name, &cmd::start(hv, node))
             .await
             .map_err(|e| ("start", e))?;
         Ok(())
@@ -164,7 +165,7 @@ async fn start(
     if let (Some(xml), true) = (&build.domain_xml, define) {
         plan.push(("define", cmd::define_domain(xml, lab, node)));
     }
-    plan.push(("start", cmd::start(node)));
+    plan.push(("start", cmd::start(hv, node)));
     for (name, c) in plan {
         step(name);
         if let Err(e) = exec.run(&hv.name, &c).await {

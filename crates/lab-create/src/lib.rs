@@ -14,6 +14,7 @@ use std::collections::HashMap;
 
 use lab_exec::Executor;
 use lab_generate::{NetworkBuild, NodeBuild};
+use lab_hv::own::prop;
 use lab_hv::{Events, NetworkReport, NodeReport, Outcome, Snapshot, resolve_snapshot};
 use lab_model::{Lab, LabNode};
 
@@ -50,6 +51,16 @@ pub enum PlanError {
     },
     #[error("{host}: {message}; nothing was changed")]
     Network { host: String, message: String },
+    #[error(
+        "{host}: lab `{other}` (clone {dataset}) has lab id {id} there too: two labs with one id \
+         get the same MACs and wire ports; give this lab another `lab.id`; nothing was changed"
+    )]
+    LabId {
+        host: String,
+        other: String,
+        dataset: String,
+        id: u8,
+    },
 }
 
 /// What `create` did: each hypervisor's management network, then each node.
@@ -72,6 +83,19 @@ pub async fn create(
         let Some(Ok(state)) = states.get(hv.name.as_str()) else {
             continue;
         };
+        // Another lab with this lab's id on the hypervisor (review 3, N10).
+        let id = req.lab.id.to_string();
+        if let Some(ds) = state.datasets.values().find(|ds| {
+            ds.prop(prop::LAB_ID) == Some(id.as_str())
+                && ds.prop(prop::LAB).is_some_and(|l| l != req.lab.name)
+        }) {
+            return Err(PlanError::LabId {
+                host: hv.name.clone(),
+                other: ds.prop(prop::LAB).unwrap_or_default().to_owned(),
+                dataset: ds.name.clone(),
+                id: req.lab.id,
+            });
+        }
         let snapshots = &state.proto.snapshots;
         match resolve_snapshot(&hv.snapshot, snapshots) {
             Some(snap) => {

@@ -31,6 +31,7 @@ pub fn zvol_partition(hv: &Hypervisor, node: &LabNode) -> String {
 /// What `lab` records on a clone.
 pub struct Ownership<'a> {
     pub lab: &'a str,
+    pub lab_id: u8,
     pub owner: &'a str,
     pub overlay_digest: &'a str,
     pub created: u64,
@@ -63,6 +64,7 @@ pub fn clone(
         Storage::Zvol => {}
     }
     set(prop::LAB, own.lab);
+    set(prop::LAB_ID, &own.lab_id.to_string());
     set(prop::NODE, &node.name);
     set(prop::OWNER, own.owner);
     set(prop::ORIGIN, &snap.full);
@@ -236,9 +238,49 @@ fn with_marker(xml: &str, root: &str, mark: &str) -> String {
     }
 }
 
-pub fn start(node: &LabNode) -> Cmd {
-    Cmd::change(["virsh", "-q", "start", &node.domain]).timeout(Duration::from_secs(120))
+/// Starts the domain. A node with wires starts under the hypervisor's `wires.lock` (in its
+/// `lock_dir`), after checking there that no UDP port of its wires is bound: the probe's look
+/// came minutes earlier, and two labs with one id starting at once would both bind (QEMU uses
+/// `SO_REUSEADDR`) and split each other's frames. Exit 3 names the ports.
+pub fn start(hv: &Hypervisor, node: &LabNode) -> Cmd {
+    let ports: Vec<String> = node
+        .interfaces
+        .iter()
+        .filter_map(|i| i.wire.map(|w| format!("{:04X}", w.local_port)))
+        .collect();
+    if ports.is_empty() {
+        return Cmd::change(["virsh", "-q", "start", &node.domain])
+            .timeout(Duration::from_secs(120));
+    }
+    let lock = format!("{}/wires.lock", hv.lock_dir);
+    let mut argv: Vec<String> = [
+        "flock",
+        "-w",
+        "60",
+        &lock,
+        "sh",
+        "-c",
+        START_WIRED,
+        "lab-start",
+    ]
+    .map(String::from)
+    .to_vec();
+    argv.push(node.domain.clone());
+    argv.extend(ports);
+    Cmd::change(argv).timeout(Duration::from_secs(180))
 }
+
+/// The exit status of [`start`] when a port of the node's wires is bound by something else.
+pub const WIRE_PORT_TAKEN: i32 = 3;
+
+const START_WIRED: &str = r#"dom=$1; shift
+f=/proc/net/udp; [ -r /proc/net/udp6 ] && f="$f /proc/net/udp6"
+taken=$(awk -v want=" $* " 'FNR > 1 && $4 == "07" { n = split($2, a, ":"); if (index(want, " " a[n] " ")) print a[n] }' $f | sort -u)
+if [ -n "$taken" ]; then
+  echo "UDP port(s) $(for p in $taken; do printf '%d ' "0x$p"; done)of its wires are bound on the hypervisor by something else (another lab with this lab id or wire_port_base?); not started" >&2
+  exit 3
+fi
+virsh -q start "$dom""#;
 
 /// Powers the domain off at once (`virsh destroy`): what `destroy` and `create --force` do.
 pub fn stop(node: &LabNode) -> Cmd {

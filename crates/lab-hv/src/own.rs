@@ -10,6 +10,8 @@ use crate::state::{Dataset, HostState, MarkerRead};
 pub mod prop {
     pub const LAB: &str = "lab:lab";
     pub const NODE: &str = "lab:node";
+    /// The `lab.id` of the lab (its MACs and wire ports derive from it).
+    pub const LAB_ID: &str = "lab:id";
     pub const OWNER: &str = "lab:owner";
     pub const ORIGIN: &str = "lab:origin";
     pub const ORIGIN_GUID: &str = "lab:origin-guid";

@@ -50,7 +50,7 @@ if [ -n "$names" ]; then printf '%s\n' "$names"; fi
 echo "$m rc $rc"
 echo "$m datasets"
 if [ -n "$names" ]; then
-  printf '%s\n' "$names" | xargs -d '\n' zfs get -H -p -o name,property,value,source origin,mounted,type,lab:lab,lab:node,lab:owner,lab:origin,lab:origin-guid,lab:overlay-sha256,lab:created,lab:state,lab:synced,lab:sync-error
+  printf '%s\n' "$names" | xargs -d '\n' zfs get -H -p -o name,property,value,source origin,mounted,type,lab:lab,lab:id,lab:node,lab:owner,lab:origin,lab:origin-guid,lab:overlay-sha256,lab:created,lab:state,lab:synced,lab:sync-error
   echo "$m rc $?"
 else
   echo "$m rc 0"

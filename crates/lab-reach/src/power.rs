@@ -75,7 +75,7 @@ pub async fn power(
                 if hv.storage == Storage::Dataset {
                     steps.push(("mount", cmd::attach(hv, node)));
                 }
-                steps.push(("start", cmd::start(node)));
+                steps.push(("start", cmd::start(hv, node)));
             }
             if steps.is_empty() {
                 let how = if running { "running" } else { "stopped" };

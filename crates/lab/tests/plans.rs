@@ -521,8 +521,24 @@ const SCENARIOS: &[Scenario] = &[
             "pool: tank, proto: tank/proto, snapshot: \"*-release\", mgmt: {mode: bridge, bridge: br0}}",
         )],
     },
+    Scenario {
+        // Review 3, N10: lab `other` has lab id 3 too, and a clone on hvd: the two labs
+        // would share MACs and wire ports, so nothing is made anywhere.
+        name: "create_refuses_a_second_lab_with_this_id",
+        verb: "create",
+        force: false,
+        datasets: &[("hvd", OTHER_LAB_WITH_THIS_ID)],
+        domains: &[],
+        markers: &[],
+        networks: &[],
+        addrs: &[],
+        lab_edit: &[],
+    },
 ];
 
+/// Lab `other`'s clone on hvd, made with lab id 3 (this lab's).
+const OTHER_LAB_WITH_THIS_ID: &str = "tank/o1\torigin\ttank/proto@20261001-release\ntank/o1\tlab:lab\tother\n\
+    tank/o1\tlab:id\t3\ntank/o1\tlab:node\to1\n";
 /// A node of this lab that the lab file no longer names: its clone on hvd.
 const ORPHAN_X9: &str =
     "tank/x9\torigin\ttank/proto@20261001-release\ntank/x9\tlab:lab\tplan\ntank/x9\tlab:node\tx9\n";
