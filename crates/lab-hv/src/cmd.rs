@@ -467,3 +467,26 @@ mod tests {
         );
     }
 }
+
+/// The last look before a wired start, run here as the hypervisor runs it: a port someone
+/// bound is found in `/proc/net/udp` and the domain is not started.
+#[cfg(test)]
+mod wired_start {
+    #[test]
+    fn a_bound_wire_port_stops_the_start() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let out = std::process::Command::new("sh")
+            .args(["-c", super::START_WIRED, "lab-start", "no-such-domain"])
+            .arg(format!("{port:04X}"))
+            .arg("0001")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(super::WIRE_PORT_TAKEN), "{stderr}");
+        assert!(
+            stderr.starts_with(&format!("UDP port(s) {port} of its wires are bound")),
+            "{stderr}"
+        );
+    }
+}
