@@ -31,7 +31,19 @@ pub(crate) async fn node(
         has_domain_xml: build.domain_xml.is_some(),
         digest: &build.digest,
     };
-    let (stop, remove_clone, undefine) = match decide(&facts, &node.domain, &node.dataset, ask) {
+    let owners = lab_hv::own::Owners {
+        me: req.owner.clone(),
+        also: req.other_owners.clone(),
+    };
+    let mut decision = decide(&facts, &node.domain, &node.dataset, ask);
+    if let Decision::Make {
+        remove_clone: true, ..
+    } = decision
+        && let Some(why) = owners.refusal(state, node)
+    {
+        decision = Decision::Skip(format!("{why}; not replaced"));
+    }
+    let (stop, remove_clone, undefine) = match decision {
         Decision::Skip(reason) => return NodeReport::new(node, Outcome::Skipped { reason }),
         Decision::Unchanged(reason) => return NodeReport::new(node, Outcome::Unchanged { reason }),
         Decision::Start { define } => {

@@ -33,6 +33,8 @@ pub struct CreateRequest<'a> {
     pub force: bool,
     /// `user@controller`, recorded on every clone.
     pub owner: String,
+    /// Other owners whose clones of this lab `--force` may replace (`--owner`).
+    pub other_owners: Vec<String>,
     /// Seconds since the epoch, recorded on every clone.
     pub now: u64,
 }

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 
 use lab_exec::{Cmd, ExecError, Executor};
-use lab_hv::own::{CloneFacts, NetworkFacts, NodeFacts, network_facts, prop};
+use lab_hv::own::{CloneFacts, NetworkFacts, NodeFacts, Owners, network_facts, prop};
 use lab_hv::run::{failed, run_patiently, step_events};
 use lab_hv::state::MarkerRead;
 use lab_hv::{Events, HostState, NetworkReport, NodeReport, Outcome, cmd};
@@ -18,6 +18,8 @@ use lab_model::{Hypervisor, Lab, LabNode};
 pub struct DestroyRequest<'a> {
     pub lab: &'a Lab,
     pub nodes: Vec<&'a LabNode>,
+    /// Whose clones may go (see [`Owners`]).
+    pub owners: Owners,
 }
 
 /// What `destroy` does with one node.
@@ -85,7 +87,9 @@ pub async fn destroy(
         &req.nodes,
         &states,
         events,
-        |hv, node, state| async move { destroy_node(exec, lab, hv, node, &state, events).await },
+        |hv, node, state| async move {
+            destroy_node(exec, lab, hv, node, &state, &req.owners, events).await
+        },
     )
     .await;
     // A hypervisor's network goes after its nodes, when every node of the lab there is gone.
@@ -217,13 +221,19 @@ async fn destroy_node(
     hv: &Hypervisor,
     node: &LabNode,
     state: &HostState,
+    owners: &Owners,
     events: Events<'_>,
 ) -> NodeReport {
     let facts = match lab_hv::own::inspect(hv, lab, node, state) {
         Ok(f) => f,
         Err(e) => return failed(node, "inspect", &e, false),
     };
-    let plan = decide(&facts);
+    let mut plan = decide(&facts);
+    if matches!(facts.clone, CloneFacts::Ours { .. })
+        && let Some(why) = owners.refusal(state, node)
+    {
+        plan = Plan::Skip(format!("{why}; not destroyed"));
+    }
     let steps: Vec<(&str, Cmd)> = match &plan {
         Plan::Skip(reason) => {
             return NodeReport::new(

@@ -1,7 +1,25 @@
 //! Who and when: the owner `lab` records on what it makes, and times in UTC.
 
-/// `user@controller`, recorded as the owner of what `lab` makes.
+/// `user@controller`, recorded as the owner of what `lab` makes. Only letters, digits and
+/// `.-_+@` are kept (anything else becomes `_`): a tab or newline from `$USER` would make the
+/// probe's rows, and so the hypervisor, unreadable for every lab (review 3, N17).
 pub fn owner() -> String {
+    plain(&raw_owner())
+}
+
+fn plain(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-+@".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn raw_owner() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .ok()
@@ -31,6 +49,13 @@ fn user_from_uid() -> String {
         })
     })
     .unwrap_or_else(|| "unknown".to_owned())
+}
+
+#[cfg(test)]
+#[test]
+fn an_owner_keeps_no_tab_or_newline() {
+    assert_eq!(plain("ops\tx\n@ctl 1"), "ops_x_@ctl_1");
+    assert_eq!(plain("a.b-c+d_e@h-1.example"), "a.b-c+d_e@h-1.example");
 }
 
 pub fn now() -> u64 {

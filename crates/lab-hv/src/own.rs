@@ -96,6 +96,31 @@ pub fn not_ours(ds: &Dataset, lab: &str, node: &LabNode, hv: &Hypervisor) -> Opt
     }
 }
 
+/// Whose clones this run may remove or replace: this lab's, made by `me` (`user@controller`)
+/// or by one of `also` (`--owner`). A lab of the same name that another user made from
+/// another controller is someone else's lab, whatever their lab files say.
+#[derive(Debug, Clone, Default)]
+pub struct Owners {
+    pub me: String,
+    pub also: Vec<String>,
+}
+
+impl Owners {
+    /// Why the node's clone must not be removed or replaced by this run: its `lab:owner` is
+    /// someone else. (A clone with no owner recorded is judged by lab and node alone.)
+    pub fn refusal(&self, state: &HostState, node: &LabNode) -> Option<String> {
+        let owner = state.datasets.get(&node.dataset)?.prop(prop::OWNER)?;
+        if owner == self.me || self.also.iter().any(|o| o == owner) {
+            return None;
+        }
+        Some(format!(
+            "clone {} was made by {owner}, not by {}: another user's lab of the same name? \
+             (`--owner {owner}` if it is yours to change)",
+            node.dataset, self.me
+        ))
+    }
+}
+
 /// What a node's clone is, as far as ownership goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloneFacts {

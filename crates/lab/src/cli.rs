@@ -206,6 +206,11 @@ pub struct CreateArgs {
     /// Replace running domains and existing clones (only ones lab made for this lab).
     #[arg(long)]
     pub force: bool,
+    /// Also replace or destroy clones of this lab that OWNER made (`lab status` shows each
+    /// clone's owner, user@controller); without it, another user's lab of the same name is
+    /// left alone. Repeatable.
+    #[arg(long, value_name = "OWNER")]
+    pub owner: Vec<String>,
     /// Then wait until every node is ready: its ssh server answers (`ssh`, the default), a
     /// console line matches (`console:REGEX`) or a port accepts (`tcp:PORT`).
     #[arg(long, value_name = "HOW", num_args = 0..=1, require_equals = true,
@@ -238,6 +243,11 @@ pub struct DestroyArgs {
     /// scripts) nothing is asked: every selected node is destroyed.
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// Also replace or destroy clones of this lab that OWNER made (`lab status` shows each
+    /// clone's owner, user@controller); without it, another user's lab of the same name is
+    /// left alone. Repeatable.
+    #[arg(long, value_name = "OWNER")]
+    pub owner: Vec<String>,
     #[command(flatten)]
     pub lock: LockArgs,
     /// Print each node's decision and the exact commands; change nothing.

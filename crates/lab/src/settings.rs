@@ -83,6 +83,8 @@ pub struct Create {
     pub generate: bool,
     /// Replace this lab's running domains and complete clones; read by `lab_create::decide`.
     pub force: bool,
+    /// Other owners whose clones may be replaced (`--owner`).
+    pub owners: Vec<String>,
     pub mode: Mode,
     /// How long to wait for another run's lock, in seconds (0: exit 4 at once).
     pub lock_wait: u64,
@@ -157,6 +159,8 @@ pub struct Destroy {
     pub select: Selection,
     /// Ask before destroying more than one node (only on a terminal, never with `--yes`).
     pub confirm: bool,
+    /// Other owners whose clones may be destroyed (`--owner`).
+    pub owners: Vec<String>,
     pub mode: Mode,
     pub lock_wait: u64,
 }
@@ -331,6 +335,7 @@ impl Settings {
                 select: select(a.select),
                 generate: !a.no_generate,
                 force: a.force,
+                owners: a.owner,
                 mode: Mode::from_flag(a.dry_run),
                 lock_wait: a.lock.lock_wait,
                 wait: a.wait.map(|how| WaitFor {
@@ -382,6 +387,7 @@ impl Settings {
                 lab: files(a.lab),
                 select: select(a.select),
                 confirm: !a.yes && !a.dry_run,
+                owners: a.owner,
                 mode: Mode::from_flag(a.dry_run),
                 lock_wait: a.lock.lock_wait,
             }),

@@ -534,8 +534,36 @@ const SCENARIOS: &[Scenario] = &[
         addrs: &[],
         lab_edit: &[],
     },
+    Scenario {
+        // Second review, #12e: a lab named `plan` that another user made from another
+        // controller: destroy leaves its clone and domain, and says whose it is.
+        name: "destroy_leaves_another_owners_lab_of_this_name",
+        verb: "destroy",
+        force: false,
+        datasets: &[("hvd", ANOTHER_OWNERS_D1)],
+        domains: &[("hvd", " 4 d1 running\n")],
+        markers: &[("d1", "<lab lab=\"plan\" node=\"d1\"/>")],
+        networks: &[],
+        addrs: &[],
+        lab_edit: &[],
+    },
+    Scenario {
+        // ... and `create --force` does not replace it.
+        name: "create_force_leaves_another_owners_lab_of_this_name",
+        verb: "create",
+        force: true,
+        datasets: &[("hvd", ANOTHER_OWNERS_D1)],
+        domains: &[("hvd", " 4 d1 running\n")],
+        markers: &[("d1", "<lab lab=\"plan\" node=\"d1\"/>")],
+        networks: &[],
+        addrs: &[],
+        lab_edit: &[],
+    },
 ];
 
+/// This lab's d1 by name, made by another user on another controller.
+const ANOTHER_OWNERS_D1: &str = "tank/d1\torigin\ttank/proto@20261001-release\ntank/d1\tlab:lab\tplan\n\
+    tank/d1\tlab:node\td1\ntank/d1\tlab:owner\tlee@other-ctl\n";
 /// Lab `other`'s clone on hvd, made with lab id 3 (this lab's).
 const OTHER_LAB_WITH_THIS_ID: &str = "tank/o1\torigin\ttank/proto@20261001-release\ntank/o1\tlab:lab\tother\n\
     tank/o1\tlab:id\t3\ntank/o1\tlab:node\to1\n";
@@ -655,6 +683,7 @@ fn run(s: &Scenario) -> String {
                 networks,
                 force: s.force,
                 owner: "ops@ctl".into(),
+                other_owners: Vec::new(),
                 now: 1_700_000_000,
             };
             lab_create::create(&exec, &req, &|_| {})
@@ -675,6 +704,10 @@ fn run(s: &Scenario) -> String {
                 &lab_destroy::DestroyRequest {
                     lab: &lab,
                     nodes: nodes.clone(),
+                    owners: lab_hv::own::Owners {
+                        me: "ops@ctl".into(),
+                        also: Vec::new(),
+                    },
                 },
                 &|_| {},
             )
@@ -825,6 +858,7 @@ fn destroy_changes_nothing_where_the_datasets_cannot_be_read() {
         &lab_destroy::DestroyRequest {
             lab: &lab,
             nodes: nodes.clone(),
+            owners: lab_hv::own::Owners::default(),
         },
         &|_| {},
     ));

@@ -200,6 +200,7 @@ fn request<'a>(
         networks,
         force: s.force,
         owner: lab_hv::owner(),
+        other_owners: s.owners.clone(),
         now: lab_hv::now(),
     })
 }

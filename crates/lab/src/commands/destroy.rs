@@ -35,6 +35,10 @@ pub fn run(out: &Output, s: &Destroy) -> Result<(), Failure> {
     let request = lab_destroy::DestroyRequest {
         lab: &lab,
         nodes: nodes.clone(),
+        owners: lab_hv::own::Owners {
+            me: lab_hv::owner(),
+            also: s.owners.clone(),
+        },
     };
     let reports = change_nodes(
         out,
