@@ -70,11 +70,20 @@ pub fn read_network(
     build_dir: &Path,
     overlay: &str,
     hv: &lab_model::Hypervisor,
+    trust: Trust,
 ) -> Result<Option<NetworkBuild>, GenerateError> {
     let (true, Some(name)) = (hv.mgmt.owned, &hv.mgmt.network) else {
         return Ok(None);
     };
     let path = NetworkPaths::of(build_dir, overlay, &hv.name, name).xml;
+    if trust == Trust::Copy
+        && let Err(message) = path
+            .parent()
+            .map_or(Ok(()), check_held)
+            .and(check_held(&path))
+    {
+        return Err(GenerateError::Build { path, message });
+    }
     let xml = std::fs::read(&path).map_err(|e| GenerateError::Build {
         path: path.clone(),
         message: format!("{e} (run `lab generate` first, or drop --no-generate)"),
@@ -240,6 +249,17 @@ impl NodeBuild {
     }
 }
 
+/// How far [`read_node`] trusts a build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    /// Read the manifest (what `status` compares clones with).
+    Manifest,
+    /// The build will be copied into clones as root: its directories and files must be this
+    /// user's (or root's) and writable by no one else, and the tree on disk must be exactly
+    /// what the manifest says, entry by entry (`lstat`, never following a link).
+    Copy,
+}
+
 /// Reads back what `generate` wrote for `node`. A missing or foreign manifest, or a domain
 /// XML that does not match it, is an error: nothing is guessed.
 pub fn read_node(
@@ -247,12 +267,31 @@ pub fn read_node(
     lab: &str,
     overlay: &str,
     node: &LabNode,
+    trust: Trust,
 ) -> Result<NodeBuild, GenerateError> {
     let paths = NodePaths::of(build_dir, overlay, node);
     let bad = |path: &Path, message: String| GenerateError::Build {
         path: path.to_path_buf(),
         message,
     };
+    if trust == Trust::Copy {
+        // The directories above the node's files, then its manifest and domain XML: a user
+        // who could write any of them could make root copy or define what they like.
+        let hv_dir = paths.tree.parent().expect("a node tree has a parent");
+        let mut held = vec![
+            build_dir.to_path_buf(),
+            build_dir.join(overlay),
+            hv_dir.to_path_buf(),
+        ];
+        held.extend(paths.manifest.parent().map(Path::to_path_buf));
+        held.push(paths.manifest.clone());
+        if paths.domain_xml.exists() {
+            held.push(paths.domain_xml.clone());
+        }
+        for path in &held {
+            check_held(path).map_err(|message| bad(path, message))?;
+        }
+    }
     let text = std::fs::read_to_string(&paths.manifest).map_err(|e| {
         bad(
             &paths.manifest,
@@ -312,6 +351,9 @@ pub fn read_node(
             )
         })?;
     }
+    if trust == Trust::Copy {
+        check_tree(&paths.tree, &manifest.entries).map_err(|message| bad(&paths.tree, message))?;
+    }
     let dirs = manifest
         .entries
         .iter()
@@ -325,4 +367,94 @@ pub fn read_node(
         dirs,
         modes: manifest.modes,
     })
+}
+
+/// Whether `path` (not followed) is this user's or root's, and writable by no one else.
+fn check_held(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.file_type().is_symlink() {
+        return Err(
+            "is a symlink; a build copied into clones is never reached through one \
+                    (generate again, or drop --no-generate)"
+                .to_owned(),
+        );
+    }
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(format!(
+            "is owned by uid {}, not by you (uid {me}): root would copy what another user \
+             wrote; generate it as this user, or drop --no-generate",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "is writable by group or others (mode {:04o}): anyone who can write it could make \
+             root copy or define what they like; `chmod go-w` it, or drop --no-generate",
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the tree on disk is exactly the manifest's, by kind and link target, and held by
+/// this user alone: `modes` and the copy act on the tree as it is, not as the manifest says.
+fn check_tree(tree: &Path, entries: &BTreeMap<String, ManifestEntry>) -> Result<(), String> {
+    let mut seen = 0usize;
+    for entry in walkdir::WalkDir::new(tree).follow_links(false).min_depth(1) {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let rel = entry
+            .path()
+            .strip_prefix(tree)
+            .expect("under the tree")
+            .to_string_lossy()
+            .into_owned();
+        let kind = if entry.path_is_symlink() {
+            EntryKind::Symlink
+        } else if entry.file_type().is_dir() {
+            EntryKind::Dir
+        } else if entry.file_type().is_file() {
+            EntryKind::File
+        } else {
+            return Err(format!(
+                "`{rel}` is neither a file, a directory nor a symlink"
+            ));
+        };
+        let Some(listed) = entries.get(&rel) else {
+            return Err(format!(
+                "`{rel}` is not in the manifest: the tree changed since it was generated \
+                 (generate again)"
+            ));
+        };
+        if listed.kind != kind {
+            return Err(format!(
+                "`{rel}` is a {} on disk but a {} in the manifest: the tree changed since it \
+                 was generated (generate again)",
+                kind.as_str(),
+                listed.kind.as_str()
+            ));
+        }
+        if kind == EntryKind::Symlink {
+            let target = std::fs::read_link(entry.path()).map_err(|e| e.to_string())?;
+            if listed.target.as_deref() != Some(&*target.to_string_lossy()) {
+                return Err(format!(
+                    "`{rel}` points to {} on disk, not where the manifest says (generate again)",
+                    target.display()
+                ));
+            }
+        } else {
+            check_held(entry.path()).map_err(|e| format!("`{rel}` {e}"))?;
+        }
+        seen += 1;
+    }
+    if seen != entries.len() {
+        return Err(format!(
+            "holds {seen} entries and its manifest {}: the tree changed since it was generated \
+             (generate again)",
+            entries.len()
+        ));
+    }
+    Ok(())
 }

@@ -22,7 +22,7 @@ use lab_model::{Hint, Lab, LabNode};
 
 pub use build::{
     EntryKind, Manifest, ManifestEntry, NetworkBuild, NetworkPaths, NodeBuild, NodePaths, PathMode,
-    read_network, read_node,
+    Trust, read_network, read_node,
 };
 pub use overlay::{BLOBS_DIR, DOMAIN_TEMPLATE, MODES_FILE, NETWORK_TEMPLATE};
 pub use write::remove_tree;

@@ -161,7 +161,7 @@ pub fn node(w: &NodeWrite<'_>) -> Result<Written, GenerateError> {
                 }
                 let mut f = fs::File::create(&path).map_err(io(&path))?;
                 f.write_all(bytes).map_err(io(&path))?;
-                f.set_permissions(fs::Permissions::from_mode(item.mode))
+                f.set_permissions(fs::Permissions::from_mode(on_disk(item.mode)))
                     .map_err(io(&path))?;
                 entries.insert(
                     key(&item.rel),
@@ -214,7 +214,7 @@ pub fn node(w: &NodeWrite<'_>) -> Result<Written, GenerateError> {
             if entry.kind == EntryKind::Dir {
                 dir_modes.insert(PathBuf::from(&setting.path), bits | 0o700);
             } else {
-                fs::set_permissions(&path, fs::Permissions::from_mode(bits | 0o600))
+                fs::set_permissions(&path, fs::Permissions::from_mode(on_disk(bits | 0o600)))
                     .map_err(io(&path))?;
             }
         }
@@ -224,7 +224,8 @@ pub fn node(w: &NodeWrite<'_>) -> Result<Written, GenerateError> {
     // Directory modes last (deepest first), so a read-only directory does not block its children.
     for (rel, mode) in dir_modes.iter().rev() {
         let path = stage.join(rel);
-        fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).map_err(io(&path))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(on_disk(*mode)))
+            .map_err(io(&path))?;
     }
     // The tree's root becomes the guest's `/`: always 0755, whatever the checkout's umask did.
     fs::set_permissions(&stage, fs::Permissions::from_mode(0o755)).map_err(io(&stage))?;
@@ -367,4 +368,12 @@ pub fn remove_tree(dir: &Path) -> Result<(), GenerateError> {
         }
     }
     fs::remove_dir_all(dir).map_err(io(dir))
+}
+
+/// The mode a build file gets on the controller: the manifest's, with no write bit for group
+/// or others (whatever the checkout's umask did), so that no other user can change what root
+/// copies into clones. The clone never sees it: rsync creates files under umask 022 and the
+/// overlay's `modes` sets exact modes there.
+fn on_disk(mode: u32) -> u32 {
+    mode & !0o022
 }

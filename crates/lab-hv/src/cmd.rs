@@ -150,7 +150,14 @@ id_in() {
 numeric() { case $1 in ''|*[!0-9]*) return 1 ;; esac; }
 while [ $# -ge 4 ]; do
   p=$1 m=$2 o=$3 g=$4; shift 4
-  f=$root/$p
+  f=$root/$p d=$root rest=$p
+  # Every component, not only the last: a directory of the path that is a symlink in the
+  # clone would lead chmod and chown out of it.
+  while [ -n "$rest" ]; do
+    d=$d/${rest%%/*}
+    case $rest in */*) rest=${rest#*/} ;; *) rest= ;; esac
+    if [ -L "$d" ]; then echo "modes: /$p: /${d#"$root"/} is a symlink in the clone" >&2; exit 1; fi
+  done
   if [ -L "$f" ] || [ ! -e "$f" ]; then echo "modes: /$p is not a file or directory in the clone" >&2; exit 1; fi
   if [ "$o" != - ]; then
     u=$(id_in passwd "$o") && numeric "$u" || { echo "modes: /$p: user $o is not in the image's /etc/passwd" >&2; exit 1; }
@@ -488,5 +495,36 @@ mod wired_start {
             stderr.starts_with(&format!("UDP port(s) {port} of its wires are bound")),
             "{stderr}"
         );
+    }
+}
+
+/// `modes` run here as the hypervisor runs it, on a clone whose `a` is a symlink out of it
+/// (review 3, N5): refused, and what the link points to keeps its mode.
+#[cfg(test)]
+mod modes_through_a_link {
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_symlinked_directory_of_the_path_is_refused() {
+        let base = std::env::temp_dir().join(format!("lab-modes-{}", std::process::id()));
+        let (clone, outside) = (base.join("clone"), base.join("outside"));
+        std::fs::create_dir_all(&clone).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        let victim = outside.join("shadow");
+        std::fs::write(&victim, "secret").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(&outside, clone.join("a")).unwrap();
+        let out = std::process::Command::new("sh")
+            .args(["-c", super::SET_MODES, "lab-modes"])
+            .arg(&clone)
+            .args(["a/shadow", "0666", "-", "-"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777;
+        std::fs::remove_dir_all(&base).unwrap();
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("/a is a symlink in the clone"), "{stderr}");
+        assert_eq!(mode, 0o600);
     }
 }

@@ -1052,6 +1052,86 @@ fn an_overlays_modes_are_checked_line_by_line() {
     }
 }
 
+/// Review 3, N5: `--no-generate` copies, as root, a build anyone who can write it could have
+/// changed; the tree on disk is checked against its manifest, entry by entry, and the build
+/// must be writable by this user alone. Each tampering is refused (exit 2) before any
+/// hypervisor is asked, and the victim is untouched.
+#[test]
+fn a_tampered_build_is_refused_by_no_generate() {
+    use std::os::unix::fs::PermissionsExt;
+    const TREE: &str = "build/bird/hv0/vpp0-1";
+    const MANIFEST: &str = "build/bird/hv0/_meta/vpp0-1.manifest.json";
+    type Tamper = fn(&Scratch, &Path);
+    let cases: [(&str, Tamper, &str); 5] = [
+        (
+            "a symlink where the manifest has a directory, with modes under it",
+            |s, victim| {
+                std::os::unix::fs::symlink(victim, s.path(&format!("{TREE}/evil"))).unwrap();
+                let path = s.path(MANIFEST);
+                let mut m: serde_json::Value =
+                    serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+                m["entries"]["evil"] = serde_json::json!({"type": "dir", "mode": "0755"});
+                m["entries"]["evil/shadow"] =
+                    serde_json::json!({"type": "file", "mode": "0644", "sha256": "0", "size": 0});
+                m["modes"] = serde_json::json!([{"path": "evil/shadow", "mode": "0666"}]);
+                fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+            },
+            "`evil` is a symlink on disk but a dir in the manifest",
+        ),
+        (
+            "a file the manifest does not list",
+            |s, _| {
+                s.write(&format!("{TREE}/etc/planted"), "x");
+            },
+            "`etc/planted` is not in the manifest",
+        ),
+        (
+            "a group-writable file of the tree",
+            |s, _| {
+                let p = s.path(&format!("{TREE}/etc/hostname"));
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o664)).unwrap();
+            },
+            "`etc/hostname` is writable by group or others",
+        ),
+        (
+            "a manifest others can write",
+            |s, _| {
+                fs::set_permissions(s.path(MANIFEST), fs::Permissions::from_mode(0o646)).unwrap();
+            },
+            "is writable by group or others",
+        ),
+        (
+            "a world-writable hypervisor directory of the build",
+            |s, _| {
+                fs::set_permissions(s.path("build/bird/hv0"), fs::Permissions::from_mode(0o777))
+                    .unwrap();
+            },
+            "is writable by group or others",
+        ),
+    ];
+    for (what, tamper, expected) in cases {
+        let s = Scratch::new();
+        s.ok(&["generate", "--lab", EXAMPLE, "--node", "vpp0-1"]);
+        let victim = s.write("victim/shadow", "secret");
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+        tamper(&s, &s.path("victim"));
+        let out = s.lab(&[
+            "create",
+            "--lab",
+            EXAMPLE,
+            "--node",
+            "vpp0-1",
+            "--no-generate",
+            "--dry-run",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: {stderr}");
+        assert!(stderr.contains(expected), "{what}: {stderr}");
+        let mode = fs::metadata(&victim).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{what}");
+    }
+}
+
 #[test]
 fn overlays_cannot_reach_outside_the_node_directory() {
     type Setup = dyn Fn(&Scratch);

@@ -182,14 +182,21 @@ fn request<'a>(
     overlay: &str,
     dir: &Path,
 ) -> Result<lab_create::CreateRequest<'a>, Failure> {
+    // A build `create` just rendered into a directory of its own is read as written; one it
+    // is told to trust (`--no-generate`) is checked on disk first (review 3, N5).
+    let trust = if s.generate {
+        lab_generate::Trust::Manifest
+    } else {
+        lab_generate::Trust::Copy
+    };
     let mut builds = HashMap::new();
     for node in nodes {
-        let build = lab_generate::read_node(dir, &lab.name, overlay, node)?;
+        let build = lab_generate::read_node(dir, &lab.name, overlay, node, trust)?;
         builds.insert(node.name.clone(), build);
     }
     let mut networks = HashMap::new();
     for hv in lab.hypervisors_of(nodes) {
-        if let Some(net) = lab_generate::read_network(dir, overlay, hv)? {
+        if let Some(net) = lab_generate::read_network(dir, overlay, hv, trust)? {
             networks.insert(hv.name.clone(), net);
         }
     }

@@ -17,7 +17,13 @@ pub fn run(out: &Output, s: &Status) -> Result<(), Failure> {
     let mut expected = lab_hv::Expected::default();
     if let Some(o) = &overlay {
         for n in &nodes {
-            if let Ok(build) = lab_generate::read_node(&s.build.dir, &lab.name, o, n) {
+            if let Ok(build) = lab_generate::read_node(
+                &s.build.dir,
+                &lab.name,
+                o,
+                n,
+                lab_generate::Trust::Manifest,
+            ) {
                 if let Some(macs) = build.domain_macs() {
                     expected.macs.insert(n.name.clone(), macs);
                 }
@@ -25,7 +31,9 @@ pub fn run(out: &Output, s: &Status) -> Result<(), Failure> {
             }
         }
         for hv in lab.hypervisors_of(&nodes) {
-            if let Ok(Some(net)) = lab_generate::read_network(&s.build.dir, o, hv) {
+            if let Ok(Some(net)) =
+                lab_generate::read_network(&s.build.dir, o, hv, lab_generate::Trust::Manifest)
+            {
                 expected.networks.insert(hv.name.clone(), net.sha256);
             }
         }
