@@ -1554,3 +1554,30 @@ fn hostile_names_in_every_field_are_refused_with_field_and_line() {
         }
     }
 }
+
+/// Review 3, N13: a dry run changes nothing, `build/` included (what `status` compares with,
+/// and what `--no-generate` copies): its own rendering goes with it.
+#[test]
+fn a_dry_run_leaves_the_build_as_it_was() {
+    let s = Scratch::new();
+    // Hypervisors nothing listens for: no test reaches the live bed.
+    s.write(
+        "nowhere.yaml",
+        "hypervisors:\n  hv0: {ssh: \"root@127.0.0.1:1\"}\n  hv1: {ssh: \"root@127.0.0.1:1\"}\n  hv2: {ssh: \"root@127.0.0.1:1\"}\n",
+    );
+    let out = s.lab(&[
+        "create",
+        "--lab",
+        EXAMPLE,
+        "--lab",
+        "nowhere.yaml",
+        "--node",
+        "vpp0-1",
+        "--dry-run",
+    ]);
+    assert_ne!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        !s.path("build/bird/hv0/vpp0-1").exists(),
+        "a dry run published its build"
+    );
+}

@@ -8,6 +8,7 @@ use lab_hv::Outcome;
 use lab_model::{Lab, LabNode};
 
 use crate::commands::Verb;
+use crate::commands::generate::BuildLock;
 use crate::exit::Failure;
 use crate::remote::change_nodes;
 use crate::render;
@@ -22,6 +23,12 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
     // This run copies from a tree only it writes: another create (one that is about to be
     // refused, say) re-rendering `build/` never swaps a tree under this run's rsync.
     let own = RunDir::new(&s.build.dir);
+    // Copied from `build/` as it is: no tree there is swapped until this run ends.
+    let _reading = if s.generate {
+        None
+    } else {
+        Some(BuildLock::shared(&s.build.dir)?)
+    };
     let source = if s.generate {
         generate(&lab, &nodes, &overlay, &own.dir)?;
         own.dir.as_path()
@@ -41,11 +48,27 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
             // `build/` shows what was created (and what `status` compares with): this run's
             // own build, moved there while the lock is held, so a `--no-generate` create of
             // this lab, which copies from `build/`, never meets a tree being swapped.
-            let published = if s.generate && created.is_ok() {
-                lab_generate::publish(&own.dir, &s.build.dir, &overlay, &lab, &nodes)
-                    .map_err(Failure::from)
-            } else {
-                Ok(())
+            // A dry run changes nothing, `build/` included; and a tree another run is
+            // copying from (`--no-generate`) is not swapped under it: `build/` then keeps
+            // its older trees, and says so.
+            let published = match (s.generate && created.is_ok() && !s.mode.is_dry_run())
+                .then(|| BuildLock::try_exclusive(&s.build.dir))
+            {
+                None => Ok(()),
+                Some(Some(_lock)) => {
+                    lab_generate::publish(&own.dir, &s.build.dir, &overlay, &lab, &nodes)
+                        .map_err(Failure::from)
+                }
+                Some(None) => {
+                    if !out.quiet {
+                        eprintln!(
+                            "lab: {} not refreshed: another run is copying from it \
+                             (`lab generate` refreshes it)",
+                            s.build.dir.display()
+                        );
+                    }
+                    Ok(())
+                }
             };
             (created, published)
         },
