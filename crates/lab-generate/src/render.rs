@@ -192,11 +192,35 @@ pub(crate) fn render_network(
         .get_template(NETWORK_TEMPLATE)
         .and_then(|t| t.render(&ctx))
         .map_err(|e| template_error(&overlay.dir, NETWORK_TEMPLATE, &hv.name, &e))?;
+    if lab_model::xml::has_doctype(&xml) {
+        return Err(GenerateError::Overlay {
+            path: overlay.dir.join(NETWORK_TEMPLATE),
+            message: format!(
+                "renders a <!DOCTYPE> for `{}`: libvirt needs none, and its entities could make \
+                 libvirt read another network than the one lab checks",
+                hv.name
+            ),
+        });
+    }
     if lab_model::xml::find_start(&xml, "network", 0).is_none_or(|n| n.empty) {
         return Err(GenerateError::Overlay {
             path: overlay.dir.join(NETWORK_TEMPLATE),
             message: format!("renders no <network> element for `{}`", hv.name),
         });
+    }
+    match lab_model::xml::child_text(&xml, "name") {
+        Some(n) if n == name => {}
+        other => {
+            return Err(GenerateError::Overlay {
+                path: overlay.dir.join(NETWORK_TEMPLATE),
+                message: format!(
+                    "renders the network name `{}` for `{}`: it must be `{name}` \
+                     (`network.network`)",
+                    other.unwrap_or_default(),
+                    hv.name
+                ),
+            });
+        }
     }
     if lab_model::xml::find_start(&xml, "metadata", 1).is_some() {
         return Err(GenerateError::Overlay {
@@ -309,6 +333,13 @@ fn check_domain(dir: &Path, node: &lab_model::LabNode, xml: &[u8]) -> Result<(),
         path: dir.join(DOMAIN_TEMPLATE),
         message,
     };
+    if lab_model::xml::has_doctype(&text) {
+        return Err(bad(format!(
+            "renders a <!DOCTYPE> for node `{}`: libvirt needs none, and its entities could \
+             make libvirt read another domain than the one lab checks",
+            node.name
+        )));
+    }
     if lab_model::xml::find_start(&text, "domain", 0).is_none_or(|d| d.empty) {
         return Err(bad(format!(
             "renders no <domain> element for node `{}`",

@@ -15,6 +15,33 @@ pub struct Tag {
     pub empty: bool,
 }
 
+/// Whether the document has a document type declaration (`<!DOCTYPE`, and with it `<!ENTITY`
+/// and friends) outside comments and CDATA. A DTD's internal subset can hold text that looks
+/// like elements to this scanner but not to libxml2 (an entity's value): definitions that
+/// `lab` checks must have none.
+pub fn has_doctype(xml: &str) -> bool {
+    let mut at = 0;
+    while let Some(offset) = xml[at..].find('<') {
+        let start = at + offset;
+        let rest = &xml[start..];
+        let skipped = [("<!--", "-->"), ("<![CDATA[", "]]>")]
+            .into_iter()
+            .find(|(open, _)| rest.starts_with(open));
+        match skipped {
+            Some((open, close)) => {
+                let body = start + open.len();
+                match xml[body..].find(close) {
+                    Some(end) => at = body + end + close.len(),
+                    None => return false,
+                }
+            }
+            None if rest.starts_with("<!") => return true,
+            None => at = start + 1,
+        }
+    }
+    false
+}
+
 /// The first start tag of element `name` at `depth` (0: the root, 1: its children). `None`
 /// also for a document this scanner cannot read to that point (an unclosed comment or tag).
 pub fn find_start(xml: &str, name: &str, depth: usize) -> Option<Tag> {
@@ -98,6 +125,17 @@ pub fn child_text(xml: &str, name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_doctype_is_found_outside_comments_only() {
+        let decoy = "<!DOCTYPE domain [ <!ENTITY decoy \"x> <domain><name>r1</name></domain> \"> ]>\n<domain><name>victim</name></domain>";
+        assert!(has_doctype(decoy));
+        assert!(has_doctype("<?xml version='1.0'?><!ENTITY e 'x'><domain/>"));
+        assert!(!has_doctype(
+            "<!-- <!DOCTYPE x> --><domain><![CDATA[<!DOCTYPE]]></domain>"
+        ));
+        assert!(!has_doctype("<domain><name>r1</name></domain>"));
+    }
 
     #[test]
     fn the_roots_own_children_are_found_outside_comments() {

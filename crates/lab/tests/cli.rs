@@ -964,6 +964,36 @@ fn a_rendered_domain_must_be_named_after_its_node() {
         assert!(stderr.contains(says), "{name}: {stderr}");
         assert!(!s.path("build/bird/hv0/vpp0-1").exists(), "{name}");
     }
+    // Review 3, N15: a DTD whose entity holds a decoy domain named after the node, while
+    // libxml2 reads the real root's name; and a network definition named after another.
+    let s = Scratch::new();
+    let decoy = "<!DOCTYPE domain [ <!ENTITY decoy \"x> <domain><name>{{ node.domain }}</name></domain> \"> ]>\n";
+    s.write(
+        "overlays/bird/domain.xml.j2",
+        &format!("{decoy}{}", template.replace(named, "<name>victim</name>")),
+    );
+    let out = s.lab(&["generate", "--lab", EXAMPLE, "--node", "vpp0-1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("renders a <!DOCTYPE> for node `vpp0-1`"),
+        "{stderr}"
+    );
+    let s = Scratch::new();
+    let network = fs::read_to_string(repo().join("overlays/bird/network.xml.j2")).unwrap();
+    let network_name = "<name>{{ network.network }}</name>";
+    assert!(network.contains(network_name));
+    s.write(
+        "overlays/bird/network.xml.j2",
+        &network.replace(network_name, "<name>default</name>"),
+    );
+    let out = s.lab(&["generate", "--lab", EXAMPLE, "--node", "vpp0-1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("renders the network name `default` for `hv0`: it must be `lab-vpp`"),
+        "{stderr}"
+    );
 }
 
 #[test]
