@@ -449,6 +449,20 @@ fn wire_port_base(
         }
         return Ok(u16::try_from(own).expect("20000 + 160 * 255 < 65536"));
     };
+    // Port 0 makes QEMU bind a random port (a dead link); below 1024 are the system's.
+    if base < 1024 {
+        return Err(schema_error(
+            root,
+            &path_of(&["lab", "wire_port_base"]),
+            format!(
+                "wire_port_base {base} is below 1024: ports there are the system's (and 0 \
+                 would bind a random port, leaving every link dead); choose a base from 1024 \
+                 on, below {FIRST} or from {} on",
+                FIRST + PER_LAB * 256
+            ),
+            Hint::default(),
+        ));
+    }
     let (from, to) = (usize::from(base), usize::from(base) + 2 * links);
     let owned_end = FIRST + PER_LAB * 256;
     let other = (from.max(FIRST)..to.min(owned_end))

@@ -640,6 +640,14 @@ const BAD: &[Bad] = &[
         ],
     },
     Bad {
+        // Review 3, N16: QEMU would bind random ports, and every link would be dead.
+        name: "wire ports from port 0",
+        files: &[("labs/p.yaml", "include: vpp.yaml\nlab: {wire_port_base: 0}\n")],
+        args: &["generate", "--lab", "labs/p.yaml"],
+        code: 2,
+        says: &["labs/p.yaml:2", "wire_port_base 0 is below 1024"],
+    },
+    Bad {
         name: "wire ports in another lab id's range",
         files: &[(
             "labs/p.yaml",
