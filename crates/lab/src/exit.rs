@@ -13,7 +13,7 @@ pub enum Exit {
     Locked,
     /// The status of a program `lab` ran for the user (`lab ssh NODE -- CMD`), passed on.
     Passthrough(u8),
-    /// Stopped by a signal (SIGINT, SIGTERM): 128 + its number, as a shell reports it.
+    /// Stopped by a signal (SIGHUP, SIGINT, SIGTERM): 128 + its number, as a shell reports it.
     Interrupted(u8),
 }
 

@@ -70,16 +70,19 @@ pub fn drive<T>(exec: Executor, work: impl AsyncFnOnce(&Executor) -> T) -> Resul
     })
 }
 
-/// The first SIGINT or SIGTERM: its number and name. Never, where they cannot be watched.
+/// The first SIGINT, SIGTERM or SIGHUP (a closed terminal, a dropped VPN): its number and
+/// name. Never, where they cannot be watched.
 async fn interrupted() -> (u8, &'static str) {
     use tokio::signal::unix::{SignalKind, signal};
     match (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
     ) {
-        (Ok(mut int), Ok(mut term)) => tokio::select! {
+        (Ok(mut int), Ok(mut term), Ok(mut hup)) => tokio::select! {
             _ = int.recv() => (2, "SIGINT"),
             _ = term.recv() => (15, "SIGTERM"),
+            _ = hup.recv() => (1, "SIGHUP"),
         },
         _ => std::future::pending().await,
     }

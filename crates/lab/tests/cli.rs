@@ -642,7 +642,10 @@ const BAD: &[Bad] = &[
     Bad {
         // Review 3, N16: QEMU would bind random ports, and every link would be dead.
         name: "wire ports from port 0",
-        files: &[("labs/p.yaml", "include: vpp.yaml\nlab: {wire_port_base: 0}\n")],
+        files: &[(
+            "labs/p.yaml",
+            "include: vpp.yaml\nlab: {wire_port_base: 0}\n",
+        )],
         args: &["generate", "--lab", "labs/p.yaml"],
         code: 2,
         says: &["labs/p.yaml:2", "wire_port_base 0 is below 1024"],
@@ -1618,4 +1621,44 @@ fn a_dry_run_leaves_the_build_as_it_was() {
         !s.path("build/bird/hv0/vpp0-1").exists(),
         "a dry run published its build"
     );
+}
+
+/// Review 3, N21: a closed terminal (SIGHUP) stops a run as SIGINT and SIGTERM do: its ssh
+/// connections closed, exit 128 + 1. The hypervisor here accepts the connection and never
+/// answers, so `status` is still connecting when the signal comes.
+#[test]
+fn a_hangup_ends_a_run_with_129() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let s = Scratch::new();
+    s.write(
+        "silent.yaml",
+        &format!("hypervisors:\n  hv0: {{ssh: \"root@127.0.0.1:{port}\"}}\n"),
+    );
+    let child = Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args([
+            "status",
+            "--lab",
+            EXAMPLE,
+            "--lab",
+            "silent.yaml",
+            "--host",
+            "hv0",
+        ])
+        .current_dir(s.dir.path())
+        .env_remove("LAB_FILE")
+        .env_remove("LAB_BUILD")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: kill has no memory preconditions; the pid is our own child's.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(129), "{stderr}");
+    assert!(stderr.contains("interrupted by SIGHUP"), "{stderr}");
+    drop(silent);
 }
