@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     version,
     about = "Pristine network labs on ZFS + libvirt hypervisors, in seconds",
     after_help = "Exit codes: 0 success (including nothing to do), 1 failure, 2 invalid input or usage, \
-                  3 partial (some nodes failed or were skipped), 4 lock held by another run."
+                  3 partial (some nodes failed or were skipped), 4 lock held by another run, \
+                  128 + N stopped by signal N (129 SIGHUP, 130 SIGINT, 143 SIGTERM)."
 )]
 pub struct Cli {
     /// Output format of the result on stdout: text or json for every verb but `graph` (dot,
