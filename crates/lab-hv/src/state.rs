@@ -181,6 +181,33 @@ pub enum Detail {
     Nics,
 }
 
+/// A row of `virsh -q list --all` (under `LC_ALL=C`): the domain's name and state. The states
+/// virsh prints are known, so a name with spaces in it (`r2 old`) cannot pass for another
+/// domain (`r2`, state `old shut off`); a state it does not know is the row's last word.
+fn domain_row(line: &str) -> Option<(&str, &str)> {
+    const STATES: [&str; 7] = [
+        "running",
+        "idle",
+        "paused",
+        "in shutdown",
+        "shut off",
+        "crashed",
+        "pmsuspended",
+    ];
+    let line = line.trim();
+    let (_id, rest) = line.split_once(char::is_whitespace)?;
+    let rest = rest.trim_start();
+    let state = STATES
+        .into_iter()
+        .find(|s| {
+            rest.strip_suffix(s)
+                .is_some_and(|name| name.ends_with(char::is_whitespace))
+        })
+        .or_else(|| rest.rsplit(char::is_whitespace).next())?;
+    let name = rest[..rest.len() - state.len()].trim_end();
+    (!name.is_empty()).then_some((name, state))
+}
+
 /// What one hypervisor holds.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct HostState {
@@ -400,11 +427,16 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
                 }
             }
             "holds" => {
-                // NAME TAB TAG TAB TIMESTAMP
-                let mut f = line.split('\t');
-                if let (Some(name), Some(tag)) = (f.next(), f.next()) {
-                    holds.push((name.trim().to_owned(), tag.trim().to_owned()));
-                }
+                // NAME TAB TAG TAB TIMESTAMP: a tag with a tab or a newline (anyone with `zfs
+                // allow hold` can set one) breaks a row, and the whole answer is refused.
+                let fields: Vec<&str> = line.split('\t').collect();
+                let [name, tag, _when] = fields[..] else {
+                    return Err(format!(
+                        "a hold row with {} fields (a tag with a tab or a newline?): {line:?}",
+                        fields.len()
+                    ));
+                };
+                holds.push((name.trim().to_owned(), tag.trim().to_owned()));
             }
             "names" => {
                 names.insert(line);
@@ -446,16 +478,16 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
                 }
             }
             "domains" => {
-                // " 3    vpp0-1   running" or " -    vpp0-2   shut off"
-                let mut words = line.split_whitespace();
-                let (Some(_id), Some(name)) = (words.next(), words.next()) else {
+                // " 3    vpp0-1   running" or " -    vpp0-2   shut off"; a name may hold
+                // spaces (libvirt refuses only newlines), so the state is read from the end.
+                let Some((name, domain_state)) = domain_row(line) else {
                     continue;
                 };
                 state.domains.insert(
                     name.to_owned(),
                     Domain {
                         name: name.to_owned(),
-                        state: words.collect::<Vec<_>>().join(" "),
+                        state: domain_state.to_owned(),
                         marker: MarkerRead::None,
                     },
                 );
@@ -542,8 +574,14 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
         }
     }
     for (name, tag) in holds {
-        if let Some(s) = snapshots.iter_mut().find(|s| s.full == name) {
-            s.holds.push(tag);
+        match snapshots.iter_mut().find(|s| s.full == name) {
+            Some(s) => s.holds.push(tag),
+            None => {
+                return Err(format!(
+                    "a hold on `{name}`, which is no snapshot the probe listed (a tag with a \
+                     newline?)"
+                ));
+            }
         }
     }
     for section in ["names", "datasets"] {

@@ -246,3 +246,49 @@ fn a_paused_or_stopping_domain_is_active() {
         .collect();
     assert_eq!(active, ["r1", "r3", "r4"]);
 }
+
+/// Review 3, N18: a domain whose name has a space does not shadow another: `r2 old` is its
+/// own domain, shut off, and `r2` stays as it is.
+#[test]
+fn a_domain_name_with_a_space_is_one_name() {
+    let spaced = GOOD
+        .replace(
+            " -    r2   shut off\n",
+            " -    r2   shut off\n -    r2 old   shut off\n 7    r3 x   in shutdown\n",
+        )
+        .replace("r2\t\n", "r2\t\nr2 old\t\nr3 x\t\n");
+    let s = read(&spaced).unwrap();
+    assert_eq!(s.domains["r2"].state, "shut off");
+    assert_eq!(s.domains["r2 old"].state, "shut off");
+    assert_eq!(s.domains["r3 x"].state, "in shutdown");
+    assert!(!s.domain_running("r2"));
+}
+
+/// Review 3, N22: a hold tag with a newline cannot forge a hold: the broken row makes the
+/// answer untrusted, and so does a hold on a snapshot the probe did not list.
+#[test]
+fn a_hold_row_that_is_not_three_fields_is_an_error() {
+    let with = |rows: &str| {
+        GOOD.replace(
+            "#zfs\nversion\t-\n#rc 0\n#holds\n#rc 0\n",
+            &format!("#zfs\nversion\t-\n#rc 0\n#holds\n{rows}#rc 0\n"),
+        )
+    };
+    let forged = with("p/proto@b\tx\np/proto@a\tlab-sync:hv9\tTue Dec  1 10:00 2026\n");
+    assert!(
+        read(&forged)
+            .unwrap_err()
+            .contains("a hold row with 2 fields")
+    );
+    let elsewhere = with("p/other@a\tlab-sync:hv9\tTue Dec  1 10:00 2026\n");
+    assert!(
+        read(&elsewhere)
+            .unwrap_err()
+            .contains("a hold on `p/other@a`")
+    );
+    let good = with("p/proto@a\tlab-sync:hv1\tTue Dec  1 10:00 2026\n");
+    assert_eq!(
+        read(&good).unwrap().proto.snapshots[0].holds,
+        ["lab-sync:hv1"]
+    );
+}
