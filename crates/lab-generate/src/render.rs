@@ -2,6 +2,7 @@
 //! one node's tree (or one hypervisor's network) rendered and written.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use lab_model::Lab;
 use minijinja::value::{Serde, ValueKind};
@@ -278,8 +279,8 @@ pub(crate) fn render_node(
         let content = match &entry.kind {
             overlay::Kind::Dir => write::Content::Dir,
             overlay::Kind::Symlink(t) => write::Content::Symlink(t.clone()),
-            overlay::Kind::Verbatim(bytes) => write::Content::File(bytes.to_vec()),
-            overlay::Kind::Template(name) => write::Content::File(render(name)?),
+            overlay::Kind::Verbatim(bytes) => write::Content::File(Arc::clone(bytes)),
+            overlay::Kind::Template(name) => write::Content::File(render(name)?.into()),
         };
         files.push(write::Item {
             rel: entry.rel.clone(),

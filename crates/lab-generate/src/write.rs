@@ -15,7 +15,9 @@ use crate::modes::ModeRule;
 
 pub enum Content {
     Dir,
-    File(Vec<u8>),
+    /// Shared between nodes where it is the same (a verbatim file is read once, never copied
+    /// per node).
+    File(std::sync::Arc<[u8]>),
     Symlink(PathBuf),
 }
 

@@ -615,11 +615,23 @@ fn refresh_writes_a_prometheus_status_file_that_follows_releases() {
     std::fs::create_dir_all(status_file.parent().unwrap()).unwrap();
     let sf = status_file.to_str().unwrap();
     assert_eq!(lab(dir.path(), &["proto", "release", "--lab", f]).code, 0);
+    // Review 3, N2 (high): a symlink planted at the file's name, to a root-only file, is
+    // replaced by the rename, never written through.
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "secret").unwrap();
+    std::os::unix::fs::symlink(&victim, &status_file).unwrap();
     let run = lab(
         dir.path(),
         &["proto", "refresh", "--lab", f, "--status-file", sf],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "secret");
+    assert!(
+        std::fs::symlink_metadata(&status_file)
+            .unwrap()
+            .file_type()
+            .is_file()
+    );
     let text = std::fs::read_to_string(&status_file).unwrap();
     let s = parse_prometheus(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     // The reader is strict: it would catch a sample without its TYPE or a bad escape.
@@ -805,5 +817,93 @@ fn a_zrepl_dry_run_neither_wakes_nor_waits() {
             .all(|c| c.contains("zrepl signal wakeup lab-proto")),
         "{commands:?}"
     );
+    drop_everywhere(&bed, &ds);
+}
+
+/// A fleet file of hv0 and hv1 only (hv2 left out, as an operator does with a hypervisor that
+/// is down for maintenance), with `ds` as the proto.
+fn fleet_without_hv2(dir: &Path, ds: &str) -> PathBuf {
+    let bed_file = std::fs::read_to_string(repo().join("labs/testbed.yaml")).unwrap();
+    let overlays = repo().join("overlays");
+    let two: String = bed_file
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("hv2:"))
+        .map(|l| l.replace("../overlays", overlays.to_str().unwrap()) + "\n")
+        .collect();
+    std::fs::write(dir.join("two.yaml"), two).unwrap();
+    let path = dir.join("partial.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "include: two.yaml\ndefaults:\n  hypervisor:\n    proto: {ds}\n    snapshot: \"*-release\"\n\
+             proto: {{source: hv0, keep: 1}}\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Review 3, N1 (high), on the bed: a refresh from a fleet file that leaves a target out
+/// keeps that target's increment base on the source (its `lab-sync` hold stays, and the
+/// report lists it), so when it is back it catches up with an increment; only `lab proto
+/// forget` releases it.
+#[test]
+fn a_target_left_out_of_the_fleet_file_keeps_its_base_until_forgotten() {
+    let bed = require();
+    let dir = tempfile::tempdir().unwrap();
+    let ds = fresh_proto(&bed, "pe-gone", 2);
+    let full = fleet(dir.path(), &ds, ", keep: 1");
+    let full = full.to_str().unwrap();
+    let partial = fleet_without_hv2(dir.path(), &ds);
+    let partial = partial.to_str().unwrap();
+    let run = proto(dir.path(), full, &["release", "--name", "20990101-release"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = proto(dir.path(), full, &["refresh"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let base = format!("{ds}@20990101-release");
+    // hv2 is left out; two more releases, and a refresh that prunes down to one release.
+    for name in ["20990102-release", "20990103-release"] {
+        grow(&bed, &ds, name, 1);
+        let run = proto(dir.path(), partial, &["release", "--name", name]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+    }
+    let run = proto(dir.path(), partial, &["refresh"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = run.json();
+    let on_source: Vec<String> = snapshots(&bed, 0, &ds)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        on_source.contains(&base),
+        "hv2's base went: {on_source:?}\n{report}"
+    );
+    assert!(
+        !on_source.contains(&format!("{ds}@20990102-release")),
+        "prune did not run: {on_source:?}"
+    );
+    assert!(
+        report.to_string().contains("lab-sync:hv2"),
+        "the departed hold is not reported: {report}"
+    );
+    // hv2 is back in the file: it catches up from its base, an increment.
+    let run = proto(dir.path(), full, &["refresh"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let hv2 = by_host(&run.json()["sync"])["hv2"].clone();
+    assert_eq!(hv2["result"], "sent", "{hv2}");
+    assert_eq!(hv2["from"], "20990101-release", "{hv2}");
+    // It leaves for good: `forget` releases its hold on the source.
+    let newest = format!("{ds}@20990103-release");
+    let refs = |snap: &str| {
+        bed.exec(0, &["zfs", "get", "-H", "-o", "value", "userrefs", snap])
+            .unwrap()
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+    };
+    let before = refs(&newest);
+    let run = proto(dir.path(), partial, &["forget", "hv2"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(refs(&newest), before - 1, "{}", run.stdout);
     drop_everywhere(&bed, &ds);
 }
