@@ -298,6 +298,55 @@ fn holds_keep_the_next_base_on_both_sides_and_move_with_each_sync() {
         bed.exec(SOURCE, &["zfs", "destroy", &format!("{ds}@r2-release")])
             .is_err()
     );
+
+    // Review 3, N1 (high): hv4 is left out of the fleet file (down for maintenance, say).
+    // A prune from that file keeps hv4's base on the source, held, and names hv4; only
+    // `lab proto forget hv4` releases it.
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        &repo()
+            .join("labs/testbed-openzfs.yaml")
+            .display()
+            .to_string(),
+        "source-only.yaml",
+    );
+    let bed_file = std::fs::read_to_string(repo().join("labs/testbed-openzfs.yaml")).unwrap();
+    let source_only = &bed_file[..bed_file.find("  hv4:").unwrap()];
+    let proto_part = &bed_file[bed_file.find("\nproto:").unwrap()..];
+    std::fs::write(
+        dir.path().join("source-only.yaml"),
+        format!("{source_only}{proto_part}"),
+    )
+    .unwrap();
+    let partial = dir.path().join("partial.yaml");
+    std::fs::write(&partial, text).unwrap();
+    grow(&bed, &ds, 6, 1);
+    assert_eq!(
+        proto(dir.path(), &partial, &["release", "--name", "r3-release"]).code,
+        0
+    );
+    let pruned = proto(dir.path(), &partial, &["prune", "--keep", "1"]);
+    assert_eq!(pruned.code, 0, "{}{}", pruned.stdout, pruned.stderr);
+    let left = guids(&bed, SOURCE, &ds);
+    assert!(
+        left.contains("@r2-release"),
+        "hv4's base went: {left}\n{}",
+        pruned.stdout
+    );
+    assert!(
+        holds(&bed, SOURCE, &ds).contains(&format!("{ds}@r2-release\t{tag}")),
+        "hv4's hold was released"
+    );
+    assert!(
+        pruned.stdout.contains("departed") && pruned.stdout.contains(&tag),
+        "{}",
+        pruned.stdout
+    );
+    let forgot = proto(dir.path(), &partial, &["forget", "hv4"]);
+    assert_eq!(forgot.code, 0, "{}{}", forgot.stdout, forgot.stderr);
+    assert!(!holds(&bed, SOURCE, &ds).contains(&tag));
+    let pruned = proto(dir.path(), &partial, &["prune", "--keep", "1"]);
+    assert_eq!(pruned.code, 0, "{}{}", pruned.stdout, pruned.stderr);
+    assert!(!guids(&bed, SOURCE, &ds).contains("@r2-release"));
     drop_zvol(&bed, &ds);
 }
 
