@@ -28,8 +28,10 @@ pub enum NetworkDecision {
         start: bool,
     },
     /// lab's own network runs an older definition while nodes of the lab use it: the new
-    /// definition is saved and takes effect when the network next starts.
-    DefinePending,
+    /// definition is saved and takes effect when the network next starts; meanwhile the DHCP
+    /// reservations of nodes that have no domain yet (`new_macs`) are added to the running
+    /// network, so that a node added to a running lab gets its address.
+    DefinePending { new_macs: Vec<String> },
 }
 
 /// Decides from the network's facts, the build's definition, and whether nodes of the lab run
@@ -80,7 +82,9 @@ pub fn decide_network(
                     }
                 }
                 NetworkFacts::Ours { active: true, .. } if lab_running => {
-                    NetworkDecision::DefinePending
+                    NetworkDecision::DefinePending {
+                        new_macs: Vec::new(),
+                    }
                 }
                 NetworkFacts::Ours { active, .. } => NetworkDecision::Apply {
                     define: true,
@@ -114,6 +118,13 @@ pub(crate) fn decide_for(
                 .get(name)
                 .is_some_and(|n| n.active && n.ports > 0);
     match decide_network(hv.mgmt.mode, name, &facts, existing, build, lab_running) {
+        NetworkDecision::DefinePending { .. } => NetworkDecision::DefinePending {
+            new_macs: nodes_here
+                .iter()
+                .filter(|n| !state.domains.contains_key(&n.domain))
+                .map(|n| n.mac.to_ascii_lowercase())
+                .collect(),
+        },
         decision @ NetworkDecision::Apply { start: true, .. } => {
             match prefix_in_use(hv, name, state) {
                 Some(why) => NetworkDecision::Refuse(why),
@@ -175,6 +186,23 @@ pub fn prefix_in_use(hv: &Hypervisor, network: &str, state: &HostState) -> Optio
     ))
 }
 
+/// The `<host .../>` elements of a rendered network definition whose `mac` is one of `macs`
+/// (as the overlay's template wrote them: libvirt reads the same text).
+fn dhcp_hosts(xml: &[u8], macs: &[String]) -> Vec<String> {
+    let xml = String::from_utf8_lossy(xml);
+    xml.match_indices("<host ")
+        .filter_map(|(at, _)| {
+            let element = &xml[at..at + xml[at..].find("/>")? + 2];
+            let lower = element.to_ascii_lowercase();
+            macs.iter()
+                .any(|m| {
+                    lower.contains(&format!("mac='{m}'")) || lower.contains(&format!("mac=\"{m}\""))
+                })
+                .then(|| element.to_owned())
+        })
+        .collect()
+}
+
 /// Carries a decision out; `None` when there is nothing to report.
 /// `uuid`: the network's, when it exists (a redefinition keeps it).
 pub(crate) async fn apply(
@@ -211,7 +239,7 @@ pub(crate) async fn apply(
                 "unchanged",
             ));
         }
-        NetworkDecision::DefinePending => (true, false, false),
+        NetworkDecision::DefinePending { .. } => (true, false, false),
         NetworkDecision::Apply {
             define,
             restart,
@@ -232,6 +260,11 @@ pub(crate) async fn apply(
     if start {
         steps.push(("start", cmd::start_network(&name)));
     }
+    if let NetworkDecision::DefinePending { new_macs } = decision {
+        for host in dhcp_hosts(&build.xml, new_macs) {
+            steps.push(("add a DHCP host", cmd::add_dhcp_host(&name, &host)));
+        }
+    }
     let before = exec.recorded().len();
     let result: Result<(), (&str, ExecError)> = async {
         for (step, c) in &steps {
@@ -241,8 +274,9 @@ pub(crate) async fn apply(
     }
     .await;
     let action = match decision {
-        NetworkDecision::DefinePending => {
-            "redefined; nodes of the lab use it, so it keeps its old definition until it restarts"
+        NetworkDecision::DefinePending { .. } => {
+            "redefined; nodes of the lab use it, so it keeps its old definition until it \
+             restarts (new nodes' DHCP reservations are added to it as it runs)"
         }
         _ if restart => "redefined and restarted",
         _ if define => "defined and started",
@@ -310,7 +344,7 @@ mod tests {
             (MgmtMode::Isolated, ours(false, "new"), Some(false), Some(&b), false, apply(false, false, true)),
             // A changed definition: restarted only while no node of the lab runs on it.
             (MgmtMode::Isolated, ours(true, "old"), Some(true), Some(&b), false, apply(true, true, true)),
-            (MgmtMode::Isolated, ours(true, "old"), Some(true), Some(&b), true, D::DefinePending),
+            (MgmtMode::Isolated, ours(true, "old"), Some(true), Some(&b), true, D::DefinePending { new_macs: vec![] }),
             (MgmtMode::Bridge, ours(false, "old"), Some(false), Some(&b), false, apply(true, false, true)),
             (
                 MgmtMode::Isolated,

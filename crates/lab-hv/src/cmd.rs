@@ -378,6 +378,19 @@ pub fn define_network(xml: &[u8], lab: &str, sha256: &str, uuid: Option<&str>) -
     Cmd::change(["virsh", "-q", "net-define", "/dev/stdin"]).stdin(marked.into_bytes())
 }
 
+/// Adds a DHCP reservation (`<host mac name ip/>`) to a running network, as the new definition
+/// already has it; one that is already there is fine.
+pub fn add_dhcp_host(network: &str, host: &str) -> Cmd {
+    Cmd::change([
+        "sh",
+        "-c",
+        r#"out=$(virsh -q net-update "$1" add-last ip-dhcp-host "$2" --live 2>&1) || printf '%s' "$out" | grep -q 'existing dhcp host' || { printf '%s\n' "$out" >&2; exit 1; }"#,
+        "lab-dhcp-host",
+        network,
+        host,
+    ])
+}
+
 pub fn start_network(name: &str) -> Cmd {
     Cmd::change(["virsh", "-q", "net-start", name])
 }

@@ -491,7 +491,8 @@ const SCENARIOS: &[Scenario] = &[
     Scenario {
         // Review 3, N11: the lab's network runs an older definition and none of the lab's
         // nodes runs, but something is plugged into its bridge (another lab on `mode:
-        // existing`, an orphan): it is redefined for its next start, never restarted.
+        // existing`, an orphan): it is redefined for its next start, never restarted; and
+        // (N14) d1, new, gets its DHCP reservation in the running network.
         name: "create_never_restarts_a_network_in_use",
         verb: "create",
         force: false,
@@ -670,7 +671,7 @@ fn run(s: &Scenario) -> String {
                 .map(|h| {
                     let build = lab_generate::NetworkBuild {
                         name: h.mgmt.network.clone().unwrap(),
-                        xml: b"<network>\n  <name>lab-plan</name>\n</network>\n".to_vec(),
+                        xml: b"<network>\n  <name>lab-plan</name>\n  <ip address='10.9.0.254' netmask='255.255.255.0'>\n    <dhcp>\n      <host mac='52:54:00:03:00:01' name='d1' ip='10.9.0.1'/>\n    </dhcp>\n  </ip>\n</network>\n".to_vec(),
                         sha256: format!("sha-of-{}", h.name),
                     };
                     (h.name.clone(), build)
