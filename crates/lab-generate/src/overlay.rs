@@ -246,6 +246,13 @@ fn walk(
             path: item.path().to_path_buf(),
             message,
         };
+        // Paths go to the hypervisors one per line (the directory check before a copy).
+        if rel.to_string_lossy().chars().any(char::is_control) {
+            return Err(refuse(
+                "has a control character (a newline, a tab ...) in its name: name it plainly"
+                    .to_owned(),
+            ));
+        }
         let meta = item.metadata().map_err(|e| refuse(e.to_string()))?;
         let mode = meta.permissions().mode() & 0o7777;
         let ft = item.file_type();

@@ -107,22 +107,22 @@ mkdir -p "$2" && mount -o nosuid,nodev "$1" "$2""#,
 /// as `lib -> usr/lib` on a merged-/usr Debian: rsync would replace the link with a directory
 /// and break the image, and following it (`--keep-dirlinks`) would let an absolute link such as
 /// `/var/run -> /run` lead the copy out of the clone onto the hypervisor itself.
+/// The directories go on stdin, one per line (an overlay path has no control characters):
+/// an overlay with thousands of them would not fit in one argument (review 3, N20).
 pub fn refuse_symlinked_dirs(node: &LabNode, dirs: &[String]) -> Cmd {
-    let mut argv: Vec<String> = [
+    let list: String = dirs.iter().map(|d| format!("{d}\n")).collect();
+    Cmd::query([
         "sh",
         "-c",
         SYMLINKED_DIRS,
         "lab-dirlinks",
         staging_dir(node),
-    ]
-    .map(String::from)
-    .to_vec();
-    argv.extend(dirs.iter().cloned());
-    Cmd::query(argv)
+    ])
+    .stdin(list.into_bytes())
 }
 
-const SYMLINKED_DIRS: &str = r#"root=$1; shift; bad=
-for d; do
+const SYMLINKED_DIRS: &str = r#"root=$1; bad=
+while IFS= read -r d; do
   if [ -L "$root/$d" ]; then bad="$bad $d -> $(readlink -- "$root/$d");"; fi
 done
 if [ -n "$bad" ]; then

@@ -1435,3 +1435,91 @@ fn the_image_keeps_the_owners_and_modes_it_has() {
     }
     assert!(!exists(&bed, "hv2", &proto));
 }
+
+/// A lab's own management network on hv2, changed while it serves a running node.
+/// Review 3, N14: a node added to the running lab gets its DHCP reservation in the running
+/// network (the new definition waits for the next start), so it answers on its address.
+/// N11: a node removed from the lab file without being destroyed still runs on the network,
+/// so destroying the rest keeps the network, saying why.
+#[test]
+fn a_running_labs_network_serves_added_nodes_and_outlives_removed_ones() {
+    let bed = require();
+    let build = tempfile::tempdir().unwrap();
+    let b = build.path();
+    let dir = tempfile::tempdir().unwrap();
+    // One file per version of the lab (write_lab names the file after the lab).
+    let lab_file = |nodes: &str, version: &str| {
+        let written = write_lab(
+            dir.path(),
+            "e2e-grow",
+            34,
+            &format!(
+                "# mgmt: a network of the lab's own on hv2\n\
+                 hypervisors:\n  hv2: {{mgmt_ipv4: 192.168.34.0/24}}\nnodes:\n{nodes}"
+            ),
+        );
+        let path = dir.path().join(format!("{version}.yaml"));
+        std::fs::rename(written, &path).unwrap();
+        path
+    };
+    let one = lab_file("  gr-1: {hypervisor: hv2, id: 1}\n", "one");
+    let two = lab_file(
+        "  gr-1: {hypervisor: hv2, id: 1}\n  gr-2: {hypervisor: hv2, id: 2}\n",
+        "two",
+    );
+    let without = lab_file("  gr-2: {hypervisor: hv2, id: 2}\n", "without");
+    lab(
+        b,
+        &["destroy", "--lab", two.to_str().unwrap(), "--yes", "-q"],
+    );
+    let f = one.to_str().unwrap();
+    let run = lab(
+        b,
+        &["create", "--lab", f, "--wait", "--wait-timeout", "180"],
+    );
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+
+    let f = two.to_str().unwrap();
+    let run = lab(
+        b,
+        &[
+            "create",
+            "--lab",
+            f,
+            "--node",
+            "gr-2",
+            "--wait",
+            "--wait-timeout",
+            "180",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("DHCP reservations are added") || run.stdout.contains("DHCP"),
+        "{}{}",
+        run.stdout,
+        run.stderr
+    );
+
+    // gr-1 leaves the lab file, still running: destroying the lab keeps the network.
+    let f = without.to_str().unwrap();
+    let run = lab(b, &["--format", "json", "destroy", "--lab", f, "--yes"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("gr-1 (not in the lab file)"),
+        "{}",
+        run.stdout
+    );
+    let nets = bed.exec(2, &["virsh", "-q", "net-list", "--name"]).unwrap();
+    assert!(nets.contains("lab-e2e-grow"), "{nets}");
+    assert!(domain_exists(&bed, "hv2", "gr-1"));
+
+    // Back in the file, it goes, and the network with it.
+    let f = two.to_str().unwrap();
+    let run = lab(b, &["destroy", "--lab", f, "--yes"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let nets = bed
+        .exec(2, &["virsh", "-q", "net-list", "--all", "--name"])
+        .unwrap();
+    assert!(!nets.contains("lab-e2e-grow"), "{nets}");
+}
