@@ -4,7 +4,7 @@ pool=$1 proto=$2 detail=$3 ns=$4 m="#$5"
 echo "$m snapshots"
 out=$(zfs list -H -o name "$proto" 2>&1); r=$?
 if [ $r -eq 0 ]; then
-  zfs get -H -p -o name,property,value guid,creation,userrefs -r "$proto"; echo "$m rc $?"
+  zfs get -H -p -o name,property,value guid,creation,createtxg,userrefs -r "$proto"; echo "$m rc $?"
 elif printf '%s' "$out" | grep -q 'dataset does not exist'; then
   echo "$m rc absent"
 else

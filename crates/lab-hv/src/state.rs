@@ -33,6 +33,10 @@ pub struct Snapshot {
     pub name: String,
     pub guid: String,
     pub creation: u64,
+    /// The pool's transaction group when it was taken (received): the order snapshots were
+    /// taken in, which a clock set back cannot change.
+    #[serde(skip)]
+    pub createtxg: u64,
     /// How many holds it has (`userrefs`): zfs refuses to destroy it while there are any.
     pub userrefs: u32,
     /// The tags of those holds, where zfs can list them (see [`ZfsInfo::holds_listed`]).
@@ -399,6 +403,7 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
                             name: short.to_owned(),
                             guid: String::new(),
                             creation: 0,
+                            createtxg: 0,
                             userrefs: 0,
                             holds: Vec::new(),
                         });
@@ -408,6 +413,7 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
                 match property {
                     "guid" => snapshots[i].guid = value.to_owned(),
                     "creation" => snapshots[i].creation = value.parse().unwrap_or(0),
+                    "createtxg" => snapshots[i].createtxg = value.parse().unwrap_or(0),
                     "userrefs" => snapshots[i].userrefs = value.parse().unwrap_or(0),
                     _ => {}
                 }
@@ -615,8 +621,9 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
             };
         }
     }
-    // zfs lists snapshots in the order they were taken; creation (seconds) only refines it.
-    snapshots.sort_by_key(|s| s.creation);
+    // Oldest first: by transaction group (a clock set back on the hypervisor cannot reorder
+    // it, second-round review #12b), by creation where a probe did not read it.
+    snapshots.sort_by_key(|s| (s.createtxg, s.creation));
     state.proto.snapshots = snapshots;
     if let Some(ds) = state.datasets.get(proto) {
         state.proto.exists = true;

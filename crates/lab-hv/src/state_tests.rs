@@ -292,3 +292,21 @@ fn a_hold_row_that_is_not_three_fields_is_an_error() {
         ["lab-sync:hv1"]
     );
 }
+
+/// Second review #12b: snapshots are ordered by transaction group, so a clock set back on the
+/// hypervisor (b taken after a, with an earlier `creation`) does not make `a` the newest.
+#[test]
+fn snapshots_are_ordered_as_taken_whatever_the_clock_said() {
+    let clock_back = GOOD
+        .replace(
+            "p/proto@b\tcreation\t200\n",
+            "p/proto@b\tcreation\t50\np/proto@b\tcreatetxg\t9\n",
+        )
+        .replace(
+            "p/proto@a\tcreation\t100\n",
+            "p/proto@a\tcreation\t100\np/proto@a\tcreatetxg\t7\n",
+        );
+    let s = read(&clock_back).unwrap();
+    let order: Vec<&str> = s.proto.snapshots.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(order, ["a", "b"]);
+}
