@@ -108,6 +108,9 @@ pub struct NodeOutput {
     pub domain_xml: Option<PathBuf>,
     pub digest: String,
     pub entries: usize,
+    /// What the guest gets that it probably should not (a private key others can read).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// What was written for one hypervisor's management network.
@@ -142,6 +145,13 @@ fn check_overlay_dir(req: &Request<'_>, def: &lab_model::Overlay) -> Result<(), 
             def.name
         )));
     };
+    if !overlay.is_dir() {
+        return Err(bad(format!(
+            "is not a directory (overlay `{}`, set at {at}): an overlay is a directory of \
+             templates and files",
+            def.name
+        )));
+    }
     let build = std::path::absolute(req.build_dir).unwrap_or_else(|_| req.build_dir.to_owned());
     // The build directory may not exist yet: compare its deepest existing ancestor.
     let existing = build

@@ -323,6 +323,7 @@ pub(crate) fn render_node(
         domain_xml: overlay.has_domain.then_some(domain_xml),
         digest: written.digest,
         entries: written.entries,
+        warnings: written.warnings,
     })
 }
 

@@ -45,6 +45,34 @@ pub struct NodeWrite<'a> {
 pub struct Written {
     pub digest: String,
     pub entries: usize,
+    /// What the guest gets that it probably should not (see [`secret_warnings`]).
+    pub warnings: Vec<String>,
+}
+
+/// Files whose names say they hold a private key (`ssh_host_*_key`, `id_ed25519`, `*.key`)
+/// that every user of the guest could read: the overlay's `modes` gives them none. New files
+/// in a clone get the build's mode under umask 022, so a 0644 key stays 0644 (and sshd refuses
+/// a host key others can read). Review 3, N23.
+fn secret_warnings(entries: &BTreeMap<String, ManifestEntry>) -> Vec<String> {
+    entries
+        .iter()
+        .filter(|(_, e)| e.kind == EntryKind::File)
+        .filter(|(path, _)| {
+            let name = path.rsplit('/').next().unwrap_or(path);
+            !name.ends_with(".pub")
+                && (name.ends_with("_key")
+                    || name.ends_with(".key")
+                    || ["id_rsa", "id_dsa", "id_ecdsa", "id_ed25519"].contains(&name))
+        })
+        .filter(|(_, e)| u32::from_str_radix(&e.mode, 8).is_ok_and(|m| m & 0o044 != 0))
+        .map(|(path, e)| {
+            format!(
+                "/{path} looks like a private key and every user of the guest can read it \
+                 (mode {}): give it 0600 in the overlay's `modes`",
+                e.mode
+            )
+        })
+        .collect()
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> GenerateError + '_ {
@@ -89,6 +117,10 @@ pub fn node(w: &NodeWrite<'_>) -> Result<Written, GenerateError> {
         .parent()
         .expect("a node's tree has a parent directory");
     fs::create_dir_all(parent).map_err(io(parent))?;
+    // The hypervisor's directory holds the node trees, their manifests and domain XML: keys
+    // and configs the guests get, for this user only (review 3, N23). The trees inside keep
+    // the modes the guests get.
+    fs::set_permissions(parent, fs::Permissions::from_mode(0o700)).map_err(io(parent))?;
     let pid = std::process::id();
     let hostname = &w.node.hostname;
     let stage = parent.join(format!(".{hostname}.new-{pid}"));
@@ -253,6 +285,7 @@ pub fn node(w: &NodeWrite<'_>) -> Result<Written, GenerateError> {
     }
     let digest = sha256_hex(digest_input.as_bytes());
     let count = entries.len();
+    let warnings = secret_warnings(&entries);
     let manifest = Manifest {
         lab: w.lab.to_owned(),
         overlay: w.overlay.to_owned(),
@@ -277,6 +310,7 @@ pub fn node(w: &NodeWrite<'_>) -> Result<Written, GenerateError> {
     Ok(Written {
         digest,
         entries: count,
+        warnings,
     })
 }
 
@@ -285,6 +319,7 @@ pub fn node(w: &NodeWrite<'_>) -> Result<Written, GenerateError> {
 pub(crate) fn swap_in(stage: &Path, tree: &Path) -> Result<(), GenerateError> {
     let parent = tree.parent().expect("a node's tree has a parent directory");
     fs::create_dir_all(parent).map_err(io(parent))?;
+    fs::set_permissions(parent, fs::Permissions::from_mode(0o700)).map_err(io(parent))?;
     let name = tree
         .file_name()
         .expect("a node's tree has a name")

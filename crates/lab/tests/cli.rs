@@ -640,6 +640,20 @@ const BAD: &[Bad] = &[
         ],
     },
     Bad {
+        // An overlay that names a file: said with the line that names it.
+        name: "an overlay dir that is a file",
+        files: &[
+            (
+                "labs/o.yaml",
+                "include: vpp.yaml\noverlays:\n  bird: {dir: ../README.md}\n",
+            ),
+            ("README.md", "not an overlay\n"),
+        ],
+        args: &["generate", "--lab", "labs/o.yaml"],
+        code: 2,
+        says: &["is not a directory (overlay `bird`, set at labs/o.yaml:3"],
+    },
+    Bad {
         // Review 3, N16: QEMU would bind random ports, and every link would be dead.
         name: "wire ports from port 0",
         files: &[(
@@ -1661,4 +1675,46 @@ fn a_hangup_ends_a_run_with_129() {
     assert_eq!(out.status.code(), Some(129), "{stderr}");
     assert!(stderr.contains("interrupted by SIGHUP"), "{stderr}");
     drop(silent);
+}
+
+/// Review 3, N23: a private key the guest's users could all read is warned about, naming the
+/// file and the fix; `modes` giving it 0600 silences it. The build's per-hypervisor directory
+/// (trees, manifests, domain XML) is this user's alone.
+#[test]
+fn a_private_key_others_could_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::new();
+    let key = s.write(
+        "overlays/bird/blobs/vpp0-1/etc/ssh/ssh_host_ed25519_key",
+        "-----BEGIN OPENSSH PRIVATE KEY-----\n",
+    );
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = s.lab(&["generate", "--lab", EXAMPLE, "--node", "vpp0-1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(
+            "warning: vpp0-1: /etc/ssh/ssh_host_ed25519_key looks like a private key and every \
+             user of the guest can read it (mode 0644)"
+        ),
+        "{stderr}"
+    );
+    let json = s.ok(&[
+        "--format", "json", "generate", "--lab", EXAMPLE, "--node", "vpp0-1",
+    ]);
+    assert!(
+        json.contains("ssh_host_ed25519_key looks like a private key"),
+        "{json}"
+    );
+    let hv_dir = fs::metadata(s.path("build/bird/hv0")).unwrap();
+    assert_eq!(hv_dir.permissions().mode() & 0o777, 0o700);
+    let modes = fs::read_to_string(s.path("overlays/bird/modes")).unwrap();
+    s.write(
+        "overlays/bird/modes",
+        &format!("{modes}etc/ssh/ssh_host_ed25519_key 0600\n"),
+    );
+    let out = s.lab(&["generate", "--lab", EXAMPLE, "--node", "vpp0-1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
 }

@@ -30,7 +30,7 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
         Some(BuildLock::shared(&s.build.dir)?)
     };
     let source = if s.generate {
-        generate(&lab, &nodes, &overlay, &own.dir)?;
+        generate(out, &lab, &nodes, &overlay, &own.dir)?;
         own.dir.as_path()
     } else {
         s.build.dir.as_path()
@@ -186,14 +186,23 @@ impl Drop for RunDir {
     }
 }
 
-fn generate(lab: &Lab, nodes: &[&LabNode], overlay: &str, dir: &Path) -> Result<(), Failure> {
+fn generate(
+    out: &Output,
+    lab: &Lab,
+    nodes: &[&LabNode],
+    overlay: &str,
+    dir: &Path,
+) -> Result<(), Failure> {
     let request = lab_generate::Request {
         lab,
         overlay: Some(overlay),
         build_dir: dir,
         nodes,
     };
-    lab_generate::generate(&request, &|_| {})?;
+    let output = lab_generate::generate(&request, &|_| {})?;
+    if !out.quiet {
+        crate::commands::generate::warn(&output);
+    }
     Ok(())
 }
 

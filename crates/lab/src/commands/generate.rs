@@ -76,6 +76,9 @@ pub fn run(out: &Output, s: &Generate) -> Result<(), Failure> {
     let result = lab_generate::generate(&request, &|e| progress.on_event(e));
     progress.finish();
     let output = result?;
+    if !out.quiet && out.format == Format::Text {
+        warn(&output);
+    }
     match out.format {
         Format::Json => print_json(&output),
         Format::Text if !out.quiet => {
@@ -90,4 +93,13 @@ pub fn run(out: &Output, s: &Generate) -> Result<(), Failure> {
         Format::Text => {}
     }
     Ok(())
+}
+
+/// What the guests get that they probably should not, one line per file on stderr.
+pub(crate) fn warn(output: &lab_generate::Output) {
+    for node in &output.nodes {
+        for w in &node.warnings {
+            eprintln!("lab: warning: {}: {w}", node.node);
+        }
+    }
 }
