@@ -32,6 +32,10 @@ pub use cmd::{Cmd, Effect, Out};
 pub use hold::Holding;
 pub use quote::{quote, quote_line};
 
+/// The exit status of a guard (see [`Executor::guard`]) whose lock is no longer this run's:
+/// the change did not run, and [`Executor::run`] says [`ExecError::LockLost`].
+pub const LOCK_GONE: i32 = 77;
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ExecError {
     #[error("{host}: cannot connect to `{ssh}`: {message}")]
@@ -317,6 +321,13 @@ impl Executor {
         let out = self.output(host, cmd).await?;
         if out.success() {
             Ok(out)
+        } else if out.status == LOCK_GONE
+            && cmd.effect == Effect::Change
+            && self.host(host).is_ok_and(|h| !self.guard_of(h).is_empty())
+        {
+            Err(ExecError::LockLost {
+                host: host.to_owned(),
+            })
         } else {
             Err(ExecError::Failed {
                 host: host.to_owned(),

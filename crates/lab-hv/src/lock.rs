@@ -169,16 +169,34 @@ pub fn lock_cmd(hv: &Hypervisor, lab: &str, me: &Holder, wait_secs: u64) -> Cmd 
     ])
 }
 
-/// The words in front of every change a lock holder makes on `hv`.
-pub fn guard(hv: &Hypervisor, lab: &str) -> Vec<String> {
-    vec!["flock".into(), "-s".into(), lock_file(hv, lab, "busy")]
+/// Runs the rest of its arguments only while the lock file still names this run's holder
+/// (exit [`lab_exec::LOCK_GONE`] otherwise). Checked under `<lab>.busy`, which a new holder
+/// takes exclusively after writing its name: a change of this run that reaches the
+/// hypervisor late (queued in a connection that came back after the lock timed out) either
+/// ran before the new holder went on, or does not run at all (review 3, N19).
+const STILL_OURS: &str = r#"[ "$(cat -- "$1")" = "$2" ] || exit 77
+shift 2; exec "$@""#;
+
+/// The words in front of every change `me`, holding `lab`'s lock, makes on `hv`.
+pub fn guard(hv: &Hypervisor, lab: &str, me: &Holder) -> Vec<String> {
+    vec![
+        "flock".into(),
+        "-s".into(),
+        lock_file(hv, lab, "busy"),
+        "sh".into(),
+        "-c".into(),
+        STILL_OURS.into(),
+        "lab-guard".into(),
+        lock_file(hv, lab, "lock"),
+        me.line(),
+    ]
 }
 
 /// Puts the guard in front of the changes on every hypervisor without taking any lock: for
-/// `--dry-run`, so that it prints what a real run would send.
-pub fn guard_only(exec: &Executor, lab: &str, hypervisors: &[&Hypervisor]) {
+/// `--dry-run`, so that it prints what a real run (as `me`) would send.
+pub fn guard_only(exec: &Executor, lab: &str, hypervisors: &[&Hypervisor], me: &Holder) {
     for hv in hypervisors {
-        exec.guard(&hv.name, guard(hv, lab));
+        exec.guard(&hv.name, guard(hv, lab, me));
     }
 }
 
@@ -200,7 +218,7 @@ pub async fn lock(
     for hv in hypervisors {
         match lock_one(exec, hv, lab, me, wait_secs, waiting).await {
             Ok(mut holding) => {
-                exec.guard(&hv.name, guard(hv, lab));
+                exec.guard(&hv.name, guard(hv, lab, me));
                 // Every later change there first checks that this lock is still held.
                 exec.require_lock(&hv.name, holding.watch());
                 locks.held.push(holding);

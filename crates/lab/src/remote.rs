@@ -123,7 +123,7 @@ pub fn drive_locked<T>(
     drive(exec, async |exec| {
         let locks = match mode {
             Mode::DryRun => {
-                lab_hv::lock::guard_only(exec, &lock.name, &lock.on);
+                lab_hv::lock::guard_only(exec, &lock.name, &lock.on, &me);
                 None
             }
             Mode::Live => {

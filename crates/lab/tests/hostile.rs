@@ -142,6 +142,7 @@ fn constant(arg: &str) -> bool {
         "--timeout=30",
     ];
     FLAGS.contains(&arg)
+        || arg == HOLDER
         || arg.contains('\n')
         || arg.starts_with("[ \"$(zfs get")
         || arg.starts_with("if ")
@@ -159,8 +160,17 @@ fn plain(arg: &str) -> bool {
 /// rsync's remote command (`umask 022 &&`, the guard, then `rsync`): each word a flag or a plain word.
 fn rsync_path_ok(arg: &str) -> Option<bool> {
     let words = arg.strip_prefix("--rsync-path=")?;
+    // The guard's check (a constant script) and this run's holder line, quoted.
+    let words = match (words.find(" sh -c '"), words.find("' lab-guard ")) {
+        (Some(from), Some(to)) => format!("{} sh -c SCRIPT{}", &words[..from], &words[to + 1..]),
+        _ => words.to_owned(),
+    };
+    let words = words.replace(&format!("'{HOLDER}'"), "HOLDER");
     Some(words.split(' ').all(|w| constant(w) || plain(w)))
 }
+
+/// The holder line of the runs here (not from the lab file).
+const HOLDER: &str = "ops@ctl 4242 run 1700000000";
 
 /// The libvirt marker is the one argument with XML in it: its names must be plain words.
 fn marker_ok(arg: &str) -> Option<bool> {
@@ -222,6 +232,12 @@ fn plans(lab: &Lab, build: &Path) -> Vec<Vec<String>> {
                 &exec,
                 &lab.name,
                 &lab.hypervisors.iter().collect::<Vec<_>>(),
+                &lab_hv::Holder {
+                    owner: "ops@ctl".into(),
+                    pid: 4242,
+                    verb: "run".into(),
+                    since: 1_700_000_000,
+                },
             );
             if verb == "create" {
                 let builds = nodes
@@ -245,6 +261,7 @@ fn plans(lab: &Lab, build: &Path) -> Vec<Vec<String>> {
                     networks: Default::default(),
                     force: true,
                     owner: "ops@ctl".into(),
+                    other_owners: Vec::new(),
                     now: 1,
                 };
                 lab_create::create(&exec, &req, &|_| {}).await.unwrap();
@@ -252,6 +269,7 @@ fn plans(lab: &Lab, build: &Path) -> Vec<Vec<String>> {
                 let req = lab_destroy::DestroyRequest {
                     lab,
                     nodes: nodes.clone(),
+                    owners: lab_hv::own::Owners::default(),
                 };
                 lab_destroy::destroy(&exec, &req, &|_| {}).await;
             }

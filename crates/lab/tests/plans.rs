@@ -626,7 +626,13 @@ fn run(s: &Scenario) -> String {
     let exec = scripted(s, &lab);
     let nodes: Vec<_> = lab.nodes.iter().collect();
     // As a real run after taking the lab's lock (and as --dry-run): every change guarded.
-    lab_hv::lock::guard_only(&exec, &lab.name, &lab.hypervisors_of(&nodes));
+    let me = lab_hv::Holder {
+        owner: "ops@ctl".into(),
+        pid: 4242,
+        verb: s.verb.into(),
+        since: 1_700_000_000,
+    };
+    lab_hv::lock::guard_only(&exec, &lab.name, &lab.hypervisors_of(&nodes), &me);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

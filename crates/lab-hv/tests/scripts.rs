@@ -1,0 +1,112 @@
+//! The shell `lab` sends to hypervisors, run here as a hypervisor runs it (`sh`, `flock`,
+//! `/proc/net/udp`), on scratch directories: the checks that stand between a change and what
+//! it must not touch (review 3: N5, N10, N19).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use lab_model::Lab;
+
+/// A lab with one link between two nodes on one hypervisor whose staging and lock directories
+/// are under `root`.
+fn lab(root: &Path) -> Lab {
+    let text = format!(
+        "lab: {{name: t, id: 7, wire_port_base: 19000, p2p_ipv4: 100.64.7.0/24}}\n\
+         hypervisors:\n  hv0: {{id: 0, pool: tank, proto: tank/proto, snapshot: base, \
+         staging: {root}/staging, lock_dir: {root}/lock}}\n\
+         nodes:\n  r1: {{hypervisor: hv0, id: 1}}\n  r2: {{hypervisor: hv0, id: 2}}\n\
+         links:\n  - [r1, r2]\n",
+        root = root.display()
+    );
+    let file = PathBuf::from("t.yaml");
+    Lab::from_tree(lab_model::tree::parse(&text, &file).unwrap(), vec![file]).unwrap()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lab-scripts-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn run(argv: &[String]) -> (Option<i32>, String) {
+    let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// N10: the last look before a wired start finds a port of the node's wires that someone
+/// bound, and the domain is not started (`virsh` is never reached).
+#[test]
+fn a_bound_wire_port_stops_a_wired_start() {
+    let root = scratch("start");
+    std::fs::create_dir_all(root.join("lock")).unwrap();
+    let lab = lab(&root);
+    let (hv, r1) = (&lab.hypervisors[0], &lab.nodes[0]);
+    let port = r1.links().next().unwrap().wire.unwrap().local_port;
+    let _taken = std::net::UdpSocket::bind(("127.0.0.1", port)).unwrap();
+    let cmd = lab_hv::cmd::start(hv, r1);
+    let (code, stderr) = run(&cmd.argv);
+    std::fs::remove_dir_all(&root).unwrap();
+    assert_eq!(code, Some(lab_hv::cmd::WIRE_PORT_TAKEN), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("UDP port(s) {port} of its wires are bound")),
+        "{stderr}"
+    );
+}
+
+/// N5: `modes` on a clone whose directory `a` is a symlink out of it is refused, and what the
+/// link points to keeps its mode.
+#[test]
+fn modes_refuse_a_symlinked_directory_along_the_path() {
+    let root = scratch("modes");
+    let lab = lab(&root);
+    let r1 = &lab.nodes[0];
+    let clone = PathBuf::from(lab_hv::cmd::staging_dir(r1));
+    let outside = root.join("outside");
+    std::fs::create_dir_all(&clone).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    let victim = outside.join("shadow");
+    std::fs::write(&victim, "secret").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink(&outside, clone.join("a")).unwrap();
+    let cmd = lab_hv::cmd::set_modes(r1, [["a/shadow", "0666", "-", "-"]]);
+    let (code, stderr) = run(&cmd.argv);
+    let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777;
+    std::fs::remove_dir_all(&root).unwrap();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("/a is a symlink in the clone"), "{stderr}");
+    assert_eq!(mode, 0o600);
+}
+
+/// N19: a change that reaches the hypervisor after another run took the lab's lock (its name
+/// in the lock file) does not run, and says so with `LOCK_GONE`; while the file names this
+/// run, it runs.
+#[test]
+fn a_guarded_change_runs_only_while_the_lock_names_its_run() {
+    let root = scratch("guard");
+    std::fs::create_dir_all(root.join("lock")).unwrap();
+    let lab = lab(&root);
+    let hv = &lab.hypervisors[0];
+    let me = lab_hv::Holder {
+        owner: "ops@ctl".into(),
+        pid: 42,
+        verb: "create".into(),
+        since: 1_700_000_000,
+    };
+    let marker = root.join("ran");
+    let attempt = |holder: &str| {
+        std::fs::write(root.join("lock/t.lock"), format!("{holder}\n")).unwrap();
+        let mut argv = lab_hv::lock::guard(hv, "t", &me);
+        argv.extend(["touch".to_owned(), marker.display().to_string()]);
+        (run(&argv).0, marker.exists())
+    };
+    let theirs = attempt("lee@other 7 destroy 1700000100");
+    let ours = attempt("ops@ctl 42 create 1700000000");
+    std::fs::remove_dir_all(&root).unwrap();
+    assert_eq!(theirs, (Some(lab_exec::LOCK_GONE), false));
+    assert_eq!(ours, (Some(0), true));
+}
