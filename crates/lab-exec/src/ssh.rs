@@ -48,12 +48,12 @@ impl Executor {
         let mut c = tokio::process::Command::new("rsync");
         c.arg("-e").arg(remote_shell(&socket)).args(&args);
         c.stdin(std::process::Stdio::null()).kill_on_drop(true);
-        let out = tokio::time::timeout(Duration::from_secs(600), c.output())
+        let out = tokio::time::timeout(RSYNC_DEADLINE, c.output())
             .await
             .map_err(|_| ExecError::Timeout {
                 host: host.to_owned(),
                 command: shown.clone(),
-                after: Duration::from_secs(600),
+                after: RSYNC_DEADLINE,
             })?
             .map_err(|e| ExecError::Local {
                 host: host.to_owned(),
@@ -72,6 +72,12 @@ impl Executor {
         }
     }
 }
+
+/// How long a copy may take at most. A copy that stops moving ends much sooner: rsync's own
+/// `--timeout=30` ends it after 30 s without I/O. This bounds only one that keeps moving, so it
+/// is large: an overlay with big blobs on a slow link must not fail at an arbitrary size
+/// (review 3, N20; it was 600 s).
+const RSYNC_DEADLINE: Duration = Duration::from_secs(6 * 3600);
 
 fn rsync_args(local: &Path, host: &str, remote: &str, guard: &[String]) -> Vec<String> {
     let mut src: PathBuf = local.to_path_buf();

@@ -1030,16 +1030,21 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
         .iter()
         .map(|c| c.as_str().unwrap())
         .collect();
+    // Every change behind the guard: the busy lock, and the lock file naming this run.
+    let guard = "flock -s /run/lab/e2e-dry.busy sh -c '[ \"$(cat -- \"$1\")\" = \"$2\" ] || exit 77\n\
+                 shift 2; exec \"$@\"' lab-guard /run/lab/e2e-dry.lock ";
     assert!(
-        commands[0].starts_with(
-            "flock -s /run/lab/e2e-dry.busy timeout -k 5 60 zfs clone -o mountpoint=/var/lib/lab/staging/e2e-dry/dr-1 -o setuid=off -o devices=off -o lab:lab=e2e-dry"
-        ),
+        commands[0].starts_with(guard)
+            && commands[0].contains(
+                " timeout -k 5 60 zfs clone -o mountpoint=/var/lib/lab/staging/e2e-dry/dr-1 -o setuid=off -o devices=off -o lab:lab=e2e-dry"
+            ),
         "{commands:?}"
     );
     assert!(commands.iter().any(|c| c.starts_with("rsync ")));
-    assert_eq!(
-        *commands.last().unwrap(),
-        "flock -s /run/lab/e2e-dry.busy timeout -k 5 120 virsh -q start dr-1"
+    let last = commands.last().unwrap();
+    assert!(
+        last.starts_with(guard) && last.ends_with("' timeout -k 5 120 virsh -q start dr-1"),
+        "{last}"
     );
     assert!(!exists(&bed, "hv0", &format!("{}/dr-1", bed.pool)));
     assert!(!domain_exists(&bed, "hv0", "dr-1"));
