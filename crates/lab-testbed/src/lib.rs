@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 pub use openzfs::{Accel, ZfsSuite};
 pub use status::{HypervisorStatus, Status};
-pub use up::UpOptions;
+pub use up::{FOREIGN_LOCALE, UpOptions};
 pub use zfs_fuse::{PROBE_TIMEOUT, ZfsHealth};
 
 /// Where everything lives, and how big the bed is. Overridable by environment for the rare

@@ -35,7 +35,14 @@ const PACKAGES: &[&str] = &[
     "mmdebstrap",
     "qemu-utils",
     "e2fsprogs",
+    // a hypervisor installed in another language: virsh's translations, and a German locale
+    // (made with `localedef`) that ssh sessions bring along (`AcceptEnv LANG LC_*`)
+    "libvirt-l10n",
+    "locales",
 ];
+
+/// The locale a test can give an ssh session to a hypervisor, as a German install would.
+pub const FOREIGN_LOCALE: &str = "de_DE.UTF-8";
 
 /// Directories each hypervisor gets its own copy of, bind-mounted in its mount namespace.
 const PRIVATE_DIRS: &[&str] = &[
@@ -77,6 +84,7 @@ pub fn up(bed: &Testbed, options: &UpOptions, log: &mut dyn FnMut(&str)) -> Resu
     let t0 = Instant::now();
     let mut step = |what: &str| log(&format!("[{:6.2}s] {what}", t0.elapsed().as_secs_f64()));
     install_packages(&mut step)?;
+    foreign_locale(&mut step)?;
     for d in ["ssh", "guest", "run"] {
         mkdir(&bed.dir.join(d))?;
     }
@@ -115,6 +123,17 @@ fn preflight() -> Result<()> {
             "/dev/fuse is missing: zfs-fuse cannot run on this machine",
         ));
     }
+    Ok(())
+}
+
+/// Makes [`FOREIGN_LOCALE`] when the machine does not have it.
+fn foreign_locale(step: &mut dyn FnMut(&str)) -> Result<()> {
+    let have = run(Command::new("locale").arg("-a")).unwrap_or_default();
+    if have.lines().any(|l| l.eq_ignore_ascii_case("de_DE.utf8")) {
+        return Ok(());
+    }
+    run(Command::new("localedef").args(["-i", "de_DE", "-f", "UTF-8", FOREIGN_LOCALE]))?;
+    step(&format!("locale {FOREIGN_LOCALE} made"));
     Ok(())
 }
 
@@ -352,8 +371,17 @@ fn start_hypervisor(
                  ListenAddress 0.0.0.0:22\nHostKey {key}\nPidFile {pid}\nPermitRootLogin prohibit-password\n\
                  PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
                  AuthorizedKeysFile {auth}\nLogLevel INFO\n\
+                 # as Debian's own sshd: a client's LANG and LC_* reach the hypervisor's commands\n\
+                 AcceptEnv LANG LC_*\n{language}\
                  # the default sntrup761 key exchange costs ~85 ms of CPU per connection here\n\
                  KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org\n",
+                // hv2 is installed in German: what pam_env does with /etc/default/locale on
+                // such a host, every session gets (review 3, N8)
+                language = if k == 2 {
+                    format!("SetEnv LANG={FOREIGN_LOCALE}\n")
+                } else {
+                    String::new()
+                },
                 key = hv.join("ssh_host_ed25519_key").display(),
                 pid = bed.pidfile(k, "sshd").display(),
                 auth = bed.dir.join("ssh/authorized_keys").display(),

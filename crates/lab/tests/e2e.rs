@@ -1528,3 +1528,65 @@ fn a_running_labs_network_serves_added_nodes_and_outlives_removed_ones() {
         .unwrap();
     assert!(!nets.contains("lab-e2e-grow"), "{nets}");
 }
+
+/// Review 3, N8: hv2 is installed in German (its sshd gives every session
+/// `LANG=de_DE.UTF-8`, as pam_env does with `/etc/default/locale`), so its `virsh` says
+/// "ausgeschaltet" where `lab` reads "shut off". Every command `lab` runs there is under
+/// `LC_ALL=C`: a stopped node reads as stopped, starts, and the lab goes.
+#[test]
+fn a_hypervisor_installed_in_another_language_is_read_in_english() {
+    let bed = require();
+    let build = tempfile::tempdir().unwrap();
+    let b = build.path();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_lab(
+        dir.path(),
+        "e2e-de",
+        35,
+        "nodes:\n  de-1: {hypervisor: hv2, id: 35}\n",
+    );
+    let f = file.to_str().unwrap();
+    lab(b, &["destroy", "--lab", f, "--yes", "-q"]);
+    let run = lab(b, &["create", "--lab", f]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let run = lab(b, &["stop", "--lab", f, "--grace", "0"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    // The bed really speaks German there, over ssh as `lab` reaches it.
+    let said = std::process::Command::new("ssh")
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "hv2",
+            "virsh",
+            "-q",
+            "domstate",
+            "de-1",
+        ])
+        .env_remove("LC_ALL")
+        .env_remove("LANG")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&said.stdout).trim().to_owned();
+    assert!(!said.is_empty() && said != "shut off", "hv2 says {said:?}");
+
+    let run = lab(b, &["--format", "json", "status", "--lab", f]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert_eq!(
+        by_node(&run.json())["de-1"]["domain"],
+        "shut off",
+        "{}",
+        run.stdout
+    );
+    let run = lab(b, &["--format", "json", "start", "--lab", f]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert_eq!(
+        by_node(&run.json())["de-1"]["result"],
+        "done",
+        "{}",
+        run.stdout
+    );
+    let run = lab(b, &["destroy", "--lab", f, "--yes"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(!domain_exists(&bed, "hv2", "de-1"));
+    assert!(!exists(&bed, "hv2", &format!("{}/de-1", bed.pool)));
+}
