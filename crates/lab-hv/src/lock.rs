@@ -11,8 +11,11 @@
 //! front of each change by the executor's guard), and a new holder waits for `<lab>.busy`
 //! exclusively before it says `locked`.
 //!
-//! Locks are taken one hypervisor after another in lab order, so two runs that both wait
-//! (`--lock-wait`) cannot each hold what the other waits for.
+//! Locks are first tried on every hypervisor at once, without waiting: when no one holds any
+//! (the usual case), that is one round trip for the whole lab. When one is held, everything
+//! taken is let go and, for a run that may wait (`--lock-wait`), the locks are taken one
+//! hypervisor after another in lab order, so two runs that both wait cannot each hold what
+//! the other waits for.
 
 use std::fmt;
 use std::time::Duration;
@@ -200,10 +203,12 @@ pub fn guard_only(exec: &Executor, lab: &str, hypervisors: &[&Hypervisor], me: &
     }
 }
 
-/// Takes `lab`'s lock on every hypervisor in `hypervisors` (in that order), waiting up to
-/// `wait_secs` for each; `waiting` hears about every holder waited for. A hypervisor that cannot
-/// be reached is fenced off (its nodes then fail as unreachable) and the others go on; a lock
-/// held elsewhere releases everything taken so far and fails the run before any change.
+/// Takes `lab`'s lock on every hypervisor in `hypervisors`, waiting up to `wait_secs` for each;
+/// `waiting` hears about every holder waited for. All at once first, without waiting; when one
+/// is held, everything taken is let go and the locks are taken in `hypervisors`' order (lab
+/// order), waiting. A hypervisor that cannot be reached is fenced off (its nodes then fail as
+/// unreachable) and the others go on; a lock held elsewhere (after the wait) releases
+/// everything taken so far and fails the run before any change.
 pub async fn lock(
     exec: &Executor,
     lab: &str,
@@ -212,31 +217,85 @@ pub async fn lock(
     wait_secs: u64,
     waiting: &(dyn Fn(&str, &Holder) + Sync),
 ) -> Result<Locks, LockError> {
-    // Connections open in parallel; the locks themselves are taken in order.
-    crate::run::join_all(hypervisors.iter().map(|h| exec.connect(&h.name)).collect()).await;
+    let quiet = |_: &str, _: &Holder| {};
+    let tries = hypervisors
+        .iter()
+        .map(|hv| lock_one(exec, hv, lab, me, 0, &quiet))
+        .collect();
+    let tried = crate::run::join_all(tries).await;
+    let mut taken: Vec<(&Hypervisor, Holding)> = Vec::new();
+    let mut reachable: Vec<&Hypervisor> = Vec::new();
+    let mut held_elsewhere = false;
+    let mut refused = None;
+    for (hv, result) in hypervisors.iter().copied().zip(tried) {
+        match result {
+            Ok(holding) => {
+                taken.push((hv, holding));
+                reachable.push(hv);
+            }
+            Err(LockError::Held { .. }) if wait_secs > 0 => {
+                held_elsewhere = true;
+                reachable.push(hv);
+            }
+            Err(e) => match keep_going(exec, hv, e).await {
+                Ok(()) => {}
+                Err(e) => refused = refused.or(Some(e)),
+            },
+        }
+    }
     let mut locks = Locks { held: Vec::new() };
-    for hv in hypervisors {
+    if refused.is_none() && !held_elsewhere {
+        for (hv, mut holding) in taken {
+            stand_guard(exec, hv, lab, me, &mut holding);
+            locks.held.push(holding);
+        }
+        return Ok(locks);
+    }
+    locks.held = taken.into_iter().map(|(_, h)| h).collect();
+    locks.release().await;
+    if let Some(e) = refused {
+        return Err(e);
+    }
+    // Someone holds one of them: in lab order, waiting, as two waiting runs must.
+    let mut locks = Locks { held: Vec::new() };
+    for hv in reachable {
         match lock_one(exec, hv, lab, me, wait_secs, waiting).await {
             Ok(mut holding) => {
-                exec.guard(&hv.name, guard(hv, lab, me));
-                // Every later change there first checks that this lock is still held.
-                exec.require_lock(&hv.name, holding.watch());
+                stand_guard(exec, hv, lab, me, &mut holding);
                 locks.held.push(holding);
             }
-            Err(LockError::Failed { source, .. }) if source.unreachable() => {
-                let why = match source {
-                    ExecError::Connect { message, .. } => message,
-                    other => other.to_string(),
-                };
-                exec.fence(&hv.name, why).await;
-            }
             Err(e) => {
-                locks.release().await;
-                return Err(e);
+                if let Err(e) = keep_going(exec, hv, e).await {
+                    locks.release().await;
+                    return Err(e);
+                }
             }
         }
     }
     Ok(locks)
+}
+
+/// From now on every change on `hv` runs behind the guard, and first checks that this lock
+/// is still held.
+fn stand_guard(exec: &Executor, hv: &Hypervisor, lab: &str, me: &Holder, holding: &mut Holding) {
+    exec.guard(&hv.name, guard(hv, lab, me));
+    exec.require_lock(&hv.name, holding.watch());
+}
+
+/// A hypervisor that cannot be reached is fenced off and the run goes on without it; any
+/// other failure to lock stops the run.
+async fn keep_going(exec: &Executor, hv: &Hypervisor, e: LockError) -> Result<(), LockError> {
+    match e {
+        LockError::Failed { source, .. } if source.unreachable() => {
+            let why = match source {
+                ExecError::Connect { message, .. } => message,
+                other => other.to_string(),
+            };
+            exec.fence(&hv.name, why).await;
+            Ok(())
+        }
+        e => Err(e),
+    }
 }
 
 async fn lock_one(

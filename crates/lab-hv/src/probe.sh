@@ -1,6 +1,7 @@
 # The probe of a hypervisor (see PROBE in state.rs). Arguments: pool, proto dataset,
-# detail (`nics` or not), the marker namespace, a nonce.
-pool=$1 proto=$2 detail=$3 ns=$4 m="#$5"
+# detail (`nics` or not), the marker namespace, `domain address` pairs to look at for an ssh
+# banner (one word list, with `nics` only; `none`: one word, no pair), a nonce.
+pool=$1 proto=$2 detail=$3 ns=$4 ready=$5 m="#$6"
 echo "$m snapshots"
 out=$(zfs list -H -o name "$proto" 2>&1); r=$?
 if [ $r -eq 0 ]; then
@@ -105,5 +106,19 @@ if [ "$detail" = nics ]; then
     [ -n "$dom" ] || continue
     virsh -q domiflist "$dom" 2>/dev/null | while read -r _ _ _ _ mac; do printf '%s\t%s\n' "$dom" "$mac"; done
   done
+  # `status`'s readiness, in this same round trip: the running domains among these whose
+  # node answers with an ssh banner within a second, all at once.
+  echo "$m ready"
+  set -f; set -- $ready; set +f
+  while [ $# -ge 2 ]; do
+    dom=$1 ip=$2; shift 2
+    (
+      [ "$(virsh -q domstate "$dom" 2>/dev/null | head -n 1)" = running ] || exit 0
+      timeout 2 bash -c 'exec 3<>"/dev/tcp/$0/22" && read -r -t 1 l <&3 && case $l in SSH-*) ;; *) exit 1 ;; esac' "$ip" 2>/dev/null &&
+        printf '%s\n' "$dom"
+    ) &
+  done
+  wait
+  echo "$m rc 0"
 fi
 echo "$m end"

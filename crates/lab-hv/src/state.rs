@@ -223,6 +223,9 @@ pub struct HostState {
     pub networks: BTreeMap<String, Network>,
     /// Domain → the MACs of its NICs, in order (with [`Detail::Nics`] only).
     pub nics: BTreeMap<String, Vec<String>>,
+    /// The domains, among those `status` asked about, that run and whose node answered with
+    /// an ssh banner ([`probe_looking`]).
+    pub ready: BTreeSet<String>,
     /// Why libvirt could not be read, when it could not: nothing about domains is known then.
     pub libvirt_error: Option<String>,
     /// The UDP ports something on the host has bound; `None` when they could not be read.
@@ -262,6 +265,18 @@ pub fn pool_of(dataset: &str) -> &str {
 
 /// The probe, as a command.
 pub fn probe_cmd(hv: &Hypervisor, detail: Detail) -> Cmd {
+    probe_cmd_looking(hv, detail, &[])
+}
+
+/// The probe, which also looks (with [`Detail::Nics`]) whether each `(domain, address)` runs
+/// and answers with an ssh banner: `status` in one round trip.
+pub fn probe_cmd_looking(hv: &Hypervisor, detail: Detail, ready: &[(&str, &str)]) -> Cmd {
+    let pairs: Vec<String> = ready.iter().map(|(d, a)| format!("{d} {a}")).collect();
+    let pairs = if pairs.is_empty() {
+        "none".to_owned()
+    } else {
+        pairs.join(" ")
+    };
     Cmd::query([
         "sh",
         "-c",
@@ -274,6 +289,7 @@ pub fn probe_cmd(hv: &Hypervisor, detail: Detail) -> Cmd {
             Detail::Nics => "nics",
         },
         crate::own::DOMAIN_NS,
+        &pairs,
         &nonce(),
     ])
 }
@@ -316,12 +332,25 @@ pub async fn probe_with(
     hv: &Hypervisor,
     detail: Detail,
 ) -> Result<HostState, ExecError> {
-    let cmd = probe_cmd(hv, detail);
+    probe_by(exec, hv, &probe_cmd(hv, detail)).await
+}
+
+/// Reads `hv` in one round trip, with its NICs, and looks whether each `(domain, address)`
+/// is ready (see [`probe_cmd_looking`]).
+pub async fn probe_looking(
+    exec: &Executor,
+    hv: &Hypervisor,
+    ready: &[(&str, &str)],
+) -> Result<HostState, ExecError> {
+    probe_by(exec, hv, &probe_cmd_looking(hv, Detail::Nics, ready)).await
+}
+
+async fn probe_by(exec: &Executor, hv: &Hypervisor, cmd: &Cmd) -> Result<HostState, ExecError> {
     // A dataset another run destroys between `zfs list` and `zfs get` fails the read: that is
     // a moment on a shared hypervisor, not a state, so it is read again (at most twice).
     let mut tries = 0;
     loop {
-        let out = exec.run(&hv.name, &cmd).await?;
+        let out = exec.run(&hv.name, cmd).await?;
         let nonce = cmd.argv.last().map(String::as_str).unwrap_or_default();
         match parse(&hv.proto, &out.stdout, nonce) {
             Ok(state) => return Ok(state),
@@ -375,7 +404,7 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
             }
             section = match control {
                 "snapshots" | "zfs" | "holds" | "names" | "datasets" | "domains" | "markers"
-                | "networks" | "addrs" | "udp" | "nics" => control,
+                | "networks" | "addrs" | "udp" | "nics" | "ready" => control,
                 "end" => {
                     ended = true;
                     ""
@@ -537,6 +566,9 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
                 }
                 Err(_) => udp_odd = true,
             },
+            "ready" => {
+                state.ready.insert(line.to_owned());
+            }
             "nics" => {
                 if let Some((domain, mac)) = line.split_once('\t')
                     && !mac.is_empty()

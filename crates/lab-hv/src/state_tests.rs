@@ -310,3 +310,12 @@ fn snapshots_are_ordered_as_taken_whatever_the_clock_said() {
     let order: Vec<&str> = s.proto.snapshots.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(order, ["a", "b"]);
 }
+
+/// `status`'s readiness comes in the same answer: the domains whose node answered.
+#[test]
+fn the_ready_section_names_the_nodes_that_answered() {
+    let looked = GOOD.replace("#end\n", "#ready\nr1\n#rc 0\n#end\n");
+    let s = read(&looked).unwrap();
+    assert!(s.ready.contains("r1") && !s.ready.contains("r2"));
+    assert!(read(GOOD).unwrap().ready.is_empty());
+}

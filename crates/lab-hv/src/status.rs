@@ -93,7 +93,24 @@ pub async fn status(
     now: u64,
 ) -> StatusReport {
     let hypervisors = lab.hypervisors_of(nodes);
-    let states = crate::run::probe_all(exec, &hypervisors, crate::Detail::Nics).await;
+    // One round trip per hypervisor, readiness included: its nodes' domains and addresses.
+    let looks = hypervisors.iter().map(|hv| {
+        let ready: Vec<(&str, String)> = nodes
+            .iter()
+            .filter(|n| n.hypervisor == hv.name)
+            .filter_map(|n| Some((n.domain.as_str(), n.mgmt_address()?)))
+            .collect();
+        async move {
+            let pairs: Vec<(&str, &str)> = ready.iter().map(|(d, a)| (*d, a.as_str())).collect();
+            crate::state::probe_looking(exec, hv, &pairs).await
+        }
+    });
+    let looked = crate::run::join_all(looks.collect()).await;
+    let states: std::collections::HashMap<&str, _> = hypervisors
+        .iter()
+        .map(|h| h.name.as_str())
+        .zip(looked)
+        .collect();
     let mut out = Vec::new();
     for node in nodes {
         let hv = lab
@@ -162,6 +179,14 @@ pub async fn status(
                     s.newer_snapshot = newest
                         .filter(|n| Some(n.full.as_str()) != ds.origin.as_deref())
                         .map(|n| n.full.clone());
+                }
+                // Ready: running, this lab's (clone and domain), and its ssh server answered.
+                if s.phase.as_deref() == Some("running")
+                    && s.foreign.is_none()
+                    && s.foreign_domain.is_none()
+                    && state.ready.contains(&node.domain)
+                {
+                    s.phase = Some("ready".to_owned());
                 }
             }
         }

@@ -172,9 +172,8 @@ pub async fn wait(
         .collect()
 }
 
-/// [`wait`] for nodes whose domains the caller has just found to be this lab's (`status`,
-/// which has read every marker already).
-pub async fn wait_owned(
+/// [`wait`] for nodes whose domains were just found to be this lab's.
+async fn wait_owned(
     exec: &Executor,
     lab: &Lab,
     nodes: &[&LabNode],

@@ -1,7 +1,5 @@
 //! `lab status`: one probe per hypervisor, every selected node explained against the build.
 
-use std::time::Duration;
-
 use crate::exit::{Exit, Failure};
 use crate::remote::{drive, executor_for};
 use crate::render;
@@ -40,9 +38,7 @@ pub fn run(out: &Output, s: &Status) -> Result<(), Failure> {
     }
     let exec = executor_for(&lab.hypervisors_of(&nodes), Mode::Live);
     let report = drive(exec, async |exec| {
-        let mut report = lab_hv::status(exec, &lab, &nodes, &expected, lab_hv::now()).await;
-        ready_phase(exec, &lab, &nodes, &mut report).await;
-        report
+        lab_hv::status(exec, &lab, &nodes, &expected, lab_hv::now()).await
     })?;
     render::status(out, &report);
     let unreachable = report.nodes.iter().filter(|n| n.error.is_some()).count();
@@ -53,36 +49,4 @@ pub fn run(out: &Output, s: &Status) -> Result<(), Failure> {
         ));
     }
     Ok(())
-}
-
-/// A running node of this lab (its domain marked for it) whose ssh server answers is
-/// `ready` (one look, no waiting).
-async fn ready_phase(
-    exec: &lab_exec::Executor,
-    lab: &lab_model::Lab,
-    nodes: &[&lab_model::LabNode],
-    report: &mut lab_hv::StatusReport,
-) {
-    let running: Vec<&lab_model::LabNode> = nodes
-        .iter()
-        .copied()
-        .filter(|n| {
-            report.nodes.iter().any(|s| {
-                s.node == n.name
-                    && s.phase.as_deref() == Some("running")
-                    && s.foreign.is_none()
-                    && s.foreign_domain.is_none()
-            })
-        })
-        .collect();
-    if running.is_empty() {
-        return;
-    }
-    let how = lab_hv::reach::Readiness::Ssh;
-    let looks = lab_reach::wait_owned(exec, lab, &running, &how, Duration::ZERO, &|_| {}).await;
-    for look in looks.iter().filter(|l| l.ready) {
-        if let Some(s) = report.nodes.iter_mut().find(|s| s.node == look.node) {
-            s.phase = Some("ready".to_owned());
-        }
-    }
 }
