@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_proto;
+mod relay;
 mod tidy;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +35,21 @@ enum Cmd {
         /// Nodes in the synthetic lab.
         #[arg(long, default_value_t = 1000)]
         nodes: u32,
+        /// `create` only: round-trip times (ms) to put between lab and the hypervisors, each
+        /// measured in turn (e.g. `--rtt 0,50,200`).
+        #[arg(long, value_delimiter = ',')]
+        rtt: Vec<u64>,
+    },
+    /// A TCP relay for ssh's ProxyCommand that delays each direction by half of RTT-MS (the
+    /// bench's WAN); appends a byte to COUNT per round trip.
+    #[command(hide = true)]
+    Relay {
+        #[arg(long, default_value_t = 0)]
+        rtt_ms: u64,
+        #[arg(long)]
+        count: Option<String>,
+        host: String,
+        port: u16,
     },
 }
 
@@ -87,8 +103,15 @@ fn main() -> ExitCode {
         Cmd::Testbed(cmd) => testbed(cmd),
         Cmd::Demo => demo(),
         Cmd::Ci => ci(),
-        Cmd::Bench { which, nodes } => match which.as_str() {
+        Cmd::Relay {
+            rtt_ms,
+            count,
+            host,
+            port,
+        } => relay::relay(&host, port, Duration::from_millis(rtt_ms), count),
+        Cmd::Bench { which, nodes, rtt } => match which.as_str() {
             "generate" => bench::generate(&root(), nodes),
+            "create" if !rtt.is_empty() => bench::distance(&root(), &rtt),
             "create" => bench::create(&root()),
             "proto" => bench_proto::proto(&root()),
             _ => unreachable!("clap checked the value"),

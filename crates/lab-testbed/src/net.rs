@@ -59,7 +59,11 @@ pub(crate) fn ssh_setup(bed: &Testbed) -> Result<()> {
         known = ssh.join("known_hosts").display()
     ));
     write_file(&ssh.join("known_hosts"), &known)?;
-    write_file(&bed.ssh_config(), &config)?;
+    // `cargo xtask bench create --rtt` puts its far-away aliases (hvK-wan) in wan*.config.
+    write_file(
+        &bed.ssh_config(),
+        &format!("Include {}/wan*.config\n{config}", ssh.display()),
+    )?;
     // Hypervisor-to-hypervisor ssh (replication) uses the same key and config, from inside.
     let hv_config = config
         .replace(&key.display().to_string(), "~/.ssh/id_ed25519")
