@@ -182,7 +182,7 @@ pub fn create(root: &Path) -> Result {
 
 /// Removes the floor's domains and clones on every hypervisor: only a clone that carries the
 /// floor's mark (`lab-bench:floor=yes`), and the domain of the same name beside it.
-fn remove_floor_leftovers(bed: &lab_testbed::Testbed, nodes: &[(u32, String)]) {
+pub(crate) fn remove_floor_leftovers(bed: &lab_testbed::Testbed, nodes: &[(u32, String)]) {
     // The floor's networks are transient; lab only ever defines persistent ones.
     for k in 0..bed.hypervisors {
         let info = bed
@@ -274,7 +274,11 @@ fn create_and_time(
 
 /// The floor: the same operations as `lab create` and `lab destroy`, directly on the
 /// hypervisors (no ssh), all nodes at once; seconds for create and for destroy.
-fn floor(bed: &lab_testbed::Testbed, nodes: &[(u32, String)], build: &Path) -> Result<(f64, f64)> {
+pub(crate) fn floor(
+    bed: &lab_testbed::Testbed,
+    nodes: &[(u32, String)],
+    build: &Path,
+) -> Result<(f64, f64)> {
     use lab_testbed::PROTO;
     let pool = &bed.pool;
 
@@ -463,137 +467,4 @@ fn best_of(n: usize, mut run: impl FnMut() -> Result<f64>) -> Result<f64> {
         best = best.min(run()?);
     }
     Ok(best)
-}
-
-/// `bench create --rtt MS,...`: the example lab's create, status and destroy with a WAN between
-/// `lab` and the hypervisors (a relay that holds every chunk for half the round trip each way,
-/// as ssh's `ProxyCommand`), beside the floor: the same work done on the hypervisors directly,
-/// plus what any remote tool pays at that distance (ssh's connection and one exchange per
-/// hypervisor, all at once). Round trips per hypervisor are counted by the relay.
-pub fn distance(root: &Path, rtts: &[u64]) -> Result {
-    use lab_testbed::{Testbed, UpOptions};
-    let bed = Testbed::default();
-    bed.up(&UpOptions::default(), &mut |l| say(l))
-        .map_err(|e| e.to_string())?;
-    cargo(&["build", "--release", "--quiet", "-p", "lab"])?;
-    let lab_bin = root.join("target/release/lab");
-    let relay = std::env::current_exe().map_err(|e| e.to_string())?;
-    let build = bed.dir.join("bench/build");
-    let wan = bed.dir.join("bench/wan");
-    std::fs::create_dir_all(&wan).map_err(|e| e.to_string())?;
-    let wan_lab = wan.join("wan.yaml");
-    let hvs = 0..3u32;
-    let wan_text: String = hvs
-        .clone()
-        .map(|k| format!("  hv{k}: {{ssh: hv{k}-wan}}\n"))
-        .collect();
-    std::fs::write(&wan_lab, format!("hypervisors:\n{wan_text}")).map_err(|e| e.to_string())?;
-    let wan_lab = wan_lab.to_string_lossy().into_owned();
-    let ssh_config = bed.dir.join("ssh/wan.config");
-    let count = |k: u32| wan.join(format!("hv{k}.trips"));
-    let trips = |k: u32| std::fs::metadata(count(k)).map_or(0, |m| m.len());
-    let lab = |args: &[&str]| -> Result<f64> {
-        let mut full: Vec<&str> = args.to_vec();
-        full.extend(["--lab", "labs/vpp.yaml", "--lab", &wan_lab]);
-        let start = Instant::now();
-        let status = Command::new(&lab_bin)
-            .args(&full)
-            .current_dir(root)
-            .env("LAB_BUILD", &build)
-            .stdout(std::process::Stdio::null())
-            .status()
-            .map_err(|e| e.to_string())?;
-        if !status.success() {
-            return Err(format!("lab {} failed ({status})", full.join(" ")));
-        }
-        Ok(start.elapsed().as_secs_f64())
-    };
-    let nodes: Vec<(u32, String)> = hvs
-        .clone()
-        .flat_map(|k| (1..=4).map(move |n| (k, format!("vpp{k}-{n}"))))
-        .collect();
-    let set_rtt = |ms: u64| -> Result {
-        let text: String = hvs
-            .clone()
-            .map(|k| {
-                format!(
-                    "Host hv{k}-wan\n  HostName {addr}\n  HostKeyAlias hv{k}\n  \
-                     ProxyCommand {relay} relay --rtt-ms {ms} --count {count} {addr} 22\n",
-                    addr = bed.address(k),
-                    relay = relay.display(),
-                    count = count(k).display(),
-                )
-            })
-            .collect();
-        std::fs::write(&ssh_config, text).map_err(|e| e.to_string())
-    };
-    set_rtt(0)?;
-    remove_floor_leftovers(&bed, &nodes);
-    lab(&["-q", "destroy", "--yes"])?;
-    lab(&["-q", "generate"])?;
-    let (floor_create, floor_destroy) = floor(&bed, &nodes, &build)?;
-    let result = (|| -> Result<Vec<String>> {
-        let mut rows = Vec::new();
-        for &ms in rtts {
-            set_rtt(ms)?;
-            // What any remote tool pays at this distance: a connection and one exchange per
-            // hypervisor, all at once.
-            let start = Instant::now();
-            std::thread::scope(|s| {
-                let jobs: Vec<_> = hvs
-                    .clone()
-                    .map(|k| {
-                        s.spawn(move || {
-                            Command::new("ssh")
-                                .args([&format!("hv{k}-wan"), "true"])
-                                .status()
-                                .map_err(|e| e.to_string())
-                        })
-                    })
-                    .collect();
-                jobs.into_iter()
-                    .map(|j| j.join().expect("no panics"))
-                    .collect::<Result<Vec<_>>>()
-            })?;
-            let reach = start.elapsed().as_secs_f64();
-            let per_hv = |before: &[u64]| -> Vec<u64> {
-                hvs.clone().map(|k| trips(k) - before[k as usize]).collect()
-            };
-            let before: Vec<u64> = hvs.clone().map(trips).collect();
-            let create = lab(&["-q", "create", "--no-generate"])?;
-            let create_trips = per_hv(&before);
-            let before: Vec<u64> = hvs.clone().map(trips).collect();
-            let status = lab(&["-q", "status"])?;
-            let status_trips = per_hv(&before);
-            let before: Vec<u64> = hvs.clone().map(trips).collect();
-            let destroy = lab(&["-q", "destroy", "--yes"])?;
-            let destroy_trips = per_hv(&before);
-            rows.push(format!(
-                "{ms:>5} ms | create {create:6.2} s vs floor {:6.2} s (+{:5.2}) | destroy {destroy:6.2} s vs floor {:6.2} s (+{:5.2}) | status {status:5.2} s | round trips per hypervisor: create {create_trips:?}, status {status_trips:?}, destroy {destroy_trips:?}",
-                floor_create + reach,
-                create - floor_create - reach,
-                floor_destroy + reach,
-                destroy - floor_destroy - reach,
-            ));
-        }
-        Ok(rows)
-    })();
-    let _ = std::fs::remove_file(&ssh_config);
-    let rows = match result {
-        Ok(rows) => rows,
-        Err(e) => {
-            say("bench create --rtt failed: removing what it made");
-            remove_floor_leftovers(&bed, &nodes);
-            return Err(e);
-        }
-    };
-    println!(
-        "bench create --rtt: example lab, 12 nodes over 3 hypervisors; floor = the work on the \
-         hypervisors directly ({floor_create:.2} s create, {floor_destroy:.2} s destroy) + one \
-         connection and exchange per hypervisor at that distance"
-    );
-    for row in rows {
-        println!("{row}");
-    }
-    Ok(())
 }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_proto;
+mod bench_wan;
 mod relay;
 mod tidy;
 
@@ -111,7 +112,7 @@ fn main() -> ExitCode {
         } => relay::relay(&host, port, Duration::from_millis(rtt_ms), count),
         Cmd::Bench { which, nodes, rtt } => match which.as_str() {
             "generate" => bench::generate(&root(), nodes),
-            "create" if !rtt.is_empty() => bench::distance(&root(), &rtt),
+            "create" if !rtt.is_empty() => bench_wan::distance(&root(), &rtt),
             "create" => bench::create(&root()),
             "proto" => bench_proto::proto(&root()),
             _ => unreachable!("clap checked the value"),
