@@ -36,12 +36,13 @@ pub(crate) async fn node(
         also: req.other_owners.clone(),
     };
     let mut decision = decide(&facts, &node.domain, &node.dataset, ask);
-    if let Decision::Make {
-        remove_clone: true, ..
-    } = decision
+    // Another owner's clone of a lab of this name: nothing of it is replaced, stopped,
+    // redefined or started (`--owner` says it is this user's to change).
+    if matches!(facts.clone, lab_hv::own::CloneFacts::Ours { .. })
+        && matches!(decision, Decision::Make { .. } | Decision::Start { .. })
         && let Some(why) = owners.refusal(state, node)
     {
-        decision = Decision::Skip(format!("{why}; not replaced"));
+        decision = Decision::Skip(format!("{why}; left as it is"));
     }
     let (stop, remove_clone, undefine) = match decision {
         Decision::Skip(reason) => return NodeReport::new(node, Outcome::Skipped { reason }),

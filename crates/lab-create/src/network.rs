@@ -190,9 +190,15 @@ pub fn prefix_in_use(hv: &Hypervisor, network: &str, state: &HostState) -> Optio
 /// (as the overlay's template wrote them: libvirt reads the same text).
 fn dhcp_hosts(xml: &[u8], macs: &[String]) -> Vec<String> {
     let xml = String::from_utf8_lossy(xml);
-    xml.match_indices("<host ")
+    // Only the `<dhcp>` elements' hosts (a `<dns>` has `<host>` elements of its own).
+    let dhcp: String = xml
+        .split("<dhcp>")
+        .skip(1)
+        .filter_map(|rest| rest.split("</dhcp>").next())
+        .collect();
+    dhcp.match_indices("<host ")
         .filter_map(|(at, _)| {
-            let element = &xml[at..at + xml[at..].find("/>")? + 2];
+            let element = &dhcp[at..at + dhcp[at..].find("/>")? + 2];
             let lower = element.to_ascii_lowercase();
             macs.iter()
                 .any(|m| {
@@ -387,4 +393,19 @@ mod tests {
             assert_eq!(got, expected, "row {i}: {mode:?} {facts:?}");
         }
     }
+}
+
+/// The reservations a running network gets for new nodes come from its `<dhcp>` alone.
+#[cfg(test)]
+#[test]
+fn dhcp_hosts_are_read_from_dhcp_only() {
+    let xml = b"<network><dns><host ip='10.9.0.9'><hostname>x</hostname></host></dns>\
+        <ip address='10.9.0.254' netmask='255.255.255.0'><dhcp>\
+        <host mac='52:54:00:03:00:01' name='d1' ip='10.9.0.1'/>\
+        <host mac='52:54:00:03:00:02' name='d2' ip='10.9.0.2'/></dhcp></ip></network>";
+    assert_eq!(
+        dhcp_hosts(xml, &["52:54:00:03:00:02".to_owned()]),
+        ["<host mac='52:54:00:03:00:02' name='d2' ip='10.9.0.2'/>"]
+    );
+    assert!(dhcp_hosts(xml, &["52:54:00:03:00:09".to_owned()]).is_empty());
 }

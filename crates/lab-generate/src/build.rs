@@ -291,6 +291,7 @@ pub fn read_node(
         for path in &held {
             check_held(path).map_err(|message| bad(path, message))?;
         }
+        check_ancestors(build_dir).map_err(|message| bad(build_dir, message))?;
     }
     let text = std::fs::read_to_string(&paths.manifest).map_err(|e| {
         bad(
@@ -395,6 +396,34 @@ fn check_held(path: &Path) -> Result<(), String> {
              root copy or define what they like; `chmod go-w` it, or drop --no-generate",
             meta.mode() & 0o7777
         ));
+    }
+    Ok(())
+}
+
+/// Whether every directory above the build is root's or this user's, and writable by no one
+/// else (or sticky, as /tmp): who can write a directory above `build/` could swap it for
+/// another between the check and the copy (as sshd's StrictModes judges a home directory).
+fn check_ancestors(build_dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let real = build_dir.canonicalize().map_err(|e| e.to_string())?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    for dir in real.ancestors().skip(1) {
+        let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let sticky = meta.mode() & 0o1000 != 0;
+        if (meta.uid() != me && meta.uid() != 0) || (meta.mode() & 0o022 != 0 && !sticky) {
+            return Err(format!(
+                "is inside {}, which {} (mode {:04o}): whoever can write it could swap the \
+                 build under the copy; drop --no-generate, or move the build",
+                dir.display(),
+                if meta.uid() != me && meta.uid() != 0 {
+                    format!("uid {} owns", meta.uid())
+                } else {
+                    "others can write".to_owned()
+                },
+                meta.mode() & 0o7777
+            ));
+        }
     }
     Ok(())
 }

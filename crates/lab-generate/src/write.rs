@@ -121,6 +121,7 @@ pub fn node(w: &NodeWrite<'_>) -> Result<Written, GenerateError> {
     // and configs the guests get, for this user only (review 3, N23). The trees inside keep
     // the modes the guests get.
     fs::set_permissions(parent, fs::Permissions::from_mode(0o700)).map_err(io(parent))?;
+    tighten_up(parent.parent(), 1);
     let pid = std::process::id();
     let hostname = &w.node.hostname;
     let stage = parent.join(format!(".{hostname}.new-{pid}"));
@@ -320,6 +321,7 @@ pub(crate) fn swap_in(stage: &Path, tree: &Path) -> Result<(), GenerateError> {
     let parent = tree.parent().expect("a node's tree has a parent directory");
     fs::create_dir_all(parent).map_err(io(parent))?;
     fs::set_permissions(parent, fs::Permissions::from_mode(0o700)).map_err(io(parent))?;
+    tighten_up(parent.parent(), 1);
     let name = tree
         .file_name()
         .expect("a node's tree has a name")
@@ -352,6 +354,7 @@ pub(crate) fn move_file(from: &Path, to: &Path) -> Result<(), GenerateError> {
     }
     if let Some(parent) = to.parent() {
         fs::create_dir_all(parent).map_err(io(parent))?;
+        tighten_up(Some(parent), 1);
     }
     fs::rename(from, to).map_err(io(to))
 }
@@ -375,6 +378,7 @@ fn dir_entry(mode: u32) -> ManifestEntry {
 pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), GenerateError> {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(io(parent))?;
+        tighten_up(Some(parent), 1);
     }
     let dir = path.parent().expect("output files are in a directory");
     // A random name made with O_EXCL|O_NOFOLLOW: nothing planted beside it is written through.
@@ -413,4 +417,22 @@ pub fn remove_tree(dir: &Path) -> Result<(), GenerateError> {
 /// overlay's `modes` sets exact modes there.
 fn on_disk(mode: u32) -> u32 {
     mode & !0o022
+}
+
+/// Takes the group and other write bits off `dir` and the `levels` directories above it, where
+/// they are this user's: the build's directories are made under the user's umask (002 on many
+/// systems), and `create --no-generate` copies only from a build no one else can write.
+fn tighten_up(dir: Option<&Path>, levels: usize) {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    for d in dir.into_iter().flat_map(Path::ancestors).take(levels + 1) {
+        if let Ok(meta) = fs::symlink_metadata(d)
+            && meta.is_dir()
+            && meta.uid() == me
+            && meta.mode() & 0o022 != 0
+        {
+            let _ = fs::set_permissions(d, fs::Permissions::from_mode(meta.mode() & 0o7755));
+        }
+    }
 }

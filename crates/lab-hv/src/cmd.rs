@@ -379,12 +379,15 @@ pub fn define_network(xml: &[u8], lab: &str, sha256: &str, uuid: Option<&str>) -
 }
 
 /// Adds a DHCP reservation (`<host mac name ip/>`) to a running network, as the new definition
-/// already has it; one that is already there is fine.
+/// already has it. The very same element already there is fine; one that shares only its MAC,
+/// name or address with it is an error (libvirt refuses the new one, and the node would get
+/// no lease).
 pub fn add_dhcp_host(network: &str, host: &str) -> Cmd {
     Cmd::change([
         "sh",
         "-c",
-        r#"out=$(virsh -q net-update "$1" add-last ip-dhcp-host "$2" --live 2>&1) || printf '%s' "$out" | grep -q 'existing dhcp host' || { printf '%s\n' "$out" >&2; exit 1; }"#,
+        r#"virsh -q net-dumpxml "$1" | grep -qF -- "$2" && exit 0
+virsh -q net-update "$1" add-last ip-dhcp-host "$2" --live"#,
         "lab-dhcp-host",
         network,
         host,
@@ -415,7 +418,8 @@ pub const NETWORK_IN_USE: i32 = 3;
 
 const STOP_NETWORK: &str = r#"br=$(virsh -q net-info "$1" | awk '$1 == "Bridge:" { print $2 }')
 if [ -n "$br" ] && [ -d "/sys/class/net/$br/brif" ]; then
-  taps=$(ls "/sys/class/net/$br/brif")
+  # (older libvirt keeps a dummy <bridge>-nic on every bridge it makes: no one's)
+  taps=$(ls "/sys/class/net/$br/brif" | grep -vx -- "$br-nic")
   if [ -n "$taps" ]; then
     users=$(virsh -q list --name | while read -r d; do
       [ -n "$d" ] && virsh -q domiflist "$d" | awk -v d="$d" -v t=" $(echo $taps) " 'index(t, " " $1 " ") { print d; exit }'

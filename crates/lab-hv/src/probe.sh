@@ -86,7 +86,8 @@ printf '%s\n' "$nets" | while read -r name state rest; do
   # What is plugged into its bridge (a running domain's tap): a network in use is never
   # restarted or removed under it, whoever's it is.
   ports=0
-  [ -n "$bridge" ] && [ -d "/sys/class/net/$bridge/brif" ] && ports=$(ls "/sys/class/net/$bridge/brif" | wc -l)
+  # (older libvirt keeps a dummy <bridge>-nic on every bridge it makes: no one's)
+  [ -n "$bridge" ] && [ -d "/sys/class/net/$bridge/brif" ] && ports=$(ls "/sys/class/net/$bridge/brif" | grep -cvx -- "$bridge-nic")
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$state" "$uuid" "$mark" "$bridge" "$ports"
 done
 echo "$m rc $rc"

@@ -1718,3 +1718,50 @@ fn a_private_key_others_could_read_is_warned_about() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("warning"), "{stderr}");
 }
+
+/// Under a umask of 002 (the default for users with a group of their own), the build
+/// `generate` writes is still this user's alone: `create --no-generate` takes it.
+#[test]
+fn a_build_made_under_umask_002_is_trusted_by_no_generate() {
+    let s = Scratch::new();
+    s.write(
+        "nowhere.yaml",
+        "hypervisors:\n  hv0: {ssh: \"root@127.0.0.1:1\"}\n  hv1: {ssh: \"root@127.0.0.1:1\"}\n  hv2: {ssh: \"root@127.0.0.1:1\"}\n",
+    );
+    let out = Command::new("sh")
+        .args(["-c", "umask 002; exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_lab"))
+        .args([
+            "generate",
+            "--lab",
+            EXAMPLE,
+            "--lab",
+            "nowhere.yaml",
+            "--node",
+            "vpp0-1",
+        ])
+        .current_dir(s.dir.path())
+        .env_remove("LAB_FILE")
+        .env_remove("LAB_BUILD")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = s.lab(&[
+        "create",
+        "--lab",
+        EXAMPLE,
+        "--lab",
+        "nowhere.yaml",
+        "--node",
+        "vpp0-1",
+        "--no-generate",
+        "--dry-run",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains("writable by group"), "{stderr}");
+}
