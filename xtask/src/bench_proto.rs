@@ -48,26 +48,7 @@ pub fn proto(root: &Path) -> Result {
         ),
     )
     .map_err(|e| e.to_string())?;
-    let lab = |args: &[&str]| -> Result<(f64, String)> {
-        let start = Instant::now();
-        let out = Command::new(&lab_bin)
-            .args(args)
-            .arg("--lab")
-            .arg(&fleet)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!(
-                "lab {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok((
-            start.elapsed().as_secs_f64(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        ))
-    };
+    let lab = |args: &[&str]| run_lab(&lab_bin, &fleet, args);
     lab(&["proto", "release", "--name", "b0-release"])?;
     lab(&["proto", "sync"])?;
 
@@ -166,23 +147,8 @@ fn openzfs(root: &Path, bed: &lab_testbed::Testbed, lab_bin: &Path) -> Result {
     )
     .map_err(|e| e.to_string())?;
     let lab = |args: &[&str]| -> Result<(f64, serde_json::Value)> {
-        let start = Instant::now();
-        let out = Command::new(lab_bin)
-            .args(["--format", "json"])
-            .args(args)
-            .arg("--lab")
-            .arg(&fleet)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!(
-                "lab {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let json = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        Ok((start.elapsed().as_secs_f64(), json))
+        let (wall, stdout) = run_lab(lab_bin, &fleet, &[&["--format", "json"], args].concat())?;
+        Ok((wall, serde_json::from_str(&stdout).unwrap_or_default()))
     };
     let bytes = |report: &serde_json::Value| report["targets"][0]["bytes"].as_u64().unwrap_or(0);
     let floor = |send: &str| -> Result<f64> {
@@ -320,4 +286,26 @@ fn resumed(
         ));
     }
     Ok(())
+}
+
+/// Runs `lab ARGS --lab FLEET`: its wall time and stdout, or its stderr as the error.
+fn run_lab(lab_bin: &Path, fleet: &Path, args: &[&str]) -> Result<(f64, String)> {
+    let start = Instant::now();
+    let out = Command::new(lab_bin)
+        .args(args)
+        .arg("--lab")
+        .arg(fleet)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "lab {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok((
+        start.elapsed().as_secs_f64(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
 }

@@ -183,7 +183,7 @@ impl Testbed {
             .ok_or_else(|| msg("exec needs a command"))?;
         let mut c = self.command(k, program)?;
         if self.is_vm(k) {
-            c.args(rest.iter().map(|a| shell_quote(a)));
+            c.args(rest.iter().map(|a| lab_exec::quote(a)));
         } else {
             c.args(rest);
         }
@@ -290,19 +290,6 @@ pub fn require() -> Testbed {
         }
     }
     bed
-}
-
-/// One word for a POSIX shell, quoted when it needs to be.
-pub fn shell_quote(word: &str) -> String {
-    let plain = !word.is_empty()
-        && word
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@,+%".contains(&b));
-    if plain {
-        word.to_owned()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
 }
 
 /// Runs a command, returning stdout; a failure carries the command line and stderr.

@@ -289,12 +289,17 @@ fn prune_exit(reports: &[PruneReport]) -> Result<(), Failure> {
 /// The status file's directory: one that others may write (group or world) without the
 /// sticky bit is refused before anything runs, since they could rename or replace what
 /// `lab`, as root, puts there.
-fn status_dir_is_safe(path: &std::path::Path) -> Result<(), Failure> {
-    use std::os::unix::fs::MetadataExt as _;
-    let dir = match path.parent() {
+/// The directory the status file goes in (`.` for a bare name).
+fn status_dir(path: &std::path::Path) -> &std::path::Path {
+    match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => std::path::Path::new("."),
-    };
+    }
+}
+
+fn status_dir_is_safe(path: &std::path::Path) -> Result<(), Failure> {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = status_dir(path);
     let meta = std::fs::metadata(dir).map_err(|e| {
         Failure::invalid(format!(
             "--status-file {}: its directory {}: {e}",
@@ -331,10 +336,7 @@ fn write_status_file(fleet: &Fleet<'_>, path: &std::path::Path) -> Result<(), Fa
             path.display()
         )));
     }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
-    };
+    let dir = status_dir(path);
     // A temporary file of a random name made with O_EXCL|O_NOFOLLOW (the tempfile crate), then
     // a rename: nothing planted in the directory is ever written through.
     let write = || -> std::io::Result<()> {
