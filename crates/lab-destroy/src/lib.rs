@@ -10,7 +10,6 @@ use std::collections::HashSet;
 
 use lab_exec::{Cmd, ExecError, Executor};
 use lab_hv::own::{CloneFacts, NetworkFacts, NodeFacts, Owners, network_facts, prop};
-use lab_hv::run::{failed, run_patiently, step_events};
 use lab_hv::state::MarkerRead;
 use lab_hv::{Events, HostState, NetworkReport, NodeReport, Outcome, cmd};
 use lab_model::{Hypervisor, Lab, LabNode};
@@ -81,17 +80,45 @@ pub async fn destroy(
 ) -> DestroyReport {
     let lab = &req.lab.name;
     let states = lab_hv::run::probe_nodes(exec, req.lab, &req.nodes).await;
-    let nodes = lab_hv::run::each_node(
-        exec,
-        req.lab,
-        &req.nodes,
-        &states,
-        events,
-        |hv, node, state| async move {
-            destroy_node(exec, lab, hv, node, &state, &req.owners, events).await
-        },
-    )
-    .await;
+    // Each hypervisor's nodes in one exchange, all hypervisors at once (one after the other
+    // without a live executor, so that each hypervisor's recorded plan is its own).
+    let hypervisors = req.lab.hypervisors_of(&req.nodes);
+    let jobs = hypervisors.iter().map(|hv| {
+        let states = &states;
+        async move {
+            let here: Vec<&LabNode> = req
+                .nodes
+                .iter()
+                .copied()
+                .filter(|n| n.hypervisor == hv.name)
+                .collect();
+            match &states[hv.name.as_str()] {
+                Err(e) => here
+                    .iter()
+                    .map(|n| lab_hv::run::failed(n, "connect", e, false))
+                    .collect(),
+                Ok(state) => destroy_on(exec, lab, hv, &here, state, &req.owners, events).await,
+            }
+        }
+    });
+    let mut by_node: std::collections::HashMap<String, NodeReport> = if exec.is_live() {
+        lab_hv::run::join_all(jobs.collect()).await
+    } else {
+        let mut all = Vec::new();
+        for job in jobs {
+            all.push(job.await);
+        }
+        all
+    }
+    .into_iter()
+    .flatten()
+    .map(|r| (r.node.clone(), r))
+    .collect();
+    let nodes: Vec<NodeReport> = req
+        .nodes
+        .iter()
+        .filter_map(|n| by_node.remove(&n.name))
+        .collect();
     // A hypervisor's network goes after its nodes, when every node of the lab there is gone.
     let gone: HashSet<&str> = nodes
         .iter()
@@ -215,34 +242,84 @@ pub async fn destroy(
     DestroyReport { nodes, networks }
 }
 
-async fn destroy_node(
+/// The nodes of one hypervisor: each decided from the probe, then every node with something
+/// to remove in one exchange ([`lab_hv::plan`]).
+async fn destroy_on(
     exec: &Executor,
+    lab: &str,
+    hv: &Hypervisor,
+    nodes: &[&LabNode],
+    state: &HostState,
+    owners: &Owners,
+    events: Events<'_>,
+) -> Vec<NodeReport> {
+    let mut reports = Vec::new();
+    let (mut plans, mut removes) = (Vec::new(), Vec::new());
+    for node in nodes {
+        match node_plan(lab, hv, node, state, owners) {
+            Err(report) => {
+                done_event(events, &report);
+                reports.push(report);
+            }
+            Ok((steps, removes_anything)) => {
+                plans.push(lab_hv::plan::NodePlan { node, steps });
+                removes.push(removes_anything);
+            }
+        }
+    }
+    let results = lab_hv::plan::run(exec, hv, &plans, events).await;
+    for ((plan, removes), result) in plans.iter().zip(&removes).zip(results) {
+        let mut report = match result {
+            Err((step, e)) => lab_hv::run::failed(plan.node, step, &e, false),
+            Ok(()) if *removes => NodeReport::new(plan.node, Outcome::Done),
+            Ok(()) => NodeReport::new(
+                plan.node,
+                Outcome::Unchanged {
+                    reason: format!("no clone {}", plan.node.dataset),
+                },
+            ),
+        };
+        if !exec.is_live() {
+            report.commands = plan.shown();
+        }
+        done_event(events, &report);
+        reports.push(report);
+    }
+    reports
+}
+
+fn done_event(events: Events<'_>, report: &NodeReport) {
+    events(lab_hv::Event::Done {
+        node: report.node.clone(),
+        hypervisor: report.hypervisor.clone(),
+        outcome: report.outcome.word().to_owned(),
+    });
+}
+
+/// A node's steps (and whether they remove anything but a staging leftover), or its report
+/// when there is nothing to run: skipped, or not inspectable.
+fn node_plan(
     lab: &str,
     hv: &Hypervisor,
     node: &LabNode,
     state: &HostState,
     owners: &Owners,
-    events: Events<'_>,
-) -> NodeReport {
-    let facts = match lab_hv::own::inspect(hv, lab, node, state) {
-        Ok(f) => f,
-        Err(e) => return failed(node, "inspect", &e, false),
-    };
+) -> Result<(Vec<(&'static str, Cmd)>, bool), NodeReport> {
+    let facts = lab_hv::own::inspect(hv, lab, node, state)
+        .map_err(|e| lab_hv::run::failed(node, "inspect", &e, false))?;
     let mut plan = decide(&facts);
     if matches!(facts.clone, CloneFacts::Ours { .. })
         && let Some(why) = owners.refusal(state, node)
     {
         plan = Plan::Skip(format!("{why}; not destroyed"));
     }
-    let steps: Vec<(&str, Cmd)> = match &plan {
-        Plan::Skip(reason) => {
-            return NodeReport::new(
-                node,
-                Outcome::Skipped {
-                    reason: reason.clone(),
-                },
-            );
-        }
+    match &plan {
+        Plan::Skip(reason) => Err(NodeReport::new(
+            node,
+            Outcome::Skipped {
+                reason: reason.clone(),
+            },
+        )),
         Plan::Remove {
             stop,
             undefine,
@@ -261,25 +338,9 @@ async fn destroy_node(
             }
             // Staging leftovers go in every case.
             steps.push(("remove staging", cmd::remove_staging(node)));
-            steps
-        }
-    };
-    let step = step_events(events, hv, node);
-    for (name, c) in steps {
-        step(name);
-        if let Err(e) = run_patiently(exec, &hv.name, &c).await {
-            return failed(node, name, &e, false);
+            Ok((steps, plan.removes_anything()))
         }
     }
-    if !plan.removes_anything() {
-        return NodeReport::new(
-            node,
-            Outcome::Unchanged {
-                reason: format!("no clone {}", node.dataset),
-            },
-        );
-    }
-    NodeReport::new(node, Outcome::Done)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod cmd;
 pub mod doctor;
 pub mod lock;
 pub mod own;
+pub mod plan;
 pub mod reach;
 mod report;
 pub mod run;

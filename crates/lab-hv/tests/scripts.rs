@@ -110,3 +110,57 @@ fn a_guarded_change_runs_only_while_the_lock_names_its_run() {
     assert_eq!(theirs, (Some(lab_exec::LOCK_GONE), false));
     assert_eq!(ours, (Some(0), true));
 }
+
+/// Issue 24: a hypervisor's plan runs each node's steps in order, ends a node at its failed
+/// step (status and error said), and lets the other nodes finish.
+#[test]
+fn a_plan_runs_each_nodes_steps_and_a_failure_ends_that_node_only() {
+    let root = scratch("plan");
+    let lab = lab(&root);
+    let (hv, r1, r2) = (&lab.hypervisors[0], &lab.nodes[0], &lab.nodes[1]);
+    let marker = root.join("r2-ran");
+    let plans = [
+        lab_hv::plan::NodePlan {
+            node: r1,
+            steps: vec![
+                ("first", lab_exec::Cmd::change(["true"])),
+                (
+                    "second step",
+                    lab_exec::Cmd::change(["sh", "-c", "echo 'it broke' >&2; exit 3"]),
+                ),
+                ("never", lab_exec::Cmd::change(["false"])),
+            ],
+        },
+        lab_hv::plan::NodePlan {
+            node: r2,
+            steps: vec![(
+                "touch",
+                lab_exec::Cmd::change(["touch", &marker.display().to_string()]),
+            )],
+        },
+    ];
+    let cmd = lab_hv::plan::plan_cmd(hv, &plans);
+    let out = Command::new(&cmd.argv[0])
+        .args(&cmd.argv[1..])
+        .output()
+        .unwrap();
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    let ran = marker.exists();
+    std::fs::remove_dir_all(&root).unwrap();
+    assert_eq!(
+        lines,
+        [
+            "DONE r2",
+            "ERR r1 it broke",
+            "FAIL r1 3 second step",
+            "STEP r1 first",
+            "STEP r1 second step",
+            "STEP r2 touch",
+        ]
+    );
+    assert!(ran);
+}

@@ -781,6 +781,12 @@ changes: {changes:?}
     }
     if s.verb == "destroy" {
         out.push_str(&network_lines);
+        // Each hypervisor's nodes went in one exchange: the command, byte for byte.
+        for r in exec.recorded() {
+            if r.line.contains(" lab-plan ") {
+                out.push_str(&format!("plan on {}:\n  $ {}\n", r.host, r.line));
+            }
+        }
     }
     out
 }
