@@ -257,11 +257,11 @@ async fn destroy_on(
     let (mut plans, mut removes) = (Vec::new(), Vec::new());
     for node in nodes {
         match node_plan(lab, hv, node, state, owners) {
-            Err(report) => {
+            NodeWork::Ends(report) => {
                 done_event(events, &report);
-                reports.push(report);
+                reports.push(*report);
             }
-            Ok((steps, removes_anything)) => {
+            NodeWork::Steps(steps, removes_anything) => {
                 plans.push(lab_hv::plan::NodePlan { node, steps });
                 removes.push(removes_anything);
             }
@@ -296,17 +296,24 @@ fn done_event(events: Events<'_>, report: &NodeReport) {
     });
 }
 
-/// A node's steps (and whether they remove anything but a staging leftover), or its report
-/// when there is nothing to run: skipped, or not inspectable.
+/// What destroy has for one node: its steps (and whether they remove anything but a staging
+/// leftover), or its report when there is nothing to run (skipped, or not inspectable).
+enum NodeWork {
+    Steps(Vec<(&'static str, Cmd)>, bool),
+    Ends(Box<NodeReport>),
+}
+
 fn node_plan(
     lab: &str,
     hv: &Hypervisor,
     node: &LabNode,
     state: &HostState,
     owners: &Owners,
-) -> Result<(Vec<(&'static str, Cmd)>, bool), NodeReport> {
-    let facts = lab_hv::own::inspect(hv, lab, node, state)
-        .map_err(|e| lab_hv::run::failed(node, "inspect", &e, false))?;
+) -> NodeWork {
+    let facts = match lab_hv::own::inspect(hv, lab, node, state) {
+        Ok(f) => f,
+        Err(e) => return NodeWork::Ends(Box::new(lab_hv::run::failed(node, "inspect", &e, false))),
+    };
     let mut plan = decide(&facts);
     if matches!(facts.clone, CloneFacts::Ours { .. })
         && let Some(why) = owners.refusal(state, node)
@@ -314,12 +321,12 @@ fn node_plan(
         plan = Plan::Skip(format!("{why}; not destroyed"));
     }
     match &plan {
-        Plan::Skip(reason) => Err(NodeReport::new(
+        Plan::Skip(reason) => NodeWork::Ends(Box::new(NodeReport::new(
             node,
             Outcome::Skipped {
                 reason: reason.clone(),
             },
-        )),
+        ))),
         Plan::Remove {
             stop,
             undefine,
@@ -338,7 +345,7 @@ fn node_plan(
             }
             // Staging leftovers go in every case.
             steps.push(("remove staging", cmd::remove_staging(node)));
-            Ok((steps, plan.removes_anything()))
+            NodeWork::Steps(steps, plan.removes_anything())
         }
     }
 }

@@ -97,6 +97,10 @@ pub fn plan_cmd(hv: &Hypervisor, plans: &[NodePlan<'_>]) -> Cmd {
     Cmd::change(argv).timeout(Duration::from_secs(secs.max(60)))
 }
 
+/// What the runner said of a node: the failed step (its index) and status, or none when it
+/// is done; and the error's lines.
+type Ended = (Option<(usize, i32)>, Vec<String>);
+
 /// How one node's steps ended: done, or the step that failed and why.
 pub type StepsResult = Result<(), (&'static str, ExecError)>;
 
@@ -116,8 +120,7 @@ pub async fn run(
     let by_name: HashMap<&str, &NodePlan<'_>> =
         plans.iter().map(|p| (p.node.name.as_str(), p)).collect();
     // Per node: the failed step (its index), status and error lines, or done.
-    let ended: Mutex<HashMap<String, (Option<(usize, i32)>, Vec<String>)>> =
-        Mutex::new(HashMap::new());
+    let ended: Mutex<HashMap<String, Ended>> = Mutex::new(HashMap::new());
     let on_line = |line: &str| {
         let mut words = line.splitn(3, ' ');
         let (kind, node, rest) = (
