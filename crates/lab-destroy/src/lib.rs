@@ -8,8 +8,9 @@
 
 use std::collections::HashSet;
 
-use lab_exec::{Cmd, ExecError, Executor};
+use lab_exec::{ExecError, Executor};
 use lab_hv::own::{CloneFacts, NetworkFacts, NodeFacts, Owners, network_facts, prop};
+use lab_hv::plan::Work;
 use lab_hv::state::MarkerRead;
 use lab_hv::{Events, HostState, NetworkReport, NodeReport, Outcome, cmd};
 use lab_model::{Hypervisor, Lab, LabNode};
@@ -80,45 +81,27 @@ pub async fn destroy(
 ) -> DestroyReport {
     let lab = &req.lab.name;
     let states = lab_hv::run::probe_nodes(exec, req.lab, &req.nodes).await;
-    // Each hypervisor's nodes in one exchange, all hypervisors at once (one after the other
-    // without a live executor, so that each hypervisor's recorded plan is its own).
-    let hypervisors = req.lab.hypervisors_of(&req.nodes);
-    let jobs = hypervisors.iter().map(|hv| {
-        let states = &states;
-        async move {
-            let here: Vec<&LabNode> = req
-                .nodes
-                .iter()
-                .copied()
-                .filter(|n| n.hypervisor == hv.name)
-                .collect();
-            match &states[hv.name.as_str()] {
-                Err(e) => here
-                    .iter()
-                    .map(|n| lab_hv::run::failed(n, "connect", e, false))
-                    .collect(),
-                Ok(state) => destroy_on(exec, lab, hv, &here, state, &req.owners, events).await,
-            }
-        }
-    });
-    let mut by_node: std::collections::HashMap<String, NodeReport> = if exec.is_live() {
-        lab_hv::run::join_all(jobs.collect()).await
-    } else {
-        let mut all = Vec::new();
-        for job in jobs {
-            all.push(job.await);
-        }
-        all
-    }
-    .into_iter()
-    .flatten()
-    .map(|r| (r.node.clone(), r))
-    .collect();
-    let nodes: Vec<NodeReport> = req
-        .nodes
-        .iter()
-        .filter_map(|n| by_node.remove(&n.name))
-        .collect();
+    // Each hypervisor's nodes in one exchange, all hypervisors at once.
+    let nodes = lab_hv::plan::each_hypervisor(
+        exec,
+        req.lab,
+        &req.nodes,
+        &states,
+        events,
+        |hv, node, state| node_plan(lab, hv, node, state, &req.owners),
+        |node, steps, result| match result {
+            Err((step, e)) => lab_hv::run::failed(node, step, &e, false),
+            // Only the staging leftover went: there was nothing else of it.
+            Ok(_) if steps.iter().all(|(name, _)| *name == "remove staging") => NodeReport::new(
+                node,
+                Outcome::Unchanged {
+                    reason: format!("no clone {}", node.dataset),
+                },
+            ),
+            Ok(_) => NodeReport::new(node, Outcome::Done),
+        },
+    )
+    .await;
     // A hypervisor's network goes after its nodes, when every node of the lab there is gone.
     let gone: HashSet<&str> = nodes
         .iter()
@@ -242,77 +225,17 @@ pub async fn destroy(
     DestroyReport { nodes, networks }
 }
 
-/// The nodes of one hypervisor: each decided from the probe, then every node with something
-/// to remove in one exchange ([`lab_hv::plan`]).
-async fn destroy_on(
-    exec: &Executor,
-    lab: &str,
-    hv: &Hypervisor,
-    nodes: &[&LabNode],
-    state: &HostState,
-    owners: &Owners,
-    events: Events<'_>,
-) -> Vec<NodeReport> {
-    let mut reports = Vec::new();
-    let (mut plans, mut removes) = (Vec::new(), Vec::new());
-    for node in nodes {
-        match node_plan(lab, hv, node, state, owners) {
-            NodeWork::Ends(report) => {
-                done_event(events, &report);
-                reports.push(*report);
-            }
-            NodeWork::Steps(steps, removes_anything) => {
-                plans.push(lab_hv::plan::NodePlan { node, steps });
-                removes.push(removes_anything);
-            }
-        }
-    }
-    let results = lab_hv::plan::run(exec, hv, &plans, events).await;
-    for ((plan, removes), result) in plans.iter().zip(&removes).zip(results) {
-        let mut report = match result {
-            Err((step, e)) => lab_hv::run::failed(plan.node, step, &e, false),
-            Ok(()) if *removes => NodeReport::new(plan.node, Outcome::Done),
-            Ok(()) => NodeReport::new(
-                plan.node,
-                Outcome::Unchanged {
-                    reason: format!("no clone {}", plan.node.dataset),
-                },
-            ),
-        };
-        if !exec.is_live() {
-            report.commands = plan.shown();
-        }
-        done_event(events, &report);
-        reports.push(report);
-    }
-    reports
-}
-
-fn done_event(events: Events<'_>, report: &NodeReport) {
-    events(lab_hv::Event::Done {
-        node: report.node.clone(),
-        hypervisor: report.hypervisor.clone(),
-        outcome: report.outcome.word().to_owned(),
-    });
-}
-
-/// What destroy has for one node: its steps (and whether they remove anything but a staging
-/// leftover), or its report when there is nothing to run (skipped, or not inspectable).
-enum NodeWork {
-    Steps(Vec<(&'static str, Cmd)>, bool),
-    Ends(Box<NodeReport>),
-}
-
+/// A node's steps, or its report when there is nothing to run (skipped, or not inspectable).
 fn node_plan(
     lab: &str,
     hv: &Hypervisor,
     node: &LabNode,
     state: &HostState,
     owners: &Owners,
-) -> NodeWork {
+) -> Work {
     let facts = match lab_hv::own::inspect(hv, lab, node, state) {
         Ok(f) => f,
-        Err(e) => return NodeWork::Ends(Box::new(lab_hv::run::failed(node, "inspect", &e, false))),
+        Err(e) => return Work::Ends(Box::new(lab_hv::run::failed(node, "inspect", &e, false))),
     };
     let mut plan = decide(&facts);
     if matches!(facts.clone, CloneFacts::Ours { .. })
@@ -321,7 +244,7 @@ fn node_plan(
         plan = Plan::Skip(format!("{why}; not destroyed"));
     }
     match &plan {
-        Plan::Skip(reason) => NodeWork::Ends(Box::new(NodeReport::new(
+        Plan::Skip(reason) => Work::Ends(Box::new(NodeReport::new(
             node,
             Outcome::Skipped {
                 reason: reason.clone(),
@@ -345,7 +268,7 @@ fn node_plan(
             }
             // Staging leftovers go in every case.
             steps.push(("remove staging", cmd::remove_staging(node)));
-            NodeWork::Steps(steps, plan.removes_anything())
+            Work::Steps(steps)
         }
     }
 }

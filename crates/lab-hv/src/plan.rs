@@ -11,9 +11,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use lab_exec::{Cmd, ExecError, Executor, quote_line};
-use lab_model::{Hypervisor, LabNode};
+use lab_model::{Hypervisor, Lab, LabNode};
 
-use crate::{Event, Events};
+use crate::run::{States, failed};
+use crate::{Event, Events, HostState, NodeReport};
 
 /// One node's steps in its hypervisor's plan, in order.
 pub struct NodePlan<'a> {
@@ -22,18 +23,17 @@ pub struct NodePlan<'a> {
 }
 
 impl NodePlan<'_> {
-    /// Each step as the runner gets it: `name TAB seconds TAB command line`.
-    fn lines(&self) -> String {
-        self.steps
-            .iter()
-            .map(|(name, cmd)| {
-                format!(
-                    "{name}\t{}\t{}\n",
-                    cmd.timeout.as_secs().max(1),
-                    quote_line(&cmd.argv)
-                )
-            })
-            .collect()
+    /// The node as the runner gets it: its name, how many steps, then each step's name,
+    /// timeout in seconds and quoted command line (which may hold newlines: each is an
+    /// argument of its own).
+    fn args(&self) -> Vec<String> {
+        let mut args = vec![self.node.name.clone(), self.steps.len().to_string()];
+        for (name, cmd) in &self.steps {
+            args.push((*name).to_owned());
+            args.push(cmd.timeout.as_secs().max(1).to_string());
+            args.push(quote_line(&cmd.argv));
+        }
+        args
     }
 
     /// The steps as they run on the hypervisor (inside the runner), for `--dry-run`.
@@ -51,30 +51,38 @@ impl NodePlan<'_> {
     }
 }
 
-/// The runner. Arguments: how many nodes at once, then a node's name and its steps (one per
-/// line: name, a tab, the timeout in seconds, a tab, the quoted command line) for each node.
-/// Prints `STEP node name`, then `DONE node`, or `FAIL node status name` and the error as
-/// `ERR node line` lines.
+/// The runner. Arguments: how many nodes at once, then for each node its name, its number of
+/// steps K, and K times a step's name, timeout in seconds and quoted command line. Prints
+/// `STEP node name`, a step's output as `OUT node line` lines, then `DONE node`, or
+/// `FAIL node status name` and the error as `ERR node line` lines.
 const RUNNER: &str = r#"par=$1; shift
-tab=$(printf '\t')
-run_node() {
-  printf '%s' "$2" | while IFS="$tab" read -r step t cmd; do
-    echo "STEP $1 $step"
+run_node() { # node, K, then this node's K steps (and whatever follows, unread)
+  node=$1 k=$2; shift 2
+  err=$(mktemp) || return 1
+  while [ "$k" -gt 0 ]; do
+    step=$1 t=$2 cmd=$3; shift 3; k=$((k - 1))
+    echo "STEP $node $step"
     tries=0
     while :; do
-      out=$(eval "timeout -k 5 $t $cmd" </dev/null 2>&1) && break
-      rc=$?
-      case $out in *busy*) tries=$((tries + 1)); if [ $tries -lt 10 ]; then sleep 0.5; continue; fi ;; esac
-      echo "FAIL $1 $rc $step"
-      printf '%s\n' "$out" | sed "s/^/ERR $1 /"
-      exit 1
+      out=$(eval "timeout -k 5 $t $cmd" </dev/null 2>"$err"); rc=$?
+      if [ $rc -eq 0 ]; then
+        [ -z "$out" ] || printf '%s\n' "$out" | sed "s/^/OUT $node /"
+        break
+      fi
+      case $(cat "$err") in *busy*) tries=$((tries + 1)); if [ $tries -lt 10 ]; then sleep 0.5; continue; fi ;; esac
+      echo "FAIL $node $rc $step"
+      sed "s/^/ERR $node /" "$err"
+      rm -f "$err"
+      return 1
     done
-  done && echo "DONE $1"
+  done
+  rm -f "$err"
+  echo "DONE $node"
 }
 running=0
 while [ $# -ge 2 ]; do
-  run_node "$1" "$2" &
-  shift 2
+  run_node "$@" &
+  k=$2; shift $((2 + 3 * k))
   running=$((running + 1))
   if [ "$running" -ge "$par" ]; then wait; running=0; fi
 done
@@ -85,8 +93,7 @@ pub fn plan_cmd(hv: &Hypervisor, plans: &[NodePlan<'_>]) -> Cmd {
     let mut argv: Vec<String> = ["sh", "-c", RUNNER, "lab-plan"].map(String::from).to_vec();
     argv.push(hv.parallel.max(1).to_string());
     for plan in plans {
-        argv.push(plan.node.name.clone());
-        argv.push(plan.lines());
+        argv.extend(plan.args());
     }
     // A deadline for the whole: every step's, each node after the other, with its retries.
     let secs: u64 = plans
@@ -101,8 +108,9 @@ pub fn plan_cmd(hv: &Hypervisor, plans: &[NodePlan<'_>]) -> Cmd {
 /// is done; and the error's lines.
 type Ended = (Option<(usize, i32)>, Vec<String>);
 
-/// How one node's steps ended: done, or the step that failed and why.
-pub type StepsResult = Result<(), (&'static str, ExecError)>;
+/// How one node's steps ended: done, with what they printed (a line each), or the step that
+/// failed and why.
+pub type StepsResult = Result<Vec<String>, (&'static str, ExecError)>;
 
 /// Runs `plans` on `hv` in one exchange; a result per plan, in order, with a `Step` event as
 /// each step starts. Without a live executor (dry run, plan tests) the command is recorded
@@ -121,6 +129,7 @@ pub async fn run(
         plans.iter().map(|p| (p.node.name.as_str(), p)).collect();
     // Per node: the failed step (its index), status and error lines, or done.
     let ended: Mutex<HashMap<String, Ended>> = Mutex::new(HashMap::new());
+    let printed: Mutex<HashMap<String, Vec<String>>> = Mutex::new(HashMap::new());
     let on_line = |line: &str| {
         let mut words = line.splitn(3, ' ');
         let (kind, node, rest) = (
@@ -159,18 +168,25 @@ pub async fn run(
                     lines.push(rest.to_owned());
                 }
             }
+            "OUT" => printed
+                .lock()
+                .expect("plan output")
+                .entry(node.to_owned())
+                .or_default()
+                .push(rest.to_owned()),
             _ => {}
         }
     };
     let outcome = exec.stream(&hv.name, &cmd, &on_line).await;
     if !exec.is_live() {
-        return plans.iter().map(|_| Ok(())).collect();
+        return plans.iter().map(|_| Ok(Vec::new())).collect();
     }
     let ended = ended.into_inner().expect("plan results");
+    let mut printed = printed.into_inner().expect("plan output");
     plans
         .iter()
         .map(|plan| match (ended.get(&plan.node.name), &outcome) {
-            (Some((None, _)), _) => Ok(()),
+            (Some((None, _)), _) => Ok(printed.remove(&plan.node.name).unwrap_or_default()),
             (Some((Some((i, status)), lines)), _) => {
                 let (name, cmd) = &plan.steps[*i];
                 Err((
@@ -201,5 +217,90 @@ pub async fn run(
                 },
             )),
         })
+        .collect()
+}
+
+/// What a verb has for one node: steps for its hypervisor's plan, or its report already
+/// (skipped, unchanged, not inspectable).
+pub enum Work {
+    Steps(Vec<(&'static str, Cmd)>),
+    Ends(Box<NodeReport>),
+}
+
+/// Every node of `nodes`, decided by `decide` from its hypervisor's probed state; each
+/// hypervisor's steps then go in one exchange, all hypervisors at once (one after the other
+/// without a live executor, so that each recorded plan is its own), and `finish` makes each
+/// node's report from its steps and how they ended. Reports in the order of `nodes`, with a
+/// `Done` event as each is known; with `--dry-run`, each carries the lines its steps run.
+pub async fn each_hypervisor<'a, D, F>(
+    exec: &Executor,
+    lab: &'a Lab,
+    nodes: &[&'a LabNode],
+    states: &States<'_>,
+    events: Events<'_>,
+    decide: D,
+    finish: F,
+) -> Vec<NodeReport>
+where
+    D: Fn(&'a Hypervisor, &'a LabNode, &HostState) -> Work,
+    F: Fn(&'a LabNode, &[(&'static str, Cmd)], StepsResult) -> NodeReport,
+{
+    let done = |report: &NodeReport| {
+        events(Event::Done {
+            node: report.node.clone(),
+            hypervisor: report.hypervisor.clone(),
+            outcome: report.outcome.word().to_owned(),
+        })
+    };
+    let (decide, finish, done) = (&decide, &finish, &done);
+    let jobs = lab.hypervisors_of(nodes).into_iter().map(|hv| async move {
+        let here = nodes.iter().copied().filter(|n| n.hypervisor == hv.name);
+        let state = match &states[hv.name.as_str()] {
+            Err(e) => {
+                let reports: Vec<NodeReport> =
+                    here.map(|n| failed(n, "connect", e, false)).collect();
+                reports.iter().for_each(done);
+                return reports;
+            }
+            Ok(state) => state,
+        };
+        let mut reports = Vec::new();
+        let mut plans = Vec::new();
+        for node in here {
+            match decide(hv, node, state) {
+                Work::Ends(report) => {
+                    done(&report);
+                    reports.push(*report);
+                }
+                Work::Steps(steps) => plans.push(NodePlan { node, steps }),
+            }
+        }
+        let results = run(exec, hv, &plans, events).await;
+        for (plan, result) in plans.iter().zip(results) {
+            let mut report = finish(plan.node, &plan.steps, result);
+            if !exec.is_live() {
+                report.commands = plan.shown();
+            }
+            done(&report);
+            reports.push(report);
+        }
+        reports
+    });
+    let mut by_node: HashMap<String, NodeReport> = if exec.is_live() {
+        crate::run::join_all(jobs.collect()).await
+    } else {
+        let mut all = Vec::new();
+        for job in jobs {
+            all.push(job.await);
+        }
+        all
+    }
+    .into_iter()
+    .flatten()
+    .map(|r| (r.node.clone(), r))
+    .collect();
+    nodes
+        .iter()
+        .filter_map(|n| by_node.remove(&n.name))
         .collect()
 }

@@ -133,10 +133,17 @@ fn a_plan_runs_each_nodes_steps_and_a_failure_ends_that_node_only() {
         },
         lab_hv::plan::NodePlan {
             node: r2,
-            steps: vec![(
-                "touch",
-                lab_exec::Cmd::change(["touch", &marker.display().to_string()]),
-            )],
+            steps: vec![
+                (
+                    "touch",
+                    lab_exec::Cmd::change(["touch", &marker.display().to_string()]),
+                ),
+                // A command line with newlines in it, and what it prints.
+                (
+                    "say",
+                    lab_exec::Cmd::change(["sh", "-c", "echo 'it is'\necho \"$1\"", "x", "a 'b'"]),
+                ),
+            ],
         },
     ];
     let cmd = lab_hv::plan::plan_cmd(hv, &plans);
@@ -157,8 +164,11 @@ fn a_plan_runs_each_nodes_steps_and_a_failure_ends_that_node_only() {
             "DONE r2",
             "ERR r1 it broke",
             "FAIL r1 3 second step",
+            "OUT r2 a 'b'",
+            "OUT r2 it is",
             "STEP r1 first",
             "STEP r1 second step",
+            "STEP r2 say",
             "STEP r2 touch",
         ]
     );

@@ -3,9 +3,10 @@
 
 use lab_exec::{Cmd, Executor};
 use lab_hv::own::{CloneFacts, inspect};
-use lab_hv::run::{failed, step_events};
-use lab_hv::{Events, NodeReport, Outcome, cmd};
-use lab_model::{Lab, LabNode, Storage};
+use lab_hv::plan::Work;
+use lab_hv::run::failed;
+use lab_hv::{Events, HostState, NodeReport, Outcome, cmd};
+use lab_model::{Hypervisor, Lab, LabNode, Storage};
 
 /// What to do with the nodes' domains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,88 +30,96 @@ pub async fn power(
     events: Events<'_>,
 ) -> Vec<NodeReport> {
     let states = lab_hv::run::probe_nodes(exec, lab, nodes).await;
-    lab_hv::run::each_node(
+    // Each hypervisor's nodes in one exchange (`lab_hv::plan`), all hypervisors at once.
+    lab_hv::plan::each_hypervisor(
         exec,
         lab,
         nodes,
         &states,
         events,
-        |hv, node, state| async move {
-            let facts = match inspect(hv, &lab.name, node, &state) {
-                Ok(f) => f,
-                Err(e) => return failed(node, "inspect", &e, false),
-            };
-            let skip = |reason: String| NodeReport::new(node, Outcome::Skipped { reason });
-            if !facts.domain.ours() {
-                return skip(format!(
-                    "domain {} was not defined by lab for this node (create it first)",
-                    node.domain
-                ));
-            }
-            if !matches!(facts.clone, CloneFacts::Ours { filling: false, .. }) {
-                return skip(format!(
-                    "no complete clone {} of this lab (create it first)",
-                    node.dataset
-                ));
-            }
-            let running = facts.domain.running();
-            if matches!(what, Power::Start | Power::Restart)
-                && !running
-                && let Some(why) = facts.wires.refusal()
-            {
-                return skip(why);
-            }
-            let mut steps: Vec<(&'static str, Cmd)> = Vec::new();
-            let mut note = None;
-            if matches!(what, Power::Stop | Power::Restart) && running {
-                if grace == 0 {
-                    steps.push(("stop", cmd::stop(node)));
-                    note = Some("powered off".to_owned());
-                } else {
-                    steps.push(("shut down", cmd::shut_down(node, grace)));
-                }
-            }
-            if matches!(what, Power::Start | Power::Restart) && (!running || what == Power::Restart)
-            {
-                if hv.storage == Storage::Dataset {
-                    steps.push(("mount", cmd::attach(hv, node)));
-                }
-                steps.push(("start", cmd::start(hv, node)));
-            }
-            if steps.is_empty() {
-                let how = if running { "running" } else { "stopped" };
-                return NodeReport::new(
-                    node,
-                    Outcome::Unchanged {
-                        reason: format!("already {how}"),
-                    },
-                );
-            }
-            let step = step_events(events, hv, node);
-            for (name, c) in steps {
-                step(name);
-                match exec.run(&hv.name, &c).await {
-                    Err(e) => return failed(node, name, &e, false),
-                    Ok(out) if name == "shut down" => {
-                        note = match cmd::ShutDown::read(&out.stdout) {
-                            Some(cmd::ShutDown::Guest(secs)) => {
-                                Some(format!("the guest shut down in {secs} s"))
-                            }
-                            Some(cmd::ShutDown::Forced) => Some(format!(
-                                "powered off: the guest did not shut down within {grace} s"
-                            )),
-                            // a dry run
-                            None => None,
-                        }
+        |hv, node, state| steps_for(hv, &lab.name, node, state, what, grace),
+        |node, steps, result| match result {
+            Err((step, e)) => failed(node, step, &e, false),
+            Ok(printed) => {
+                let stopped = steps.iter().any(|(name, _)| *name == "stop");
+                let note = match cmd::ShutDown::read(&printed.join("\n")) {
+                    Some(cmd::ShutDown::Guest(secs)) => {
+                        Some(format!("the guest shut down in {secs} s"))
                     }
-                    Ok(_) => {}
+                    Some(cmd::ShutDown::Forced) => Some(format!(
+                        "powered off: the guest did not shut down within {grace} s"
+                    )),
+                    None if stopped => Some("powered off".to_owned()),
+                    // a dry run, or nothing to say
+                    None => None,
+                };
+                NodeReport {
+                    note,
+                    ..NodeReport::new(node, Outcome::Done)
                 }
-            }
-            NodeReport {
-                note,
-                ..NodeReport::new(node, Outcome::Done)
             }
         },
     )
     .await
+}
+
+/// What `what` needs done to the node's domain, or its report when nothing is (not this
+/// lab's, no complete clone, wires taken, already as asked).
+fn steps_for(
+    hv: &Hypervisor,
+    lab: &str,
+    node: &LabNode,
+    state: &HostState,
+    what: Power,
+    grace: u64,
+) -> Work {
+    let ends = |report: NodeReport| Work::Ends(Box::new(report));
+    let facts = match inspect(hv, lab, node, state) {
+        Ok(f) => f,
+        Err(e) => return ends(failed(node, "inspect", &e, false)),
+    };
+    let skip = |reason: String| ends(NodeReport::new(node, Outcome::Skipped { reason }));
+    if !facts.domain.ours() {
+        return skip(format!(
+            "domain {} was not defined by lab for this node (create it first)",
+            node.domain
+        ));
+    }
+    if !matches!(facts.clone, CloneFacts::Ours { filling: false, .. }) {
+        return skip(format!(
+            "no complete clone {} of this lab (create it first)",
+            node.dataset
+        ));
+    }
+    let running = facts.domain.running();
+    if matches!(what, Power::Start | Power::Restart)
+        && !running
+        && let Some(why) = facts.wires.refusal()
+    {
+        return skip(why);
+    }
+    let mut steps: Vec<(&'static str, Cmd)> = Vec::new();
+    if matches!(what, Power::Stop | Power::Restart) && running {
+        if grace == 0 {
+            steps.push(("stop", cmd::stop(node)));
+        } else {
+            steps.push(("shut down", cmd::shut_down(node, grace)));
+        }
+    }
+    if matches!(what, Power::Start | Power::Restart) && (!running || what == Power::Restart) {
+        if hv.storage == Storage::Dataset {
+            steps.push(("mount", cmd::attach(hv, node)));
+        }
+        steps.push(("start", cmd::start(hv, node)));
+    }
+    if steps.is_empty() {
+        let how = if running { "running" } else { "stopped" };
+        return ends(NodeReport::new(
+            node,
+            Outcome::Unchanged {
+                reason: format!("already {how}"),
+            },
+        ));
+    }
+    Work::Steps(steps)
 }
