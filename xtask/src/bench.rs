@@ -149,21 +149,7 @@ pub fn create(root: &Path) -> Result {
     // Under the test bed's directory, which the hypervisors see too (the floor reads the build
     // from inside them; a checkout under /tmp would be hidden by their private /tmp).
     let build = bed.dir.join("bench/build");
-    let lab = |args: &[&str]| -> Result<f64> {
-        let start = Instant::now();
-        let status = Command::new(&lab_bin)
-            .args(args)
-            .current_dir(root)
-            .env("LAB_BUILD", &build)
-            .stdout(std::process::Stdio::null())
-            .status()
-            .map_err(|e| e.to_string())?;
-        // 3 (partial) is a failure here: the bench wants every node.
-        if !status.success() {
-            return Err(format!("lab {} failed ({status})", args.join(" ")));
-        }
-        Ok(start.elapsed().as_secs_f64())
-    };
+    let lab = |args: &[&str]| run_timed(&lab_bin, root, &build, args);
     let nodes: Vec<(u32, String)> = (0..3)
         .flat_map(|k| (1..=4).map(move |n| (k, format!("vpp{k}-{n}"))))
         .collect();
@@ -178,6 +164,23 @@ pub fn create(root: &Path) -> Result {
         let _ = lab(&["-q", "destroy", "--lab", "labs/vpp.yaml", "--yes"]);
     }
     result
+}
+
+/// Runs `lab ARGS` from `root` with `build` as its build directory; its wall time. Any exit
+/// but 0 is a failure here (3, partial, too: the bench wants every node).
+pub(crate) fn run_timed(lab_bin: &Path, root: &Path, build: &Path, args: &[&str]) -> Result<f64> {
+    let start = Instant::now();
+    let status = Command::new(lab_bin)
+        .args(args)
+        .current_dir(root)
+        .env("LAB_BUILD", build)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err(format!("lab {} failed ({status})", args.join(" ")));
+    }
+    Ok(start.elapsed().as_secs_f64())
 }
 
 /// Removes the floor's domains and clones on every hypervisor: only a clone that carries the

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use crate::bench::{floor, remove_floor_leftovers};
+use crate::bench::{floor, remove_floor_leftovers, run_timed};
 use crate::{Result, cargo, say};
 
 /// `bench create --rtt MS,...`: the example lab's create, status and destroy with a WAN between
@@ -38,18 +38,7 @@ pub fn distance(root: &Path, rtts: &[u64]) -> Result {
     let lab = |args: &[&str]| -> Result<f64> {
         let mut full: Vec<&str> = args.to_vec();
         full.extend(["--lab", "labs/vpp.yaml", "--lab", &wan_lab]);
-        let start = Instant::now();
-        let status = Command::new(&lab_bin)
-            .args(&full)
-            .current_dir(root)
-            .env("LAB_BUILD", &build)
-            .stdout(std::process::Stdio::null())
-            .status()
-            .map_err(|e| e.to_string())?;
-        if !status.success() {
-            return Err(format!("lab {} failed ({status})", full.join(" ")));
-        }
-        Ok(start.elapsed().as_secs_f64())
+        run_timed(&lab_bin, root, &build, &full)
     };
     let nodes: Vec<(u32, String)> = hvs
         .clone()

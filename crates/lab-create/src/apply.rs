@@ -31,16 +31,12 @@ pub(crate) async fn node(
         has_domain_xml: build.domain_xml.is_some(),
         digest: &build.digest,
     };
-    let owners = lab_hv::own::Owners {
-        me: req.owner.clone(),
-        also: req.other_owners.clone(),
-    };
     let mut decision = decide(&facts, &node.domain, &node.dataset, ask);
     // Another owner's clone of a lab of this name: nothing of it is replaced, stopped,
     // redefined or started (`--owner` says it is this user's to change).
     if matches!(facts.clone, lab_hv::own::CloneFacts::Ours { .. })
         && matches!(decision, Decision::Make { .. } | Decision::Start { .. })
-        && let Some(why) = owners.refusal(state, node)
+        && let Some(why) = req.owners.refusal(state, node)
     {
         decision = Decision::Skip(format!("{why}; left as it is"));
     }
@@ -82,7 +78,7 @@ pub(crate) async fn node(
     let own = Ownership {
         lab,
         lab_id: req.lab.id,
-        owner: &req.owner,
+        owner: &req.owners.me,
         overlay_digest: &build.digest,
         created: req.now,
     };

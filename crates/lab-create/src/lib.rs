@@ -31,10 +31,9 @@ pub struct CreateRequest<'a> {
     pub networks: HashMap<String, NetworkBuild>,
     /// Replace this lab's running domains and complete clones.
     pub force: bool,
-    /// `user@controller`, recorded on every clone.
-    pub owner: String,
-    /// Other owners whose clones of this lab `--force` may replace (`--owner`).
-    pub other_owners: Vec<String>,
+    /// `user@controller` (`owners.me`), recorded on every clone, and the other owners whose
+    /// clones of this lab may be changed (`--owner`).
+    pub owners: lab_hv::own::Owners,
     /// Seconds since the epoch, recorded on every clone.
     pub now: u64,
 }

@@ -89,16 +89,16 @@ pub async fn destroy(
         &states,
         events,
         |hv, node, state| node_plan(lab, hv, node, state, &req.owners),
-        |node, steps, result| match result {
+        |node, removes_anything, result| match result {
             Err((step, e)) => lab_hv::run::failed(node, step, &e, false),
+            Ok(_) if removes_anything => NodeReport::new(node, Outcome::Done),
             // Only the staging leftover went: there was nothing else of it.
-            Ok(_) if steps.iter().all(|(name, _)| *name == "remove staging") => NodeReport::new(
+            Ok(_) => NodeReport::new(
                 node,
                 Outcome::Unchanged {
                     reason: format!("no clone {}", node.dataset),
                 },
             ),
-            Ok(_) => NodeReport::new(node, Outcome::Done),
         },
     )
     .await;
@@ -225,14 +225,15 @@ pub async fn destroy(
     DestroyReport { nodes, networks }
 }
 
-/// A node's steps, or its report when there is nothing to run (skipped, or not inspectable).
+/// A node's steps (and whether they remove anything but a staging leftover), or its report
+/// when there is nothing to run (skipped, or not inspectable).
 fn node_plan(
     lab: &str,
     hv: &Hypervisor,
     node: &LabNode,
     state: &HostState,
     owners: &Owners,
-) -> Work {
+) -> Work<bool> {
     let facts = match lab_hv::own::inspect(hv, lab, node, state) {
         Ok(f) => f,
         Err(e) => return Work::Ends(Box::new(lab_hv::run::failed(node, "inspect", &e, false))),
@@ -268,7 +269,7 @@ fn node_plan(
             }
             // Staging leftovers go in every case.
             steps.push(("remove staging", cmd::remove_staging(node)));
-            Work::Steps(steps)
+            Work::Steps(steps, plan.removes_anything())
         }
     }
 }

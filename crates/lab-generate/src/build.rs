@@ -374,8 +374,7 @@ pub fn read_node(
 fn check_held(path: &Path) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = crate::write::my_uid();
     if meta.file_type().is_symlink() {
         return Err(
             "is a symlink; a build copied into clones is never reached through one \
@@ -406,8 +405,7 @@ fn check_held(path: &Path) -> Result<(), String> {
 fn check_ancestors(build_dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     let real = build_dir.canonicalize().map_err(|e| e.to_string())?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = crate::write::my_uid();
     for dir in real.ancestors().skip(1) {
         let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let sticky = meta.mode() & 0o1000 != 0;

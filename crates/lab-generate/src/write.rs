@@ -116,12 +116,7 @@ pub fn node(w: &NodeWrite<'_>) -> Result<Written, GenerateError> {
         .tree
         .parent()
         .expect("a node's tree has a parent directory");
-    fs::create_dir_all(parent).map_err(io(parent))?;
-    // The hypervisor's directory holds the node trees, their manifests and domain XML: keys
-    // and configs the guests get, for this user only (review 3, N23). The trees inside keep
-    // the modes the guests get.
-    fs::set_permissions(parent, fs::Permissions::from_mode(0o700)).map_err(io(parent))?;
-    tighten_up(parent.parent(), 1);
+    hypervisor_dir(parent)?;
     let pid = std::process::id();
     let hostname = &w.node.hostname;
     let stage = parent.join(format!(".{hostname}.new-{pid}"));
@@ -319,9 +314,7 @@ pub fn node(w: &NodeWrite<'_>) -> Result<Written, GenerateError> {
 /// aside, the new one renamed in, the old one removed.
 pub(crate) fn swap_in(stage: &Path, tree: &Path) -> Result<(), GenerateError> {
     let parent = tree.parent().expect("a node's tree has a parent directory");
-    fs::create_dir_all(parent).map_err(io(parent))?;
-    fs::set_permissions(parent, fs::Permissions::from_mode(0o700)).map_err(io(parent))?;
-    tighten_up(parent.parent(), 1);
+    hypervisor_dir(parent)?;
     let name = tree
         .file_name()
         .expect("a node's tree has a name")
@@ -419,13 +412,23 @@ fn on_disk(mode: u32) -> u32 {
     mode & !0o022
 }
 
+/// Makes a hypervisor's directory of the build (`<build>/<overlay>/<hv>`), which holds the
+/// node trees, their manifests and domain XML: keys and configs the guests get, for this user
+/// only (review 3, N23; the trees inside keep the modes the guests get), with no one else
+/// writing the directories above it either.
+fn hypervisor_dir(dir: &Path) -> Result<(), GenerateError> {
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+    tighten_up(dir.parent(), 1);
+    Ok(())
+}
+
 /// Takes the group and other write bits off `dir` and the `levels` directories above it, where
 /// they are this user's: the build's directories are made under the user's umask (002 on many
 /// systems), and `create --no-generate` copies only from a build no one else can write.
 fn tighten_up(dir: Option<&Path>, levels: usize) {
     use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = my_uid();
     for d in dir.into_iter().flat_map(Path::ancestors).take(levels + 1) {
         if let Ok(meta) = fs::symlink_metadata(d)
             && meta.is_dir()
@@ -435,4 +438,10 @@ fn tighten_up(dir: Option<&Path>, levels: usize) {
             let _ = fs::set_permissions(d, fs::Permissions::from_mode(meta.mode() & 0o7755));
         }
     }
+}
+
+/// This process's effective uid: whose the build is.
+pub(crate) fn my_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }

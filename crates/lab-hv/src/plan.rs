@@ -220,19 +220,20 @@ pub async fn run(
         .collect()
 }
 
-/// What a verb has for one node: steps for its hypervisor's plan, or its report already
-/// (skipped, unchanged, not inspectable).
-pub enum Work {
-    Steps(Vec<(&'static str, Cmd)>),
+/// What a verb has for one node: steps for its hypervisor's plan, with what the verb wants to
+/// know again when they have run (`T`), or its report already (skipped, unchanged, not
+/// inspectable).
+pub enum Work<T> {
+    Steps(Vec<(&'static str, Cmd)>, T),
     Ends(Box<NodeReport>),
 }
 
 /// Every node of `nodes`, decided by `decide` from its hypervisor's probed state; each
 /// hypervisor's steps then go in one exchange, all hypervisors at once (one after the other
 /// without a live executor, so that each recorded plan is its own), and `finish` makes each
-/// node's report from its steps and how they ended. Reports in the order of `nodes`, with a
+/// node's report from what `decide` kept for it and how its steps ended. Reports in the order of `nodes`, with a
 /// `Done` event as each is known; with `--dry-run`, each carries the lines its steps run.
-pub async fn each_hypervisor<'a, D, F>(
+pub async fn each_hypervisor<'a, T, D, F>(
     exec: &Executor,
     lab: &'a Lab,
     nodes: &[&'a LabNode],
@@ -242,16 +243,10 @@ pub async fn each_hypervisor<'a, D, F>(
     finish: F,
 ) -> Vec<NodeReport>
 where
-    D: Fn(&'a Hypervisor, &'a LabNode, &HostState) -> Work,
-    F: Fn(&'a LabNode, &[(&'static str, Cmd)], StepsResult) -> NodeReport,
+    D: Fn(&'a Hypervisor, &'a LabNode, &HostState) -> Work<T>,
+    F: Fn(&'a LabNode, T, StepsResult) -> NodeReport,
 {
-    let done = |report: &NodeReport| {
-        events(Event::Done {
-            node: report.node.clone(),
-            hypervisor: report.hypervisor.clone(),
-            outcome: report.outcome.word().to_owned(),
-        })
-    };
+    let done = |report: &NodeReport| crate::run::report_done(events, report);
     let (decide, finish, done) = (&decide, &finish, &done);
     let jobs = lab.hypervisors_of(nodes).into_iter().map(|hv| async move {
         let here = nodes.iter().copied().filter(|n| n.hypervisor == hv.name);
@@ -265,19 +260,22 @@ where
             Ok(state) => state,
         };
         let mut reports = Vec::new();
-        let mut plans = Vec::new();
+        let (mut plans, mut kept) = (Vec::new(), Vec::new());
         for node in here {
             match decide(hv, node, state) {
                 Work::Ends(report) => {
                     done(&report);
                     reports.push(*report);
                 }
-                Work::Steps(steps) => plans.push(NodePlan { node, steps }),
+                Work::Steps(steps, keep) => {
+                    plans.push(NodePlan { node, steps });
+                    kept.push(keep);
+                }
             }
         }
         let results = run(exec, hv, &plans, events).await;
-        for (plan, result) in plans.iter().zip(results) {
-            let mut report = finish(plan.node, &plan.steps, result);
+        for ((plan, keep), result) in plans.iter().zip(kept).zip(results) {
+            let mut report = finish(plan.node, keep, result);
             if !exec.is_live() {
                 report.commands = plan.shown();
             }

@@ -107,11 +107,7 @@ where
                 Err(e) => failed(node, "connect", e, false),
                 Ok(state) => work(hv, node, Arc::clone(state)).await,
             };
-            events(Event::Done {
-                node: node.name.clone(),
-                hypervisor: node.hypervisor.clone(),
-                outcome: report.outcome.word().to_owned(),
-            });
+            report_done(events, &report);
             report
         }
     });
@@ -180,4 +176,13 @@ pub fn failed(node: &LabNode, step: &str, err: &ExecError, rolled_back: bool) ->
             rolled_back,
         },
     )
+}
+
+/// Says that a node's report is known (progress lines end there).
+pub fn report_done(events: Events<'_>, report: &NodeReport) {
+    events(Event::Done {
+        node: report.node.clone(),
+        hypervisor: report.hypervisor.clone(),
+        outcome: report.outcome.word().to_owned(),
+    });
 }

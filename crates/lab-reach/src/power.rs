@@ -38,10 +38,9 @@ pub async fn power(
         &states,
         events,
         |hv, node, state| steps_for(hv, &lab.name, node, state, what, grace),
-        |node, steps, result| match result {
+        |node, powered_off, result| match result {
             Err((step, e)) => failed(node, step, &e, false),
             Ok(printed) => {
-                let stopped = steps.iter().any(|(name, _)| *name == "stop");
                 let note = match cmd::ShutDown::read(&printed.join("\n")) {
                     Some(cmd::ShutDown::Guest(secs)) => {
                         Some(format!("the guest shut down in {secs} s"))
@@ -49,7 +48,7 @@ pub async fn power(
                     Some(cmd::ShutDown::Forced) => Some(format!(
                         "powered off: the guest did not shut down within {grace} s"
                     )),
-                    None if stopped => Some("powered off".to_owned()),
+                    None if powered_off => Some("powered off".to_owned()),
                     // a dry run, or nothing to say
                     None => None,
                 };
@@ -63,8 +62,8 @@ pub async fn power(
     .await
 }
 
-/// What `what` needs done to the node's domain, or its report when nothing is (not this
-/// lab's, no complete clone, wires taken, already as asked).
+/// What `what` needs done to the node's domain (and whether it is powered off at once), or its
+/// report when nothing is (not this lab's, no complete clone, wires taken, already as asked).
 fn steps_for(
     hv: &Hypervisor,
     lab: &str,
@@ -72,7 +71,7 @@ fn steps_for(
     state: &HostState,
     what: Power,
     grace: u64,
-) -> Work {
+) -> Work<bool> {
     let ends = |report: NodeReport| Work::Ends(Box::new(report));
     let facts = match inspect(hv, lab, node, state) {
         Ok(f) => f,
@@ -99,6 +98,7 @@ fn steps_for(
         return skip(why);
     }
     let mut steps: Vec<(&'static str, Cmd)> = Vec::new();
+    let powered_off = matches!(what, Power::Stop | Power::Restart) && running && grace == 0;
     if matches!(what, Power::Stop | Power::Restart) && running {
         if grace == 0 {
             steps.push(("stop", cmd::stop(node)));
@@ -121,5 +121,5 @@ fn steps_for(
             },
         ));
     }
-    Work::Steps(steps)
+    Work::Steps(steps, powered_off)
 }

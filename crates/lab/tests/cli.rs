@@ -51,6 +51,15 @@ impl Scratch {
             .unwrap()
     }
 
+    /// `nowhere.yaml`: the example's hypervisors at an address nothing listens on, so that a
+    /// test that gets as far as connecting never reaches the live bed.
+    fn nowhere(&self) {
+        self.write(
+            "nowhere.yaml",
+            "hypervisors:\n  hv0: {ssh: \"root@127.0.0.1:1\"}\n  hv1: {ssh: \"root@127.0.0.1:1\"}\n  hv2: {ssh: \"root@127.0.0.1:1\"}\n",
+        );
+    }
+
     /// Runs `lab` and insists on success.
     fn ok(&self, args: &[&str]) -> String {
         let out = self.lab(args);
@@ -1615,11 +1624,7 @@ fn hostile_names_in_every_field_are_refused_with_field_and_line() {
 #[test]
 fn a_dry_run_leaves_the_build_as_it_was() {
     let s = Scratch::new();
-    // Hypervisors nothing listens for: no test reaches the live bed.
-    s.write(
-        "nowhere.yaml",
-        "hypervisors:\n  hv0: {ssh: \"root@127.0.0.1:1\"}\n  hv1: {ssh: \"root@127.0.0.1:1\"}\n  hv2: {ssh: \"root@127.0.0.1:1\"}\n",
-    );
+    s.nowhere();
     let out = s.lab(&[
         "create",
         "--lab",
@@ -1724,10 +1729,7 @@ fn a_private_key_others_could_read_is_warned_about() {
 #[test]
 fn a_build_made_under_umask_002_is_trusted_by_no_generate() {
     let s = Scratch::new();
-    s.write(
-        "nowhere.yaml",
-        "hypervisors:\n  hv0: {ssh: \"root@127.0.0.1:1\"}\n  hv1: {ssh: \"root@127.0.0.1:1\"}\n  hv2: {ssh: \"root@127.0.0.1:1\"}\n",
-    );
+    s.nowhere();
     let out = Command::new("sh")
         .args(["-c", "umask 002; exec \"$0\" \"$@\""])
         .arg(env!("CARGO_BIN_EXE_lab"))

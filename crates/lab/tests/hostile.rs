@@ -260,8 +260,10 @@ fn plans(lab: &Lab, build: &Path) -> Vec<Vec<String>> {
                     builds,
                     networks: Default::default(),
                     force: true,
-                    owner: "ops@ctl".into(),
-                    other_owners: Vec::new(),
+                    owners: lab_hv::own::Owners {
+                        me: "ops@ctl".into(),
+                        also: Vec::new(),
+                    },
                     now: 1,
                 };
                 lab_create::create(&exec, &req, &|_| {}).await.unwrap();

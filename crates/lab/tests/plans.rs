@@ -689,8 +689,10 @@ fn run(s: &Scenario) -> String {
                 builds,
                 networks,
                 force: s.force,
-                owner: "ops@ctl".into(),
-                other_owners: Vec::new(),
+                owners: lab_hv::own::Owners {
+                    me: "ops@ctl".into(),
+                    also: Vec::new(),
+                },
                 now: 1_700_000_000,
             };
             lab_create::create(&exec, &req, &|_| {})

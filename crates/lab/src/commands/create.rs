@@ -238,8 +238,10 @@ fn request<'a>(
         builds,
         networks,
         force: s.force,
-        owner: lab_hv::owner(),
-        other_owners: s.owners.clone(),
+        owners: lab_hv::own::Owners {
+            me: lab_hv::owner(),
+            also: s.owners.clone(),
+        },
         now: lab_hv::now(),
     })
 }
