@@ -120,6 +120,8 @@ pub struct NetworkOutput {
     pub network: String,
     pub path: PathBuf,
     pub sha256: String,
+    /// Rendered from lab's built-in definition: the overlay has no `network.xml.j2`.
+    pub builtin: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -14,6 +14,10 @@ use crate::{
     GenerateError, NetworkOutput, NetworkPaths, NodeOutput, NodePaths, Request, filters, write,
 };
 
+/// The management network's definition for an overlay without `network.xml.j2`: a bridge of
+/// the lab's own, forwarding as its mode says, and a DHCP host for every node.
+const BUILTIN_NETWORK: &str = include_str!("network.xml.j2");
+
 pub(crate) fn environment(
     overlay: &overlay::Overlay,
 ) -> Result<Environment<'static>, GenerateError> {
@@ -35,12 +39,24 @@ pub(crate) fn environment(
     filters::install(&mut env);
     for (name, source) in &overlay.templates {
         env.add_template_owned(name.clone(), source.clone())
-            .map_err(|e| template_error(&overlay.dir, name, "", &e))?;
+            .map_err(|e| template_error(&overlay.dir, name, "", &e, None))?;
+    }
+    if !overlay.has_network {
+        env.add_template(NETWORK_TEMPLATE, BUILTIN_NETWORK)
+            .expect("the built-in network definition is a valid template");
     }
     Ok(env)
 }
 
-fn template_error(dir: &Path, name: &str, node: &str, err: &minijinja::Error) -> GenerateError {
+/// A template error with the template's file:line; for a name the context lacks, the closest
+/// name it has (`ctx`, the context the template was rendered with).
+fn template_error(
+    dir: &Path,
+    name: &str,
+    node: &str,
+    err: &minijinja::Error,
+    ctx: Option<&Value>,
+) -> GenerateError {
     // The innermost error names the template that failed (an included one, maybe).
     let mut inner: &dyn std::error::Error = err;
     let (mut template, mut line) = (
@@ -61,12 +77,100 @@ fn template_error(dir: &Path, name: &str, node: &str, err: &minijinja::Error) ->
     let mut message = err.kind().to_string();
     if let Some(detail) = err.detail() {
         message = format!("{message}: {detail}");
+        let missing = detail
+            .strip_prefix('`')
+            .and_then(|d| d.strip_suffix("` is undefined"));
+        if let (Some(expr), Some(ctx), minijinja::ErrorKind::UndefinedError) =
+            (missing, ctx, err.kind())
+            && let Some(closest) = closest_name(ctx, expr)
+        {
+            message = format!("{message} (did you mean `{closest}`?)");
+        }
     }
     GenerateError::Template {
         template: dir.join(template),
         line,
         node: node.to_owned(),
         message,
+    }
+}
+
+/// The name closest to `expr` (`node.lnks`, `nodez`, `l.peer_ipv5`) that the context has: a
+/// sibling of the missing part when its parent exists, or for a name under a loop variable
+/// (whose parent the context cannot know) any key the context has at any depth.
+fn closest_name(ctx: &Value, expr: &str) -> Option<String> {
+    let parts: Vec<&str> = expr.split('.').collect();
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || !p.chars().all(|c| c.is_alphanumeric() || c == '_'))
+    {
+        return None;
+    }
+    let mut value = ctx.clone();
+    for (i, part) in parts.iter().enumerate() {
+        let next = value.get_attr(part).unwrap_or_default();
+        if next.is_undefined() {
+            let candidates: Vec<String> = if i == 0 && parts.len() > 1 {
+                let mut all = Vec::new();
+                keys_anywhere(ctx, 4, &mut all);
+                all
+            } else {
+                keys(&value)
+            };
+            let last = parts[parts.len() - 1];
+            let word = if i == 0 && parts.len() > 1 {
+                last
+            } else {
+                part
+            };
+            let hint = lab_model::Hint::closest(word, candidates.iter().map(String::as_str)).0?;
+            let mut fixed: Vec<&str> = parts.clone();
+            let at = if i == 0 && parts.len() > 1 {
+                parts.len() - 1
+            } else {
+                i
+            };
+            fixed[at] = &hint;
+            fixed.truncate(at + 1);
+            return Some(fixed.join("."));
+        }
+        value = next;
+    }
+    None
+}
+
+fn keys(value: &Value) -> Vec<String> {
+    if value.kind() != ValueKind::Map {
+        return Vec::new();
+    }
+    value
+        .try_iter()
+        .map(|it| it.filter_map(|k| k.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+fn keys_anywhere(value: &Value, depth: usize, out: &mut Vec<String>) {
+    if depth == 0 {
+        return;
+    }
+    match value.kind() {
+        ValueKind::Map => {
+            for k in keys(value) {
+                if let Ok(v) = value.get_attr(&k) {
+                    keys_anywhere(&v, depth - 1, out);
+                }
+                if !out.contains(&k) {
+                    out.push(k);
+                }
+            }
+        }
+        // Lists hold alike items: the first one tells their keys.
+        ValueKind::Seq => {
+            if let Ok(first) = value.get_item(&Value::from(0)) {
+                keys_anywhere(&first, depth - 1, out);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -100,7 +204,7 @@ impl Shared {
         let nodes: Vec<Value> = lab
             .nodes
             .iter()
-            .map(|n| Value::from(Serde(flatten_vars(n))))
+            .map(|n| Value::from(Serde(node_json(n))))
             .collect();
         let hypervisors: Vec<(String, Value)> = lab
             .hypervisors
@@ -122,6 +226,20 @@ impl Shared {
             hypervisors,
         }
     }
+}
+
+/// A node as templates see it: its model fields, its vars, and `links`, the interfaces of its
+/// links in link order (`interfaces` without management), the loop a router config wants.
+fn node_json(node: &lab_model::LabNode) -> Json {
+    let mut json = flatten_vars(node);
+    if let Json::Object(map) = &mut json {
+        let links: Vec<Json> = node
+            .links()
+            .map(|i| serde_json::to_value(i).expect("model types serialize"))
+            .collect();
+        map.insert("links".into(), Json::from(links));
+    }
+    json
 }
 
 /// A model struct as JSON with its `vars` lifted to the top level (the model already refused
@@ -150,17 +268,6 @@ pub(crate) fn render_network(
         .network
         .clone()
         .expect("a network lab owns has a name");
-    if !overlay.has_network {
-        return Err(GenerateError::Overlay {
-            path: overlay.dir.join(NETWORK_TEMPLATE),
-            message: format!(
-                "is missing: hypervisor `{}` has a management network of the lab's own (mode {:?}) \
-                 and this overlay renders its definition",
-                hv.name, hv.mgmt.mode
-            )
-            .to_lowercase(),
-        });
-    }
     let hosts: Vec<Json> = req
         .lab
         .nodes
@@ -192,7 +299,7 @@ pub(crate) fn render_network(
     let xml = env
         .get_template(NETWORK_TEMPLATE)
         .and_then(|t| t.render(&ctx))
-        .map_err(|e| template_error(&overlay.dir, NETWORK_TEMPLATE, &hv.name, &e))?;
+        .map_err(|e| template_error(&overlay.dir, NETWORK_TEMPLATE, &hv.name, &e, Some(&ctx)))?;
     if lab_model::xml::has_doctype(&xml) {
         return Err(GenerateError::Overlay {
             path: overlay.dir.join(NETWORK_TEMPLATE),
@@ -237,6 +344,7 @@ pub(crate) fn render_network(
         network: name,
         path,
         sha256: write::sha256_hex(xml.as_bytes()),
+        builtin: !overlay.has_network,
     })
 }
 
@@ -265,11 +373,11 @@ pub(crate) fn render_node(
     let render = |name: &str| -> Result<Vec<u8>, GenerateError> {
         let template = env
             .get_template(name)
-            .map_err(|e| template_error(&overlay.dir, name, &node.name, &e))?;
+            .map_err(|e| template_error(&overlay.dir, name, &node.name, &e, None))?;
         template
             .render(&ctx)
             .map(String::into_bytes)
-            .map_err(|e| template_error(&overlay.dir, name, &node.name, &e))
+            .map_err(|e| template_error(&overlay.dir, name, &node.name, &e, Some(&ctx)))
     };
 
     // Overlay entries first, then the node's blobs on top (blobs are never templates).

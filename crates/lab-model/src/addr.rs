@@ -85,6 +85,34 @@ pub fn last_host(net: Ipv4Net) -> Result<Ipv4Net, String> {
     Ipv4Net::new(ip, net.prefix_len()).map_err(|e| e.to_string())
 }
 
+/// A gateway given as a host number of `net` or as an address inside it, as an address with
+/// `net`'s length.
+pub fn gateway(net: Ipv4Net, given: Either<u32, Ipv4Addr>) -> Result<Ipv4Net, String> {
+    let ip = match given {
+        Either::Left(n) => match nth_host(IpNet::V4(net), u128::from(n))? {
+            IpNet::V4(a) => a.addr(),
+            IpNet::V6(_) => unreachable!("an IPv4 prefix yields IPv4 hosts"),
+        },
+        Either::Right(a) => {
+            let net = net.trunc();
+            if !net.contains(&a) || a == net.network() || a == net.broadcast() {
+                return Err(format!(
+                    "{a} is not a host of {net}: the gateway is the hypervisor's address there"
+                ));
+            }
+            a
+        }
+    };
+    Ipv4Net::new(ip, net.prefix_len()).map_err(|e| e.to_string())
+}
+
+/// One of two ways to say something.
+#[derive(Debug, Clone, Copy)]
+pub enum Either<A, B> {
+    Left(A),
+    Right(B),
+}
+
 /// The modified EUI-64 address of `mac` in an IPv6 /64 (SLAAC).
 pub fn eui64(prefix: Ipv6Net, mac: &str) -> Result<Ipv6Net, String> {
     let octets: Vec<u8> = mac

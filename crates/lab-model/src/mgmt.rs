@@ -20,9 +20,9 @@ pub(crate) fn resolve_mgmt(
     let fail = |field: &str, message: String| {
         Err(schema_error(root, &at(field), message, Hint::default()))
     };
-    let (mode, bridge, network) = match &s.mgmt {
-        None => (None, None, None),
-        Some(m) => (m.mode, m.bridge.clone(), m.network.clone()),
+    let (mode, bridge, network, gateway) = match &s.mgmt {
+        None => (None, None, None, None),
+        Some(m) => (m.mode, m.bridge.clone(), m.network.clone(), m.gateway),
     };
     let mode = mode.unwrap_or(match (&network, &bridge, s.mgmt_ipv4) {
         (Some(_), _, _) => MgmtMode::Existing,
@@ -41,6 +41,16 @@ pub(crate) fn resolve_mgmt(
         return fail(
             "bridge",
             "`bridge` is the host bridge of mode `bridge`".to_owned(),
+        );
+    }
+    if gateway.is_some() && !matches!(mode, MgmtMode::Isolated | MgmtMode::Nat) {
+        return fail(
+            "gateway",
+            format!(
+                "`gateway` is the hypervisor's address on a network lab serves DHCP on \
+                 (modes isolated and nat); in mode {} it is not lab's to choose",
+                format!("{mode:?}").to_lowercase()
+            ),
         );
     }
     let mut out = MgmtNetwork {
@@ -93,14 +103,18 @@ pub(crate) fn resolve_mgmt(
                     "a network lab serves DHCP on needs the hypervisor's `mgmt_ipv4`".to_owned(),
                 );
             };
-            let gateway = crate::addr::last_host(prefix).map_err(|m| {
-                schema_error(
-                    root,
-                    &path_of(&["hypervisors", hv, "mgmt_ipv4"]),
-                    m,
-                    Hint::default(),
-                )
-            })?;
+            let gateway = match gateway {
+                None => crate::addr::last_host(prefix).map_err(|m| {
+                    schema_error(
+                        root,
+                        &path_of(&["hypervisors", hv, "mgmt_ipv4"]),
+                        m,
+                        Hint::default(),
+                    )
+                })?,
+                Some(g) => crate::addr::gateway(prefix, g.into())
+                    .map_err(|m| schema_error(root, &at("gateway"), m, Hint::default()))?,
+            };
             out.network = Some(own);
             out.owned = true;
             out.bridge = Some(format!("lab{}", lab.id));

@@ -202,6 +202,56 @@ pub(crate) struct MgmtSchema {
     /// Mode `existing`: the operator's libvirt network the nodes attach to.
     #[serde(default)]
     pub(crate) network: Option<String>,
+    /// Modes `isolated` and `nat`: the hypervisor's address on the network, a host number of
+    /// `mgmt_ipv4` or an address in it (default: the prefix's last host).
+    #[serde(default)]
+    pub(crate) gateway: Option<GatewaySchema>,
+}
+
+impl From<GatewaySchema> for crate::addr::Either<u32, Ipv4Addr> {
+    fn from(g: GatewaySchema) -> Self {
+        match g {
+            GatewaySchema::Host(n) => crate::addr::Either::Left(n),
+            GatewaySchema::Address(a) => crate::addr::Either::Right(a),
+        }
+    }
+}
+
+/// `mgmt.gateway`: `1` (the prefix's first host) or `192.168.20.1`.
+#[derive(Clone, Copy)]
+pub(crate) enum GatewaySchema {
+    Host(u32),
+    Address(Ipv4Addr),
+}
+
+impl<'de> Deserialize<'de> for GatewaySchema {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = GatewaySchema;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a host number of `mgmt_ipv4` (such as 1) or an IPv4 address in it")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Self::Value, E> {
+                u32::try_from(n)
+                    .map(GatewaySchema::Host)
+                    .map_err(|_| E::custom(format!("host number {n} is too large")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Self::Value, E> {
+                u64::try_from(n)
+                    .map_err(|_| E::custom(format!("host number {n} is negative")))
+                    .and_then(|n| self.visit_u64(n))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                s.parse().map(GatewaySchema::Address).map_err(|_| {
+                    E::custom(format!(
+                        "{s:?} is neither a host number (such as 1) nor an IPv4 address"
+                    ))
+                })
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 pub(crate) fn default_staging() -> String {

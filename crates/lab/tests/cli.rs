@@ -364,6 +364,83 @@ struct Bad {
 
 const BAD: &[Bad] = &[
     Bad {
+        name: "a gateway outside the management prefix",
+        files: &[(
+            "labs/gw.yaml",
+            "include: vpp.yaml\nhypervisors:\n  hv1:\n    mgmt: {gateway: 192.168.99.1}\n",
+        )],
+        args: &["generate", "--lab", "labs/gw.yaml"],
+        code: 2,
+        says: &[
+            "labs/gw.yaml:4",
+            "hypervisors.hv1.mgmt.gateway",
+            "192.168.99.1 is not a host of 192.168.21.0/24",
+        ],
+    },
+    Bad {
+        name: "a gateway that is neither a number nor an address",
+        files: &[(
+            "labs/gw.yaml",
+            "include: vpp.yaml\nhypervisors:\n  hv1:\n    mgmt: {gateway: first}\n",
+        )],
+        args: &["generate", "--lab", "labs/gw.yaml"],
+        code: 2,
+        says: &["labs/gw.yaml:4", "\"first\" is neither a host number"],
+    },
+    Bad {
+        name: "a gateway on a network lab does not serve",
+        files: &[(
+            "labs/gw.yaml",
+            "include: vpp.yaml\nhypervisors:\n  hv1:\n    mgmt: {mode: existing, network: default, gateway: 1}\n",
+        )],
+        args: &["generate", "--lab", "labs/gw.yaml"],
+        code: 2,
+        says: &[
+            "labs/gw.yaml:4",
+            "in mode existing it is not lab's to choose",
+        ],
+    },
+    Bad {
+        name: "a node on the address the gateway setting took",
+        files: &[(
+            "labs/gw.yaml",
+            "include: vpp.yaml\nhypervisors:\n  hv1:\n    mgmt: {gateway: 1}\n",
+        )],
+        args: &["generate", "--lab", "labs/gw.yaml"],
+        code: 2,
+        says: &[
+            "vpp.yaml:",
+            "nodes.vpp1-1.id",
+            "id 1 gives 192.168.21.1, the management gateway of `hv1`",
+        ],
+    },
+    Bad {
+        name: "a name the template context lacks, with the closest it has",
+        files: &[(
+            "overlays/bird/etc/typo.j2",
+            "first line\n{% for l in node.lnks %}{{ l.name }}\n{% endfor %}",
+        )],
+        args: &["generate", "--lab", "labs/vpp.yaml"],
+        code: 2,
+        says: &[
+            "overlays/bird/etc/typo.j2:2",
+            "`node.lnks` is undefined (did you mean `node.links`?)",
+        ],
+    },
+    Bad {
+        name: "a loop variable's missing key, with the closest key the context has",
+        files: &[(
+            "overlays/bird/etc/typo.j2",
+            "{% for l in node.links %}{{ l.peer_ipv5 }}\n{% endfor %}",
+        )],
+        args: &["generate", "--lab", "labs/vpp.yaml"],
+        code: 2,
+        says: &[
+            "overlays/bird/etc/typo.j2:1",
+            "`l.peer_ipv5` is undefined (did you mean `l.peer_ipv4`?)",
+        ],
+    },
+    Bad {
         name: "broken YAML names file and line",
         files: &[("labs/bad.yaml", "lab:\n  name: x\n  id: [1, 2\nnodes: {}\n")],
         args: &["config", "show", "--lab", "labs/bad.yaml"],
@@ -926,6 +1003,57 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
 }
 
 #[test]
+fn the_gateway_setting_node_links_and_the_built_in_network() {
+    let s = Scratch::new();
+    // hv0's gateway is host 100, so a node may take the last host; the overlay's template
+    // loops over node.links.
+    s.write(
+        "labs/gw.yaml",
+        "include: vpp.yaml\nhypervisors:\n  hv0:\n    mgmt: {gateway: 100}\n\
+         nodes:\n  vpp0-9: {hypervisor: hv0, id: 254}\n",
+    );
+    s.write(
+        "overlays/bird/etc/links.j2",
+        "{% for l in node.links %}{{ l.name }} {{ l.ipv4 }} {{ l.peer }}\n{% endfor %}",
+    );
+    let out = s.lab(&["generate", "--lab", "labs/gw.yaml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "network lab-vpp of hv0: lab's built-in definition (the overlay has no network.xml.j2)"
+        ),
+        "{stderr}"
+    );
+    let network = fs::read_to_string(s.path("build/bird/_networks/hv0/lab-vpp.xml")).unwrap();
+    assert!(
+        network.contains("<ip address='192.168.20.100' netmask='255.255.255.0'>"),
+        "{network}"
+    );
+    assert!(
+        network.contains("name='vpp0-9' ip='192.168.20.254'"),
+        "{network}"
+    );
+    let links = fs::read_to_string(s.path("build/bird/hv0/vpp0-1/etc/links")).unwrap();
+    assert_eq!(
+        links,
+        "eth1 100.64.2.0/31 vpp0-2\neth2 100.64.2.7/31 vpp0-4\neth3 100.64.2.24/31 vpp1-1\n\
+         eth4 100.64.2.29/31 vpp2-1\n"
+    );
+    // An overlay's own definition wins, and the build says so.
+    s.write(
+        "overlays/bird/network.xml.j2",
+        &fs::read_to_string(repo().join("crates/lab-generate/src/network.xml.j2")).unwrap(),
+    );
+    let out = s.lab(&["generate", "--lab", "labs/gw.yaml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("network lab-vpp of hv0: the overlay's network.xml.j2"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_lab_file_that_is_not_utf8_is_bad_input_with_its_line() {
     let s = Scratch::new();
     // Latin-1 `café` on line 2.
@@ -1014,7 +1142,9 @@ fn a_rendered_domain_must_be_named_after_its_node() {
         "{stderr}"
     );
     let s = Scratch::new();
-    let network = fs::read_to_string(repo().join("overlays/bird/network.xml.j2")).unwrap();
+    // The example overlays use the built-in definition: an overlay's own copy of it.
+    let network =
+        fs::read_to_string(repo().join("crates/lab-generate/src/network.xml.j2")).unwrap();
     let network_name = "<name>{{ network.network }}</name>";
     assert!(network.contains(network_name));
     s.write(
@@ -1243,7 +1373,7 @@ fn overlays_cannot_reach_outside_the_node_directory() {
                 .unwrap();
         }),
         ("network.xml.j2 as a symlink", &|s| {
-            fs::remove_file(s.path("overlays/bird/network.xml.j2")).unwrap();
+            let _ = fs::remove_file(s.path("overlays/bird/network.xml.j2"));
             std::os::unix::fs::symlink("/etc/passwd", s.path("overlays/bird/network.xml.j2"))
                 .unwrap();
         }),

@@ -89,6 +89,14 @@ pub fn run(out: &Output, s: &Generate) -> Result<(), Failure> {
                 output.overlay,
                 output.build_dir.join(&output.overlay).display()
             );
+            for n in &output.networks {
+                let from = if n.builtin {
+                    "lab's built-in definition (the overlay has no network.xml.j2)".to_owned()
+                } else {
+                    format!("the overlay's {}", lab_generate::NETWORK_TEMPLATE)
+                };
+                eprintln!("network {} of {}: {from}", n.network, n.hypervisor);
+            }
         }
         Format::Text => {}
     }
