@@ -1,16 +1,18 @@
 //! The test guests: Debian's generic kernel and a busybox initramfs that mounts the clone
 //! over 9p (tag `labroot`), or a zvol clone's first partition when the domain has a disk
-//! (`/dev/vda1`, ext4), prints its hostname on the serial console, configures its NICs
-//! from the node's plan, runs dropbear (trusting the test bed's key) and a shell on the console,
-//! and powers off on the ACPI power button.
+//! (`/dev/vda1`, ext4), and prints its hostname on the serial console. A root with
+//! `/sbin/lab-init` (the bed's router image, `router.rs`) then boots itself; for any other,
+//! the initramfs configures the NICs from the node's `/etc/lab/interfaces`, runs dropbear
+//! (trusting the test bed's key) and a shell on the console, and powers off on the ACPI power
+//! button.
 
 use std::process::Command;
 
 use crate::{Error, Result, Testbed, bash, msg, run, write_file};
 
 /// Bumped whenever the initramfs changes, so that `up` rebuilds an older one.
-const GUEST_VERSION: &str = "5: virtio-net, interfaces, DHCP, pings, dropbear, console shell, ACPI power button, \
-     a root on a virtio disk";
+const GUEST_VERSION: &str = "6: virtio-net, interfaces, DHCP, pings, dropbear, console shell, ACPI power button, \
+     a root on a virtio disk, hands over to the image's /sbin/lab-init";
 
 /// The guest's /init. Kernel arguments: `lab.tag=<9p tag>` (default labroot).
 ///
@@ -46,6 +48,12 @@ fi
 if root; then
   echo "LAB-GUEST-HOSTNAME: $(cat /root/etc/hostname 2>&1)"
   [ -f /root/etc/lab-guest-marker ] && echo "LAB-GUEST-MARKER: $(cat /root/etc/lab-guest-marker)"
+  # The bed's router image boots itself: its /sbin/lab-init takes over as PID 1.
+  if [ -x /root/sbin/lab-init ]; then
+    umount /proc /sys
+    mount --move /dev /root/dev
+    exec switch_root /root /sbin/lab-init
+  fi
 else
   echo "LAB-GUEST: cannot mount $what"
 fi

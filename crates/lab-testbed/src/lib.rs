@@ -12,6 +12,7 @@ mod guest;
 mod libvirt;
 mod net;
 mod openzfs;
+mod router;
 mod status;
 mod up;
 mod zfs_fuse;

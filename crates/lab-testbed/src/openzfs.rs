@@ -487,34 +487,44 @@ pub(crate) fn seed(bed: &Testbed, step: &mut dyn FnMut(&str)) -> Result<()> {
         bed.exec(k, &["zfs", "list", "-H", "-o", "name", &base])
             .is_ok()
     };
+    let version = crate::router::version(bed)?;
+    for k in bed.openzfs_range() {
+        crate::router::forget_stale(bed, k, &proto, &version, step)?;
+    }
     if !has_base(source) {
-        bed.ssh_script(
+        crate::router::feed(
+            bed,
             source,
             &format!(
                 "p={proto}; dev=/dev/zvol/$p\n\
-                 zfs list -H -o name $p >/dev/null 2>&1 || zfs create -s -V 256M $p\n\
+                 zfs list -H -o name $p >/dev/null 2>&1 || zfs create -s -V 1G $p\n\
                  wait_for() {{ i=0; while [ ! -b \"$1\" ] && [ $i -lt 100 ]; do udevadm settle -t 2 2>/dev/null; sleep 0.1; i=$((i+1)); done; [ -b \"$1\" ]; }}\n\
                  wait_for $dev\n\
                  [ -b $dev-part1 ] || sgdisk -n1:0:0 -t1:8300 $dev >/dev/null\n\
                  wait_for $dev-part1\n\
                  mkfs.ext4 -q -F -L proto $dev-part1\n\
                  m=$(mktemp -d); mount $dev-part1 $m\n\
-                 mkdir -p $m/etc $m/root $m/var/log; chmod 755 $m $m/etc\n\
-                 echo proto > $m/etc/hostname; echo 'lab test bed proto image' > $m/etc/issue; echo base > $m/etc/proto-release\n\
+                 tar -x --numeric-owner -C $m\n\
+                 echo base > $m/etc/proto-release\n\
                  umount $m; rmdir $m\n\
                  zfs set lab:role=proto $p\n\
+                 zfs set lab-testbed:image={version} $p\n\
                  zfs snapshot $p@base"
             ),
+            &crate::router::tarball(bed),
         )?;
         step(&format!(
-            "seed: {base} (a zvol: GPT, ext4 partition 1) on hv{source}"
+            "seed: {base} (a zvol: GPT, ext4 partition 1, the router image) on hv{source}"
         ));
     }
     for k in vms {
         if !has_base(k) {
             bed.ssh_script(
                 source,
-                &format!("zfs send -c {base} | ssh hv{k} zfs recv -u -o volmode=none {proto}"),
+                &format!(
+                    "zfs send -c {base} | ssh hv{k} zfs recv -u -o volmode=none {proto}\n\
+                     ssh hv{k} zfs set lab-testbed:image={version} {proto}"
+                ),
             )?;
             step(&format!("seed: {base} replicated hv{source} -> hv{k}"));
         }

@@ -93,6 +93,7 @@ pub fn up(bed: &Testbed, options: &UpOptions, log: &mut dyn FnMut(&str)) -> Resu
     }
     ssh_setup(bed)?;
     crate::guest::prepare(bed, &mut step)?;
+    crate::router::prepare(bed, &mut step)?;
     network(bed)?;
     for k in 0..bed.hypervisors {
         start_hypervisor(bed, k, options, &mut step)?;
@@ -405,22 +406,39 @@ fn start_hypervisor(
     Ok(())
 }
 
-/// `proto-disk0@base` on hv0, replicated to the others with `zfs send | ssh hvK zfs recv`.
+/// `proto-disk0@base` on hv0, the router image (`router.rs`), replicated to the others with
+/// `zfs send | ssh hvK zfs recv`. A proto made from another version of the image is the bed's
+/// own and is made again, its clones with it.
 fn seed(bed: &Testbed, step: &mut dyn FnMut(&str)) -> Result<()> {
     let proto = format!("{}/{PROTO}", bed.pool);
     let base = format!("{proto}@base");
+    let version = crate::router::version(bed)?;
+    for k in 0..bed.hypervisors {
+        crate::router::forget_stale(bed, k, &proto, &version, step)?;
+    }
     let ssh = format!("ssh -F {}", bed.ssh_config().display());
     if bed
         .exec(0, &["zfs", "list", "-H", "-o", "name", &base])
         .is_err()
     {
-        bash(&format!(
-            "{ssh} hv0 'set -e; zfs list -H -o name {proto} >/dev/null 2>&1 || zfs create {proto}; \
-             d=$(zfs get -H -o value mountpoint {proto}); mkdir -p $d/etc $d/root $d/var/log; chmod 755 $d $d/etc; \
-             echo proto > $d/etc/hostname; echo \"lab test bed proto image\" > $d/etc/issue; \
-             echo base > $d/etc/proto-release; zfs set lab:role=proto {proto}; zfs snapshot {base}'"
-        ))?;
-        step(&format!("seed: {base} on hv0"));
+        bed.ssh_script(
+            0,
+            &format!("zfs list -H -o name {proto} >/dev/null 2>&1 || zfs create {proto}"),
+        )?;
+        crate::router::feed(
+            bed,
+            0,
+            &format!(
+                "d=$(zfs get -H -o value mountpoint {proto})\n\
+                 tar -x --numeric-owner -C \"$d\"\n\
+                 echo base > \"$d/etc/proto-release\"\n\
+                 zfs set lab:role=proto {proto}\n\
+                 zfs set lab-testbed:image={version} {proto}\n\
+                 zfs snapshot {base}"
+            ),
+            &crate::router::tarball(bed),
+        )?;
+        step(&format!("seed: {base} on hv0 (the router image)"));
     }
     for k in 1..bed.hypervisors {
         if bed
@@ -430,6 +448,15 @@ fn seed(bed: &Testbed, step: &mut dyn FnMut(&str)) -> Result<()> {
             bash(&format!(
                 "{ssh} hv0 'zfs send {base} | ssh hv{k} zfs recv -u {proto}'"
             ))?;
+            bed.exec(
+                k,
+                &[
+                    "zfs",
+                    "set",
+                    &format!("lab-testbed:image={version}"),
+                    &proto,
+                ],
+            )?;
             let _ = bed.exec(k, &["zfs", "mount", "-a"]);
             step(&format!("seed: {base} replicated hv0 -> hv{k}"));
         }

@@ -78,8 +78,11 @@ fn copy_tree(from: &Path, to: &Path) {
     for entry in fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
         let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
             copy_tree(&entry.path(), &target);
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(entry.path()).unwrap(), &target).unwrap();
         } else {
             fs::copy(entry.path(), &target).unwrap();
         }
@@ -347,7 +350,7 @@ fn explain_names_the_file_and_line_of_every_value() {
     );
     assert!(line("name: vpp").ends_with("# labs/vpp.yaml:7"), "{out}");
     assert!(
-        out.contains("pool: ssd-vol0  # labs/testbed.yaml:12"),
+        out.contains("pool: ssd-vol0  # labs/testbed.yaml:16"),
         "defaults are explained: {out}"
     );
     insta::assert_snapshot!("explain", out);
@@ -1203,13 +1206,16 @@ fn an_overlays_modes_are_checked_line_by_line() {
     assert_eq!(
         before["modes"],
         serde_json::json!([
+            {"path": "etc/bird", "mode": "0750", "owner": "bird", "group": "bird"},
+            {"path": "etc/bird/bird.conf", "mode": "0640", "owner": "bird", "group": "bird"},
             {"path": "root/.ssh", "mode": "0700", "owner": "0", "group": "0"},
             {"path": "root/.ssh/authorized_keys", "mode": "0600", "owner": "0", "group": "0"},
         ])
     );
     s.write(
         "overlays/bird/modes",
-        "root/.ssh 0700 0:0\nroot/.ssh/authorized_keys 0600 0:1\n",
+        "etc/bird 0750 bird:bird\netc/bird/bird.conf 0640 bird:bird\n\
+         root/.ssh 0700 0:0\nroot/.ssh/authorized_keys 0600 0:1\n",
     );
     s.ok(&["generate", "--lab", EXAMPLE, "--node", "vpp0-1"]);
     assert_ne!(
