@@ -16,6 +16,7 @@ mod resolve;
 mod schema;
 mod select;
 pub mod tree;
+mod validate;
 pub mod xml;
 
 /// The XML namespace of the marks `lab` puts into the libvirt domains and networks it defines.
@@ -30,3 +31,4 @@ pub use model::{
     Proto, SnapshotSpec, Storage, Transport, Wire, origin_of,
 };
 pub use tree::{Origin, Tree};
+pub use validate::Check;

@@ -276,6 +276,8 @@ pub struct Lab {
     pub overlays: Vec<Overlay>,
     pub default_overlay: Option<String>,
     pub proto: Option<Proto>,
+    /// The checks the lab file declares for `lab validate`.
+    pub validate: Vec<crate::validate::Check>,
     /// The merged tree with defaults applied: what `config show` prints.
     pub effective: Tree,
     /// Every file read, in merge order.
@@ -395,6 +397,7 @@ impl Lab {
             None => None,
             Some(p) => Some(resolve_proto(&root, p, &hypervisors)?),
         };
+        let validate = crate::validate::resolve_checks(&root, schema.validate, &nodes)?;
         let vars = root.get("vars").map(Tree::to_json);
         Ok(Lab {
             name: schema.lab.name,
@@ -411,6 +414,7 @@ impl Lab {
             overlays,
             default_overlay: schema.overlay,
             proto,
+            validate,
             effective: root,
             files,
         })

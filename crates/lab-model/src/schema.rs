@@ -75,6 +75,9 @@ pub(crate) struct FileSchema {
     pub(crate) overlays: IndexMap<String, OverlaySchema>,
     #[serde(default)]
     pub(crate) proto: Option<ProtoSchema>,
+    /// Checks `lab validate` runs besides the built-in ones.
+    #[serde(default)]
+    pub(crate) validate: IndexMap<String, crate::validate::CheckSchema>,
     #[serde(default)]
     #[allow(dead_code)] // read through the tree, validated here
     pub(crate) vars: Map<String, Json>,

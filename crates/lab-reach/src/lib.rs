@@ -7,6 +7,7 @@
 //! ([`refusals`]): another lab's node may answer at the address a lab file names.
 
 mod power;
+pub mod validate;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -67,9 +68,21 @@ pub async fn exec(
     words: &[String],
     timeout: Duration,
 ) -> Vec<ExecReport> {
-    let refused = refusals(exec, lab, nodes).await;
+    let jobs: Vec<(&LabNode, Vec<String>)> = nodes.iter().map(|n| (*n, words.to_vec())).collect();
+    exec_each(exec, lab, &jobs, timeout).await
+}
+
+/// Runs each node's own command (`jobs`), as [`exec`] runs one command on all.
+pub async fn exec_each(
+    exec: &Executor,
+    lab: &Lab,
+    jobs: &[(&LabNode, Vec<String>)],
+    timeout: Duration,
+) -> Vec<ExecReport> {
+    let nodes: Vec<&LabNode> = jobs.iter().map(|(n, _)| *n).collect();
+    let refused = refusals(exec, lab, &nodes).await;
     let refused = &refused;
-    let jobs = nodes.iter().map(|node| async move {
+    let jobs = jobs.iter().map(|(node, words)| async move {
         let mut report = ExecReport {
             node: node.name.clone(),
             hypervisor: node.hypervisor.clone(),

@@ -76,6 +76,11 @@ pub enum Command {
     Ssh(SshArgs),
     /// Run CMD on many nodes at once, one result per node.
     Exec(ExecArgs),
+    /// Check that the lab works, again until it does or time is up: every link's BGP session
+    /// Established and OSPF neighbour Full (where the build runs FRR or BIRD), every link's
+    /// peer answering a ping, and the lab file's `validate:` checks. Exits 0 when all pass, 1
+    /// when some fail, 3 when a node cannot be reached.
+    Validate(ValidateArgs),
     /// How to reach the nodes, for ssh, Ansible or /etc/hosts (from the lab files alone).
     Inventory(ExportArgs),
     /// The topology: nodes per hypervisor, links with interfaces and prefixes.
@@ -219,6 +224,12 @@ pub struct CreateArgs {
     pub wait: Option<lab_hv::reach::Readiness>,
     #[command(flatten)]
     pub wait_timeout: WaitTimeout,
+    /// Then validate the lab (as `lab validate`), reporting seconds from the create's start to
+    /// converged.
+    #[arg(long)]
+    pub validate: bool,
+    #[command(flatten)]
+    pub validate_timeout: ValidateTimeout,
     #[command(flatten)]
     pub lock: LockArgs,
     /// Print each node's decision and the exact commands; change nothing on the hypervisors.
@@ -331,6 +342,27 @@ pub struct SshArgs {
         value_name = "CMD"
     )]
     pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ValidateTimeout {
+    /// Keep checking for this long before calling a check failed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub validate_timeout: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub lab: LabArgs,
+    /// The build whose routing daemons are checked (the overlay the lab was created with).
+    #[command(flatten)]
+    pub out: BuildArgs,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    #[command(flatten)]
+    pub timeout: ValidateTimeout,
 }
 
 #[derive(Args, Debug)]

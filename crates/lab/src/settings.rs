@@ -90,6 +90,17 @@ pub struct Create {
     pub lock_wait: u64,
     /// Then wait until the nodes are ready.
     pub wait: Option<WaitFor>,
+    /// Then validate, for this many seconds at most.
+    pub validate: Option<u64>,
+}
+
+/// `validate`.
+#[derive(Debug)]
+pub struct Validate {
+    pub lab: LabFiles,
+    pub build: Build,
+    pub select: Selection,
+    pub timeout_secs: u64,
 }
 
 /// What ready means, and how long a node has to get there.
@@ -226,6 +237,7 @@ pub enum Command {
     Console(Reach),
     Ssh(Reach),
     Exec(Exec),
+    Validate(Validate),
     Inventory(Export<InventoryFormat>),
     Graph(Export<GraphFormat>),
     ConfigShow { lab: LabFiles, explain: bool },
@@ -342,6 +354,13 @@ impl Settings {
                     how,
                     timeout_secs: a.wait_timeout.wait_timeout,
                 }),
+                validate: a.validate.then_some(a.validate_timeout.validate_timeout),
+            }),
+            cli::Command::Validate(a) => Command::Validate(Validate {
+                lab: files(a.lab),
+                build: build(a.out),
+                select: select(a.select),
+                timeout_secs: a.timeout.validate_timeout,
             }),
             cli::Command::Wait(a) => Command::Wait(Wait {
                 lab: files(a.lab),

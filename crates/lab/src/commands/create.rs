@@ -15,6 +15,7 @@ use crate::render;
 use crate::settings::{Create, Output};
 
 pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
+    let started_at = std::time::Instant::now();
     let lab = lab_model::load(&s.lab.0)?;
     let nodes = lab.select(&s.select.hosts, &s.select.nodes)?;
     let overlay = lab_generate::resolve_overlay(&lab, s.build.overlay.as_deref())?
@@ -102,7 +103,22 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
         s.mode,
         &waits,
     );
-    created.and(crate::commands::reach::wait_exit(&waits))
+    let created = created.and(crate::commands::reach::wait_exit(&waits));
+    match s.validate {
+        Some(timeout) if !s.mode.is_dry_run() && created.is_ok() => {
+            let v = crate::commands::validate::check(
+                out,
+                &lab,
+                &nodes,
+                &s.build.dir,
+                &overlay,
+                timeout,
+                Some(started_at.elapsed()),
+            )?;
+            crate::commands::validate::judge(&v)
+        }
+        _ => created,
+    }
 }
 
 /// `<build>/.run-<pid>`: this run's own build, removed when the run ends. Beside it,

@@ -10,6 +10,7 @@ mod power;
 mod proto;
 mod reach;
 mod status;
+mod validate;
 
 use clap::CommandFactory;
 
@@ -69,6 +70,7 @@ pub fn run(settings: &Settings) -> Result<(), Failure> {
         Command::Console(s) => reach::console(out, s),
         Command::Ssh(s) => reach::ssh(out, s),
         Command::Exec(s) => reach::exec(out, s),
+        Command::Validate(s) => validate::run(out, s),
         Command::Inventory(s) => export::inventory(s),
         Command::Graph(s) => export::graph(s),
         Command::Proto { lab, verb } => proto::run(out, lab, verb),

@@ -390,3 +390,85 @@ pub fn doctor(out: &Output, report: &lab_hv::doctor::DoctorReport) {
         }
     }
 }
+
+/// `lab validate`: a row per node with each kind of check as passed/total, then a line per
+/// failing check (what it expected and what was seen), then the time to converged; or one
+/// JSON document.
+pub fn validation(out: &Output, v: &lab_reach::validate::Validation, from_create: bool) {
+    if out.format == Format::Json {
+        print_json(v);
+        return;
+    }
+    let kinds = ["bgp", "ospf", "ping", "declared"];
+    let present: Vec<&str> = kinds
+        .into_iter()
+        .filter(|k| v.checks.iter().any(|c| c.kind == *k))
+        .collect();
+    let mut nodes: Vec<(&str, &str)> = Vec::new();
+    for c in &v.checks {
+        if !nodes.iter().any(|(n, _)| *n == c.node) {
+            nodes.push((&c.node, &c.hypervisor));
+        }
+    }
+    let width = nodes.iter().map(|(n, _)| n.len()).max().unwrap_or(4).max(4);
+    let mut stdout = std::io::stdout().lock();
+    let mut header = format!("{:<8} {:<width$}", "HV", "NODE");
+    for k in &present {
+        header.push_str(&format!(" {:>8}", k.to_uppercase()));
+    }
+    let _ = writeln!(stdout, "{header}  RESULT");
+    for (node, hv) in &nodes {
+        let mut line = format!("{hv:<8} {node:<width$}");
+        let mine: Vec<_> = v.checks.iter().filter(|c| c.node == *node).collect();
+        for k in &present {
+            let of: Vec<_> = mine.iter().filter(|c| c.kind == *k).collect();
+            let cell = if of.is_empty() {
+                "-".to_owned()
+            } else {
+                format!("{}/{}", of.iter().filter(|c| c.ok).count(), of.len())
+            };
+            line.push_str(&format!(" {cell:>8}"));
+        }
+        let result = if let Some((_, why)) = v.unreachable.iter().find(|(n, _)| n == node) {
+            format!("NOT REACHED ({why})")
+        } else if mine.iter().all(|c| c.ok) {
+            "ok".to_owned()
+        } else {
+            "FAILED".to_owned()
+        };
+        let _ = writeln!(stdout, "{line}  {result}");
+    }
+    for c in v.checks.iter().filter(|c| !c.ok) {
+        let what = match &c.peer {
+            Some(peer) => format!("{} {} to {peer}", c.kind, c.name),
+            None => format!("{} {}", c.kind, c.name),
+        };
+        let _ = writeln!(stdout, "  {}: {what}: {}", c.node, c.seen);
+    }
+    let since = if from_create {
+        "create's start"
+    } else {
+        "the start"
+    };
+    match v.converged_after_secs {
+        Some(s) => {
+            let _ = writeln!(
+                stdout,
+                "converged: {} of {} checks passed, the last {s:.1} s after {since} ({} rounds)",
+                v.passed(),
+                v.checks.len(),
+                v.rounds
+            );
+        }
+        None => {
+            let _ = writeln!(
+                stdout,
+                "not converged: {} of {} checks passed after {:.1} s ({} rounds)",
+                v.passed(),
+                v.checks.len(),
+                v.elapsed_secs,
+                v.rounds
+            );
+        }
+    }
+}
