@@ -275,7 +275,10 @@ fn demo() -> Result {
         }
     };
     run(&["doctor", "--lab", "labs/zvol.yaml"])?;
-    run(&["create", "--lab", "labs/vpp.yaml"])?;
+    // The example lab with FRR: eBGP to every link neighbour and OSPF over every link,
+    // validated until it converges (the time from create's start is printed).
+    let frr = ["--lab", "labs/vpp.yaml", "--overlay", "frr"];
+    run(&[&["create", "--validate"][..], &frr].concat())?;
     say("");
     say("Each guest booted off its own clone and prints the hostname from its overlay:");
     let hostname = |k: u32, node: &str| -> Result {
@@ -330,8 +333,13 @@ fn demo() -> Result {
     run(&["-q", "wait", "--lab", "labs/vpp.yaml"])?;
     run(&["exec", "--lab", "labs/vpp.yaml", "--", "hostname"])?;
     say("");
-    run(&["status", "--lab", "labs/vpp.yaml"])?;
+    run(&[&["status"][..], &frr].concat())?;
     run(&["status", "--lab", "labs/zvol.yaml"])?;
+    say("");
+    say("Does it work? Every link's BGP session Established on both ends, OSPF Full (FRR),");
+    say("every link peer answering; checked on the nodes until converged:");
+    run(&["validate", "--lab", "labs/zvol.yaml"])?;
+    run(&[&["validate"][..], &frr].concat())?;
     say("");
     say("Reach a node with `lab console vpp0-1` or `lab ssh vpp0-1`, draw the lab with");
     say("`lab --format mermaid graph`, and write an inventory with `lab inventory` (see README).");

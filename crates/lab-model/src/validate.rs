@@ -26,7 +26,7 @@ pub(crate) struct CheckSchema {
     /// Text the output (stdout and stderr) must contain.
     #[serde(default)]
     contains: Option<String>,
-    /// A regular expression the output must match.
+    /// A regular expression the output must match (`^` and `$` at each line's ends).
     #[serde(default)]
     regex: Option<String>,
     /// Seconds one run of the command may take (default 10).
@@ -72,7 +72,7 @@ pub(crate) fn resolve_checks(
             ));
         }
         if let Some(re) = &c.regex
-            && let Err(e) = regex_lite::Regex::new(re)
+            && let Err(e) = regex_lite::Regex::new(&format!("(?m){re}"))
         {
             return Err(schema_error(
                 root,

@@ -7,6 +7,9 @@
 //! session is Established (`bgpd=yes`) and its OSPF neighbour Full (`ospfd=yes`); where it runs
 //! BIRD (`/etc/bird/bird.conf`, not masked) every link's BGP session is Established. Declared
 //! checks (`validate:` in the lab file) run a command and judge its exit status and output.
+//!
+//! Long: the checks, the one script per node that runs them, and the readers of what FRR and
+//! BIRD say, kept together because each check is all three.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -102,8 +105,9 @@ pub struct Pace {
     pub interval: Duration,
 }
 
-const FRR_BGP: &str = "frr-bgp";
-const FRR_OSPF: &str = "frr-ospf";
+/// FRR's checks share one section: only the vtysh commands of checks still failing run (each
+/// costs about a second of CPU in an emulated guest).
+const FRR: &str = "frr";
 const BIRD_BGP: &str = "bird-bgp";
 
 /// The checks of one node, in report order, each with the section of the node's script whose
@@ -134,7 +138,7 @@ fn node_checks(lab: &Lab, plan: &NodePlan<'_>) -> Vec<(CheckResult, String)> {
         if plan.daemons.frr_bgp {
             out.push((
                 row("bgp", peer_ip.to_string(), Some(far.clone())),
-                FRR_BGP.to_owned(),
+                FRR.to_owned(),
             ));
         }
         if plan.daemons.bird {
@@ -146,7 +150,7 @@ fn node_checks(lab: &Lab, plan: &NodePlan<'_>) -> Vec<(CheckResult, String)> {
         if plan.daemons.frr_ospf {
             out.push((
                 row("ospf", peer_ip.to_string(), Some(far.clone())),
-                FRR_OSPF.to_owned(),
+                FRR.to_owned(),
             ));
         }
         out.push((
@@ -165,7 +169,7 @@ fn node_checks(lab: &Lab, plan: &NodePlan<'_>) -> Vec<(CheckResult, String)> {
 
 /// The one script a node runs per round: each section prints a marker line, its output and its
 /// exit status. Pings run in the background meanwhile, so a dead link costs its 2 s once.
-fn script(lab: &Lab, sections: &[String]) -> String {
+fn script(lab: &Lab, sections: &[String], kinds: &[&str]) -> String {
     let mut s = String::from(
         "m() { echo \"@@lab-check $1\"; }\nr() { echo \"@@lab-rc $?\"; }\nd=$(mktemp -d)\n",
     );
@@ -175,10 +179,17 @@ fn script(lab: &Lab, sections: &[String]) -> String {
         if !seen.insert(section.as_str()) {
             continue;
         }
-        let body = if section == FRR_BGP {
-            "vtysh -c 'show bgp summary json' 2>&1".to_owned()
-        } else if section == FRR_OSPF {
-            "vtysh -c 'show ip ospf neighbor json' 2>&1".to_owned()
+        let body = if section == FRR {
+            // One vtysh per daemon asked: vtysh runs none of its commands when one of the
+            // daemons it would ask is down.
+            let mut vtysh = Vec::new();
+            if kinds.contains(&"bgp") {
+                vtysh.push("vtysh -c 'show bgp summary json' 2>&1");
+            }
+            if kinds.contains(&"ospf") {
+                vtysh.push("vtysh -c 'show ip ospf neighbor json' 2>&1");
+            }
+            vtysh.join("; ")
         } else if section == BIRD_BGP {
             "birdc show protocols all 2>&1".to_owned()
         } else if let Some(peer) = section.strip_prefix("ping:") {
@@ -245,33 +256,46 @@ fn judge(lab: &Lab, check: &CheckResult, section: &str, text: &str, rc: i32) -> 
             .to_owned()
     };
     match section {
-        FRR_BGP => {
-            let Ok(json) = serde_json::from_str::<serde_json::Value>(text) else {
-                return (false, format!("vtysh: {}", first_line()));
+        FRR => {
+            let docs = json_documents(text);
+            let (key, missing) = if check.kind == "bgp" {
+                ("ipv4Unicast", "no such BGP neighbour")
+            } else {
+                ("neighbors", "no OSPF neighbour")
             };
-            match json["ipv4Unicast"]["peers"][&check.name]["state"].as_str() {
-                Some("Established") => (true, "Established".to_owned()),
-                Some(state) => (false, state.to_owned()),
-                None => (false, "no such BGP neighbour".to_owned()),
-            }
-        }
-        FRR_OSPF => {
-            let Ok(json) = serde_json::from_str::<serde_json::Value>(text) else {
-                return (false, format!("vtysh: {}", first_line()));
+            let Some(doc) = docs.iter().find(|d| d.get(key).is_some()).or_else(|| {
+                // `{}`: the daemon runs without that instance.
+                docs.iter()
+                    .find(|d| d.as_object().is_some_and(|m| m.is_empty()))
+            }) else {
+                let daemon = if check.kind == "bgp" { "bgpd" } else { "ospfd" };
+                let said = text
+                    .lines()
+                    .find(|l| l.contains(daemon))
+                    .map_or_else(first_line, |l| l.trim().to_owned());
+                return (false, format!("vtysh: {said}"));
             };
-            let states: Vec<String> = json["neighbors"]
-                .as_object()
-                .into_iter()
-                .flat_map(|m| m.values())
-                .filter_map(|v| v.as_array())
-                .flatten()
-                .filter(|n| n["ifaceAddress"].as_str() == Some(check.name.as_str()))
-                .filter_map(|n| n["nbrState"].as_str().map(str::to_owned))
-                .collect();
-            match states.first() {
-                Some(s) if s.starts_with("Full") => (true, s.clone()),
-                Some(s) => (false, s.clone()),
-                None => (false, "no OSPF neighbour".to_owned()),
+            if check.kind == "bgp" {
+                match doc["ipv4Unicast"]["peers"][&check.name]["state"].as_str() {
+                    Some("Established") => (true, "Established".to_owned()),
+                    Some(state) => (false, state.to_owned()),
+                    None => (false, missing.to_owned()),
+                }
+            } else {
+                let states: Vec<String> = doc["neighbors"]
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|m| m.values())
+                    .filter_map(|v| v.as_array())
+                    .flatten()
+                    .filter(|n| n["ifaceAddress"].as_str() == Some(check.name.as_str()))
+                    .filter_map(|n| n["nbrState"].as_str().map(str::to_owned))
+                    .collect();
+                match states.first() {
+                    Some(s) if s.starts_with("Full") => (true, s.clone()),
+                    Some(s) => (false, s.clone()),
+                    None => (false, missing.to_owned()),
+                }
             }
         }
         BIRD_BGP => match bird_state(text, &check.name) {
@@ -311,12 +335,37 @@ fn declared(c: &Check, text: &str, rc: i32) -> (bool, String) {
         return (false, format!("no {want:?} in: {shown}"));
     }
     if let Some(re) = &c.regex {
-        let re = regex_lite::Regex::new(re).expect("checked when the lab was loaded");
+        // Output is lines: `^` and `$` match at each line's start and end.
+        let re = regex_lite::Regex::new(&format!("(?m){re}")).expect("checked when loaded");
         if !re.is_match(text) {
             return (false, format!("no match for /{re}/ in: {shown}"));
         }
     }
     (true, format!("exit {rc}"))
+}
+
+/// The JSON documents in `vtysh` output, which may hold a daemon's complaint between them:
+/// each starts with a line that is `{`-first and ends where its braces balance.
+fn json_documents(text: &str) -> Vec<serde_json::Value> {
+    let mut docs = Vec::new();
+    let mut current = String::new();
+    let mut depth = 0i32;
+    for line in text.lines() {
+        if depth == 0 && !line.starts_with('{') {
+            continue;
+        }
+        depth += line.matches('{').count() as i32 - line.matches('}').count() as i32;
+        current.push_str(line);
+        current.push('\n');
+        if depth <= 0 {
+            if let Ok(v) = serde_json::from_str(&current) {
+                docs.push(v);
+            }
+            current.clear();
+            depth = 0;
+        }
+    }
+    docs
 }
 
 /// The state of the BGP protocol whose neighbour is `peer` in `birdc show protocols all`.
@@ -340,8 +389,9 @@ fn bird_state(text: &str, peer: &str) -> Option<String> {
     None
 }
 
-/// Runs the checks of `plans` round after round, re-running only nodes with a failing check,
-/// until all pass or `pace.timeout` is over. `progress(passed, total)` after every round.
+/// Runs the checks of `plans` round after round, re-running only the failing ones, until all
+/// pass or `pace.timeout` is over; rounds come at `pace.interval`, then less often (up to five
+/// times it). `progress(passed, total)` after every round.
 pub async fn validate(
     exec: &Executor,
     lab: &Lab,
@@ -359,6 +409,7 @@ pub async fn validate(
     let total: usize = results.iter().map(Vec::len).sum();
     let mut unreachable: HashMap<String, String> = HashMap::new();
     let mut rounds = 0;
+    let mut interval = pace.interval;
     loop {
         rounds += 1;
         let todo: Vec<usize> = (0..plans.len())
@@ -372,8 +423,22 @@ pub async fn validate(
         let jobs: Vec<(&LabNode, Vec<String>)> = todo
             .iter()
             .map(|&i| {
-                let sections: Vec<String> = per_node[i].iter().map(|(_, s)| s.clone()).collect();
-                let words = vec!["sh".to_owned(), "-c".to_owned(), script(lab, &sections)];
+                // Only what has not passed yet: a check that passed stays passed, and every
+                // command costs the guest CPU its neighbours may be booting with.
+                let failing: Vec<(&String, &CheckResult)> = per_node[i]
+                    .iter()
+                    .zip(&results[i])
+                    .filter(|(_, r)| !r.ok)
+                    .map(|((_, s), r)| (s, r))
+                    .collect();
+                let sections: Vec<String> = failing.iter().map(|(s, _)| (*s).clone()).collect();
+                let mut kinds: Vec<&str> = failing.iter().map(|(_, r)| r.kind).collect();
+                kinds.dedup();
+                let words = vec![
+                    "sh".to_owned(),
+                    "-c".to_owned(),
+                    script(lab, &sections, &kinds),
+                ];
                 (plans[i].node, words)
             })
             .collect();
@@ -387,8 +452,24 @@ pub async fn validate(
                 }
                 continue;
             }
-            unreachable.remove(&report.node);
             let answer = sections(&report.stdout);
+            if answer.is_empty() && report.status != Some(0) {
+                // ssh itself failed (255: refused, a key not accepted): the node is not reached.
+                let why = report
+                    .stderr
+                    .lines()
+                    .rfind(|l| !l.trim().is_empty())
+                    .map_or_else(
+                        || format!("exit status {:?}", report.status),
+                        |l| l.trim().to_owned(),
+                    );
+                for c in results[i].iter_mut().filter(|c| !c.ok) {
+                    c.seen = format!("not reached: {why}");
+                }
+                unreachable.insert(report.node.clone(), why);
+                continue;
+            }
+            unreachable.remove(&report.node);
             for (c, (_, section)) in results[i].iter_mut().zip(&per_node[i]) {
                 if c.ok {
                     continue;
@@ -409,10 +490,12 @@ pub async fn validate(
         if passed == total && unreachable.is_empty() {
             break;
         }
-        if start.elapsed() + pace.interval >= pace.timeout {
+        if start.elapsed() + interval >= pace.timeout {
             break;
         }
-        tokio::time::sleep(pace.interval).await;
+        tokio::time::sleep(interval).await;
+        // Looked at less often as time goes on: a lab still booting is not hurried by it.
+        interval = (interval * 3 / 2).min(pace.interval * 5);
     }
     let checks: Vec<CheckResult> = results.into_iter().flatten().collect();
     let all = checks.iter().all(|c| c.ok) && unreachable.is_empty();
@@ -456,6 +539,14 @@ mod tests {
         );
         assert_eq!(bird_state(text, "100.64.2.6").as_deref(), Some("Active"));
         assert_eq!(bird_state(text, "100.64.2.9"), None);
+    }
+
+    #[test]
+    fn vtysh_documents_are_found_around_a_daemons_complaint() {
+        let text = "bgpd is not running\n{\n  \"neighbors\":{\n    \"1.1.1.1\":[]\n  }\n}\n{\n}\n";
+        let docs = json_documents(text);
+        assert_eq!(docs.len(), 2, "{docs:?}");
+        assert!(docs[0].get("neighbors").is_some());
     }
 
     #[test]

@@ -350,7 +350,7 @@ fn explain_names_the_file_and_line_of_every_value() {
     );
     assert!(line("name: vpp").ends_with("# labs/vpp.yaml:7"), "{out}");
     assert!(
-        out.contains("pool: ssd-vol0  # labs/testbed.yaml:16"),
+        out.contains("pool: ssd-vol0  # labs/testbed.yaml:18"),
         "defaults are explained: {out}"
     );
     insta::assert_snapshot!("explain", out);
@@ -366,6 +366,52 @@ struct Bad {
 }
 
 const BAD: &[Bad] = &[
+    Bad {
+        name: "a declared check with a bad regex",
+        files: &[(
+            "labs/v.yaml",
+            "include: vpp.yaml\nvalidate:\n  frr-up:\n    command: vtysh -c 'show version'\n    regex: \"FRRouting (\"\n",
+        )],
+        args: &["validate", "--lab", "labs/v.yaml"],
+        code: 2,
+        says: &[
+            "labs/v.yaml:5",
+            "validate.frr-up.regex",
+            "is not a regular expression",
+        ],
+    },
+    Bad {
+        name: "a declared check on a node the lab lacks",
+        files: &[(
+            "labs/v.yaml",
+            "include: vpp.yaml\nvalidate:\n  up:\n    command: uptime\n    nodes: [vpp0-1, vpp9-1]\n",
+        )],
+        args: &["validate", "--lab", "labs/v.yaml"],
+        code: 2,
+        says: &[
+            "labs/v.yaml:5",
+            "validate.up.nodes",
+            "`vpp9-1` names no node of the lab",
+            "did you mean `vpp0-1`?",
+        ],
+    },
+    Bad {
+        name: "a declared check without a command",
+        files: &[(
+            "labs/v.yaml",
+            "include: vpp.yaml\nvalidate:\n  up:\n    contains: load average\n",
+        )],
+        args: &["validate", "--lab", "labs/v.yaml"],
+        code: 2,
+        says: &["labs/v.yaml:", "validate.up", "missing field `command`"],
+    },
+    Bad {
+        name: "validate without a build says how to make one",
+        files: &[],
+        args: &["validate", "--lab", "labs/vpp.yaml", "--node", "vpp0-1"],
+        code: 2,
+        says: &["lab generate` or `lab create` with overlay bird first"],
+    },
     Bad {
         name: "a gateway outside the management prefix",
         files: &[(

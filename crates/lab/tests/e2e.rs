@@ -1590,3 +1590,117 @@ fn a_hypervisor_installed_in_another_language_is_read_in_english() {
     assert!(!domain_exists(&bed, "hv2", "de-1"));
     assert!(!exists(&bed, "hv2", &format!("{}/de-1", bed.pool)));
 }
+
+/// Three FRR routers in a triangle across two hypervisors: `create --validate` waits until every
+/// BGP session is Established and every OSPF neighbour Full; with one router's bgpd stopped
+/// `validate` exits 1 and names exactly the sessions that dropped; started again, it passes.
+#[test]
+fn frr_routers_converge_and_validate_names_the_sessions_that_drop() {
+    let _bed = require();
+    let build = tempfile::tempdir().unwrap();
+    let b = build.path();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rt.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "include: {}\nlab: {{name: e2e-rt, id: 61, p2p_ipv4: 100.64.61.0/24}}\noverlay: frr\n\
+             vars: {{domain: e2e.example, dns: [192.0.2.53]}}\n\
+             defaults: {{node: {{vars: {{ospf_area: 0, vpp_workers: 1}}}}}}\n\
+             hypervisors:\n  hv0: {{mgmt_ipv4: 192.168.61.0/24}}\n  hv1: {{mgmt_ipv4: 192.168.62.0/24}}\n\
+             nodes:\n  rt-1: {{hypervisor: hv0, id: 1}}\n  rt-2: {{hypervisor: hv0, id: 2}}\n  \
+             rt-3: {{hypervisor: hv1, id: 1}}\n\
+             links: [[rt-1, rt-2], [rt-2, rt-3], [rt-3, rt-1]]\n\
+             validate:\n  hostname:\n    command: cat /etc/hostname\n    regex: '^rt-[123]$'\n",
+            repo().join("labs/testbed.yaml").display()
+        ),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    lab(b, &["destroy", "--lab", file, "--yes", "-q"]);
+
+    let created = lab(b, &["create", "--lab", file, "--validate"]);
+    assert_eq!(created.code, 0, "{}{}", created.stdout, created.stderr);
+    assert!(
+        created.stdout.contains("converged: 21 of 21 checks passed"),
+        "3 links: 6 BGP, 6 OSPF, 6 pings, 3 declared\n{}",
+        created.stdout
+    );
+    assert!(
+        created.stdout.contains("after create's start"),
+        "{}",
+        created.stdout
+    );
+
+    // bgpd stopped on rt-2 (watchfrr first, or it starts bgpd again)
+    let stopped = lab(
+        b,
+        &[
+            "exec",
+            "--lab",
+            file,
+            "--node",
+            "rt-2",
+            "--",
+            "pkill watchfrr; pkill bgpd; true",
+        ],
+    );
+    assert_eq!(stopped.code, 0, "{}", stopped.stderr);
+    let failing = lab(
+        b,
+        &[
+            "--format",
+            "json",
+            "validate",
+            "--lab",
+            file,
+            "--validate-timeout",
+            "15",
+        ],
+    );
+    assert_eq!(failing.code, 1, "{}{}", failing.stdout, failing.stderr);
+    let mut dropped: Vec<String> = failing.json()["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| format!("{} {} {}", c["node"], c["kind"], c["name"]).replace('"', ""))
+        .collect();
+    dropped.sort();
+    // rt-2's two sessions, and its peers' ends of them; OSPF and pings are untouched
+    assert_eq!(
+        dropped,
+        [
+            "rt-1 bgp 100.64.61.1",
+            "rt-2 bgp 100.64.61.0",
+            "rt-2 bgp 100.64.61.3",
+            "rt-3 bgp 100.64.61.2",
+        ],
+        "{}",
+        failing.stdout
+    );
+    assert!(
+        failing.stderr.contains("validate: 4 of 21 check(s) failed"),
+        "{}",
+        failing.stderr
+    );
+
+    let started = lab(
+        b,
+        &[
+            "exec",
+            "--lab",
+            file,
+            "--node",
+            "rt-2",
+            "--",
+            "/usr/lib/frr/frrinit.sh start >/dev/null 2>&1; true",
+        ],
+    );
+    assert_eq!(started.code, 0, "{}", started.stderr);
+    let again = lab(b, &["validate", "--lab", file, "--validate-timeout", "240"]);
+    assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
+
+    let gone = lab(b, &["destroy", "--lab", file, "--yes", "-q"]);
+    assert_eq!(gone.code, 0, "{}", gone.stderr);
+}
