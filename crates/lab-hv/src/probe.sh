@@ -108,14 +108,15 @@ if [ "$detail" = nics ]; then
     virsh -q domiflist "$dom" 2>/dev/null | while read -r _ _ _ _ mac; do printf '%s\t%s\n' "$dom" "$mac"; done
   done
   # `status`'s readiness, in this same round trip: the running domains among these whose
-  # node answers with an ssh banner within a second, all at once.
+  # node answers with an ssh banner within two seconds (an emulated guest's sshd may take
+  # one to fork), all at once.
   echo "$m ready"
   set -f; set -- $ready; set +f
   while [ $# -ge 2 ]; do
     dom=$1 ip=$2; shift 2
     (
       [ "$(virsh -q domstate "$dom" 2>/dev/null | head -n 1)" = running ] || exit 0
-      timeout 2 bash -c 'exec 3<>"/dev/tcp/$0/22" && read -r -t 1 l <&3 && case $l in SSH-*) ;; *) exit 1 ;; esac' "$ip" 2>/dev/null &&
+      timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/22" && read -r -t 2 l <&3 && case $l in SSH-*) ;; *) exit 1 ;; esac' "$ip" 2>/dev/null &&
         printf '%s\n' "$dom"
     ) &
   done

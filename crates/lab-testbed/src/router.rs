@@ -115,9 +115,10 @@ enabled() {
   [ -e "/etc/systemd/system/multi-user.target.wants/$1.service" ] || return 1
   [ "$(readlink -f "/etc/systemd/system/$1.service")" != /dev/null ]
 }
+# sshd -r: no re-exec per connection, which costs a second before the banner under TCG.
 if enabled ssh; then
   mkdir -p /run/ssh && ssh-keygen -q -t ed25519 -N '' -f /run/ssh/host_ed25519 \
-    && /usr/sbin/sshd -h /run/ssh/host_ed25519 \
+    && /usr/sbin/sshd -r -h /run/ssh/host_ed25519 \
          -o 'AuthorizedKeysFile .ssh/authorized_keys /etc/ssh/lab-testbed.pub' \
     && say "LAB-GUEST-SSH: up"
 fi
@@ -137,7 +138,7 @@ printf '#!/bin/sh\necho "LAB-GUEST: ACPI power off" > /dev/console\nsync\n/bin/b
 chmod 755 /run/acpi/PWRF/00000080
 $bb acpid -c /run/acpi -l /dev/null
 # A shell on the serial console, for `lab console`; PID 1 reaps what ends.
-export PS1='\h# '
+
 while true; do $bb setsid $bb cttyhack /bin/bash -l; sleep 1; done
 "##;
 

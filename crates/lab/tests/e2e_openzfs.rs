@@ -413,6 +413,24 @@ fn zvol_nodes_boot_beside_dataset_nodes_are_left_alone_replaced_and_destroyed() 
         )
         .unwrap();
     assert_eq!(line, "LAB-GUEST-PING: 100.64.3.0 ok");
+    // BIRD on both kinds: every link's eBGP session Established on both ends
+    let valid = lab(
+        b,
+        &[
+            "--format",
+            "json",
+            "validate",
+            "--lab",
+            file,
+            "--validate-timeout",
+            "240",
+        ],
+    );
+    assert_eq!(valid.code, 0, "{}{}", valid.stdout, valid.stderr);
+    let checks = valid.json()["checks"].as_array().unwrap().clone();
+    let bgp = checks.iter().filter(|c| c["kind"] == "bgp").count();
+    assert_eq!(bgp, 6, "3 links, both ends: {checks:?}");
+    assert!(checks.iter().all(|c| c["ok"] == true), "{checks:?}");
 
     // again: nothing to do
     let again = lab(b, &["--format", "json", "create", "--lab", file]);
