@@ -210,8 +210,13 @@ impl Testbed {
         let every = Duration::from_millis(if self.is_vm(k) { 1000 } else { 50 });
         loop {
             let text = self.console_text(k, node);
-            // From the needle on: a shell prompt may share the line on a busy console.
-            if let Some(line) = text.lines().find_map(|l| l.find(needle).map(|at| &l[at..])) {
+            // Whole lines only (the guest may be writing the last one as it is read); from
+            // the needle on: a shell prompt may share the line on a busy console.
+            let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+            if let Some(line) = whole
+                .lines()
+                .find_map(|l| l.find(needle).map(|at| &l[at..]))
+            {
                 return Ok(line.trim_end_matches('\r').to_owned());
             }
             if start.elapsed() > timeout {

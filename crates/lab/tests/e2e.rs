@@ -1626,18 +1626,20 @@ fn frr_routers_converge_and_validate_names_the_sessions_that_drop() {
     let file = file.to_str().unwrap();
     lab(b, &["destroy", "--lab", file, "--yes", "-q"]);
 
-    let created = lab(b, &["create", "--lab", file, "--validate"]);
+    // one JSON document: the create's report with its validation inside
+    let created = lab(
+        b,
+        &["--format", "json", "create", "--lab", file, "--validate"],
+    );
     assert_eq!(created.code, 0, "{}{}", created.stdout, created.stderr);
-    assert!(
-        created.stdout.contains("converged: 21 of 21 checks passed"),
-        "3 links: 6 BGP, 6 OSPF, 6 pings, 3 declared\n{}",
-        created.stdout
-    );
-    assert!(
-        created.stdout.contains("after create's start"),
-        "{}",
-        created.stdout
-    );
+    let doc = created.json();
+    assert_eq!(doc["summary"]["done"], 3, "{doc}");
+    let checks = doc["validation"]["checks"].as_array().unwrap();
+    // 3 links: 6 BGP sessions, 6 OSPF neighbours, 6 pings; 3 declared
+    assert_eq!(checks.len(), 21, "{doc}");
+    assert!(checks.iter().all(|c| c["ok"] == true), "{doc}");
+    let converged = doc["validation"]["converged_after_secs"].as_f64().unwrap();
+    assert!(converged > 0.0, "{doc}");
 
     // bgpd stopped on rt-2 (watchfrr first, or it starts bgpd again)
     let stopped = lab(

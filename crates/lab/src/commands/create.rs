@@ -12,7 +12,7 @@ use crate::commands::generate::BuildLock;
 use crate::exit::Failure;
 use crate::remote::change_nodes;
 use crate::render;
-use crate::settings::{Create, Output};
+use crate::settings::{Create, Format, Output};
 
 pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
     let started_at = std::time::Instant::now();
@@ -94,6 +94,30 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
         }
         _ => Vec::new(),
     };
+    // Validated after the report on a terminal; with --format json before it, so that the one
+    // document holds both.
+    let validate_after = s.validate.filter(|_| !s.mode.is_dry_run());
+    let made = reports
+        .nodes
+        .iter()
+        .all(|r| matches!(r.outcome, Outcome::Done | Outcome::Unchanged { .. }))
+        && waits.iter().all(|w| w.ready);
+    let validate = |print: bool, timeout: u64| {
+        crate::commands::validate::check(
+            out,
+            &lab,
+            &nodes,
+            &s.build.dir,
+            &overlay,
+            timeout,
+            Some(started_at.elapsed()),
+            print,
+        )
+    };
+    let early = match validate_after {
+        Some(timeout) if out.format == Format::Json && made => Some(validate(false, timeout)?),
+        _ => None,
+    };
     let created = render::node_reports(
         out,
         &lab,
@@ -101,21 +125,16 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
         &reports.networks,
         &reports.nodes,
         s.mode,
-        &waits,
+        &render::Then {
+            waits: &waits,
+            validation: early.as_ref(),
+        },
     );
     let created = created.and(crate::commands::reach::wait_exit(&waits));
-    match s.validate {
-        Some(timeout) if !s.mode.is_dry_run() && created.is_ok() => {
-            let v = crate::commands::validate::check(
-                out,
-                &lab,
-                &nodes,
-                &s.build.dir,
-                &overlay,
-                timeout,
-                Some(started_at.elapsed()),
-            )?;
-            crate::commands::validate::judge(&v)
+    match (early, validate_after) {
+        (Some(v), _) => created.and(crate::commands::validate::judge(&v)),
+        (None, Some(timeout)) if created.is_ok() && out.format != Format::Json => {
+            crate::commands::validate::judge(&validate(true, timeout)?)
         }
         _ => created,
     }

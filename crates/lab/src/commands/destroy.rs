@@ -56,6 +56,6 @@ pub fn run(out: &Output, s: &Destroy) -> Result<(), Failure> {
         &reports.networks,
         &reports.nodes,
         s.mode,
-        &[],
+        &render::Then::default(),
     )
 }

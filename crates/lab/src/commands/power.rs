@@ -23,5 +23,13 @@ pub fn run(out: &Output, s: &PowerNodes) -> Result<(), Failure> {
         s.lock_wait,
         async |exec, events| lab_reach::power(exec, &lab, &nodes, s.what, s.grace, events).await,
     )?;
-    render::node_reports(out, &lab, verb, &[], &reports, s.mode, &[])
+    render::node_reports(
+        out,
+        &lab,
+        verb,
+        &[],
+        &reports,
+        s.mode,
+        &render::Then::default(),
+    )
 }

@@ -28,12 +28,15 @@ pub fn run(out: &Output, s: &Validate) -> Result<(), Failure> {
         &overlay,
         s.timeout_secs,
         None,
+        true,
     )?;
     judge(&result)
 }
 
 /// Validates `nodes`, whose builds are in `build` under `overlay`; `since` is how long ago the
-/// run started (create's start), added to the time to converged.
+/// run started (create's start), added to the time to converged. `print`: the table (or JSON
+/// document) goes to stdout.
+#[allow(clippy::too_many_arguments)] // one call from each verb; a struct would only rename them
 pub fn check(
     out: &Output,
     lab: &Lab,
@@ -42,6 +45,7 @@ pub fn check(
     overlay: &str,
     timeout_secs: u64,
     since: Option<Duration>,
+    print: bool,
 ) -> Result<Validation, Failure> {
     let mut plans = Vec::with_capacity(nodes.len());
     for node in nodes {
@@ -87,7 +91,9 @@ pub fn check(
     if let (Some(since), Some(after)) = (since, result.converged_after_secs.as_mut()) {
         *after += since.as_secs_f64();
     }
-    render::validation(out, &result, since.is_some());
+    if print {
+        render::validation(out, &result, since.is_some());
+    }
     Ok(result)
 }
 

@@ -56,6 +56,14 @@ fn outcome_text(outcome: &Outcome, done: &str, detail: String) -> (String, Strin
     }
 }
 
+/// What a create did after its nodes, for its report: waited until they were ready,
+/// validated the lab.
+#[derive(Default, Clone, Copy)]
+pub struct Then<'a> {
+    pub waits: &'a [WaitReport],
+    pub validation: Option<&'a lab_reach::validate::Validation>,
+}
+
 /// Prints the result of create or destroy (networks and nodes) and turns it into the exit
 /// code: any node or network failed or skipped is "partial" (3), every node failed is a
 /// failure (1).
@@ -66,8 +74,9 @@ pub fn node_reports(
     networks: &[NetworkReport],
     reports: &[NodeReport],
     mode: Mode,
-    waits: &[WaitReport],
+    then: &Then<'_>,
 ) -> Result<(), Failure> {
+    let Then { waits, validation } = *then;
     let summary = lab_hv::summary(reports);
     let dry_run = mode.is_dry_run();
     let networks_failed = networks
@@ -83,6 +92,7 @@ pub fn node_reports(
             "networks": networks,
             "nodes": reports,
             "ready": (!waits.is_empty()).then_some(waits),
+            "validation": validation,
             "wires": if verb == Verb::Create {
                 reports
                     .iter()
