@@ -446,7 +446,7 @@ fn zvol_nodes_boot_beside_dataset_nodes_are_left_alone_replaced_and_destroyed() 
             "--format", "json", "create", "--lab", file, "--force", "--node", "zvol3",
         ],
     );
-    assert_eq!(forced.code, 0, "{}", forced.stderr);
+    assert_eq!(forced.code, 0, "{}{}", forced.stdout, forced.stderr);
     assert_eq!(forced.json()["summary"]["done"], 1, "{}", forced.stdout);
     assert_ne!(prop(&bed, SOURCE, &clone, "guid"), guid);
     assert_eq!(prop(&bed, SOURCE, &clone, "volmode"), "full");
