@@ -17,13 +17,7 @@ impl Lab {
                 });
             }
         }
-        let named = |pattern: &String, node: &LabNode| {
-            if is_glob(pattern) {
-                crate::names::glob_match(pattern, &node.name)
-            } else {
-                *pattern == node.name
-            }
-        };
+        let named = |pattern: &String, node: &LabNode| names_node(pattern, &node.name);
         for n in nodes {
             if is_glob(n) && !self.nodes.iter().any(|node| named(n, node)) {
                 return Err(ModelError::EmptySelection {
@@ -71,6 +65,15 @@ impl Lab {
     pub fn hypervisor_of(&self, node: &LabNode) -> &Hypervisor {
         self.hypervisor(&node.hypervisor)
             .expect("the model checked every node's hypervisor")
+    }
+}
+
+/// Whether `pattern` (a node name, or a glob with `*` and `?`) names the node `name`.
+pub(crate) fn names_node(pattern: &str, name: &str) -> bool {
+    if is_glob(pattern) {
+        crate::names::glob_match(pattern, name)
+    } else {
+        pattern == name
     }
 }
 

@@ -9,6 +9,7 @@ use crate::error::{Hint, ModelError};
 use crate::model::LabNode;
 use crate::names;
 use crate::resolve::{check_name, path_of, schema_error};
+use crate::select::names_node;
 use crate::tree::Tree;
 
 /// One declared check, as a lab file writes it under `validate: {NAME: ...}`.
@@ -85,15 +86,7 @@ pub(crate) fn resolve_checks(
             None => nodes.iter().map(|n| n.name.clone()).collect(),
             Some(patterns) => {
                 for p in patterns {
-                    let glob = p.contains(['*', '?']);
-                    let hit = nodes.iter().any(|n| {
-                        if glob {
-                            names::glob_match(p, &n.name)
-                        } else {
-                            *p == n.name
-                        }
-                    });
-                    if !hit {
+                    if !nodes.iter().any(|n| names_node(p, &n.name)) {
                         return Err(schema_error(
                             root,
                             &at("nodes"),
@@ -104,12 +97,7 @@ pub(crate) fn resolve_checks(
                 }
                 nodes
                     .iter()
-                    .filter(|n| {
-                        patterns.iter().any(|p| {
-                            *p == n.name
-                                || (p.contains(['*', '?']) && names::glob_match(p, &n.name))
-                        })
-                    })
+                    .filter(|n| patterns.iter().any(|p| names_node(p, &n.name)))
                     .map(|n| n.name.clone())
                     .collect()
             }

@@ -432,8 +432,7 @@ pub async fn validate(
                     .map(|((_, s), r)| (s, r))
                     .collect();
                 let sections: Vec<String> = failing.iter().map(|(s, _)| (*s).clone()).collect();
-                let mut kinds: Vec<&str> = failing.iter().map(|(_, r)| r.kind).collect();
-                kinds.dedup();
+                let kinds: Vec<&str> = failing.iter().map(|(_, r)| r.kind).collect();
                 let words = vec![
                     "sh".to_owned(),
                     "-c".to_owned(),
