@@ -8,7 +8,14 @@ use lab_hv::run::{failed, run_patiently, step_events};
 use lab_hv::{Events, HostState, NodeReport, Outcome, Snapshot};
 use lab_model::{Hypervisor, LabNode, Storage};
 
+use crate::reserve::Reservation;
 use crate::{Ask, CreateRequest, Decision, decide};
+
+/// What the plan decided for a node before anything changed.
+pub(crate) struct Prepared<'a> {
+    pub snap: &'a Snapshot,
+    pub reservation: Option<&'a Reservation>,
+}
 
 pub(crate) async fn node(
     exec: &Executor,
@@ -16,9 +23,11 @@ pub(crate) async fn node(
     hv: &Hypervisor,
     node: &LabNode,
     state: &HostState,
-    snap: &Snapshot,
+    pre: &Prepared<'_>,
     events: Events<'_>,
 ) -> NodeReport {
+    let snap = pre.snap;
+    let reservation = pre.reservation;
     let step = step_events(events, hv, node);
     let lab = &req.lab.name;
     let build = &req.builds[&node.name];
@@ -44,7 +53,11 @@ pub(crate) async fn node(
         Decision::Skip(reason) => return NodeReport::new(node, Outcome::Skipped { reason }),
         Decision::Unchanged(reason) => return NodeReport::new(node, Outcome::Unchanged { reason }),
         Decision::Start { define } => {
-            return start(exec, hv, node, build, define, lab, &step).await;
+            let how = Start {
+                define,
+                reservation,
+            };
+            return start(exec, hv, node, build, &how, lab, &step).await;
         }
         Decision::Make {
             stop,
@@ -56,6 +69,13 @@ pub(crate) async fn node(
         step("stop");
         if let Err(e) = exec.run(&hv.name, &cmd::stop(node)).await {
             return failed(node, "stop", &e, false);
+        }
+    }
+    // The old clone's claim goes with it: the reservation it claims goes first.
+    if let Some(old) = reservation.and_then(|r| r.release.as_ref()) {
+        step("release DHCP reservation");
+        if let Err(e) = exec.run(&hv.name, &lab_hv::dhcp::release(old)).await {
+            return failed(node, "release DHCP reservation", &e, false);
         }
     }
     if remove_clone {
@@ -81,6 +101,7 @@ pub(crate) async fn node(
         owner: &req.owners.me,
         overlay_digest: &build.digest,
         created: req.now,
+        dhcp_claim: reservation.and_then(|r| r.claim.as_ref()),
     };
     if let Err(e) = exec
         .run(&hv.name, &cmd::clone(hv, node, snap, &own, &state.zfs))
@@ -121,6 +142,12 @@ pub(crate) async fn node(
         exec.run(&hv.name, &cmd::mark_ready(node))
             .await
             .map_err(|e| ("copy", e))?;
+        if let Some(claim) = reservation.and_then(|r| r.add.as_ref()) {
+            step("reserve DHCP");
+            exec.run(&hv.name, &lab_hv::dhcp::reserve(claim))
+                .await
+                .map_err(|e| ("reserve DHCP", e))?;
+        }
         if let Some(xml) = &build.domain_xml {
             step("define");
             exec.run(&hv.name, &cmd::define_domain(xml, lab, node))
@@ -146,7 +173,8 @@ pub(crate) async fn node(
         }
         Err((failed_step, err)) => {
             step("roll back");
-            let rollback = rollback(exec, hv, node, defined).await;
+            let claim = reservation.and_then(|r| r.claim.as_ref());
+            let rollback = rollback(exec, hv, node, defined, claim).await;
             let mut report = failed(node, failed_step, &err, rollback.is_ok());
             if let (Err(e), Outcome::Failed { error, .. }) = (rollback, &mut report.outcome) {
                 error.push_str(&format!("; rollback incomplete: {e}"));
@@ -156,22 +184,44 @@ pub(crate) async fn node(
     }
 }
 
-/// Starts this lab's complete clone left by an earlier run, defining its domain first when
-/// `define` says so.
+/// How a complete clone left by an earlier run is started.
+struct Start<'a> {
+    /// Define its domain first.
+    define: bool,
+    reservation: Option<&'a Reservation>,
+}
+
+/// Starts this lab's complete clone left by an earlier run: its DHCP reservation brought to
+/// the plan, its domain defined first when `how` says so.
 async fn start(
     exec: &Executor,
     hv: &Hypervisor,
     node: &LabNode,
     build: &NodeBuild,
-    define: bool,
+    how: &Start<'_>,
     lab: &str,
     step: &impl Fn(&'static str),
 ) -> NodeReport {
     let mut plan = Vec::new();
+    if let Some(r) = how.reservation {
+        if let Some(old) = &r.release {
+            plan.push(("release DHCP reservation", lab_hv::dhcp::release(old)));
+        }
+        // Claimed before it is added: a reservation lab made is always one a clone claims.
+        if r.claim != r.claimed {
+            plan.push((
+                "claim DHCP reservation",
+                cmd::claim_dhcp(node, r.claim.as_ref()),
+            ));
+        }
+        if let Some(new) = &r.add {
+            plan.push(("reserve DHCP", lab_hv::dhcp::reserve(new)));
+        }
+    }
     if hv.storage == Storage::Dataset {
         plan.push(("mount", cmd::attach(hv, node)));
     }
-    if let (Some(xml), true) = (&build.domain_xml, define) {
+    if let (Some(xml), true) = (&build.domain_xml, how.define) {
         plan.push(("define", cmd::define_domain(xml, lab, node)));
     }
     plan.push(("start", cmd::start(hv, node)));
@@ -188,29 +238,38 @@ async fn start(
 }
 
 /// Removes what this run made for a node: its domain definition (if this run defined it),
-/// the mount, the clone and the staging directory. Returns the first thing that would not go.
+/// the DHCP reservation its clone claims (the clone is its proof), the mount, the clone and
+/// the staging directory. Returns the first thing that would not go.
 async fn rollback(
     exec: &Executor,
     hv: &Hypervisor,
     node: &LabNode,
     defined: bool,
+    claim: Option<&lab_hv::dhcp::Claim>,
 ) -> Result<(), ExecError> {
     let mut first = Ok(());
-    let mut cmds = Vec::new();
-    if defined {
-        cmds.push(cmd::undefine(node));
-    }
-    cmds.extend([
-        cmd::detach(hv, node),
-        cmd::destroy_dataset(node),
-        cmd::remove_staging(node),
-    ]);
-    for c in cmds {
-        if let Err(e) = run_patiently(exec, &hv.name, &c).await
-            && first.is_ok()
-        {
+    let mut note = |r: Result<_, ExecError>| {
+        if let (Err(e), true) = (r, first.is_ok()) {
             first = Err(e);
         }
+    };
+    if defined {
+        note(run_patiently(exec, &hv.name, &cmd::undefine(node)).await);
+    }
+    // A reservation that would not go keeps its clone: the clone is the claim on it.
+    let kept = match claim {
+        Some(claim) => {
+            let r = run_patiently(exec, &hv.name, &lab_hv::dhcp::release(claim)).await;
+            let failed = r.is_err();
+            note(r);
+            failed
+        }
+        None => false,
+    };
+    note(run_patiently(exec, &hv.name, &cmd::detach(hv, node)).await);
+    if !kept {
+        note(run_patiently(exec, &hv.name, &cmd::destroy_dataset(node)).await);
+        note(run_patiently(exec, &hv.name, &cmd::remove_staging(node)).await);
     }
     first
 }

@@ -9,6 +9,7 @@
 mod apply;
 mod decide;
 mod network;
+mod reserve;
 
 use std::collections::HashMap;
 
@@ -20,6 +21,7 @@ use lab_model::{Lab, LabNode};
 
 pub use decide::{Ask, Decision, decide};
 pub use network::{NetworkDecision, decide_network};
+pub use reserve::Reservation;
 
 /// What to create, after `generate` has written the build.
 pub struct CreateRequest<'a> {
@@ -52,6 +54,8 @@ pub enum PlanError {
     },
     #[error("{host}: {message}; nothing was changed")]
     Network { host: String, message: String },
+    #[error("{host}: {message}; nothing was changed")]
+    Reservation { host: String, message: String },
     #[error(
         "{host}: lab `{other}` (clone {dataset}) has lab id {id} there too: two labs with one id \
          get the same MACs and wire ports; give this lab another `lab.id`; nothing was changed"
@@ -143,6 +147,28 @@ pub async fn create(
             }
         }
     }
+    // ... and every node's DHCP reservation in an operator's network.
+    let mut reservations: HashMap<&str, reserve::Reservation> = HashMap::new();
+    for node in &req.nodes {
+        let Some(Ok(state)) = states.get(node.hypervisor.as_str()) else {
+            continue;
+        };
+        let Some(hv) = req.lab.hypervisor(&node.hypervisor) else {
+            continue;
+        };
+        match reserve::decide(&req.lab.name, hv, node, state) {
+            Ok(Some(r)) => {
+                reservations.insert(&node.name, r);
+            }
+            Ok(None) => {}
+            Err(message) => {
+                return Err(PlanError::Reservation {
+                    host: hv.name.clone(),
+                    message,
+                });
+            }
+        }
+    }
     let lab = &req.lab.name;
     let networks: Vec<NetworkReport> = if exec.is_live() {
         let jobs = decisions.iter().map(|(hv, decision, build, uuid)| {
@@ -172,6 +198,7 @@ pub async fn create(
 
     let picked = &picked;
     let network_failed = &network_failed;
+    let reservations = &reservations;
     let nodes = lab_hv::run::each_node(
         exec,
         req.lab,
@@ -189,8 +216,11 @@ pub async fn create(
                     },
                 );
             }
-            let snap = &picked[hv.name.as_str()];
-            apply::node(exec, req, hv, node, &state, snap, events).await
+            let pre = apply::Prepared {
+                snap: &picked[hv.name.as_str()],
+                reservation: reservations.get(node.name.as_str()),
+            };
+            apply::node(exec, req, hv, node, &state, &pre, events).await
         },
     )
     .await;

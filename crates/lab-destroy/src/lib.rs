@@ -4,6 +4,7 @@
 //!
 //! Architecture invariant: nothing destroys a dataset it cannot prove it created (its
 //! `lab:lab` and `lab:node` name this lab and node and its origin is a snapshot of the proto);
+//! a DHCP reservation in an operator's network goes only when such a clone claims it;
 //! `zfs destroy` is never recursive; a domain is undefined only when its marker says so.
 
 use std::collections::HashSet;
@@ -264,6 +265,16 @@ fn node_plan(
                 steps.push(("undefine", cmd::undefine(node)));
             }
             if *destroy_clone {
+                // The clone is the claim on the reservation lab added for the node: the
+                // reservation goes first, and only when the network has exactly that one.
+                if let Some(claim) = state
+                    .datasets
+                    .get(&node.dataset)
+                    .and_then(|ds| ds.prop(prop::DHCP_HOST))
+                    .and_then(lab_hv::dhcp::Claim::parse)
+                {
+                    steps.push(("release DHCP reservation", lab_hv::dhcp::release(&claim)));
+                }
                 steps.push(("unmount", cmd::detach(hv, node)));
                 steps.push(("destroy clone", cmd::destroy_dataset(node)));
             }

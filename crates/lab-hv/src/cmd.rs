@@ -35,6 +35,9 @@ pub struct Ownership<'a> {
     pub owner: &'a str,
     pub overlay_digest: &'a str,
     pub created: u64,
+    /// The DHCP reservation this run adds for the node to an operator's network, or finds
+    /// that an earlier run of `lab` added ([`crate::dhcp::Claim`]).
+    pub dhcp_claim: Option<&'a crate::dhcp::Claim>,
 }
 
 pub fn clone(
@@ -72,9 +75,25 @@ pub fn clone(
     set(prop::OVERLAY, own.overlay_digest);
     set(prop::CREATED, &own.created.to_string());
     set(prop::STATE, prop::FILLING);
+    if let Some(claim) = own.dhcp_claim {
+        set(prop::DHCP_HOST, &claim.value());
+    }
     argv.push(snap.full.clone());
     argv.push(node.dataset.clone());
     Cmd::change(argv)
+}
+
+/// Records on an existing clone what DHCP reservation `lab` added for its node (`None`: none).
+pub fn claim_dhcp(node: &LabNode, claim: Option<&crate::dhcp::Claim>) -> Cmd {
+    match claim {
+        Some(c) => Cmd::change([
+            "zfs".to_owned(),
+            "set".to_owned(),
+            format!("{}={}", prop::DHCP_HOST, c.value()),
+            node.dataset.clone(),
+        ]),
+        None => Cmd::change(["zfs", "inherit", prop::DHCP_HOST, &node.dataset]),
+    }
 }
 
 /// Makes the clone's root filesystem reachable in the staging directory.

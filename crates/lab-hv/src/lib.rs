@@ -9,6 +9,7 @@
 
 mod clock;
 pub mod cmd;
+pub mod dhcp;
 pub mod doctor;
 pub mod lock;
 pub mod own;

@@ -17,6 +17,9 @@ pub mod prop {
     pub const ORIGIN_GUID: &str = "lab:origin-guid";
     pub const OVERLAY: &str = "lab:overlay-sha256";
     pub const CREATED: &str = "lab:created";
+    /// The DHCP reservation `lab` added for the node to an operator's network
+    /// ([`crate::dhcp::Claim`]); absent when it added none.
+    pub const DHCP_HOST: &str = "lab:dhcp-host";
     /// `filling` from the clone until its tree is copied in, then `ready`.
     pub const STATE: &str = "lab:state";
     /// The value of [`STATE`] while a clone is being filled.

@@ -51,7 +51,7 @@ if [ -n "$names" ]; then printf '%s\n' "$names"; fi
 echo "$m rc $rc"
 echo "$m datasets"
 if [ -n "$names" ]; then
-  printf '%s\n' "$names" | xargs -d '\n' zfs get -H -p -o name,property,value,source origin,mounted,type,lab:lab,lab:id,lab:node,lab:owner,lab:origin,lab:origin-guid,lab:overlay-sha256,lab:created,lab:state,lab:synced,lab:sync-error
+  printf '%s\n' "$names" | xargs -d '\n' zfs get -H -p -o name,property,value,source origin,mounted,type,lab:lab,lab:id,lab:node,lab:owner,lab:origin,lab:origin-guid,lab:overlay-sha256,lab:created,lab:state,lab:dhcp-host,lab:synced,lab:sync-error
   echo "$m rc $?"
 else
   echo "$m rc 0"
@@ -79,16 +79,19 @@ printf '%s\n' "$nets" | while read -r name state rest; do
   info=$(virsh -q net-info "$name" 2>/dev/null)
   uuid=$(printf '%s\n' "$info" | awk '$1 == "UUID:" { print $2 }')
   bridge=$(printf '%s\n' "$info" | awk '$1 == "Bridge:" { print $2 }')
+  # lab's own networks: the mark; an operator's: its IPv4 prefixes and DHCP reservations
+  # (`reserve` adds to them, never over someone else's).
+  dhcp=
   case $name in
     lab-*) mark=$(virsh -q net-dumpxml "$name" 2>/dev/null | grep -o '<lab:net [^>]*>' | head -n 1) ;;
-    *) mark= ;;
+    *) mark= dhcp=$(virsh -q net-dumpxml "$name" 2>/dev/null | grep -o -e '<ip [^>]*>' -e '<host [^>]*mac=[^>]*>' | tr -d '\n') ;;
   esac
   # What is plugged into its bridge (a running domain's tap): a network in use is never
   # restarted or removed under it, whoever's it is.
   ports=0
   # (older libvirt keeps a dummy <bridge>-nic on every bridge it makes: no one's)
   [ -n "$bridge" ] && [ -d "/sys/class/net/$bridge/brif" ] && ports=$(ls "/sys/class/net/$bridge/brif" | grep -cvx -- "$bridge-nic")
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$state" "$uuid" "$mark" "$bridge" "$ports"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$state" "$uuid" "$mark" "$bridge" "$ports" "$dhcp"
 done
 echo "$m rc $rc"
 # The host's IPv4 addresses: a management prefix already on an interface cannot be served again.

@@ -167,6 +167,8 @@ pub struct Network {
     pub bridge: Option<String>,
     /// How many interfaces are plugged into its bridge (running domains' taps).
     pub ports: usize,
+    /// An operator's network (not `lab-*`): its IPv4 prefixes and DHCP reservations.
+    pub dhcp: Option<crate::dhcp::NetworkDhcp>,
 }
 
 /// What `lab` records in a network it defines: the lab, and the digest of its definition.
@@ -533,7 +535,7 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
                 }
             }
             "networks" => {
-                let mut f = line.splitn(6, '\t');
+                let mut f = line.splitn(7, '\t');
                 let (Some(name), Some(active)) = (f.next(), f.next()) else {
                     continue;
                 };
@@ -541,6 +543,8 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
                 let marker = f.next().and_then(parse_network_marker);
                 let bridge = f.next().filter(|b| !b.is_empty()).map(str::to_owned);
                 let ports = f.next().and_then(|p| p.trim().parse().ok()).unwrap_or(0);
+                let dhcp = (!name.starts_with("lab-"))
+                    .then(|| crate::dhcp::parse_network(f.next().unwrap_or_default()));
                 state.networks.insert(
                     name.to_owned(),
                     Network {
@@ -550,6 +554,7 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
                         marker,
                         bridge,
                         ports,
+                        dhcp,
                     },
                 );
             }
@@ -666,7 +671,7 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
 }
 
 /// The value of attribute `key` in an XML element's text, single- or double-quoted.
-fn attribute(text: &str, key: &str) -> Option<String> {
+pub(crate) fn attribute(text: &str, key: &str) -> Option<String> {
     for quote in ['"', '\''] {
         let open = format!(" {key}={quote}");
         if let Some(start) = text.find(&open) {

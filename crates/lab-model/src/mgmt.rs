@@ -20,9 +20,15 @@ pub(crate) fn resolve_mgmt(
     let fail = |field: &str, message: String| {
         Err(schema_error(root, &at(field), message, Hint::default()))
     };
-    let (mode, bridge, network, gateway) = match &s.mgmt {
-        None => (None, None, None, None),
-        Some(m) => (m.mode, m.bridge.clone(), m.network.clone(), m.gateway),
+    let (mode, bridge, network, gateway, reserve) = match &s.mgmt {
+        None => (None, None, None, None, None),
+        Some(m) => (
+            m.mode,
+            m.bridge.clone(),
+            m.network.clone(),
+            m.gateway,
+            m.reserve,
+        ),
     };
     let mode = mode.unwrap_or(match (&network, &bridge, s.mgmt_ipv4) {
         (Some(_), _, _) => MgmtMode::Existing,
@@ -53,12 +59,29 @@ pub(crate) fn resolve_mgmt(
             ),
         );
     }
+    if reserve == Some(true) && mode != MgmtMode::Existing {
+        return fail(
+            "reserve",
+            format!(
+                "`reserve` adds reservations to an operator's network (mode existing); in mode \
+                 {} {}",
+                format!("{mode:?}").to_lowercase(),
+                if matches!(mode, MgmtMode::Isolated | MgmtMode::Nat) {
+                    "lab's own network already has every node's reservation"
+                } else {
+                    "no DHCP is lab's to change"
+                }
+            ),
+        );
+    }
     let mut out = MgmtNetwork {
         mode,
         network: None,
         owned: false,
         bridge: None,
         gateway_ipv4: None,
+        reserve: false,
+        dhcp: false,
     };
     match mode {
         MgmtMode::None => {}
@@ -77,6 +100,20 @@ pub(crate) fn resolve_mgmt(
                 names::network,
             )?;
             out.network = Some(network);
+            // Reservations need planned addresses: on by default when there are some.
+            out.reserve = match (reserve, s.mgmt_ipv4) {
+                (Some(true), None) => {
+                    return fail(
+                        "reserve",
+                        "`reserve` needs the hypervisor's `mgmt_ipv4`: the prefix of the \
+                         operator's network, from which each node's address is planned"
+                            .to_owned(),
+                    );
+                }
+                (Some(r), _) => r,
+                (None, planned) => planned.is_some(),
+            };
+            out.dhcp = out.reserve;
         }
         MgmtMode::Bridge => {
             let Some(bridge) = bridge else {
@@ -119,6 +156,7 @@ pub(crate) fn resolve_mgmt(
             out.owned = true;
             out.bridge = Some(format!("lab{}", lab.id));
             out.gateway_ipv4 = Some(gateway);
+            out.dhcp = true;
         }
     }
     Ok(out)

@@ -253,6 +253,12 @@ pub struct MgmtNetwork {
     pub bridge: Option<String>,
     /// The hypervisor's address on a network lab serves DHCP on: the prefix's last host.
     pub gateway_ipv4: Option<Ipv4Net>,
+    /// Mode `existing`: `lab` adds each node's `<host mac name ip>` to the operator's network
+    /// (and removes exactly those it added).
+    pub reserve: bool,
+    /// The network's DHCP answers each node with its planned management address: lab's own
+    /// network (modes isolated and nat), or an operator's with `reserve`.
+    pub dhcp: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

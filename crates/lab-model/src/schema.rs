@@ -209,6 +209,10 @@ pub(crate) struct MgmtSchema {
     /// `mgmt_ipv4` or an address in it (default: the prefix's last host).
     #[serde(default)]
     pub(crate) gateway: Option<GatewaySchema>,
+    /// Mode `existing`: add each node's DHCP reservation to the operator's network (default:
+    /// when the hypervisor has `mgmt_ipv4`, so that nodes have planned addresses).
+    #[serde(default)]
+    pub(crate) reserve: Option<bool>,
 }
 
 impl From<GatewaySchema> for crate::addr::Either<u32, Ipv4Addr> {

@@ -450,6 +450,32 @@ const BAD: &[Bad] = &[
         ],
     },
     Bad {
+        name: "reservations on lab's own network",
+        files: &[(
+            "labs/rs.yaml",
+            "include: vpp.yaml\nhypervisors:\n  hv1:\n    mgmt: {mode: isolated, reserve: true}\n",
+        )],
+        args: &["generate", "--lab", "labs/rs.yaml"],
+        code: 2,
+        says: &[
+            "labs/rs.yaml:4",
+            "lab's own network already has every node's reservation",
+        ],
+    },
+    Bad {
+        name: "reservations without planned addresses",
+        files: &[(
+            "labs/rs.yaml",
+            "include: vpp.yaml\nhypervisors:\n  hv1:\n    mgmt_ipv4: null\n    mgmt: {network: default, reserve: true}\n",
+        )],
+        args: &["generate", "--lab", "labs/rs.yaml"],
+        code: 2,
+        says: &[
+            "labs/rs.yaml:5",
+            "`reserve` needs the hypervisor's `mgmt_ipv4`",
+        ],
+    },
+    Bad {
         name: "a node on the address the gateway setting took",
         files: &[(
             "labs/gw.yaml",

@@ -1713,3 +1713,122 @@ fn frr_routers_converge_and_validate_names_the_sessions_that_drop() {
     let gone = lab(b, &["destroy", "--lab", file, "--yes", "-q"]);
     assert_eq!(gone.code, 0, "{}", gone.stderr);
 }
+
+/// Issue 20: an operator's network (`mode: existing`) gains the lab's DHCP reservations, and
+/// loses only those on destroy: the reservation made by hand for another machine, and one made
+/// by hand identical to a node's, both survive. One that someone else made for a node's
+/// address refuses the create before anything changes.
+#[test]
+fn an_operators_network_gets_the_labs_reservations_and_keeps_its_own() {
+    let bed = require();
+    let build = tempfile::tempdir().unwrap();
+    let b = build.path();
+    let dir = tempfile::tempdir().unwrap();
+    let network = "e2e-ops";
+    let virsh = |args: &[&str]| {
+        let mut argv = vec!["virsh", "-q"];
+        argv.extend_from_slice(args);
+        bed.exec(1, &argv)
+    };
+    let hosts = || virsh(&["net-dumpxml", network]).unwrap();
+    // The operator's network on hv1, as an operator would have it: a DHCP range, and a
+    // reservation for a machine of their own.
+    let _ = virsh(&["net-destroy", network]);
+    let _ = virsh(&["net-undefine", network]);
+    let xml = "<network><name>e2e-ops</name><bridge name='e2eops' stp='off'/>\
+        <ip address='192.168.63.1' netmask='255.255.255.0'><dhcp>\
+        <range start='192.168.63.100' end='192.168.63.200'/>\
+        <host mac='52:54:00:ee:00:01' name='by-hand' ip='192.168.63.50'/></dhcp></ip></network>";
+    bed.exec(
+        1,
+        &[
+            "sh",
+            "-c",
+            "printf '%s' \"$1\" | virsh -q net-define /dev/stdin && virsh -q net-start \"$2\"",
+            "sh",
+            xml,
+            network,
+        ],
+    )
+    .unwrap();
+    let file = write_lab(
+        dir.path(),
+        "e2e-rsv",
+        63,
+        "hypervisors:\n  hv1: {mgmt_ipv4: 192.168.63.0/24, mgmt: {network: e2e-ops}}\n\
+         nodes:\n  rs-1: {hypervisor: hv1, id: 11}\n  rs-2: {hypervisor: hv1, id: 12}\n",
+    );
+    let model = lab_model::load(std::slice::from_ref(&file)).unwrap();
+    let element = |node: &str| {
+        let n = model.nodes.iter().find(|n| n.name == node).unwrap();
+        format!(
+            "<host mac='{}' name='{node}' ip='{}'/>",
+            n.mac.to_ascii_lowercase(),
+            n.mgmt_ipv4.unwrap().addr()
+        )
+    };
+    let f = file.to_str().unwrap();
+    lab(b, &["destroy", "--lab", f, "--yes", "-q"]);
+    let update = |verb: &str, host: &str| {
+        virsh(&[
+            "net-update",
+            network,
+            verb,
+            "ip-dhcp-host",
+            host,
+            "--live",
+            "--config",
+        ])
+        .unwrap();
+    };
+
+    // Someone else's reservation on rs-2's address: refused, nothing made.
+    let squatter = "<host mac='52:54:00:ee:00:02' name='squatter' ip='192.168.63.12'/>";
+    update("add-last", squatter);
+    let run = lab(b, &["create", "--lab", f]);
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("squatter") && run.stderr.contains("nothing was changed"),
+        "{}",
+        run.stderr
+    );
+    assert!(!domain_exists(&bed, "hv1", "rs-1"));
+    assert!(!hosts().contains(&element("rs-1")));
+    update("delete", squatter);
+
+    // rs-2's very reservation, made by hand: used, never claimed.
+    update("add-last", &element("rs-2"));
+    let run = lab(
+        b,
+        &["create", "--lab", f, "--wait", "--wait-timeout", "180"],
+    );
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let now = hosts();
+    for node in ["rs-1", "rs-2"] {
+        assert!(now.contains(&element(node)), "{node}: {now}");
+    }
+    // Each node took its planned address by DHCP (the image's init says so only for a
+    // lease; the network's range starts at .100).
+    for (node, ip) in [("rs-1", "192.168.63.11"), ("rs-2", "192.168.63.12")] {
+        let line = bed
+            .wait_for_console(1, node, "LAB-GUEST-MGMT:", Duration::from_secs(120))
+            .unwrap();
+        assert_eq!(line, format!("LAB-GUEST-MGMT: {ip}"), "{node}");
+    }
+    let persistent = virsh(&["net-dumpxml", "--inactive", network]).unwrap();
+    assert!(persistent.contains(&element("rs-1")), "{persistent}");
+
+    let run = lab(b, &["destroy", "--lab", f, "--yes"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let after = hosts();
+    assert!(!after.contains(&element("rs-1")), "{after}");
+    assert!(after.contains(&element("rs-2")), "{after}");
+    assert!(after.contains("name='by-hand'"), "{after}");
+    let persistent = virsh(&["net-dumpxml", "--inactive", network]).unwrap();
+    assert!(!persistent.contains(&element("rs-1")), "{persistent}");
+    // The network itself is the operator's: still there, still running.
+    let nets = virsh(&["net-list", "--name"]).unwrap();
+    assert!(nets.lines().any(|l| l.trim() == network), "{nets}");
+    let _ = virsh(&["net-destroy", network]);
+    let _ = virsh(&["net-undefine", network]);
+}

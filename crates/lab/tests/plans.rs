@@ -560,7 +560,106 @@ const SCENARIOS: &[Scenario] = &[
         addrs: &[],
         lab_edit: &[],
     },
+    Scenario {
+        // Mode existing with `mgmt_ipv4`: z1's reservation goes into the operator's network
+        // `default` before its domain starts, and its clone claims it; the hand-made one for
+        // `web` is no business of lab's.
+        name: "create_reserves_in_an_operators_network",
+        verb: "create",
+        force: false,
+        datasets: &[],
+        domains: &[],
+        markers: &[],
+        networks: &[("hvz", OPERATORS_DEFAULT)],
+        addrs: &[],
+        lab_edit: &RESERVE_HVZ,
+    },
+    Scenario {
+        // Someone else's reservation holds z1's address: nothing changes anywhere.
+        name: "create_refuses_a_reservation_someone_else_made_for_the_node",
+        verb: "create",
+        force: false,
+        datasets: &[],
+        domains: &[],
+        markers: &[],
+        networks: &[(
+            "hvz",
+            "default\tactive\tuuid-of-default\t\tvirbr0\t1\t<ip address='192.168.122.1' \
+             netmask='255.255.255.0'><host mac='52:54:00:aa:bb:cc' name='db' ip='192.168.122.5'/>\n",
+        )],
+        addrs: &[],
+        lab_edit: &RESERVE_HVZ,
+    },
+    Scenario {
+        // z1's clone claims its reservation: it goes before the clone, and `web`'s stays.
+        name: "destroy_releases_only_the_reservation_its_clone_claims",
+        verb: "destroy",
+        force: false,
+        datasets: &[("hvz", CLAIMING_Z1)],
+        domains: &[("hvz", " 5 z1 running\n")],
+        markers: &[("z1", "<lab lab=\"plan\" node=\"z1\"/>")],
+        networks: &[("hvz", DEFAULT_WITH_Z1)],
+        addrs: &[],
+        lab_edit: &RESERVE_HVZ,
+    },
+    Scenario {
+        // z1's very reservation, made by hand: used as it is, never claimed (so destroy
+        // leaves it).
+        name: "create_uses_an_identical_reservation_made_by_hand_unclaimed",
+        verb: "create",
+        force: false,
+        datasets: &[],
+        domains: &[],
+        markers: &[],
+        networks: &[("hvz", DEFAULT_WITH_Z1)],
+        addrs: &[],
+        lab_edit: &RESERVE_HVZ,
+    },
+    Scenario {
+        // z1 was id 4 when lab reserved .4 for it; now id 5. `--force`: the old reservation
+        // goes before the old clone (its claim), the new one is claimed and added.
+        name: "create_force_replaces_the_reservation_of_an_older_plan",
+        verb: "create",
+        force: true,
+        datasets: &[("hvz", CLAIMING_Z1_AS_ID_4)],
+        domains: &[("hvz", " 5 z1 running\n")],
+        markers: &[("z1", "<lab lab=\"plan\" node=\"z1\"/>")],
+        networks: &[(
+            "hvz",
+            "default\tactive\tuuid-of-default\t\tvirbr0\t1\t<ip address='192.168.122.1' \
+             netmask='255.255.255.0'><host mac='52:54:00:03:01:04' name='z1' ip='192.168.122.4'/>\n",
+        )],
+        addrs: &[],
+        lab_edit: &RESERVE_HVZ,
+    },
 ];
+
+/// hvz's nodes on the operator's `default`, with planned addresses (z1: 192.168.122.5).
+const RESERVE_HVZ: [(&str, &str); 2] = [
+    (
+        "clones: ssd/labs}",
+        "clones: ssd/labs, mgmt_ipv4: 192.168.122.0/24, mgmt: {network: default}}",
+    ),
+    (
+        "z1: {hypervisor: hvz, id: 1}",
+        "z1: {hypervisor: hvz, id: 5}",
+    ),
+];
+/// libvirt's `default` with a reservation made by hand (the probe's 7th field).
+const OPERATORS_DEFAULT: &str = "default\tactive\tuuid-of-default\t\tvirbr0\t1\t<ip address='192.168.122.1' \
+    netmask='255.255.255.0'><host mac='52:54:00:aa:bb:cc' name='web' ip='192.168.122.10'/>\n";
+/// ... with z1's reservation in it too.
+const DEFAULT_WITH_Z1: &str = "default\tactive\tuuid-of-default\t\tvirbr0\t1\t<ip address='192.168.122.1' \
+    netmask='255.255.255.0'><host mac='52:54:00:aa:bb:cc' name='web' ip='192.168.122.10'/>\
+    <host mac='52:54:00:03:01:05' name='z1' ip='192.168.122.5'/>\n";
+/// z1's clone, which claims the reservation lab added for it.
+const CLAIMING_Z1: &str = "ssd/labs/z1\torigin\tssd/proto-disk0@20261101-release\nssd/labs/z1\tlab:lab\tplan\n\
+    ssd/labs/z1\tlab:node\tz1\nssd/labs/z1\tlab:dhcp-host\tdefault 52:54:00:03:01:05 z1 192.168.122.5\n";
+
+/// z1's clone from when it was id 4, claiming that reservation.
+const CLAIMING_Z1_AS_ID_4: &str = "ssd/labs/z1\torigin\tssd/proto-disk0@20261101-release\nssd/labs/z1\tlab:lab\tplan\n\
+    ssd/labs/z1\tlab:node\tz1\nssd/labs/z1\tlab:overlay-sha256\tdigest-of-z1\n\
+    ssd/labs/z1\tlab:dhcp-host\tdefault 52:54:00:03:01:04 z1 192.168.122.4\n";
 
 /// This lab's d1 by name, made by another user on another controller.
 const ANOTHER_OWNERS_D1: &str = "tank/d1\torigin\ttank/proto@20261001-release\ntank/d1\tlab:lab\tplan\n\
