@@ -196,34 +196,75 @@ pub async fn create(
         })
         .collect();
 
-    let picked = &picked;
-    let network_failed = &network_failed;
-    let reservations = &reservations;
-    let nodes = lab_hv::run::each_node(
-        exec,
-        req.lab,
-        &req.nodes,
-        &states,
-        events,
-        |hv, node, state| async move {
-            if let Some(error) = network_failed.get(hv.name.as_str()) {
-                return NodeReport::new(
-                    node,
-                    Outcome::Failed {
-                        step: "network".to_owned(),
-                        error: error.clone(),
-                        rolled_back: false,
-                    },
-                );
-            }
-            let pre = apply::Prepared {
-                snap: &picked[hv.name.as_str()],
-                reservation: reservations.get(node.name.as_str()),
+    // Each hypervisor's nodes in three exchanges (see `apply::hypervisor`), all hypervisors
+    // at once (one after the other without a live executor, so each report holds its own
+    // commands).
+    let (picked, network_failed, reservations) = (&picked, &network_failed, &reservations);
+    let states = &states;
+    let jobs = req
+        .lab
+        .hypervisors_of(&req.nodes)
+        .into_iter()
+        .map(|hv| async move {
+            let here: Vec<&LabNode> = req
+                .nodes
+                .iter()
+                .copied()
+                .filter(|n| n.hypervisor == hv.name)
+                .collect();
+            let fail_all = |step: &str, error: String| -> Vec<NodeReport> {
+                here.iter()
+                    .map(|n| {
+                        let report = NodeReport::new(
+                            n,
+                            Outcome::Failed {
+                                step: step.to_owned(),
+                                error: error.clone(),
+                                rolled_back: false,
+                            },
+                        );
+                        lab_hv::run::report_done(events, &report);
+                        report
+                    })
+                    .collect()
             };
-            apply::node(exec, req, hv, node, &state, &pre, events).await
-        },
-    )
-    .await;
+            let state = match &states[hv.name.as_str()] {
+                Err(e) => return fail_all("connect", e.to_string()),
+                Ok(state) => state,
+            };
+            if let Some(error) = network_failed.get(hv.name.as_str()) {
+                return fail_all("network", error.clone());
+            }
+            let prepared: Vec<(&LabNode, apply::Prepared<'_>)> = here
+                .iter()
+                .map(|n| {
+                    let pre = apply::Prepared {
+                        snap: &picked[hv.name.as_str()],
+                        reservation: reservations.get(n.name.as_str()),
+                    };
+                    (*n, pre)
+                })
+                .collect();
+            apply::hypervisor(exec, req, hv, state, &prepared, events).await
+        });
+    let mut by_node: HashMap<String, NodeReport> = if exec.is_live() {
+        lab_hv::run::join_all(jobs.collect()).await
+    } else {
+        let mut all = Vec::new();
+        for job in jobs {
+            all.push(job.await);
+        }
+        all
+    }
+    .into_iter()
+    .flatten()
+    .map(|r| (r.node.clone(), r))
+    .collect();
+    let nodes = req
+        .nodes
+        .iter()
+        .filter_map(|n| by_node.remove(&n.name))
+        .collect();
     Ok(CreateReport { networks, nodes })
 }
 

@@ -153,12 +153,25 @@ impl Executor {
         let work = async {
             let mut command = session.raw_command(c_locale(&line));
             command
-                .stdin(openssh::Stdio::null())
+                .stdin(if cmd.stdin.is_some() {
+                    openssh::Stdio::piped()
+                } else {
+                    openssh::Stdio::null()
+                })
                 .stdout(openssh::Stdio::piped())
                 .stderr(openssh::Stdio::piped());
             let mut child = command.spawn().await.map_err(lost)?;
             let stdout = child.stdout().take().expect("piped");
             let mut stderr = child.stderr().take().expect("piped");
+            // Fed beside the reading: a script read as it runs answers before it is all sent.
+            let stdin = child.stdin().take();
+            let feed = async {
+                if let (Some(bytes), Some(mut pipe)) = (&cmd.stdin, stdin) {
+                    // A remote side that stops reading early says why in its status.
+                    let _ = pipe.write_all(bytes).await;
+                    let _ = pipe.shutdown().await;
+                }
+            };
             // Lines as they come (any bytes: a console line need not be UTF-8), and stderr
             // drained beside them, so that neither pipe can fill and stall the other.
             let read_out = async {
@@ -190,7 +203,7 @@ impl Executor {
                 let _ = stderr.read_to_end(&mut bytes).await;
                 bytes
             };
-            let (all, err) = tokio::join!(read_out, read_err);
+            let (all, err, ()) = tokio::join!(read_out, read_err, feed);
             let all = all?;
             let status = child.wait().await.map_err(lost)?;
             Ok(Out {

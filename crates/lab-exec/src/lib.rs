@@ -122,6 +122,8 @@ pub struct Recorded {
     pub line: String,
     /// The arguments before quoting.
     pub argv: Vec<String>,
+    /// What the command was fed (a hypervisor's plan script, a definition), when anything.
+    pub stdin: Option<Vec<u8>>,
 }
 
 /// Answers queries in [`Mode::Scripted`]: `(host, command line)` → output.
@@ -214,6 +216,18 @@ impl Executor {
             effect,
             line,
             argv: argv.to_vec(),
+            stdin: None,
+        });
+    }
+
+    /// Records `cmd` with what it is fed.
+    fn note_cmd(&self, host: &str, effect: Effect, cmd: &Cmd) {
+        self.record.lock().expect("record lock").push(Recorded {
+            host: host.to_owned(),
+            effect,
+            line: cmd.line(),
+            argv: cmd.argv.clone(),
+            stdin: cmd.stdin.clone(),
         });
     }
 
@@ -301,7 +315,7 @@ impl Executor {
     fn canned(&self, host: &str, cmd: &Cmd, line: &str) -> Option<Out> {
         match (&self.mode, cmd.effect) {
             (Mode::Scripted(script), effect) => {
-                self.note(host, effect, cmd.line(), &cmd.argv);
+                self.note_cmd(host, effect, cmd);
                 Some(match (script(host, line), effect) {
                     (Some(out), _) => out,
                     (None, Effect::Query) => Out::fail(1, "no scripted answer"),
@@ -309,7 +323,7 @@ impl Executor {
                 })
             }
             (Mode::DryRun, Effect::Change) => {
-                self.note(host, Effect::Change, cmd.line(), &cmd.argv);
+                self.note_cmd(host, Effect::Change, cmd);
                 Some(Out::ok(""))
             }
             _ => None,

@@ -178,6 +178,7 @@ pub fn lock_cmd(hv: &Hypervisor, lab: &str, me: &Holder, wait_secs: u64) -> Cmd 
 /// hypervisor late (queued in a connection that came back after the lock timed out) either
 /// ran before the new holder went on, or does not run at all (review 3, N19).
 const STILL_OURS: &str = r#"[ "$(cat -- "$1")" = "$2" ] || exit 77
+LAB_LOCK=$1 LAB_HOLDER=$2; export LAB_LOCK LAB_HOLDER
 shift 2; exec "$@""#;
 
 /// The words in front of every change `me`, holding `lab`'s lock, makes on `hv`.

@@ -1,10 +1,13 @@
-//! One exchange per hypervisor: every node's steps there go in one remote command, a constant
-//! runner script whose arguments are the steps themselves (each a quoted command line, as the
-//! executor would send it on its own), and come back as one stream of lines: a step starting,
-//! a node done, a node failed with its step, status and error. Each node's steps run in order
-//! and a failed step ends that node only; `parallel` nodes run at once; a step zfs calls
-//! "busy" is tried again, as [`crate::run::run_patiently`] does. The whole command runs behind
-//! the executor's guard, once.
+//! One exchange per hypervisor: every node's steps there go in one remote command, `sh -s`
+//! fed a script: the runner's functions, then each node's steps (each the quoted command line
+//! the executor would send on its own, and what it is fed, if anything), and come back as one
+//! stream of lines: a step starting, a node done, a node failed with its step, status and
+//! error. Each node's steps run in order and a failed step ends that node only; `parallel`
+//! nodes run at once; a step zfs calls "busy" is tried again, as [`crate::run::run_patiently`]
+//! does. The whole command runs behind the executor's guard, and each step looks again that
+//! the lab's lock is still this run's (else that node fails, lock lost, and so does every
+//! step after it). The plan travels on stdin,
+//! so its size has no limit (a command line does: 128 KiB per argument on Linux).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -23,17 +26,28 @@ pub struct NodePlan<'a> {
 }
 
 impl NodePlan<'_> {
-    /// The node as the runner gets it: its name, how many steps, then each step's name,
-    /// timeout in seconds and quoted command line (which may hold newlines: each is an
-    /// argument of its own).
-    fn args(&self) -> Vec<String> {
-        let mut args = vec![self.node.name.clone(), self.steps.len().to_string()];
+    /// The node as a function of the plan script: its steps, each ended by a failure.
+    fn function(&self, index: usize) -> String {
+        let mut body = format!("n{index}() {{\n");
         for (name, cmd) in &self.steps {
-            args.push((*name).to_owned());
-            args.push(cmd.timeout.as_secs().max(1).to_string());
-            args.push(quote_line(&cmd.argv));
+            let secs = cmd.timeout.as_secs().max(1).to_string();
+            let mut words = match &cmd.stdin {
+                None => vec!["step".to_owned()],
+                Some(_) => vec!["feed".to_owned()],
+            };
+            words.extend([self.node.name.clone(), (*name).to_owned(), secs]);
+            if let Some(bytes) = &cmd.stdin {
+                words.push(String::from_utf8_lossy(bytes).into_owned());
+            }
+            words.extend(cmd.argv.iter().cloned());
+            let line = quote_line(&words);
+            body.push_str(&format!("  {line} || return\n"));
         }
-        args
+        body.push_str(&format!(
+            "  echo {}\n}}\n",
+            quote_line(&[format!("DONE {}", self.node.name)])
+        ));
+        body
     }
 
     /// The steps as they run on the hypervisor (inside the runner), for `--dry-run`.
@@ -41,8 +55,13 @@ impl NodePlan<'_> {
         self.steps
             .iter()
             .map(|(_, cmd)| {
+                let fed = if cmd.stdin.is_some() {
+                    " <<< (stdin)"
+                } else {
+                    ""
+                };
                 format!(
-                    "timeout -k 5 {} {}",
+                    "timeout -k 5 {} {}{fed}",
                     cmd.timeout.as_secs().max(1),
                     quote_line(&cmd.argv)
                 )
@@ -51,57 +70,73 @@ impl NodePlan<'_> {
     }
 }
 
-/// The runner. Arguments: how many nodes at once, then for each node its name, its number of
-/// steps K, and K times a step's name, timeout in seconds and quoted command line. Prints
-/// `STEP node name`, a step's output as `OUT node line` lines, then `DONE node`, or
-/// `FAIL node status name` and the error as `ERR node line` lines.
-const RUNNER: &str = r#"par=$1; shift
-run_node() { # node, K, then this node's K steps (and whatever follows, unread)
-  node=$1 k=$2; shift 2
-  err=$(mktemp) || return 1
-  while [ "$k" -gt 0 ]; do
-    step=$1 t=$2 cmd=$3; shift 3; k=$((k - 1))
-    echo "STEP $node $step"
-    tries=0
-    while :; do
-      out=$(eval "timeout -k 5 $t $cmd" </dev/null 2>"$err"); rc=$?
-      if [ $rc -eq 0 ]; then
-        [ -z "$out" ] || printf '%s\n' "$out" | sed "s/^/OUT $node /"
-        break
-      fi
-      case $(cat "$err") in *busy*) tries=$((tries + 1)); if [ $tries -lt 10 ]; then sleep 0.5; continue; fi ;; esac
-      echo "FAIL $node $rc $step"
-      sed "s/^/ERR $node /" "$err"
-      rm -f "$err"
-      return 1
-    done
+/// The runner's functions. `step NODE NAME SECS COMMAND...` prints `STEP node name`, runs the
+/// command under `timeout` (tried again while zfs says "busy"), passes its output on as
+/// `OUT node line` lines, and on failure prints `FAIL node status name` and the error as
+/// `ERR node line` lines and fails; `feed NODE NAME SECS DATA COMMAND...` is the same with
+/// DATA on the command's stdin.
+const RUNNER: &str = r#"step() { _n=$1 _s=$2 _t=$3; shift 3; _run "" "$@"; }
+feed() { _n=$1 _s=$2 _t=$3 _d=$4; shift 4; _run fed "$@"; }
+_run() {
+  _fed=$1; shift
+  # Behind the guard, each step looks again: the lock file still names this run and its
+  # holder still holds it (a lock nobody holds is free to anyone).
+  if [ -n "${LAB_LOCK:-}" ] && { [ "$(cat -- "$LAB_LOCK")" != "$LAB_HOLDER" ] || flock -n "$LAB_LOCK" true; }; then
+    echo "FAIL $_n 77 $_s"
+    echo "ERR $_n the lab's lock on this hypervisor is no longer this run's: nothing more is changed"
+    return 1
+  fi
+  echo "STEP $_n $_s"
+  _err=$(mktemp) || { echo "FAIL $_n 1 $_s"; return 1; }
+  _tries=0
+  while :; do
+    if [ -n "$_fed" ]; then
+      _out=$(printf '%s' "$_d" | timeout -k 5 "$_t" "$@" 2>"$_err"); _rc=$?
+    else
+      _out=$(timeout -k 5 "$_t" "$@" </dev/null 2>"$_err"); _rc=$?
+    fi
+    if [ $_rc -eq 0 ]; then
+      [ -z "$_out" ] || printf '%s\n' "$_out" | sed "s/^/OUT $_n /"
+      rm -f "$_err"
+      return 0
+    fi
+    case $(cat "$_err") in *busy*) _tries=$((_tries + 1)); if [ $_tries -lt 10 ]; then sleep 0.5; continue; fi ;; esac
+    echo "FAIL $_n $_rc $_s"
+    sed "s/^/ERR $_n /" "$_err"
+    rm -f "$_err"
+    return 1
   done
-  rm -f "$err"
-  echo "DONE $node"
 }
-running=0
-while [ $# -ge 2 ]; do
-  run_node "$@" &
-  k=$2; shift $((2 + 3 * k))
-  running=$((running + 1))
-  if [ "$running" -ge "$par" ]; then wait; running=0; fi
-done
-wait"#;
+"#;
 
-/// The one command that carries out `plans` on `hv`.
-pub fn plan_cmd(hv: &Hypervisor, plans: &[NodePlan<'_>]) -> Cmd {
-    let mut argv: Vec<String> = ["sh", "-c", RUNNER, "lab-plan"].map(String::from).to_vec();
-    argv.push(hv.parallel.max(1).to_string());
-    for plan in plans {
-        argv.extend(plan.args());
+/// The plan script for `plans` on `hv`: the runner, each node as a function, then the nodes
+/// started `parallel` at a time.
+pub fn plan_script(hv: &Hypervisor, plans: &[NodePlan<'_>]) -> String {
+    let mut script = RUNNER.to_owned();
+    for (i, plan) in plans.iter().enumerate() {
+        script.push_str(&plan.function(i));
     }
+    let par = (hv.parallel.max(1)) as usize;
+    for (i, _) in plans.iter().enumerate() {
+        script.push_str(&format!("n{i} &\n"));
+        if (i + 1) % par == 0 || i + 1 == plans.len() {
+            script.push_str("wait\n");
+        }
+    }
+    script
+}
+
+/// The one command that carries out `plans` on `hv`: `sh -s`, fed [`plan_script`].
+pub fn plan_cmd(hv: &Hypervisor, plans: &[NodePlan<'_>]) -> Cmd {
     // A deadline for the whole: every step's, each node after the other, with its retries.
     let secs: u64 = plans
         .iter()
         .flat_map(|p| &p.steps)
         .map(|(_, c)| c.timeout.as_secs().max(1) + 5)
         .sum();
-    Cmd::change(argv).timeout(Duration::from_secs(secs.max(60)))
+    Cmd::change(["sh", "-s", "lab-plan"])
+        .stdin(plan_script(hv, plans))
+        .timeout(Duration::from_secs(secs.max(60)))
 }
 
 /// What the runner said of a node: the failed step (its index) and status, or none when it
@@ -187,6 +222,12 @@ pub async fn run(
         .iter()
         .map(|plan| match (ended.get(&plan.node.name), &outcome) {
             (Some((None, _)), _) => Ok(printed.remove(&plan.node.name).unwrap_or_default()),
+            (Some((Some((i, lab_exec::LOCK_GONE)), _)), _) => Err((
+                plan.steps[*i].0,
+                ExecError::LockLost {
+                    host: hv.name.clone(),
+                },
+            )),
             (Some((Some((i, status)), lines)), _) => {
                 let (name, cmd) = &plan.steps[*i];
                 Err((

@@ -143,14 +143,27 @@ fn a_plan_runs_each_nodes_steps_and_a_failure_ends_that_node_only() {
                     "say",
                     lab_exec::Cmd::change(["sh", "-c", "echo 'it is'\necho \"$1\"", "x", "a 'b'"]),
                 ),
+                // A step fed data (a definition), which reads it and nothing of the plan.
+                (
+                    "fed",
+                    lab_exec::Cmd::change(["sed", "s/^/got /"]).stdin("<domain a='1'/>\n$x\n"),
+                ),
             ],
         },
     ];
     let cmd = lab_hv::plan::plan_cmd(hv, &plans);
-    let out = Command::new(&cmd.argv[0])
+    let mut child = Command::new(&cmd.argv[0])
         .args(&cmd.argv[1..])
-        .output()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(cmd.stdin.as_ref().unwrap()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
     let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_owned)
@@ -165,9 +178,12 @@ fn a_plan_runs_each_nodes_steps_and_a_failure_ends_that_node_only() {
             "ERR r1 it broke",
             "FAIL r1 3 second step",
             "OUT r2 a 'b'",
+            "OUT r2 got $x",
+            "OUT r2 got <domain a='1'/>",
             "OUT r2 it is",
             "STEP r1 first",
             "STEP r1 second step",
+            "STEP r2 fed",
             "STEP r2 say",
             "STEP r2 touch",
         ]

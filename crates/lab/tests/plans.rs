@@ -882,10 +882,15 @@ changes: {changes:?}
     }
     if s.verb == "destroy" {
         out.push_str(&network_lines);
-        // Each hypervisor's nodes went in one exchange: the command, byte for byte.
-        for r in exec.recorded() {
-            if r.line.contains(" lab-plan ") {
-                out.push_str(&format!("plan on {}:\n  $ {}\n", r.host, r.line));
+    }
+    // Each hypervisor's plans, behind the guard: the command, byte for byte (and for destroy
+    // what it is fed: create's steps are listed per node above).
+    for r in exec.recorded() {
+        if r.line.contains(" lab-plan ") && (s.verb == "destroy" || s.verb == "create") {
+            out.push_str(&format!("plan on {}:\n  $ {}\n", r.host, r.line));
+            if s.verb == "destroy" {
+                let script = String::from_utf8_lossy(r.stdin.as_deref().unwrap_or_default());
+                out.push_str(&format!("  fed:\n{script}"));
             }
         }
     }
