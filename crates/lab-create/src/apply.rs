@@ -98,7 +98,7 @@ pub(crate) async fn hypervisor(
                 steps.push(("clone", cmd::clone(hv, node, pre.snap, &own, &state.zfs)));
                 steps.push(("mount", cmd::attach(hv, node)));
                 steps.push(("copy", cmd::refuse_symlinked_dirs(node, &build.dirs)));
-                first.push(NodePlan { node, steps });
+                first.push(NodePlan::new(node, steps));
                 todo.push((
                     Todo {
                         node,
@@ -178,9 +178,12 @@ pub(crate) async fn hypervisor(
             Some(_) => finish_steps(hv, t, lab),
             None => start_steps(hv, t, *define, lab),
         };
+        // Every node's start in the plan's last wave, all at once under wires.lock.
+        let last_wave = steps.len() - 1;
         last.push(NodePlan {
             node: t.node,
             steps,
+            last_wave,
         });
     }
     let mut show = |plan: &NodePlan<'_>| {
@@ -316,7 +319,7 @@ fn finish_steps(hv: &Hypervisor, t: &Todo<'_>, lab: &str) -> Vec<(&'static str, 
     if let Some(xml) = &t.build.domain_xml {
         steps.push(("define", cmd::define_domain(xml, lab, node)));
     }
-    steps.push(("start", cmd::start(hv, node)));
+    steps.push(("start", cmd::start_under_wires_lock(node)));
     steps
 }
 
@@ -346,7 +349,7 @@ fn start_steps(hv: &Hypervisor, t: &Todo<'_>, define: bool, lab: &str) -> Vec<(&
     if let (Some(xml), true) = (&t.build.domain_xml, define) {
         steps.push(("define", cmd::define_domain(xml, lab, node)));
     }
-    steps.push(("start", cmd::start(hv, node)));
+    steps.push(("start", cmd::start_under_wires_lock(node)));
     steps
 }
 

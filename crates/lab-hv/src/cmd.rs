@@ -269,6 +269,24 @@ fn with_marker(xml: &str, root: &str, mark: &str) -> String {
 /// came minutes earlier, and two labs with one id starting at once would both bind (QEMU uses
 /// `SO_REUSEADDR`) and split each other's frames. Exit 3 names the ports.
 pub fn start(hv: &Hypervisor, node: &LabNode) -> Cmd {
+    let unlocked = start_under_wires_lock(node);
+    if unlocked.argv.first().is_some_and(|p| p == "virsh") {
+        return unlocked;
+    }
+    let mut argv: Vec<String> = ["flock", "-w", "60"].map(String::from).to_vec();
+    argv.push(wires_lock(hv));
+    argv.extend(unlocked.argv);
+    Cmd::change(argv).timeout(Duration::from_secs(180))
+}
+
+/// The hypervisor's lock for starting domains with wires (see [`start`]).
+pub fn wires_lock(hv: &Hypervisor) -> String {
+    format!("{}/wires.lock", hv.lock_dir)
+}
+
+/// [`start`] without taking `wires.lock`: for a plan that holds it while it starts several
+/// nodes at once (their ports are the lab's own, so they cannot take each other's).
+pub fn start_under_wires_lock(node: &LabNode) -> Cmd {
     let ports: Vec<String> = node
         .interfaces
         .iter()
@@ -278,22 +296,12 @@ pub fn start(hv: &Hypervisor, node: &LabNode) -> Cmd {
         return Cmd::change(["virsh", "-q", "start", &node.domain])
             .timeout(Duration::from_secs(120));
     }
-    let lock = format!("{}/wires.lock", hv.lock_dir);
-    let mut argv: Vec<String> = [
-        "flock",
-        "-w",
-        "60",
-        &lock,
-        "sh",
-        "-c",
-        START_WIRED,
-        "lab-start",
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut argv: Vec<String> = ["sh", "-c", START_WIRED, "lab-start"]
+        .map(String::from)
+        .to_vec();
     argv.push(node.domain.clone());
     argv.extend(ports);
-    Cmd::change(argv).timeout(Duration::from_secs(180))
+    Cmd::change(argv).timeout(Duration::from_secs(120))
 }
 
 /// The exit status of [`start`] when a port of the node's wires is bound by something else.

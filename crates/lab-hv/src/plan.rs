@@ -19,17 +19,52 @@ use lab_model::{Hypervisor, Lab, LabNode};
 use crate::run::{States, failed};
 use crate::{Event, Events, HostState, NodeReport};
 
-/// One node's steps in its hypervisor's plan, in order.
+/// One node's steps in its hypervisor's plan, in order. The steps from `last_wave` on run in
+/// the plan's last wave: after every node's earlier steps, for every node at once, while the
+/// plan holds the hypervisor's `wires.lock` (starting nodes whose wires' ports are looked at
+/// first: see [`crate::cmd::start_under_wires_lock`]).
 pub struct NodePlan<'a> {
     pub node: &'a LabNode,
     pub steps: Vec<(&'static str, Cmd)>,
+    pub last_wave: usize,
 }
 
-impl NodePlan<'_> {
-    /// The node as a function of the plan script: its steps, each ended by a failure.
+impl<'a> NodePlan<'a> {
+    /// Every step in the first wave.
+    pub fn new(node: &'a LabNode, steps: Vec<(&'static str, Cmd)>) -> NodePlan<'a> {
+        let last_wave = steps.len();
+        NodePlan {
+            node,
+            steps,
+            last_wave,
+        }
+    }
+
+    fn waits(&self) -> bool {
+        self.last_wave < self.steps.len()
+    }
+
+    /// The node as functions of the plan script: `n<index>` its first wave, `f<index>` its
+    /// last (when it has one), each ended by a failure; `DONE` after the last step.
     fn function(&self, index: usize) -> String {
+        let done = format!(
+            "  echo {}\n",
+            quote_line(&[format!("DONE {}", self.node.name)])
+        );
         let mut body = format!("n{index}() {{\n");
-        for (name, cmd) in &self.steps {
+        body.push_str(&self.lines(&self.steps[..self.last_wave]));
+        if self.waits() {
+            body.push_str(&format!("  : >\"$_ok/{index}\"\n}}\nf{index}() {{\n"));
+            body.push_str(&self.lines(&self.steps[self.last_wave..]));
+        }
+        body.push_str(&done);
+        body.push_str("}\n");
+        body
+    }
+
+    fn lines(&self, steps: &[(&'static str, Cmd)]) -> String {
+        let mut body = String::new();
+        for (name, cmd) in steps {
             let secs = cmd.timeout.as_secs().max(1).to_string();
             let mut words = match &cmd.stdin {
                 None => vec!["step".to_owned()],
@@ -43,10 +78,6 @@ impl NodePlan<'_> {
             let line = quote_line(&words);
             body.push_str(&format!("  {line} || return\n"));
         }
-        body.push_str(&format!(
-            "  echo {}\n}}\n",
-            quote_line(&[format!("DONE {}", self.node.name)])
-        ));
         body
     }
 
@@ -54,14 +85,20 @@ impl NodePlan<'_> {
     pub fn shown(&self) -> Vec<String> {
         self.steps
             .iter()
-            .map(|(_, cmd)| {
+            .enumerate()
+            .map(|(i, (_, cmd))| {
+                let held = if i >= self.last_wave {
+                    "(the plan's last wave, holding wires.lock) "
+                } else {
+                    ""
+                };
                 let fed = if cmd.stdin.is_some() {
                     " <<< (stdin)"
                 } else {
                     ""
                 };
                 format!(
-                    "timeout -k 5 {} {}{fed}",
+                    "{held}timeout -k 5 {} {}{fed}",
                     cmd.timeout.as_secs().max(1),
                     quote_line(&cmd.argv)
                 )
@@ -113,6 +150,10 @@ _run() {
 /// started `parallel` at a time.
 pub fn plan_script(hv: &Hypervisor, plans: &[NodePlan<'_>]) -> String {
     let mut script = RUNNER.to_owned();
+    let waits = plans.iter().any(NodePlan::waits);
+    if waits {
+        script.push_str("_ok=$(mktemp -d) || exit 1\n");
+    }
     for (i, plan) in plans.iter().enumerate() {
         script.push_str(&plan.function(i));
     }
@@ -122,6 +163,29 @@ pub fn plan_script(hv: &Hypervisor, plans: &[NodePlan<'_>]) -> String {
         if (i + 1) % par == 0 || i + 1 == plans.len() {
             script.push_str("wait\n");
         }
+    }
+    if waits {
+        // The last wave: every node whose first wave passed, at once, holding the lock.
+        let lock = quote_line(&[crate::cmd::wires_lock(hv)]);
+        script.push_str(&format!("if exec 8>>{lock} && flock -w 60 8; then\n"));
+        for (i, plan) in plans.iter().enumerate().filter(|(_, p)| p.waits()) {
+            let _ = plan;
+            script.push_str(&format!("  [ -e \"$_ok/{i}\" ] && f{i} &\n"));
+        }
+        script.push_str("  wait\n  exec 8>&-\nelse\n");
+        for (i, plan) in plans.iter().enumerate().filter(|(_, p)| p.waits()) {
+            let (name, _) = &plan.steps[plan.last_wave];
+            let fail = quote_line(&[format!("FAIL {} 1 {name}", plan.node.name)]);
+            let err = quote_line(&[format!(
+                "ERR {} the hypervisor's {} was not free within 60 s",
+                plan.node.name,
+                crate::cmd::wires_lock(hv)
+            )]);
+            script.push_str(&format!(
+                "  [ -e \"$_ok/{i}\" ] && {{ echo {fail}; echo {err}; }}\n"
+            ));
+        }
+        script.push_str("fi\nrm -rf \"$_ok\"\n");
     }
     script
 }
@@ -309,7 +373,7 @@ where
                     reports.push(*report);
                 }
                 Work::Steps(steps, keep) => {
-                    plans.push(NodePlan { node, steps });
+                    plans.push(NodePlan::new(node, steps));
                     kept.push(keep);
                 }
             }

@@ -120,9 +120,9 @@ fn a_plan_runs_each_nodes_steps_and_a_failure_ends_that_node_only() {
     let (hv, r1, r2) = (&lab.hypervisors[0], &lab.nodes[0], &lab.nodes[1]);
     let marker = root.join("r2-ran");
     let plans = [
-        lab_hv::plan::NodePlan {
-            node: r1,
-            steps: vec![
+        lab_hv::plan::NodePlan::new(
+            r1,
+            vec![
                 ("first", lab_exec::Cmd::change(["true"])),
                 (
                     "second step",
@@ -130,10 +130,10 @@ fn a_plan_runs_each_nodes_steps_and_a_failure_ends_that_node_only() {
                 ),
                 ("never", lab_exec::Cmd::change(["false"])),
             ],
-        },
-        lab_hv::plan::NodePlan {
-            node: r2,
-            steps: vec![
+        ),
+        lab_hv::plan::NodePlan::new(
+            r2,
+            vec![
                 (
                     "touch",
                     lab_exec::Cmd::change(["touch", &marker.display().to_string()]),
@@ -148,9 +148,23 @@ fn a_plan_runs_each_nodes_steps_and_a_failure_ends_that_node_only() {
                     "fed",
                     lab_exec::Cmd::change(["sed", "s/^/got /"]).stdin("<domain a='1'/>\n$x\n"),
                 ),
+                // The last wave: after every node's first, holding the hypervisor's wires.lock.
+                (
+                    "held",
+                    lab_exec::Cmd::change([
+                        "sh",
+                        "-c",
+                        "flock -n \"$1\" true && echo free || echo held",
+                        "x",
+                        &lab_hv::cmd::wires_lock(hv),
+                    ]),
+                ),
             ],
-        },
+        ),
     ];
+    let mut plans = plans;
+    plans[1].last_wave = 3;
+    std::fs::create_dir_all(root.join("lock")).unwrap();
     let cmd = lab_hv::plan::plan_cmd(hv, &plans);
     let mut child = Command::new(&cmd.argv[0])
         .args(&cmd.argv[1..])
@@ -180,10 +194,12 @@ fn a_plan_runs_each_nodes_steps_and_a_failure_ends_that_node_only() {
             "OUT r2 a 'b'",
             "OUT r2 got $x",
             "OUT r2 got <domain a='1'/>",
+            "OUT r2 held",
             "OUT r2 it is",
             "STEP r1 first",
             "STEP r1 second step",
             "STEP r2 fed",
+            "STEP r2 held",
             "STEP r2 say",
             "STEP r2 touch",
         ]

@@ -1045,7 +1045,10 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
         "{rsync}"
     );
     let last = commands.last().unwrap();
-    assert_eq!(*last, "timeout -k 5 120 virsh -q start dr-1");
+    assert_eq!(
+        *last,
+        "(the plan's last wave, holding wires.lock) timeout -k 5 120 virsh -q start dr-1"
+    );
     assert!(!exists(&bed, "hv0", &format!("{}/dr-1", bed.pool)));
     assert!(!domain_exists(&bed, "hv0", "dr-1"));
 
