@@ -180,7 +180,8 @@ fn marker_ok(arg: &str) -> Option<bool> {
     Some(plain(lab) && plain(node))
 }
 
-fn plans(lab: &Lab, build: &Path) -> Vec<Vec<String>> {
+/// Every remote command of a create and a destroy of `lab`, with what it is fed.
+fn plans(lab: &Lab, build: &Path) -> Vec<(Vec<String>, Option<String>)> {
     let nodes: Vec<_> = lab.nodes.iter().collect();
     let hv = &lab.hypervisors[0];
     // Whatever the snapshot setting, the proto has a snapshot it matches.
@@ -276,7 +277,12 @@ fn plans(lab: &Lab, build: &Path) -> Vec<Vec<String>> {
                 lab_destroy::destroy(&exec, &req, &|_| {}).await;
             }
         });
-        all.extend(exec.recorded().into_iter().map(|r| r.argv));
+        all.extend(exec.recorded().into_iter().map(|r| {
+            (
+                r.argv,
+                r.stdin.map(|b| String::from_utf8_lossy(&b).into_owned()),
+            )
+        }));
     }
     all
 }
@@ -334,9 +340,9 @@ proptest! {
         }
 
         // every argument of every remote command is a constant or a plain word
-        for argv in plans(&lab, &build) {
+        for (argv, fed) in plans(&lab, &build) {
             // A hypervisor's plan: its steps' command lines are checked word by word.
-            let (argv, steps) = split_plan(&argv);
+            let steps = split_plan(&argv, fed.as_deref());
             for arg in argv.iter().chain(&steps) {
                 let ok = constant(arg)
                     || plain(arg)
@@ -348,30 +354,56 @@ proptest! {
     }
 }
 
-/// A hypervisor's plan (`... lab-plan PARALLEL`, then per node its name, K and K times a
-/// step's name, timeout and command line) as its other arguments and the words of its steps'
-/// command lines (step names are the code's own); any other command as it is.
-fn split_plan(argv: &[String]) -> (Vec<String>, Vec<String>) {
-    let Some(at) = argv.iter().position(|a| a == "lab-plan") else {
-        return (argv.to_vec(), Vec::new());
+/// The words of a hypervisor's plan's steps (`sh -s lab-plan` fed the runner, then a
+/// function per node whose lines are `step NODE NAME SECS COMMAND...` or `feed NODE NAME SECS
+/// DATA COMMAND...`): the node and the command's words (step names are the code's own, the
+/// data is stdin, no argument). Nothing for any other command.
+fn split_plan(argv: &[String], fed: Option<&str>) -> Vec<String> {
+    let (true, Some(script)) = (argv.iter().any(|a| a == "lab-plan"), fed) else {
+        return Vec::new();
     };
-    let mut head = argv[..=at + 1].to_vec();
     let mut words_of_steps = Vec::new();
-    let mut rest = &argv[at + 2..];
-    while let [node, k, tail @ ..] = rest {
-        head.push(node.clone());
-        head.push(k.clone());
-        let k: usize = k.parse().unwrap_or(0);
-        for step in tail.chunks(3).take(k) {
-            if let [_name, secs, line] = step {
-                head.push(secs.clone());
-                // A line that does not read back as words is a word that fails the check.
-                words_of_steps.extend(words(line).unwrap_or_else(|| vec![line.clone()]));
+    let mut rest = script;
+    // A step's line may hold newlines inside its quotes: read quote-balanced lines.
+    while !rest.is_empty() {
+        let mut end = 0;
+        let mut quoted = false;
+        for (i, c) in rest.char_indices() {
+            match c {
+                '\'' => quoted = !quoted,
+                '\n' if !quoted => {
+                    end = i;
+                    break;
+                }
+                _ => {}
             }
+            end = i + c.len_utf8();
         }
-        rest = &tail[(3 * k).min(tail.len())..];
+        let line = &rest[..end];
+        rest = rest[end..].strip_prefix('\n').unwrap_or(&rest[end..]);
+        let Some(body) = line
+            .strip_prefix("  ")
+            .and_then(|l| l.strip_suffix(" || return"))
+        else {
+            continue;
+        };
+        // A line that does not read back as words is a word that fails the check.
+        let Some(w) = words(body) else {
+            words_of_steps.push(body.to_owned());
+            continue;
+        };
+        let skip = match w.first().map(String::as_str) {
+            Some("step") => 4,
+            Some("feed") => 5,
+            _ => {
+                words_of_steps.push(body.to_owned());
+                continue;
+            }
+        };
+        words_of_steps.push(w[1].clone());
+        words_of_steps.extend(w.into_iter().skip(skip));
     }
-    (head, words_of_steps)
+    words_of_steps
 }
 
 /// The words of a command line as `lab_exec::quote_line` writes it (bare, or in single
@@ -402,17 +434,17 @@ fn words(line: &str) -> Option<Vec<String>> {
 /// The property can fail: a name with shell syntax in it is caught by the argument check.
 #[test]
 fn the_argument_check_catches_shell_syntax_and_options() {
-    let plan = |line: &str| -> Vec<String> {
-        [
-            "sh", "-c", "script\n", "lab-plan", "4", "r1", "1", "stop", "120", line,
-        ]
-        .map(String::from)
-        .to_vec()
-    };
-    let (_, ws) = split_plan(&plan("virsh -q destroy r1"));
+    let argv: Vec<String> = ["sh", "-s", "lab-plan"].map(String::from).to_vec();
+    let plan =
+        |line: &str| format!("step() {{ :; }}\nn0() {{\n  step r1 stop 120 {line} || return\n}}\n");
+    let ws = split_plan(&argv, Some(&plan("virsh -q destroy r1")));
+    assert_eq!(ws, ["r1", "virsh", "-q", "destroy", "r1"]);
     assert!(ws.iter().all(|w| constant(w) || plain(w)), "{ws:?}");
-    let (_, ws) = split_plan(&plan("virsh -q destroy 'r;1'"));
+    let ws = split_plan(&argv, Some(&plan("virsh -q destroy 'r;1'")));
     assert!(!ws.iter().all(|w| constant(w) || plain(w)), "{ws:?}");
+    // A quoted newline stays inside its step.
+    let ws = split_plan(&argv, Some(&plan("sh -c 'a\nb' x 'r;1'")));
+    assert!(ws.contains(&"r;1".to_owned()), "{ws:?}");
     for bad in ["a;b", "$(x)", "a b", "-rf", "a\tb", "`x`", "<x>", "\u{430}"] {
         assert!(!plain(bad), "{bad:?}");
     }
