@@ -25,6 +25,7 @@ pub(crate) struct Prepared<'a> {
 struct Todo<'a> {
     node: &'a LabNode,
     build: &'a NodeBuild,
+    snap: &'a Snapshot,
     reservation: Option<&'a Reservation>,
     /// `Some(old clone replaced)` when the node is made anew; `None`: its complete clone is
     /// only started.
@@ -62,6 +63,7 @@ pub(crate) async fn hypervisor(
                 Todo {
                     node,
                     build,
+                    snap: pre.snap,
                     reservation: pre.reservation,
                     make: None,
                 },
@@ -103,6 +105,7 @@ pub(crate) async fn hypervisor(
                     Todo {
                         node,
                         build,
+                        snap: pre.snap,
                         reservation: pre.reservation,
                         make: Some(remove_clone),
                     },
@@ -114,16 +117,9 @@ pub(crate) async fn hypervisor(
             }
         }
     }
+    // Under --dry-run, each node's commands as they run, in order.
     let mut shown: HashMap<String, Vec<String>> = HashMap::new();
-    let mut show = |plan: &NodePlan<'_>| {
-        if !exec.is_live() {
-            shown
-                .entry(plan.node.name.clone())
-                .or_default()
-                .extend(plan.shown());
-        }
-    };
-    first.iter().for_each(&mut show);
+    show(exec, &mut shown, &first);
 
     // 1. Up to the clone, mounted and checked.
     // Per node that failed: the step, the error, and whether this run made its clone.
@@ -186,15 +182,7 @@ pub(crate) async fn hypervisor(
             last_wave,
         });
     }
-    let mut show = |plan: &NodePlan<'_>| {
-        if !exec.is_live() {
-            shown
-                .entry(plan.node.name.clone())
-                .or_default()
-                .extend(plan.shown());
-        }
-    };
-    last.iter().for_each(&mut show);
+    show(exec, &mut shown, &last);
     let mut ended: HashMap<String, Result<(), (&'static str, ExecError)>> = HashMap::new();
     for (plan, result) in last
         .iter()
@@ -220,7 +208,7 @@ pub(crate) async fn hypervisor(
             (None, Err((step, e, _))) => failed(t.node, step, &e, false),
             (Some(replaced), Ok(())) => {
                 let mut report = NodeReport::new(t.node, Outcome::Done);
-                report.snapshot = Some(nodes_snapshot(nodes, t.node));
+                report.snapshot = Some(t.snap.full.clone());
                 if replaced {
                     report.note = Some("made anew: its old clone was replaced".to_owned());
                 }
@@ -254,13 +242,17 @@ pub(crate) async fn hypervisor(
         .collect()
 }
 
-/// The snapshot a node was cloned from.
-fn nodes_snapshot(nodes: &[(&LabNode, Prepared<'_>)], node: &LabNode) -> String {
-    nodes
-        .iter()
-        .find(|(n, _)| n.name == node.name)
-        .map(|(_, p)| p.snap.full.clone())
-        .unwrap_or_default()
+/// Adds each plan's steps, as they run, to its node's commands (without a live executor).
+fn show(exec: &Executor, shown: &mut HashMap<String, Vec<String>>, plans: &[NodePlan<'_>]) {
+    if exec.is_live() {
+        return;
+    }
+    for plan in plans {
+        shown
+            .entry(plan.node.name.clone())
+            .or_default()
+            .extend(plan.shown());
+    }
 }
 
 /// The node's decision, or its report when there is nothing to run (skipped, unchanged, not

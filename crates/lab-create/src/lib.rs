@@ -170,22 +170,14 @@ pub async fn create(
         }
     }
     let lab = &req.lab.name;
-    let networks: Vec<NetworkReport> = if exec.is_live() {
-        let jobs = decisions.iter().map(|(hv, decision, build, uuid)| {
-            network::apply(exec, lab, hv, decision, *build, uuid.as_deref())
-        });
-        lab_hv::run::join_all(jobs.collect()).await
-    } else {
-        // One at a time, so that each report carries exactly its own recorded commands.
-        let mut out = Vec::new();
-        for (hv, decision, build, uuid) in &decisions {
-            out.push(network::apply(exec, lab, hv, decision, *build, uuid.as_deref()).await);
-        }
-        out
-    }
-    .into_iter()
-    .flatten()
-    .collect();
+    let jobs = decisions.iter().map(|(hv, decision, build, uuid)| {
+        network::apply(exec, lab, hv, decision, *build, uuid.as_deref())
+    });
+    let networks: Vec<NetworkReport> = lab_hv::run::at_once_when_live(exec, jobs.collect())
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     let network_failed: HashMap<&str, String> = networks
         .iter()
         .filter_map(|r| match &r.outcome {
@@ -197,8 +189,7 @@ pub async fn create(
         .collect();
 
     // Each hypervisor's nodes in three exchanges (see `apply::hypervisor`), all hypervisors
-    // at once (one after the other without a live executor, so each report holds its own
-    // commands).
+    // at once.
     let (picked, network_failed, reservations) = (&picked, &network_failed, &reservations);
     let states = &states;
     let jobs = req
@@ -247,24 +238,8 @@ pub async fn create(
                 .collect();
             apply::hypervisor(exec, req, hv, state, &prepared, events).await
         });
-    let mut by_node: HashMap<String, NodeReport> = if exec.is_live() {
-        lab_hv::run::join_all(jobs.collect()).await
-    } else {
-        let mut all = Vec::new();
-        for job in jobs {
-            all.push(job.await);
-        }
-        all
-    }
-    .into_iter()
-    .flatten()
-    .map(|r| (r.node.clone(), r))
-    .collect();
-    let nodes = req
-        .nodes
-        .iter()
-        .filter_map(|n| by_node.remove(&n.name))
-        .collect();
+    let per_hypervisor = lab_hv::run::at_once_when_live(exec, jobs.collect()).await;
+    let nodes = lab_hv::run::in_node_order(&req.nodes, per_hypervisor);
     Ok(CreateReport { networks, nodes })
 }
 

@@ -389,21 +389,6 @@ where
         }
         reports
     });
-    let mut by_node: HashMap<String, NodeReport> = if exec.is_live() {
-        crate::run::join_all(jobs.collect()).await
-    } else {
-        let mut all = Vec::new();
-        for job in jobs {
-            all.push(job.await);
-        }
-        all
-    }
-    .into_iter()
-    .flatten()
-    .map(|r| (r.node.clone(), r))
-    .collect();
-    nodes
-        .iter()
-        .filter_map(|n| by_node.remove(&n.name))
-        .collect()
+    let per_hypervisor = crate::run::at_once_when_live(exec, jobs.collect()).await;
+    crate::run::in_node_order(nodes, per_hypervisor)
 }

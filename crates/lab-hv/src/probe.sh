@@ -60,26 +60,30 @@ echo "$m domains"
 virsh -q list --all; echo "$m rc $?"
 echo "$m markers"
 doms=$(virsh -q list --all --name); rc=$?
-# Sixteen domains at a time (each virsh is a connection to libvirtd: 0.1 s on a busy host);
-# each answer is one short write, whole on the pipe.
-n=0
-while read -r dom; do
-  [ -n "$dom" ] || continue
-  (
-    out=$(virsh -q metadata "$dom" --uri "$ns" --config 2>&1); r=$?
-    if [ $r -eq 0 ]; then
-      printf '%s\t%s\n' "$dom" "$(printf '%s' "$out" | tr -d '\n')"
-    elif printf '%s' "$out" | grep -q 'metadata not found'; then
-      printf '%s\t\n' "$dom"
-    else
-      printf '%s\t?\n' "$dom"
-    fi
-  ) &
-  n=$((n + 1)); [ $((n % 16)) -ne 0 ] || wait
-done <<EOF_DOMS
+# `each_domain F`: F DOMAIN for every domain, sixteen at a time (each virsh is a connection to
+# libvirtd: 0.1 s on a busy host); F writes its answer in one short write, whole on the pipe.
+each_domain() {
+  n=0
+  while read -r dom; do
+    [ -n "$dom" ] || continue
+    "$1" "$dom" &
+    n=$((n + 1)); [ $((n % 16)) -ne 0 ] || wait
+  done <<EOF_DOMS
 $doms
 EOF_DOMS
-wait
+  wait
+}
+marker() {
+  out=$(virsh -q metadata "$1" --uri "$ns" --config 2>&1); r=$?
+  if [ $r -eq 0 ]; then
+    printf '%s\t%s\n' "$1" "$(printf '%s' "$out" | tr -d '\n')"
+  elif printf '%s' "$out" | grep -q 'metadata not found'; then
+    printf '%s\t\n' "$1"
+  else
+    printf '%s\t?\n' "$1"
+  fi
+}
+each_domain marker
 echo "$m rc $rc"
 echo "$m networks"
 nets=$(virsh -q net-list --all); rc=$?
@@ -115,19 +119,12 @@ f=/proc/net/udp; [ -r /proc/net/udp6 ] && f="$f /proc/net/udp6"
 awk 'FNR > 1 && $4 == "07" { n = split($2, a, ":"); print a[n] }' $f; echo "$m rc $?"
 if [ "$detail" = nics ]; then
   echo "$m nics"
-  # Sixteen at a time, each domain's NICs in one write (their order matters).
-  n=0
-  while read -r dom; do
-    [ -n "$dom" ] || continue
-    (
-      out=$(virsh -q domiflist "$dom" 2>/dev/null | while read -r _ _ _ _ mac; do printf '%s\t%s\n' "$dom" "$mac"; done)
-      [ -z "$out" ] || printf '%s\n' "$out"
-    ) &
-    n=$((n + 1)); [ $((n % 16)) -ne 0 ] || wait
-  done <<EOF_DOMS
-$doms
-EOF_DOMS
-  wait
+  # Each domain's NICs in one write (their order matters).
+  nics() {
+    out=$(virsh -q domiflist "$1" 2>/dev/null | while read -r _ _ _ _ mac; do printf '%s\t%s\n' "$1" "$mac"; done)
+    [ -z "$out" ] || printf '%s\n' "$out"
+  }
+  each_domain nics
   # `status`'s readiness, in this same round trip: the running domains among these whose
   # node answers with an ssh banner within two seconds (an emulated guest's sshd may take
   # one to fork), all at once.

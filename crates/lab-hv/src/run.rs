@@ -1,5 +1,6 @@
-//! Running work on hypervisors: all at once on one task, each node within its hypervisor's
-//! `parallel`, changes that zfs refuses for a moment retried.
+//! Running work on hypervisors: all at once on one task (one after another without a live
+//! executor), reports in the order of the nodes, changes that zfs refuses for a moment
+//! retried.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -9,7 +10,6 @@ use std::task::Poll;
 
 use lab_exec::{ExecError, Executor};
 use lab_model::{Hypervisor, Lab, LabNode};
-use tokio::sync::Semaphore;
 
 use crate::report::{Event, Events, NodeReport, Outcome};
 use crate::state::{self, HostState};
@@ -73,58 +73,30 @@ pub async fn probe_nodes<'a>(exec: &Executor, lab: &'a Lab, nodes: &[&LabNode]) 
         .collect()
 }
 
-/// Runs `work` for every node against its hypervisor's probed state, at most `parallel` nodes
-/// per hypervisor at once, and reports each node's end as an event. A hypervisor that could not
-/// be probed fails its nodes at the `connect` step. Without a live executor the nodes go one at
-/// a time, so each report carries exactly its own recorded commands.
-pub async fn each_node<'a, F, Fut>(
-    exec: &Executor,
-    lab: &'a Lab,
-    nodes: &[&'a LabNode],
-    states: &States<'_>,
-    events: Events<'_>,
-    work: F,
-) -> Vec<NodeReport>
-where
-    F: Fn(&'a Hypervisor, &'a LabNode, Arc<HostState>) -> Fut,
-    Fut: Future<Output = NodeReport>,
-{
-    let hypervisors = lab.hypervisors_of(nodes);
-    let limits: HashMap<&str, Semaphore> = hypervisors
-        .iter()
-        .map(|h| (h.name.as_str(), Semaphore::new(h.parallel as usize)))
-        .collect();
-    let work = &work;
-    let jobs = nodes.iter().map(|node| {
-        let hv = lab
-            .hypervisor(&node.hypervisor)
-            .expect("the model checked it");
-        let state = &states[hv.name.as_str()];
-        let limit = &limits[hv.name.as_str()];
-        async move {
-            let _slot = limit.acquire().await.expect("never closed");
-            let report = match state {
-                Err(e) => failed(node, "connect", e, false),
-                Ok(state) => work(hv, node, Arc::clone(state)).await,
-            };
-            report_done(events, &report);
-            report
-        }
-    });
+/// Runs `jobs` all at once with a live executor, and one after another without one (dry run,
+/// plan tests), so that each job's recorded commands are its own.
+pub async fn at_once_when_live<F: Future>(exec: &Executor, jobs: Vec<F>) -> Vec<F::Output> {
     if exec.is_live() {
-        return join_all(jobs.collect()).await;
+        return join_all(jobs).await;
     }
-    let mut reports = Vec::new();
+    let mut out = Vec::new();
     for job in jobs {
-        let before = exec.recorded().len();
-        let mut report = job.await;
-        report.commands = exec.recorded()[before..]
-            .iter()
-            .map(|r| r.line.clone())
-            .collect();
-        reports.push(report);
+        out.push(job.await);
     }
-    reports
+    out
+}
+
+/// Each hypervisor's reports, put back in the order of `nodes`.
+pub fn in_node_order(nodes: &[&LabNode], per_hypervisor: Vec<Vec<NodeReport>>) -> Vec<NodeReport> {
+    let mut by_node: HashMap<String, NodeReport> = per_hypervisor
+        .into_iter()
+        .flatten()
+        .map(|r| (r.node.clone(), r))
+        .collect();
+    nodes
+        .iter()
+        .filter_map(|n| by_node.remove(&n.name))
+        .collect()
 }
 
 /// Runs a change that zfs may refuse for a moment with "busy" right after an unmount (a
@@ -143,21 +115,6 @@ pub async fn run_patiently(
             }
             other => return other,
         }
-    }
-}
-
-/// Reports one node's steps as [`Event::Step`]s.
-pub fn step_events<'a>(
-    events: Events<'a>,
-    hv: &'a Hypervisor,
-    node: &'a LabNode,
-) -> impl Fn(&'static str) + 'a {
-    move |step| {
-        events(Event::Step {
-            node: node.name.clone(),
-            hypervisor: hv.name.clone(),
-            step,
-        })
     }
 }
 
