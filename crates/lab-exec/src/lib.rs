@@ -148,6 +148,9 @@ struct Host {
     guard: Mutex<Vec<String>>,
     /// The flag of the lock every change here needs (see [`Executor::require_lock`]).
     lock_alive: Mutex<Option<Arc<std::sync::atomic::AtomicBool>>>,
+    /// Answers to queries that another exchange already carried (see
+    /// [`Executor::keep_answer`]).
+    answers: Mutex<Vec<(Vec<String>, Out)>>,
 }
 
 pub struct Executor {
@@ -176,6 +179,7 @@ impl Executor {
                         session: tokio::sync::Mutex::new(None),
                         guard: Mutex::new(Vec::new()),
                         lock_alive: Mutex::new(None),
+                        answers: Mutex::new(Vec::new()),
                     },
                 )
             })
@@ -238,6 +242,28 @@ impl Executor {
         if let Ok(h) = self.host(host) {
             *h.guard.lock().expect("guard lock") = prefix;
         }
+    }
+
+    /// Keeps `out` as the answer of the query `argv` on `host`, which another exchange (the
+    /// lock's, say) already ran: [`Executor::take_answer`] hands it out once, so the query
+    /// costs no round trip of its own.
+    pub fn keep_answer(&self, host: &str, argv: Vec<String>, out: Out) {
+        if let Ok(h) = self.host(host) {
+            h.answers.lock().expect("answers").push((argv, out));
+        }
+    }
+
+    /// The first kept answer on `host` whose query `matches`, with that query's words; it is
+    /// handed out only once.
+    pub fn take_answer(
+        &self,
+        host: &str,
+        matches: impl Fn(&[String]) -> bool,
+    ) -> Option<(Vec<String>, Out)> {
+        let h = self.host(host).ok()?;
+        let mut answers = h.answers.lock().expect("answers");
+        let i = answers.iter().position(|(argv, _)| matches(argv))?;
+        Some(answers.remove(i))
     }
 
     /// An error when a change on `h` needs a lock that was lost.

@@ -37,7 +37,11 @@ const UNSAFE_STATUS: i32 = 76;
 /// directory must be this user's and 0700 (made so when it is missing), and no lock file may be
 /// a symlink: in a directory others can write, a planted `<lab>.lock -> /etc/shadow` would be
 /// truncated by root.
-const LOCK: &str = r#"lock=$1 holder=$2 wait=$3 patience=$4 busy=$5
+/// Any words after these five are a query run as soon as the lock is taken (the verb's probe),
+/// its output then ended by a line of its own, `lab-lock-read NONCE STATUS` (the last word of
+/// the query is its nonce, which nothing the probe reads can know): the state read under the
+/// lock in the lock's own exchange.
+const LOCK: &str = r#"lock=$1 holder=$2 wait=$3 patience=$4 busy=$5; shift 5
 dir=${lock%/*}
 [ -e "$dir" ] || mkdir -p -m 0700 -- "$dir" || exit 1
 if [ -L "$dir" ] || [ ! -d "$dir" ]; then
@@ -58,6 +62,10 @@ fi
 printf '%s\n' "$holder" >"$lock"
 flock -x -w 600 "$busy" true 9>&- || { echo "changes of an earlier run still run here" >&2; exit 1; }
 echo locked
+if [ $# -gt 0 ]; then
+  for nonce; do :; done
+  "$@" </dev/null 9>&-; printf '\nlab-lock-read %s %s\n' "$nonce" $?
+fi
 while timeout "$patience" sh -c 'read -r _' 9>&-; do :; done
 "#;
 
@@ -157,9 +165,23 @@ fn lock_file(hv: &Hypervisor, lab: &str, ext: &str) -> String {
     format!("{}/{lab}.{ext}", hv.lock_dir.trim_end_matches('/'))
 }
 
-/// The remote command that takes and holds `lab`'s lock on `hv`.
-pub fn lock_cmd(hv: &Hypervisor, lab: &str, me: &Holder, wait_secs: u64) -> Cmd {
-    Cmd::change([
+/// Where a plan of `lab` on `hv` unpacks the nodes' trees it carries (see
+/// [`crate::plan::Trees`]): beside the lab's lock, in a directory that is this user's and
+/// `0700`, which only the lock's holder writes.
+pub fn trees_dir(hv: &Hypervisor, lab: &str) -> String {
+    lock_file(hv, lab, "trees")
+}
+
+/// The remote command that takes and holds `lab`'s lock on `hv`, then runs `then` (a query
+/// without stdin) once it holds it.
+pub fn lock_cmd(
+    hv: &Hypervisor,
+    lab: &str,
+    me: &Holder,
+    wait_secs: u64,
+    then: Option<&Cmd>,
+) -> Cmd {
+    let mut argv = vec![
         "sh".to_owned(),
         "-c".to_owned(),
         LOCK.to_owned(),
@@ -169,7 +191,11 @@ pub fn lock_cmd(hv: &Hypervisor, lab: &str, me: &Holder, wait_secs: u64) -> Cmd 
         wait_secs.to_string(),
         PATIENCE_SECS.to_string(),
         lock_file(hv, lab, "busy"),
-    ])
+    ];
+    if let Some(then) = then {
+        argv.extend(then.argv.iter().cloned());
+    }
+    Cmd::change(argv)
 }
 
 /// Runs the rest of its arguments only while the lock file still names this run's holder
@@ -210,18 +236,29 @@ pub fn guard_only(exec: &Executor, lab: &str, hypervisors: &[&Hypervisor], me: &
 /// order), waiting. A hypervisor that cannot be reached is fenced off (its nodes then fail as
 /// unreachable) and the others go on; a lock held elsewhere (after the wait) releases
 /// everything taken so far and fails the run before any change.
+///
+/// With `read_state`, each hypervisor is also probed ([`crate::state::probe`]) in the lock's
+/// own exchange, the moment its lock is taken; the verb's probe then takes that answer
+/// instead of a round trip of its own.
 pub async fn lock(
     exec: &Executor,
     lab: &str,
     hypervisors: &[&Hypervisor],
     me: &Holder,
     wait_secs: u64,
+    read_state: bool,
     waiting: &(dyn Fn(&str, &Holder) + Sync),
 ) -> Result<Locks, LockError> {
     let quiet = |_: &str, _: &Holder| {};
+    let ask = Ask {
+        exec,
+        lab,
+        me,
+        read_state,
+    };
     let tries = hypervisors
         .iter()
-        .map(|hv| lock_one(exec, hv, lab, me, 0, &quiet))
+        .map(|hv| lock_one(&ask, hv, 0, &quiet))
         .collect();
     let tried = crate::run::join_all(tries).await;
     let mut taken: Vec<(&Hypervisor, Holding)> = Vec::new();
@@ -260,7 +297,7 @@ pub async fn lock(
     // Someone holds one of them: in lab order, waiting, as two waiting runs must.
     let mut locks = Locks { held: Vec::new() };
     for hv in reachable {
-        match lock_one(exec, hv, lab, me, wait_secs, waiting).await {
+        match lock_one(&ask, hv, wait_secs, waiting).await {
             Ok(mut holding) => {
                 stand_guard(exec, hv, lab, me, &mut holding);
                 locks.held.push(holding);
@@ -299,27 +336,44 @@ async fn keep_going(exec: &Executor, hv: &Hypervisor, e: LockError) -> Result<()
     }
 }
 
+/// What every hypervisor's lock is taken with.
+struct Ask<'a> {
+    exec: &'a Executor,
+    lab: &'a str,
+    me: &'a Holder,
+    read_state: bool,
+}
+
 async fn lock_one(
-    exec: &Executor,
+    ask: &Ask<'_>,
     hv: &Hypervisor,
-    lab: &str,
-    me: &Holder,
     wait_secs: u64,
     waiting: &(dyn Fn(&str, &Holder) + Sync),
 ) -> Result<Holding, LockError> {
+    let Ask { exec, lab, me, .. } = *ask;
     let failed = |source| LockError::Failed {
         lab: lab.to_owned(),
         host: hv.name.clone(),
         source,
     };
-    let cmd = lock_cmd(hv, lab, me, wait_secs);
+    let probe = ask
+        .read_state
+        .then(|| crate::state::probe_cmd(hv, crate::state::Detail::Normal));
+    let cmd = lock_cmd(hv, lab, me, wait_secs, probe.as_ref());
     let mut holding = exec.hold(&hv.name, &cmd, BEAT).await.map_err(failed)?;
     let mut holder = None;
     // Waiting for the lock, then for a dead holder's changes to end (at most 600 s).
     let within = Duration::from_secs(wait_secs + 660);
     loop {
         match holding.next_line(within).await.map_err(failed)? {
-            Some(line) if line == "locked" => return Ok(holding),
+            Some(line) if line == "locked" => {
+                if let Some(probe) = probe {
+                    read_after_lock(exec, hv, probe, &mut holding)
+                        .await
+                        .map_err(failed)?;
+                }
+                return Ok(holding);
+            }
             Some(line) => {
                 if let Some(h) = line.strip_prefix("held ").and_then(Holder::parse) {
                     if wait_secs > 0 {
@@ -350,6 +404,44 @@ async fn lock_one(
                         status: out.status,
                         stderr: out.stderr.trim().to_owned(),
                     })
+                });
+            }
+        }
+    }
+}
+
+/// Reads what `probe` printed after the lock was taken, up to `lab-lock-read STATUS`, and
+/// keeps it as the probe's answer when it ran well (the verb's own probe asks again otherwise).
+async fn read_after_lock(
+    exec: &Executor,
+    hv: &Hypervisor,
+    probe: Cmd,
+    holding: &mut Holding,
+) -> Result<(), ExecError> {
+    let nonce = probe.argv.last().cloned().unwrap_or_default();
+    let end = format!("lab-lock-read {nonce} ");
+    let mut stdout = String::new();
+    loop {
+        match holding.next_line(Duration::from_secs(300)).await? {
+            Some(line) => match line.strip_prefix(&end) {
+                Some(status) => {
+                    // The line the end's printf put before it.
+                    stdout.pop();
+                    if status == "0" {
+                        exec.keep_answer(&hv.name, probe.argv, lab_exec::Out::ok(stdout));
+                    }
+                    return Ok(());
+                }
+                None => {
+                    stdout.push_str(&line);
+                    stdout.push('\n');
+                }
+            },
+            // The lock's shell ended: the lock went with it.
+            None => {
+                return Err(ExecError::Disconnected {
+                    host: hv.name.clone(),
+                    command: "the lock (sh -c ... lab-lock)".to_owned(),
                 });
             }
         }

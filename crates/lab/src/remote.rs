@@ -97,6 +97,8 @@ pub struct Lock<'a> {
     pub verb: Verb,
     /// Seconds to wait for another holder.
     pub wait: u64,
+    /// The verb's work begins by probing the hypervisors: read them in the lock's exchange.
+    pub read_state: bool,
 }
 
 /// Like [`drive`], for a verb that changes something: takes `lock` first and releases it after
@@ -126,9 +128,18 @@ pub fn drive_locked<T>(
                 lab_hv::lock::guard_only(exec, &lock.name, &lock.on, &me);
                 None
             }
-            Mode::Live => {
-                Some(lab_hv::lock(exec, &lock.name, &lock.on, &me, lock.wait, &waiting).await?)
-            }
+            Mode::Live => Some(
+                lab_hv::lock(
+                    exec,
+                    &lock.name,
+                    &lock.on,
+                    &me,
+                    lock.wait,
+                    lock.read_state,
+                    &waiting,
+                )
+                .await?,
+            ),
         };
         let out = work(exec).await;
         if let Some(locks) = locks {
@@ -162,6 +173,7 @@ pub fn change_nodes<T>(
         on: hypervisors,
         verb,
         wait: lock_wait,
+        read_state: true,
     };
     let result = drive_locked(exec, &lock, mode, async |exec| {
         work(exec, &|e| progress.on_event(e)).await

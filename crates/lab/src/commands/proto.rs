@@ -118,6 +118,7 @@ fn run_locked(
         on: vec![fleet.source],
         verb,
         wait: 0,
+        read_state: false,
     };
     match drive_locked(exec, &lock, mode, work)? {
         Ok(result) => result,
