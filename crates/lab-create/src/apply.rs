@@ -1,17 +1,19 @@
-//! Carrying create's decisions out on a hypervisor in three exchanges (see [`hypervisor`]),
+//! Carrying create's decisions out on a hypervisor in one exchange (see [`hypervisor`]),
 //! with a rollback of what this run made for a node when one of its steps after the clone
 //! fails.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use lab_exec::{Cmd, ExecError, Executor};
 use lab_generate::NodeBuild;
 use lab_hv::cmd::{self, Ownership};
-use lab_hv::plan::NodePlan;
+use lab_hv::plan::{Extras, NodePlan, Trees};
 use lab_hv::run::{failed, run_patiently};
-use lab_hv::{Events, HostState, NodeReport, Outcome, Snapshot};
+use lab_hv::{Events, HostState, NetworkReport, NodeReport, Outcome, Snapshot};
 use lab_model::{Hypervisor, LabNode, Storage};
 
+use crate::network::{self, NetworkWork};
 use crate::reserve::Reservation;
 use crate::{Ask, CreateRequest, Decision, decide};
 
@@ -32,26 +34,34 @@ struct Todo<'a> {
     make: Option<bool>,
 }
 
-/// The steps of a node's first exchange whose failure rolls the node back: this run made its
-/// clone by then. (A failure in the copy or the last exchange always does.)
-const AFTER_CLONE: [&str; 2] = ["mount", "copy"];
+/// The steps of a made node that come before its clone exists: a failure there leaves
+/// nothing of this run's to take back.
+const BEFORE_CLONE: [&str; 5] = [
+    "stop",
+    "release DHCP reservation",
+    "remove old clone",
+    "undefine old domain",
+    "clone",
+];
 
-/// Creates `nodes` on `hv` in three exchanges: one plan with each made node's steps up to its
-/// clone mounted and checked, the nodes' trees (rsync, each its own channel, all at once), and
-/// one plan with the rest (modes, the mark of a complete clone, the DHCP reservation, define,
-/// start) and every node that is only started. A node that fails after its clone is rolled
-/// back; the others go on. Reports in the order of `nodes`.
+/// Creates `nodes` on `hv` in one exchange: a plan with the management network's steps
+/// first (`network`), then every node's: a made node's old parts removed, its clone, the
+/// clone mounted and checked, its tree copied in from the trees the plan carries, modes, the
+/// mark of a complete clone, the DHCP reservation, define; a node that is only started, its
+/// reservation and definition; and in the plan's last wave every node's start. A node that
+/// fails after its clone is rolled back; the others go on. Reports the network, then the
+/// nodes in the order of `nodes`.
 pub(crate) async fn hypervisor(
     exec: &Executor,
     req: &CreateRequest<'_>,
     hv: &Hypervisor,
     state: &HostState,
     nodes: &[(&LabNode, Prepared<'_>)],
+    network: Option<NetworkWork>,
     events: Events<'_>,
-) -> Vec<NodeReport> {
+) -> (Option<NetworkReport>, Vec<NodeReport>) {
     let lab = &req.lab.name;
     let mut reports: HashMap<String, NodeReport> = HashMap::new();
-    let mut first = Vec::new();
     let mut todo = Vec::new();
     for (node, pre) in nodes {
         let build = &req.builds[&node.name];
@@ -67,146 +77,146 @@ pub(crate) async fn hypervisor(
                     reservation: pre.reservation,
                     make: None,
                 },
-                define,
+                Decision::Start { define },
             )),
-            Ok(Decision::Make {
-                stop,
-                remove_clone,
-                undefine,
-            }) => {
-                let own = Ownership {
-                    lab,
-                    lab_id: req.lab.id,
-                    owner: &req.owners.me,
-                    overlay_digest: &build.digest,
-                    created: req.now,
-                    dhcp_claim: pre.reservation.and_then(|r| r.claim.as_ref()),
-                };
-                let mut steps = Vec::new();
-                if stop {
-                    steps.push(("stop", cmd::stop(node)));
-                }
-                // The old clone's claim goes with it: the reservation it claims goes first.
-                if let Some(old) = pre.reservation.and_then(|r| r.release.as_ref()) {
-                    steps.push(("release DHCP reservation", lab_hv::dhcp::release(old)));
-                }
-                if remove_clone {
-                    steps.push(("remove old clone", cmd::detach(hv, node)));
-                    steps.push(("remove old clone", cmd::destroy_dataset(node)));
-                }
-                if undefine {
-                    steps.push(("undefine old domain", cmd::undefine(node)));
-                }
-                steps.push(("clone", cmd::clone(hv, node, pre.snap, &own, &state.zfs)));
-                steps.push(("mount", cmd::attach(hv, node)));
-                steps.push(("copy", cmd::refuse_symlinked_dirs(node, &build.dirs)));
-                first.push(NodePlan::new(node, steps));
-                todo.push((
-                    Todo {
-                        node,
-                        build,
-                        snap: pre.snap,
-                        reservation: pre.reservation,
-                        make: Some(remove_clone),
-                    },
-                    false,
-                ));
-            }
+            Ok(d @ Decision::Make { remove_clone, .. }) => todo.push((
+                Todo {
+                    node,
+                    build,
+                    snap: pre.snap,
+                    reservation: pre.reservation,
+                    make: Some(remove_clone),
+                },
+                d,
+            )),
             Ok(Decision::Skip(_) | Decision::Unchanged(_)) => {
                 unreachable!("decision() reports them")
             }
         }
     }
-    // Under --dry-run, each node's commands as they run, in order.
-    let mut shown: HashMap<String, Vec<String>> = HashMap::new();
-    show(exec, &mut shown, &first);
-
-    // 1. Up to the clone, mounted and checked.
-    // Per node that failed: the step, the error, and whether this run made its clone.
-    let mut failed_at: HashMap<String, (&'static str, ExecError, bool)> = HashMap::new();
-    for (plan, result) in first
-        .iter()
-        .zip(lab_hv::plan::run(exec, hv, &first, events).await)
-    {
-        if let Err((step, e)) = result {
-            let cloned = AFTER_CLONE.contains(&step);
-            failed_at.insert(plan.node.name.clone(), (step, e, cloned));
-        }
-    }
-    // 2. The trees, every node's at once.
-    let copies: Vec<&Todo<'_>> = todo
-        .iter()
-        .map(|(t, _)| t)
-        .filter(|t| t.make.is_some() && !failed_at.contains_key(&t.node.name))
-        .collect();
-    let copied: Vec<Result<(), ExecError>> = if exec.is_live() {
-        let jobs = copies
-            .iter()
-            .map(|t| exec.rsync(&hv.name, &t.build.tree, cmd::staging_dir(t.node)));
-        lab_hv::run::join_all(jobs.collect()).await
-    } else {
-        let mut out = Vec::new();
-        for t in &copies {
-            let before = exec.recorded().len();
-            out.push(
-                exec.rsync(&hv.name, &t.build.tree, cmd::staging_dir(t.node))
-                    .await,
-            );
-            shown
-                .entry(t.node.name.clone())
-                .or_default()
-                .extend(exec.recorded()[before..].iter().map(|r| r.line.clone()));
-        }
-        out
-    };
-    for (t, result) in copies.iter().zip(copied) {
-        if let Err(e) = result {
-            failed_at.insert(t.node.name.clone(), ("copy", e, true));
-        }
-    }
-    // 3. The rest, and every node that is only started.
-    let mut last = Vec::new();
-    for (t, define) in &todo {
-        if failed_at.contains_key(&t.node.name) {
-            continue;
-        }
-        let steps = match t.make {
-            Some(_) => finish_steps(hv, t, lab),
-            None => start_steps(hv, t, *define, lab),
+    let trees_dir = lab_hv::lock::trees_dir(hv, lab);
+    let mut plans = Vec::new();
+    for (t, d) in &todo {
+        let steps = match d {
+            Decision::Make {
+                stop,
+                remove_clone,
+                undefine,
+            } => make_steps(
+                req,
+                hv,
+                t,
+                state,
+                [*stop, *remove_clone, *undefine],
+                &trees_dir,
+            ),
+            Decision::Start { define } => start_steps(hv, t, *define, lab),
+            _ => unreachable!("only made and started nodes have steps"),
         };
         // Every node's start in the plan's last wave, all at once under wires.lock.
         let last_wave = steps.len() - 1;
-        last.push(NodePlan {
+        plans.push(NodePlan {
             node: t.node,
             steps,
             last_wave,
         });
     }
-    show(exec, &mut shown, &last);
-    let mut ended: HashMap<String, Result<(), (&'static str, ExecError)>> = HashMap::new();
-    for (plan, result) in last
+    // The trees of the nodes made anew, in the plan's own exchange.
+    let made: Vec<(&str, &Path)> = todo
         .iter()
-        .zip(lab_hv::plan::run(exec, hv, &last, events).await)
-    {
-        ended.insert(plan.node.name.clone(), result.map(drop));
-    }
+        .filter(|(t, _)| t.make.is_some())
+        .map(|(t, _)| (t.node.name.as_str(), t.build.tree.as_path()))
+        .collect();
+    let trees = match archive(&made) {
+        Ok(archive) if made.is_empty() => {
+            drop(archive);
+            None
+        }
+        Ok(archive) => Some(Trees {
+            dir: trees_dir.clone(),
+            archive,
+        }),
+        Err(e) => {
+            // Nothing sent, nothing changed: every node fails where its tree was needed.
+            let error = ExecError::Local {
+                host: hv.name.clone(),
+                command: "reading the nodes' trees".to_owned(),
+                message: e.to_string(),
+            };
+            let network = network.map(|w| match w {
+                NetworkWork::Report(r) => r,
+                NetworkWork::Steps { name, action, .. } => {
+                    network::ended(hv, &name, action, &Err(("define", error.clone())))
+                }
+            });
+            for (t, _) in &todo {
+                reports.insert(t.node.name.clone(), failed(t.node, "copy", &error, false));
+            }
+            return (network, in_order(nodes, reports, events, HashMap::new()));
+        }
+    };
+    let (network_name, network_action, first, network_report) = match network {
+        Some(NetworkWork::Steps {
+            name,
+            steps,
+            action,
+        }) => (Some(name), action, steps, None),
+        Some(NetworkWork::Report(r)) => (None, "", Vec::new(), Some(r)),
+        None => (None, "", Vec::new(), None),
+    };
+    let extras = Extras {
+        first,
+        last: Vec::new(),
+        trees,
+    };
+    // Under --dry-run, each node's commands as they run, in order.
+    let mut shown: HashMap<String, Vec<String>> = HashMap::new();
+    show(exec, &mut shown, &plans);
+    let network_shown: Vec<String> = if exec.is_live() {
+        Vec::new()
+    } else {
+        extras
+            .first
+            .iter()
+            .map(|(_, c)| lab_hv::plan::shown_step(c))
+            .collect()
+    };
+    let ran = lab_hv::plan::run_with(exec, hv, &plans, &extras, events).await;
+    let (first, results) = (ran.first, ran.nodes);
+    let network_report = match (network_name, first) {
+        (Some(name), Some(result)) => {
+            let mut r = network::ended(hv, &name, network_action, &result);
+            r.commands = network_shown;
+            if let Err((step, e)) = result {
+                // No node's step ran.
+                let error = format!("network {step}: {e}");
+                for (t, _) in &todo {
+                    let report = NodeReport::new(
+                        t.node,
+                        Outcome::Failed {
+                            step: "network".to_owned(),
+                            error: error.clone(),
+                            rolled_back: false,
+                        },
+                    );
+                    reports.insert(t.node.name.clone(), report);
+                }
+                return (Some(r), in_order(nodes, reports, events, shown));
+            }
+            Some(r)
+        }
+        _ => network_report,
+    };
 
-    for (t, _) in &todo {
+    for ((t, _), (plan, result)) in todo.iter().zip(plans.iter().zip(results)) {
         let name = &t.node.name;
-        let outcome = match failed_at.remove(name) {
-            Some((step, e, cloned)) => Err((step, e, cloned)),
-            None => match ended.remove(name) {
-                Some(Err((step, e))) => Err((step, e, true)),
-                _ => Ok(()),
-            },
-        };
-        let report = match (t.make, outcome) {
-            (None, Ok(())) => NodeReport {
+        let report = match (t.make, result) {
+            (None, Ok(_)) => NodeReport {
                 note: Some("only started: its complete clone was there".to_owned()),
                 ..NodeReport::new(t.node, Outcome::Done)
             },
-            (None, Err((step, e, _))) => failed(t.node, step, &e, false),
-            (Some(replaced), Ok(())) => {
+            (None, Err((step, e))) => failed(t.node, step, &e, false),
+            (Some(replaced), Ok(_)) => {
                 let mut report = NodeReport::new(t.node, Outcome::Done);
                 report.snapshot = Some(t.snap.full.clone());
                 if replaced {
@@ -215,11 +225,13 @@ pub(crate) async fn hypervisor(
                 report
             }
             // Before the clone: nothing of this run's to take back.
-            (Some(_), Err((step, e, false))) => failed(t.node, step, &e, false),
-            (Some(_), Err((step, e, true))) => {
+            (Some(_), Err((step, e))) if BEFORE_CLONE.contains(&step) => {
+                failed(t.node, step, &e, false)
+            }
+            (Some(_), Err((step, e))) => {
                 let defined = step == "start" && t.build.domain_xml.is_some();
                 let claim = t.reservation.and_then(|r| r.claim.as_ref());
-                let rollback = rollback(exec, hv, t.node, defined, claim).await;
+                let rollback = rollback(exec, hv, plan.node, defined, claim).await;
                 let mut report = failed(t.node, step, &e, rollback.is_ok());
                 if let (Err(e), Outcome::Failed { error, .. }) = (rollback, &mut report.outcome) {
                     error.push_str(&format!("; rollback incomplete: {e}"));
@@ -229,6 +241,16 @@ pub(crate) async fn hypervisor(
         };
         reports.insert(name.clone(), report);
     }
+    (network_report, in_order(nodes, reports, events, shown))
+}
+
+/// The reports of `nodes`, in their order, each with its dry-run lines and a `Done` event.
+fn in_order(
+    nodes: &[(&LabNode, Prepared<'_>)],
+    mut reports: HashMap<String, NodeReport>,
+    events: Events<'_>,
+    mut shown: HashMap<String, Vec<String>>,
+) -> Vec<NodeReport> {
     nodes
         .iter()
         .filter_map(|(n, _)| {
@@ -240,6 +262,60 @@ pub(crate) async fn hypervisor(
             Some(report)
         })
         .collect()
+}
+
+/// The trees of `made` (node name, tree) as one tar archive, each under its node's name;
+/// symlinks are kept as symlinks.
+fn archive(made: &[(&str, &Path)]) -> std::io::Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.follow_symlinks(false);
+    for (name, tree) in made {
+        tar.append_dir_all(name, tree)?;
+    }
+    tar.into_inner()
+}
+
+/// A node made anew: its old parts removed (`[stop, remove_clone, undefine]`), its clone
+/// made and mounted, the tree's directories checked, the tree copied in from `trees`, then
+/// the rest ([`finish_steps`]).
+fn make_steps(
+    req: &CreateRequest<'_>,
+    hv: &Hypervisor,
+    t: &Todo<'_>,
+    state: &HostState,
+    [stop, remove_clone, undefine]: [bool; 3],
+    trees: &str,
+) -> Vec<(&'static str, Cmd)> {
+    let node = t.node;
+    let own = Ownership {
+        lab: &req.lab.name,
+        lab_id: req.lab.id,
+        owner: &req.owners.me,
+        overlay_digest: &t.build.digest,
+        created: req.now,
+        dhcp_claim: t.reservation.and_then(|r| r.claim.as_ref()),
+    };
+    let mut steps = Vec::new();
+    if stop {
+        steps.push(("stop", cmd::stop(node)));
+    }
+    // The old clone's claim goes with it: the reservation it claims goes first.
+    if let Some(old) = t.reservation.and_then(|r| r.release.as_ref()) {
+        steps.push(("release DHCP reservation", lab_hv::dhcp::release(old)));
+    }
+    if remove_clone {
+        steps.push(("remove old clone", cmd::detach(hv, node)));
+        steps.push(("remove old clone", cmd::destroy_dataset(node)));
+    }
+    if undefine {
+        steps.push(("undefine old domain", cmd::undefine(node)));
+    }
+    steps.push(("clone", cmd::clone(hv, node, t.snap, &own, &state.zfs)));
+    steps.push(("mount", cmd::attach(hv, node)));
+    steps.push(("copy", cmd::refuse_symlinked_dirs(node, &t.build.dirs)));
+    steps.push(("copy", cmd::copy_tree(node, trees)));
+    steps.extend(finish_steps(hv, t, &req.lab.name));
+    steps
 }
 
 /// Adds each plan's steps, as they run, to its node's commands (without a live executor).

@@ -169,28 +169,18 @@ pub async fn create(
             }
         }
     }
-    let lab = &req.lab.name;
-    let jobs = decisions.iter().map(|(hv, decision, build, uuid)| {
-        network::apply(exec, lab, hv, decision, *build, uuid.as_deref())
-    });
-    let networks: Vec<NetworkReport> = lab_hv::run::at_once_when_live(exec, jobs.collect())
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
-    let network_failed: HashMap<&str, String> = networks
-        .iter()
-        .filter_map(|r| match &r.outcome {
-            Outcome::Failed { step, error, .. } => {
-                Some((r.hypervisor.as_str(), format!("{step}: {error}")))
-            }
-            _ => None,
-        })
-        .collect();
-
+    // Each hypervisor's network and nodes in one plan (see `apply::hypervisor`), all
+    // hypervisors at once.
+    let mut network_work: HashMap<&str, network::NetworkWork> = HashMap::new();
+    for (hv, decision, build, uuid) in &decisions {
+        if let Some(work) = network::plan(&req.lab.name, hv, decision, *build, uuid.as_deref()) {
+            network_work.insert(&hv.name, work);
+        }
+    }
+    let network_work = std::sync::Mutex::new(network_work);
     // Each hypervisor's nodes in three exchanges (see `apply::hypervisor`), all hypervisors
     // at once.
-    let (picked, network_failed, reservations) = (&picked, &network_failed, &reservations);
+    let (picked, reservations, network_work) = (&picked, &reservations, &network_work);
     let states = &states;
     let jobs = req
         .lab
@@ -203,6 +193,10 @@ pub async fn create(
                 .copied()
                 .filter(|n| n.hypervisor == hv.name)
                 .collect();
+            let network = network_work
+                .lock()
+                .expect("network work")
+                .remove(hv.name.as_str());
             let fail_all = |step: &str, error: String| -> Vec<NodeReport> {
                 here.iter()
                     .map(|n| {
@@ -220,12 +214,9 @@ pub async fn create(
                     .collect()
             };
             let state = match &states[hv.name.as_str()] {
-                Err(e) => return fail_all("connect", e.to_string()),
+                Err(e) => return (None, fail_all("connect", e.to_string())),
                 Ok(state) => state,
             };
-            if let Some(error) = network_failed.get(hv.name.as_str()) {
-                return fail_all("network", error.clone());
-            }
             let prepared: Vec<(&LabNode, apply::Prepared<'_>)> = here
                 .iter()
                 .map(|n| {
@@ -236,9 +227,14 @@ pub async fn create(
                     (*n, pre)
                 })
                 .collect();
-            apply::hypervisor(exec, req, hv, state, &prepared, events).await
+            apply::hypervisor(exec, req, hv, state, &prepared, network, events).await
         });
-    let per_hypervisor = lab_hv::run::at_once_when_live(exec, jobs.collect()).await;
+    let (networks, per_hypervisor): (Vec<_>, Vec<_>) =
+        lab_hv::run::at_once_when_live(exec, jobs.collect())
+            .await
+            .into_iter()
+            .unzip();
+    let networks: Vec<NetworkReport> = networks.into_iter().flatten().collect();
     let nodes = lab_hv::run::in_node_order(&req.nodes, per_hypervisor);
     Ok(CreateReport { networks, nodes })
 }

@@ -2,7 +2,7 @@
 //! and started when it is absent, started when it is stopped, redefined when its definition
 //! changed; an operator's network is used as it is, never changed.
 
-use lab_exec::{Cmd, ExecError, Executor};
+use lab_exec::{Cmd, ExecError};
 use lab_generate::NetworkBuild;
 use lab_hv::own::{NetworkFacts, network_facts};
 use lab_hv::{HostState, NetworkReport, Outcome, cmd};
@@ -209,42 +209,43 @@ fn dhcp_hosts(xml: &[u8], macs: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Carries a decision out; `None` when there is nothing to report.
-/// `uuid`: the network's, when it exists (a redefinition keeps it).
-pub(crate) async fn apply(
-    exec: &Executor,
+/// What a hypervisor's management network needs in this run: nothing, a report already
+/// (used or unchanged), or steps for the hypervisor's plan.
+pub(crate) enum NetworkWork {
+    Report(NetworkReport),
+    Steps {
+        name: String,
+        steps: Vec<(&'static str, Cmd)>,
+        action: &'static str,
+    },
+}
+
+/// The steps that carry out `decision` for `hv`'s management network (defined with `uuid`
+/// when it replaces a network of that name).
+pub(crate) fn plan(
     lab: &str,
     hv: &Hypervisor,
     decision: &NetworkDecision,
     build: Option<&NetworkBuild>,
     uuid: Option<&str>,
-) -> Option<NetworkReport> {
+) -> Option<NetworkWork> {
     let name = hv.mgmt.network.clone()?;
-    let report = |outcome, action: &str| NetworkReport {
-        hypervisor: hv.name.clone(),
-        network: name.clone(),
-        outcome,
-        action: Some(action.to_owned()),
-        commands: Vec::new(),
+    let unchanged = |reason: &str, action: &str| {
+        NetworkWork::Report(report(
+            hv,
+            &name,
+            Outcome::Unchanged {
+                reason: reason.to_owned(),
+            },
+            action,
+        ))
     };
     let (define, restart, start) = match decision {
         NetworkDecision::Nothing | NetworkDecision::Refuse(_) => return None,
         NetworkDecision::Use => {
-            return Some(report(
-                Outcome::Unchanged {
-                    reason: "the operator's network, used as it is".to_owned(),
-                },
-                "used",
-            ));
+            return Some(unchanged("the operator's network, used as it is", "used"));
         }
-        NetworkDecision::Unchanged => {
-            return Some(report(
-                Outcome::Unchanged {
-                    reason: "active, as defined".to_owned(),
-                },
-                "unchanged",
-            ));
-        }
+        NetworkDecision::Unchanged => return Some(unchanged("active, as defined", "unchanged")),
         NetworkDecision::DefinePending { .. } => (true, false, false),
         NetworkDecision::Apply {
             define,
@@ -271,14 +272,6 @@ pub(crate) async fn apply(
             steps.push(("add a DHCP host", cmd::add_dhcp_host(&name, &host)));
         }
     }
-    let before = exec.recorded().len();
-    let result: Result<(), (&str, ExecError)> = async {
-        for (step, c) in &steps {
-            exec.run(&hv.name, c).await.map_err(|e| (*step, e))?;
-        }
-        Ok(())
-    }
-    .await;
     let action = match decision {
         NetworkDecision::DefinePending { .. } => {
             "redefined; nodes of the lab use it, so it keeps its old definition until it \
@@ -288,24 +281,40 @@ pub(crate) async fn apply(
         _ if define => "defined and started",
         _ => "started",
     };
-    let mut r = match result {
-        Ok(()) => report(Outcome::Done, action),
-        Err((step, e)) => report(
-            Outcome::Failed {
-                step: format!("network {step}"),
-                error: e.to_string(),
-                rolled_back: false,
-            },
-            action,
-        ),
-    };
-    if !exec.is_live() {
-        r.commands = exec.recorded()[before..]
-            .iter()
-            .map(|c| c.line.clone())
-            .collect();
+    Some(NetworkWork::Steps {
+        name,
+        steps,
+        action,
+    })
+}
+
+/// The report of `hv`'s network `name`.
+pub(crate) fn report(hv: &Hypervisor, name: &str, outcome: Outcome, action: &str) -> NetworkReport {
+    NetworkReport {
+        hypervisor: hv.name.clone(),
+        network: name.to_owned(),
+        outcome,
+        action: Some(action.to_owned()),
+        commands: Vec::new(),
     }
-    Some(r)
+}
+
+/// How the network's steps in the plan ended, as its report.
+pub(crate) fn ended(
+    hv: &Hypervisor,
+    name: &str,
+    action: &str,
+    result: &Result<(), (&'static str, ExecError)>,
+) -> NetworkReport {
+    let outcome = match result {
+        Ok(()) => Outcome::Done,
+        Err((step, e)) => Outcome::Failed {
+            step: format!("network {step}"),
+            error: e.to_string(),
+            rolled_back: false,
+        },
+    };
+    report(hv, name, outcome, action)
 }
 
 #[cfg(test)]

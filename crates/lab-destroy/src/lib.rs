@@ -7,9 +7,9 @@
 //! a DHCP reservation in an operator's network goes only when such a clone claims it;
 //! `zfs destroy` is never recursive; a domain is undefined only when its marker says so.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use lab_exec::{ExecError, Executor};
+use lab_exec::{Cmd, ExecError, Executor};
 use lab_hv::own::{CloneFacts, NetworkFacts, NodeFacts, Owners, network_facts, prop};
 use lab_hv::plan::Work;
 use lab_hv::state::MarkerRead;
@@ -82,8 +82,29 @@ pub async fn destroy(
 ) -> DestroyReport {
     let lab = &req.lab.name;
     let states = lab_hv::run::probe_nodes(exec, req.lab, &req.nodes).await;
-    // Each hypervisor's nodes in one exchange, all hypervisors at once.
-    let nodes = lab_hv::plan::each_hypervisor(
+    // Each hypervisor's network is decided before anything runs: reported as it is, or
+    // removed by its plan after its nodes, when every node there is gone.
+    let mut networks = Vec::new();
+    // Per hypervisor: its network's name and the steps that remove it.
+    let mut removals: HashMap<&str, (&str, Steps)> = HashMap::new();
+    for hv in req.lab.hypervisors_of(&req.nodes) {
+        let (true, Some(name), Some(Ok(state))) = (
+            hv.mgmt.owned,
+            hv.mgmt.network.as_deref(),
+            states.get(hv.name.as_str()),
+        ) else {
+            continue;
+        };
+        match network_plan(req, hv, name, state) {
+            NetworkPlan::Report(r) => networks.push(r),
+            NetworkPlan::Absent => {}
+            NetworkPlan::Remove(steps) => {
+                removals.insert(&hv.name, (name, steps));
+            }
+        }
+    }
+    // Each hypervisor's nodes, then its network, in one exchange; all hypervisors at once.
+    let (nodes, lasts) = lab_hv::plan::each_hypervisor_then(
         exec,
         req.lab,
         &req.nodes,
@@ -101,129 +122,167 @@ pub async fn destroy(
                 },
             ),
         },
+        |hv| {
+            removals
+                .get(hv.name.as_str())
+                .map(|(_, steps)| steps.clone())
+                .unwrap_or_default()
+        },
     )
     .await;
-    // A hypervisor's network goes after its nodes, when every node of the lab there is gone.
-    let gone: HashSet<&str> = nodes
-        .iter()
-        .filter(|r| matches!(r.outcome, Outcome::Done | Outcome::Unchanged { .. }))
-        .map(|r| r.node.as_str())
-        .collect();
-    let mut networks = Vec::new();
-    for hv in req.lab.hypervisors_of(&req.nodes) {
-        let (true, Some(name), Some(Ok(state))) = (
-            hv.mgmt.owned,
-            hv.mgmt.network.as_deref(),
-            states.get(hv.name.as_str()),
-        ) else {
-            continue;
-        };
-        let report = |outcome, action: &str, commands| NetworkReport {
+    for (hv, result, commands) in lasts {
+        let name = removals[hv.name.as_str()].0;
+        let report = |outcome, action: &str| NetworkReport {
             hypervisor: hv.name.clone(),
             network: name.to_owned(),
             outcome,
             action: Some(action.to_owned()),
-            commands,
+            commands: commands.clone(),
         };
-        let active = match network_facts(state, name, lab) {
-            NetworkFacts::Ours { active, .. } => active,
-            NetworkFacts::Absent => continue,
-            // A network of that name lab did not make for this lab: never touched, and said.
-            NetworkFacts::Foreign(why) => {
-                networks.push(report(
-                    Outcome::Unchanged {
-                        reason: format!("{why}: left as it is"),
-                    },
-                    "left",
-                    Vec::new(),
-                ));
-                continue;
-            }
-        };
-        // Nodes of the lab that are (or may be) still there: not destroyed by this run, and
-        // with a clone or a domain of their name.
-        let remaining: Vec<String> = req
-            .lab
-            .nodes
-            .iter()
-            .filter(|n| n.hypervisor == hv.name && !gone.contains(n.name.as_str()))
-            .filter(|n| {
-                state.datasets.contains_key(&n.dataset) || state.domains.contains_key(&n.domain)
-            })
-            .map(|n| n.name.clone())
-            .collect();
-        // ... and what the lab file no longer names: this lab's clones and domains of nodes
-        // removed from the file (`status` lists them as orphans) still use the network.
-        let named = |node: &str| {
-            req.lab
-                .nodes
-                .iter()
-                .any(|n| n.hypervisor == hv.name && n.name == node)
-        };
-        let orphans = state
-            .datasets
-            .values()
-            .filter(|ds| ds.prop(prop::LAB) == Some(lab.as_str()))
-            .filter_map(|ds| ds.prop(prop::NODE))
-            .chain(state.domains.values().filter_map(|d| match &d.marker {
-                MarkerRead::Some(m) if m.lab == *lab => Some(m.node.as_str()),
-                _ => None,
-            }))
-            .filter(|node| !named(node))
-            .map(|node| format!("{node} (not in the lab file)"))
-            .collect::<std::collections::BTreeSet<String>>();
-        let remaining: Vec<String> = remaining.into_iter().chain(orphans).collect();
-        if !remaining.is_empty() {
-            networks.push(report(
-                Outcome::Skipped {
-                    reason: format!("nodes of the lab remain here: {}", remaining.join(", ")),
-                },
-                "kept",
-                Vec::new(),
-            ));
-            continue;
-        }
-        let mut steps = Vec::new();
-        if active {
-            steps.push(cmd::stop_network(hv));
-        }
-        steps.push(cmd::undefine_network(name));
-        let before = exec.recorded().len();
-        let mut outcome = Outcome::Done;
-        let mut action = "removed";
-        for c in &steps {
-            if let Err(e) = exec.run(&hv.name, c).await {
-                if let ExecError::Failed {
+        networks.push(match result {
+            Some(Ok(())) => report(Outcome::Done, "removed"),
+            Some(Err((
+                _,
+                ExecError::Failed {
                     status: cmd::NETWORK_IN_USE,
                     stderr,
                     ..
-                } = &e
-                {
-                    outcome = Outcome::Skipped {
-                        reason: stderr.trim().to_owned(),
-                    };
-                    action = "kept";
-                    break;
-                }
-                outcome = Outcome::Failed {
+                },
+            ))) => report(
+                Outcome::Skipped {
+                    reason: stderr.trim().to_owned(),
+                },
+                "kept",
+            ),
+            Some(Err((_, e))) => report(
+                Outcome::Failed {
                     step: "remove network".to_owned(),
                     error: e.to_string(),
                     rolled_back: false,
-                };
-                break;
+                },
+                "removed",
+            ),
+            // A node of the lab failed here: it still has its network.
+            None => {
+                let remaining: Vec<&str> = nodes
+                    .iter()
+                    .filter(|r| {
+                        r.hypervisor == hv.name && matches!(r.outcome, Outcome::Failed { .. })
+                    })
+                    .map(|r| r.node.as_str())
+                    .collect();
+                report(
+                    Outcome::Skipped {
+                        reason: format!("nodes of the lab remain here: {}", remaining.join(", ")),
+                    },
+                    "kept",
+                )
             }
-        }
-        let commands = if exec.is_live() {
-            Vec::new()
-        } else {
-            exec.recorded()[before..]
-                .iter()
-                .map(|c| c.line.clone())
-                .collect()
-        };
-        networks.push(report(outcome, action, commands));
+        });
     }
+    // In lab order of the hypervisors.
+    let order = req.lab.hypervisors_of(&req.nodes);
+    networks.sort_by_key(|r| order.iter().position(|h| h.name == r.hypervisor));
     DestroyReport { nodes, networks }
+}
+
+type Steps = Vec<(&'static str, Cmd)>;
+
+/// What `destroy` does with a hypervisor's management network.
+enum NetworkPlan {
+    /// Nothing to say: there is none.
+    Absent,
+    /// Left as it is, and why.
+    Report(NetworkReport),
+    /// Removed after the nodes, by these steps.
+    Remove(Steps),
+}
+
+/// Decides, from `hv`'s state before any change, what happens to its management network
+/// `name`: left when lab did not make it for this lab or when nodes of the lab that this run
+/// does not remove (not selected, skipped, or no longer in the lab file) are there;
+/// otherwise removed after the nodes.
+fn network_plan(
+    req: &DestroyRequest<'_>,
+    hv: &Hypervisor,
+    name: &str,
+    state: &HostState,
+) -> NetworkPlan {
+    let lab = &req.lab.name;
+    let report = |outcome, action: &str| NetworkReport {
+        hypervisor: hv.name.clone(),
+        network: name.to_owned(),
+        outcome,
+        action: Some(action.to_owned()),
+        commands: Vec::new(),
+    };
+    let active = match network_facts(state, name, lab) {
+        NetworkFacts::Ours { active, .. } => active,
+        NetworkFacts::Absent => return NetworkPlan::Absent,
+        // A network of that name lab did not make for this lab: never touched, and said.
+        NetworkFacts::Foreign(why) => {
+            return NetworkPlan::Report(report(
+                Outcome::Unchanged {
+                    reason: format!("{why}: left as it is"),
+                },
+                "left",
+            ));
+        }
+    };
+    // Nodes of the lab that this run leaves there: not selected, or skipped (not ours to
+    // remove, or not inspectable), with a clone or a domain of their name.
+    let removed: HashSet<&str> = req
+        .nodes
+        .iter()
+        .filter(|n| n.hypervisor == hv.name)
+        .filter(|n| matches!(node_plan(lab, hv, n, state, &req.owners), Work::Steps(..)))
+        .map(|n| n.name.as_str())
+        .collect();
+    let remaining: Vec<String> = req
+        .lab
+        .nodes
+        .iter()
+        .filter(|n| n.hypervisor == hv.name && !removed.contains(n.name.as_str()))
+        .filter(|n| {
+            state.datasets.contains_key(&n.dataset) || state.domains.contains_key(&n.domain)
+        })
+        .map(|n| n.name.clone())
+        .collect();
+    // ... and what the lab file no longer names: this lab's clones and domains of nodes
+    // removed from the file (`status` lists them as orphans) still use the network.
+    let named = |node: &str| {
+        req.lab
+            .nodes
+            .iter()
+            .any(|n| n.hypervisor == hv.name && n.name == node)
+    };
+    let orphans = state
+        .datasets
+        .values()
+        .filter(|ds| ds.prop(prop::LAB) == Some(lab.as_str()))
+        .filter_map(|ds| ds.prop(prop::NODE))
+        .chain(state.domains.values().filter_map(|d| match &d.marker {
+            MarkerRead::Some(m) if m.lab == *lab => Some(m.node.as_str()),
+            _ => None,
+        }))
+        .filter(|node| !named(node))
+        .map(|node| format!("{node} (not in the lab file)"))
+        .collect::<std::collections::BTreeSet<String>>();
+    let remaining: Vec<String> = remaining.into_iter().chain(orphans).collect();
+    if !remaining.is_empty() {
+        return NetworkPlan::Report(report(
+            Outcome::Skipped {
+                reason: format!("nodes of the lab remain here: {}", remaining.join(", ")),
+            },
+            "kept",
+        ));
+    }
+    let mut steps = Vec::new();
+    if active {
+        steps.push(("remove network", cmd::stop_network(hv)));
+    }
+    steps.push(("remove network", cmd::undefine_network(name)));
+    NetworkPlan::Remove(steps)
 }
 
 /// A node's steps (and whether they remove anything but a staging leftover), or its report

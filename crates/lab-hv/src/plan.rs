@@ -47,8 +47,9 @@ impl<'a> NodePlan<'a> {
     /// The node as functions of the plan script: `n<index>` its first wave, `f<index>` its
     /// last (when it has one), each ended by a failure; `DONE` after the last step.
     fn function(&self, index: usize) -> String {
+        // Also counted in `$_done`, when the plan has steps after every node's.
         let done = format!(
-            "  echo {}\n",
+            "  echo {}\n  [ -z \"${{_done:-}}\" ] || : >\"$_done/{index}\"\n",
             quote_line(&[format!("DONE {}", self.node.name)])
         );
         let mut body = format!("n{index}() {{\n");
@@ -63,22 +64,7 @@ impl<'a> NodePlan<'a> {
     }
 
     fn lines(&self, steps: &[(&'static str, Cmd)]) -> String {
-        let mut body = String::new();
-        for (name, cmd) in steps {
-            let secs = cmd.timeout.as_secs().max(1).to_string();
-            let mut words = match &cmd.stdin {
-                None => vec!["step".to_owned()],
-                Some(_) => vec!["feed".to_owned()],
-            };
-            words.extend([self.node.name.clone(), (*name).to_owned(), secs]);
-            if let Some(bytes) = &cmd.stdin {
-                words.push(String::from_utf8_lossy(bytes).into_owned());
-            }
-            words.extend(cmd.argv.iter().cloned());
-            let line = quote_line(&words);
-            body.push_str(&format!("  {line} || return\n"));
-        }
-        body
+        step_lines(&self.node.name, steps)
     }
 
     /// The steps as they run on the hypervisor (inside the runner), for `--dry-run`.
@@ -92,19 +78,70 @@ impl<'a> NodePlan<'a> {
                 } else {
                     ""
                 };
-                let fed = if cmd.stdin.is_some() {
-                    " <<< (stdin)"
-                } else {
-                    ""
-                };
-                format!(
-                    "{held}timeout -k 5 {} {}{fed}",
-                    cmd.timeout.as_secs().max(1),
-                    quote_line(&cmd.argv)
-                )
+                format!("{held}{}", shown_step(cmd))
             })
             .collect()
     }
+}
+
+/// A step as the runner runs it, for `--dry-run`.
+pub fn shown_step(cmd: &Cmd) -> String {
+    let fed = if cmd.stdin.is_some() {
+        " <<< (stdin)"
+    } else {
+        ""
+    };
+    format!(
+        "timeout -k 5 {} {}{fed}",
+        cmd.timeout.as_secs().max(1),
+        quote_line(&cmd.argv)
+    )
+}
+
+/// The runner's lines for `steps` of `who` (a node, or [`HYPERVISOR`]), each ending the
+/// function when it fails.
+fn step_lines(who: &str, steps: &[(&'static str, Cmd)]) -> String {
+    let mut body = String::new();
+    for (name, cmd) in steps {
+        let secs = cmd.timeout.as_secs().max(1).to_string();
+        let mut words = match &cmd.stdin {
+            None => vec!["step".to_owned()],
+            Some(_) => vec!["feed".to_owned()],
+        };
+        words.extend([who.to_owned(), (*name).to_owned(), secs]);
+        if let Some(bytes) = &cmd.stdin {
+            words.push(String::from_utf8_lossy(bytes).into_owned());
+        }
+        words.extend(cmd.argv.iter().cloned());
+        let line = quote_line(&words);
+        body.push_str(&format!("  {line} || return\n"));
+    }
+    body
+}
+
+/// The names the runner gives the hypervisor's own steps, before and after the nodes': no
+/// node is called so (a hostname never starts with `-`).
+const HYPERVISOR: &str = "-hypervisor";
+const HYPERVISOR_LAST: &str = "-hypervisor-last";
+
+/// What a hypervisor's plan carries besides its nodes' steps.
+#[derive(Default)]
+pub struct Extras {
+    /// Steps of the hypervisor itself (its management network), run before any node's; when
+    /// one fails, no node's step runs.
+    pub first: Vec<(&'static str, Cmd)>,
+    /// Steps of the hypervisor run after every node's, only when every node's steps passed
+    /// (its management network removed after the nodes that used it).
+    pub last: Vec<(&'static str, Cmd)>,
+    /// The nodes' trees, sent in the same exchange (see [`Trees`]).
+    pub trees: Option<Trees>,
+}
+
+/// A tar archive that the plan unpacks into `dir` before any step runs (a directory of its
+/// own, made anew, `0700`), and removes when it ends; steps copy from there.
+pub struct Trees {
+    pub dir: String,
+    pub archive: Vec<u8>,
 }
 
 /// The runner's functions. `step NODE NAME SECS COMMAND...` prints `STEP node name`, runs the
@@ -146,11 +183,27 @@ _run() {
 }
 "#;
 
-/// The plan script for `plans` on `hv`: the runner, each node as a function, then the nodes
-/// started `parallel` at a time.
-pub fn plan_script(hv: &Hypervisor, plans: &[NodePlan<'_>]) -> String {
+/// The plan script for `plans` on `hv`: the runner, the hypervisor's own steps and each node
+/// as functions, then (when the hypervisor's steps passed) the nodes started `parallel` at a
+/// time.
+pub fn plan_script(hv: &Hypervisor, plans: &[NodePlan<'_>], extras: &Extras) -> String {
     let mut script = RUNNER.to_owned();
     let waits = plans.iter().any(NodePlan::waits);
+    let function = |name: &str, who: &str, steps: &[(&'static str, Cmd)]| {
+        format!(
+            "{name}() {{\n{}  echo {}\n}}\n",
+            step_lines(who, steps),
+            quote_line(&[format!("DONE {who}")])
+        )
+    };
+    if !extras.first.is_empty() {
+        script.push_str(&function("h", HYPERVISOR, &extras.first));
+        script.push_str("h || exit 0\n");
+    }
+    if !extras.last.is_empty() {
+        script.push_str(&function("z", HYPERVISOR_LAST, &extras.last));
+        script.push_str("_done=$(mktemp -d) || exit 1\n");
+    }
     if waits {
         script.push_str("_ok=$(mktemp -d) || exit 1\n");
     }
@@ -187,20 +240,62 @@ pub fn plan_script(hv: &Hypervisor, plans: &[NodePlan<'_>]) -> String {
         }
         script.push_str("fi\nrm -rf \"$_ok\"\n");
     }
+    if !extras.last.is_empty() {
+        // After every node's steps, when every node is done.
+        script.push_str(&format!(
+            "[ \"$(ls -- \"$_done\" | wc -l)\" -eq {} ] && z\nrm -rf \"$_done\"\n",
+            plans.len()
+        ));
+    }
     script
 }
 
-/// The one command that carries out `plans` on `hv`: `sh -s`, fed [`plan_script`].
-pub fn plan_cmd(hv: &Hypervisor, plans: &[NodePlan<'_>]) -> Cmd {
-    // A deadline for the whole: every step's, each node after the other, with its retries.
+/// How the plan starts on the hypervisor: it reads its script (the first `$1` bytes of
+/// stdin), unpacks the trees that follow it (`$3` bytes, a tar archive) into `$2`, runs the
+/// script, and removes the trees again.
+const BOOT: &str = r#"size=$1 trees=$2 tarred=$3
+script=$(head -c "$size"; echo .) || exit 1
+if [ "$tarred" -gt 0 ]; then
+  rm -rf -- "$trees" && mkdir -m 0700 -- "$trees" &&
+    head -c "$tarred" | tar -x --no-same-owner -f - -C "$trees" ||
+    { echo "the nodes' trees could not be unpacked into $trees" >&2; rm -rf -- "$trees"; exit 1; }
+fi
+eval "${script%.}"; rc=$?
+[ "$tarred" -eq 0 ] || rm -rf -- "$trees"
+exit $rc"#;
+
+/// The one command that carries out `plans` on `hv` with `extras`: [`BOOT`], fed
+/// [`plan_script`] and the trees.
+pub fn plan_cmd(hv: &Hypervisor, plans: &[NodePlan<'_>], extras: &Extras) -> Cmd {
+    // A deadline for the whole: every step's, each node after the other, with its retries,
+    // and a second per MiB of trees.
     let secs: u64 = plans
         .iter()
         .flat_map(|p| &p.steps)
+        .chain(&extras.first)
+        .chain(&extras.last)
         .map(|(_, c)| c.timeout.as_secs().max(1) + 5)
         .sum();
-    Cmd::change(["sh", "-s", "lab-plan"])
-        .stdin(plan_script(hv, plans))
-        .timeout(Duration::from_secs(secs.max(60)))
+    let script = plan_script(hv, plans, extras);
+    let (dir, archive): (&str, &[u8]) = match &extras.trees {
+        Some(t) => (&t.dir, &t.archive),
+        None => ("none", &[]),
+    };
+    let mut stdin = script.clone().into_bytes();
+    stdin.extend_from_slice(archive);
+    Cmd::change([
+        "sh",
+        "-c",
+        BOOT,
+        "lab-plan",
+        &script.len().to_string(),
+        dir,
+        &archive.len().to_string(),
+    ])
+    .stdin(stdin)
+    .timeout(Duration::from_secs(
+        secs.max(60) + (archive.len() as u64 >> 20),
+    ))
 }
 
 /// What the runner said of a node: the failed step (its index) and status, or none when it
@@ -220,10 +315,45 @@ pub async fn run(
     plans: &[NodePlan<'_>],
     events: Events<'_>,
 ) -> Vec<StepsResult> {
-    if plans.is_empty() {
-        return Vec::new();
+    run_with(exec, hv, plans, &Extras::default(), events)
+        .await
+        .nodes
+}
+
+/// How a hypervisor's own steps ended: `None` when it had none (or, for the steps after
+/// the nodes', when they did not run because a node failed).
+pub type FirstResult = Option<Result<(), (&'static str, ExecError)>>;
+
+/// How a hypervisor's plan ended (see [`run_with`]).
+pub struct Ran {
+    /// The hypervisor's steps before the nodes'.
+    pub first: FirstResult,
+    /// The hypervisor's steps after the nodes'.
+    pub last: FirstResult,
+    /// Each node's, in the order of the plans.
+    pub nodes: Vec<StepsResult>,
+}
+
+/// [`run`], with the hypervisor's own steps and the nodes' trees in the same exchange. When
+/// the hypervisor's first steps fail, no node's step ran: every node's result is that
+/// failure, at its first step. Its last steps run only when every node's passed.
+pub async fn run_with(
+    exec: &Executor,
+    hv: &Hypervisor,
+    plans: &[NodePlan<'_>],
+    extras: &Extras,
+    events: Events<'_>,
+) -> Ran {
+    if plans.is_empty() && extras.first.is_empty() && extras.last.is_empty() {
+        return Ran {
+            first: None,
+            last: None,
+            nodes: Vec::new(),
+        };
     }
-    let cmd = plan_cmd(hv, plans);
+    let cmd = plan_cmd(hv, plans, extras);
+    // The hypervisor's own steps, before and after the nodes': how each ended.
+    let own: Mutex<HashMap<&str, Ended>> = Mutex::new(HashMap::new());
     let by_name: HashMap<&str, &NodePlan<'_>> =
         plans.iter().map(|p| (p.node.name.as_str(), p)).collect();
     // Per node: the failed step (its index), status and error lines, or done.
@@ -236,6 +366,31 @@ pub async fn run(
             words.next().unwrap_or(""),
             words.next().unwrap_or(""),
         );
+        let own_steps = match node {
+            HYPERVISOR => Some((HYPERVISOR, &extras.first)),
+            HYPERVISOR_LAST => Some((HYPERVISOR_LAST, &extras.last)),
+            _ => None,
+        };
+        if let Some((who, steps)) = own_steps {
+            let mut own = own.lock().expect("plan results");
+            match kind {
+                "DONE" => {
+                    own.insert(who, (None, Vec::new()));
+                }
+                "FAIL" => {
+                    let (status, name) = rest.split_once(' ').unwrap_or(("1", rest));
+                    let i = steps.iter().position(|(n, _)| *n == name).unwrap_or(0);
+                    own.insert(who, (Some((i, status.parse().unwrap_or(1))), Vec::new()));
+                }
+                "ERR" => {
+                    if let Some((_, lines)) = own.get_mut(who) {
+                        lines.push(rest.to_owned());
+                    }
+                }
+                _ => {}
+            }
+            return;
+        }
         let Some(plan) = by_name.get(node) else {
             return;
         };
@@ -278,11 +433,62 @@ pub async fn run(
     };
     let outcome = exec.stream(&hv.name, &cmd, &on_line).await;
     if !exec.is_live() {
-        return plans.iter().map(|_| Ok(Vec::new())).collect();
+        return Ran {
+            first: (!extras.first.is_empty()).then_some(Ok(())),
+            last: (!extras.last.is_empty()).then_some(Ok(())),
+            nodes: plans.iter().map(|_| Ok(Vec::new())).collect(),
+        };
+    }
+    let mut own = own.into_inner().expect("plan results");
+    let failed_step =
+        |steps: &[(&'static str, Cmd)], (i, status): (usize, i32), lines: Vec<String>| {
+            let (name, cmd) = &steps[i];
+            let e = if status == lab_exec::LOCK_GONE {
+                ExecError::LockLost {
+                    host: hv.name.clone(),
+                }
+            } else {
+                ExecError::Failed {
+                    host: hv.name.clone(),
+                    command: cmd.line(),
+                    status,
+                    stderr: lines.join("\n"),
+                }
+            };
+            Err((*name, e))
+        };
+    let first = match (own.remove(HYPERVISOR), &outcome) {
+        _ if extras.first.is_empty() => None,
+        (Some((None, _)), _) => Some(Ok(())),
+        (Some((Some(failed), lines)), _) => Some(failed_step(&extras.first, failed, lines)),
+        (None, Err(e)) => Some(Err((extras.first[0].0, e.clone()))),
+        (None, Ok(out)) => Some(Err((
+            extras.first[0].0,
+            ExecError::Failed {
+                host: hv.name.clone(),
+                command: "the hypervisor's plan (sh -c ... lab-plan)".to_owned(),
+                status: out.status,
+                stderr: out.stderr.trim().to_owned(),
+            },
+        ))),
+    };
+    // Not run (a node failed, or the exchange ended before): `None`.
+    let last = match own.remove(HYPERVISOR_LAST) {
+        Some((None, _)) => Some(Ok(())),
+        Some((Some(failed), lines)) => Some(failed_step(&extras.last, failed, lines)),
+        None => None,
+    };
+    if let Some(Err((_, e))) = &first {
+        let nodes = plans.iter().map(|p| Err((p.steps[0].0, e.clone())));
+        return Ran {
+            first: first.clone(),
+            last,
+            nodes: nodes.collect(),
+        };
     }
     let ended = ended.into_inner().expect("plan results");
     let mut printed = printed.into_inner().expect("plan output");
-    plans
+    let results = plans
         .iter()
         .map(|plan| match (ended.get(&plan.node.name), &outcome) {
             (Some((None, _)), _) => Ok(printed.remove(&plan.node.name).unwrap_or_default()),
@@ -322,7 +528,12 @@ pub async fn run(
                 },
             )),
         })
-        .collect()
+        .collect();
+    Ran {
+        first,
+        last,
+        nodes: results,
+    }
 }
 
 /// What a verb has for one node: steps for its hypervisor's plan, with what the verb wants to
@@ -351,8 +562,36 @@ where
     D: Fn(&'a Hypervisor, &'a LabNode, &HostState) -> Work<T>,
     F: Fn(&'a LabNode, T, StepsResult) -> NodeReport,
 {
+    let after = |_: &Hypervisor| Vec::new();
+    each_hypervisor_then(exec, lab, nodes, states, events, decide, finish, after)
+        .await
+        .0
+}
+
+/// [`each_hypervisor`], with steps of each hypervisor's own (`after`) that its plan runs after
+/// every node's, when every node's steps passed; and how they ended, per hypervisor that had
+/// any (`None`: not run).
+#[allow(clippy::too_many_arguments)]
+pub async fn each_hypervisor_then<'a, T, D, F, A>(
+    exec: &Executor,
+    lab: &'a Lab,
+    nodes: &[&'a LabNode],
+    states: &States<'_>,
+    events: Events<'_>,
+    decide: D,
+    finish: F,
+    after: A,
+) -> (
+    Vec<NodeReport>,
+    Vec<(&'a Hypervisor, FirstResult, Vec<String>)>,
+)
+where
+    D: Fn(&'a Hypervisor, &'a LabNode, &HostState) -> Work<T>,
+    F: Fn(&'a LabNode, T, StepsResult) -> NodeReport,
+    A: Fn(&'a Hypervisor) -> Vec<(&'static str, Cmd)>,
+{
     let done = |report: &NodeReport| crate::run::report_done(events, report);
-    let (decide, finish, done) = (&decide, &finish, &done);
+    let (decide, finish, done, after) = (&decide, &finish, &done, &after);
     let jobs = lab.hypervisors_of(nodes).into_iter().map(|hv| async move {
         let here = nodes.iter().copied().filter(|n| n.hypervisor == hv.name);
         let state = match &states[hv.name.as_str()] {
@@ -360,7 +599,7 @@ where
                 let reports: Vec<NodeReport> =
                     here.map(|n| failed(n, "connect", e, false)).collect();
                 reports.iter().for_each(done);
-                return reports;
+                return (reports, None);
             }
             Ok(state) => state,
         };
@@ -378,8 +617,17 @@ where
                 }
             }
         }
-        let results = run(exec, hv, &plans, events).await;
-        for ((plan, keep), result) in plans.iter().zip(kept).zip(results) {
+        let extras = Extras {
+            last: after(hv),
+            ..Extras::default()
+        };
+        let shown: Vec<String> = if exec.is_live() {
+            Vec::new()
+        } else {
+            extras.last.iter().map(|(_, c)| shown_step(c)).collect()
+        };
+        let ran = run_with(exec, hv, &plans, &extras, events).await;
+        for ((plan, keep), result) in plans.iter().zip(kept).zip(ran.nodes) {
             let mut report = finish(plan.node, keep, result);
             if !exec.is_live() {
                 report.commands = plan.shown();
@@ -387,8 +635,13 @@ where
             done(&report);
             reports.push(report);
         }
-        reports
+        let last = (!extras.last.is_empty()).then_some((hv, ran.last, shown));
+        (reports, last)
     });
     let per_hypervisor = crate::run::at_once_when_live(exec, jobs.collect()).await;
-    crate::run::in_node_order(nodes, per_hypervisor)
+    let (reports, lasts): (Vec<_>, Vec<_>) = per_hypervisor.into_iter().unzip();
+    (
+        crate::run::in_node_order(nodes, reports),
+        lasts.into_iter().flatten().collect(),
+    )
 }

@@ -111,8 +111,9 @@ fn a_guarded_change_runs_only_while_the_lock_names_its_run() {
     assert_eq!(ours, (Some(0), true));
 }
 
-/// Issue 24: a hypervisor's plan runs each node's steps in order, ends a node at its failed
-/// step (status and error said), and lets the other nodes finish.
+/// Issue 24: a hypervisor's plan runs its own steps first, unpacks the trees it carries,
+/// runs each node's steps in order, ends a node at its failed step (status and error said),
+/// and lets the other nodes finish; a failed step of the hypervisor's runs no node's.
 #[test]
 fn a_plan_runs_each_nodes_steps_and_a_failure_ends_that_node_only() {
     let root = scratch("plan");
@@ -164,8 +165,112 @@ fn a_plan_runs_each_nodes_steps_and_a_failure_ends_that_node_only() {
     ];
     let mut plans = plans;
     plans[1].last_wave = 3;
+    // r2's tree, sent with the plan and unpacked before any step, where r2's step reads it.
+    let trees = root.join("trees");
+    std::fs::create_dir_all(root.join("src/r2")).unwrap();
+    std::fs::write(root.join("src/r2/motd"), "hello from the tree\n").unwrap();
+    let archive = Command::new("tar")
+        .args(["-c", "-C", &root.join("src").display().to_string(), "r2"])
+        .output()
+        .unwrap()
+        .stdout;
+    plans[1].steps.insert(
+        0,
+        (
+            "read tree",
+            lab_exec::Cmd::change(["cat", &trees.join("r2/motd").display().to_string()]),
+        ),
+    );
+    plans[1].last_wave += 1;
+    let extras = lab_hv::plan::Extras {
+        first: vec![(
+            "network",
+            lab_exec::Cmd::change(["echo", "network defined"]),
+        )],
+        // Not run: r1 fails.
+        last: vec![("after", lab_exec::Cmd::change(["echo", "after"]))],
+        trees: Some(lab_hv::plan::Trees {
+            dir: trees.display().to_string(),
+            archive,
+        }),
+    };
     std::fs::create_dir_all(root.join("lock")).unwrap();
-    let cmd = lab_hv::plan::plan_cmd(hv, &plans);
+    let lines = run_plan(hv, &plans, &extras);
+    let ran = marker.exists();
+    // The trees went with the plan.
+    assert!(!trees.exists());
+    std::fs::remove_dir_all(&root).unwrap();
+    assert_eq!(
+        lines,
+        [
+            "DONE -hypervisor",
+            "DONE r2",
+            "ERR r1 it broke",
+            "FAIL r1 3 second step",
+            "OUT -hypervisor network defined",
+            "OUT r2 a 'b'",
+            "OUT r2 got $x",
+            "OUT r2 got <domain a='1'/>",
+            "OUT r2 held",
+            "OUT r2 hello from the tree",
+            "OUT r2 it is",
+            "STEP -hypervisor network",
+            "STEP r1 first",
+            "STEP r1 second step",
+            "STEP r2 fed",
+            "STEP r2 held",
+            "STEP r2 read tree",
+            "STEP r2 say",
+            "STEP r2 touch",
+        ]
+    );
+    assert!(ran);
+
+    // When the hypervisor's own step fails, no node's step runs.
+    let failing = lab_hv::plan::Extras {
+        first: vec![("network", lab_exec::Cmd::change(["false"]))],
+        last: Vec::new(),
+        trees: None,
+    };
+    std::fs::create_dir_all(root.join("lock")).unwrap();
+    let lines = run_plan(hv, &plans, &failing);
+    std::fs::remove_dir_all(&root).unwrap();
+    assert_eq!(
+        lines,
+        ["FAIL -hypervisor 1 network", "STEP -hypervisor network"]
+    );
+
+    // The hypervisor's last steps run when every node's passed (r1's failed above).
+    let after = lab_hv::plan::Extras {
+        last: vec![("after", lab_exec::Cmd::change(["echo", "after the nodes"]))],
+        ..Default::default()
+    };
+    let passing = [lab_hv::plan::NodePlan::new(
+        r1,
+        vec![("first", lab_exec::Cmd::change(["true"]))],
+    )];
+    std::fs::create_dir_all(root.join("lock")).unwrap();
+    let lines = run_plan(hv, &passing, &after);
+    std::fs::remove_dir_all(&root).unwrap();
+    assert_eq!(
+        lines,
+        [
+            "DONE -hypervisor-last",
+            "DONE r1",
+            "OUT -hypervisor-last after the nodes",
+            "STEP -hypervisor-last after",
+            "STEP r1 first",
+        ]
+    );
+}
+
+/// Runs a plan's command here, as the hypervisor would; its lines, sorted.
+fn run_plan(
+    hv: &lab_model::Hypervisor,
+    plans: &[lab_hv::plan::NodePlan<'_>],
+    extras: &lab_hv::plan::Extras,
+) -> Vec<String> {
+    let cmd = lab_hv::plan::plan_cmd(hv, plans, extras);
     let mut child = Command::new(&cmd.argv[0])
         .args(&cmd.argv[1..])
         .stdin(std::process::Stdio::piped())
@@ -183,26 +288,5 @@ fn a_plan_runs_each_nodes_steps_and_a_failure_ends_that_node_only() {
         .map(str::to_owned)
         .collect();
     lines.sort();
-    let ran = marker.exists();
-    std::fs::remove_dir_all(&root).unwrap();
-    assert_eq!(
-        lines,
-        [
-            "DONE r2",
-            "ERR r1 it broke",
-            "FAIL r1 3 second step",
-            "OUT r2 a 'b'",
-            "OUT r2 got $x",
-            "OUT r2 got <domain a='1'/>",
-            "OUT r2 held",
-            "OUT r2 it is",
-            "STEP r1 first",
-            "STEP r1 second step",
-            "STEP r2 fed",
-            "STEP r2 held",
-            "STEP r2 say",
-            "STEP r2 touch",
-        ]
-    );
-    assert!(ran);
+    lines
 }

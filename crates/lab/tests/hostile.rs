@@ -354,14 +354,23 @@ proptest! {
     }
 }
 
-/// The words of a hypervisor's plan's steps (`sh -s lab-plan` fed the runner, then a
+/// The words of a hypervisor's plan's steps (`sh -c BOOT lab-plan SIZE ...` fed the runner, then a
 /// function per node whose lines are `step NODE NAME SECS COMMAND...` or `feed NODE NAME SECS
 /// DATA COMMAND...`): the node and the command's words (step names are the code's own, the
 /// data is stdin, no argument). Nothing for any other command.
 fn split_plan(argv: &[String], fed: Option<&str>) -> Vec<String> {
-    let (true, Some(script)) = (argv.iter().any(|a| a == "lab-plan"), fed) else {
+    let Some(at) = argv.iter().position(|a| a == "lab-plan") else {
         return Vec::new();
     };
+    let Some(fed) = fed else {
+        return Vec::new();
+    };
+    // The script is the first SIZE bytes fed (`lab-plan SIZE TREES TARRED`); the trees follow.
+    let size = argv
+        .get(at + 1)
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(fed.len());
+    let script = fed.get(..size).unwrap_or(fed);
     let mut words_of_steps = Vec::new();
     let mut rest = script;
     // A step's line may hold newlines inside its quotes: read quote-balanced lines.
@@ -434,7 +443,7 @@ fn words(line: &str) -> Option<Vec<String>> {
 /// The property can fail: a name with shell syntax in it is caught by the argument check.
 #[test]
 fn the_argument_check_catches_shell_syntax_and_options() {
-    let argv: Vec<String> = ["sh", "-s", "lab-plan"].map(String::from).to_vec();
+    let argv: Vec<String> = ["sh", "-c", "boot", "lab-plan"].map(String::from).to_vec();
     let plan =
         |line: &str| format!("step() {{ :; }}\nn0() {{\n  step r1 stop 120 {line} || return\n}}\n");
     let ws = split_plan(&argv, Some(&plan("virsh -q destroy r1")));

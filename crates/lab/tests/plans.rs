@@ -738,11 +738,17 @@ fn run(s: &Scenario) -> String {
         .unwrap();
     let reports = rt.block_on(async {
         if s.verb == "create" {
+            // Each node's tree, which its plan carries: one file.
+            let trees = tempfile::tempdir().unwrap();
             let builds = nodes
                 .iter()
                 .map(|n| {
+                    let tree = trees.path().join(&n.hypervisor).join(&n.hostname);
+                    std::fs::create_dir_all(tree.join("etc")).unwrap();
+                    std::fs::write(tree.join("etc/hostname"), format!("{}\n", n.hostname))
+                        .unwrap();
                     let build = NodeBuild {
-                        tree: PathBuf::from(format!("build/over/{}/{}", n.hypervisor, n.hostname)),
+                        tree,
                         digest: format!("digest-of-{}", n.name),
                         domain_xml: Some(b"<domain/>".to_vec()),
                         dirs: vec!["etc".into(), "root".into()],
