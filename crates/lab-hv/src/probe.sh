@@ -1,7 +1,7 @@
 # The probe of a hypervisor (see PROBE in state.rs). Arguments: pool, proto dataset,
 # detail (`nics` or not), the marker namespace, `domain address` pairs to look at for an ssh
 # banner (one word list, with `nics` only; `none`: one word, no pair), a nonce.
-pool=$1 proto=$2 detail=$3 ns=$4 ready=$5 m="#$6"
+pool=$1 proto=$2 detail=$3 ns=$4 ready=$5 m="#$6" nonce=$6
 echo "$m snapshots"
 out=$(zfs list -H -o name "$proto" 2>&1); r=$?
 if [ $r -eq 0 ]; then
@@ -59,31 +59,52 @@ fi
 echo "$m domains"
 virsh -q list --all; echo "$m rc $?"
 echo "$m markers"
-doms=$(virsh -q list --all --name); rc=$?
-# `each_domain F`: F DOMAIN for every domain, sixteen at a time (each virsh is a connection to
-# libvirtd: 0.1 s on a busy host); F writes its answer in one short write, whole on the pipe.
+uuids=$(virsh -q list --all --uuid); rc=$?
+# `each_domain CMD ARGS`: every domain's name and what `virsh CMD UUID ARGS` says (errors
+# too), from one virsh: one connection to libvirtd for them all (a virsh of its own costs
+# 0.1 s on a busy host, so a thousand domains cost seconds). Domains go by UUID: no name
+# reaches virsh's command line. Around each answer, lines of the nonce's own: `lab-NONCE
+# UUID` and the domain's name before it, `lab-NONCE -` right before it, `lab-NONCE .` after
+# it (virsh keeps its output and errors in order). `answers` then prints `NAME<TAB>LINE` for
+# each line of an answer and `NAME<TAB>lab-NONCE .` at its end: a domain without that end
+# was not answered whole.
+# (Two hundred domains per virsh: its command line stays far below the 128 KiB an argument
+# may have.)
 each_domain() {
-  n=0
-  while read -r dom; do
-    [ -n "$dom" ] || continue
-    "$1" "$dom" &
-    n=$((n + 1)); [ $((n % 16)) -ne 0 ] || wait
-  done <<EOF_DOMS
-$doms
-EOF_DOMS
-  wait
+  batch= n=0
+  for u in $uuids; do
+    batch="$batch echo lab-$nonce $u; domname $u; echo lab-$nonce -; $1 $u $2; echo lab-$nonce .;"
+    n=$((n + 1))
+    if [ $n -eq 200 ]; then virsh "$batch" 2>&1; batch= n=0; fi
+  done
+  [ -z "$batch" ] || virsh "$batch" 2>&1
 }
-marker() {
-  out=$(virsh -q metadata "$1" --uri "$ns" --config 2>&1); r=$?
-  if [ $r -eq 0 ]; then
-    printf '%s\t%s\n' "$1" "$(printf '%s' "$out" | tr -d '\n')"
-  elif printf '%s' "$out" | grep -q 'metadata not found'; then
-    printf '%s\t\n' "$1"
-  else
-    printf '%s\t?\n' "$1"
-  fi
+answers() {
+  awk -v sep="lab-$nonce" '
+    $1 == sep && $2 == "-" { state = "answer"; next }
+    $1 == sep && $2 == "." { if (ok) print name "\t" sep " ."; state = ""; next }
+    $1 == sep { name = ""; ok = 0; state = "name"; next }
+    state == "name" { if (name == "" && $0 != "") name = $0; ok = name !~ /^error: /; next }
+    state == "answer" && ok { print name "\t" $0 }
+  '
 }
-each_domain marker
+# A domain's marker: what `metadata` printed; none when it says "metadata not found"; `?`
+# (unknown) for any other error, or an answer that did not end. A domain gone since the list
+# is left out (its `domname` failed).
+each_domain metadata "--uri $ns --config" | answers | awk -F '\t' -v end="lab-$nonce ." '
+  { name = $1; sub(/^[^\t]*\t/, "") }
+  !(name in seen) { seen[name] = 1; order[++n] = name; text[name] = "" }
+  $0 == end { done[name] = 1; next }
+  /metadata not found/ { nf[name] = 1; next }
+  /^error: / { bad[name] = 1; next }
+  { text[name] = text[name] $0 }
+  END {
+    for (i = 1; i <= n; i++) {
+      d = order[i]
+      if (!done[d] || bad[d] || (nf[d] && text[d] != "")) print d "\t?"
+      else print d "\t" text[d]
+    }
+  }'
 echo "$m rc $rc"
 echo "$m networks"
 nets=$(virsh -q net-list --all); rc=$?
@@ -119,12 +140,10 @@ f=/proc/net/udp; [ -r /proc/net/udp6 ] && f="$f /proc/net/udp6"
 awk 'FNR > 1 && $4 == "07" { n = split($2, a, ":"); print a[n] }' $f; echo "$m rc $?"
 if [ "$detail" = nics ]; then
   echo "$m nics"
-  # Each domain's NICs in one write (their order matters).
-  nics() {
-    out=$(virsh -q domiflist "$1" 2>/dev/null | while read -r _ _ _ _ mac; do printf '%s\t%s\n' "$1" "$mac"; done)
-    [ -z "$out" ] || printf '%s\n' "$out"
-  }
-  each_domain nics
+  # Each domain's NICs, in order: the MAC column of `domiflist`'s rows.
+  each_domain domiflist "" | answers | awk -F '\t' '
+    { split($2, f, " ") }
+    f[5] ~ /^[0-9a-fA-F][0-9a-fA-F](:[0-9a-fA-F][0-9a-fA-F])(:[0-9a-fA-F][0-9a-fA-F])(:[0-9a-fA-F][0-9a-fA-F])(:[0-9a-fA-F][0-9a-fA-F])(:[0-9a-fA-F][0-9a-fA-F])$/ { print $1 "\t" f[5] }'
   # `status`'s readiness, in this same round trip: the running domains among these whose
   # node answers with an ssh banner within two seconds (an emulated guest's sshd may take
   # one to fork), all at once.
