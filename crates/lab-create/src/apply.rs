@@ -96,8 +96,25 @@ pub(crate) async fn hypervisor(
     }
     let trees_dir = lab_hv::lock::trees_dir(hv, lab);
     let mut plans = Vec::new();
+    // `--no-start`: a complete clone with nothing to do but its mount and start is left as
+    // it is.
+    todo.retain(|(t, d)| {
+        let idle = !req.start
+            && t.make.is_none()
+            && start_steps(hv, t, matches!(d, Decision::Start { define: true }), lab)
+                .iter()
+                .all(|(name, _)| ["mount", "start"].contains(name));
+        if idle {
+            let reason = "its complete clone is there; not started: --no-start".to_owned();
+            reports.insert(
+                t.node.name.clone(),
+                NodeReport::new(t.node, Outcome::Unchanged { reason }),
+            );
+        }
+        !idle
+    });
     for (t, d) in &todo {
-        let steps = match d {
+        let mut steps = match d {
             Decision::Make {
                 stop,
                 remove_clone,
@@ -114,7 +131,12 @@ pub(crate) async fn hypervisor(
             _ => unreachable!("only made and started nodes have steps"),
         };
         // Every node's start in the plan's last wave, all at once under wires.lock.
-        let last_wave = steps.len() - 1;
+        let last_wave = if req.start {
+            steps.len() - 1
+        } else {
+            steps.pop();
+            steps.len()
+        };
         plans.push(NodePlan {
             node: t.node,
             steps,
@@ -212,16 +234,25 @@ pub(crate) async fn hypervisor(
         let name = &t.node.name;
         let report = match (t.make, result) {
             (None, Ok(_)) => NodeReport {
-                note: Some("only started: its complete clone was there".to_owned()),
+                note: Some(if req.start {
+                    "only started: its complete clone was there".to_owned()
+                } else {
+                    "only defined: its complete clone was there; --no-start".to_owned()
+                }),
                 ..NodeReport::new(t.node, Outcome::Done)
             },
             (None, Err((step, e))) => failed(t.node, step, &e, false),
             (Some(replaced), Ok(_)) => {
                 let mut report = NodeReport::new(t.node, Outcome::Done);
                 report.snapshot = Some(t.snap.full.clone());
-                if replaced {
-                    report.note = Some("made anew: its old clone was replaced".to_owned());
-                }
+                report.note = match (replaced, req.start) {
+                    (true, true) => Some("made anew: its old clone was replaced".to_owned()),
+                    (true, false) => {
+                        Some("made anew: its old clone was replaced; --no-start".to_owned())
+                    }
+                    (false, true) => None,
+                    (false, false) => Some("not started: --no-start".to_owned()),
+                };
                 report
             }
             // Before the clone: nothing of this run's to take back.

@@ -33,6 +33,8 @@ pub struct CreateRequest<'a> {
     pub networks: HashMap<String, NetworkBuild>,
     /// Replace this lab's running domains and complete clones.
     pub force: bool,
+    /// Start the nodes; `false` (`--no-start`): clone, fill and define them only.
+    pub start: bool,
     /// `user@controller` (`owners.me`), recorded on every clone, and the other owners whose
     /// clones of this lab may be changed (`--owner`).
     pub owners: lab_hv::own::Owners,

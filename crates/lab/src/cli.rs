@@ -217,6 +217,9 @@ pub struct CreateArgs {
     /// left alone. Repeatable.
     #[arg(long, value_name = "OWNER")]
     pub owner: Vec<String>,
+    /// Clone, fill and define every node, but start none (`lab start` starts them later).
+    #[arg(long, conflicts_with_all = ["wait", "validate"])]
+    pub no_start: bool,
     /// Then wait until every node is ready: its ssh server answers (`ssh`, the default), a
     /// console line matches (`console:REGEX`) or a port accepts (`tcp:PORT`).
     #[arg(long, value_name = "HOW", num_args = 0..=1, require_equals = true,

@@ -83,6 +83,8 @@ pub struct Create {
     pub generate: bool,
     /// Replace this lab's running domains and complete clones; read by `lab_create::decide`.
     pub force: bool,
+    /// Start the nodes (`--no-start`: only clone, fill and define them).
+    pub start: bool,
     /// Other owners whose clones may be replaced (`--owner`).
     pub owners: Vec<String>,
     pub mode: Mode,
@@ -347,6 +349,7 @@ impl Settings {
                 select: select(a.select),
                 generate: !a.no_generate,
                 force: a.force,
+                start: !a.no_start,
                 owners: a.owner,
                 mode: Mode::from_flag(a.dry_run),
                 lock_wait: a.lock.lock_wait,

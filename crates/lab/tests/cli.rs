@@ -1620,6 +1620,10 @@ fn day_two_usage_errors() {
             "expected ssh, console:REGEX or tcp:PORT",
         ),
         (
+            &["create", "--lab", EXAMPLE, "--no-start", "--validate"],
+            "cannot be used with",
+        ),
+        (
             &["wait", "--lab", EXAMPLE, "--for", "console:"],
             "expected ssh, console:REGEX or tcp:PORT",
         ),

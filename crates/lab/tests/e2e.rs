@@ -1008,6 +1008,50 @@ fn a_failing_step_rolls_that_node_back_and_leaves_the_others_created() {
     assert!(!exists(&bed, "hv1", &format!("{pool}/fl-good")));
 }
 
+/// `create --no-start` clones, fills and defines a node and starts nothing; run again it
+/// leaves the complete clone as it is; `lab start` then starts it.
+#[test]
+fn no_start_defines_the_node_and_lab_start_starts_it() {
+    let bed = require();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_lab(
+        dir.path(),
+        "e2e-nostart",
+        58,
+        "nodes:\n  ns-1: {hypervisor: hv2, id: 48}\n",
+    );
+    let f = file.to_str().unwrap();
+    lab(dir.path(), &["destroy", "--lab", f, "--yes", "-q"]);
+    let state = || {
+        bed.exec(2, &["virsh", "-q", "domstate", "ns-1"])
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    let run = lab(
+        dir.path(),
+        &["--format", "json", "create", "--lab", f, "--no-start"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let node = &by_node(&run.json())["ns-1"];
+    assert_eq!(node["result"], "done", "{node}");
+    assert_eq!(state(), "shut off");
+    assert!(exists(&bed, "hv2", &format!("{}/ns-1", bed.pool)));
+    let run = lab(
+        dir.path(),
+        &["--format", "json", "create", "--lab", f, "--no-start"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(by_node(&run.json())["ns-1"]["result"], "unchanged");
+    assert_eq!(state(), "shut off");
+    let run = lab(dir.path(), &["start", "--lab", f]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(state(), "running");
+    let run = lab(dir.path(), &["destroy", "--lab", f, "--yes"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!domain_exists(&bed, "hv2", "ns-1"));
+}
+
 #[test]
 fn dry_run_prints_the_plan_and_changes_nothing() {
     let bed = require();
@@ -1032,17 +1076,17 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
         .map(|c| c.as_str().unwrap())
         .collect();
     // The steps as they run inside the hypervisor's plan (the plan runs behind the guard:
-    // plans.rs shows that command), the tree's copy (behind the guard itself) between them.
+    // plans.rs shows that command), the tree's copy from the trees the plan carries among them.
     assert!(
         commands[0].starts_with(
             "timeout -k 5 60 zfs clone -o mountpoint=/var/lib/lab/staging/e2e-dry/dr-1 -o setuid=off -o devices=off -o lab:lab=e2e-dry"
         ),
         "{commands:?}"
     );
-    let rsync = commands.iter().find(|c| c.starts_with("rsync ")).unwrap();
+    let copy = commands.iter().find(|c| c.contains(" lab-copy ")).unwrap();
     assert!(
-        rsync.contains("flock -s /run/lab/e2e-dry.busy sh -c "),
-        "{rsync}"
+        copy.ends_with(" lab-copy /run/lab/e2e-dry.trees/dr-1/ /var/lib/lab/staging/e2e-dry/dr-1/"),
+        "{copy}"
     );
     let last = commands.last().unwrap();
     assert_eq!(

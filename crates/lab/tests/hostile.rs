@@ -261,6 +261,7 @@ fn plans(lab: &Lab, build: &Path) -> Vec<(Vec<String>, Option<String>)> {
                     builds,
                     networks: Default::default(),
                     force: true,
+                    start: true,
                     owners: lab_hv::own::Owners {
                         me: "ops@ctl".into(),
                         also: Vec::new(),

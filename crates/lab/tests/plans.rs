@@ -125,6 +125,33 @@ const SCENARIOS: &[Scenario] = &[
         lab_edit: &[],
     },
     Scenario {
+        // --no-start: cloned, filled and defined; no start, no wires.lock.
+        name: "create_no_start_fresh",
+        verb: "create",
+        force: false,
+        datasets: &[],
+        domains: &[],
+        markers: &[],
+        networks: &[],
+        addrs: &[],
+        lab_edit: &[],
+    },
+    Scenario {
+        // --no-start: d1 runs, z1's complete clone is stopped: both left as they are.
+        name: "create_no_start_leaves_complete_clones",
+        verb: "create",
+        force: false,
+        datasets: &[("hvd", OURS_D1), ("hvz", OURS_Z1)],
+        domains: &[("hvd", " 4 d1 running\n"), ("hvz", " - z1 shut off\n")],
+        markers: &[
+            ("d1", "<lab lab=\"plan\" node=\"d1\"/>"),
+            ("z1", "<lab lab=\"plan\" node=\"z1\"/>"),
+        ],
+        networks: &[],
+        addrs: &[],
+        lab_edit: &[],
+    },
+    Scenario {
         // d1 runs: unchanged. z1's complete clone is stopped: started as it is.
         name: "create_converges_on_existing_clones",
         verb: "create",
@@ -794,6 +821,7 @@ fn run(s: &Scenario) -> String {
                 builds,
                 networks,
                 force: s.force,
+                start: !s.name.contains("no_start"),
                 owners: lab_hv::own::Owners {
                     me: "ops@ctl".into(),
                     also: Vec::new(),

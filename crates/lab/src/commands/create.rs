@@ -273,6 +273,7 @@ fn request<'a>(
         builds,
         networks,
         force: s.force,
+        start: s.start,
         owners: lab_hv::own::Owners {
             me: lab_hv::owner(),
             also: s.owners.clone(),
