@@ -47,9 +47,9 @@ impl<'a> NodePlan<'a> {
     /// The node as functions of the plan script: `n<index>` its first wave, `f<index>` its
     /// last (when it has one), each ended by a failure; `DONE` after the last step.
     fn function(&self, index: usize) -> String {
-        // Also counted in `$_done`, when the plan has steps after every node's.
+        // Also counted in `$_done` (the plan's steps after every node's ask).
         let done = format!(
-            "  echo {}\n  [ -z \"${{_done:-}}\" ] || : >\"$_done/{index}\"\n",
+            "  echo {}\n  : >\"$_done/{index}\"\n",
             quote_line(&[format!("DONE {}", self.node.name)])
         );
         let mut body = format!("n{index}() {{\n");
@@ -149,19 +149,24 @@ pub struct Trees {
 /// `OUT node line` lines, and on failure prints `FAIL node status name` and the error as
 /// `ERR node line` lines and fails; `feed NODE NAME SECS DATA COMMAND...` is the same with
 /// DATA on the command's stdin.
-const RUNNER: &str = r#"step() { _n=$1 _s=$2 _t=$3; shift 3; _run "" "$@"; }
+const RUNNER: &str = r#"_tmp=$(mktemp -d) || exit 1
+trap 'rm -rf "$_tmp" ${_trees:+"$_trees"}' EXIT; trap 'exit 1' HUP INT TERM
+_ok=$_tmp/ok _done=$_tmp/done; mkdir "$_ok" "$_done" "$_tmp/err" || exit 1
+step() { _n=$1 _s=$2 _t=$3; shift 3; _run "" "$@"; }
 feed() { _n=$1 _s=$2 _t=$3 _d=$4; shift 4; _run fed "$@"; }
 _run() {
   _fed=$1; shift
   # Behind the guard, each step looks again: the lock file still names this run and its
   # holder still holds it (a lock nobody holds is free to anyone).
-  if [ -n "${LAB_LOCK:-}" ] && { [ "$(cat -- "$LAB_LOCK")" != "$LAB_HOLDER" ] || flock -n "$LAB_LOCK" true; }; then
+  # (`read`, not `cat`: a builtin; every step pays for what runs here.)
+  _h=; [ -z "${LAB_LOCK:-}" ] || read -r _h <"$LAB_LOCK"
+  if [ -n "${LAB_LOCK:-}" ] && { [ "$_h" != "$LAB_HOLDER" ] || flock -n "$LAB_LOCK" true; }; then
     echo "FAIL $_n 77 $_s"
     echo "ERR $_n the lab's lock on this hypervisor is no longer this run's: nothing more is changed"
     return 1
   fi
   echo "STEP $_n $_s"
-  _err=$(mktemp) || { echo "FAIL $_n 1 $_s"; return 1; }
+  _err=$_tmp/err/$_n
   _tries=0
   while :; do
     if [ -n "$_fed" ]; then
@@ -171,13 +176,12 @@ _run() {
     fi
     if [ $_rc -eq 0 ]; then
       [ -z "$_out" ] || printf '%s\n' "$_out" | sed "s/^/OUT $_n /"
-      rm -f "$_err"
       return 0
     fi
-    case $(cat "$_err") in *busy*) _tries=$((_tries + 1)); if [ $_tries -lt 10 ]; then sleep 0.5; continue; fi ;; esac
+    # zfs's "busy" lasts a moment (a dataset's last users letting go): up to 5 s.
+    case $(cat "$_err") in *busy*) _tries=$((_tries + 1)); if [ $_tries -lt 50 ]; then sleep 0.1; continue; fi ;; esac
     echo "FAIL $_n $_rc $_s"
     sed "s/^/ERR $_n /" "$_err"
-    rm -f "$_err"
     return 1
   done
 }
@@ -202,10 +206,6 @@ pub fn plan_script(hv: &Hypervisor, plans: &[NodePlan<'_>], extras: &Extras) -> 
     }
     if !extras.last.is_empty() {
         script.push_str(&function("z", HYPERVISOR_LAST, &extras.last));
-        script.push_str("_done=$(mktemp -d) || exit 1\n");
-    }
-    if waits {
-        script.push_str("_ok=$(mktemp -d) || exit 1\n");
     }
     for (i, plan) in plans.iter().enumerate() {
         script.push_str(&plan.function(i));
@@ -238,12 +238,12 @@ pub fn plan_script(hv: &Hypervisor, plans: &[NodePlan<'_>], extras: &Extras) -> 
                 "  [ -e \"$_ok/{i}\" ] && {{ echo {fail}; echo {err}; }}\n"
             ));
         }
-        script.push_str("fi\nrm -rf \"$_ok\"\n");
+        script.push_str("fi\n");
     }
     if !extras.last.is_empty() {
         // After every node's steps, when every node is done.
         script.push_str(&format!(
-            "[ \"$(ls -- \"$_done\" | wc -l)\" -eq {} ] && z\nrm -rf \"$_done\"\n",
+            "[ \"$(ls -- \"$_done\" | wc -l)\" -eq {} ] && z\n",
             plans.len()
         ));
     }
@@ -259,6 +259,7 @@ if [ "$tarred" -gt 0 ]; then
   rm -rf -- "$trees" && mkdir -m 0700 -- "$trees" &&
     head -c "$tarred" | tar -x --no-same-owner -f - -C "$trees" ||
     { echo "the nodes' trees could not be unpacked into $trees" >&2; rm -rf -- "$trees"; exit 1; }
+  _trees=$trees
 fi
 eval "${script%.}"; rc=$?
 [ "$tarred" -eq 0 ] || rm -rf -- "$trees"
