@@ -154,10 +154,7 @@ pub(crate) async fn hypervisor(
             drop(archive);
             None
         }
-        Ok(archive) => Some(Trees {
-            dir: trees_dir.clone(),
-            archive,
-        }),
+        Ok(archive) => Some(Trees { archive }),
         Err(e) => {
             // Nothing sent, nothing changed: every node fails where its tree was needed.
             let error = ExecError::Local {
@@ -203,7 +200,7 @@ pub(crate) async fn hypervisor(
             .map(|(_, c)| lab_hv::plan::shown_step(c))
             .collect()
     };
-    let ran = lab_hv::plan::run_with(exec, hv, &plans, &extras, events).await;
+    let ran = lab_hv::plan::run_with(exec, hv, lab, &plans, &extras, events).await;
     let (first, results) = (ran.first, ran.nodes);
     let network_report = match (network_name, first) {
         (Some(name), Some(result)) => {

@@ -101,13 +101,16 @@ pub fn claim_dhcp(node: &LabNode, claim: Option<&crate::dhcp::Claim>) -> Cmd {
 /// Makes the clone's root filesystem reachable in the staging directory.
 pub fn attach(hv: &Hypervisor, node: &LabNode) -> Cmd {
     match hv.storage {
-        // A clone with a mountpoint is normally mounted already; mount it when it is not.
+        // A clone with a mountpoint is normally mounted already (the kernel's mount table
+        // says so without asking zfs); mount it when it is not.
         Storage::Dataset => Cmd::change([
             "sh",
             "-c",
-            r#"[ "$(zfs get -H -o value mounted "$1")" = yes ] || zfs mount "$1""#,
+            r#"awk -v d="$1" -v m="$2" '$1 == d && $2 == m { f = 1 } END { exit !f }' /proc/self/mounts ||
+  zfs mount "$1""#,
             "lab-attach",
             &node.dataset,
+            staging_dir(node),
         ]),
         // udev creates the partition's device node a moment after the clone.
         Storage::Zvol => Cmd::change([

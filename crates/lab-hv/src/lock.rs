@@ -165,11 +165,17 @@ fn lock_file(hv: &Hypervisor, lab: &str, ext: &str) -> String {
     format!("{}/{lab}.{ext}", hv.lock_dir.trim_end_matches('/'))
 }
 
+/// A plan's own directory for `lab` on `hv` (see [`crate::plan`]): beside the lab's lock, in a
+/// directory that is this user's and `0700`, which only the lock's holder writes. Each plan
+/// makes it anew and removes it when it ends; one a killed plan left is removed by the next.
+pub fn plan_dir(hv: &Hypervisor, lab: &str) -> String {
+    lock_file(hv, lab, "plan")
+}
+
 /// Where a plan of `lab` on `hv` unpacks the nodes' trees it carries (see
-/// [`crate::plan::Trees`]): beside the lab's lock, in a directory that is this user's and
-/// `0700`, which only the lock's holder writes.
+/// [`crate::plan::Trees`]): in [`plan_dir`].
 pub fn trees_dir(hv: &Hypervisor, lab: &str) -> String {
-    lock_file(hv, lab, "trees")
+    format!("{}/trees", plan_dir(hv, lab))
 }
 
 /// The remote command that takes and holds `lab`'s lock on `hv`, then runs `then` (a query

@@ -137,10 +137,9 @@ pub struct Extras {
     pub trees: Option<Trees>,
 }
 
-/// A tar archive that the plan unpacks into `dir` before any step runs (a directory of its
-/// own, made anew, `0700`), and removes when it ends; steps copy from there.
+/// A tar archive that the plan unpacks into [`crate::lock::trees_dir`] before any step runs,
+/// and removes when it ends; steps copy from there.
 pub struct Trees {
-    pub dir: String,
     pub archive: Vec<u8>,
 }
 
@@ -149,8 +148,7 @@ pub struct Trees {
 /// `OUT node line` lines, and on failure prints `FAIL node status name` and the error as
 /// `ERR node line` lines and fails; `feed NODE NAME SECS DATA COMMAND...` is the same with
 /// DATA on the command's stdin.
-const RUNNER: &str = r#"_tmp=$(mktemp -d) || exit 1
-trap 'rm -rf "$_tmp" ${_trees:+"$_trees"}' EXIT; trap 'exit 1' HUP INT TERM
+const RUNNER: &str = r#"trap 'rm -rf -- "$_tmp"' EXIT
 _ok=$_tmp/ok _done=$_tmp/done; mkdir "$_ok" "$_done" "$_tmp/err" || exit 1
 step() { _n=$1 _s=$2 _t=$3; shift 3; _run "" "$@"; }
 feed() { _n=$1 _s=$2 _t=$3 _d=$4; shift 4; _run fed "$@"; }
@@ -210,12 +208,20 @@ pub fn plan_script(hv: &Hypervisor, plans: &[NodePlan<'_>], extras: &Extras) -> 
     for (i, plan) in plans.iter().enumerate() {
         script.push_str(&plan.function(i));
     }
-    let par = (hv.parallel.max(1)) as usize;
-    for (i, _) in plans.iter().enumerate() {
-        script.push_str(&format!("n{i} &\n"));
-        if (i + 1) % par == 0 || i + 1 == plans.len() {
-            script.push_str("wait\n");
+    // `parallel` nodes at a time, the next one starting as soon as one ends: a FIFO holds a
+    // line per free slot.
+    if !plans.is_empty() {
+        script.push_str(&format!(
+            "mkfifo \"$_tmp/slots\" && exec 7<>\"$_tmp/slots\" || exit 1\n\
+             for _i in $(seq {}); do echo >&7; done\n",
+            hv.parallel.max(1)
+        ));
+        // The node runs in a subshell of its own: when it dies (its output gone with the
+        // controller: SIGPIPE), its slot still comes back, and the plan ends.
+        for (i, _) in plans.iter().enumerate() {
+            script.push_str(&format!("read -r _ <&7; {{ (n{i}); echo >&7; }} &\n"));
         }
+        script.push_str("wait\nexec 7>&-\n");
     }
     if waits {
         // The last wave: every node whose first wave passed, at once, holding the lock.
@@ -251,23 +257,21 @@ pub fn plan_script(hv: &Hypervisor, plans: &[NodePlan<'_>], extras: &Extras) -> 
 }
 
 /// How the plan starts on the hypervisor: it reads its script (the first `$1` bytes of
-/// stdin), unpacks the trees that follow it (`$3` bytes, a tar archive) into `$2`, runs the
-/// script, and removes the trees again.
-const BOOT: &str = r#"size=$1 trees=$2 tarred=$3
+/// stdin), makes its directory `$2` anew ([`crate::lock::plan_dir`]), unpacks the trees that
+/// follow the script (`$3` bytes, a tar archive) into `$2/trees`, and runs the script, which
+/// removes the directory when it ends.
+const BOOT: &str = r#"size=$1 _tmp=$2 tarred=$3
 script=$(head -c "$size"; echo .) || exit 1
+rm -rf -- "$_tmp" && mkdir -m 0700 -- "$_tmp" || exit 1
 if [ "$tarred" -gt 0 ]; then
-  rm -rf -- "$trees" && mkdir -m 0700 -- "$trees" &&
-    head -c "$tarred" | tar -x --no-same-owner -f - -C "$trees" ||
-    { echo "the nodes' trees could not be unpacked into $trees" >&2; rm -rf -- "$trees"; exit 1; }
-  _trees=$trees
+  mkdir -- "$_tmp/trees" && head -c "$tarred" | tar -x --no-same-owner -f - -C "$_tmp/trees" ||
+    { echo "the nodes' trees could not be unpacked into $_tmp/trees" >&2; rm -rf -- "$_tmp"; exit 1; }
 fi
-eval "${script%.}"; rc=$?
-[ "$tarred" -eq 0 ] || rm -rf -- "$trees"
-exit $rc"#;
+eval "${script%.}""#;
 
 /// The one command that carries out `plans` on `hv` with `extras`: [`BOOT`], fed
 /// [`plan_script`] and the trees.
-pub fn plan_cmd(hv: &Hypervisor, plans: &[NodePlan<'_>], extras: &Extras) -> Cmd {
+pub fn plan_cmd(hv: &Hypervisor, lab: &str, plans: &[NodePlan<'_>], extras: &Extras) -> Cmd {
     // A deadline for the whole: every step's, each node after the other, with its retries,
     // and a second per MiB of trees.
     let secs: u64 = plans
@@ -278,10 +282,8 @@ pub fn plan_cmd(hv: &Hypervisor, plans: &[NodePlan<'_>], extras: &Extras) -> Cmd
         .map(|(_, c)| c.timeout.as_secs().max(1) + 5)
         .sum();
     let script = plan_script(hv, plans, extras);
-    let (dir, archive): (&str, &[u8]) = match &extras.trees {
-        Some(t) => (&t.dir, &t.archive),
-        None => ("none", &[]),
-    };
+    let archive: &[u8] = extras.trees.as_ref().map_or(&[], |t| &t.archive);
+    let dir = crate::lock::plan_dir(hv, lab);
     let mut stdin = script.clone().into_bytes();
     stdin.extend_from_slice(archive);
     Cmd::change([
@@ -290,7 +292,7 @@ pub fn plan_cmd(hv: &Hypervisor, plans: &[NodePlan<'_>], extras: &Extras) -> Cmd
         BOOT,
         "lab-plan",
         &script.len().to_string(),
-        dir,
+        &dir,
         &archive.len().to_string(),
     ])
     .stdin(stdin)
@@ -307,20 +309,6 @@ type Ended = (Option<(usize, i32)>, Vec<String>);
 /// failed and why.
 pub type StepsResult = Result<Vec<String>, (&'static str, ExecError)>;
 
-/// Runs `plans` on `hv` in one exchange; a result per plan, in order, with a `Step` event as
-/// each step starts. Without a live executor (dry run, plan tests) the command is recorded
-/// and every node counts as done.
-pub async fn run(
-    exec: &Executor,
-    hv: &Hypervisor,
-    plans: &[NodePlan<'_>],
-    events: Events<'_>,
-) -> Vec<StepsResult> {
-    run_with(exec, hv, plans, &Extras::default(), events)
-        .await
-        .nodes
-}
-
 /// How a hypervisor's own steps ended: `None` when it had none (or, for the steps after
 /// the nodes', when they did not run because a node failed).
 pub type FirstResult = Option<Result<(), (&'static str, ExecError)>>;
@@ -335,12 +323,16 @@ pub struct Ran {
     pub nodes: Vec<StepsResult>,
 }
 
-/// [`run`], with the hypervisor's own steps and the nodes' trees in the same exchange. When
-/// the hypervisor's first steps fail, no node's step ran: every node's result is that
-/// failure, at its first step. Its last steps run only when every node's passed.
+/// Runs `plans` of `lab` on `hv`, with `extras` (the hypervisor's own steps, the nodes'
+/// trees), in one exchange; a result per plan, in order, with a `Step` event as each step
+/// starts. When the hypervisor's first steps fail, no node's step ran: every node's result is
+/// that failure, at its first step. Its last steps run only when every node's passed.
+/// Without a live executor (dry run, plan tests) the command is recorded and every node
+/// counts as done.
 pub async fn run_with(
     exec: &Executor,
     hv: &Hypervisor,
+    lab: &str,
     plans: &[NodePlan<'_>],
     extras: &Extras,
     events: Events<'_>,
@@ -352,7 +344,7 @@ pub async fn run_with(
             nodes: Vec::new(),
         };
     }
-    let cmd = plan_cmd(hv, plans, extras);
+    let cmd = plan_cmd(hv, lab, plans, extras);
     // The hypervisor's own steps, before and after the nodes': how each ended.
     let own: Mutex<HashMap<&str, Ended>> = Mutex::new(HashMap::new());
     let by_name: HashMap<&str, &NodePlan<'_>> =
@@ -627,7 +619,7 @@ where
         } else {
             extras.last.iter().map(|(_, c)| shown_step(c)).collect()
         };
-        let ran = run_with(exec, hv, &plans, &extras, events).await;
+        let ran = run_with(exec, hv, &lab.name, &plans, &extras, events).await;
         for ((plan, keep), result) in plans.iter().zip(kept).zip(ran.nodes) {
             let mut report = finish(plan.node, keep, result);
             if !exec.is_live() {

@@ -166,7 +166,8 @@ fn a_plan_runs_each_nodes_steps_and_a_failure_ends_that_node_only() {
     let mut plans = plans;
     plans[1].last_wave = 3;
     // r2's tree, sent with the plan and unpacked before any step, where r2's step reads it.
-    let trees = root.join("trees");
+    // Where the plan unpacks them: `<lock_dir>/<lab>.plan/trees`.
+    let trees = root.join("lock/t.plan/trees");
     std::fs::create_dir_all(root.join("src/r2")).unwrap();
     std::fs::write(root.join("src/r2/motd"), "hello from the tree\n").unwrap();
     let archive = Command::new("tar")
@@ -189,16 +190,13 @@ fn a_plan_runs_each_nodes_steps_and_a_failure_ends_that_node_only() {
         )],
         // Not run: r1 fails.
         last: vec![("after", lab_exec::Cmd::change(["echo", "after"]))],
-        trees: Some(lab_hv::plan::Trees {
-            dir: trees.display().to_string(),
-            archive,
-        }),
+        trees: Some(lab_hv::plan::Trees { archive }),
     };
     std::fs::create_dir_all(root.join("lock")).unwrap();
     let lines = run_plan(hv, &plans, &extras);
     let ran = marker.exists();
     // The trees went with the plan.
-    assert!(!trees.exists());
+    assert!(!root.join("lock/t.plan").exists());
     std::fs::remove_dir_all(&root).unwrap();
     assert_eq!(
         lines,
@@ -270,7 +268,7 @@ fn run_plan(
     plans: &[lab_hv::plan::NodePlan<'_>],
     extras: &lab_hv::plan::Extras,
 ) -> Vec<String> {
-    let cmd = lab_hv::plan::plan_cmd(hv, plans, extras);
+    let cmd = lab_hv::plan::plan_cmd(hv, "t", plans, extras);
     let mut child = Command::new(&cmd.argv[0])
         .args(&cmd.argv[1..])
         .stdin(std::process::Stdio::piped())
@@ -289,4 +287,68 @@ fn run_plan(
         .collect();
     lines.sort();
     lines
+}
+
+/// A plan whose controller went away (its output closed) ends, however many nodes wait for a
+/// slot: a node dies at its next line (SIGPIPE) before its next step, and gives its slot
+/// back. (It once waited forever for slots that dead nodes held, holding the lab's busy lock.)
+#[test]
+fn a_plan_ends_when_its_output_closes() {
+    let root = scratch("orphan");
+    let lab = lab(&root);
+    let hv = &lab.hypervisors[0];
+    let marker = root.join("late");
+    let plans: Vec<_> = (0..12)
+        .map(|i| {
+            lab_hv::plan::NodePlan::new(
+                &lab.nodes[i % 2],
+                vec![
+                    ("wait", lab_exec::Cmd::change(["sleep", "0.3"])),
+                    (
+                        "late",
+                        lab_exec::Cmd::change(["touch", &marker.display().to_string()]),
+                    ),
+                ],
+            )
+        })
+        .collect();
+    std::fs::create_dir_all(root.join("lock")).unwrap();
+    let cmd = lab_hv::plan::plan_cmd(hv, "t", &plans, &lab_hv::plan::Extras::default());
+    let mut child = Command::new(&cmd.argv[0])
+        .args(&cmd.argv[1..])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(cmd.stdin.as_ref().unwrap()).unwrap();
+    }
+    // The first line, then the controller is gone.
+    {
+        use std::io::BufRead;
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert!(line.starts_with("STEP "), "{line}");
+    }
+    let mut ended = None;
+    for _ in 0..100 {
+        if let Some(status) = child.try_wait().unwrap() {
+            ended = Some(status);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let late = marker.exists();
+    if ended.is_none() {
+        let _ = child.kill();
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+    assert!(
+        ended.is_some(),
+        "the plan still runs 10 s after its output closed"
+    );
+    assert!(!late, "a step ran after the output closed");
 }

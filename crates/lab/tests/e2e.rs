@@ -1085,7 +1085,9 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     );
     let copy = commands.iter().find(|c| c.contains(" lab-copy ")).unwrap();
     assert!(
-        copy.ends_with(" lab-copy /run/lab/e2e-dry.trees/dr-1/ /var/lib/lab/staging/e2e-dry/dr-1/"),
+        copy.ends_with(
+            " lab-copy /run/lab/e2e-dry.plan/trees/dr-1/ /var/lib/lab/staging/e2e-dry/dr-1/"
+        ),
         "{copy}"
     );
     let last = commands.last().unwrap();
