@@ -3,7 +3,7 @@
 //! fails.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use lab_exec::{Cmd, ExecError, Executor};
 use lab_generate::NodeBuild;
@@ -113,6 +113,42 @@ pub(crate) async fn hypervisor(
         }
         !idle
     });
+    // The trees of the nodes made anew, in the plan's own exchange: one archive per node,
+    // read off the runtime's thread (the locks' heartbeats run there); a tree that cannot be
+    // read fails its node only, before its clone.
+    let made: Vec<(String, PathBuf)> = todo
+        .iter()
+        .filter(|(t, _)| t.make.is_some())
+        .map(|(t, _)| (t.node.name.clone(), t.build.tree.clone()))
+        .collect();
+    let read = tokio::task::spawn_blocking(move || {
+        made.into_iter()
+            .map(|(name, tree)| {
+                let archive = archive(&name, &tree);
+                (name, tree, archive)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    let mut archive = Vec::new();
+    for (name, tree, result) in read {
+        match result {
+            Ok(bytes) => archive.extend(bytes),
+            Err(e) => {
+                let error = ExecError::Local {
+                    host: hv.name.clone(),
+                    command: format!("reading the tree {}", tree.display()),
+                    message: e.to_string(),
+                };
+                if let Some((t, _)) = todo.iter().find(|(t, _)| t.node.name == name) {
+                    reports.insert(name.clone(), failed(t.node, "copy", &error, false));
+                }
+                todo.retain(|(t, _)| t.node.name != name);
+            }
+        }
+    }
+    let trees = (!archive.is_empty()).then_some(Trees { archive });
     for (t, d) in &todo {
         let mut steps = match d {
             Decision::Make {
@@ -143,37 +179,6 @@ pub(crate) async fn hypervisor(
             last_wave,
         });
     }
-    // The trees of the nodes made anew, in the plan's own exchange.
-    let made: Vec<(&str, &Path)> = todo
-        .iter()
-        .filter(|(t, _)| t.make.is_some())
-        .map(|(t, _)| (t.node.name.as_str(), t.build.tree.as_path()))
-        .collect();
-    let trees = match archive(&made) {
-        Ok(archive) if made.is_empty() => {
-            drop(archive);
-            None
-        }
-        Ok(archive) => Some(Trees { archive }),
-        Err(e) => {
-            // Nothing sent, nothing changed: every node fails where its tree was needed.
-            let error = ExecError::Local {
-                host: hv.name.clone(),
-                command: "reading the nodes' trees".to_owned(),
-                message: e.to_string(),
-            };
-            let network = network.map(|w| match w {
-                NetworkWork::Report(r) => r,
-                NetworkWork::Steps { name, action, .. } => {
-                    network::ended(hv, &name, action, &Err(("define", error.clone())))
-                }
-            });
-            for (t, _) in &todo {
-                reports.insert(t.node.name.clone(), failed(t.node, "copy", &error, false));
-            }
-            return (network, in_order(nodes, reports, events, HashMap::new()));
-        }
-    };
     let (network_name, network_action, first, network_report) = match network {
         Some(NetworkWork::Steps {
             name,
@@ -292,14 +297,12 @@ fn in_order(
         .collect()
 }
 
-/// The trees of `made` (node name, tree) as one tar archive, each under its node's name;
-/// symlinks are kept as symlinks.
-fn archive(made: &[(&str, &Path)]) -> std::io::Result<Vec<u8>> {
+/// A node's tree as a tar archive of its own, under the node's name; symlinks are kept as
+/// symlinks. (The plan unpacks the nodes' archives one after the other: `tar -i`.)
+fn archive(name: &str, tree: &Path) -> std::io::Result<Vec<u8>> {
     let mut tar = tar::Builder::new(Vec::new());
     tar.follow_symlinks(false);
-    for (name, tree) in made {
-        tar.append_dir_all(name, tree)?;
-    }
+    tar.append_dir_all(name, tree)?;
     tar.into_inner()
 }
 

@@ -180,7 +180,7 @@ pub async fn create(
         }
     }
     let network_work = std::sync::Mutex::new(network_work);
-    // Each hypervisor's nodes in three exchanges (see `apply::hypervisor`), all hypervisors
+    // Each hypervisor's network and nodes in one exchange (see `apply::hypervisor`), all hypervisors
     // at once.
     let (picked, reservations, network_work) = (&picked, &reservations, &network_work);
     let states = &states;

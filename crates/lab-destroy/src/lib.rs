@@ -171,12 +171,12 @@ pub async fn destroy(
                     })
                     .map(|r| r.node.as_str())
                     .collect();
-                report(
-                    Outcome::Skipped {
-                        reason: format!("nodes of the lab remain here: {}", remaining.join(", ")),
-                    },
-                    "kept",
-                )
+                let reason = if remaining.is_empty() {
+                    "the hypervisor's plan ended before it came to the network".to_owned()
+                } else {
+                    format!("nodes of the lab remain here: {}", remaining.join(", "))
+                };
+                report(Outcome::Skipped { reason }, "kept")
             }
         });
     }

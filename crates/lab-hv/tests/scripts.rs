@@ -204,7 +204,7 @@ fn a_plan_runs_each_nodes_steps_and_a_failure_ends_that_node_only() {
             "DONE -hypervisor",
             "DONE r2",
             "ERR r1 it broke",
-            "FAIL r1 3 second step",
+            "FAIL r1 3 1 second step",
             "OUT -hypervisor network defined",
             "OUT r2 a 'b'",
             "OUT r2 got $x",
@@ -212,14 +212,14 @@ fn a_plan_runs_each_nodes_steps_and_a_failure_ends_that_node_only() {
             "OUT r2 held",
             "OUT r2 hello from the tree",
             "OUT r2 it is",
-            "STEP -hypervisor network",
-            "STEP r1 first",
-            "STEP r1 second step",
-            "STEP r2 fed",
-            "STEP r2 held",
-            "STEP r2 read tree",
-            "STEP r2 say",
-            "STEP r2 touch",
+            "STEP -hypervisor 0 network",
+            "STEP r1 0 first",
+            "STEP r1 1 second step",
+            "STEP r2 0 read tree",
+            "STEP r2 1 touch",
+            "STEP r2 2 say",
+            "STEP r2 3 fed",
+            "STEP r2 4 held",
         ]
     );
     assert!(ran);
@@ -235,7 +235,7 @@ fn a_plan_runs_each_nodes_steps_and_a_failure_ends_that_node_only() {
     std::fs::remove_dir_all(&root).unwrap();
     assert_eq!(
         lines,
-        ["FAIL -hypervisor 1 network", "STEP -hypervisor network"]
+        ["FAIL -hypervisor 1 0 network", "STEP -hypervisor 0 network"]
     );
 
     // The hypervisor's last steps run when every node's passed (r1's failed above).
@@ -256,8 +256,8 @@ fn a_plan_runs_each_nodes_steps_and_a_failure_ends_that_node_only() {
             "DONE -hypervisor-last",
             "DONE r1",
             "OUT -hypervisor-last after the nodes",
-            "STEP -hypervisor-last after",
-            "STEP r1 first",
+            "STEP -hypervisor-last 0 after",
+            "STEP r1 0 first",
         ]
     );
 }

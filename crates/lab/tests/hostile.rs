@@ -356,9 +356,9 @@ proptest! {
 }
 
 /// The words of a hypervisor's plan's steps (`sh -c BOOT lab-plan SIZE ...` fed the runner, then a
-/// function per node whose lines are `step NODE NAME SECS COMMAND...` or `feed NODE NAME SECS
-/// DATA COMMAND...`): the node and the command's words (step names are the code's own, the
-/// data is stdin, no argument). Nothing for any other command.
+/// function per node whose lines are `step NODE INDEX NAME SECS COMMAND...` or `feed NODE
+/// INDEX NAME SECS DATA COMMAND...`): the node and the command's words (step names are the
+/// code's own, the data is stdin, no argument). Nothing for any other command.
 fn split_plan(argv: &[String], fed: Option<&str>) -> Vec<String> {
     let Some(at) = argv.iter().position(|a| a == "lab-plan") else {
         return Vec::new();
@@ -403,8 +403,8 @@ fn split_plan(argv: &[String], fed: Option<&str>) -> Vec<String> {
             continue;
         };
         let skip = match w.first().map(String::as_str) {
-            Some("step") => 4,
-            Some("feed") => 5,
+            Some("step") => 5,
+            Some("feed") => 6,
             _ => {
                 words_of_steps.push(body.to_owned());
                 continue;
@@ -445,8 +445,9 @@ fn words(line: &str) -> Option<Vec<String>> {
 #[test]
 fn the_argument_check_catches_shell_syntax_and_options() {
     let argv: Vec<String> = ["sh", "-c", "boot", "lab-plan"].map(String::from).to_vec();
-    let plan =
-        |line: &str| format!("step() {{ :; }}\nn0() {{\n  step r1 stop 120 {line} || return\n}}\n");
+    let plan = |line: &str| {
+        format!("step() {{ :; }}\nn0() {{\n  step r1 0 stop 120 {line} || return\n}}\n")
+    };
     let ws = split_plan(&argv, Some(&plan("virsh -q destroy r1")));
     assert_eq!(ws, ["r1", "virsh", "-q", "destroy", "r1"]);
     assert!(ws.iter().all(|w| constant(w) || plain(w)), "{ws:?}");

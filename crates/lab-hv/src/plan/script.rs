@@ -1,0 +1,217 @@
+//! The plan as the hypervisor runs it: the runner's shell functions, the plan script built
+//! from the nodes' steps (each step's quoted command line, the line `--dry-run` prints), and
+//! the boot command that reads the script and the trees from stdin.
+
+use std::time::Duration;
+
+use lab_exec::{Cmd, quote_line};
+use lab_model::Hypervisor;
+
+use super::{Extras, NodePlan};
+
+/// A step as the runner runs it, for `--dry-run`.
+pub fn shown_step(cmd: &Cmd) -> String {
+    let fed = if cmd.stdin.is_some() {
+        " <<< (stdin)"
+    } else {
+        ""
+    };
+    format!(
+        "timeout -k 5 {} {}{fed}",
+        cmd.timeout.as_secs().max(1),
+        quote_line(&cmd.argv)
+    )
+}
+
+/// The runner's lines for `steps[range]` of `who` (a node, or [`HYPERVISOR`]), each with its
+/// index in `steps`, each ending the function when it fails.
+pub(super) fn step_lines(
+    who: &str,
+    steps: &[(&'static str, Cmd)],
+    range: std::ops::Range<usize>,
+) -> String {
+    let mut body = String::new();
+    for (i, (name, cmd)) in steps.iter().enumerate().take(range.end).skip(range.start) {
+        let secs = cmd.timeout.as_secs().max(1).to_string();
+        let mut words = match &cmd.stdin {
+            None => vec!["step".to_owned()],
+            Some(_) => vec!["feed".to_owned()],
+        };
+        words.extend([who.to_owned(), i.to_string(), (*name).to_owned(), secs]);
+        if let Some(bytes) = &cmd.stdin {
+            words.push(String::from_utf8_lossy(bytes).into_owned());
+        }
+        words.extend(cmd.argv.iter().cloned());
+        let line = quote_line(&words);
+        body.push_str(&format!("  {line} || return\n"));
+    }
+    body
+}
+
+/// The names the runner gives the hypervisor's own steps, before and after the nodes': no
+/// node is called so (a hostname never starts with `-`).
+pub(super) const HYPERVISOR: &str = "-hypervisor";
+pub(super) const HYPERVISOR_LAST: &str = "-hypervisor-last";
+
+/// The runner's functions. `step NODE INDEX NAME SECS COMMAND...` prints `STEP node index
+/// name`, runs the command under `timeout` (tried again while zfs says "busy"), passes its
+/// output on as `OUT node line` lines, and on failure prints `FAIL node status index name` and
+/// the error as `ERR node line` lines and fails; `feed NODE INDEX NAME SECS DATA COMMAND...`
+/// is the same with DATA on the command's stdin. `$_tmp` is the plan's directory (see
+/// [`BOOT`]); it goes when the plan ends, by a signal too.
+const RUNNER: &str = r#"trap 'rm -rf -- "$_tmp"' EXIT; trap 'exit 1' HUP INT TERM PIPE
+_ok=$_tmp/ok _done=$_tmp/done; mkdir "$_ok" "$_done" "$_tmp/err" || exit 1
+step() { _n=$1 _i=$2 _s=$3 _t=$4; shift 4; _run "" "$@"; }
+feed() { _n=$1 _i=$2 _s=$3 _t=$4 _d=$5; shift 5; _run fed "$@"; }
+_run() {
+  _fed=$1; shift
+  # Behind the guard, each step looks again: the lock file still names this run and its
+  # holder still holds it (a lock nobody holds is free to anyone).
+  # (`read`, not `cat`: a builtin; every step pays for what runs here.)
+  _h=; [ -z "${LAB_LOCK:-}" ] || read -r _h <"$LAB_LOCK"
+  if [ -n "${LAB_LOCK:-}" ] && { [ "$_h" != "$LAB_HOLDER" ] || flock -n "$LAB_LOCK" true; }; then
+    echo "FAIL $_n 77 $_i $_s"
+    echo "ERR $_n the lab's lock on this hypervisor is no longer this run's: nothing more is changed"
+    return 1
+  fi
+  echo "STEP $_n $_i $_s"
+  _err=$_tmp/err/$_n
+  _tries=0
+  while :; do
+    if [ -n "$_fed" ]; then
+      _out=$(printf '%s' "$_d" | timeout -k 5 "$_t" "$@" 2>"$_err"); _rc=$?
+    else
+      _out=$(timeout -k 5 "$_t" "$@" </dev/null 2>"$_err"); _rc=$?
+    fi
+    if [ $_rc -eq 0 ]; then
+      [ -z "$_out" ] || printf '%s\n' "$_out" | sed "s/^/OUT $_n /"
+      return 0
+    fi
+    # zfs's "busy" lasts a moment (a dataset's last users letting go): up to 5 s.
+    case $(cat "$_err") in *busy*) _tries=$((_tries + 1)); if [ $_tries -lt 50 ]; then sleep 0.1; continue; fi ;; esac
+    echo "FAIL $_n $_rc $_i $_s"
+    sed "s/^/ERR $_n /" "$_err"
+    return 1
+  done
+}
+"#;
+
+/// The plan script for `plans` on `hv`: the runner, the hypervisor's own steps and each node
+/// as functions, then (when the hypervisor's steps passed) the nodes started `parallel` at a
+/// time.
+pub fn plan_script(hv: &Hypervisor, plans: &[NodePlan<'_>], extras: &Extras) -> String {
+    let mut script = RUNNER.to_owned();
+    let waits = plans.iter().any(NodePlan::waits);
+    let function = |name: &str, who: &str, steps: &[(&'static str, Cmd)]| {
+        format!(
+            "{name}() {{\n{}  echo {}\n}}\n",
+            step_lines(who, steps, 0..steps.len()),
+            quote_line(&[format!("DONE {who}")])
+        )
+    };
+    if !extras.first.is_empty() {
+        script.push_str(&function("h", HYPERVISOR, &extras.first));
+        script.push_str("h || exit 0\n");
+    }
+    if !extras.last.is_empty() {
+        script.push_str(&function("z", HYPERVISOR_LAST, &extras.last));
+    }
+    for (i, plan) in plans.iter().enumerate() {
+        script.push_str(&plan.function(i));
+    }
+    // `parallel` nodes at a time, the next one starting as soon as one ends: a FIFO holds a
+    // line per free slot.
+    if !plans.is_empty() {
+        script.push_str(&format!(
+            "mkfifo \"$_tmp/slots\" && exec 7<>\"$_tmp/slots\" || exit 1\n\
+             for _i in $(seq {}); do echo >&7; done\n",
+            hv.parallel.max(1)
+        ));
+        // The node runs in a subshell of its own: when it dies (its output gone with the
+        // controller: SIGPIPE), its slot still comes back, and the plan ends.
+        for (i, _) in plans.iter().enumerate() {
+            script.push_str(&format!("read -r _ <&7; {{ (n{i}); echo >&7; }} &\n"));
+        }
+        script.push_str("wait\nexec 7>&-\n");
+    }
+    if waits {
+        // The last wave: every node whose first wave passed, at once, holding the lock.
+        let lock = quote_line(&[crate::cmd::wires_lock(hv)]);
+        script.push_str(&format!("if exec 8>>{lock} && flock -w 60 8; then\n"));
+        for (i, plan) in plans.iter().enumerate().filter(|(_, p)| p.waits()) {
+            let _ = plan;
+            script.push_str(&format!("  [ -e \"$_ok/{i}\" ] && f{i} &\n"));
+        }
+        script.push_str("  wait\n  exec 8>&-\nelse\n");
+        for (i, plan) in plans.iter().enumerate().filter(|(_, p)| p.waits()) {
+            let (name, _) = &plan.steps[plan.last_wave];
+            let fail = quote_line(&[format!(
+                "FAIL {} 1 {} {name}",
+                plan.node.name, plan.last_wave
+            )]);
+            let err = quote_line(&[format!(
+                "ERR {} the hypervisor's {} was not free within 60 s",
+                plan.node.name,
+                crate::cmd::wires_lock(hv)
+            )]);
+            script.push_str(&format!(
+                "  [ -e \"$_ok/{i}\" ] && {{ echo {fail}; echo {err}; }}\n"
+            ));
+        }
+        script.push_str("fi\n");
+    }
+    if !extras.last.is_empty() {
+        // After every node's steps, when every node is done.
+        script.push_str(&format!(
+            "[ \"$(ls -- \"$_done\" | wc -l)\" -eq {} ] && z\n",
+            plans.len()
+        ));
+    }
+    script
+}
+
+/// How the plan starts on the hypervisor: it reads its script (the first `$1` bytes of
+/// stdin), makes its directory `$2` anew ([`crate::lock::plan_dir`]), unpacks the trees that
+/// follow the script (`$3` bytes, a tar archive) into `$2/trees`, and runs the script, which
+/// removes the directory when it ends.
+const BOOT: &str = r#"size=$1 _tmp=$2 tarred=$3
+script=$(head -c "$size"; echo .)
+[ "${#script}" -eq $((size + 1)) ] || { echo "the plan's script came short" >&2; exit 1; }
+rm -rf -- "$_tmp" && mkdir -m 0700 -- "$_tmp" || exit 1
+if [ "$tarred" -gt 0 ]; then
+  mkdir -- "$_tmp/trees" && head -c "$tarred" | tar -x -i --no-same-owner -f - -C "$_tmp/trees" ||
+    { echo "the nodes' trees could not be unpacked into $_tmp/trees" >&2; rm -rf -- "$_tmp"; exit 1; }
+fi
+eval "${script%.}""#;
+
+/// The one command that carries out `plans` on `hv` with `extras`: [`BOOT`], fed
+/// [`plan_script`] and the trees.
+pub fn plan_cmd(hv: &Hypervisor, lab: &str, plans: &[NodePlan<'_>], extras: &Extras) -> Cmd {
+    // A deadline for the whole: every step's, each node after the other, with its retries,
+    // and a second per MiB of trees.
+    let secs: u64 = plans
+        .iter()
+        .flat_map(|p| &p.steps)
+        .chain(&extras.first)
+        .chain(&extras.last)
+        .map(|(_, c)| c.timeout.as_secs().max(1) + 5)
+        .sum();
+    let script = plan_script(hv, plans, extras);
+    let archive: &[u8] = extras.trees.as_ref().map_or(&[], |t| &t.archive);
+    let dir = crate::lock::plan_dir(hv, lab);
+    let mut stdin = script.clone().into_bytes();
+    stdin.extend_from_slice(archive);
+    Cmd::change([
+        "sh",
+        "-c",
+        BOOT,
+        "lab-plan",
+        &script.len().to_string(),
+        &dir,
+        &archive.len().to_string(),
+    ])
+    .stdin(stdin)
+    .timeout(Duration::from_secs(
+        secs.max(60) + (archive.len() as u64 >> 20),
+    ))
+}
