@@ -271,7 +271,7 @@ fn create_and_time(
     build: &Path,
     lab: &dyn Fn(&[&str]) -> Result<f64>,
 ) -> Result {
-    let (floor_create, floor_destroy) = floor(bed, nodes, build)?;
+    let (floor_create, floor_destroy) = floor(bed, nodes, build, true)?;
     timed_lab(bed, nodes, lab, floor_create, floor_destroy)
 }
 
@@ -281,12 +281,13 @@ pub(crate) fn floor(
     bed: &lab_testbed::Testbed,
     nodes: &[(u32, String)],
     build: &Path,
+    start: bool,
 ) -> Result<(f64, f64)> {
     use lab_testbed::PROTO;
     let pool = &bed.pool;
 
     // The floor: the same operations, directly on the hypervisors, in parallel.
-    let floor_step = |script: &'static str| -> Result<f64> {
+    let floor_step = |script: &str| -> Result<f64> {
         let start = Instant::now();
         std::thread::scope(|s| {
             let handles: Vec<_> = (0..3u32)
@@ -367,20 +368,30 @@ pub(crate) fn floor(
     };
     let floor_net_up = floor_networks(true)?;
     let floor_create = floor_net_up
-        + floor_step(
+        + floor_step(&format!(
             r#"set -e; st=/var/lib/lab/staging/vpp/$2
 zfs clone -o mountpoint=$st -o setuid=off -o devices=off -o lab-bench:floor=yes "$5" "$1/$2"
 umask 022; rsync -rltDH --executability --ignore-times --inplace --omit-dir-times "$3/" "$st/"
 virsh -q define "$4" >/dev/null
-virsh -q start "$2" >/dev/null"#,
-        )?;
-    let floor_destroy = floor_step(
-        r#"set -e; virsh -q destroy "$2" >/dev/null; virsh -q undefine "$2" >/dev/null
+{}"#,
+            if start {
+                r#"virsh -q start "$2" >/dev/null"#
+            } else {
+                ":"
+            }
+        ))?;
+    let stop = if start {
+        r#"virsh -q destroy "$2" >/dev/null"#
+    } else {
+        ":"
+    };
+    let floor_destroy = floor_step(&format!(
+        r#"set -e; {stop}; virsh -q undefine "$2" >/dev/null
 if [ "$(zfs get -H -o value mounted "$1/$2")" = yes ]; then zfs umount "$1/$2"; fi
 # zfs-fuse calls a dataset busy for a moment after its domain ended (lab retries too)
-n=0; until zfs destroy "$1/$2" 2>/dev/null; do n=$((n+1)); [ $n -lt 50 ] || { zfs destroy "$1/$2"; break; }; sleep 0.1; done
-rmdir /var/lib/lab/staging/vpp/$2"#,
-    )? + floor_networks(false)?;
+n=0; until zfs destroy "$1/$2" 2>/dev/null; do n=$((n+1)); [ $n -lt 50 ] || {{ zfs destroy "$1/$2"; break; }}; sleep 0.1; done
+rmdir /var/lib/lab/staging/vpp/$2"#
+    ))? + floor_networks(false)?;
     Ok((floor_create, floor_destroy))
 }
 

@@ -13,7 +13,11 @@ use crate::{Result, cargo, say};
 /// as ssh's `ProxyCommand`), beside the floor: the same work done on the hypervisors directly,
 /// plus what any remote tool pays at that distance (ssh's connection and one exchange per
 /// hypervisor, all at once). Round trips per hypervisor are counted by the relay.
-pub fn distance(root: &Path, rtts: &[u64]) -> Result {
+///
+/// With `nodes`, a synthetic lab of that many nodes (no links) spread over the three namespace
+/// hypervisors replaces the example lab; without `start`, nodes are cloned, filled and
+/// defined but not started (`lab create --no-start`, and the floor likewise).
+pub fn distance(root: &Path, rtts: &[u64], nodes: Option<u32>, boot: bool) -> Result {
     use lab_testbed::{Testbed, UpOptions};
     let bed = Testbed::default();
     bed.up(&UpOptions::default(), &mut |l| say(l))
@@ -35,15 +39,33 @@ pub fn distance(root: &Path, rtts: &[u64]) -> Result {
     let ssh_config = bed.dir.join("ssh/wan.config");
     let count = |k: u32| wan.join(format!("hv{k}.trips"));
     let trips = |k: u32| std::fs::metadata(count(k)).map_or(0, |m| m.len());
-    let lab = |args: &[&str]| -> Result<f64> {
-        let mut full: Vec<&str> = args.to_vec();
-        full.extend(["--lab", "labs/vpp.yaml", "--lab", &wan_lab]);
-        run_timed(&lab_bin, root, &build, &full)
+    // The example lab (4 nodes per hypervisor), or `nodes` of the same lab's kind.
+    let per_hv = |k: u32| match nodes {
+        None => 4,
+        Some(n) => n / 3 + u32::from(k < n % 3),
     };
     let nodes: Vec<(u32, String)> = hvs
         .clone()
-        .flat_map(|k| (1..=4).map(move |n| (k, format!("vpp{k}-{n}"))))
+        .flat_map(|k| (1..=per_hv(k)).map(move |n| (k, format!("vpp{k}-{n}"))))
         .collect();
+    if nodes.iter().any(|(k, _)| per_hv(*k) > 250) {
+        return Err(
+            "--nodes: at most 750 (250 per hypervisor: the lab's MAC and address plan)".into(),
+        );
+    }
+    let lab_file = match nodes.len() {
+        12 if per_hv(0) == 4 && per_hv(2) == 4 && boot => "labs/vpp.yaml".to_owned(),
+        _ => {
+            let file = wan.join("nodes.yaml");
+            std::fs::write(&file, synthetic_lab(root, &nodes)).map_err(|e| e.to_string())?;
+            file.to_string_lossy().into_owned()
+        }
+    };
+    let lab = |args: &[&str]| -> Result<f64> {
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend(["--lab", &lab_file, "--lab", &wan_lab]);
+        run_timed(&lab_bin, root, &build, &full)
+    };
     let set_rtt = |ms: u64| -> Result {
         let text: String = hvs
             .clone()
@@ -63,7 +85,7 @@ pub fn distance(root: &Path, rtts: &[u64]) -> Result {
     remove_floor_leftovers(&bed, &nodes);
     lab(&["-q", "destroy", "--yes"])?;
     lab(&["-q", "generate"])?;
-    let (floor_create, floor_destroy) = floor(&bed, &nodes, &build)?;
+    let (floor_create, floor_destroy) = floor(&bed, &nodes, &build, boot)?;
     let result = (|| -> Result<Vec<String>> {
         let mut rows = Vec::new();
         for &ms in rtts {
@@ -92,7 +114,11 @@ pub fn distance(root: &Path, rtts: &[u64]) -> Result {
                 hvs.clone().map(|k| trips(k) - before[k as usize]).collect()
             };
             let before: Vec<u64> = hvs.clone().map(trips).collect();
-            let create = lab(&["-q", "create", "--no-generate"])?;
+            let create = if boot {
+                lab(&["-q", "create", "--no-generate"])?
+            } else {
+                lab(&["-q", "create", "--no-generate", "--no-start"])?
+            };
             let create_trips = per_hv(&before);
             let before: Vec<u64> = hvs.clone().map(trips).collect();
             let status = lab(&["-q", "status"])?;
@@ -119,8 +145,13 @@ pub fn distance(root: &Path, rtts: &[u64]) -> Result {
             return Err(e);
         }
     };
+    let what = match (nodes.len(), boot) {
+        (12, true) if lab_file == "labs/vpp.yaml" => "example lab, 12 nodes".to_owned(),
+        (n, true) => format!("{n} nodes"),
+        (n, false) => format!("{n} nodes, not started (--no-start)"),
+    };
     println!(
-        "bench create --rtt: example lab, 12 nodes over 3 hypervisors; floor = the work on the \
+        "bench create --rtt: {what} over 3 hypervisors; floor = the work on the \
          hypervisors directly ({floor_create:.2} s create, {floor_destroy:.2} s destroy) + one \
          connection and exchange per hypervisor at that distance"
     );
@@ -128,4 +159,23 @@ pub fn distance(root: &Path, rtts: &[u64]) -> Result {
         println!("{row}");
     }
     Ok(())
+}
+
+/// A lab like the example lab (its name, id, overlay and variables) with `nodes` and no
+/// links.
+fn synthetic_lab(root: &Path, nodes: &[(u32, String)]) -> String {
+    let mut text = format!(
+        "include: {}\n\
+         lab: {{name: vpp, id: 2, p2p_ipv4: 100.64.2.0/24, p2p_ipv6: \"2001:db8:ff02::/48\"}}\n\
+         overlay: bird\n\
+         vars: {{domain: lab.example, dns: [192.168.20.254]}}\n\
+         defaults: {{node: {{vars: {{vpp_workers: 1, ospf_area: 0}}}}}}\n\
+         nodes:\n",
+        root.join("labs/testbed.yaml").display()
+    );
+    for (k, name) in nodes {
+        let id = name.rsplit('-').next().unwrap_or("1");
+        text.push_str(&format!("  {name}: {{hypervisor: hv{k}, id: {id}}}\n"));
+    }
+    text
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use openssh::{ChildStdout, Session};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::{Cmd, Effect, ExecError, Executor, Mode, Out, c_locale, lost, quote_line};
 
@@ -28,7 +28,7 @@ pub struct Holding {
 
 struct Live {
     /// `None` once [`Holding::watch`] handed the output to its watcher.
-    lines: Option<Lines<BufReader<ChildStdout>>>,
+    lines: Option<BufReader<ChildStdout>>,
     child: openssh::Child<Arc<Session>>,
     beat: tokio::task::JoinHandle<()>,
     watcher: Option<tokio::task::JoinHandle<()>>,
@@ -47,6 +47,19 @@ impl Drop for Holding {
     }
 }
 
+/// The next line of `from` without its newline, bytes that are not UTF-8 replaced (a
+/// hypervisor's answer may hold any byte); `None` at its end.
+async fn line_lossy(from: &mut BufReader<ChildStdout>) -> std::io::Result<Option<String>> {
+    let mut bytes = Vec::new();
+    if from.read_until(b'\n', &mut bytes).await? == 0 {
+        return Ok(None);
+    }
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+    }
+    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
+}
+
 impl Holding {
     /// The next line the command printed, or `None` once it closed its output. Waits at most
     /// `within` for it.
@@ -57,7 +70,7 @@ impl Holding {
         let Some(lines) = &mut live.lines else {
             return Ok(None);
         };
-        match tokio::time::timeout(within, lines.next_line()).await {
+        match tokio::time::timeout(within, line_lossy(lines)).await {
             Err(_) => Err(ExecError::Timeout {
                 host: self.host.clone(),
                 command: self.line.clone(),
@@ -81,7 +94,7 @@ impl Holding {
         if let Some(mut lines) = live.lines.take() {
             let alive = Arc::clone(&live.alive);
             live.watcher = Some(tokio::spawn(async move {
-                while let Ok(Some(_)) = lines.next_line().await {}
+                while let Ok(Some(_)) = line_lossy(&mut lines).await {}
                 alive.store(false, Ordering::SeqCst);
             }));
         }
@@ -277,7 +290,7 @@ impl Executor {
             }
         });
         holding.live = Some(Live {
-            lines: Some(BufReader::new(stdout).lines()),
+            lines: Some(BufReader::new(stdout)),
             child,
             beat,
             watcher: None,

@@ -246,10 +246,18 @@ impl Executor {
 
     /// Keeps `out` as the answer of the query `argv` on `host`, which another exchange (the
     /// lock's, say) already ran: [`Executor::take_answer`] hands it out once, so the query
-    /// costs no round trip of its own.
+    /// costs no round trip of its own. It replaces any answer kept before on `host`, which is
+    /// older than this one (a lock let go and taken again, say).
     pub fn keep_answer(&self, host: &str, argv: Vec<String>, out: Out) {
         if let Ok(h) = self.host(host) {
-            h.answers.lock().expect("answers").push((argv, out));
+            *h.answers.lock().expect("answers") = vec![(argv, out)];
+        }
+    }
+
+    /// Forgets the answers kept on `host` (its lock was let go: they may be stale).
+    pub fn forget_answers(&self, host: &str) {
+        if let Ok(h) = self.host(host) {
+            h.answers.lock().expect("answers").clear();
         }
     }
 

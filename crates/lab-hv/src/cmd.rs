@@ -106,11 +106,10 @@ pub fn attach(hv: &Hypervisor, node: &LabNode) -> Cmd {
         Storage::Dataset => Cmd::change([
             "sh",
             "-c",
-            r#"awk -v d="$1" -v m="$2" '$1 == d && $2 == m { f = 1 } END { exit !f }' /proc/self/mounts ||
+            r#"awk -v d="$1" '$1 == d { f = 1 } END { exit !f }' /proc/self/mounts ||
   zfs mount "$1""#,
             "lab-attach",
             &node.dataset,
-            staging_dir(node),
         ]),
         // udev creates the partition's device node a moment after the clone.
         Storage::Zvol => Cmd::change([

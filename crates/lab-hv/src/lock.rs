@@ -64,7 +64,8 @@ flock -x -w 600 "$busy" true 9>&- || { echo "changes of an earlier run still run
 echo locked
 if [ $# -gt 0 ]; then
   for nonce; do :; done
-  "$@" </dev/null 9>&-; printf '\nlab-lock-read %s %s\n' "$nonce" $?
+  # (Under a deadline: a probe that hangs must not keep the lock.)
+  timeout -k 5 240 "$@" </dev/null 9>&-; printf '\nlab-lock-read %s %s\n' "$nonce" $?
 fi
 while timeout "$patience" sh -c 'read -r _' 9>&-; do :; done
 "#;
@@ -295,6 +296,10 @@ pub async fn lock(
         }
         return Ok(locks);
     }
+    // What was read under the locks let go is stale once they are taken again.
+    for (hv, _) in &taken {
+        exec.forget_answers(&hv.name);
+    }
     locks.held = taken.into_iter().map(|(_, h)| h).collect();
     locks.release().await;
     if let Some(e) = refused {
@@ -406,7 +411,7 @@ async fn lock_one(
                 } else {
                     failed(ExecError::Failed {
                         host: hv.name.clone(),
-                        command: cmd.line(),
+                        command: "the lock (sh -c ... lab-lock)".to_owned(),
                         status: out.status,
                         stderr: out.stderr.trim().to_owned(),
                     })

@@ -91,7 +91,7 @@ answers() {
 # A domain's marker: what `metadata` printed; none when it says "metadata not found"; `?`
 # (unknown) for any other error, or an answer that did not end. A domain gone since the list
 # is left out (its `domname` failed).
-each_domain metadata "--uri $ns --config" | answers | awk -F '\t' -v end="lab-$nonce ." '
+each_domain metadata "--uri '$ns' --config" | answers | awk -F '\t' -v end="lab-$nonce ." '
   { name = $1; sub(/^[^\t]*\t/, "") }
   !(name in seen) { seen[name] = 1; order[++n] = name; text[name] = "" }
   $0 == end { done[name] = 1; next }

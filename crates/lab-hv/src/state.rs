@@ -536,7 +536,9 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
                     Domain {
                         name: name.to_owned(),
                         state: domain_state.to_owned(),
-                        marker: MarkerRead::None,
+                        // Until the markers section says: a domain it does not name (its
+                        // answer did not come) is not known to be unmarked.
+                        marker: MarkerRead::Unreadable,
                     },
                 );
             }
