@@ -18,6 +18,7 @@ mod hold;
 pub mod local;
 mod quote;
 mod ssh;
+mod tap;
 
 use std::collections::HashMap;
 

@@ -11,6 +11,7 @@ mod clock;
 pub mod cmd;
 pub mod dhcp;
 pub mod doctor;
+pub mod link;
 pub mod lock;
 pub mod own;
 pub mod plan;

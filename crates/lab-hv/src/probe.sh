@@ -140,10 +140,13 @@ f=/proc/net/udp; [ -r /proc/net/udp6 ] && f="$f /proc/net/udp6"
 awk 'FNR > 1 && $4 == "07" { n = split($2, a, ":"); print a[n] }' $f; echo "$m rc $?"
 if [ "$detail" = nics ]; then
   echo "$m nics"
-  # Each domain's NICs, in order: the MAC column of `domiflist`'s rows.
-  each_domain domiflist "" | answers | awk -F '\t' '
-    { split($2, f, " ") }
-    f[5] ~ /^[0-9a-fA-F][0-9a-fA-F](:[0-9a-fA-F][0-9a-fA-F])(:[0-9a-fA-F][0-9a-fA-F])(:[0-9a-fA-F][0-9a-fA-F])(:[0-9a-fA-F][0-9a-fA-F])(:[0-9a-fA-F][0-9a-fA-F])$/ { print $1 "\t" f[5] }'
+  # Each domain's NICs, in order, from its definition (live when it runs): MAC and link
+  # state (`lab link down` sets it; a NIC without a <link state=...> is up).
+  each_domain dumpxml "" | answers | awk -F '\t' '
+    $2 ~ /^ *<interface / { nic = 1; mac = ""; link = "up"; next }
+    nic && match($2, /<mac address=.[0-9a-fA-F:]+/) { mac = substr($2, RSTART + 14, RLENGTH - 14) }
+    nic && $2 ~ /<link state=.down./ { link = "down" }
+    nic && $2 ~ /^ *<\/interface>/ { nic = 0; if (mac != "") print $1 "\t" mac "\t" link }'
   # `status`'s readiness, in this same round trip: the running domains among these whose
   # node answers with an ssh banner within two seconds (an emulated guest's sshd may take
   # one to fork), all at once.

@@ -183,7 +183,8 @@ pub struct NetworkMarker {
 pub enum Detail {
     /// Snapshots, datasets, domains and networks.
     Normal,
-    /// Also every domain's NICs (one `virsh domiflist` per domain): for `status`.
+    /// Also every domain's NICs with their link state (each domain's definition, read by
+    /// one virsh for up to 200 domains): for `status` and `lab link`.
     Nics,
 }
 
@@ -225,6 +226,9 @@ pub struct HostState {
     pub networks: BTreeMap<String, Network>,
     /// Domain → the MACs of its NICs, in order (with [`Detail::Nics`] only).
     pub nics: BTreeMap<String, Vec<String>>,
+    /// Domain → the MACs of its NICs whose link is down (`lab link down`; with
+    /// [`Detail::Nics`] only).
+    pub links_down: BTreeMap<String, BTreeSet<String>>,
     /// The domains, among those `status` asked about, that run and whose node answered with
     /// an ssh banner ([`probe_looking`]).
     pub ready: BTreeSet<String>,
@@ -588,14 +592,20 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
                 state.ready.insert(line.to_owned());
             }
             "nics" => {
-                if let Some((domain, mac)) = line.split_once('\t')
+                // DOMAIN, MAC and (since the link state is read) `up` or `down`.
+                let mut fields = line.split('\t');
+                if let (Some(domain), Some(mac)) = (fields.next(), fields.next())
                     && !mac.is_empty()
                 {
-                    state
-                        .nics
-                        .entry(domain.to_owned())
-                        .or_default()
-                        .push(mac.to_ascii_lowercase());
+                    let mac = mac.to_ascii_lowercase();
+                    if fields.next() == Some("down") {
+                        state
+                            .links_down
+                            .entry(domain.to_owned())
+                            .or_default()
+                            .insert(mac.clone());
+                    }
+                    state.nics.entry(domain.to_owned()).or_default().push(mac);
                 }
             }
             _ => {}

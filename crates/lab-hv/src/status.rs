@@ -39,6 +39,9 @@ pub struct NodeStatus {
     /// a MAC twice), when they do.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nic_drift: Option<String>,
+    /// The node's link interfaces whose link `lab link down` took down.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub links_down: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -131,6 +134,7 @@ pub async fn status(
             overlay_drift: None,
             newer_snapshot: None,
             nic_drift: None,
+            links_down: Vec::new(),
             error: None,
         };
         match &states[hv.name.as_str()] {
@@ -142,6 +146,13 @@ pub async fn status(
                 ) {
                     let have = state.nics.get(&node.domain).cloned().unwrap_or_default();
                     s.nic_drift = nic_drift(want, &have);
+                }
+                if let Some(down) = state.links_down.get(&node.domain) {
+                    s.links_down = node
+                        .links()
+                        .filter(|i| down.contains(&i.mac.to_ascii_lowercase()))
+                        .map(|i| i.name.clone())
+                        .collect();
                 }
                 s.domain = state
                     .domains

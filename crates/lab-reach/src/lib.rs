@@ -1,11 +1,14 @@
 //! Day two: reaching the nodes of a running lab. [`exec`] runs a command on many nodes at once,
 //! from their hypervisors (one connection per hypervisor, as everywhere); [`wait`] waits on the
 //! hypervisors until the nodes are ready; [`power`] starts, stops or restarts nodes, their
-//! clones and links untouched.
+//! clones and links untouched; [`link`] lists links, takes them down and up, and captures
+//! their frames.
 //!
 //! Every verb here reaches a node only through a domain `lab` defined for that lab and node
 //! ([`refusals`]): another lab's node may answer at the address a lab file names.
 
+pub mod link;
+mod pcap;
 mod power;
 pub mod validate;
 

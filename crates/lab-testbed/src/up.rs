@@ -28,6 +28,8 @@ const PACKAGES: &[&str] = &[
     "dropbear-bin",
     "tmux",
     "graphviz",
+    // `lab capture`'s filter on the hypervisors, and the tests' reading of a capture
+    "tcpdump",
     // proto sync's rate limit and byte progress on the source (`pv`)
     "pv",
     "iproute2",

@@ -1,4 +1,7 @@
 //! Command-line arguments: the raw flags, before they are checked against a lab.
+//!
+//! Long: every verb's flags with their help, which is the reference users read (`lab help`,
+//! the man pages), one verb after the other.
 
 use std::path::PathBuf;
 
@@ -76,6 +79,13 @@ pub enum Command {
     Ssh(SshArgs),
     /// Run CMD on many nodes at once, one result per node.
     Exec(ExecArgs),
+    /// The lab's links with both ends' state (no subcommand), or take a link down, up or
+    /// flap it: the guests' NICs on both ends lose or get back their carrier.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Link(LinkArgs),
+    /// A link end's frames as a pcap stream: `lab capture r1 eth1 | wireshark -k -i -`, or
+    /// `-w FILE`; both directions, Ethernet, as the guest sees them.
+    Capture(CaptureArgs),
     /// Check that the lab works, again until it does or time is up: every link's BGP session
     /// Established and OSPF neighbour Full (where the build runs FRR or BIRD), every link's
     /// peer answering a ping, and the lab file's `validate:` checks. Exits 0 when all pass, 1
@@ -490,4 +500,90 @@ pub struct BwLimit {
     /// on the source; overrides `proto.bwlimit`.
     #[arg(long, value_name = "RATE", value_parser = rate)]
     pub bwlimit: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LinkArgs {
+    #[command(subcommand)]
+    pub action: Option<LinkCommand>,
+    #[command(flatten)]
+    pub list: LinkListArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct LinkListArgs {
+    #[command(flatten)]
+    pub lab: LabArgs,
+    #[command(flatten)]
+    pub select: SelectArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LinkCommand {
+    /// Take a link down: both ends' NICs lose their carrier (in the running domains and their
+    /// definitions, so a restart keeps it) until `lab link up`.
+    Down(LinkStateArgs),
+    /// Bring a link back up on both ends.
+    Up(LinkStateArgs),
+    /// Take a link down and up again, COUNT times, INTERVAL seconds apart; it ends up.
+    Flap(LinkFlapArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LinkStateArgs {
+    #[command(flatten)]
+    pub lab: LabArgs,
+    /// One end of the link, NODE:IFACE (e.g. r1:eth1).
+    #[arg(value_name = "A")]
+    pub end: String,
+    /// Its other end, checked against the lab file (optional).
+    #[arg(value_name = "B")]
+    pub other: Option<String>,
+    #[command(flatten)]
+    pub lock: LockArgs,
+    /// Print the exact commands; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LinkFlapArgs {
+    #[command(flatten)]
+    pub link: LinkStateArgs,
+    /// How many times the link goes down and up.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub count: u32,
+    /// Seconds down, and seconds up between two flaps.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub interval: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct CaptureArgs {
+    #[command(flatten)]
+    pub lab: LabArgs,
+    /// The node (or NODE:IFACE alone).
+    pub node: String,
+    /// Its interface (a link's: eth1, eth2 ...).
+    #[arg(value_name = "IFACE")]
+    pub interface: Option<String>,
+    /// Write the pcap to FILE instead of stdout (`-` is stdout).
+    #[arg(short = 'w', long = "write", value_name = "FILE")]
+    pub write: Option<PathBuf>,
+    /// Stop after this many frames.
+    #[arg(short = 'c', long, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub duration: Option<u64>,
+    /// Print the exact command; capture nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// A tcpdump filter (after `--`: `-- icmp or arp`), applied on the hypervisor, which
+    /// needs tcpdump for it.
+    #[arg(last = true, value_name = "FILTER")]
+    pub filter: Vec<String>,
 }

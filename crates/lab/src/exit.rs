@@ -117,3 +117,9 @@ impl From<lab_exec::ExecError> for Failure {
         Failure::new(Exit::Failure, e.to_string())
     }
 }
+
+impl From<lab_reach::link::CaptureError> for Failure {
+    fn from(e: lab_reach::link::CaptureError) -> Self {
+        Failure::new(Exit::Failure, e.to_string())
+    }
+}

@@ -70,6 +70,31 @@ pub fn drive<T>(exec: Executor, work: impl AsyncFnOnce(&Executor) -> T) -> Resul
     })
 }
 
+/// Like [`drive`], for work that a signal ends in its own way (`lab capture`: the capture is
+/// taken away on the hypervisor, and what it got is kept): `work` gets a future that resolves
+/// at the first SIGINT, SIGTERM or SIGHUP; a second one leaves at once.
+pub fn drive_stoppable<T>(
+    exec: Executor,
+    work: impl AsyncFnOnce(&Executor, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> T,
+) -> Result<T, Failure> {
+    runtime()?.block_on(async {
+        let stop = Box::pin(async {
+            interrupted().await;
+        });
+        let twice = async {
+            interrupted().await;
+            let (number, _) = interrupted().await;
+            std::process::exit(128 + i32::from(number))
+        };
+        let out = tokio::select! {
+            out = work(&exec, stop) => out,
+            never = twice => never,
+        };
+        exec.close().await;
+        Ok(out)
+    })
+}
+
 /// The first SIGINT, SIGTERM or SIGHUP (a closed terminal, a dropped VPN): its number and
 /// name. Never, where they cannot be watched.
 async fn interrupted() -> (u8, &'static str) {

@@ -150,6 +150,50 @@ pub struct Exec {
     pub timeout_secs: u64,
 }
 
+/// `lab link`: list the links, or change one.
+#[derive(Debug)]
+pub enum Link {
+    List {
+        lab: LabFiles,
+        select: Selection,
+    },
+    Set {
+        lab: LabFiles,
+        /// `NODE:IFACE`, and the other end when given.
+        end: String,
+        other: Option<String>,
+        /// What happens to it: down, up, or `count` flaps `interval` seconds apart.
+        action: LinkAction,
+        mode: Mode,
+        lock_wait: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkAction {
+    Down,
+    Up,
+    Flap { count: u32, interval: u64 },
+}
+
+/// `lab capture`.
+#[derive(Debug)]
+pub struct Capture {
+    pub lab: LabFiles,
+    pub node: String,
+    pub interface: String,
+    /// `None`: stdout.
+    pub write: Option<PathBuf>,
+    pub ask: lab_reach::link::CaptureAsk,
+    pub dry_run: bool,
+}
+
+impl Capture {
+    pub fn mode(&self) -> Mode {
+        Mode::from_flag(self.dry_run)
+    }
+}
+
 /// What `graph` prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GraphFormat {
@@ -239,6 +283,8 @@ pub enum Command {
     Console(Reach),
     Ssh(Reach),
     Exec(Exec),
+    Link(Link),
+    Capture(Capture),
     Validate(Validate),
     Inventory(Export<InventoryFormat>),
     Graph(Export<GraphFormat>),
@@ -394,6 +440,8 @@ impl Settings {
                 command: a.command,
                 timeout_secs: a.timeout,
             }),
+            cli::Command::Link(a) => Command::Link(link(a)),
+            cli::Command::Capture(a) => Command::Capture(capture(a)?),
             cli::Command::Inventory(a) => Command::Inventory(Export {
                 lab: files(a.lab),
                 select: select(a.select),
@@ -529,6 +577,60 @@ fn power(a: cli::PowerArgs, what: Power) -> Result<Command, Failure> {
         mode: Mode::from_flag(a.dry_run),
         lock_wait: a.lock.lock_wait,
     }))
+}
+
+fn link(a: cli::LinkArgs) -> Link {
+    let (set, action) = match a.action {
+        None => {
+            return Link::List {
+                lab: a.list.lab.into(),
+                select: a.list.select.into(),
+            };
+        }
+        Some(cli::LinkCommand::Down(s)) => (s, LinkAction::Down),
+        Some(cli::LinkCommand::Up(s)) => (s, LinkAction::Up),
+        Some(cli::LinkCommand::Flap(f)) => (
+            f.link,
+            LinkAction::Flap {
+                count: f.count,
+                interval: f.interval,
+            },
+        ),
+    };
+    Link::Set {
+        lab: set.lab.into(),
+        end: set.end,
+        other: set.other,
+        action,
+        mode: Mode::from_flag(set.dry_run),
+        lock_wait: set.lock.lock_wait,
+    }
+}
+
+fn capture(a: cli::CaptureArgs) -> Result<Capture, Failure> {
+    // `r1 eth1` or `r1:eth1`.
+    let (node, interface) = match (a.interface, a.node.rsplit_once(':')) {
+        (Some(i), _) => (a.node, i),
+        (None, Some((n, i))) if !n.is_empty() && !i.is_empty() => (n.to_owned(), i.to_owned()),
+        (None, _) => {
+            return Err(Failure::invalid(format!(
+                "which interface of {}? `lab capture {} eth1` (or {}:eth1)",
+                a.node, a.node, a.node
+            )));
+        }
+    };
+    Ok(Capture {
+        lab: a.lab.into(),
+        node,
+        interface,
+        write: a.write.filter(|w| w.as_os_str() != "-"),
+        ask: lab_reach::link::CaptureAsk {
+            filter: a.filter,
+            count: a.count,
+            duration: a.duration.map(std::time::Duration::from_secs),
+        },
+        dry_run: a.dry_run,
+    })
 }
 
 impl From<cli::LabArgs> for LabFiles {

@@ -367,6 +367,76 @@ struct Bad {
 
 const BAD: &[Bad] = &[
     Bad {
+        name: "a link end with an interface the node lacks",
+        files: &[],
+        args: &["link", "down", "--lab", "labs/vpp.yaml", "vpp0-1:eth9"],
+        code: 2,
+        says: &[
+            "node vpp0-1 has no interface `eth9`",
+            "its links: eth1, eth2, eth3",
+        ],
+    },
+    Bad {
+        name: "a link end that is the management interface",
+        files: &[],
+        args: &["link", "up", "--lab", "labs/vpp.yaml", "vpp0-1:eth0"],
+        code: 2,
+        says: &["vpp0-1:eth0 is the management interface, not a link"],
+    },
+    Bad {
+        name: "two ends of different links",
+        files: &[],
+        args: &[
+            "link",
+            "flap",
+            "--lab",
+            "labs/vpp.yaml",
+            "vpp0-1:eth1",
+            "vpp0-3:eth1",
+        ],
+        code: 2,
+        says: &[
+            "are not the two ends of one link",
+            "vpp0-1:eth1 is wired to vpp0-2:eth1",
+        ],
+    },
+    Bad {
+        name: "a link end that is not NODE:IFACE",
+        files: &[],
+        args: &["link", "down", "--lab", "labs/vpp.yaml", "vpp0-1"],
+        code: 2,
+        says: &["`vpp0-1` is not NODE:IFACE"],
+    },
+    Bad {
+        name: "a capture of a node the lab lacks",
+        files: &[],
+        args: &[
+            "capture",
+            "--lab",
+            "labs/vpp.yaml",
+            "vpp0-9",
+            "eth1",
+            "-w",
+            "x.pcap",
+        ],
+        code: 2,
+        says: &["no node `vpp0-9`", "did you mean `vpp0-1`?"],
+    },
+    Bad {
+        name: "a capture without its interface",
+        files: &[],
+        args: &[
+            "capture",
+            "--lab",
+            "labs/vpp.yaml",
+            "vpp0-1",
+            "-w",
+            "x.pcap",
+        ],
+        code: 2,
+        says: &["which interface of vpp0-1?"],
+    },
+    Bad {
         name: "a declared check with a bad regex",
         files: &[(
             "labs/v.yaml",

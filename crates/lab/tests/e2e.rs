@@ -1880,3 +1880,248 @@ fn an_operators_network_gets_the_labs_reservations_and_keeps_its_own() {
     let _ = virsh(&["net-destroy", network]);
     let _ = virsh(&["net-undefine", network]);
 }
+
+/// Issue 22: a link across two hypervisors, captured while its ends ping (the pcap holds
+/// the echo requests and replies between the link's addresses, from the two NICs' planned
+/// MACs), taken down (both guests lose the carrier, the ping and `validate` fail, `status`
+/// and `lab link` say so) and up again (all of it comes back), flapped; destroy leaves no
+/// capture behind.
+#[test]
+fn a_link_is_captured_taken_down_and_brought_back() {
+    let bed = require();
+    let build = tempfile::tempdir().unwrap();
+    let b = build.path();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lk.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "include: {}\nlab: {{name: e2e-lk, id: 66, p2p_ipv4: 100.64.66.0/24}}\noverlay: bird\n\
+             vars: {{domain: e2e.example, dns: [192.0.2.53]}}\n\
+             defaults: {{node: {{vars: {{ospf_area: 0, vpp_workers: 1}}}}}}\n\
+             hypervisors:\n  hv0: {{mgmt_ipv4: 192.168.66.0/24}}\n  hv1: {{mgmt_ipv4: 192.168.67.0/24}}\n\
+             nodes:\n  lk-1: {{hypervisor: hv0, id: 1}}\n  lk-2: {{hypervisor: hv1, id: 1}}\n\
+             links: [[lk-1, lk-2]]\n",
+            repo().join("labs/testbed.yaml").display()
+        ),
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let model = lab_model::load(std::slice::from_ref(&file)).unwrap();
+    let eth1 = |node: &str| {
+        model
+            .node(node)
+            .unwrap()
+            .interfaces
+            .iter()
+            .find(|i| i.name == "eth1")
+            .unwrap()
+            .clone()
+    };
+    let (one, two) = (eth1("lk-1"), eth1("lk-2"));
+    let peer = two.ipv4.unwrap().addr().to_string();
+    lab(b, &["destroy", "--lab", f, "--yes", "-q"]);
+    let created = lab(
+        b,
+        &["create", "--lab", f, "--wait", "--wait-timeout", "240"],
+    );
+    assert_eq!(created.code, 0, "{}{}", created.stdout, created.stderr);
+
+    // Bad ends are said before anything is asked of a hypervisor.
+    let bad = lab(b, &["link", "down", "--lab", f, "lk-1:eth7"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("no interface `eth7`"), "{}", bad.stderr);
+    let bad = lab(b, &["link", "down", "--lab", f, "lk-1:eth0"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("management interface"),
+        "{}",
+        bad.stderr
+    );
+
+    // The capture, while lk-1 pings lk-2 across the link.
+    let pcap = dir.path().join("lk.pcap");
+    let capture = spawn_lab(
+        b,
+        &[
+            "capture",
+            "--lab",
+            f,
+            "lk-1",
+            "eth1",
+            "-w",
+            pcap.to_str().unwrap(),
+            "--duration",
+            "12",
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let ping = |count: &str| {
+        lab(
+            b,
+            &[
+                "exec",
+                "--lab",
+                f,
+                "--node",
+                "lk-1",
+                "--",
+                &format!("ping -n -c {count} -W 2 -i 0.5 {peer}"),
+            ],
+        )
+    };
+    let pinged = ping("5");
+    assert_eq!(pinged.code, 0, "{}{}", pinged.stdout, pinged.stderr);
+    let captured = capture.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&captured.stderr);
+    assert!(captured.status.success(), "{said}");
+    assert!(said.contains("duration over"), "{said}");
+    let read = std::process::Command::new("tcpdump")
+        .args(["-nn", "-e", "-r"])
+        .arg(&pcap)
+        .arg("icmp")
+        .output()
+        .expect("tcpdump (apt install tcpdump) reads the capture");
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let frames = String::from_utf8_lossy(&read.stdout);
+    let from = |mac: &str, what: &str| {
+        frames
+            .lines()
+            .filter(|l| l.contains(&format!("{mac} >")) && l.contains(what))
+            .count()
+    };
+    let (mine, its) = (one.mac.to_ascii_lowercase(), two.mac.to_ascii_lowercase());
+    assert!(from(&mine, "echo request") >= 5, "{frames}");
+    assert!(from(&its, "echo reply") >= 5, "{frames}");
+    assert!(
+        frames.contains(&format!("{} > {peer}", one.ipv4.unwrap().addr())),
+        "{frames}"
+    );
+
+    // A count and a filter, to stdout.
+    let counted = std::process::Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args([
+            "capture",
+            "--lab",
+            f,
+            "lk-2:eth1",
+            "--count",
+            "3",
+            "--",
+            "icmp",
+        ])
+        .env("LAB_BUILD", b)
+        .current_dir(repo())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ping("4").code, 0);
+    let counted = counted.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&counted.stderr);
+    assert!(
+        said.contains("3 frame(s)") && said.contains("count reached"),
+        "{said}"
+    );
+    // the pcap header and three frames of 98 bytes (an ICMP echo), each with its header
+    assert_eq!(counted.stdout.len(), 24 + 3 * (16 + 98), "{said}");
+
+    // Down: both guests lose the carrier; ping, validate, status and `lab link` say so.
+    let carrier = |node: &str| {
+        lab(
+            b,
+            &[
+                "exec",
+                "--lab",
+                f,
+                "--node",
+                node,
+                "--",
+                "cat /sys/class/net/eth1/carrier",
+            ],
+        )
+        .stdout
+    };
+    let down = lab(b, &["link", "down", "--lab", f, "lk-1:eth1", "lk-2:eth1"]);
+    assert_eq!(down.code, 0, "{}{}", down.stdout, down.stderr);
+    assert!(
+        carrier("lk-1").trim_end().ends_with('0'),
+        "{}",
+        carrier("lk-1")
+    );
+    assert!(
+        carrier("lk-2").trim_end().ends_with('0'),
+        "{}",
+        carrier("lk-2")
+    );
+    assert_ne!(ping("2").code, 0);
+    let links = lab(b, &["--format", "json", "link", "--lab", f]).json();
+    let states: Vec<&str> = links["links"][0]["ends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["down", "down"], "{links}");
+    let status = lab(b, &["--format", "json", "status", "--lab", f]).json();
+    assert_eq!(
+        by_node(&status)["lk-2"]["links_down"][0],
+        "eth1",
+        "{status}"
+    );
+    let failing = lab(b, &["validate", "--lab", f, "--validate-timeout", "5"]);
+    assert_eq!(failing.code, 1, "{}{}", failing.stdout, failing.stderr);
+
+    // Up: it all comes back; a flap ends up too.
+    let up = lab(b, &["link", "up", "--lab", f, "lk-2:eth1"]);
+    assert_eq!(up.code, 0, "{}{}", up.stdout, up.stderr);
+    let flap = lab(
+        b,
+        &[
+            "link",
+            "flap",
+            "--lab",
+            f,
+            "lk-1:eth1",
+            "--count",
+            "2",
+            "--interval",
+            "1",
+        ],
+    );
+    assert_eq!(flap.code, 0, "{}{}", flap.stdout, flap.stderr);
+    assert!(
+        carrier("lk-1").trim_end().ends_with('1'),
+        "{}",
+        carrier("lk-1")
+    );
+    assert!(
+        carrier("lk-2").trim_end().ends_with('1'),
+        "{}",
+        carrier("lk-2")
+    );
+    let status = lab(b, &["--format", "json", "status", "--lab", f]).json();
+    assert!(
+        by_node(&status)["lk-2"].get("links_down").is_none(),
+        "{status}"
+    );
+    let passing = lab(b, &["validate", "--lab", f, "--validate-timeout", "180"]);
+    assert_eq!(passing.code, 0, "{}{}", passing.stdout, passing.stderr);
+
+    let gone = lab(b, &["destroy", "--lab", f, "--yes", "-q"]);
+    assert_eq!(gone.code, 0, "{}", gone.stderr);
+    for k in [0, 1] {
+        let left = bed
+            .exec(
+                k,
+                &["sh", "-c", "ls -d /var/tmp/lab-capture.* 2>/dev/null; true"],
+            )
+            .unwrap();
+        assert_eq!(left.trim(), "", "hv{k} keeps a capture");
+    }
+}

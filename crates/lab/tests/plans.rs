@@ -264,6 +264,37 @@ const SCENARIOS: &[Scenario] = &[
         lab_edit: &[],
     },
     Scenario {
+        // A link's two ends: d1 runs (its NIC now, and its definition for the next start),
+        // z1 is stopped (its definition only).
+        name: "link_down_sets_both_ends_in_the_domain_and_its_definition",
+        verb: "link-down",
+        force: false,
+        datasets: &[("hvd", OURS_D1), ("hvz", OURS_Z1)],
+        domains: &[("hvd", " 4 d1 running\n"), ("hvz", " - z1 shut off\n")],
+        markers: &[
+            ("d1", "<lab lab=\"plan\" node=\"d1\"/>"),
+            ("z1", "<lab lab=\"plan\" node=\"z1\"/>"),
+        ],
+        networks: &[],
+        addrs: &[],
+        lab_edit: &LINKED,
+    },
+    Scenario {
+        // The far end's domain is another lab's: left alone, and said.
+        name: "link_up_touches_only_this_labs_ends",
+        verb: "link-up",
+        force: false,
+        datasets: &[("hvd", OURS_D1), ("hvz", OTHER_LAB_Z1)],
+        domains: &[("hvd", " 4 d1 running\n"), ("hvz", " 7 z1 running\n")],
+        markers: &[
+            ("d1", "<lab lab=\"plan\" node=\"d1\"/>"),
+            ("z1", "<lab lab=\"other\" node=\"z1\"/>"),
+        ],
+        networks: &[],
+        addrs: &[],
+        lab_edit: &LINKED,
+    },
+    Scenario {
         // A dataset clone is mounted for its domain before it starts (a zvol needs nothing);
         // a clone an interrupted create left is not started.
         name: "start_mounts_a_dataset_clone_first",
@@ -661,6 +692,15 @@ const SCENARIOS: &[Scenario] = &[
     },
 ];
 
+/// d1 and z1 linked (eth1 on both).
+const LINKED: [(&str, &str); 3] = [
+    (
+        "lab: {name: plan, id: 3}",
+        "lab: {name: plan, id: 3, p2p_ipv4: 100.64.3.0/24}\nlinks: [[d1, z1]]",
+    ),
+    ("hvd: {id: 0,", "hvd: {id: 0, underlay: 10.0.0.1,"),
+    ("hvz: {id: 1,", "hvz: {id: 1, underlay: 10.0.0.2,"),
+];
 /// hvz's nodes on the operator's `default`, with planned addresses (z1: 192.168.122.5).
 const RESERVE_HVZ: [(&str, &str); 2] = [
     (
@@ -831,6 +871,10 @@ fn run(s: &Scenario) -> String {
             lab_create::create(&exec, &req, &|_| {})
                 .await
                 .map(|r| (r.networks, r.nodes))
+        } else if let Some(up) = s.verb.strip_prefix("link-").map(|w| w == "up") {
+            let ends = lab_reach::link::link_of(&lab, "d1:eth1", Some("z1:eth1")).unwrap();
+            let r = lab_reach::link::set_state(&exec, &lab, &ends, up, &|_| {}).await;
+            Ok((Vec::new(), r))
         } else if let Some(what) = match s.verb {
             "start" => Some(lab_reach::Power::Start),
             "stop" => Some(lab_reach::Power::Stop),

@@ -6,6 +6,7 @@ mod destroy;
 mod doctor;
 mod export;
 mod generate;
+mod link;
 mod power;
 mod proto;
 mod reach;
@@ -28,6 +29,7 @@ pub enum Verb {
     Start,
     Stop,
     Restart,
+    Link,
     ProtoRelease,
     ProtoBegin,
     ProtoRollback,
@@ -46,6 +48,7 @@ impl Verb {
             Verb::Start => "start",
             Verb::Stop => "stop",
             Verb::Restart => "restart",
+            Verb::Link => "link",
             Verb::ProtoRelease => "proto-release",
             Verb::ProtoBegin => "proto-begin",
             Verb::ProtoRollback => "proto-rollback",
@@ -70,6 +73,8 @@ pub fn run(settings: &Settings) -> Result<(), Failure> {
         Command::Console(s) => reach::console(out, s),
         Command::Ssh(s) => reach::ssh(out, s),
         Command::Exec(s) => reach::exec(out, s),
+        Command::Link(s) => link::run(out, s),
+        Command::Capture(s) => link::capture(out, s),
         Command::Validate(s) => validate::run(out, s),
         Command::Inventory(s) => export::inventory(s),
         Command::Graph(s) => export::graph(s),

@@ -1,7 +1,10 @@
 //! Results on stdout: text tables or `--format json`. Renderers see the data and [`Output`],
 //! never the command line.
 
+mod link;
 pub mod proto;
+
+pub use link::{capture, links, recorded};
 
 use std::io::Write;
 
@@ -144,6 +147,7 @@ pub fn node_reports(
                             Verb::Start => "started",
                             Verb::Stop => "stopped",
                             Verb::Restart => "restarted",
+                            Verb::Link => "set",
                             _ => "created",
                         },
                         match (&r.snapshot, &r.note) {
@@ -261,6 +265,9 @@ pub fn status(out: &Output, report: &StatusReport) {
         }
         if let Some(d) = &n.nic_drift {
             drift.push(format!("NICs: {d}"));
+        }
+        if !n.links_down.is_empty() {
+            drift.push(format!("link down: {}", n.links_down.join(", ")));
         }
         if let Some(e) = &n.error {
             drift.push(e.clone());
