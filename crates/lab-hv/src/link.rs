@@ -1,12 +1,14 @@
 //! The commands of `lab link` and `lab capture`, run on the hypervisor that holds a link's
 //! end: the link state of a node's NIC (libvirt's, which QEMU turns into the guest's carrier)
 //! and a capture of the frames of the NIC's netdev (QEMU's `filter-dump`, added and removed
-//! through the monitor; the NIC and its wire stay as they are).
+//! through the monitor; the NIC and its wire stay as they are), and an impairment of the
+//! frames it sends (QEMU's `filter-redirector` into `lab`'s relay).
 
 use std::time::Duration;
 
 use lab_exec::Cmd;
-use lab_model::LabNode;
+use lab_model::impair::Impairment;
+use lab_model::{Hypervisor, LabNode, Wire};
 
 /// The steps that take the link of the node's NIC `mac` down or up: in the running domain
 /// (when it runs), then in its definition, so that a restart keeps it.
@@ -47,7 +49,7 @@ const CAPTURE: &str = r#"dom=$1 mac=$2; shift 2
 info=$(virsh qemu-monitor-command --hmp "$dom" 'info network' 2>&1) || {
   printf 'cannot read the NICs of domain %s: %s\n' "$dom" "$info" >&2; exit 3; }
 netdev=$(printf '%s\n' "$info" | awk -v mac="macaddr=$mac" '
-  f { sub(/^[ \t\\]+/, ""); sub(/:.*/, ""); print; exit }
+  f { if ($0 !~ /^ +\\ /) exit; sub(/^[ \t\\]+/, ""); sub(/:.*/, ""); print; exit }
   index(tolower($0), mac) { f = 1 }')
 [ -n "$netdev" ] || { echo "domain $dom has no NIC with MAC $mac" >&2; exit 3; }
 if [ $# -gt 0 ] && ! command -v tcpdump >/dev/null 2>&1; then
@@ -55,9 +57,14 @@ if [ $# -gt 0 ] && ! command -v tcpdump >/dev/null 2>&1; then
 fi
 dir=$(mktemp -d /var/tmp/lab-capture.XXXXXX) || exit 3
 id=lab-capture-$$ file=$dir/frames.pcap
+# The file goes only once QEMU has let it go: one it still wrote would fill the disk unseen.
 end() {
   virsh qemu-monitor-command --hmp "$dom" "object_del $id" >/dev/null 2>&1
-  rm -rf -- "$dir"
+  if virsh qemu-monitor-command --hmp "$dom" 'qom-list /objects' 2>/dev/null | grep -q "^$id "; then
+    echo "lab: QEMU still captures into $file ($id of $dom); kept" >&2
+  else
+    rm -rf -- "$dir"
+  fi
 }
 trap 'end; exit 0' HUP INT TERM PIPE
 chmod 711 "$dir" && : >"$file" && chmod 600 "$file" || { rm -rf -- "$dir"; exit 3; }
@@ -67,16 +74,91 @@ uid=$(awk '$1 == "Uid:" { print $2 }' "/proc/$pid/status" 2>/dev/null)
 said=$(virsh qemu-monitor-command --hmp "$dom" "object_add filter-dump,id=$id,netdev=$netdev,file=$file" 2>&1)
 if [ $? -ne 0 ] || [ -n "$said" ]; then
   printf 'QEMU did not start the capture on %s of %s: %s\n' "$netdev" "$dom" "$said" >&2
-  rm -rf -- "$dir"; exit 3
+  end; exit 3
 fi
 # The filter, checked against the file's own link type (its header is written).
-if [ $# -gt 0 ] && ! said=$(tcpdump -r "$file" -d "$@" 2>&1 >/dev/null); then
+if [ $# -gt 0 ] && ! said=$(tcpdump -r "$file" -d -- "$@" 2>&1 >/dev/null); then
   printf 'tcpdump cannot read the filter: %s\n' "$said" >&2; end; exit 3
 fi
 if [ $# -gt 0 ]; then
-  tail -c +1 --pid=$$ -f "$file" | tcpdump -U -r - -w - "$@" 2>/dev/null &
+  tail -c +1 --pid=$$ -f "$file" | tcpdump -U -r - -w - -- "$@" 2>/dev/null &
 else
   tail -c +1 --pid=$$ -f "$file" &
 fi
 cat >/dev/null
 end"#;
+
+/// The step that impairs the frames the node's NIC `mac` sends onto its wire (`how`), or that
+/// takes any impairment of it away (`None`). With `how`, stdin is the relay: `lab`'s own
+/// binary, checked on the hypervisor against `sha256` and the machine (`arch`, as `uname -m`
+/// says it), started from a file that goes as soon as it runs; QEMU's `filter-redirector`
+/// then hands the NIC's outgoing frames to it instead of the wire, and it sends them on to
+/// `wire`'s far end. Another impairment of that NIC is taken away first (one at a time).
+pub fn impair(
+    hv: &Hypervisor,
+    lab: &str,
+    node: &LabNode,
+    mac: &str,
+    wire: &Wire,
+    how: Option<(&Impairment, &str, &str)>,
+) -> Cmd {
+    let base = format!("{}/{lab}", hv.lock_dir.trim_end_matches('/'));
+    let to = format!("{}:{}", wire.remote_address, wire.remote_port);
+    let mut argv: Vec<String> = [
+        "sh",
+        "-c",
+        IMPAIR,
+        "lab-impair",
+        &node.domain,
+        mac,
+        &base,
+        &to,
+    ]
+    .map(String::from)
+    .to_vec();
+    if let Some((how, sha256, arch)) = how {
+        argv.extend([sha256.to_owned(), arch.to_owned()]);
+        argv.extend(how.relay_args());
+    }
+    Cmd::change(argv).timeout(Duration::from_secs(120))
+}
+
+/// See [`impair`]. The relay's label (`--label DOMAIN/MAC`) is what the probe reads back
+/// from its command line. Descriptors 3 to 9 are closed for it: it must not hold the lock the
+/// guard took for this command.
+const IMPAIR: &str = r#"dom=$1 mac=$2 base=$3 to=$4; shift 4
+hmp() { virsh qemu-monitor-command --hmp "$dom" "$1" 2>&1; }
+info=$(hmp 'info network') || { printf 'cannot read the NICs of domain %s: %s\n' "$dom" "$info" >&2; exit 3; }
+netdev=$(printf '%s\n' "$info" | awk -v mac="macaddr=$mac" '
+  f { if ($0 !~ /^ +\\ /) exit; sub(/^[ \t\\]+/, ""); sub(/:.*/, ""); print; exit }
+  index(tolower($0), mac) { f = 1 }')
+[ -n "$netdev" ] || { echo "domain $dom has no NIC with MAC $mac" >&2; exit 3; }
+id=labimp-$netdev
+hmp "object_del $id-f" >/dev/null
+hmp "chardev-remove $id" >/dev/null
+[ $# -gt 0 ] || exit 0
+sha=$1 arch=$2; shift 2
+[ "$(uname -m)" = "$arch" ] || { echo "the relay is built for $arch; this hypervisor is $(uname -m)" >&2; exit 3; }
+bin=$base.relay.$$ sock=$base.relay.$$.sock
+trap 'rm -f -- "$bin" "$sock"' EXIT
+umask 077
+cat >"$bin" || exit 3
+got=$(sha256sum <"$bin" | cut -c1-64)
+[ "$got" = "$sha" ] || { echo "the relay arrived damaged (sha256 $got, not $sha)" >&2; exit 3; }
+chmod 700 "$bin"
+(exec 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- </dev/null >/dev/null 2>&1; exec setsid "$bin" relay --socket "$sock" --to "$to" --label "$dom/$mac" "$@") &
+n=0
+while [ ! -S "$sock" ]; do
+  n=$((n + 1)); [ $n -le 100 ] || { echo "the relay did not start (is $bin runnable here?)" >&2; exit 3; }
+  sleep 0.05
+done
+pid=$(cat "/run/libvirt/qemu/$dom.pid" 2>/dev/null)
+uid=$(awk '$1 == "Uid:" { print $2 }' "/proc/$pid/status" 2>/dev/null)
+[ -z "$uid" ] || chown "$uid" "$sock"
+said=$(hmp "chardev-add socket,id=$id,path=$sock")
+[ -z "$said" ] || { printf 'QEMU did not connect to the relay: %s\n' "$said" >&2; exit 3; }
+said=$(hmp "object_add filter-redirector,id=$id-f,netdev=$netdev,queue=rx,outdev=$id")
+if [ -n "$said" ]; then
+  hmp "chardev-remove $id" >/dev/null
+  printf 'QEMU did not redirect %s of %s: %s\n' "$netdev" "$dom" "$said" >&2; exit 3
+fi"#;

@@ -147,6 +147,9 @@ if [ "$detail" = nics ]; then
     nic && match($2, /<mac address=.[0-9a-fA-F:]+/) { mac = substr($2, RSTART + 14, RLENGTH - 14) }
     nic && $2 ~ /<link state=.down./ { link = "down" }
     nic && $2 ~ /^ *<\/interface>/ { nic = 0; if (mac != "") print $1 "\t" mac "\t" link }'
+  # `lab link set`'s relays (each one direction of one link, labelled DOMAIN/MAC).
+  echo "$m relays"
+  ps -eo args= | awk '$2 == "relay" && $3 == "--socket" && / --label /'; echo "$m rc 0"
   # `status`'s readiness, in this same round trip: the running domains among these whose
   # node answers with an ssh banner within two seconds (an emulated guest's sshd may take
   # one to fork), all at once.

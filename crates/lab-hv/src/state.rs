@@ -12,6 +12,7 @@ use ipnet::Ipv4Net;
 
 use lab_exec::{Cmd, ExecError, Executor};
 use lab_model::Hypervisor;
+use lab_model::impair::Impairment;
 
 use crate::own::prop;
 
@@ -226,6 +227,9 @@ pub struct HostState {
     pub networks: BTreeMap<String, Network>,
     /// Domain → the MACs of its NICs, in order (with [`Detail::Nics`] only).
     pub nics: BTreeMap<String, Vec<String>>,
+    /// `DOMAIN/MAC` (lower case) → how the frames that NIC sends are impaired (`lab link
+    /// set`'s relays that run; with [`Detail::Nics`] only).
+    pub impairments: BTreeMap<String, Impairment>,
     /// Domain → the MACs of its NICs whose link is down (`lab link down`; with
     /// [`Detail::Nics`] only).
     pub links_down: BTreeMap<String, BTreeSet<String>>,
@@ -421,7 +425,7 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
             }
             section = match control {
                 "snapshots" | "zfs" | "holds" | "names" | "datasets" | "domains" | "markers"
-                | "networks" | "addrs" | "udp" | "nics" | "ready" => control,
+                | "networks" | "addrs" | "udp" | "nics" | "ready" | "relays" => control,
                 "end" => {
                     ended = true;
                     ""
@@ -588,6 +592,19 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
                 }
                 Err(_) => udp_odd = true,
             },
+            "relays" => {
+                // `lab link set`'s relays, from their command lines: `BIN relay --socket S
+                // --to ADDR --label DOMAIN/MAC --delay-us N ...`.
+                let words: Vec<&str> = line.split_whitespace().collect();
+                if let Some(at) = words.iter().position(|w| *w == "--label")
+                    && let Some((domain, mac)) = words.get(at + 1).and_then(|l| l.split_once('/'))
+                    && let Some(how) = Impairment::from_relay_args(&words[at + 2..])
+                {
+                    state
+                        .impairments
+                        .insert(format!("{domain}/{}", mac.to_ascii_lowercase()), how);
+                }
+            }
             "ready" => {
                 state.ready.insert(line.to_owned());
             }

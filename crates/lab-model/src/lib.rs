@@ -6,6 +6,7 @@
 pub mod addr;
 mod emit;
 mod error;
+pub mod impair;
 mod links;
 mod load;
 mod mgmt;

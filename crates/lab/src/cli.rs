@@ -81,11 +81,13 @@ pub enum Command {
     Exec(ExecArgs),
     /// The lab's links with both ends' state (no subcommand), or take a link down, up or
     /// flap it: the guests' NICs on both ends lose or get back their carrier.
-    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    #[command(subcommand_negates_reqs = true)]
     Link(LinkArgs),
     /// A link end's frames as a pcap stream: `lab capture r1 eth1 | wireshark -k -i -`, or
     /// `-w FILE`; both directions, Ethernet, as the guest sees them.
     Capture(CaptureArgs),
+    #[command(hide = true)]
+    Relay(RelayArgs),
     /// Check that the lab works, again until it does or time is up: every link's BGP session
     /// Established and OSPF neighbour Full (where the build runs FRR or BIRD), every link's
     /// peer answering a ping, and the lab file's `validate:` checks. Exits 0 when all pass, 1
@@ -527,6 +529,86 @@ pub enum LinkCommand {
     Up(LinkStateArgs),
     /// Take a link down and up again, COUNT times, INTERVAL seconds apart; it ends up.
     Flap(LinkFlapArgs),
+    /// Impair a link: delay, jitter, loss, duplication, reordering, rate, in both directions
+    /// or the one `--from` a node (replacing what it had). Until `lab link reset`, or the
+    /// node stops.
+    Set(LinkSetArgs),
+    /// Take a link's impairment away (both directions, or the one `--from` a node).
+    Reset(LinkResetArgs),
+}
+
+/// `20ms`, `1.5ms`, `1s`.
+fn time_us(s: &str) -> Result<u64, String> {
+    lab_model::impair::duration_us(s)
+}
+
+/// `1%`, `0.5%`.
+fn ppm(s: &str) -> Result<u32, String> {
+    lab_model::impair::percent_ppm(s)
+}
+
+/// `10mbit`, `512kbit`.
+fn bps(s: &str) -> Result<u64, String> {
+    lab_model::impair::rate_bps(s)
+}
+
+#[derive(Args, Debug)]
+pub struct LinkSetArgs {
+    #[command(flatten)]
+    pub link: LinkStateArgs,
+    /// Only the frames this end of the link sends (default: both directions).
+    #[arg(long, value_name = "NODE")]
+    pub from: Option<String>,
+    /// Added to every frame (one way: a ping's round trip gains it twice in both directions).
+    #[arg(long, value_name = "TIME", value_parser = time_us)]
+    pub delay: Option<u64>,
+    /// The delay varies by up to this much either way.
+    #[arg(long, value_name = "TIME", value_parser = time_us)]
+    pub jitter: Option<u64>,
+    /// Frames dropped.
+    #[arg(long, value_name = "PERCENT", value_parser = ppm)]
+    pub loss: Option<u32>,
+    /// Frames sent twice.
+    #[arg(long, value_name = "PERCENT", value_parser = ppm)]
+    pub duplicate: Option<u32>,
+    /// Frames sent at once, without the delay (so they overtake the ones before them).
+    #[arg(long, value_name = "PERCENT", value_parser = ppm)]
+    pub reorder: Option<u32>,
+    /// The most the link carries (`10mbit`, `512kbit`); frames queue for it.
+    #[arg(long, value_name = "RATE", value_parser = bps)]
+    pub rate: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct LinkResetArgs {
+    #[command(flatten)]
+    pub link: LinkStateArgs,
+    /// Only the frames this end sends (default: both directions).
+    #[arg(long, value_name = "NODE")]
+    pub from: Option<String>,
+}
+
+/// `lab relay` (hidden): what `lab link set` runs on a hypervisor; not for people.
+#[derive(Args, Debug)]
+pub struct RelayArgs {
+    #[arg(long)]
+    pub socket: String,
+    #[arg(long)]
+    pub to: std::net::SocketAddr,
+    #[arg(long)]
+    pub label: String,
+    #[arg(long, default_value_t = 0)]
+    pub delay_us: u64,
+    #[arg(long, default_value_t = 0)]
+    pub jitter_us: u64,
+    #[arg(long, default_value_t = 0)]
+    pub loss_ppm: u32,
+    #[arg(long, default_value_t = 0)]
+    pub duplicate_ppm: u32,
+    #[arg(long, default_value_t = 0)]
+    pub reorder_ppm: u32,
+    #[arg(long, default_value_t = 0)]
+    pub rate_bps: u64,
 }
 
 #[derive(Args, Debug)]

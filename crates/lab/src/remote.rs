@@ -78,19 +78,26 @@ pub fn drive_stoppable<T>(
     work: impl AsyncFnOnce(&Executor, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> T,
 ) -> Result<T, Failure> {
     runtime()?.block_on(async {
-        let stop = Box::pin(async {
-            interrupted().await;
+        // One watcher from the start, so that a signal during the connect is not missed:
+        // the first ends the work its way, a second leaves at once.
+        let (told, mut heard) = tokio::sync::watch::channel(0u8);
+        let watcher = tokio::spawn(async move {
+            let mut count = 0u8;
+            loop {
+                let (number, _) = interrupted().await;
+                count += 1;
+                if count >= 2 {
+                    std::process::exit(128 + i32::from(number));
+                }
+                let _ = told.send(count);
+            }
         });
-        let twice = async {
-            interrupted().await;
-            let (number, _) = interrupted().await;
-            std::process::exit(128 + i32::from(number))
-        };
-        let out = tokio::select! {
-            out = work(&exec, stop) => out,
-            never = twice => never,
-        };
+        let stop = Box::pin(async move {
+            let _ = heard.wait_for(|n| *n > 0).await;
+        });
+        let out = work(&exec, stop).await;
         exec.close().await;
+        watcher.abort();
         Ok(out)
     })
 }

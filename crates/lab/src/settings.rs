@@ -169,11 +169,19 @@ pub enum Link {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkAction {
     Down,
     Up,
-    Flap { count: u32, interval: u64 },
+    Flap {
+        count: u32,
+        interval: u64,
+    },
+    /// Impair (or with nothing, restore) both directions, or the one from `from`.
+    Impair {
+        how: lab_model::impair::Impairment,
+        from: Option<String>,
+    },
 }
 
 /// `lab capture`.
@@ -285,6 +293,7 @@ pub enum Command {
     Exec(Exec),
     Link(Link),
     Capture(Capture),
+    Relay(cli::RelayArgs),
     Validate(Validate),
     Inventory(Export<InventoryFormat>),
     Graph(Export<GraphFormat>),
@@ -440,7 +449,8 @@ impl Settings {
                 command: a.command,
                 timeout_secs: a.timeout,
             }),
-            cli::Command::Link(a) => Command::Link(link(a)),
+            cli::Command::Link(a) => Command::Link(link(a)?),
+            cli::Command::Relay(a) => Command::Relay(a),
             cli::Command::Capture(a) => Command::Capture(capture(a)?),
             cli::Command::Inventory(a) => Command::Inventory(Export {
                 lab: files(a.lab),
@@ -579,14 +589,55 @@ fn power(a: cli::PowerArgs, what: Power) -> Result<Command, Failure> {
     }))
 }
 
-fn link(a: cli::LinkArgs) -> Link {
+fn link(a: cli::LinkArgs) -> Result<Link, Failure> {
+    // `lab link --node N down A`: the list's selection, given to a verb that takes none.
+    // (`--lab` may come from LAB_FILE for both, so it is not one of them.)
+    let list = &a.list.select;
+    if a.action.is_some() && (!list.hosts.is_empty() || !list.nodes.is_empty()) {
+        return Err(Failure::invalid(
+            "--node and --host select the links `lab link` lists; `down`, `up`, `flap`, `set` \
+             and `reset` take the link's end instead (`lab link down --lab FILE A:IFACE`)",
+        ));
+    }
     let (set, action) = match a.action {
         None => {
-            return Link::List {
+            return Ok(Link::List {
                 lab: a.list.lab.into(),
                 select: a.list.select.into(),
-            };
+            });
         }
+        Some(cli::LinkCommand::Set(s)) => {
+            let how = lab_model::impair::Impairment {
+                delay_us: s.delay.unwrap_or(0),
+                jitter_us: s.jitter.unwrap_or(0),
+                loss_ppm: s.loss.unwrap_or(0),
+                duplicate_ppm: s.duplicate.unwrap_or(0),
+                reorder_ppm: s.reorder.unwrap_or(0),
+                rate_bps: s.rate.unwrap_or(0),
+            };
+            if how.is_none() {
+                return Err(Failure::invalid(
+                    "`lab link set` needs at least one of --delay, --jitter, --loss, \
+                     --duplicate, --reorder, --rate (`lab link reset` takes an impairment away)",
+                ));
+            }
+            if how.jitter_us > how.delay_us {
+                return Err(Failure::invalid(format!(
+                    "--jitter ({} ms) is more than --delay ({} ms): a frame cannot leave before \
+                     it came",
+                    how.jitter_us as f64 / 1000.0,
+                    how.delay_us as f64 / 1000.0
+                )));
+            }
+            (s.link, LinkAction::Impair { how, from: s.from })
+        }
+        Some(cli::LinkCommand::Reset(s)) => (
+            s.link,
+            LinkAction::Impair {
+                how: lab_model::impair::Impairment::default(),
+                from: s.from,
+            },
+        ),
         Some(cli::LinkCommand::Down(s)) => (s, LinkAction::Down),
         Some(cli::LinkCommand::Up(s)) => (s, LinkAction::Up),
         Some(cli::LinkCommand::Flap(f)) => (
@@ -597,14 +648,14 @@ fn link(a: cli::LinkArgs) -> Link {
             },
         ),
     };
-    Link::Set {
+    Ok(Link::Set {
         lab: set.lab.into(),
         end: set.end,
         other: set.other,
         action,
         mode: Mode::from_flag(set.dry_run),
         lock_wait: set.lock.lock_wait,
-    }
+    })
 }
 
 fn capture(a: cli::CaptureArgs) -> Result<Capture, Failure> {
@@ -619,6 +670,14 @@ fn capture(a: cli::CaptureArgs) -> Result<Capture, Failure> {
             )));
         }
     };
+    // A filter is an expression: a word like `-c` or `-w` would be an option of the
+    // hypervisor's tcpdump.
+    if let Some(w) = a.filter.iter().find(|w| w.starts_with('-')) {
+        return Err(Failure::invalid(format!(
+            "`{w}` is not part of a capture filter (an expression like `icmp or arp`); \
+             lab capture's own flags go before `--`"
+        )));
+    }
     Ok(Capture {
         lab: a.lab.into(),
         node,

@@ -1884,8 +1884,9 @@ fn an_operators_network_gets_the_labs_reservations_and_keeps_its_own() {
 /// Issue 22: a link across two hypervisors, captured while its ends ping (the pcap holds
 /// the echo requests and replies between the link's addresses, from the two NICs' planned
 /// MACs), taken down (both guests lose the carrier, the ping and `validate` fail, `status`
-/// and `lab link` say so) and up again (all of it comes back), flapped; destroy leaves no
-/// capture behind.
+/// and `lab link` say so) and up again (all of it comes back), flapped, delayed (the round
+/// trip grows by both directions' delay), made to lose every reply, and reset; destroy
+/// leaves no capture and no relay behind.
 #[test]
 fn a_link_is_captured_taken_down_and_brought_back() {
     let bed = require();
@@ -2113,15 +2114,76 @@ fn a_link_is_captured_taken_down_and_brought_back() {
     let passing = lab(b, &["validate", "--lab", f, "--validate-timeout", "180"]);
     assert_eq!(passing.code, 0, "{}{}", passing.stdout, passing.stderr);
 
+    // Impaired: 50 ms each way adds about 100 ms to a ping's round trip; 100% loss drops
+    // it; reset gives the link back as it was.
+    let rtt = || {
+        let out = ping("10").stdout;
+        let avg = out
+            .lines()
+            .find_map(|l| l.split(" = ").nth(1))
+            .and_then(|v| v.split('/').nth(1))
+            .and_then(|v| v.parse::<f64>().ok());
+        avg.unwrap_or_else(|| panic!("no round trip in: {out}"))
+    };
+    let before = rtt();
+    let set = lab(
+        b,
+        &["link", "set", "--lab", f, "lk-1:eth1", "--delay", "50ms"],
+    );
+    assert_eq!(set.code, 0, "{}{}", set.stdout, set.stderr);
+    let delayed = rtt();
+    assert!(
+        delayed > before + 80.0 && delayed < before + 130.0,
+        "{before} ms, then {delayed} ms with 50 ms each way"
+    );
+    let links = lab(b, &["--format", "json", "link", "--lab", f]).json();
+    for end in links["links"][0]["ends"].as_array().unwrap() {
+        assert_eq!(end["impaired"]["delay_us"], 50_000, "{links}");
+    }
+    let set = lab(
+        b,
+        &[
+            "link",
+            "set",
+            "--lab",
+            f,
+            "lk-1:eth1",
+            "--from",
+            "lk-2",
+            "--loss",
+            "100%",
+        ],
+    );
+    assert_eq!(set.code, 0, "{}{}", set.stdout, set.stderr);
+    assert_ne!(ping("3").code, 0, "replies dropped, yet the ping passed");
+    let reset = lab(b, &["link", "reset", "--lab", f, "lk-2:eth1"]);
+    assert_eq!(reset.code, 0, "{}{}", reset.stdout, reset.stderr);
+    let after = rtt();
+    assert!(
+        after < before + 30.0,
+        "{before} ms, then {after} ms after reset"
+    );
+    // ... and destroy takes an impaired lab away with its relays.
+    let set = lab(
+        b,
+        &["link", "set", "--lab", f, "lk-1:eth1", "--delay", "5ms"],
+    );
+    assert_eq!(set.code, 0, "{}{}", set.stdout, set.stderr);
+
     let gone = lab(b, &["destroy", "--lab", f, "--yes", "-q"]);
     assert_eq!(gone.code, 0, "{}", gone.stderr);
     for k in [0, 1] {
         let left = bed
             .exec(
                 k,
-                &["sh", "-c", "ls -d /var/tmp/lab-capture.* 2>/dev/null; true"],
+                &[
+                    "sh",
+                    "-c",
+                    "ls -d /var/tmp/lab-capture.* /run/lab/e2e-lk.relay* 2>/dev/null; \
+                     ps -eo args= | grep -e ' --label lk-[12]/' | grep -v grep; true",
+                ],
             )
             .unwrap();
-        assert_eq!(left.trim(), "", "hv{k} keeps a capture");
+        assert_eq!(left.trim(), "", "hv{k} keeps a capture or a relay");
     }
 }

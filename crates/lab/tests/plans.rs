@@ -280,8 +280,25 @@ const SCENARIOS: &[Scenario] = &[
         lab_edit: &LINKED,
     },
     Scenario {
-        // The far end's domain is another lab's: left alone, and said.
-        name: "link_up_touches_only_this_labs_ends",
+        // Each direction on the hypervisor of the end that sends it: the relay (fed on
+        // stdin, checked by its sha256) and QEMU's redirection of that NIC's frames.
+        name: "link_set_impairs_each_direction_where_it_is_sent",
+        verb: "link-set",
+        force: false,
+        datasets: &[("hvd", OURS_D1), ("hvz", OURS_Z1)],
+        domains: &[("hvd", " 4 d1 running\n"), ("hvz", " 5 z1 running\n")],
+        markers: &[
+            ("d1", "<lab lab=\"plan\" node=\"d1\"/>"),
+            ("z1", "<lab lab=\"plan\" node=\"z1\"/>"),
+        ],
+        networks: &[],
+        addrs: &[],
+        lab_edit: &LINKED,
+    },
+    Scenario {
+        // The far end's domain is another lab's: neither end is changed (a link up on one
+        // side only is no state anyone asked for), and that is said.
+        name: "link_up_changes_neither_end_when_one_is_another_labs",
         verb: "link-up",
         force: false,
         datasets: &[("hvd", OURS_D1), ("hvz", OTHER_LAB_Z1)],
@@ -871,6 +888,21 @@ fn run(s: &Scenario) -> String {
             lab_create::create(&exec, &req, &|_| {})
                 .await
                 .map(|r| (r.networks, r.nodes))
+        } else if s.verb == "link-set" {
+            let ends = lab_reach::link::link_of(&lab, "d1:eth1", None).unwrap();
+            let how = lab_model::impair::Impairment {
+                delay_us: 20_000,
+                loss_ppm: 10_000,
+                ..Default::default()
+            };
+            let relay = lab_reach::link::Relay {
+                bytes: b"the relay".to_vec(),
+                sha256: "sha-of-the-relay".into(),
+                arch: "x86_64".into(),
+            };
+            let directions: Vec<_> = ends.iter().map(|e| (*e, Some(how))).collect();
+            let r = lab_reach::link::impair(&exec, &lab, &directions, &relay, &|_| {}).await;
+            Ok((Vec::new(), r))
         } else if let Some(up) = s.verb.strip_prefix("link-").map(|w| w == "up") {
             let ends = lab_reach::link::link_of(&lab, "d1:eth1", Some("z1:eth1")).unwrap();
             let r = lab_reach::link::set_state(&exec, &lab, &ends, up, &|_| {}).await;

@@ -75,6 +75,7 @@ pub fn run(settings: &Settings) -> Result<(), Failure> {
         Command::Exec(s) => reach::exec(out, s),
         Command::Link(s) => link::run(out, s),
         Command::Capture(s) => link::capture(out, s),
+        Command::Relay(a) => link::relay(a),
         Command::Validate(s) => validate::run(out, s),
         Command::Inventory(s) => export::inventory(s),
         Command::Graph(s) => export::graph(s),

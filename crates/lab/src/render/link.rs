@@ -6,8 +6,8 @@ use std::io::Write;
 use crate::render::print_json;
 use crate::settings::{Format, Output};
 
-/// `lab link`: a line per link, its two ends (node:interface, hypervisor, state) and the UDP
-/// ports its wire's ends bind; or one JSON document.
+/// `lab link`: a line per link, its two ends (node:interface, hypervisor, state), the UDP
+/// ports its wire's ends bind and each direction's impairment; or one JSON document.
 pub fn links(out: &Output, links: &[lab_reach::link::LinkState]) {
     if out.format == Format::Json {
         print_json(&serde_json::json!({ "links": links }));
@@ -29,9 +29,16 @@ pub fn links(out: &Output, links: &[lab_reach::link::LinkState]) {
     );
     for l in links {
         let [a, b] = &l.ends;
+        let impaired: Vec<String> = [(a, b), (b, a)]
+            .iter()
+            .filter_map(|(from, to)| {
+                from.impaired
+                    .map(|how| format!("  {} -> {}: {how}", from.node, to.node))
+            })
+            .collect();
         let _ = writeln!(
             stdout,
-            "{:<4}  {:<width$}  {:<7}  {:<width$}  {:<7}  {}:{} <-> {}:{}",
+            "{:<4}  {:<width$}  {:<7}  {:<width$}  {:<7}  {}:{} <-> {}:{}{}",
             l.link,
             end(a),
             a.state,
@@ -40,7 +47,8 @@ pub fn links(out: &Output, links: &[lab_reach::link::LinkState]) {
             a.address,
             a.port,
             b.address,
-            b.port
+            b.port,
+            impaired.concat()
         );
     }
 }
@@ -59,8 +67,12 @@ pub fn capture(out: &Output, r: &lab_reach::link::CaptureReport, to_file: bool) 
         "count" => "count reached",
         "duration" => "duration over",
         "stopped" => "stopped",
+        "limit" => "its longest: a day",
         _ => "ended on the hypervisor",
     };
+    if let Some(w) = &r.warning {
+        eprintln!("lab: {} says: {w}", r.hypervisor);
+    }
     eprintln!(
         "lab: {} frame(s), {} bytes of pcap, from {}:{} on {} in {} s ({why})",
         r.frames, r.bytes, r.node, r.interface, r.hypervisor, r.seconds

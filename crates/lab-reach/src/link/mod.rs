@@ -3,18 +3,18 @@
 //! worked on by the hypervisor that holds it, and only through a domain `lab` defined for
 //! this lab and node.
 
-use std::future::Future;
-use std::time::{Duration, Instant};
-
 use lab_exec::Executor;
 use lab_hv::own::inspect;
 use lab_hv::plan::Work;
 use lab_hv::run::failed;
 use lab_hv::state::Detail;
 use lab_hv::{Events, NodeReport, Outcome};
+use lab_model::impair::Impairment;
 use lab_model::{Interface, InterfaceKind, Lab, LabNode};
 
-use crate::pcap::Frames;
+mod capture;
+
+pub use capture::{CaptureAsk, CaptureError, CaptureReport, capture};
 
 /// One end of a link: a node and its interface (`NODE:IFACE`).
 #[derive(Debug, Clone, Copy)]
@@ -133,6 +133,24 @@ pub async fn set_state(
             unique.push(n);
         }
     }
+    // Both ends or neither: a link down on one side only is no state a user asked for.
+    let refused: Vec<String> = unique
+        .iter()
+        .filter_map(|node| {
+            let hv = lab.hypervisor_of(node);
+            let why = match &states[hv.name.as_str()] {
+                Err(e) => e.to_string(),
+                Ok(state) => match inspect(hv, &lab.name, node, state) {
+                    Err(e) => e.to_string(),
+                    Ok(facts) => facts.domain.reach_refusal(&node.domain, &node.name)?,
+                },
+            };
+            Some(format!("{}: {why}", node.name))
+        })
+        .collect();
+    if !refused.is_empty() {
+        return neither(&unique, &refused, events);
+    }
     lab_hv::plan::each_hypervisor(
         exec,
         lab,
@@ -177,6 +195,93 @@ pub async fn set_state(
     .await
 }
 
+/// `lab`'s own binary, which `lab link set` starts on a hypervisor as the relay of an
+/// impaired direction: its bytes, their sha256 (hex) and the machine it runs on (`uname -m`).
+pub struct Relay {
+    pub bytes: Vec<u8>,
+    pub sha256: String,
+    pub arch: String,
+}
+
+/// Impairs, or with `None` (or an impairment of nothing) restores, the frames each end in
+/// `directions` sends onto its link, on that end's hypervisor, all at once. One report per
+/// end; an end whose domain is not this lab's node is skipped.
+pub async fn impair(
+    exec: &Executor,
+    lab: &Lab,
+    directions: &[(End<'_>, Option<Impairment>)],
+    relay: &Relay,
+    events: Events<'_>,
+) -> Vec<NodeReport> {
+    let nodes: Vec<&LabNode> = directions.iter().map(|(e, _)| e.node).collect();
+    let refused = crate::refusals(exec, lab, &nodes).await;
+    if !refused.is_empty() {
+        let mut why: Vec<String> = refused.iter().map(|(n, w)| format!("{n}: {w}")).collect();
+        why.sort();
+        return neither(&nodes, &why, events);
+    }
+    let jobs = directions.iter().map(|(end, how)| async move {
+        let node = end.node;
+        let hv = lab.hypervisor_of(node);
+        let how = how.filter(|h| !h.is_none());
+        let wire = end.interface.wire.expect("a link's end has a wire");
+        let mut cmd = lab_hv::link::impair(
+            hv,
+            &lab.name,
+            node,
+            &end.interface.mac,
+            &wire,
+            how.as_ref()
+                .map(|h| (h, relay.sha256.as_str(), relay.arch.as_str())),
+        );
+        if how.is_some() {
+            cmd = cmd.stdin(relay.bytes.clone());
+        }
+        let before = exec.recorded().len();
+        let far = match (&end.interface.peer, &end.interface.peer_interface) {
+            (Some(p), Some(i)) => format!("{p}:{i}"),
+            _ => "its peer".to_owned(),
+        };
+        let mut r = match exec.run(&hv.name, &cmd).await {
+            Err(e) => failed(node, "impair", &e, false),
+            Ok(_) => NodeReport {
+                note: Some(match how {
+                    Some(h) => format!("{} -> {far}: {h}", end.interface.name),
+                    None => format!("{} -> {far}: not impaired", end.interface.name),
+                }),
+                ..NodeReport::new(node, Outcome::Done)
+            },
+        };
+        if !exec.is_live() {
+            r.commands = exec.recorded()[before..]
+                .iter()
+                .map(|c| c.line.clone())
+                .collect();
+        }
+        lab_hv::run::report_done(events, &r);
+        r
+    });
+    lab_hv::run::at_once_when_live(exec, jobs.collect()).await
+}
+
+/// Every node skipped, because of `refused` (why some cannot be changed), so that no link
+/// is changed on one end only.
+fn neither(nodes: &[&LabNode], refused: &[String], events: Events<'_>) -> Vec<NodeReport> {
+    nodes
+        .iter()
+        .map(|node| {
+            let r = NodeReport::new(
+                node,
+                Outcome::Skipped {
+                    reason: format!("neither end is changed: {}", refused.join("; ")),
+                },
+            );
+            lab_hv::run::report_done(events, &r);
+            r
+        })
+        .collect()
+}
+
 /// One end of a link as `lab link` lists it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EndState {
@@ -190,6 +295,9 @@ pub struct EndState {
     /// `up` or `down`; `absent` when the node's domain is not there, `unknown` when its
     /// hypervisor could not be read, `foreign` when the domain is not this lab's node.
     pub state: String,
+    /// How the frames this end sends are impaired (`lab link set`), when they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub impaired: Option<Impairment>,
 }
 
 /// A link of the lab file with both its ends.
@@ -203,11 +311,18 @@ pub struct LinkState {
 /// Every link of the lab whose ends are among `nodes`, each end's state read from its
 /// hypervisor (one probe each, with the domains' NICs).
 pub async fn links(exec: &Executor, lab: &Lab, nodes: &[&LabNode]) -> Vec<LinkState> {
-    let hypervisors = lab.hypervisors_of(nodes);
+    let hypervisors = lab.hypervisors_of(&with_peers(lab, nodes));
     let states = lab_hv::run::probe_all(exec, &hypervisors, Detail::Nics).await;
     let end_state = |node: &LabNode, i: &Interface| {
         let hv = lab.hypervisor_of(node);
         let wire = i.wire.expect("a link's interface has a wire");
+        let impaired = match states.get(hv.name.as_str()) {
+            Some(Ok(state)) => state
+                .impairments
+                .get(&format!("{}/{}", node.domain, i.mac.to_ascii_lowercase()))
+                .copied(),
+            _ => None,
+        };
         let state = match states.get(hv.name.as_str()) {
             None | Some(Err(_)) => "unknown".to_owned(),
             Some(Ok(state)) => match inspect(hv, &lab.name, node, state) {
@@ -231,6 +346,7 @@ pub async fn links(exec: &Executor, lab: &Lab, nodes: &[&LabNode]) -> Vec<LinkSt
             address: wire.local_address.to_string(),
             port: wire.local_port,
             state,
+            impaired,
         }
     };
     let mut out: Vec<LinkState> = Vec::new();
@@ -256,129 +372,17 @@ pub async fn links(exec: &Executor, lab: &Lab, nodes: &[&LabNode]) -> Vec<LinkSt
     out
 }
 
-/// What `lab capture` is asked for.
-#[derive(Debug, Clone, Default)]
-pub struct CaptureAsk {
-    /// A tcpdump filter expression (its words), applied on the hypervisor.
-    pub filter: Vec<String>,
-    /// Stop after this many frames.
-    pub count: Option<u64>,
-    /// Stop after this long.
-    pub duration: Option<Duration>,
-}
-
-/// What a capture got.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct CaptureReport {
-    pub node: String,
-    pub interface: String,
-    pub hypervisor: String,
-    pub frames: u64,
-    pub bytes: u64,
-    pub seconds: f64,
-    /// Why it ended: `count`, `duration`, `stopped` (by the caller: a signal, a closed
-    /// output) or `ended` (on the hypervisor).
-    pub ended: &'static str,
-}
-
-/// A capture that could not be made or failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CaptureError {
-    #[error("node {node} on {hypervisor}: {why}")]
-    Refused {
-        node: String,
-        hypervisor: String,
-        why: String,
-    },
-    #[error(transparent)]
-    Exec(#[from] lab_exec::ExecError),
-    #[error("capture on {end} at {hypervisor} failed (exit {status}): {stderr}")]
-    Failed {
-        end: String,
-        hypervisor: String,
-        status: i32,
-        stderr: String,
-    },
-}
-
-/// Captures the frames of `end`'s NIC on its hypervisor and hands the pcap stream to `sink`
-/// as it comes (which returns false when it cannot take more: its reader went away), until
-/// `ask`'s count or duration, or `stop`. The capture is taken away on the hypervisor before
-/// this returns (or, should the connection be cut, by the hypervisor's side alone).
-pub async fn capture(
-    exec: &Executor,
-    lab: &Lab,
-    end: End<'_>,
-    ask: &CaptureAsk,
-    sink: &mut (dyn FnMut(&[u8]) -> bool + Send),
-    stop: impl Future<Output = ()>,
-) -> Result<CaptureReport, CaptureError> {
-    let node = end.node;
-    let hv = lab.hypervisor_of(node);
-    if let Some(why) = crate::refusals(exec, lab, &[node]).await.remove(&node.name) {
-        return Err(CaptureError::Refused {
-            node: node.name.clone(),
-            hypervisor: hv.name.clone(),
-            why,
-        });
-    }
-    // Without a duration, a day at most: the hypervisor's own bound, should the controller
-    // vanish without closing the connection.
-    let limit = ask
-        .duration
-        .map_or(Duration::from_secs(86_400), |d| d + Duration::from_secs(60));
-    let cmd = lab_hv::link::capture(node, &end.interface.mac, &ask.filter, limit);
-    let mut frames = Frames::new(ask.count);
-    let mut why: &'static str = "ended";
-    let started = Instant::now();
-    let mut take = |chunk: &[u8]| {
-        let n = frames.feed(chunk);
-        if !sink(&chunk[..n]) {
-            why = "stopped";
-            return false;
-        }
-        if frames.full() {
-            why = "count";
-            return false;
-        }
-        true
-    };
-    let (mut timed_out, mut stopped) = (false, false);
-    let until = async {
-        match ask.duration {
-            Some(d) => tokio::select! {
-                () = tokio::time::sleep(d) => timed_out = true,
-                () = stop => stopped = true,
-            },
-            None => {
-                stop.await;
-                stopped = true;
+/// `nodes` and the far ends of their links: what `lab link` reads for them.
+pub fn with_peers<'a>(lab: &'a Lab, nodes: &[&'a LabNode]) -> Vec<&'a LabNode> {
+    let mut all: Vec<&LabNode> = nodes.to_vec();
+    for node in nodes {
+        for peer in node.links().filter_map(|i| i.peer.as_deref()) {
+            if let Some(p) = lab.node(peer)
+                && !all.iter().any(|n| n.name == p.name)
+            {
+                all.push(p);
             }
         }
-    };
-    let out = exec.tap(&hv.name, &cmd, &mut take, until).await?;
-    let seconds = started.elapsed().as_secs_f64();
-    if timed_out {
-        why = "duration";
-    } else if stopped {
-        why = "stopped";
     }
-    // Ended on the hypervisor, not by anything here: a failure says why.
-    if why == "ended" && out.status != 0 {
-        return Err(CaptureError::Failed {
-            end: end.name(),
-            hypervisor: hv.name.clone(),
-            status: out.status,
-            stderr: out.stderr.trim().to_owned(),
-        });
-    }
-    Ok(CaptureReport {
-        node: node.name.clone(),
-        interface: end.interface.name.clone(),
-        hypervisor: hv.name.clone(),
-        frames: frames.frames,
-        bytes: frames.bytes,
-        seconds: (seconds * 10.0).round() / 10.0,
-        ended: why,
-    })
+    all
 }
