@@ -8,10 +8,12 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::error::{Hint, ModelError};
+use crate::impair::Impairment;
 use crate::model::{Hypervisor, Interface, InterfaceKind, LabNode, Wire};
 use crate::resolve::{NodeExtras, path_of, schema_error};
-use crate::schema::LabSchema;
+use crate::schema::{LabSchema, LinkMapSchema, LinkSchema};
 use crate::tree::Tree;
+use serde_json::Value as Json;
 
 pub(crate) fn resolve_links(
     root: &Tree,
@@ -152,6 +154,7 @@ pub(crate) fn resolve_links(
             peer_ipv6: addr6(u128::from(1 - side)).map(|n| n.addr()),
             link: Some(li),
             wire: None,
+            impair: None,
         };
         let mut end_a = end(&nodes[a], if_a, &name_b, if_b, 0);
         end_a.wire = Some(Wire {
@@ -169,6 +172,110 @@ pub(crate) fn resolve_links(
         });
         nodes[a].interfaces.push(end_a);
         nodes[b].interfaces.push(end_b);
+    }
+    Ok(())
+}
+
+/// The `links:` entries, each `[a, b]` or a mapping (`ends`, `impair`), with an error that
+/// names the entry's file:line.
+pub(crate) fn parse_links(root: &Tree, links: &[Json]) -> Result<Vec<LinkSchema>, ModelError> {
+    links
+        .iter()
+        .enumerate()
+        .map(|(li, v)| {
+            let at = vec!["links".to_owned(), li.to_string()];
+            let bad = |m: String| schema_error(root, &at, m, Hint::default());
+            match v {
+                Json::Array(_) => serde_json::from_value::<[String; 2]>(v.clone())
+                    .map(LinkSchema::Pair)
+                    .map_err(|_| bad("a link is two node names, `[a, b]`".to_owned())),
+                Json::Object(_) => serde_json::from_value::<LinkMapSchema>(v.clone())
+                    .map(|m| LinkSchema::Map(Box::new(m)))
+                    .map_err(|e| {
+                        bad(format!(
+                            "{e} (a link as a mapping: `ends: [a, b]` and `impair:`)"
+                        ))
+                    }),
+                _ => Err(bad(
+                    "a link is `[a, b]`, or a mapping with `ends: [a, b]` (and `impair:`)"
+                        .to_owned(),
+                )),
+            }
+        })
+        .collect()
+}
+
+/// The impairments the lab file declares on links (`impair:` of a mapping entry), each value
+/// checked with its file:line, set on the ends whose sent frames they impair.
+pub(crate) fn resolve_impairments(
+    root: &Tree,
+    links: &[LinkSchema],
+    nodes: &mut [LabNode],
+) -> Result<(), ModelError> {
+    for (li, link) in links.iter().enumerate() {
+        let LinkSchema::Map(map) = link else {
+            continue;
+        };
+        let Some(spec) = &map.impair else {
+            continue;
+        };
+        let at = |key: &str| {
+            vec![
+                "links".to_owned(),
+                li.to_string(),
+                "impair".to_owned(),
+                key.to_owned(),
+            ]
+        };
+        let value = |key: &str, v: &Option<Json>, parse: &dyn Fn(&str) -> Result<u64, String>| {
+            let text = match v {
+                None => return Ok(0),
+                Some(Json::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+            };
+            parse(&text).map_err(|m| schema_error(root, &at(key), m, Hint::default()))
+        };
+        let ppm = |v: &str| crate::impair::percent_ppm(v).map(u64::from);
+        let how = Impairment {
+            delay_us: value("delay", &spec.delay, &crate::impair::duration_us)?,
+            jitter_us: value("jitter", &spec.jitter, &crate::impair::duration_us)?,
+            loss_ppm: value("loss", &spec.loss, &ppm)? as u32,
+            duplicate_ppm: value("duplicate", &spec.duplicate, &ppm)? as u32,
+            reorder_ppm: value("reorder", &spec.reorder, &ppm)? as u32,
+            rate_bps: value("rate", &spec.rate, &crate::impair::rate_bps)?,
+        };
+        if how.jitter_us > how.delay_us {
+            return Err(schema_error(
+                root,
+                &at("jitter"),
+                "the jitter is more than the delay: a frame cannot leave before it came".to_owned(),
+                Hint::default(),
+            ));
+        }
+        if let Some(from) = &spec.from
+            && !map.ends.contains(from)
+        {
+            return Err(schema_error(
+                root,
+                &at("from"),
+                format!(
+                    "`{from}` is not an end of this link ({} -- {})",
+                    map.ends[0], map.ends[1]
+                ),
+                Hint::closest(from, map.ends.iter().map(String::as_str)),
+            ));
+        }
+        if how.is_none() {
+            continue;
+        }
+        for node in nodes.iter_mut() {
+            if spec.from.as_ref().is_some_and(|f| *f != node.name) {
+                continue;
+            }
+            for i in node.interfaces.iter_mut().filter(|i| i.link == Some(li)) {
+                i.impair = Some(how);
+            }
+        }
     }
     Ok(())
 }

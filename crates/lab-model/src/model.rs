@@ -213,6 +213,10 @@ pub struct Interface {
     pub link: Option<usize>,
     /// How the link's frames travel (links only).
     pub wire: Option<Wire>,
+    /// How the frames this end sends are impaired, as the lab file declares (links only;
+    /// `lab create` and `lab start` apply it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub impair: Option<crate::impair::Impairment>,
 }
 
 /// A link's wire: a UDP tunnel between the two NICs' QEMU processes (libvirt's
@@ -359,14 +363,17 @@ impl Lab {
         )?;
 
         let wire_port_base = wire_port_base(&root, &schema.lab, schema.links.len())?;
+        let links = crate::links::parse_links(&root, &schema.links)?;
+        let pairs: Vec<[String; 2]> = links.iter().map(|l| l.ends().clone()).collect();
         resolve_links(
             &root,
-            &schema.links,
+            &pairs,
             &schema.lab,
             wire_port_base,
             &hypervisors,
             &mut nodes,
         )?;
+        crate::links::resolve_impairments(&root, &links, &mut nodes)?;
         finish_interfaces(&root, schema.lab.id, &hypervisors, &mut nodes, &extras)?;
 
         let mut overlays = Vec::new();

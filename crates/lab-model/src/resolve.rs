@@ -406,6 +406,7 @@ pub(crate) fn resolve_node(
         peer_ipv6: None,
         link: None,
         wire: None,
+        impair: None,
     };
     let user = s.ssh.user.clone().unwrap_or_else(|| "root".to_owned());
     name_ok(

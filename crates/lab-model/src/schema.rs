@@ -58,6 +58,45 @@ pub(crate) const LAB_DERIVED: &[&str] = &[
 // ---------------------------------------------------------------------------------------------
 // Schema: what may be written in a lab file (after `include` is resolved).
 
+/// A `links:` entry: `[a, b]`, or a mapping with its `ends` and what else the link has.
+pub(crate) enum LinkSchema {
+    Pair([String; 2]),
+    Map(Box<LinkMapSchema>),
+}
+
+impl LinkSchema {
+    pub(crate) fn ends(&self) -> &[String; 2] {
+        match self {
+            LinkSchema::Pair(ends) => ends,
+            LinkSchema::Map(m) => &m.ends,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LinkMapSchema {
+    pub(crate) ends: [String; 2],
+    /// How the link is impaired from create on (`lab link set`'s words).
+    #[serde(default)]
+    pub(crate) impair: Option<ImpairSchema>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ImpairSchema {
+    /// Only the frames this end sends (default: both directions).
+    pub(crate) from: Option<String>,
+    /// The values as written (`20ms`, `1%`, `10mbit`; a bare number is read, and refused, as
+    /// its text).
+    pub(crate) delay: Option<Json>,
+    pub(crate) jitter: Option<Json>,
+    pub(crate) loss: Option<Json>,
+    pub(crate) duplicate: Option<Json>,
+    pub(crate) reorder: Option<Json>,
+    pub(crate) rate: Option<Json>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FileSchema {
@@ -67,8 +106,10 @@ pub(crate) struct FileSchema {
     pub(crate) defaults: DefaultsSchema,
     pub(crate) hypervisors: IndexMap<String, Json>,
     pub(crate) nodes: IndexMap<String, Json>,
+    /// `[a, b]` or a mapping (`LinkSchema`), read one by one so that each error names its
+    /// entry.
     #[serde(default)]
-    pub(crate) links: Vec<[String; 2]>,
+    pub(crate) links: Vec<Json>,
     #[serde(default)]
     pub(crate) overlay: Option<String>,
     #[serde(default)]

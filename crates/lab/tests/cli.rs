@@ -497,6 +497,30 @@ const BAD: &[Bad] = &[
         says: &["`-c` is not part of a capture filter"],
     },
     Bad {
+        name: "a declared impairment with a value that is not a time",
+        files: &[(
+            "labs/v.yaml",
+            "include: vpp.yaml\nlinks:\n  - ends: [vpp0-1, vpp0-2]\n    impair: {delay: 5, loss: 1%}\n",
+        )],
+        args: &["generate", "--lab", "labs/v.yaml"],
+        code: 2,
+        says: &["labs/v.yaml:4", "links.0.impair.delay", "`5` is not a time"],
+    },
+    Bad {
+        name: "a declared impairment from a node the link does not end at",
+        files: &[(
+            "labs/v.yaml",
+            "include: vpp.yaml\nlinks:\n  - [vpp0-1, vpp0-3]\n  - ends: [vpp0-1, vpp0-2]\n    impair:\n      from: vpp0-3\n      delay: 5ms\n",
+        )],
+        args: &["generate", "--lab", "labs/v.yaml"],
+        code: 2,
+        says: &[
+            "labs/v.yaml:6",
+            "links.1.impair.from",
+            "`vpp0-3` is not an end of this link",
+        ],
+    },
+    Bad {
         name: "a capture without its interface",
         files: &[],
         args: &[

@@ -1902,7 +1902,7 @@ fn a_link_is_captured_taken_down_and_brought_back() {
              defaults: {{node: {{vars: {{ospf_area: 0, vpp_workers: 1}}}}}}\n\
              hypervisors:\n  hv0: {{mgmt_ipv4: 192.168.66.0/24}}\n  hv1: {{mgmt_ipv4: 192.168.67.0/24}}\n\
              nodes:\n  lk-1: {{hypervisor: hv0, id: 1}}\n  lk-2: {{hypervisor: hv1, id: 1}}\n\
-             links: [[lk-1, lk-2]]\n",
+             links:\n  - [lk-1, lk-2]\n  - ends: [lk-1, lk-2]\n    impair: {{from: lk-1, delay: 20ms}}\n",
             repo().join("labs/testbed.yaml").display()
         ),
     )
@@ -1927,6 +1927,50 @@ fn a_link_is_captured_taken_down_and_brought_back() {
         &["create", "--lab", f, "--wait", "--wait-timeout", "240"],
     );
     assert_eq!(created.code, 0, "{}{}", created.stdout, created.stderr);
+
+    // The lab file's impairment (20 ms on what lk-1 sends on its second link) is in place
+    // after create, and again after lk-1 restarts (its QEMU is new).
+    let declared = || {
+        let links = lab(b, &["--format", "json", "link", "--lab", f]).json();
+        let ends = links["links"][1]["ends"].as_array().unwrap().clone();
+        (
+            ends[0]["impaired"]["delay_us"].clone(),
+            ends[1].get("impaired").cloned(),
+            links,
+        )
+    };
+    let (delay, other, links) = declared();
+    assert_eq!(delay, 20_000, "{links}");
+    assert_eq!(other, None, "{links}");
+    let restarted = lab(
+        b,
+        &["restart", "--lab", f, "--node", "lk-1", "--grace", "0"],
+    );
+    assert_eq!(
+        restarted.code, 0,
+        "{}{}",
+        restarted.stdout, restarted.stderr
+    );
+    assert!(
+        restarted.stderr.contains("impaired as the lab file says"),
+        "{}",
+        restarted.stderr
+    );
+    let (delay, _, links) = declared();
+    assert_eq!(delay, 20_000, "{links}");
+    let waited = lab(
+        b,
+        &[
+            "wait",
+            "--lab",
+            f,
+            "--node",
+            "lk-1",
+            "--wait-timeout",
+            "240",
+        ],
+    );
+    assert_eq!(waited.code, 0, "{}{}", waited.stdout, waited.stderr);
 
     // Bad ends are said before anything is asked of a hypervisor.
     let bad = lab(b, &["link", "down", "--lab", f, "lk-1:eth7"]);
@@ -2126,6 +2170,41 @@ fn a_link_is_captured_taken_down_and_brought_back() {
         avg.unwrap_or_else(|| panic!("no round trip in: {out}"))
     };
     let before = rtt();
+    // The declared 20 ms, one way, on the second link.
+    let peer2 = model
+        .node("lk-2")
+        .unwrap()
+        .interfaces
+        .iter()
+        .find(|i| i.name == "eth2")
+        .unwrap()
+        .ipv4
+        .unwrap()
+        .addr()
+        .to_string();
+    let out = lab(
+        b,
+        &[
+            "exec",
+            "--lab",
+            f,
+            "--node",
+            "lk-1",
+            "--",
+            &format!("ping -n -c 10 -i 0.3 {peer2}"),
+        ],
+    )
+    .stdout;
+    let slow: f64 = out
+        .lines()
+        .find_map(|l| l.split(" = ").nth(1))
+        .and_then(|v| v.split('/').nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no round trip in: {out}"));
+    assert!(
+        slow > before + 15.0 && slow < before + 60.0,
+        "{before} ms on the first link, {slow} ms on the one delayed 20 ms one way"
+    );
     let set = lab(
         b,
         &["link", "set", "--lab", f, "lk-1:eth1", "--delay", "50ms"],

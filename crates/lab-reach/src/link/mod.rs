@@ -264,6 +264,19 @@ pub async fn impair(
     lab_hv::run::at_once_when_live(exec, jobs.collect()).await
 }
 
+/// The directions the lab file impairs (`impair:` on a link) among `nodes`' ends: what
+/// `lab create` and `lab start` apply to the nodes they started.
+pub fn declared<'a>(nodes: &[&'a LabNode]) -> Vec<(End<'a>, Option<Impairment>)> {
+    nodes
+        .iter()
+        .flat_map(|node| {
+            node.links()
+                .filter(|i| i.impair.is_some())
+                .map(|i| (End { node, interface: i }, i.impair))
+        })
+        .collect()
+}
+
 /// Every node skipped, because of `refused` (why some cannot be changed), so that no link
 /// is changed on one end only.
 fn neither(nodes: &[&LabNode], refused: &[String], events: Events<'_>) -> Vec<NodeReport> {

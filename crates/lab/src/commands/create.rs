@@ -37,7 +37,7 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
         s.build.dir.as_path()
     };
     let request = request(s, &lab, &nodes, &overlay, source)?;
-    let (created, published) = change_nodes(
+    let (created, published, impaired) = change_nodes(
         out,
         &lab,
         &nodes,
@@ -46,6 +46,22 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
         s.lock_wait,
         async |exec, events| {
             let created = lab_create::create(exec, &request, events).await;
+            // The lab file's impairments on the nodes started now, under the same lock.
+            let impaired = match &created {
+                Ok(r) if !s.mode.is_dry_run() && s.start => {
+                    let started: Vec<&LabNode> = nodes
+                        .iter()
+                        .copied()
+                        .filter(|n| {
+                            r.nodes
+                                .iter()
+                                .any(|r| r.node == n.name && matches!(r.outcome, Outcome::Done))
+                        })
+                        .collect();
+                    crate::commands::link::apply_declared(exec, &lab, &started, events).await
+                }
+                _ => Ok(Vec::new()),
+            };
             // `build/` shows what was created (and what `status` compares with): this run's
             // own build, moved there while the lock is held, so a `--no-generate` create of
             // this lab, which copies from `build/`, never meets a tree being swapped.
@@ -71,11 +87,12 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
                     Ok(())
                 }
             };
-            (created, published)
+            (created, published, impaired)
         },
     )?;
     let reports = created?;
     published?;
+    let impaired = impaired.and_then(|r| crate::commands::link::declared_exit(out, &r));
     // Waited for after the lock is released: waiting changes nothing.
     let waits = match &s.wait {
         Some(until) if !s.mode.is_dry_run() => {
@@ -130,7 +147,9 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
             validation: early.as_ref(),
         },
     );
-    let created = created.and(crate::commands::reach::wait_exit(&waits));
+    let created = created
+        .and(impaired)
+        .and(crate::commands::reach::wait_exit(&waits));
     match (early, validate_after) {
         (Some(v), _) => created.and(crate::commands::validate::judge(&v)),
         (None, Some(timeout)) if created.is_ok() && out.format != Format::Json => {

@@ -285,3 +285,58 @@ pub fn relay(a: &crate::cli::RelayArgs) -> Result<(), Failure> {
     };
     crate::relay::run(&a.socket, a.to, how).map_err(|e| Failure::new(Exit::Failure, e))
 }
+
+/// After `create` or `start`: the lab file's impairments (`impair:` on a link) on the links of
+/// `started`, applied on their hypervisors; nothing (and no binary read) when none is declared.
+pub async fn apply_declared(
+    exec: &lab_exec::Executor,
+    lab: &lab_model::Lab,
+    started: &[&LabNode],
+    events: lab_hv::Events<'_>,
+) -> Result<Vec<NodeReport>, Failure> {
+    let directions = link::declared(started);
+    if directions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let relay = own_binary()?;
+    Ok(link::impair(exec, lab, &directions, &relay, events).await)
+}
+
+/// Says how the declared impairments went (stderr), and fails the run as partial when one did
+/// not go through.
+pub fn declared_exit(out: &Output, reports: &[NodeReport]) -> Result<(), Failure> {
+    let mut failed = Vec::new();
+    for r in reports {
+        match &r.outcome {
+            lab_hv::Outcome::Done => {
+                if !out.quiet {
+                    eprintln!(
+                        "lab: {} impaired as the lab file says: {}",
+                        r.node,
+                        r.note.as_deref().unwrap_or("")
+                    );
+                }
+            }
+            other => {
+                let why = match other {
+                    lab_hv::Outcome::Failed { error, .. } => error.clone(),
+                    lab_hv::Outcome::Skipped { reason } => reason.clone(),
+                    _ => other.word().to_owned(),
+                };
+                eprintln!(
+                    "lab: {}: the lab file's impairment was not applied: {why}",
+                    r.node
+                );
+                failed.push(r.node.clone());
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            Exit::Partial,
+            format!("impairments not applied on {}", failed.join(", ")),
+        ))
+    }
+}

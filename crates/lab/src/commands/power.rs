@@ -14,15 +14,34 @@ pub fn run(out: &Output, s: &PowerNodes) -> Result<(), Failure> {
         lab_reach::Power::Stop => Verb::Stop,
         lab_reach::Power::Restart => Verb::Restart,
     };
-    let reports = change_nodes(
+    let (reports, impaired) = change_nodes(
         out,
         &lab,
         &nodes,
         verb,
         s.mode,
         s.lock_wait,
-        async |exec, events| lab_reach::power(exec, &lab, &nodes, s.what, s.grace, events).await,
+        async |exec, events| {
+            let reports = lab_reach::power(exec, &lab, &nodes, s.what, s.grace, events).await;
+            // A started node's QEMU is new: the lab file's impairments on its links again.
+            let impaired = if s.what != lab_reach::Power::Stop && !s.mode.is_dry_run() {
+                let started: Vec<&lab_model::LabNode> = nodes
+                    .iter()
+                    .copied()
+                    .filter(|n| {
+                        reports
+                            .iter()
+                            .any(|r| r.node == n.name && matches!(r.outcome, lab_hv::Outcome::Done))
+                    })
+                    .collect();
+                crate::commands::link::apply_declared(exec, &lab, &started, events).await
+            } else {
+                Ok(Vec::new())
+            };
+            (reports, impaired)
+        },
     )?;
+    let impaired = impaired.and_then(|r| crate::commands::link::declared_exit(out, &r));
     render::node_reports(
         out,
         &lab,
@@ -32,4 +51,5 @@ pub fn run(out: &Output, s: &PowerNodes) -> Result<(), Failure> {
         s.mode,
         &render::Then::default(),
     )
+    .and(impaired)
 }
