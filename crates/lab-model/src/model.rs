@@ -3,6 +3,8 @@
 //! [`Lab::from_tree`] is the only way to build a [`Lab`], and it validates everything a later
 //! step relies on: names, references between sections, uniqueness of ids and datasets. A `Lab`
 //! that exists is safe to turn into paths and commands.
+//!
+//! Long: every section's typed form and the one `from_tree` that fills them all, side by side.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
@@ -213,8 +215,7 @@ pub struct Interface {
     pub link: Option<usize>,
     /// How the link's frames travel (links only).
     pub wire: Option<Wire>,
-    /// How the frames this end sends are impaired, as the lab file declares (links only;
-    /// `lab create` and `lab start` apply it).
+    /// How the frames this end sends are impaired, as the lab file declares (links only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub impair: Option<crate::impair::Impairment>,
 }
