@@ -3,6 +3,7 @@
 mod bench;
 mod bench_proto;
 mod bench_wan;
+mod demo_links;
 mod relay;
 mod tidy;
 
@@ -264,68 +265,6 @@ fn cargo(args: &[&str]) -> Result {
     }
 }
 
-/// The links of the example lab, and 20 frames of one that crosses hypervisors (vpp0-1 on
-/// hv0 to vpp1-1 on hv1) while vpp0-1 pings its peer there, summarised by tcpdump.
-fn capture_demo(lab: &Path) -> Result {
-    let vpp = ["--lab", "labs/vpp.yaml"];
-    say("Links: every one with both ends' state; then 20 frames of vpp0-1:eth3 (to vpp1-1 on");
-    say("another hypervisor), captured while vpp0-1 pings its peer there:");
-    say("$ lab link --lab labs/vpp.yaml --node vpp0-1");
-    let status = Command::new(lab)
-        .args(["link", "--lab", "labs/vpp.yaml", "--node", "vpp0-1"])
-        .current_dir(root())
-        .status()
-        .map_err(|e| e.to_string())?;
-    if !status.success() {
-        return Err(format!("`lab link` failed ({status})"));
-    }
-    let pcap = std::env::temp_dir().join("lab-demo-vpp0-1-eth3.pcap");
-    let file = pcap.to_str().ok_or("a temporary path that is not UTF-8")?;
-    say(&format!(
-        "$ lab capture --lab labs/vpp.yaml vpp0-1 eth3 --count 20 --duration 60 -w {file}"
-    ));
-    let capture = Command::new(lab)
-        .arg("capture")
-        .args(vpp)
-        .args([
-            "vpp0-1",
-            "eth3",
-            "--count",
-            "20",
-            "--duration",
-            "60",
-            "-w",
-            file,
-        ])
-        .current_dir(root())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    std::thread::sleep(Duration::from_secs(3));
-    // The peer of a /31 is the other address of the pair.
-    let ping = "a=$(ip -4 -o addr show dev eth3 | awk '{ split($4, p, \"/\"); print p[1] }'); \
-                ping -n -q -c 8 -i 0.5 \"${a%.*}.$(( ${a##*.} ^ 1 ))\"";
-    let _ = Command::new(lab)
-        .args(["-q", "exec"])
-        .args(vpp)
-        .args(["--node", "vpp0-1", "--", ping])
-        .current_dir(root())
-        .status();
-    let captured = capture.wait_with_output().map_err(|e| e.to_string())?;
-    if !captured.status.success() {
-        return Err(format!("`lab capture` failed ({})", captured.status));
-    }
-    say(&format!("$ tcpdump -nn -e -r {file}"));
-    let read = Command::new("tcpdump")
-        .args(["-nn", "-e", "-r", file])
-        .output()
-        .map_err(|e| format!("tcpdump: {e}"))?;
-    for line in String::from_utf8_lossy(&read.stdout).lines() {
-        say(&format!("  {line}"));
-    }
-    let _ = std::fs::remove_file(&pcap);
-    Ok(())
-}
-
 fn demo() -> Result {
     let bed = Testbed::default();
     bed.up(&UpOptions::default(), &mut |l| say(l))
@@ -349,7 +288,13 @@ fn demo() -> Result {
     // The example lab with FRR: eBGP to every link neighbour and OSPF over every link,
     // validated until it converges (the time from create's start is printed).
     let frr = ["--lab", "labs/vpp.yaml", "--overlay", "frr"];
-    run(&[&["create", "--validate"][..], &frr].concat())?;
+    // Twelve router guests under TCG on two cores converge in 4 to 5 minutes: the default
+    // five minutes of `--validate` is too close to that for a demo.
+    run(&[
+        &["create", "--validate", "--validate-timeout", "900"][..],
+        &frr,
+    ]
+    .concat())?;
     say("");
     say("Each guest booted off its own clone and prints the hostname from its overlay:");
     let hostname = |k: u32, node: &str| -> Result {
@@ -412,7 +357,7 @@ fn demo() -> Result {
     run(&["validate", "--lab", "labs/zvol.yaml"])?;
     run(&[&["validate"][..], &frr].concat())?;
     say("");
-    capture_demo(&lab)?;
+    demo_links::capture(&lab)?;
     say("");
     say("Reach a node with `lab console vpp0-1` or `lab ssh vpp0-1`, draw the lab with");
     say("`lab --format mermaid graph`, and write an inventory with `lab inventory` (see README).");

@@ -2182,25 +2182,27 @@ fn a_link_is_captured_taken_down_and_brought_back() {
         .unwrap()
         .addr()
         .to_string();
-    let out = lab(
-        b,
-        &[
-            "exec",
-            "--lab",
-            f,
-            "--node",
-            "lk-1",
-            "--",
-            &format!("ping -n -c 10 -i 0.3 {peer2}"),
-        ],
-    )
-    .stdout;
-    let slow: f64 = out
-        .lines()
-        .find_map(|l| l.split(" = ").nth(1))
-        .and_then(|v| v.split('/').nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no round trip in: {out}"));
+    let rtt2 = || {
+        let out = lab(
+            b,
+            &[
+                "exec",
+                "--lab",
+                f,
+                "--node",
+                "lk-1",
+                "--",
+                &format!("ping -n -c 10 -i 0.3 {peer2}"),
+            ],
+        )
+        .stdout;
+        out.lines()
+            .find_map(|l| l.split(" = ").nth(1))
+            .and_then(|v| v.split('/').nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no round trip in: {out}"))
+    };
+    let slow = rtt2();
     assert!(
         slow > before + 15.0 && slow < before + 60.0,
         "{before} ms on the first link, {slow} ms on the one delayed 20 ms one way"
@@ -2214,6 +2216,12 @@ fn a_link_is_captured_taken_down_and_brought_back() {
     assert!(
         delayed > before + 80.0 && delayed < before + 130.0,
         "{before} ms, then {delayed} ms with 50 ms each way"
+    );
+    // The other link between the same two guests keeps its own round trip.
+    let other = rtt2();
+    assert!(
+        (other - slow).abs() < 15.0,
+        "the second link's round trip went from {slow} to {other} ms when the first was delayed"
     );
     let links = lab(b, &["--format", "json", "link", "--lab", f]).json();
     for end in links["links"][0]["ends"].as_array().unwrap() {
