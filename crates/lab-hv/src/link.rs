@@ -10,6 +10,27 @@ use lab_exec::Cmd;
 use lab_model::impair::Impairment;
 use lab_model::{Hypervisor, LabNode, Wire};
 
+/// The start of [`CAPTURE`] and [`IMPAIR`] (arguments: domain, MAC, then the script's own):
+/// the NIC's netdev `$netdev`, found in QEMU's own list by the MAC (the line after the NIC's,
+/// when it is a netdev's), not guessed from libvirt's naming; and `give_qemu FILE`, which
+/// gives a file to the domain's QEMU user, so that a QEMU that is not root can use it.
+macro_rules! nic_of_domain {
+    () => {
+        r#"dom=$1 mac=$2; shift 2
+info=$(virsh qemu-monitor-command --hmp "$dom" 'info network' 2>&1) || {
+  printf 'cannot read the NICs of domain %s: %s\n' "$dom" "$info" >&2; exit 3; }
+netdev=$(printf '%s\n' "$info" | awk -v mac="macaddr=$mac" '
+  f { if ($0 !~ /^ +\\ /) exit; sub(/^[ \t\\]+/, ""); sub(/:.*/, ""); print; exit }
+  index(tolower($0), mac) { f = 1 }')
+[ -n "$netdev" ] || { echo "domain $dom has no NIC with MAC $mac" >&2; exit 3; }
+give_qemu() {
+  pid=$(cat "/run/libvirt/qemu/$dom.pid" 2>/dev/null)
+  uid=$(awk '$1 == "Uid:" { print $2 }' "/proc/$pid/status" 2>/dev/null)
+  [ -z "$uid" ] || chown "$uid" "$1"
+}"#
+    };
+}
+
 /// The steps that take the link of the node's NIC `mac` down or up: in the running domain
 /// (when it runs), then in its definition, so that a restart keeps it.
 pub fn set_link(node: &LabNode, mac: &str, up: bool, running: bool) -> Vec<(&'static str, Cmd)> {
@@ -45,13 +66,9 @@ pub fn capture(node: &LabNode, mac: &str, filter: &[String], limit: Duration) ->
 /// the filter's id and the directory are this shell's, so two captures never meet. The NIC's
 /// netdev is found in QEMU's own list by the MAC, not guessed from libvirt's naming. HMP says
 /// an error on stdout with status 0: anything it says to `object_add` is a refusal.
-const CAPTURE: &str = r#"dom=$1 mac=$2; shift 2
-info=$(virsh qemu-monitor-command --hmp "$dom" 'info network' 2>&1) || {
-  printf 'cannot read the NICs of domain %s: %s\n' "$dom" "$info" >&2; exit 3; }
-netdev=$(printf '%s\n' "$info" | awk -v mac="macaddr=$mac" '
-  f { if ($0 !~ /^ +\\ /) exit; sub(/^[ \t\\]+/, ""); sub(/:.*/, ""); print; exit }
-  index(tolower($0), mac) { f = 1 }')
-[ -n "$netdev" ] || { echo "domain $dom has no NIC with MAC $mac" >&2; exit 3; }
+const CAPTURE: &str = concat!(
+    nic_of_domain!(),
+    r#"
 if [ $# -gt 0 ] && ! command -v tcpdump >/dev/null 2>&1; then
   echo "a capture filter needs tcpdump on the hypervisor (apt install tcpdump)" >&2; exit 3
 fi
@@ -68,9 +85,7 @@ end() {
 }
 trap 'end; exit 0' HUP INT TERM PIPE
 chmod 711 "$dir" && : >"$file" && chmod 600 "$file" || { rm -rf -- "$dir"; exit 3; }
-pid=$(cat "/run/libvirt/qemu/$dom.pid" 2>/dev/null)
-uid=$(awk '$1 == "Uid:" { print $2 }' "/proc/$pid/status" 2>/dev/null)
-[ -z "$uid" ] || chown "$uid" "$file"
+give_qemu "$file"
 said=$(virsh qemu-monitor-command --hmp "$dom" "object_add filter-dump,id=$id,netdev=$netdev,file=$file" 2>&1)
 if [ $? -ne 0 ] || [ -n "$said" ]; then
   printf 'QEMU did not start the capture on %s of %s: %s\n' "$netdev" "$dom" "$said" >&2
@@ -86,7 +101,8 @@ else
   tail -c +1 --pid=$$ -f "$file" &
 fi
 cat >/dev/null
-end"#;
+end"#
+);
 
 /// The step that impairs the frames the node's NIC `mac` sends onto its wire (`how`), or that
 /// takes any impairment of it away (`None`). With `how`, stdin is the relay: `lab`'s own
@@ -126,13 +142,11 @@ pub fn impair(
 /// See [`impair`]. The relay's label (`--label DOMAIN/MAC`) is what the probe reads back
 /// from its command line. Descriptors 3 to 9 are closed for it: it must not hold the lock the
 /// guard took for this command.
-const IMPAIR: &str = r#"dom=$1 mac=$2 base=$3 to=$4; shift 4
+const IMPAIR: &str = concat!(
+    nic_of_domain!(),
+    r#"
+base=$1 to=$2; shift 2
 hmp() { virsh qemu-monitor-command --hmp "$dom" "$1" 2>&1; }
-info=$(hmp 'info network') || { printf 'cannot read the NICs of domain %s: %s\n' "$dom" "$info" >&2; exit 3; }
-netdev=$(printf '%s\n' "$info" | awk -v mac="macaddr=$mac" '
-  f { if ($0 !~ /^ +\\ /) exit; sub(/^[ \t\\]+/, ""); sub(/:.*/, ""); print; exit }
-  index(tolower($0), mac) { f = 1 }')
-[ -n "$netdev" ] || { echo "domain $dom has no NIC with MAC $mac" >&2; exit 3; }
 id=labimp-$netdev
 hmp "object_del $id-f" >/dev/null
 hmp "chardev-remove $id" >/dev/null
@@ -152,13 +166,12 @@ while [ ! -S "$sock" ]; do
   n=$((n + 1)); [ $n -le 100 ] || { echo "the relay did not start (is $bin runnable here?)" >&2; exit 3; }
   sleep 0.05
 done
-pid=$(cat "/run/libvirt/qemu/$dom.pid" 2>/dev/null)
-uid=$(awk '$1 == "Uid:" { print $2 }' "/proc/$pid/status" 2>/dev/null)
-[ -z "$uid" ] || chown "$uid" "$sock"
+give_qemu "$sock"
 said=$(hmp "chardev-add socket,id=$id,path=$sock")
 [ -z "$said" ] || { printf 'QEMU did not connect to the relay: %s\n' "$said" >&2; exit 3; }
 said=$(hmp "object_add filter-redirector,id=$id-f,netdev=$netdev,queue=rx,outdev=$id")
 if [ -n "$said" ]; then
   hmp "chardev-remove $id" >/dev/null
   printf 'QEMU did not redirect %s of %s: %s\n' "$netdev" "$dom" "$said" >&2; exit 3
-fi"#;
+fi"#
+);

@@ -46,6 +46,15 @@ impl ExecReport {
 /// this lab and node, or its hypervisor could not be read. One probe per hypervisor.
 pub async fn refusals(exec: &Executor, lab: &Lab, nodes: &[&LabNode]) -> HashMap<String, String> {
     let states = lab_hv::run::probe_nodes(exec, lab, nodes).await;
+    refusals_in(lab, nodes, &states)
+}
+
+/// [`refusals`], judged from hypervisor states already read.
+pub(crate) fn refusals_in(
+    lab: &Lab,
+    nodes: &[&LabNode],
+    states: &lab_hv::run::States<'_>,
+) -> HashMap<String, String> {
     nodes
         .iter()
         .filter_map(|node| {

@@ -3,6 +3,8 @@
 //! worked on by the hypervisor that holds it, and only through a domain `lab` defined for
 //! this lab and node.
 
+use std::collections::HashMap;
+
 use lab_exec::Executor;
 use lab_hv::own::inspect;
 use lab_hv::plan::Work;
@@ -134,20 +136,7 @@ pub async fn set_state(
         }
     }
     // Both ends or neither: a link down on one side only is no state a user asked for.
-    let refused: Vec<String> = unique
-        .iter()
-        .filter_map(|node| {
-            let hv = lab.hypervisor_of(node);
-            let why = match &states[hv.name.as_str()] {
-                Err(e) => e.to_string(),
-                Ok(state) => match inspect(hv, &lab.name, node, state) {
-                    Err(e) => e.to_string(),
-                    Ok(facts) => facts.domain.reach_refusal(&node.domain, &node.name)?,
-                },
-            };
-            Some(format!("{}: {why}", node.name))
-        })
-        .collect();
+    let refused = crate::refusals_in(lab, &unique, &states);
     if !refused.is_empty() {
         return neither(&unique, &refused, events);
     }
@@ -158,16 +147,11 @@ pub async fn set_state(
         &states,
         events,
         |hv, node, state| {
+            // Refused above when it could not be inspected or is not this lab's.
             let facts = match inspect(hv, &lab.name, node, state) {
                 Ok(f) => f,
                 Err(e) => return Work::Ends(Box::new(failed(node, "inspect", &e, false))),
             };
-            if let Some(why) = facts.domain.reach_refusal(&node.domain, &node.name) {
-                return Work::Ends(Box::new(NodeReport::new(
-                    node,
-                    Outcome::Skipped { reason: why },
-                )));
-            }
             let running = facts.domain.running();
             let steps = macs_of(node)
                 .into_iter()
@@ -216,9 +200,7 @@ pub async fn impair(
     let nodes: Vec<&LabNode> = directions.iter().map(|(e, _)| e.node).collect();
     let refused = crate::refusals(exec, lab, &nodes).await;
     if !refused.is_empty() {
-        let mut why: Vec<String> = refused.iter().map(|(n, w)| format!("{n}: {w}")).collect();
-        why.sort();
-        return neither(&nodes, &why, events);
+        return neither(&nodes, &refused, events);
     }
     let jobs = directions.iter().map(|(end, how)| async move {
         let node = end.node;
@@ -277,16 +259,22 @@ pub fn declared<'a>(nodes: &[&'a LabNode]) -> Vec<(End<'a>, Option<Impairment>)>
         .collect()
 }
 
-/// Every node skipped, because of `refused` (why some cannot be changed), so that no link
-/// is changed on one end only.
-fn neither(nodes: &[&LabNode], refused: &[String], events: Events<'_>) -> Vec<NodeReport> {
+/// Every node skipped, because of `refused` (why some cannot be changed, by node), so that
+/// no link is changed on one end only.
+fn neither(
+    nodes: &[&LabNode],
+    refused: &HashMap<String, String>,
+    events: Events<'_>,
+) -> Vec<NodeReport> {
+    let mut why: Vec<String> = refused.iter().map(|(n, w)| format!("{n}: {w}")).collect();
+    why.sort();
     nodes
         .iter()
         .map(|node| {
             let r = NodeReport::new(
                 node,
                 Outcome::Skipped {
-                    reason: format!("neither end is changed: {}", refused.join("; ")),
+                    reason: format!("neither end is changed: {}", why.join("; ")),
                 },
             );
             lab_hv::run::report_done(events, &r);

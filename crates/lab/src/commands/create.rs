@@ -49,16 +49,8 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
             // The lab file's impairments on the nodes started now, under the same lock.
             let impaired = match &created {
                 Ok(r) if !s.mode.is_dry_run() && s.start => {
-                    let started: Vec<&LabNode> = nodes
-                        .iter()
-                        .copied()
-                        .filter(|n| {
-                            r.nodes
-                                .iter()
-                                .any(|r| r.node == n.name && matches!(r.outcome, Outcome::Done))
-                        })
-                        .collect();
-                    crate::commands::link::apply_declared(exec, &lab, &started, events).await
+                    crate::commands::link::apply_declared(exec, &lab, &nodes, &r.nodes, events)
+                        .await
                 }
                 _ => Ok(Vec::new()),
             };

@@ -287,14 +287,25 @@ pub fn relay(a: &crate::cli::RelayArgs) -> Result<(), Failure> {
 }
 
 /// After `create` or `start`: the lab file's impairments (`impair:` on a link) on the links of
-/// `started`, applied on their hypervisors; nothing (and no binary read) when none is declared.
+/// the `nodes` that `reports` say were started (done), applied on their hypervisors; nothing
+/// (and no binary read) when none is declared.
 pub async fn apply_declared(
     exec: &lab_exec::Executor,
     lab: &lab_model::Lab,
-    started: &[&LabNode],
+    nodes: &[&LabNode],
+    reports: &[NodeReport],
     events: lab_hv::Events<'_>,
 ) -> Result<Vec<NodeReport>, Failure> {
-    let directions = link::declared(started);
+    let started: Vec<&LabNode> = nodes
+        .iter()
+        .copied()
+        .filter(|n| {
+            reports
+                .iter()
+                .any(|r| r.node == n.name && matches!(r.outcome, lab_hv::Outcome::Done))
+        })
+        .collect();
+    let directions = link::declared(&started);
     if directions.is_empty() {
         return Ok(Vec::new());
     }

@@ -25,16 +25,7 @@ pub fn run(out: &Output, s: &PowerNodes) -> Result<(), Failure> {
             let reports = lab_reach::power(exec, &lab, &nodes, s.what, s.grace, events).await;
             // A started node's QEMU is new: the lab file's impairments on its links again.
             let impaired = if s.what != lab_reach::Power::Stop && !s.mode.is_dry_run() {
-                let started: Vec<&lab_model::LabNode> = nodes
-                    .iter()
-                    .copied()
-                    .filter(|n| {
-                        reports
-                            .iter()
-                            .any(|r| r.node == n.name && matches!(r.outcome, lab_hv::Outcome::Done))
-                    })
-                    .collect();
-                crate::commands::link::apply_declared(exec, &lab, &started, events).await
+                crate::commands::link::apply_declared(exec, &lab, &nodes, &reports, events).await
             } else {
                 Ok(Vec::new())
             };
