@@ -336,6 +336,13 @@ fn make_steps(
     }
     if remove_clone {
         steps.push(("remove old clone", cmd::detach(hv, node)));
+        // A replaced clone's lab snapshots go with it (`--force` says so).
+        for snap in state.snapshots_of(&node.dataset) {
+            steps.push((
+                "remove old clone",
+                cmd::destroy_snapshot(&node.dataset, &snap.name),
+            ));
+        }
         steps.push(("remove old clone", cmd::destroy_dataset(node)));
     }
     if undefine {

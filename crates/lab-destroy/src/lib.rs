@@ -5,7 +5,8 @@
 //! Architecture invariant: nothing destroys a dataset it cannot prove it created (its
 //! `lab:lab` and `lab:node` name this lab and node and its origin is a snapshot of the proto);
 //! a DHCP reservation in an operator's network goes only when such a clone claims it;
-//! `zfs destroy` is never recursive; a domain is undefined only when its marker says so.
+//! `zfs destroy` is never recursive (a clone's snapshots that `lab snapshot` took go one by
+//! one before it, each checked on the hypervisor); a domain is undefined only when its marker says so.
 
 use std::collections::{HashMap, HashSet};
 
@@ -335,6 +336,14 @@ fn node_plan(
                     steps.push(("release DHCP reservation", lab_hv::dhcp::release(&claim)));
                 }
                 steps.push(("unmount", cmd::detach(hv, node)));
+                // Its lab snapshots first (each looked at on the hypervisor: never one
+                // lab did not take); anyone else's keeps the clone, and zfs says why.
+                for snap in state.snapshots_of(&node.dataset) {
+                    steps.push((
+                        "destroy snapshot",
+                        cmd::destroy_snapshot(&node.dataset, &snap.name),
+                    ));
+                }
                 steps.push(("destroy clone", cmd::destroy_dataset(node)));
             }
             // Staging leftovers go in every case.

@@ -4,9 +4,11 @@
 
 mod network;
 mod proto;
+mod snapshot;
 
 pub use network::*;
 pub use proto::*;
+pub use snapshot::*;
 
 use std::time::Duration;
 

@@ -24,6 +24,9 @@ pub mod prop {
     pub const STATE: &str = "lab:state";
     /// The value of [`STATE`] while a clone is being filled.
     pub const FILLING: &str = "filling";
+    /// On a snapshot `lab snapshot` took of a clone: its name (the part after `@`), set on
+    /// the snapshot itself (its other `lab:` properties are the clone's, inherited).
+    pub const SNAPSHOT: &str = "lab:snapshot";
     /// On a proto replica: when the last sync succeeded (seconds since the epoch).
     pub const SYNCED: &str = "lab:synced";
     /// On a proto replica: the last sync's error, until a sync succeeds.

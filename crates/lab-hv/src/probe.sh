@@ -56,6 +56,20 @@ if [ -n "$names" ]; then
 else
   echo "$m rc 0"
 fi
+# The snapshots `lab snapshot` took of clones (those with a `lab:snapshot`): listed, then
+# read, as datasets are (a value with a newline cannot invent one).
+echo "$m labsnaps"
+out=$(zfs list -H -o name,lab:snapshot -t snapshot -r "$pool"); rc=$?
+snaps=$(printf '%s\n' "$out" | awk -F '\t' 'NF == 2 && $2 != "-" { print $1 }')
+if [ -n "$snaps" ]; then printf '%s\n' "$snaps"; fi
+echo "$m rc $rc"
+echo "$m labsnapprops"
+if [ -n "$snaps" ]; then
+  printf '%s\n' "$snaps" | xargs -d '\n' zfs get -H -p -o name,property,value,source lab:snapshot,creation,createtxg,used
+  echo "$m rc $?"
+else
+  echo "$m rc 0"
+fi
 echo "$m domains"
 virsh -q list --all; echo "$m rc $?"
 echo "$m markers"

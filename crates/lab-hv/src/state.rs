@@ -60,6 +60,22 @@ impl Dataset {
     }
 }
 
+/// A snapshot `lab snapshot` took of a clone: its `lab:snapshot` is set on it (not inherited)
+/// and names it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CloneSnapshot {
+    /// `pool/clone@name`
+    pub full: String,
+    /// The part after `@`: the lab snapshot's name.
+    pub name: String,
+    pub creation: u64,
+    /// The pool's transaction group when it was taken: the order of a clone's snapshots.
+    #[serde(skip)]
+    pub createtxg: u64,
+    /// The space only it holds, in bytes.
+    pub used: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Domain {
     pub name: String,
@@ -153,6 +169,10 @@ pub struct Pin {
     /// The lab and node, when `lab` made the clone.
     pub lab: Option<String>,
     pub node: Option<String>,
+    /// The clone's own lab snapshots (`lab snapshot`): they pin nothing more than the clone
+    /// does, and go with it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<String>,
 }
 
 /// A libvirt network.
@@ -223,6 +243,8 @@ pub struct HostState {
     pub zfs: ZfsInfo,
     /// Every filesystem and volume of the proto's pool, by name.
     pub datasets: BTreeMap<String, Dataset>,
+    /// Dataset → the snapshots `lab snapshot` took of it, oldest first.
+    pub clone_snapshots: BTreeMap<String, Vec<CloneSnapshot>>,
     pub domains: BTreeMap<String, Domain>,
     pub networks: BTreeMap<String, Network>,
     /// Domain → the MACs of its NICs, in order (with [`Detail::Nics`] only).
@@ -250,6 +272,11 @@ impl HostState {
         self.domains.get(name).is_some_and(Domain::active)
     }
 
+    /// The snapshots `lab snapshot` took of `dataset`, oldest first.
+    pub fn snapshots_of(&self, dataset: &str) -> &[CloneSnapshot] {
+        self.clone_snapshots.get(dataset).map_or(&[], Vec::as_slice)
+    }
+
     /// The clones of proto snapshots, in dataset order.
     pub fn pins(&self) -> Vec<Pin> {
         let prefix = format!("{}@", self.proto.dataset);
@@ -262,6 +289,11 @@ impl HostState {
                     dataset: ds.name.clone(),
                     lab: ds.prop(prop::LAB).map(str::to_owned),
                     node: ds.prop(prop::NODE).map(str::to_owned),
+                    snapshots: self
+                        .snapshots_of(&ds.name)
+                        .iter()
+                        .map(|s| s.name.clone())
+                        .collect(),
                 })
             })
             .collect()
@@ -407,6 +439,10 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
     let mut names: std::collections::HashSet<&str> = std::collections::HashSet::new();
     let mut seen: std::collections::HashSet<(&str, &str)> = std::collections::HashSet::new();
     let mut rc: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut snap_names: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    // Per snapshot: its mark (value, source), and what else was read of it.
+    type Mark<'t> = Option<(&'t str, &'t str)>;
+    let mut snap_rows: BTreeMap<&str, (Mark<'_>, CloneSnapshot)> = BTreeMap::new();
     let mut markers: Vec<(&str, &str)> = Vec::new();
     let mut holds: Vec<(String, String)> = Vec::new();
     let mut udp = BTreeSet::new();
@@ -424,8 +460,9 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
                 continue;
             }
             section = match control {
-                "snapshots" | "zfs" | "holds" | "names" | "datasets" | "domains" | "markers"
-                | "networks" | "addrs" | "udp" | "nics" | "ready" | "relays" => control,
+                "snapshots" | "zfs" | "holds" | "names" | "datasets" | "labsnaps"
+                | "labsnapprops" | "domains" | "markers" | "networks" | "addrs" | "udp"
+                | "nics" | "ready" | "relays" => control,
                 "end" => {
                     ended = true;
                     ""
@@ -530,6 +567,48 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
                     (p, v) if source == "local" => {
                         ds.props.insert(p.to_owned(), v.to_owned());
                     }
+                    _ => {}
+                }
+            }
+            "labsnaps" => {
+                snap_names.insert(line);
+            }
+            "labsnapprops" => {
+                let fields: Vec<&str> = line.split('\t').collect();
+                let [full, property, value, source] = fields[..] else {
+                    return Err(format!(
+                        "a clone snapshot row with {} fields (a property value with a tab or a newline?): {line:?}",
+                        fields.len()
+                    ));
+                };
+                if !snap_names.contains(full) {
+                    return Err(format!(
+                        "a row for `{full}`, which `zfs list` did not name (a property value with a newline?)"
+                    ));
+                }
+                let Some((_, short)) = full.split_once('@') else {
+                    return Err(format!("`{full}` is not a snapshot"));
+                };
+                let (mark, snap) = snap_rows.entry(full).or_insert_with(|| {
+                    (
+                        None,
+                        CloneSnapshot {
+                            full: full.to_owned(),
+                            name: short.to_owned(),
+                            creation: 0,
+                            createtxg: 0,
+                            used: 0,
+                        },
+                    )
+                });
+                match property {
+                    prop::SNAPSHOT if mark.is_some() => {
+                        return Err(format!("`{full}` `{property}` twice"));
+                    }
+                    prop::SNAPSHOT => *mark = Some((value, source)),
+                    "creation" => snap.creation = value.parse().unwrap_or(0),
+                    "createtxg" => snap.createtxg = value.parse().unwrap_or(0),
+                    "used" => snap.used = value.parse().unwrap_or(0),
                     _ => {}
                 }
             }
@@ -674,6 +753,29 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
                 status(rc.get(section))
             ));
         }
+    }
+    for section in ["labsnaps", "labsnapprops"] {
+        if rc.get(section) != Some(&"0") {
+            return Err(format!(
+                "reading the clones' snapshots failed (`zfs` {}, section {section})",
+                status(rc.get(section))
+            ));
+        }
+    }
+    // Only a snapshot whose mark was set on it and names it is one `lab snapshot` took.
+    for (full, (mark, snap)) in snap_rows {
+        if mark != Some((snap.name.as_str(), "local")) {
+            continue;
+        }
+        let dataset = full.split_once('@').map_or(full, |(d, _)| d);
+        state
+            .clone_snapshots
+            .entry(dataset.to_owned())
+            .or_default()
+            .push(snap);
+    }
+    for snaps in state.clone_snapshots.values_mut() {
+        snaps.sort_by_key(|s| (s.createtxg, s.creation));
     }
     for section in ["domains", "markers", "networks"] {
         if state.libvirt_error.is_none() && rc.get(section) != Some(&"0") {

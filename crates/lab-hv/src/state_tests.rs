@@ -17,6 +17,10 @@ const GOOD: &str = "#snapshots\n\
     p\torigin\t-\t-\np/proto\tlab:synced\t1234\tlocal\np/proto\tlab:sync-error\t-\t-\n\
     p/r1\torigin\tp/proto@a\t-\np/r1\tmounted\tno\t-\np/r1\tlab:lab\tdemo\tlocal\np/r1\tlab:node\t-\t-\n\
     p/r1\tlab:owner\tops@ctl\tlocal\n#rc 0\n\
+    #labsnaps\np/r1@two\np/r1@one\np/r1@hand\n#rc 0\n\
+    #labsnapprops\np/r1@two\tlab:snapshot\ttwo\tlocal\np/r1@two\tcreatetxg\t90\t-\n\
+    p/r1@one\tlab:snapshot\tone\tlocal\np/r1@one\tcreatetxg\t80\t-\np/r1@one\tcreation\t300\t-\np/r1@one\tused\t4096\t-\n\
+    p/r1@hand\tlab:snapshot\tone\tlocal\n#rc 0\n\
     #domains\n 3    r1   running\n -    r2   shut off\n#rc 0\n\
     #markers\nr1\t<lab:lab xmlns:lab=\"https://lab.invalid/schema/1\" lab=\"demo\" node=\"r1\"/>\nr2\t\n#rc 0\n\
     #networks\nlab-demo\tactive\tu-1\t<lab:net xmlns:lab='https://lab.invalid/schema/1' lab='demo' sha256='ab12'/>\ndefault\tinactive\tu-2\t\tvirbr0\n#rc 0\n\
@@ -54,6 +58,17 @@ fn parses_every_section() {
         })
     );
     assert_eq!(s.domains["r2"].marker, MarkerRead::None);
+    // The snapshots `lab snapshot` took, oldest first; one whose mark names another is not.
+    let snaps = s.snapshots_of("p/r1");
+    assert_eq!(
+        snaps.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        ["one", "two"]
+    );
+    assert_eq!((snaps[0].used, snaps[0].creation), (4096, 300));
+    assert!(s.snapshots_of("p/proto").is_empty());
+    // A mark inherited from the clone is no snapshot of lab's.
+    let inherited = read(&GOOD.replace("two\tlocal", "two\tinherited from p/r1")).unwrap();
+    assert_eq!(inherited.snapshots_of("p/r1").len(), 1);
     assert_eq!(
         s.networks["lab-demo"].marker,
         Some(NetworkMarker {
@@ -92,14 +107,15 @@ fn parses_every_section() {
             snapshot: "a".into(),
             dataset: "p/r1".into(),
             lab: Some("demo".into()),
-            node: None
+            node: None,
+            snapshots: vec!["one".into(), "two".into()],
         }]
     );
 }
 
 #[test]
 fn a_missing_proto_is_absent_not_an_error() {
-    let text = "#snapshots\n#rc absent\n#zfs\nversion\t-\n#rc 0\n#holds\n#rc 0\n#names\np\n#rc 0\n#datasets\np\torigin\t-\t-\n#rc 0\n\
+    let text = "#snapshots\n#rc absent\n#zfs\nversion\t-\n#rc 0\n#holds\n#rc 0\n#names\np\n#rc 0\n#datasets\np\torigin\t-\t-\n#rc 0\n#labsnaps\n#rc 0\n#labsnapprops\n#rc 0\n\
                 #domains\n#rc 0\n#markers\n#rc 0\n#networks\n#rc 0\n#end\n";
     let s = read(text).unwrap();
     assert!(!s.proto.exists);
@@ -143,6 +159,10 @@ fn anything_odd_is_an_error_never_a_guess() {
         ),
         // The answer was cut short.
         GOOD.replace("#end\n", ""),
+        // Listing the clones' snapshots failed: that is not "none".
+        GOOD.replace("p/r1@hand\n#rc 0", "p/r1@hand\n#rc 1"),
+        // A snapshot row for one the list did not name.
+        GOOD.replace("p/r1@hand\tlab:snapshot", "p/r1@forged\tlab:snapshot"),
     ];
     for (i, text) in cases.iter().enumerate() {
         assert!(read(text).is_err(), "case {i} was accepted");
@@ -160,7 +180,7 @@ fn anything_odd_is_an_error_never_a_guess() {
     // data, and a bad row at that.
     let forged = scripted_answer("n", GOOD).replace(
         "p/r1\tlab:owner\tops@ctl\tlocal\n",
-        "p/r1\tlab:owner\tx\n#datasets\np/r1\tlab:lab\tother\tlocal\n#rc 0\n#domains\tlocal\n",
+        "p/r1\tlab:owner\tx\n#datasets\np/r1\tlab:lab\tother\tlocal\n#rc 0\n#labsnaps\n#rc 0\n#labsnapprops\n#rc 0\n#domains\tlocal\n",
     );
     assert!(parse("p/proto", &forged, "n").is_err());
     // A marker that could not be read is "unknown", never "none".

@@ -218,6 +218,21 @@ pub fn snapshot(s: &str) -> Result<(), Rule> {
     check(zfs_component(s) && s.len() <= 64, RULE)
 }
 
+/// The name of a lab's snapshot (`lab snapshot NAME`): `[a-z0-9][a-z0-9_.-]*`, at most 40
+/// characters; it becomes the part after `@` of each clone's snapshot.
+pub fn lab_snapshot(s: &str) -> Result<(), Rule> {
+    const RULE: Rule = "[a-z0-9][a-z0-9_.-]*, at most 40 characters";
+    check(
+        s.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
+            && s.len() <= 40,
+        RULE,
+    )
+}
+
 /// A snapshot name or a glob pattern over snapshot names (`*` and `?` allowed).
 pub fn snapshot_pattern(s: &str) -> Result<(), Rule> {
     const RULE: Rule = "a snapshot name or a pattern of [A-Za-z0-9_.:-*?] (no leading dash), at most 64 characters";
@@ -345,6 +360,12 @@ mod tests {
         assert!(dataset("ssd-vol0").is_err());
         assert!(snapshot("20261122-release").is_ok());
         assert!(snapshot_pattern("*-release").is_ok());
+        for ok in ["base", "2026-12-06_before.bgp"] {
+            assert!(lab_snapshot(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-x", "Base", "a@b", "a b", "a/b", &"x".repeat(41)] {
+            assert!(lab_snapshot(bad).is_err(), "{bad}");
+        }
         assert!(abs_path("/var/lib/lab/staging").is_ok());
         assert!(abs_path("/").is_err());
         for ok in [

@@ -73,6 +73,14 @@ pub enum Command {
     Stop(PowerArgs),
     /// Power the selected nodes off and start them again.
     Restart(PowerArgs),
+    /// Snapshot the selected nodes' disks (their clones) as NAME, all at once: one `zfs
+    /// snapshot` per hypervisor; `--delete NAME` deletes one. `lab restore NAME` goes back.
+    Snapshot(SnapshotArgs),
+    /// The lab's snapshots: name, when taken, nodes, space held.
+    Snapshots(SnapshotsArgs),
+    /// Roll the selected nodes back to snapshot NAME: each is powered off, its clone rolled
+    /// back, and started again if it ran.
+    Restore(RestoreArgs),
     /// A node's serial console, through its hypervisor (escape: Ctrl+]).
     Console(ConsoleArgs),
     /// ssh into a node through its hypervisor, or run CMD there; exits with CMD's status.
@@ -221,7 +229,8 @@ pub struct CreateArgs {
     pub no_generate: bool,
     #[command(flatten)]
     pub select: SelectArgs,
-    /// Replace running domains and existing clones (only ones lab made for this lab).
+    /// Replace running domains and existing clones (only ones lab made for this lab); a
+    /// replaced clone's snapshots (`lab snapshot`) go with it.
     #[arg(long)]
     pub force: bool,
     /// Also replace or destroy clones of this lab that OWNER made (`lab status` shows each
@@ -378,6 +387,61 @@ pub struct ValidateArgs {
     pub select: SelectArgs,
     #[command(flatten)]
     pub timeout: ValidateTimeout,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotArgs {
+    #[command(flatten)]
+    pub lab: LabArgs,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// The snapshot's name: [a-z0-9][a-z0-9_.-]*, at most 40 characters.
+    pub name: String,
+    /// Delete the snapshot NAME instead of taking it.
+    #[arg(long, conflicts_with = "consistent")]
+    pub delete: bool,
+    /// Suspend each hypervisor's running nodes while it takes its share (their disks are
+    /// still, as after a clean pause, not as after a power cut); they resume at once after.
+    #[arg(long)]
+    pub consistent: bool,
+    /// Also snapshot or delete on clones of this lab that OWNER made (see `lab destroy`).
+    #[arg(long, value_name = "OWNER")]
+    pub owner: Vec<String>,
+    #[command(flatten)]
+    pub lock: LockArgs,
+    /// Print each hypervisor's command; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotsArgs {
+    #[command(flatten)]
+    pub lab: LabArgs,
+    #[command(flatten)]
+    pub select: SelectArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub lab: LabArgs,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// The snapshot to go back to (`lab snapshots` lists them).
+    pub name: String,
+    /// Destroy the node's snapshots taken after NAME (a clone rolled back loses them);
+    /// without it, restore refuses when there are any.
+    #[arg(long)]
+    pub drop_newer: bool,
+    /// Also restore clones of this lab that OWNER made (see `lab destroy`).
+    #[arg(long, value_name = "OWNER")]
+    pub owner: Vec<String>,
+    #[command(flatten)]
+    pub lock: LockArgs,
+    /// Print each node's steps; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Args, Debug)]

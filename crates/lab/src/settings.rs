@@ -131,6 +131,26 @@ pub struct PowerNodes {
     pub lock_wait: u64,
 }
 
+/// `snapshot`, `snapshot --delete` and `restore`.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub lab: LabFiles,
+    pub select: Selection,
+    pub name: String,
+    pub action: SnapshotAction,
+    /// `--owner`: whose clones besides this user's may be changed.
+    pub owners: Vec<String>,
+    pub mode: Mode,
+    pub lock_wait: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotAction {
+    Take { consistent: bool },
+    Delete,
+    Restore { drop_newer: bool },
+}
+
 /// `console` and `ssh`: one node, interactive (or one command).
 #[derive(Debug)]
 pub struct Reach {
@@ -288,6 +308,8 @@ pub enum Command {
     Doctor(Doctor),
     Wait(Wait),
     Power(PowerNodes),
+    Snapshot(Snapshot),
+    Snapshots { lab: LabFiles, select: Selection },
     Console(Reach),
     Ssh(Reach),
     Exec(Exec),
@@ -431,6 +453,33 @@ impl Settings {
             cli::Command::Start(a) => power(a, Power::Start)?,
             cli::Command::Stop(a) => power(a, Power::Stop)?,
             cli::Command::Restart(a) => power(a, Power::Restart)?,
+            cli::Command::Snapshot(a) => {
+                let action = if a.delete {
+                    SnapshotAction::Delete
+                } else {
+                    SnapshotAction::Take {
+                        consistent: a.consistent,
+                    }
+                };
+                Command::Snapshot(snapshot(
+                    a.lab, a.select, a.name, action, a.owner, a.dry_run, a.lock,
+                )?)
+            }
+            cli::Command::Restore(a) => Command::Snapshot(snapshot(
+                a.lab,
+                a.select,
+                a.name,
+                SnapshotAction::Restore {
+                    drop_newer: a.drop_newer,
+                },
+                a.owner,
+                a.dry_run,
+                a.lock,
+            )?),
+            cli::Command::Snapshots(a) => Command::Snapshots {
+                lab: a.lab.into(),
+                select: a.select.into(),
+            },
             cli::Command::Console(a) => Command::Console(Reach {
                 lab: files(a.lab),
                 node: a.node,
@@ -587,6 +636,28 @@ fn power(a: cli::PowerArgs, what: Power) -> Result<Command, Failure> {
         mode: Mode::from_flag(a.dry_run),
         lock_wait: a.lock.lock_wait,
     }))
+}
+
+fn snapshot(
+    lab: cli::LabArgs,
+    select: cli::SelectArgs,
+    name: String,
+    action: SnapshotAction,
+    owners: Vec<String>,
+    dry_run: bool,
+    lock: cli::LockArgs,
+) -> Result<Snapshot, Failure> {
+    lab_model::names::lab_snapshot(&name)
+        .map_err(|rule| Failure::invalid(format!("`{name}` is not a snapshot name: {rule}")))?;
+    Ok(Snapshot {
+        lab: lab.into(),
+        select: select.into(),
+        name,
+        action,
+        owners,
+        mode: Mode::from_flag(dry_run),
+        lock_wait: lock.lock_wait,
+    })
 }
 
 fn link(a: cli::LinkArgs) -> Result<Link, Failure> {

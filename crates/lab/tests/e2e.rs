@@ -2274,3 +2274,174 @@ fn a_link_is_captured_taken_down_and_brought_back() {
         assert_eq!(left.trim(), "", "hv{k} keeps a capture or a relay");
     }
 }
+
+#[test]
+fn a_lab_is_snapshotted_changed_and_restored_and_another_users_run_cannot_touch_it() {
+    let bed = require();
+    let build = tempfile::tempdir().unwrap();
+    let b = build.path();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sn.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "include: {}\nlab: {{name: e2e-sn, id: 67, p2p_ipv4: 100.64.67.0/24}}\noverlay: bird\n\
+             vars: {{domain: e2e.example, dns: [192.0.2.53]}}\n\
+             defaults: {{node: {{vars: {{ospf_area: 0, vpp_workers: 1}}}}}}\n\
+             hypervisors:\n  hv0: {{mgmt_ipv4: 192.168.68.0/24}}\n  hv1: {{mgmt_ipv4: 192.168.69.0/24}}\n\
+             nodes:\n  sn-1: {{hypervisor: hv0, id: 1}}\n  sn-2: {{hypervisor: hv1, id: 1}}\n\
+             links:\n  - [sn-1, sn-2]\n",
+            repo().join("labs/testbed.yaml").display()
+        ),
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let model = lab_model::load(std::slice::from_ref(&file)).unwrap();
+    let nodes: Vec<lab_model::LabNode> = model.nodes.clone();
+    // What the guests wrote: the bed's dataset guests see their clone through a read-only 9p
+    // mount, so the hypervisor writes into each clone for them; the guests read it back.
+    let write = |text: &str| {
+        for n in &nodes {
+            bed.ssh_script(
+                k_of(&n.hypervisor),
+                &format!("echo {text} > {}/root/mark && sync", n.staging),
+            )
+            .unwrap();
+        }
+    };
+    let read = |node: &str| {
+        let r = lab(
+            b,
+            &[
+                "exec",
+                "--lab",
+                f,
+                "--node",
+                node,
+                "--",
+                "cat",
+                "/root/mark",
+            ],
+        );
+        assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+        r.stdout
+    };
+    let listed = || {
+        let l = lab(b, &["--format", "json", "snapshots", "--lab", f]);
+        assert_eq!(l.code, 0, "{}{}", l.stdout, l.stderr);
+        l.json()["snapshots"].as_array().unwrap().clone()
+    };
+    let names = |l: &[serde_json::Value]| -> Vec<String> {
+        l.iter()
+            .map(|s| s["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    lab(b, &["destroy", "--lab", f, "--yes", "-q"]);
+    let created = lab(
+        b,
+        &["create", "--lab", f, "--wait", "--wait-timeout", "240"],
+    );
+    assert_eq!(created.code, 0, "{}{}", created.stdout, created.stderr);
+    write("before");
+
+    // A dry run prints each hypervisor's one command and takes nothing.
+    let dry = lab(b, &["snapshot", "--lab", f, "base", "--dry-run"]);
+    assert_eq!(dry.code, 0, "{}{}", dry.stdout, dry.stderr);
+    assert_eq!(
+        dry.stdout.matches("lab-snapshot base").count(),
+        2,
+        "{}",
+        dry.stdout
+    );
+    assert!(listed().is_empty());
+
+    let taken = lab(
+        b,
+        &[
+            "--format",
+            "json",
+            "snapshot",
+            "--lab",
+            f,
+            "--consistent",
+            "base",
+        ],
+    );
+    assert_eq!(taken.code, 0, "{}{}", taken.stdout, taken.stderr);
+    let taken = taken.json();
+    assert_eq!(taken["summary"]["done"], 2, "{taken}");
+    for n in taken["nodes"].as_array().unwrap() {
+        assert!(n["note"].as_str().unwrap().contains("paused"), "{n}");
+    }
+    // The same name again: refused, and nothing changed.
+    let again = lab(b, &["snapshot", "--lab", f, "base"]);
+    assert_eq!(again.code, 1, "{}{}", again.stdout, again.stderr);
+    assert!(
+        again.stderr.contains("has a snapshot base already"),
+        "{}",
+        again.stderr
+    );
+
+    write("after");
+    assert!(read("sn-1").contains("after"));
+    let later = lab(b, &["snapshot", "--lab", f, "later"]);
+    assert_eq!(later.code, 0, "{}{}", later.stdout, later.stderr);
+    let l = listed();
+    assert_eq!(names(&l), ["base", "later"]);
+    assert_eq!(l[0]["nodes"], serde_json::json!(["sn-1", "sn-2"]));
+
+    // Another user's run of a lab of the same name: their lab is not this one.
+    let theirs = [("USER", "someone-else")];
+    let gone = lab_with(b, &theirs, &["snapshot", "--delete", "--lab", f, "base"]);
+    assert_ne!(gone.code, 0, "{}{}", gone.stdout, gone.stderr);
+    let back = lab_with(b, &theirs, &["restore", "--lab", f, "base", "--drop-newer"]);
+    assert_eq!(back.code, 1, "{}{}", back.stdout, back.stderr);
+    assert!(back.stderr.contains("someone-else"), "{}", back.stderr);
+    assert_eq!(names(&listed()), ["base", "later"]);
+    assert!(read("sn-2").contains("after"));
+
+    // A restore that would lose a later snapshot asks for --drop-newer, and changes nothing.
+    let refused = lab(b, &["restore", "--lab", f, "base"]);
+    assert_eq!(refused.code, 1, "{}{}", refused.stdout, refused.stderr);
+    assert!(
+        refused.stderr.contains("--drop-newer"),
+        "{}",
+        refused.stderr
+    );
+    let restored = lab(
+        b,
+        &[
+            "--format",
+            "json",
+            "restore",
+            "--lab",
+            f,
+            "base",
+            "--drop-newer",
+        ],
+    );
+    assert_eq!(restored.code, 0, "{}{}", restored.stdout, restored.stderr);
+    assert_eq!(restored.json()["summary"]["done"], 2, "{}", restored.stdout);
+    let ready = lab(b, &["wait", "--lab", f, "--wait-timeout", "240"]);
+    assert_eq!(ready.code, 0, "{}{}", ready.stdout, ready.stderr);
+    for n in ["sn-1", "sn-2"] {
+        assert!(read(n).contains("before"), "{n}");
+    }
+    assert_eq!(names(&listed()), ["base"]);
+
+    // Deleted, then one more taken: destroy takes it with the clones.
+    let deleted = lab(b, &["snapshot", "--delete", "--lab", f, "base"]);
+    assert_eq!(deleted.code, 0, "{}{}", deleted.stdout, deleted.stderr);
+    assert!(listed().is_empty());
+    let last = lab(b, &["snapshot", "--lab", f, "last"]);
+    assert_eq!(last.code, 0, "{}{}", last.stdout, last.stderr);
+    let destroyed = lab(b, &["destroy", "--lab", f, "--yes"]);
+    assert_eq!(
+        destroyed.code, 0,
+        "{}{}",
+        destroyed.stdout, destroyed.stderr
+    );
+    for n in &nodes {
+        assert!(!exists(&bed, &n.hypervisor, &n.dataset), "{}", n.dataset);
+    }
+}

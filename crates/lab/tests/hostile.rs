@@ -219,7 +219,7 @@ fn plans(lab: &Lab, build: &Path) -> Vec<(Vec<String>, Option<String>)> {
                     });
                 Out::ok(lab_hv::state::scripted_answer(line, &format!(
                     "#snapshots\n{proto}@{snap}\tguid\t1\n{proto}@{snap}\tcreation\t1\n#rc 0\n\
-                     #zfs\nversion\t-\n#rc 0\n#holds\n#rc 0\n#names\n{names}#rc 0\n#datasets\n{datasets}#rc 0\n#domains\n#rc 0\n\
+                     #zfs\nversion\t-\n#rc 0\n#holds\n#rc 0\n#names\n{names}#rc 0\n#datasets\n{datasets}#rc 0\n#labsnaps\n#rc 0\n#labsnapprops\n#rc 0\n#domains\n#rc 0\n\
                      #markers\n#rc 0\n#networks\n#rc 0\n#udp\n#rc 0\n#end\n"
                 )))
             })

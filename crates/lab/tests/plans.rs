@@ -51,18 +51,26 @@ fn probe_answer(
     };
     let mut names = vec![parent.to_owned()];
     let mut rows = format!("{parent}\torigin\t-\t-\n");
+    // Rows of a snapshot (`clone@name`) are the clones' lab snapshots.
+    let (mut snap_names, mut snap_rows) = (Vec::<String>::new(), String::new());
     for line in extra_datasets.lines() {
         let name = line.split('\t').next().unwrap();
-        if !names.iter().any(|n| n == name) {
-            names.push(name.to_owned());
+        let (listed, read) = if name.contains('@') {
+            (&mut snap_names, &mut snap_rows)
+        } else {
+            (&mut names, &mut rows)
+        };
+        if !listed.iter().any(|n| n == name) {
+            listed.push(name.to_owned());
         }
         let source = if line.contains("\tlab:") {
             "local"
         } else {
             "-"
         };
-        rows.push_str(&format!("{line}\t{source}\n"));
+        read.push_str(&format!("{line}\t{source}\n"));
     }
+    let snap_names: String = snap_names.iter().map(|n| format!("{n}\n")).collect();
     let marker_rows: String = domains
         .lines()
         .filter_map(|l| l.split_whitespace().nth(1))
@@ -72,7 +80,7 @@ fn probe_answer(
         "#snapshots\n{proto}@20261001-release\tguid\t111\n{proto}@20261001-release\tcreation\t100\n\
          {proto}@20261101-release\tguid\t222\n{proto}@20261101-release\tcreation\t200\n\
          {proto}@20261102-before\tguid\t333\n{proto}@20261102-before\tcreation\t300\n#rc 0\n\
-         #zfs\nversion\t-\n#rc 0\n#holds\n#rc 0\n#names\n{}\n#rc 0\n#datasets\n{rows}#rc 0\n#domains\n{domains}#rc 0\n\
+         #zfs\nversion\t-\n#rc 0\n#holds\n#rc 0\n#names\n{}\n#rc 0\n#datasets\n{rows}#rc 0\n#labsnaps\n{snap_names}#rc 0\n#labsnapprops\n{snap_rows}#rc 0\n#domains\n{domains}#rc 0\n\
          #markers\n{marker_rows}#rc 0\n#networks\n{networks}#rc 0\n#addrs\n{addrs}#rc 0\n#udp\n#rc 0\n#end\n",
         names.join("\n")
     )
@@ -310,6 +318,64 @@ const SCENARIOS: &[Scenario] = &[
         networks: &[],
         addrs: &[],
         lab_edit: &LINKED,
+    },
+    Scenario {
+        // Each hypervisor's clones in one command, the running domains paused around it
+        // (`--consistent`); OpenZFS takes them in one `zfs snapshot`.
+        name: "snapshot_takes_each_hypervisors_clones_in_one_command",
+        verb: "snapshot",
+        force: false,
+        datasets: &[("hvd", OURS_D1), ("hvz", OURS_Z1)],
+        domains: &[("hvd", " 4 d1 running\n"), ("hvz", " - z1 shut off\n")],
+        markers: &[
+            ("d1", "<lab lab=\"plan\" node=\"d1\"/>"),
+            ("z1", "<lab lab=\"plan\" node=\"z1\"/>"),
+        ],
+        networks: &[],
+        addrs: &[],
+        lab_edit: &[],
+    },
+    Scenario {
+        // d1 runs and has a later snapshot (dropped, as asked); z1 is stopped and stays so.
+        name: "restore_rolls_each_clone_back_and_starts_what_ran",
+        verb: "restore",
+        force: false,
+        datasets: &[("hvd", D1_SNAPSHOTS), ("hvz", Z1_SNAPSHOTS)],
+        domains: &[("hvd", " 4 d1 running\n"), ("hvz", " - z1 shut off\n")],
+        markers: &[
+            ("d1", "<lab lab=\"plan\" node=\"d1\"/>"),
+            ("z1", "<lab lab=\"plan\" node=\"z1\"/>"),
+        ],
+        networks: &[],
+        addrs: &[],
+        lab_edit: &[],
+    },
+    Scenario {
+        // Without --drop-newer, d1's later snapshot refuses the whole restore.
+        name: "restore_refuses_to_lose_a_later_snapshot",
+        verb: "restore-keep",
+        force: false,
+        datasets: &[("hvd", D1_SNAPSHOTS), ("hvz", Z1_SNAPSHOTS)],
+        domains: &[("hvd", " 4 d1 running\n"), ("hvz", " - z1 shut off\n")],
+        markers: &[
+            ("d1", "<lab lab=\"plan\" node=\"d1\"/>"),
+            ("z1", "<lab lab=\"plan\" node=\"z1\"/>"),
+        ],
+        networks: &[],
+        addrs: &[],
+        lab_edit: &[],
+    },
+    Scenario {
+        // A clone's lab snapshots go one by one before it (never `zfs destroy -r`).
+        name: "destroy_removes_a_clones_lab_snapshots_first",
+        verb: "destroy",
+        force: false,
+        datasets: &[("hvd", D1_SNAPSHOTS), ("hvz", Z1_SNAPSHOTS)],
+        domains: &[],
+        markers: &[],
+        networks: &[],
+        addrs: &[],
+        lab_edit: &[],
     },
     Scenario {
         // A dataset clone is mounted for its domain before it starts (a zvol needs nothing);
@@ -709,6 +775,15 @@ const SCENARIOS: &[Scenario] = &[
     },
 ];
 
+/// d1's and z1's clones with their lab snapshots: `base` on both, `later` on d1 after it.
+const D1_SNAPSHOTS: &str = "tank/d1\torigin\ttank/proto@20261001-release\ntank/d1\tlab:lab\tplan\n\
+    tank/d1\tlab:node\td1\ntank/d1\tlab:overlay-sha256\tdigest-of-d1\n\
+    tank/d1@base\tlab:snapshot\tbase\ntank/d1@base\tcreatetxg\t10\n\
+    tank/d1@later\tlab:snapshot\tlater\ntank/d1@later\tcreatetxg\t20\n";
+const Z1_SNAPSHOTS: &str = "ssd/labs/z1\torigin\tssd/proto-disk0@20261101-release\nssd/labs/z1\tlab:lab\tplan\n\
+    ssd/labs/z1\tlab:node\tz1\nssd/labs/z1\tlab:overlay-sha256\tdigest-of-z1\n\
+    ssd/labs/z1@base\tlab:snapshot\tbase\nssd/labs/z1@base\tcreatetxg\t11\n";
+
 /// d1 and z1 linked (eth1 on both).
 const LINKED: [(&str, &str); 3] = [
     (
@@ -888,6 +963,25 @@ fn run(s: &Scenario) -> String {
             lab_create::create(&exec, &req, &|_| {})
                 .await
                 .map(|r| (r.networks, r.nodes))
+                .map_err(|e| e.to_string())
+        } else if s.verb == "snapshot" || s.verb.starts_with("restore") {
+            let ask = lab_change::SnapshotAsk {
+                lab: &lab,
+                nodes: nodes.clone(),
+                name: "base",
+                owners: lab_hv::own::Owners {
+                    me: "ops@ctl".into(),
+                    also: Vec::new(),
+                },
+            };
+            let r = if s.verb == "snapshot" {
+                lab_change::snapshot::take(&exec, &ask, true, &|_| {}).await
+            } else {
+                lab_change::snapshot::restore(&exec, &ask, s.verb == "restore", &|_| {})
+                    .await
+                    .map(|r| r.reports)
+            };
+            r.map(|r| (Vec::new(), r)).map_err(|e| e.to_string())
         } else if s.verb == "link-set" {
             let ends = lab_reach::link::link_of(&lab, "d1:eth1", None).unwrap();
             let how = lab_model::impair::Impairment {

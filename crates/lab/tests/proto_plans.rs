@@ -173,7 +173,7 @@ fn listing(host: &str, w: &World) -> String {
         );
     }
     out.push_str(&format!(
-        "#names\n{}\n#rc 0\n#datasets\n{datasets}#rc 0\n#domains\n#rc 0\n#markers\n#rc 0\n\
+        "#names\n{}\n#rc 0\n#datasets\n{datasets}#rc 0\n#labsnaps\n#rc 0\n#labsnapprops\n#rc 0\n#domains\n#rc 0\n#markers\n#rc 0\n\
          #networks\n#rc 0\n#udp\n#rc 0\n#end\n",
         names.join("\n")
     ));

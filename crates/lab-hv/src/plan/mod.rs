@@ -115,6 +115,8 @@ pub struct Ran {
     pub last: FirstResult,
     /// Each node's, in the order of the plans.
     pub nodes: Vec<StepsResult>,
+    /// What the hypervisor's steps before the nodes' printed, a line each.
+    pub printed_first: Vec<String>,
 }
 
 /// Runs `plans` of `lab` on `hv`, with `extras` (the hypervisor's own steps, the nodes'
@@ -136,6 +138,7 @@ pub async fn run_with(
             first: None,
             last: None,
             nodes: Vec::new(),
+            printed_first: Vec::new(),
         };
     }
     let cmd = plan_cmd(hv, lab, plans, extras);
@@ -197,6 +200,7 @@ pub async fn run_with(
             first: (!extras.first.is_empty()).then_some(Ok(())),
             last: (!extras.last.is_empty()).then_some(Ok(())),
             nodes: plans.iter().map(|_| Ok(Vec::new())).collect(),
+            printed_first: Vec::new(),
         };
     }
     let mut said = said.into_inner().expect("plan results");
@@ -241,7 +245,12 @@ pub async fn run_with(
             }
         }
     };
-    let first = (!extras.first.is_empty()).then(|| result_of(HYPERVISOR, &extras.first).map(drop));
+    let first = (!extras.first.is_empty()).then(|| result_of(HYPERVISOR, &extras.first));
+    let printed_first = match &first {
+        Some(Ok(printed)) => printed.clone(),
+        _ => Vec::new(),
+    };
+    let first = first.map(|r| r.map(drop));
     // Not run (a node failed): `None`; begun but not ended: what ended it.
     let last = last_ran.then(|| result_of(HYPERVISOR_LAST, &extras.last).map(drop));
     if let Some(Err((_, e))) = &first {
@@ -250,6 +259,7 @@ pub async fn run_with(
             first: first.clone(),
             last,
             nodes: nodes.collect(),
+            printed_first,
         };
     }
     let results = plans
@@ -260,6 +270,7 @@ pub async fn run_with(
         first,
         last,
         nodes: results,
+        printed_first,
     }
 }
 

@@ -313,6 +313,29 @@ pub async fn apply_declared(
     Ok(link::impair(exec, lab, &directions, &relay, events).await)
 }
 
+/// A verb's node reports, then how the lab file's impairments on the links of the nodes it
+/// started went (see [`declared_exit`]).
+pub fn reports_then_declared(
+    out: &Output,
+    lab: &lab_model::Lab,
+    verb: crate::commands::Verb,
+    reports: &[NodeReport],
+    mode: crate::settings::Mode,
+    impaired: Result<Vec<NodeReport>, Failure>,
+) -> Result<(), Failure> {
+    let impaired = impaired.and_then(|r| declared_exit(out, &r));
+    crate::render::node_reports(
+        out,
+        lab,
+        verb,
+        &[],
+        reports,
+        mode,
+        &crate::render::Then::default(),
+    )
+    .and(impaired)
+}
+
 /// Says how the declared impairments went (stderr), and fails the run as partial when one did
 /// not go through.
 pub fn declared_exit(out: &Output, reports: &[NodeReport]) -> Result<(), Failure> {

@@ -10,6 +10,7 @@ mod link;
 mod power;
 mod proto;
 mod reach;
+mod snapshot;
 mod status;
 mod validate;
 
@@ -30,6 +31,9 @@ pub enum Verb {
     Stop,
     Restart,
     Link,
+    Snapshot,
+    SnapshotDelete,
+    Restore,
     ProtoRelease,
     ProtoBegin,
     ProtoRollback,
@@ -49,6 +53,9 @@ impl Verb {
             Verb::Stop => "stop",
             Verb::Restart => "restart",
             Verb::Link => "link",
+            Verb::Snapshot => "snapshot",
+            Verb::SnapshotDelete => "snapshot-delete",
+            Verb::Restore => "restore",
             Verb::ProtoRelease => "proto-release",
             Verb::ProtoBegin => "proto-begin",
             Verb::ProtoRollback => "proto-rollback",
@@ -70,6 +77,8 @@ pub fn run(settings: &Settings) -> Result<(), Failure> {
         Command::Doctor(s) => doctor::run(out, s),
         Command::Wait(s) => reach::wait(out, s),
         Command::Power(s) => power::run(out, s),
+        Command::Snapshot(s) => snapshot::run(out, s),
+        Command::Snapshots { lab, select } => snapshot::list(out, lab, select),
         Command::Console(s) => reach::console(out, s),
         Command::Ssh(s) => reach::ssh(out, s),
         Command::Exec(s) => reach::exec(out, s),

@@ -3,7 +3,6 @@
 use crate::commands::Verb;
 use crate::exit::Failure;
 use crate::remote::change_nodes;
-use crate::render;
 use crate::settings::{Output, PowerNodes};
 
 pub fn run(out: &Output, s: &PowerNodes) -> Result<(), Failure> {
@@ -32,15 +31,5 @@ pub fn run(out: &Output, s: &PowerNodes) -> Result<(), Failure> {
             (reports, impaired)
         },
     )?;
-    let impaired = impaired.and_then(|r| crate::commands::link::declared_exit(out, &r));
-    render::node_reports(
-        out,
-        &lab,
-        verb,
-        &[],
-        &reports,
-        s.mode,
-        &render::Then::default(),
-    )
-    .and(impaired)
+    crate::commands::link::reports_then_declared(out, &lab, verb, &reports, s.mode, impaired)
 }

@@ -139,7 +139,9 @@ pub fn node_reports(
             }
             for r in reports {
                 let (word, detail) = match &r.outcome {
-                    Outcome::Done if dry_run => ("planned".to_owned(), String::new()),
+                    Outcome::Done if dry_run => {
+                        ("planned".to_owned(), r.note.clone().unwrap_or_default())
+                    }
                     outcome => outcome_text(
                         outcome,
                         match verb {
@@ -148,6 +150,9 @@ pub fn node_reports(
                             Verb::Stop => "stopped",
                             Verb::Restart => "restarted",
                             Verb::Link => "set",
+                            Verb::Snapshot => "taken",
+                            Verb::SnapshotDelete => "deleted",
+                            Verb::Restore => "restored",
                             _ => "created",
                         },
                         match (&r.snapshot, &r.note) {
@@ -317,7 +322,7 @@ pub fn status(out: &Output, report: &StatusReport) {
     }
 }
 
-fn age(seconds: u64) -> String {
+pub(crate) fn age(seconds: u64) -> String {
     match seconds {
         s if s < 120 => format!("{s}s"),
         s if s < 7200 => format!("{}m", s / 60),

@@ -129,12 +129,17 @@ pub fn prune(out: &Output, reports: &[lab_proto::PruneReport], commands: &[Recor
                 for p in &r.pinned {
                     let _ = writeln!(
                         stdout,
-                        "{:<8}   kept @{}: clone {} (lab {}, node {})",
+                        "{:<8}   kept @{}: clone {} (lab {}, node {}){}",
                         "",
                         p.snapshot,
                         p.dataset,
                         p.lab.as_deref().unwrap_or("? not made by lab"),
-                        p.node.as_deref().unwrap_or("?")
+                        p.node.as_deref().unwrap_or("?"),
+                        if p.snapshots.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", with its snapshots {}", p.snapshots.join(", "))
+                        }
                     );
                 }
                 for h in &r.held {

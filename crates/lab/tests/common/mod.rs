@@ -28,8 +28,14 @@ impl Run {
 }
 
 pub fn lab(build: &Path, args: &[&str]) -> Run {
+    lab_with(build, &[], args)
+}
+
+/// [`lab`] with environment variables of its own (`USER`: another user's run).
+pub fn lab_with(build: &Path, env: &[(&str, &str)], args: &[&str]) -> Run {
     let out: Output = Command::new(env!("CARGO_BIN_EXE_lab"))
         .args(args)
+        .envs(env.iter().copied())
         .env("LAB_BUILD", build)
         .env_remove("LAB_FILE")
         .env_remove("LAB_FORMAT")

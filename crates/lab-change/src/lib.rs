@@ -1,0 +1,8 @@
+//! Changing a running lab without recreating it. `snapshot`: one ZFS snapshot of every
+//! selected node's clone, taken per hypervisor in one command, listed, rolled back to
+//! (`restore`) and deleted; owned and checked like every other lab object (a snapshot is the
+//! lab's when its `lab:snapshot` is set on it and names it, and its clone is this lab's).
+
+pub mod snapshot;
+
+pub use snapshot::{LabSnapshot, Listing, Refused, Restored, SnapshotAsk};
