@@ -3,7 +3,7 @@
 //! fails.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use lab_exec::{Cmd, ExecError, Executor};
 use lab_generate::NodeBuild;
@@ -124,7 +124,7 @@ pub(crate) async fn hypervisor(
     let read = tokio::task::spawn_blocking(move || {
         made.into_iter()
             .map(|(name, tree)| {
-                let archive = archive(&name, &tree);
+                let archive = lab_hv::plan::tree_archive(&name, &tree);
                 (name, tree, archive)
             })
             .collect::<Vec<_>>()
@@ -295,15 +295,6 @@ fn in_order(
             Some(report)
         })
         .collect()
-}
-
-/// A node's tree as a tar archive of its own, under the node's name; symlinks are kept as
-/// symlinks. (The plan unpacks the nodes' archives one after the other: `tar -i`.)
-fn archive(name: &str, tree: &Path) -> std::io::Result<Vec<u8>> {
-    let mut tar = tar::Builder::new(Vec::new());
-    tar.follow_symlinks(false);
-    tar.append_dir_all(name, tree)?;
-    tar.into_inner()
 }
 
 /// A node made anew: its old parts removed (`[stop, remove_clone, undefine]`), its clone

@@ -4,10 +4,12 @@
 
 mod network;
 mod proto;
+mod push;
 mod snapshot;
 
 pub use network::*;
 pub use proto::*;
+pub use push::*;
 pub use snapshot::*;
 
 use std::time::Duration;
@@ -184,7 +186,7 @@ pub fn set_modes<'a>(node: &LabNode, modes: impl IntoIterator<Item = [&'a str; 4
     Cmd::change(argv)
 }
 
-const SET_MODES: &str = r#"root=$1; shift
+pub(crate) const SET_MODES: &str = r#"root=$1; shift
 id_in() {
   case $2 in *[!0-9]*) ;; *) echo "$2"; return 0 ;; esac
   awk -F: -v n="$2" '$1 "" == n "" { print $3; found = 1; exit } END { exit !found }' "$root/etc/$1" 2>/dev/null

@@ -46,25 +46,24 @@ pub fn node_line(words: &[String]) -> String {
 /// When ssh cannot reach the node (255), the domain's state says why, as the last line of
 /// stderr: `lab: domain NAME is shut off`.
 pub fn exec_on_node(node: &LabNode, address: &str, words: &[String], timeout: Duration) -> Cmd {
-    let mut argv: Vec<String> = [
-        "sh",
-        "-c",
-        SSH_OR_SAY_WHY,
-        "lab-exec",
-        &node.domain,
-        "ssh",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "ConnectTimeout=5",
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut argv: Vec<String> = ["sh", "-c", SSH_OR_SAY_WHY, "lab-exec", &node.domain]
+        .map(String::from)
+        .to_vec();
+    argv.extend(ssh_from_hypervisor(node, address, words));
+    Cmd::query(argv).timeout(timeout).once()
+}
+
+/// `ssh ... ADDRESS -- LINE`: `words` run on the node by its hypervisor (see [`node_line`]),
+/// never asking for a password or waiting long for a node that is down.
+pub fn ssh_from_hypervisor(node: &LabNode, address: &str, words: &[String]) -> Vec<String> {
+    let mut argv: Vec<String> = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]
+        .map(String::from)
+        .to_vec();
     argv.extend(ssh_login(node));
     argv.push(address.to_owned());
     argv.push("--".to_owned());
     argv.push(node_line(words));
-    Cmd::query(argv).timeout(timeout).once()
+    argv
 }
 
 /// `ssh ...` (after the domain's name), and when it could not connect, whether the domain runs.

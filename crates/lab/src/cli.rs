@@ -73,6 +73,10 @@ pub enum Command {
     Stop(PowerArgs),
     /// Power the selected nodes off and start them again.
     Restart(PowerArgs),
+    /// Generate, then bring each selected node's changed files into it without recreating it
+    /// (into its clone, or through its running guest) and run its reload hook
+    /// (`/etc/lab/reload`, from the overlay) with the changed paths.
+    Push(PushArgs),
     /// Snapshot the selected nodes' disks (their clones) as NAME, all at once: one `zfs
     /// snapshot` per hypervisor; `--delete NAME` deletes one. `lab restore NAME` goes back.
     Snapshot(SnapshotArgs),
@@ -233,11 +237,8 @@ pub struct CreateArgs {
     /// replaced clone's snapshots (`lab snapshot`) go with it.
     #[arg(long)]
     pub force: bool,
-    /// Also replace or destroy clones of this lab that OWNER made (`lab status` shows each
-    /// clone's owner, user@controller); without it, another user's lab of the same name is
-    /// left alone. Repeatable.
-    #[arg(long, value_name = "OWNER")]
-    pub owner: Vec<String>,
+    #[command(flatten)]
+    pub owners: OwnerArgs,
     /// Clone, fill and define every node, but start none (`lab start` starts them later).
     #[arg(long, conflicts_with_all = ["wait", "validate"])]
     pub no_start: bool,
@@ -262,6 +263,15 @@ pub struct CreateArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct OwnerArgs {
+    /// Also change (replace, destroy, push into, snapshot, restore) clones of this lab that
+    /// OWNER made (`lab status` shows each clone's owner, user@controller); without it,
+    /// another user's lab of the same name is left alone. Repeatable.
+    #[arg(long = "owner", value_name = "OWNER")]
+    pub owner: Vec<String>,
+}
+
+#[derive(Args, Debug)]
 pub struct LockArgs {
     /// When another run holds the lab's lock, wait up to this long for it instead of exiting 4.
     #[arg(long, value_name = "SECONDS", default_value_t = 0,
@@ -279,11 +289,8 @@ pub struct DestroyArgs {
     /// scripts) nothing is asked: every selected node is destroyed.
     #[arg(long, short = 'y')]
     pub yes: bool,
-    /// Also replace or destroy clones of this lab that OWNER made (`lab status` shows each
-    /// clone's owner, user@controller); without it, another user's lab of the same name is
-    /// left alone. Repeatable.
-    #[arg(long, value_name = "OWNER")]
-    pub owner: Vec<String>,
+    #[command(flatten)]
+    pub owners: OwnerArgs,
     #[command(flatten)]
     pub lock: LockArgs,
     /// Print each node's decision and the exact commands; change nothing.
@@ -390,6 +397,26 @@ pub struct ValidateArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct PushArgs {
+    #[command(flatten)]
+    pub lab: LabArgs,
+    #[command(flatten)]
+    pub out: BuildArgs,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Bring the files in, but run no reload hook.
+    #[arg(long)]
+    pub no_reload: bool,
+    #[command(flatten)]
+    pub owners: OwnerArgs,
+    #[command(flatten)]
+    pub lock: LockArgs,
+    /// List each node's files that would change and the commands; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct SnapshotArgs {
     #[command(flatten)]
     pub lab: LabArgs,
@@ -404,9 +431,8 @@ pub struct SnapshotArgs {
     /// still, as after a clean pause, not as after a power cut); they resume at once after.
     #[arg(long)]
     pub consistent: bool,
-    /// Also snapshot or delete on clones of this lab that OWNER made (see `lab destroy`).
-    #[arg(long, value_name = "OWNER")]
-    pub owner: Vec<String>,
+    #[command(flatten)]
+    pub owners: OwnerArgs,
     #[command(flatten)]
     pub lock: LockArgs,
     /// Print each hypervisor's command; change nothing.
@@ -434,9 +460,8 @@ pub struct RestoreArgs {
     /// without it, restore refuses when there are any.
     #[arg(long)]
     pub drop_newer: bool,
-    /// Also restore clones of this lab that OWNER made (see `lab destroy`).
-    #[arg(long, value_name = "OWNER")]
-    pub owner: Vec<String>,
+    #[command(flatten)]
+    pub owners: OwnerArgs,
     #[command(flatten)]
     pub lock: LockArgs,
     /// Print each node's steps; change nothing.

@@ -131,6 +131,19 @@ pub struct PowerNodes {
     pub lock_wait: u64,
 }
 
+/// `push`.
+#[derive(Debug)]
+pub struct Push {
+    pub lab: LabFiles,
+    pub build: Build,
+    pub select: Selection,
+    /// Run the reload hooks (`--no-reload`: not).
+    pub reload: bool,
+    pub owners: Vec<String>,
+    pub mode: Mode,
+    pub lock_wait: u64,
+}
+
 /// `snapshot`, `snapshot --delete` and `restore`.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -308,6 +321,7 @@ pub enum Command {
     Doctor(Doctor),
     Wait(Wait),
     Power(PowerNodes),
+    Push(Push),
     Snapshot(Snapshot),
     Snapshots { lab: LabFiles, select: Selection },
     Console(Reach),
@@ -427,7 +441,7 @@ impl Settings {
                 generate: !a.no_generate,
                 force: a.force,
                 start: !a.no_start,
-                owners: a.owner,
+                owners: a.owners.owner,
                 mode: Mode::from_flag(a.dry_run),
                 lock_wait: a.lock.lock_wait,
                 wait: a.wait.map(|how| WaitFor {
@@ -453,6 +467,15 @@ impl Settings {
             cli::Command::Start(a) => power(a, Power::Start)?,
             cli::Command::Stop(a) => power(a, Power::Stop)?,
             cli::Command::Restart(a) => power(a, Power::Restart)?,
+            cli::Command::Push(a) => Command::Push(Push {
+                lab: files(a.lab),
+                build: build(a.out),
+                select: select(a.select),
+                reload: !a.no_reload,
+                owners: a.owners.owner,
+                mode: Mode::from_flag(a.dry_run),
+                lock_wait: a.lock.lock_wait,
+            }),
             cli::Command::Snapshot(a) => {
                 let action = if a.delete {
                     SnapshotAction::Delete
@@ -462,7 +485,13 @@ impl Settings {
                     }
                 };
                 Command::Snapshot(snapshot(
-                    a.lab, a.select, a.name, action, a.owner, a.dry_run, a.lock,
+                    a.lab,
+                    a.select,
+                    a.name,
+                    action,
+                    a.owners.owner,
+                    a.dry_run,
+                    a.lock,
                 )?)
             }
             cli::Command::Restore(a) => Command::Snapshot(snapshot(
@@ -472,7 +501,7 @@ impl Settings {
                 SnapshotAction::Restore {
                     drop_newer: a.drop_newer,
                 },
-                a.owner,
+                a.owners.owner,
                 a.dry_run,
                 a.lock,
             )?),
@@ -516,7 +545,7 @@ impl Settings {
                 lab: files(a.lab),
                 select: select(a.select),
                 confirm: !a.yes && !a.dry_run,
-                owners: a.owner,
+                owners: a.owners.owner,
                 mode: Mode::from_flag(a.dry_run),
                 lock_wait: a.lock.lock_wait,
             }),

@@ -2445,3 +2445,131 @@ fn a_lab_is_snapshotted_changed_and_restored_and_another_users_run_cannot_touch_
         assert!(!exists(&bed, &n.hypervisor, &n.dataset), "{}", n.dataset);
     }
 }
+
+#[test]
+fn a_push_brings_a_changed_template_into_running_nodes_and_runs_their_hook() {
+    let bed = require();
+    let build = tempfile::tempdir().unwrap();
+    let b = build.path();
+    let dir = tempfile::tempdir().unwrap();
+    // The overlay's own template of a lab file value, and a hook that says what it was given.
+    let overlay = copy_overlay(dir.path(), "pu");
+    std::fs::write(overlay.join("etc/lab-note.j2"), "NOTE={{ node.note }}\n").unwrap();
+    let hook = overlay.join("etc/lab/reload");
+    std::fs::write(&hook, "#!/bin/sh\necho \"hook: $*\"\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let file = dir.path().join("pu.yaml");
+    let write = |note: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "include: {}\nlab: {{name: e2e-pu, id: 69, p2p_ipv4: 100.64.69.0/24}}\n\
+                 overlay: pu\noverlays: {{pu: {{dir: {}}}}}\n\
+                 vars: {{domain: e2e.example, dns: [192.0.2.53]}}\n\
+                 defaults: {{node: {{vars: {{ospf_area: 0, vpp_workers: 1, note: {note}}}}}}}\n\
+                 hypervisors:\n  hv0: {{mgmt_ipv4: 192.168.72.0/24}}\n  hv1: {{mgmt_ipv4: 192.168.73.0/24}}\n\
+                 nodes:\n  pu-1: {{hypervisor: hv0, id: 1}}\n  pu-2: {{hypervisor: hv1, id: 1}}\n\
+                 links:\n  - [pu-1, pu-2]\n",
+                repo().join("labs/testbed.yaml").display(),
+                overlay.display()
+            ),
+        )
+        .unwrap();
+    };
+    write("one");
+    let f = file.to_str().unwrap();
+    let on_nodes = |words: &[&str]| -> Vec<String> {
+        let mut args = vec!["exec", "--lab", f, "--"];
+        args.extend(words);
+        let r = lab(b, &args);
+        assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+        let mut lines: Vec<String> = r.stdout.lines().map(str::to_owned).collect();
+        lines.sort();
+        lines
+    };
+    let uptimes = || -> Vec<f64> {
+        on_nodes(&["cut", "-d", " ", "-f", "1", "/proc/uptime"])
+            .iter()
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect()
+    };
+    lab(b, &["destroy", "--lab", f, "--yes", "-q"]);
+    let created = lab(
+        b,
+        &["create", "--lab", f, "--wait", "--wait-timeout", "240"],
+    );
+    assert_eq!(created.code, 0, "{}{}", created.stdout, created.stderr);
+    assert_eq!(
+        on_nodes(&["cat", "/etc/lab-note"]),
+        ["pu-1 | NOTE=one", "pu-2 | NOTE=one"]
+    );
+    let before = uptimes();
+
+    // The lab file changes: the dry run names the one file and changes nothing.
+    write("two");
+    let files_of = |report: &serde_json::Value| -> Vec<serde_json::Value> {
+        report["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["files"].clone())
+            .collect()
+    };
+    let dry = lab(b, &["--format", "json", "push", "--lab", f, "--dry-run"]);
+    assert_eq!(dry.code, 0, "{}{}", dry.stdout, dry.stderr);
+    let one = serde_json::json!(["etc/lab-note"]);
+    assert_eq!(
+        files_of(&dry.json()),
+        [one.clone(), one.clone()],
+        "{}",
+        dry.stdout
+    );
+    assert_eq!(
+        on_nodes(&["cat", "/etc/lab-note"]),
+        ["pu-1 | NOTE=one", "pu-2 | NOTE=one"]
+    );
+
+    let pushed = lab(b, &["--format", "json", "push", "--lab", f]);
+    assert_eq!(pushed.code, 0, "{}{}", pushed.stdout, pushed.stderr);
+    let pushed = pushed.json();
+    assert_eq!(files_of(&pushed), [one.clone(), one], "{pushed}");
+    for n in pushed["nodes"].as_array().unwrap() {
+        assert_eq!(n["reload"]["hook"], true, "{n}");
+        assert_eq!(
+            n["reload"]["output"],
+            serde_json::json!(["hook: etc/lab-note"]),
+            "{n}"
+        );
+    }
+    assert_eq!(
+        on_nodes(&["cat", "/etc/lab-note"]),
+        ["pu-1 | NOTE=two", "pu-2 | NOTE=two"]
+    );
+    // The guests ran on (no restart), their other files and modes as they were, and
+    // `status` sees the clones hold the build.
+    let after = uptimes();
+    assert!(
+        after.iter().zip(&before).all(|(a, b)| a > b),
+        "{before:?} -> {after:?}"
+    );
+    assert_eq!(
+        on_nodes(&["stat", "-c", "%a %U", "/etc/bird/bird.conf"]),
+        ["pu-1 | 640 bird", "pu-2 | 640 bird"]
+    );
+    let status = lab(b, &["--format", "json", "status", "--lab", f]).json();
+    for n in status["nodes"].as_array().unwrap() {
+        assert_eq!(n["overlay_drift"], false, "{n}");
+    }
+    // Again: nothing to bring, no hook run.
+    let again = lab(b, &["--format", "json", "push", "--lab", f]);
+    assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
+    assert_eq!(again.json()["summary"]["unchanged"], 2, "{}", again.stdout);
+    let destroyed = lab(b, &["destroy", "--lab", f, "--yes"]);
+    assert_eq!(
+        destroyed.code, 0,
+        "{}{}",
+        destroyed.stdout, destroyed.stderr
+    );
+    let _ = &bed;
+}

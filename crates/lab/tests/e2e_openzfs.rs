@@ -449,7 +449,25 @@ fn zvol_nodes_boot_beside_dataset_nodes_are_left_alone_replaced_and_destroyed() 
         );
         assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     };
-    exec("mount -o remount,rw / && echo before > /root/mark && sync");
+    // A push into the running zvol node goes through its guest: the file changed there is
+    // brought back, the others (bird.conf with its modes) left as they were.
+    let pushed_files = |run: &Run| {
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        by_node(&run.json())["zvol3"]["files"].clone()
+    };
+    exec("mount -o remount,rw / && echo changed > /etc/lab-release && sync");
+    let pushed = lab(
+        b,
+        &["--format", "json", "push", "--lab", file, "--node", "zvol3"],
+    );
+    assert_eq!(
+        pushed_files(&pushed),
+        serde_json::json!(["etc/lab-release"])
+    );
+    exec(
+        "grep -qx ROUTING=bird /etc/lab-release && test -s /etc/bird/bird.conf && [ \"$(stat -c %a /etc/bird/bird.conf)\" = 640 ]",
+    );
+    exec("echo before > /root/mark && sync");
     let taken = lab(
         b,
         &[
@@ -488,6 +506,30 @@ fn zvol_nodes_boot_beside_dataset_nodes_are_left_alone_replaced_and_destroyed() 
         )
         .unwrap();
     assert_eq!(mark.trim(), "before");
+    // Its domain off, a push mounts the zvol on the hypervisor for the copy, and lets go.
+    bed.ssh_script(
+        SOURCE,
+        "d=$(mktemp -d) && mount /dev/zvol/ssd-vol0/zvol3-part1 \"$d\" && \
+         echo changed > \"$d/etc/lab-release\"; umount \"$d\"; rmdir \"$d\"",
+    )
+    .unwrap();
+    let pushed = lab(
+        b,
+        &["--format", "json", "push", "--lab", file, "--node", "zvol3"],
+    );
+    assert_eq!(
+        pushed_files(&pushed),
+        serde_json::json!(["etc/lab-release"])
+    );
+    let release = bed
+        .ssh_script(
+            SOURCE,
+            "d=$(mktemp -d) && mount -o ro /dev/zvol/ssd-vol0/zvol3-part1 \"$d\" && \
+             tail -n 1 \"$d/etc/lab-release\"; umount \"$d\"; rmdir \"$d\"; \
+             ! grep -q zvol3 /proc/mounts",
+        )
+        .unwrap();
+    assert_eq!(release.trim(), "ROUTING=bird");
 
     // --force makes the zvol node anew: a new clone, booted again (its snapshot goes with
     // the old one)

@@ -860,6 +860,10 @@ fn scripted(s: &Scenario, lab: &Lab) -> Executor {
         if line.contains("lab-dirlinks") {
             return Some(Out::ok(""));
         }
+        // A push's look at what would change (a dry run's).
+        if line.contains(" lab-push check ") || line.contains(" lab-push-guest check ") {
+            return Some(Out::ok("CHANGED etc/hostname\n"));
+        }
         line.contains(" lab-probe ").then(|| {
             let answer = probe_answer(
                 host,
@@ -1297,4 +1301,83 @@ fn day_two_verbs_reach_only_this_labs_domains() {
         .filter(|l| !l.contains(" lab-probe "))
         .collect();
     assert!(asked.is_empty(), "asked beyond the probe: {asked:?}");
+}
+
+/// Ours, its clone mounted for its domain.
+const MOUNTED_D1: &str = "tank/d1\torigin\ttank/proto@20261001-release\ntank/d1\tlab:lab\tplan\n\
+    tank/d1\tlab:node\td1\ntank/d1\tlab:overlay-sha256\tdigest-of-d1\ntank/d1\tmounted\tyes\n";
+
+/// `push`'s plan per node: into a dataset clone on its hypervisor, through a running zvol
+/// node's guest (its disk is the guest's), each said with the files that would change (the
+/// dry run's look, one query per node) and the steps that would run.
+#[test]
+fn push_copies_into_clones_and_through_running_guests() {
+    let s = Scenario {
+        name: "push",
+        verb: "push",
+        force: false,
+        datasets: &[("hvd", MOUNTED_D1), ("hvz", OURS_Z1)],
+        domains: &[("hvd", " 4 d1 running\n"), ("hvz", " 5 z1 running\n")],
+        markers: &[
+            ("d1", "<lab lab=\"plan\" node=\"d1\"/>"),
+            ("z1", "<lab lab=\"plan\" node=\"z1\"/>"),
+        ],
+        networks: &[],
+        addrs: &[],
+        lab_edit: &RESERVE_HVZ,
+    };
+    let lab = lab(s.lab_edit);
+    let exec = scripted(&s, &lab);
+    let nodes: Vec<_> = lab.nodes.iter().collect();
+    let trees = tempfile::tempdir().unwrap();
+    let builds = nodes
+        .iter()
+        .map(|n| {
+            let tree = trees.path().join(&n.name);
+            std::fs::create_dir_all(tree.join("etc")).unwrap();
+            std::fs::write(tree.join("etc/hostname"), format!("{}\n", n.hostname)).unwrap();
+            let build = NodeBuild {
+                tree,
+                digest: format!("new-digest-of-{}", n.name),
+                domain_xml: None,
+                dirs: vec!["etc".into()],
+                modes: vec![lab_generate::PathMode {
+                    path: "etc/hostname".into(),
+                    mode: Some("0644".into()),
+                    owner: None,
+                    group: None,
+                }],
+            };
+            (n.name.clone(), build)
+        })
+        .collect();
+    let req = lab_change::PushRequest {
+        lab: &lab,
+        nodes: nodes.clone(),
+        builds,
+        owners: lab_hv::own::Owners {
+            me: "ops@ctl".into(),
+            also: Vec::new(),
+        },
+        reload: true,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let reports = rt.block_on(lab_change::push::push(&exec, &req, &|_| {}));
+    let mut out = String::new();
+    for r in &reports {
+        out.push_str(&format!(
+            "{} on {}: {} files {}\n",
+            r.report.node,
+            r.report.hypervisor,
+            serde_json::to_string(&r.report.outcome).unwrap(),
+            serde_json::to_string(&r.files).unwrap()
+        ));
+        for c in &r.report.commands {
+            out.push_str(&format!("  $ {c}\n"));
+        }
+    }
+    insta::assert_snapshot!("push_copies_into_clones_and_through_running_guests", out);
 }

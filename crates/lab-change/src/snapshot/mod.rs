@@ -40,7 +40,7 @@ pub struct Refused(pub Vec<String>);
 /// The node's hypervisor state, when the node has a complete clone of this lab that this run
 /// may change (made by one of `owners`) and no domain but this lab's runs on it; otherwise
 /// why not, naming the node.
-fn judged<'s>(
+pub(crate) fn judged<'s>(
     lab: &Lab,
     node: &LabNode,
     states: &'s States<'_>,

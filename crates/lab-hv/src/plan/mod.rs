@@ -292,3 +292,12 @@ pub struct Extras {
 pub struct Trees {
     pub archive: Vec<u8>,
 }
+
+/// A node's tree as its part of [`Trees`]: a tar archive of `tree` under `name/`, symlinks
+/// kept as symlinks. (The plan unpacks the nodes' archives one after the other: `tar -i`.)
+pub fn tree_archive(name: &str, tree: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.follow_symlinks(false);
+    tar.append_dir_all(name, tree)?;
+    tar.into_inner()
+}

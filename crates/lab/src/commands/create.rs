@@ -60,24 +60,10 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
             // A dry run changes nothing, `build/` included; and a tree another run is
             // copying from (`--no-generate`) is not swapped under it: `build/` then keeps
             // its older trees, and says so.
-            let published = match (s.generate && created.is_ok() && !s.mode.is_dry_run())
-                .then(|| BuildLock::try_exclusive(&s.build.dir))
-            {
-                None => Ok(()),
-                Some(Some(_lock)) => {
-                    lab_generate::publish(&own.dir, &s.build.dir, &overlay, &lab, &nodes)
-                        .map_err(Failure::from)
-                }
-                Some(None) => {
-                    if !out.quiet {
-                        eprintln!(
-                            "lab: {} not refreshed: another run is copying from it \
-                             (`lab generate` refreshes it)",
-                            s.build.dir.display()
-                        );
-                    }
-                    Ok(())
-                }
+            let published = if s.generate && created.is_ok() && !s.mode.is_dry_run() {
+                publish(out, &own, &s.build.dir, &overlay, &lab, &nodes)
+            } else {
+                Ok(())
             };
             (created, published, impaired)
         },
@@ -151,18 +137,45 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
     }
 }
 
+/// This run's own build moved to `build` (what `status` compares with), unless another run
+/// is copying from `build` (`--no-generate`): `build` then keeps its older trees, and says so.
+pub(crate) fn publish(
+    out: &Output,
+    own: &RunDir,
+    build: &Path,
+    overlay: &str,
+    lab: &Lab,
+    nodes: &[&LabNode],
+) -> Result<(), Failure> {
+    match BuildLock::try_exclusive(build) {
+        Some(_lock) => {
+            lab_generate::publish(&own.dir, build, overlay, lab, nodes).map_err(Failure::from)
+        }
+        None => {
+            if !out.quiet {
+                eprintln!(
+                    "lab: {} not refreshed: another run is copying from it \
+                     (`lab generate` refreshes it)",
+                    build.display()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
 /// `<build>/.run-<pid>`: this run's own build, removed when the run ends. Beside it,
 /// `.run-<pid>.lock` stays locked (`flock`) for as long as the run lives, whoever and wherever
 /// it is (another PID namespace sharing the build directory, say).
-struct RunDir {
-    dir: PathBuf,
+pub(crate) struct RunDir {
+    pub(crate) dir: PathBuf,
     lock: Option<(PathBuf, std::fs::File)>,
 }
 
 impl RunDir {
     /// This run's directory; those of runs that no longer hold their lock (killed before they
     /// could remove theirs) go first.
-    fn new(build: &Path) -> RunDir {
+    pub(crate) fn new(build: &Path) -> RunDir {
         if let Ok(entries) = std::fs::read_dir(build) {
             for entry in entries.flatten() {
                 let name = entry.file_name();
@@ -232,7 +245,7 @@ impl Drop for RunDir {
     }
 }
 
-fn generate(
+pub(crate) fn generate(
     out: &Output,
     lab: &Lab,
     nodes: &[&LabNode],

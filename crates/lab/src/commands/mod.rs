@@ -9,6 +9,7 @@ mod generate;
 mod link;
 mod power;
 mod proto;
+mod push;
 mod reach;
 mod snapshot;
 mod status;
@@ -31,6 +32,7 @@ pub enum Verb {
     Stop,
     Restart,
     Link,
+    Push,
     Snapshot,
     SnapshotDelete,
     Restore,
@@ -53,6 +55,7 @@ impl Verb {
             Verb::Stop => "stop",
             Verb::Restart => "restart",
             Verb::Link => "link",
+            Verb::Push => "push",
             Verb::Snapshot => "snapshot",
             Verb::SnapshotDelete => "snapshot-delete",
             Verb::Restore => "restore",
@@ -77,6 +80,7 @@ pub fn run(settings: &Settings) -> Result<(), Failure> {
         Command::Doctor(s) => doctor::run(out, s),
         Command::Wait(s) => reach::wait(out, s),
         Command::Power(s) => power::run(out, s),
+        Command::Push(s) => push::run(out, s),
         Command::Snapshot(s) => snapshot::run(out, s),
         Command::Snapshots { lab, select } => snapshot::list(out, lab, select),
         Command::Console(s) => reach::console(out, s),
