@@ -306,7 +306,9 @@ pub(crate) fn start_all(
         ));
         booting.push(k);
     }
-    for k in booting {
+    // Every VM, not only those started now: one whose kernel panicked reboots in its own
+    // QEMU, and is configured again (its pool imported, /run/lab) once its sshd answers.
+    for k in bed.openzfs_range() {
         wait_until(BOOT_TIMEOUT, || ssh_ok(bed, k)).map_err(|_| {
             let console = read(&bed.hv_dir(k).join("log/console.log"));
             let tail: Vec<&str> = console.lines().rev().take(8).collect();
@@ -315,7 +317,9 @@ pub(crate) fn start_all(
                 tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
             ))
         })?;
-        step(&format!("hv{k}: sshd up"));
+        if booting.contains(&k) {
+            step(&format!("hv{k}: sshd up"));
+        }
     }
     for k in bed.openzfs_range() {
         configure(bed, k)?;
@@ -381,9 +385,12 @@ fn start_vm(bed: &Testbed, k: u32, image: &Image, accel: &Accel) -> Result<()> {
         .arg(image.dir.join("vmlinuz"))
         .arg("-initrd")
         .arg(image.dir.join("initrd.img"))
+        // `panic=10`: a kernel that panics (nested KVM on the emulated CPU now and then
+        // overflows a KVM thread's stack) reboots by itself in 10 s, and `up` configures it
+        // again, instead of hanging until someone kills its QEMU.
         .args([
             "-append",
-            "root=/dev/vda rw console=ttyS0 quiet zfs.zfs_arc_max=268435456",
+            "root=/dev/vda rw console=ttyS0 quiet panic=10 zfs.zfs_arc_max=268435456",
         ])
         .args(drive(&overlay, "root", "qcow2", None))
         .args(drive(&pool, "pool0", "raw", Some("pool0")))
