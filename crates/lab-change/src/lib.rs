@@ -5,7 +5,9 @@
 //! lab's when its `lab:snapshot` is set on it and names it, and its clone is this lab's).
 
 pub mod push;
+pub mod save;
 pub mod snapshot;
 
 pub use push::{PushReport, PushRequest, Reload};
+pub use save::{SaveReport, SaveRequest};
 pub use snapshot::{LabSnapshot, Listing, Refused, Restored, SnapshotAsk};

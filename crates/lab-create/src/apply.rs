@@ -177,8 +177,11 @@ pub(crate) async fn hypervisor(
             node: t.node,
             steps,
             last_wave,
+            batch: 0,
         });
     }
+    // The starts in batches, where the hypervisor (or --start-batch) or `start_after` asks.
+    let batch_count = crate::order::assign(&mut plans, req.start_batch.or(hv.start_batch));
     let (network_name, network_action, first, network_report) = match network {
         Some(NetworkWork::Steps {
             name,
@@ -192,6 +195,7 @@ pub(crate) async fn hypervisor(
         first,
         last: Vec::new(),
         trees,
+        start_interval: req.start_interval.unwrap_or(hv.start_interval),
     };
     // Under --dry-run, each node's commands as they run, in order.
     let mut shown: HashMap<String, Vec<String>> = HashMap::new();
@@ -234,6 +238,7 @@ pub(crate) async fn hypervisor(
 
     for ((t, _), (plan, result)) in todo.iter().zip(plans.iter().zip(results)) {
         let name = &t.node.name;
+        let batched = |report| crate::order::noted(report, plan.batch, batch_count, &hv.name);
         let report = match (t.make, result) {
             (None, Ok(_)) => NodeReport {
                 note: Some(if req.start {
@@ -272,7 +277,7 @@ pub(crate) async fn hypervisor(
                 report
             }
         };
-        reports.insert(name.clone(), report);
+        reports.insert(name.clone(), batched(report));
     }
     (network_report, in_order(nodes, reports, events, shown))
 }

@@ -9,6 +9,7 @@
 mod apply;
 mod decide;
 mod network;
+mod order;
 mod reserve;
 
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ use lab_model::{Lab, LabNode};
 
 pub use decide::{Ask, Decision, decide};
 pub use network::{NetworkDecision, decide_network};
+pub use order::start_batches;
 pub use reserve::Reservation;
 
 /// What to create, after `generate` has written the build.
@@ -40,6 +42,12 @@ pub struct CreateRequest<'a> {
     pub owners: lab_hv::own::Owners,
     /// Seconds since the epoch, recorded on every clone.
     pub now: u64,
+    /// `--start-batch`: every hypervisor starts its nodes this many at a time, whatever its
+    /// `start_batch` says.
+    pub start_batch: Option<u32>,
+    /// `--start-interval`: seconds between two batches, whatever a hypervisor's
+    /// `start_interval` says.
+    pub start_interval: Option<u64>,
 }
 
 /// Why a create cannot start: found before any change on any hypervisor.

@@ -24,7 +24,9 @@ pub use build::{
     EntryKind, Manifest, ManifestEntry, NetworkBuild, NetworkPaths, NodeBuild, NodePaths, PathMode,
     Trust, read_network, read_node,
 };
-pub use overlay::{BLOBS_DIR, DOMAIN_TEMPLATE, MODES_FILE, NETWORK_TEMPLATE};
+pub use overlay::{
+    BLOBS_DIR, DOMAIN_TEMPLATE, MODES_FILE, NETWORK_TEMPLATE, SAVE_FILE, save_paths,
+};
 pub use write::remove_tree;
 
 #[derive(Debug, thiserror::Error)]

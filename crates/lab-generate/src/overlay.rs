@@ -15,6 +15,8 @@ pub const DOMAIN_TEMPLATE: &str = "domain.xml.j2";
 pub const NETWORK_TEMPLATE: &str = "network.xml.j2";
 /// Owners and modes of guest paths (see `modes.rs`).
 pub const MODES_FILE: &str = "modes";
+/// The guest paths `lab save` copies out of every node (see [`save_paths`]).
+pub const SAVE_FILE: &str = "save";
 
 /// One entry of a guest tree, by path relative to the tree's root.
 #[derive(Debug, Clone)]
@@ -61,9 +63,15 @@ impl Overlay {
         let mut entries = Vec::new();
         let mut templates = Vec::new();
         let skip_top = |rel: &Path| {
-            [BLOBS_DIR, DOMAIN_TEMPLATE, NETWORK_TEMPLATE, MODES_FILE]
-                .iter()
-                .any(|top| rel == Path::new(top))
+            [
+                BLOBS_DIR,
+                DOMAIN_TEMPLATE,
+                NETWORK_TEMPLATE,
+                MODES_FILE,
+                SAVE_FILE,
+            ]
+            .iter()
+            .any(|top| rel == Path::new(top))
         };
         for item in walk(dir, &skip_top)? {
             let (rel, kind, mode) = item;
@@ -320,6 +328,47 @@ pub fn stays_inside(rel: &Path, target: &Path) -> bool {
         }
     }
     true
+}
+
+/// The guest paths an overlay's `save` file names (one per line, relative to the guest's
+/// `/`, `#` comments), in order; none when it has no such file.
+pub fn save_paths(dir: &Path) -> Result<Vec<String>, GenerateError> {
+    let file = dir.join(SAVE_FILE);
+    refuse_symlink(&file)?;
+    if !file.is_file() {
+        return Ok(Vec::new());
+    }
+    let text = fs::read_to_string(&file).map_err(|source| GenerateError::Io {
+        path: file.clone(),
+        source,
+    })?;
+    let mut paths: Vec<String> = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let path = raw
+            .split('#')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .trim_end_matches('/');
+        if path.is_empty() {
+            continue;
+        }
+        let bad = |message: String| GenerateError::Modes {
+            file: file.clone(),
+            line: i + 1,
+            message,
+        };
+        if !crate::modes::plain_path(path) || path.contains(char::is_whitespace) {
+            return Err(bad(format!(
+                "path `{path}` must be relative to the guest's `/`, without `..`, `.` or spaces"
+            )));
+        }
+        if paths.iter().any(|p| p == path) {
+            return Err(bad(format!("`{path}` is named twice")));
+        }
+        paths.push(path.to_owned());
+    }
+    Ok(paths)
 }
 
 #[cfg(test)]

@@ -191,6 +191,7 @@ fn a_plan_runs_each_nodes_steps_and_a_failure_ends_that_node_only() {
         // Not run: r1 fails.
         last: vec![("after", lab_exec::Cmd::change(["echo", "after"]))],
         trees: Some(lab_hv::plan::Trees { archive }),
+        start_interval: 0,
     };
     std::fs::create_dir_all(root.join("lock")).unwrap();
     let lines = run_plan(hv, &plans, &extras);
@@ -229,6 +230,7 @@ fn a_plan_runs_each_nodes_steps_and_a_failure_ends_that_node_only() {
         first: vec![("network", lab_exec::Cmd::change(["false"]))],
         last: Vec::new(),
         trees: None,
+        start_interval: 0,
     };
     std::fs::create_dir_all(root.join("lock")).unwrap();
     let lines = run_plan(hv, &plans, &failing);
@@ -351,4 +353,42 @@ fn a_plan_ends_when_its_output_closes() {
         "the plan still runs 10 s after its output closed"
     );
     assert!(!late, "a step ran after the output closed");
+}
+
+/// Staged starts: the last wave's batches run one after the other, `start_interval` seconds
+/// apart, the nodes of one batch at once.
+#[test]
+fn a_plans_last_wave_starts_batch_after_batch() {
+    let root = scratch("batches");
+    std::fs::create_dir_all(root.join("lock")).unwrap();
+    let lab = lab(&root);
+    let (hv, r1, r2) = (&lab.hypervisors[0], &lab.nodes[0], &lab.nodes[1]);
+    // Each node's last step says when it ran (milliseconds).
+    let when = || ("start", lab_exec::Cmd::change(["date", "+%s%3N"]));
+    let mut plans = [
+        lab_hv::plan::NodePlan::new(r1, vec![("first", lab_exec::Cmd::change(["true"])), when()]),
+        lab_hv::plan::NodePlan::new(r2, vec![("first", lab_exec::Cmd::change(["true"])), when()]),
+    ];
+    for plan in &mut plans {
+        plan.last_wave = 1;
+    }
+    plans[1].batch = 1;
+    let extras = lab_hv::plan::Extras {
+        start_interval: 2,
+        ..Default::default()
+    };
+    let lines = run_plan(hv, &plans, &extras);
+    std::fs::remove_dir_all(&root).unwrap();
+    let at = |node: &str| -> u64 {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("OUT {node} ")))
+            .unwrap_or_else(|| panic!("{node} did not start: {lines:?}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let gap = at("r2") - at("r1");
+    assert!((2000..10_000).contains(&gap), "{gap} ms: {lines:?}");
+    assert!(lines.contains(&"DONE r1".to_owned()) && lines.contains(&"DONE r2".to_owned()));
 }

@@ -16,6 +16,7 @@ mod proto;
 mod resolve;
 mod schema;
 mod select;
+mod start;
 pub mod tree;
 mod validate;
 pub mod xml;

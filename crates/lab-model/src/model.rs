@@ -130,6 +130,10 @@ pub struct Hypervisor {
     pub lock_dir: String,
     /// How many nodes this hypervisor works on at once.
     pub parallel: u32,
+    /// `create` starts this hypervisor's nodes this many at a time (`None`: all at once).
+    pub start_batch: Option<u32>,
+    /// Seconds between two batches of starts.
+    pub start_interval: u64,
     /// The parent dataset of the clones.
     pub clones: String,
     pub mgmt_ipv4: Option<Ipv4Net>,
@@ -161,6 +165,8 @@ pub struct LabNode {
     pub interfaces: Vec<Interface>,
     /// How to log into the node (`lab ssh`, `lab exec`, inventories).
     pub ssh: NodeSsh,
+    /// Nodes of its hypervisor started before it.
+    pub start_after: Vec<String>,
     pub vars: Map<String, Json>,
 }
 
@@ -375,6 +381,7 @@ impl Lab {
             &mut nodes,
         )?;
         crate::links::resolve_impairments(&root, &links, &mut nodes)?;
+        crate::start::check_start_after(&root, &nodes)?;
         finish_interfaces(&root, schema.lab.id, &hypervisors, &mut nodes, &extras)?;
 
         let mut overlays = Vec::new();

@@ -241,6 +241,7 @@ pub(crate) fn resolve_hypervisor(
             Hint::default(),
         ));
     }
+    crate::start::check_hypervisor(root, name, s.start_batch, s.start_interval)?;
     if !(1..=8).contains(&s.parallel) {
         return Err(schema_error(
             root,
@@ -266,6 +267,8 @@ pub(crate) fn resolve_hypervisor(
         staging: s.staging,
         lock_dir: s.lock_dir,
         parallel: s.parallel,
+        start_batch: s.start_batch,
+        start_interval: s.start_interval,
         clones,
         mgmt_ipv4: s.mgmt_ipv4,
         mgmt_ipv6: s.mgmt_ipv6,
@@ -442,6 +445,7 @@ pub(crate) fn resolve_node(
             user,
             options: ssh_options,
         },
+        start_after: s.start_after,
         vars: s.vars,
     };
     Ok((

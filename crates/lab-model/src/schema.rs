@@ -26,6 +26,7 @@ pub(crate) const NODE_DERIVED: &[&str] = &[
     "ssh",
     "domain",
     "staging",
+    "start_after",
 ];
 pub(crate) const HYPERVISOR_DERIVED: &[&str] = &[
     "name",
@@ -40,6 +41,8 @@ pub(crate) const HYPERVISOR_DERIVED: &[&str] = &[
     "staging",
     "lock_dir",
     "parallel",
+    "start_batch",
+    "start_interval",
     "clones",
     "mgmt_ipv4",
     "mgmt_ipv6",
@@ -219,6 +222,12 @@ pub(crate) struct HypervisorSchema {
     pub(crate) lock_dir: String,
     #[serde(default = "default_parallel")]
     pub(crate) parallel: u32,
+    /// `create` starts this hypervisor's nodes this many at a time (default: all at once).
+    #[serde(default)]
+    pub(crate) start_batch: Option<u32>,
+    /// Seconds between two batches of starts.
+    #[serde(default)]
+    pub(crate) start_interval: u64,
     #[serde(default)]
     pub(crate) clones: Option<String>,
     #[serde(default)]
@@ -331,6 +340,10 @@ pub(crate) struct NodeSchema {
     pub(crate) interfaces: IndexMap<String, InterfaceSchema>,
     #[serde(default = "default_max_links")]
     pub(crate) max_links: u32,
+    /// Nodes of the same hypervisor that `create` starts before this one (in an earlier
+    /// batch, with `start_batch`).
+    #[serde(default)]
+    pub(crate) start_after: Vec<String>,
     /// How `lab ssh`, `lab exec` and inventories log into the node.
     #[serde(default)]
     pub(crate) ssh: NodeSshSchema,

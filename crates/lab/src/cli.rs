@@ -77,6 +77,9 @@ pub enum Command {
     /// (into its clone, or through its running guest) and run its reload hook
     /// (`/etc/lab/reload`, from the overlay) with the changed paths.
     Push(PushArgs),
+    /// Copy chosen paths (the overlay's `save` file, or --path) out of every selected node as
+    /// it has them now, into DIR/<node>/...: e.g. the routers' configs, to commit.
+    Save(SaveArgs),
     /// Snapshot the selected nodes' disks (their clones) as NAME, all at once: one `zfs
     /// snapshot` per hypervisor; `--delete NAME` deletes one. `lab restore NAME` goes back.
     Snapshot(SnapshotArgs),
@@ -233,6 +236,14 @@ pub struct CreateArgs {
     pub no_generate: bool,
     #[command(flatten)]
     pub select: SelectArgs,
+    /// Start each hypervisor's nodes N at a time (over its `start_batch`), in the order of
+    /// the lab's links and `start_after`; each batch starts when the one before it has.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub start_batch: Option<u32>,
+    /// Seconds between two batches of starts (over a hypervisor's `start_interval`).
+    #[arg(long, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub start_interval: Option<u64>,
     /// Replace running domains and existing clones (only ones lab made for this lab); a
     /// replaced clone's snapshots (`lab snapshot`) go with it.
     #[arg(long)]
@@ -414,6 +425,24 @@ pub struct PushArgs {
     /// List each node's files that would change and the commands; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SaveArgs {
+    #[command(flatten)]
+    pub lab: LabArgs,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Where to write (default: `saved/<lab>-<UTC time>`, made new).
+    #[arg(long, value_name = "DIR")]
+    pub to: Option<PathBuf>,
+    /// A path to copy, relative to the guests' `/` (repeatable); instead of the overlay's
+    /// `save` file.
+    #[arg(long = "path", value_name = "PATH")]
+    pub paths: Vec<String>,
+    /// The overlay whose `save` file names the paths (default: the lab's `overlay:`).
+    #[arg(long, value_name = "NAME")]
+    pub overlay: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -94,6 +94,9 @@ pub struct Create {
     pub wait: Option<WaitFor>,
     /// Then validate, for this many seconds at most.
     pub validate: Option<u64>,
+    /// `--start-batch`, `--start-interval`: over every hypervisor's own.
+    pub start_batch: Option<u32>,
+    pub start_interval: Option<u64>,
 }
 
 /// `validate`.
@@ -142,6 +145,17 @@ pub struct Push {
     pub owners: Vec<String>,
     pub mode: Mode,
     pub lock_wait: u64,
+}
+
+/// `save`.
+#[derive(Debug)]
+pub struct Save {
+    pub lab: LabFiles,
+    pub select: Selection,
+    pub to: Option<PathBuf>,
+    /// Given on the command line; empty: the overlay's `save` file.
+    pub paths: Vec<String>,
+    pub overlay: Option<String>,
 }
 
 /// `snapshot`, `snapshot --delete` and `restore`.
@@ -322,6 +336,7 @@ pub enum Command {
     Wait(Wait),
     Power(PowerNodes),
     Push(Push),
+    Save(Save),
     Snapshot(Snapshot),
     Snapshots { lab: LabFiles, select: Selection },
     Console(Reach),
@@ -449,6 +464,8 @@ impl Settings {
                     timeout_secs: a.wait_timeout.wait_timeout,
                 }),
                 validate: a.validate.then_some(a.validate_timeout.validate_timeout),
+                start_batch: a.start_batch,
+                start_interval: a.start_interval,
             }),
             cli::Command::Validate(a) => Command::Validate(Validate {
                 lab: files(a.lab),
@@ -475,6 +492,13 @@ impl Settings {
                 owners: a.owners.owner,
                 mode: Mode::from_flag(a.dry_run),
                 lock_wait: a.lock.lock_wait,
+            }),
+            cli::Command::Save(a) => Command::Save(Save {
+                lab: files(a.lab),
+                select: select(a.select),
+                to: a.to,
+                paths: a.paths,
+                overlay: a.overlay,
             }),
             cli::Command::Snapshot(a) => {
                 let action = if a.delete {

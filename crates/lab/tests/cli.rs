@@ -423,6 +423,51 @@ const BAD: &[Bad] = &[
         says: &["no node `vpp0-9`", "did you mean `vpp0-1`?"],
     },
     Bad {
+        name: "a node started after one on another hypervisor",
+        files: &[(
+            "labs/v.yaml",
+            "include: vpp.yaml\nnodes:\n  vpp0-2:\n    start_after: [vpp1-1]\n",
+        )],
+        args: &["generate", "--lab", "labs/v.yaml"],
+        code: 2,
+        says: &[
+            "labs/v.yaml:4",
+            "nodes.vpp0-2.start_after.0",
+            "`vpp1-1`, which is on hv1 and not on hv0",
+        ],
+    },
+    Bad {
+        name: "start_after in a circle",
+        files: &[(
+            "labs/v.yaml",
+            "include: vpp.yaml\nnodes:\n  vpp0-2: {start_after: [vpp0-3]}\n  vpp0-3: {start_after: [vpp0-2]}\n",
+        )],
+        args: &["generate", "--lab", "labs/v.yaml"],
+        code: 2,
+        says: &["start_after makes a cycle through node `vpp0-2`"],
+    },
+    Bad {
+        name: "a batch of no node",
+        files: &[],
+        args: &[
+            "create",
+            "--lab",
+            "labs/vpp.yaml",
+            "--start-batch",
+            "0",
+            "--dry-run",
+        ],
+        code: 2,
+        says: &["--start-batch"],
+    },
+    Bad {
+        name: "a save path that leaves the guest's root",
+        files: &[],
+        args: &["save", "--lab", "labs/vpp.yaml", "--path", "../etc"],
+        code: 2,
+        says: &["--path `../etc` must be relative to the guests' `/`"],
+    },
+    Bad {
         name: "a snapshot name with a slash",
         files: &[],
         args: &["snapshot", "--lab", "labs/vpp.yaml", "a/b"],

@@ -2447,7 +2447,7 @@ fn a_lab_is_snapshotted_changed_and_restored_and_another_users_run_cannot_touch_
 }
 
 #[test]
-fn a_push_brings_a_changed_template_into_running_nodes_and_runs_their_hook() {
+fn a_push_brings_a_changed_template_into_running_nodes_and_save_copies_their_files_out() {
     let bed = require();
     let build = tempfile::tempdir().unwrap();
     let b = build.path();
@@ -2565,6 +2565,61 @@ fn a_push_brings_a_changed_template_into_running_nodes_and_runs_their_hook() {
     let again = lab(b, &["--format", "json", "push", "--lab", f]);
     assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
     assert_eq!(again.json()["summary"]["unchanged"], 2, "{}", again.stdout);
+
+    // `save` copies what the nodes have now: pu-1's note changed since (its hypervisor writes
+    // into the clone for it: the bed's dataset guests' root is read-only), and the overlay's
+    // `save` file's etc/bird.
+    let model = lab_model::load(std::slice::from_ref(&file)).unwrap();
+    let one = model.node("pu-1").unwrap();
+    bed.ssh_script(
+        0,
+        &format!("echo NOTE=edited > {}/etc/lab-note", one.staging),
+    )
+    .unwrap();
+    let saved_dir = tempfile::tempdir().unwrap();
+    let to = saved_dir.path().join("configs");
+    let saved = lab(
+        b,
+        &[
+            "--format",
+            "json",
+            "save",
+            "--lab",
+            f,
+            "--to",
+            to.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(saved.code, 0, "{}{}", saved.stdout, saved.stderr);
+    let noted = lab(
+        b,
+        &[
+            "save",
+            "--lab",
+            f,
+            "--to",
+            to.to_str().unwrap(),
+            "--path",
+            "etc/lab-note",
+            "--path",
+            "etc/none",
+        ],
+    );
+    assert_eq!(noted.code, 0, "{}{}", noted.stdout, noted.stderr);
+    assert!(
+        noted.stdout.contains("it has no etc/none"),
+        "{}",
+        noted.stdout
+    );
+    let read = |rel: &str| std::fs::read_to_string(to.join(rel)).unwrap();
+    assert_eq!(read("pu-1/etc/lab-note"), "NOTE=edited\n");
+    assert_eq!(read("pu-2/etc/lab-note"), "NOTE=two\n");
+    for node in ["pu-1", "pu-2"] {
+        assert!(
+            read(&format!("{node}/etc/bird/bird.conf")).contains("router id"),
+            "{node}"
+        );
+    }
     let destroyed = lab(b, &["destroy", "--lab", f, "--yes"]);
     assert_eq!(
         destroyed.code, 0,
@@ -2572,4 +2627,78 @@ fn a_push_brings_a_changed_template_into_running_nodes_and_runs_their_hook() {
         destroyed.stdout, destroyed.stderr
     );
     let _ = &bed;
+}
+
+#[test]
+fn create_starts_a_hypervisors_nodes_in_batches_in_the_order_of_links_and_start_after() {
+    let bed = require();
+    let build = tempfile::tempdir().unwrap();
+    let b = build.path();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("st.yaml");
+    // Along the links st-1, st-2, st-3; but st-2 waits for st-3.
+    std::fs::write(
+        &file,
+        format!(
+            "include: {}\nlab: {{name: e2e-st, id: 70, p2p_ipv4: 100.64.70.0/24}}\noverlay: bird\n\
+             vars: {{domain: e2e.example, dns: [192.0.2.53]}}\n\
+             defaults: {{node: {{vars: {{ospf_area: 0, vpp_workers: 1}}}}}}\n\
+             hypervisors:\n  hv2: {{mgmt_ipv4: 192.168.74.0/24}}\n\
+             nodes:\n  st-1: {{hypervisor: hv2, id: 1}}\n  st-2: {{hypervisor: hv2, id: 2, start_after: [st-3]}}\n\
+             \x20 st-3: {{hypervisor: hv2, id: 3}}\n\
+             links:\n  - [st-1, st-2]\n  - [st-2, st-3]\n",
+            repo().join("labs/testbed.yaml").display()
+        ),
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    lab(b, &["destroy", "--lab", f, "--yes", "-q"]);
+    let created = lab(
+        b,
+        &[
+            "--format",
+            "json",
+            "create",
+            "--lab",
+            f,
+            "--start-batch",
+            "1",
+            "--start-interval",
+            "4",
+        ],
+    );
+    assert_eq!(created.code, 0, "{}{}", created.stdout, created.stderr);
+    let nodes = by_node(&created.json());
+    for (node, batch) in [("st-1", 1), ("st-3", 2), ("st-2", 3)] {
+        let note = nodes[node]["note"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            note.contains(&format!("started in batch {batch} of 3 on hv2")),
+            "{node}: {note}"
+        );
+    }
+    // When each domain's QEMU started, by libvirt's own process on hv2: one at a time, at
+    // least the interval apart, in the order above.
+    let started = |domain: &str| -> f64 {
+        let out = bed
+            .ssh_script(
+                2,
+                &format!(
+                    "pid=$(pgrep -f -- 'guest={domain},' | head -n 1) && \
+                     echo $(( $(date +%s) - $(ps -o etimes= -p \"$pid\") ))"
+                ),
+            )
+            .unwrap();
+        out.trim().parse().unwrap()
+    };
+    let (one, three, two) = (started("st-1"), started("st-3"), started("st-2"));
+    assert!(
+        three - one >= 3.0 && two - three >= 3.0,
+        "{one} {three} {two}"
+    );
+    let destroyed = lab(b, &["destroy", "--lab", f, "--yes"]);
+    assert_eq!(
+        destroyed.code, 0,
+        "{}{}",
+        destroyed.stdout, destroyed.stderr
+    );
 }

@@ -467,6 +467,23 @@ fn zvol_nodes_boot_beside_dataset_nodes_are_left_alone_replaced_and_destroyed() 
     exec(
         "grep -qx ROUTING=bird /etc/lab-release && test -s /etc/bird/bird.conf && [ \"$(stat -c %a /etc/bird/bird.conf)\" = 640 ]",
     );
+    // `save` reads a running zvol node through its guest too.
+    let to = tempfile::tempdir().unwrap();
+    let saved = lab(
+        b,
+        &[
+            "save",
+            "--lab",
+            file,
+            "--node",
+            "zvol3",
+            "--to",
+            to.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(saved.code, 0, "{}{}", saved.stdout, saved.stderr);
+    let conf = std::fs::read_to_string(to.path().join("zvol3/etc/bird/bird.conf")).unwrap();
+    assert!(conf.contains("router id"), "{conf}");
     exec("echo before > /root/mark && sync");
     let taken = lab(
         b,

@@ -267,6 +267,8 @@ fn plans(lab: &Lab, build: &Path) -> Vec<(Vec<String>, Option<String>)> {
                         also: Vec::new(),
                     },
                     now: 1,
+                    start_batch: None,
+                    start_interval: None,
                 };
                 lab_create::create(&exec, &req, &|_| {}).await.unwrap();
             } else {

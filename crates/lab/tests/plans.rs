@@ -963,6 +963,8 @@ fn run(s: &Scenario) -> String {
                     also: Vec::new(),
                 },
                 now: 1_700_000_000,
+                start_batch: None,
+                start_interval: None,
             };
             lab_create::create(&exec, &req, &|_| {})
                 .await

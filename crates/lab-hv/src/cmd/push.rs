@@ -1,9 +1,10 @@
-//! `lab push`: a node's new build brought into its running (or stopped) node without
-//! recreating it. Into the clone on the hypervisor where that is safe (a dataset clone, which
-//! the guest sees through 9p; a zvol clone whose domain is off, mounted as `create` mounts
-//! it); through the guest itself over ssh where its disk is in use (a running zvol node).
-//! Each prints `CHANGED PATH` for every file it changed; with `check`, for every file it
-//! would change, changing nothing (`--dry-run`: the tree then comes on stdin).
+//! `lab push` and `lab save`: a node's files reached where that is safe. A push brings its
+//! new build into its running (or stopped) node without recreating it: into the clone on the
+//! hypervisor (a dataset clone, which the guest sees through 9p; a zvol clone whose domain is
+//! off, mounted as `create` mounts it), or through the guest itself over ssh where its disk is
+//! in use (a running zvol node). Each prints `CHANGED PATH` for every file it changed; with
+//! `check`, for every file it would change, changing nothing (`--dry-run`: the tree then
+//! comes on stdin). A save reads files the same two ways, as a tar stream.
 
 use std::time::Duration;
 
@@ -178,4 +179,37 @@ pub const NO_HOOK: &str = "lab-no-hook";
 
 const RELOAD: &str = r#"if [ -x /etc/lab/reload ]; then exec /etc/lab/reload "$@"; fi
 echo lab-no-hook
+"#;
+
+/// `lab save`: a tar stream (stdout) of `paths` (relative to the guest's `/`) as the node has
+/// them: read from its mounted clone on the hypervisor (`Some(root)`), or in its running
+/// guest through ssh from the hypervisor (`None`, at `address`). A path the node lacks is
+/// said on stderr (`missing PATH`); one under a symlinked directory is refused (it would be
+/// read from wherever the link leads: on the hypervisor, outside the clone).
+pub fn save_tree(node: &LabNode, root: Option<&str>, address: &str, paths: &[String]) -> Cmd {
+    let mut words: Vec<String> = ["sh", "-c", SAVE_TREE, "lab-save", root.unwrap_or("/")]
+        .map(String::from)
+        .to_vec();
+    words.extend(paths.iter().cloned());
+    let argv = match root {
+        Some(_) => words,
+        None => crate::reach::ssh_from_hypervisor(node, address, &words),
+    };
+    Cmd::query(argv).timeout(Duration::from_secs(600)).once()
+}
+
+const SAVE_TREE: &str = r#"cd "$1" || exit 1; shift
+for p do
+  shift
+  d=. rest=$p bad=
+  while :; do
+    case $rest in */*) ;; *) break ;; esac
+    d=$d/${rest%%/*} rest=${rest#*/}
+    if [ -L "$d" ]; then bad=$d; break; fi
+  done
+  if [ -n "$bad" ]; then echo "refused $p (${bad#./} is a symlink)" >&2; continue; fi
+  if [ -e "$p" ] || [ -L "$p" ]; then set -- "$@" "$p"; else echo "missing $p" >&2; fi
+done
+[ $# -gt 0 ] || exit 0
+exec tar -cf - -- "$@"
 "#;

@@ -32,6 +32,9 @@ pub struct NodePlan<'a> {
     pub node: &'a LabNode,
     pub steps: Vec<(&'static str, Cmd)>,
     pub last_wave: usize,
+    /// Its batch in the last wave (from 0): each batch starts after the one before it has,
+    /// [`Extras::start_interval`] seconds later.
+    pub batch: usize,
 }
 
 impl<'a> NodePlan<'a> {
@@ -42,6 +45,7 @@ impl<'a> NodePlan<'a> {
             node,
             steps,
             last_wave,
+            batch: 0,
         }
     }
 
@@ -285,6 +289,8 @@ pub struct Extras {
     pub last: Vec<(&'static str, Cmd)>,
     /// The nodes' trees, sent in the same exchange (see [`Trees`]).
     pub trees: Option<Trees>,
+    /// Seconds between two batches of the last wave (see [`NodePlan::batch`]).
+    pub start_interval: u64,
 }
 
 /// A tar archive that the plan unpacks into [`crate::lock::trees_dir`] before any step runs,

@@ -135,30 +135,56 @@ pub fn plan_script(hv: &Hypervisor, plans: &[NodePlan<'_>], extras: &Extras) -> 
         script.push_str("wait\nexec 7>&-\n");
     }
     if waits {
-        // The last wave: every node whose first wave passed, at once, holding the lock.
+        // The last wave: every node whose first wave passed, at once (or batch after batch,
+        // `start_interval` seconds apart), holding the lock while a batch starts.
         let lock = quote_line(&[crate::cmd::wires_lock(hv)]);
-        script.push_str(&format!("if exec 8>>{lock} && flock -w 60 8; then\n"));
-        for (i, plan) in plans.iter().enumerate().filter(|(_, p)| p.waits()) {
-            let _ = plan;
-            script.push_str(&format!("  [ -e \"$_ok/{i}\" ] && f{i} &\n"));
-        }
-        script.push_str("  wait\n  exec 8>&-\nelse\n");
-        for (i, plan) in plans.iter().enumerate().filter(|(_, p)| p.waits()) {
-            let (name, _) = &plan.steps[plan.last_wave];
-            let fail = quote_line(&[format!(
-                "FAIL {} 1 {} {name}",
-                plan.node.name, plan.last_wave
-            )]);
-            let err = quote_line(&[format!(
-                "ERR {} the hypervisor's {} was not free within 60 s",
-                plan.node.name,
-                crate::cmd::wires_lock(hv)
-            )]);
+        let batches = plans
+            .iter()
+            .filter(|p| p.waits())
+            .map(|p| p.batch)
+            .max()
+            .unwrap_or(0);
+        for batch in 0..=batches {
+            let here: Vec<(usize, &NodePlan<'_>)> = plans
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.waits() && p.batch == batch)
+                .collect();
+            if here.is_empty() {
+                continue;
+            }
+            if batch > 0 && extras.start_interval > 0 {
+                script.push_str(&format!(
+                    "sleep {}
+",
+                    extras.start_interval
+                ));
+            }
             script.push_str(&format!(
-                "  [ -e \"$_ok/{i}\" ] && {{ echo {fail}; echo {err}; }}\n"
+                "if exec 8>>{lock} && flock -w 60 8; then
+"
             ));
+            for (i, _) in &here {
+                script.push_str(&format!("  [ -e \"$_ok/{i}\" ] && f{i} &\n"));
+            }
+            script.push_str("  wait\n  exec 8>&-\nelse\n");
+            for (i, plan) in &here {
+                let (name, _) = &plan.steps[plan.last_wave];
+                let fail = quote_line(&[format!(
+                    "FAIL {} 1 {} {name}",
+                    plan.node.name, plan.last_wave
+                )]);
+                let err = quote_line(&[format!(
+                    "ERR {} the hypervisor's {} was not free within 60 s",
+                    plan.node.name,
+                    crate::cmd::wires_lock(hv)
+                )]);
+                script.push_str(&format!(
+                    "  [ -e \"$_ok/{i}\" ] && {{ echo {fail}; echo {err}; }}\n"
+                ));
+            }
+            script.push_str("fi\n");
         }
-        script.push_str("fi\n");
     }
     if !extras.last.is_empty() {
         // After every node's steps, when every node is done.
@@ -195,7 +221,8 @@ pub fn plan_cmd(hv: &Hypervisor, lab: &str, plans: &[NodePlan<'_>], extras: &Ext
         .chain(&extras.first)
         .chain(&extras.last)
         .map(|(_, c)| c.timeout.as_secs().max(1) + 5)
-        .sum();
+        .sum::<u64>()
+        + extras.start_interval * plans.iter().map(|p| p.batch as u64).max().unwrap_or(0);
     let script = plan_script(hv, plans, extras);
     let archive: &[u8] = extras.trees.as_ref().map_or(&[], |t| &t.archive);
     let dir = crate::lock::plan_dir(hv, lab);

@@ -303,5 +303,7 @@ fn request<'a>(
             also: s.owners.clone(),
         },
         now: lab_hv::now(),
+        start_batch: s.start_batch,
+        start_interval: s.start_interval,
     })
 }

@@ -11,6 +11,7 @@ mod power;
 mod proto;
 mod push;
 mod reach;
+mod save;
 mod snapshot;
 mod status;
 mod validate;
@@ -81,6 +82,7 @@ pub fn run(settings: &Settings) -> Result<(), Failure> {
         Command::Wait(s) => reach::wait(out, s),
         Command::Power(s) => power::run(out, s),
         Command::Push(s) => push::run(out, s),
+        Command::Save(s) => save::run(out, s),
         Command::Snapshot(s) => snapshot::run(out, s),
         Command::Snapshots { lab, select } => snapshot::list(out, lab, select),
         Command::Console(s) => reach::console(out, s),
