@@ -117,10 +117,15 @@ pub async fn push(exec: &Executor, req: &PushRequest<'_>, events: Events<'_>) ->
         .collect()
 }
 
+/// A node's report with no files it is known to have changed.
 fn unpushed(report: NodeReport) -> PushReport {
+    let files = match report.outcome {
+        Outcome::Failed { .. } => None,
+        _ => Some(Vec::new()),
+    };
     PushReport {
         report,
-        files: Some(Vec::new()),
+        files,
         reload: None,
     }
 }
@@ -247,6 +252,10 @@ fn steps(
     let mut steps = Vec::new();
     match way {
         Way::Clone { attach } => {
+            // A zvol only while its domain is off, looked at again right before.
+            if *attach {
+                steps.push(("mount", cmd::refuse_running(node)));
+            }
             // A dataset clone is mounted while its node lives, but not after a hypervisor's
             // reboot: never a copy into the empty mountpoint.
             steps.push(("mount", cmd::attach(hv, node)));
@@ -356,7 +365,12 @@ async fn reload_all(
             Ok(out) => Reload {
                 hook: !out.stdout.lines().any(|l| l == cmd::NO_HOOK),
                 ok: true,
-                output: out.stdout.lines().map(str::to_owned).collect(),
+                output: out
+                    .stdout
+                    .lines()
+                    .chain(out.stderr.lines())
+                    .map(str::to_owned)
+                    .collect(),
             },
             Err(ExecError::Failed { stderr, .. }) => Reload {
                 hook: true,

@@ -84,11 +84,22 @@ pub async fn save(exec: &Executor, req: &SaveRequest<'_>, events: Events<'_>) ->
                     &read,
                     &mut |bytes| {
                         stream.extend_from_slice(bytes);
-                        true
+                        (stream.len() as u64) <= MAX_BYTES
                     },
                     std::future::pending(),
                 )
                 .await;
+            if stream.len() as u64 > MAX_BYTES {
+                let e = ExecError::Local {
+                    host: hv.name.clone(),
+                    command: read.line(),
+                    message: format!(
+                        "more than {} MiB: save is for configs, not disks",
+                        MAX_BYTES >> 20
+                    ),
+                };
+                return blank(failed(node, "save", &e, false));
+            }
             let out = match out {
                 Ok(out) if out.success() => out,
                 Ok(out) => {
@@ -207,13 +218,25 @@ fn unpack(stream: &[u8], dir: &Path) -> std::io::Result<(Vec<String>, Vec<String
         }
         let target = dir.join(&plain);
         match entry.header().entry_type() {
-            tar::EntryType::Directory => std::fs::create_dir_all(&target)?,
+            tar::EntryType::Directory => {
+                no_link_above(dir, &plain)?;
+                std::fs::create_dir_all(&target)?;
+            }
             tar::EntryType::Regular => {
+                no_link_above(dir, &plain)?;
                 if let Some(parent) = target.parent() {
                     std::fs::create_dir_all(parent)?;
                 }
                 let executable = entry.header().mode().is_ok_and(|m| m & 0o111 != 0);
-                let mut file = std::fs::File::create(&target)?;
+                // Never through a link that was in the directory before (`--to` an existing
+                // one): the file itself is opened without following one.
+                use std::os::unix::fs::OpenOptionsExt as _;
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&target)?;
                 std::io::copy(&mut entry, &mut file)?;
                 let mode = if executable { 0o755 } else { 0o644 };
                 file.set_permissions(std::fs::Permissions::from_mode(mode))?;
@@ -231,6 +254,26 @@ fn unpack(stream: &[u8], dir: &Path) -> std::io::Result<(Vec<String>, Vec<String
     }
     Ok((files, links))
 }
+
+/// Fails when a directory of `rel` under `dir` is a symbolic link (made before this run:
+/// `unpack` makes none), so that nothing is written where it leads.
+fn no_link_above(dir: &Path, rel: &Path) -> std::io::Result<()> {
+    let mut at = dir.to_path_buf();
+    let parts: Vec<_> = rel.components().collect();
+    for part in &parts[..parts.len().saturating_sub(1)] {
+        at.push(part);
+        if std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(std::io::Error::other(format!(
+                "{} is a symbolic link: nothing is written through it",
+                at.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The most a node's stream may hold: configs, not disks.
+pub const MAX_BYTES: u64 = 1 << 30;
 
 #[cfg(test)]
 mod tests {
@@ -268,5 +311,14 @@ mod tests {
             assert!(e.to_string().contains("outside"), "{hostile}: {e}");
         }
         assert!(!dir.path().join("escape").exists());
+        // A link already in the directory is not written through.
+        let into = dir.path().join("linked");
+        std::fs::create_dir_all(&into).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), into.join("etc")).unwrap();
+        let e = unpack(&stream(&[("etc/x", b"x")]), &into).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        std::os::unix::fs::symlink(dir.path().join("target"), into.join("f")).unwrap();
+        assert!(unpack(&stream(&[("f", b"x")]), &into).is_err());
+        assert!(!dir.path().join("target").exists());
     }
 }

@@ -9,7 +9,7 @@ use lab_exec::{Cmd, ExecError, Executor};
 use lab_generate::NodeBuild;
 use lab_hv::cmd::{self, Ownership};
 use lab_hv::plan::{Extras, NodePlan, Trees};
-use lab_hv::run::{failed, run_patiently};
+use lab_hv::run::failed;
 use lab_hv::{Events, HostState, NetworkReport, NodeReport, Outcome, Snapshot};
 use lab_model::{Hypervisor, LabNode, Storage};
 
@@ -103,7 +103,7 @@ pub(crate) async fn hypervisor(
             && t.make.is_none()
             && start_steps(hv, t, matches!(d, Decision::Start { define: true }), lab)
                 .iter()
-                .all(|(name, _)| ["mount", "start"].contains(name));
+                .all(|(name, _)| ["mount", "unmount", "start"].contains(name));
         if idle {
             let reason = "its complete clone is there; not started: --no-start".to_owned();
             reports.insert(
@@ -269,7 +269,7 @@ pub(crate) async fn hypervisor(
             (Some(_), Err((step, e))) => {
                 let defined = step == "start" && t.build.domain_xml.is_some();
                 let claim = t.reservation.and_then(|r| r.claim.as_ref());
-                let rollback = rollback(exec, hv, plan.node, defined, claim).await;
+                let rollback = crate::rollback::rollback(exec, hv, plan.node, defined, claim).await;
                 let mut report = failed(t.node, step, &e, rollback.is_ok());
                 if let (Err(e), Outcome::Failed { error, .. }) = (rollback, &mut report.outcome) {
                     error.push_str(&format!("; rollback incomplete: {e}"));
@@ -333,6 +333,17 @@ fn make_steps(
     if remove_clone {
         steps.push(("remove old clone", cmd::detach(hv, node)));
         // A replaced clone's lab snapshots go with it (`--force` says so).
+        let snaps: Vec<&str> = state
+            .snapshots_of(&node.dataset)
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        if !snaps.is_empty() {
+            steps.push((
+                "remove old clone",
+                cmd::only_lab_snapshots(&node.dataset, &snaps),
+            ));
+        }
         for snap in state.snapshots_of(&node.dataset) {
             steps.push((
                 "remove old clone",
@@ -445,49 +456,14 @@ fn start_steps(hv: &Hypervisor, t: &Todo<'_>, define: bool, lab: &str) -> Vec<(&
             steps.push(("reserve DHCP", lab_hv::dhcp::reserve(new)));
         }
     }
-    if hv.storage == Storage::Dataset {
-        steps.push(("mount", cmd::attach(hv, node)));
+    match hv.storage {
+        Storage::Dataset => steps.push(("mount", cmd::attach(hv, node))),
+        // Let go of a zvol a cut run left mounted on the hypervisor: the guest mounts it.
+        Storage::Zvol => steps.push(("unmount", cmd::detach(hv, node))),
     }
     if let (Some(xml), true) = (&t.build.domain_xml, define) {
         steps.push(("define", cmd::define_domain(xml, lab, node)));
     }
     steps.push(("start", cmd::start_under_wires_lock(node)));
     steps
-}
-
-/// Removes what this run made for a node: its domain definition (if this run defined it),
-/// the DHCP reservation its clone claims (the clone is its proof), the mount, the clone and
-/// the staging directory. Returns the first thing that would not go.
-async fn rollback(
-    exec: &Executor,
-    hv: &Hypervisor,
-    node: &LabNode,
-    defined: bool,
-    claim: Option<&lab_hv::dhcp::Claim>,
-) -> Result<(), ExecError> {
-    let mut first = Ok(());
-    let mut note = |r: Result<_, ExecError>| {
-        if let (Err(e), true) = (r, first.is_ok()) {
-            first = Err(e);
-        }
-    };
-    if defined {
-        note(run_patiently(exec, &hv.name, &cmd::undefine(node)).await);
-    }
-    // A reservation that would not go keeps its clone: the clone is the claim on it.
-    let kept = match claim {
-        Some(claim) => {
-            let r = run_patiently(exec, &hv.name, &lab_hv::dhcp::release(claim)).await;
-            let failed = r.is_err();
-            note(r);
-            failed
-        }
-        None => false,
-    };
-    note(run_patiently(exec, &hv.name, &cmd::detach(hv, node)).await);
-    if !kept {
-        note(run_patiently(exec, &hv.name, &cmd::destroy_dataset(node)).await);
-        note(run_patiently(exec, &hv.name, &cmd::remove_staging(node)).await);
-    }
-    first
 }

@@ -11,6 +11,7 @@ mod decide;
 mod network;
 mod order;
 mod reserve;
+mod rollback;
 
 use std::collections::HashMap;
 

@@ -336,8 +336,19 @@ fn node_plan(
                     steps.push(("release DHCP reservation", lab_hv::dhcp::release(&claim)));
                 }
                 steps.push(("unmount", cmd::detach(hv, node)));
-                // Its lab snapshots first (each looked at on the hypervisor: never one
-                // lab did not take); anyone else's keeps the clone, and zfs says why.
+                // Its lab snapshots first, each looked at on the hypervisor (never one lab
+                // did not take); a snapshot someone else took keeps the clone and them.
+                let snaps: Vec<&str> = state
+                    .snapshots_of(&node.dataset)
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect();
+                if !snaps.is_empty() {
+                    steps.push((
+                        "destroy snapshot",
+                        cmd::only_lab_snapshots(&node.dataset, &snaps),
+                    ));
+                }
                 for snap in state.snapshots_of(&node.dataset) {
                     steps.push((
                         "destroy snapshot",

@@ -767,6 +767,10 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
         if mark != Some((snap.name.as_str(), "local")) {
             continue;
         }
+        // Their order decides what a restore drops: never guessed.
+        if snap.createtxg == 0 {
+            return Err(format!("`{full}` without its createtxg"));
+        }
         let dataset = full.split_once('@').map_or(full, |(d, _)| d);
         state
             .clone_snapshots

@@ -107,8 +107,11 @@ fn steps_for(
         }
     }
     if matches!(what, Power::Start | Power::Restart) && (!running || what == Power::Restart) {
-        if hv.storage == Storage::Dataset {
-            steps.push(("mount", cmd::attach(hv, node)));
+        match hv.storage {
+            Storage::Dataset => steps.push(("mount", cmd::attach(hv, node))),
+            // A zvol a cut run left mounted on the hypervisor (`push`) is let go first: the
+            // guest's kernel mounts it.
+            Storage::Zvol => steps.push(("unmount", cmd::detach(hv, node))),
         }
         steps.push(("start", cmd::start(hv, node)));
     }

@@ -125,18 +125,34 @@ pub async fn take(
                 .filter(|n| n.hypervisor == hv.name)
                 .collect();
             let state = states[hv.name.as_str()].as_deref().expect("judged above");
+            // Only what runs is paused (and resumed): a domain an operator paused stays so.
             let pause: Vec<&str> = here
                 .iter()
-                .filter(|n| consistent && state.domain_running(&n.domain))
+                .filter(|n| {
+                    consistent
+                        && state
+                            .domains
+                            .get(&n.domain)
+                            .is_some_and(|d| d.state == "running")
+                })
                 .map(|n| n.domain.as_str())
                 .collect();
-            let datasets: Vec<&str> = here.iter().map(|n| n.dataset.as_str()).collect();
+            let clones: Vec<(&str, Option<&str>)> = here
+                .iter()
+                .map(|n| {
+                    let digest = state
+                        .datasets
+                        .get(&n.dataset)
+                        .and_then(|d| d.prop(prop::OVERLAY));
+                    (n.dataset.as_str(), digest)
+                })
+                .collect();
             let atomic = state.zfs.modern();
             let step = cmd::take_snapshot(
                 ask.name,
                 &[(prop::SNAPSHOT, ask.name.to_owned())],
                 &pause,
-                &datasets,
+                &clones,
                 atomic,
             );
             let shown = shown_step(&step);
@@ -170,7 +186,11 @@ pub async fn take(
         .collect();
     let mut reports = Vec::new();
     for share in &shares {
-        let undone = if failed_on.is_empty() || share.result.is_err() {
+        // Taken back: every share when one failed, but one that said it left nothing (a
+        // share whose command did not end cleanly may have taken its snapshots).
+        let clean = matches!(&share.result, Err((_, ExecError::Failed { stderr, .. }))
+            if stderr.contains(cmd::UNDONE));
+        let undone = if failed_on.is_empty() || clean || !exec.is_live() {
             None
         } else {
             Some(undo(exec, share, ask, events).await)
@@ -205,7 +225,10 @@ async fn undo(
         .map(|n| {
             NodePlan::new(
                 n,
-                vec![("destroy again", cmd::destroy_snapshot(&n.dataset, ask.name))],
+                vec![(
+                    "destroy again",
+                    cmd::destroy_snapshot_if_there(&n.dataset, ask.name),
+                )],
             )
         })
         .collect();
@@ -241,18 +264,36 @@ fn share_reports(
     let paused = cmd::paused_ms(&share.printed)
         .map(|ms| format!(", domains paused {ms} ms"))
         .unwrap_or_default();
+    let unresumed: Vec<&str> = share
+        .printed
+        .iter()
+        .filter_map(|l| l.strip_prefix("unresumed "))
+        .collect();
     share
         .here
         .iter()
         .enumerate()
         .map(|(i, node)| {
             let mut report = match (&share.result, &undone) {
-                (Err((step, e)), _) => {
-                    // The script destroys what it took when a later one fails, and says so
-                    // when it cannot.
-                    let kept =
-                        matches!(e, ExecError::Failed { stderr, .. } if stderr.contains("again"));
-                    failed(node, step, e, !kept)
+                // The script took back what it took, and said so.
+                (Err((step, e)), None) => failed(
+                    node,
+                    step,
+                    e,
+                    matches!(e, ExecError::Failed { stderr, .. } if stderr.contains(cmd::UNDONE)),
+                ),
+                // It did not end cleanly: taken back from here, where it was there.
+                (Err((step, e)), Some(undone)) => {
+                    let mut report = failed(node, step, e, undone[i].is_ok());
+                    if let (Err((_, again)), Outcome::Failed { error, .. }) =
+                        (&undone[i], &mut report.outcome)
+                    {
+                        error.push_str(&format!(
+                            "; {}@{name} may be left: destroying it failed too: {again}",
+                            node.dataset
+                        ));
+                    }
+                    report
                 }
                 (Ok(()), Some(undone)) => NodeReport::new(
                     node,
@@ -275,6 +316,17 @@ fn share_reports(
                             ),
                             rolled_back: false,
                         },
+                    },
+                ),
+                (Ok(()), None) if !unresumed.is_empty() => NodeReport::new(
+                    node,
+                    Outcome::Failed {
+                        step: "resume".to_owned(),
+                        error: format!(
+                            "taken ({how}), but domain(s) {} could not be resumed: virsh resume",
+                            unresumed.join(", ")
+                        ),
+                        rolled_back: false,
                     },
                 ),
                 (Ok(()), None) => NodeReport {

@@ -72,15 +72,16 @@ pub async fn restore(
         let hv = lab.hypervisor_of(n);
         matches!(&states[hv.name.as_str()], Ok(s) if s.domain_running(&n.domain))
     };
-    let reports = start_again(exec, ask, reports, &running, events).await;
+    let (reports, again) = start_again(exec, ask, reports, &running, events).await;
     let started = ask
         .nodes
         .iter()
         .filter(|n| running(n))
         .filter(|n| {
-            reports
-                .iter()
-                .any(|r| r.node == n.name && matches!(r.outcome, Outcome::Done))
+            again.contains(&n.name)
+                || reports
+                    .iter()
+                    .any(|r| r.node == n.name && matches!(r.outcome, Outcome::Done))
         })
         .map(|n| n.name.clone())
         .collect();
@@ -89,14 +90,14 @@ pub async fn restore(
 
 /// Starts again, as they were, the nodes that ran and whose restore failed after they were
 /// powered off (their clone is rolled back or as it was: the step says): one plan per
-/// hypervisor. Their reports say whether they run again.
+/// hypervisor. Their reports say whether they run again; returned too, the nodes that do.
 async fn start_again(
     exec: &Executor,
     ask: &SnapshotAsk<'_>,
     mut reports: Vec<NodeReport>,
     running: &dyn Fn(&LabNode) -> bool,
     events: Events<'_>,
-) -> Vec<NodeReport> {
+) -> (Vec<NodeReport>, Vec<String>) {
     let stopped: Vec<&LabNode> = ask
         .nodes
         .iter()
@@ -111,7 +112,7 @@ async fn start_again(
         })
         .collect();
     if stopped.is_empty() || !exec.is_live() {
-        return reports;
+        return (reports, Vec::new());
     }
     let lab = ask.lab;
     let states = lab_hv::run::probe_nodes(exec, lab, &stopped).await;
@@ -149,7 +150,12 @@ async fn start_again(
             }
         }
     }
-    reports
+    let started = again
+        .iter()
+        .filter(|a| matches!(a.outcome, Outcome::Done))
+        .map(|a| a.node.clone())
+        .collect();
+    (reports, started)
 }
 
 /// A node's restore: look that nothing but the lab snapshots it drops was taken after `name`,

@@ -110,7 +110,13 @@ if [ "$mode" = check ]; then
   tar -C "$lab_tmp" -xf - || exit 1
   src=$lab_tmp/$name
 fi
-tar -C "$src" -cf - . | "$@"
+# (dash has no pipefail: tar's own failure is kept aside, or the guest would read an empty
+# tree as "nothing changed".)
+st=$(mktemp) || exit 1
+{ tar -C "$src" -cf - . || echo failed >"$st"; } | "$@"; r=$?
+if [ -s "$st" ]; then rm -f "$st"; echo "reading the tree $src failed" >&2; exit 1; fi
+rm -f "$st"
+exit $r
 "#;
 
 /// In the guest (root): the tree from stdin, compared and written; SET_MODES follows.
@@ -149,6 +155,19 @@ find . -mindepth 1 ! -type d | sed 's|^\./||' | LC_ALL=C sort | while IFS= read 
 done || exit 1
 cd / && rm -rf "$lab_tmp" && trap - EXIT || exit 1
 [ "$mode" = check ] && exit 0
+"#;
+
+/// Fails unless the node's domain is off (or not defined): right before a zvol clone is
+/// mounted on the hypervisor, which a running guest's kernel has mounted too.
+pub fn refuse_running(node: &LabNode) -> Cmd {
+    Cmd::query(["sh", "-c", REFUSE_RUNNING, "lab-off", &node.domain])
+}
+
+const REFUSE_RUNNING: &str = r#"s=$(virsh -q domstate "$1" 2>/dev/null | head -n 1)
+case $s in
+  "shut off" | "") ;;
+  *) echo "domain $1 is $s now: its disk is its guest's, not mounted here" >&2; exit 1 ;;
+esac
 "#;
 
 /// Records that the clone now holds the build with `digest` (`status` then sees no drift).
@@ -211,5 +230,5 @@ for p do
   if [ -e "$p" ] || [ -L "$p" ]; then set -- "$@" "$p"; else echo "missing $p" >&2; fi
 done
 [ $# -gt 0 ] || exit 0
-exec tar -cf - -- "$@"
+exec tar --hard-dereference -cf - -- "$@"
 "#;

@@ -45,7 +45,18 @@ pub fn run(out: &Output, s: &Save) -> Result<(), Failure> {
     };
     let to = match &s.to {
         Some(dir) => dir.clone(),
-        None => PathBuf::from("saved").join(format!("{}-{}", lab.name, stamp(lab_hv::now()))),
+        // A directory of its own, even for two runs in one second.
+        None => {
+            let base =
+                PathBuf::from("saved").join(format!("{}-{}", lab.name, stamp(lab_hv::now())));
+            let mut to = base.clone();
+            let mut n = 1;
+            while to.exists() {
+                n += 1;
+                to = PathBuf::from(format!("{}-{n}", base.display()));
+            }
+            to
+        }
     };
     let request = SaveRequest {
         lab: &lab,

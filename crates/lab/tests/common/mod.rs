@@ -119,7 +119,8 @@ pub fn assert_guests_boot(bed: &Testbed, nodes: &[(&str, &str)]) {
                 k_of(hv),
                 node,
                 "LAB-GUEST-HOSTNAME:",
-                std::time::Duration::from_secs(120),
+                // (a guest nested in an emulated OpenZFS VM under load has taken over 120 s)
+                std::time::Duration::from_secs(300),
             )
             .unwrap();
         assert_eq!(line, format!("LAB-GUEST-HOSTNAME: {node}"));
