@@ -15,6 +15,15 @@ use std::time::{Duration, Instant};
 use common::*;
 use lab_testbed::{PROTO, Testbed, require};
 
+/// This file's tests, one at a time: the OpenZFS VMs have two emulated CPUs each, and side by
+/// side their tests made a nested guest miss its console wait and `doctor`'s underlay probe
+/// miss its 15 s (a CI run here). A test that panicked does not hold the others up.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 const SOURCE: u32 = 3;
 const TARGET: u32 = 4;
 
@@ -174,6 +183,7 @@ fn full_stream_bytes(bed: &Testbed, snap: &str) -> u64 {
 
 #[test]
 fn a_cut_send_resumes_from_its_token_and_moves_less_than_a_full_send() {
+    let _alone = alone();
     let bed = require();
     let dir = tempfile::tempdir().unwrap();
     let ds = fresh_zvol(&bed, "oz-resume", 48, "");
@@ -227,6 +237,7 @@ fn a_cut_send_resumes_from_its_token_and_moves_less_than_a_full_send() {
 
 #[test]
 fn a_token_the_source_refuses_is_thrown_away_and_said() {
+    let _alone = alone();
     let bed = require();
     let dir = tempfile::tempdir().unwrap();
     let ds = fresh_zvol(&bed, "oz-refused", 32, "");
@@ -256,6 +267,7 @@ fn a_token_the_source_refuses_is_thrown_away_and_said() {
 
 #[test]
 fn holds_keep_the_next_base_on_both_sides_and_move_with_each_sync() {
+    let _alone = alone();
     let bed = require();
     let dir = tempfile::tempdir().unwrap();
     let ds = fresh_zvol(&bed, "oz-holds", 4, "");
@@ -352,6 +364,7 @@ fn holds_keep_the_next_base_on_both_sides_and_move_with_each_sync() {
 
 #[test]
 fn an_encrypted_proto_is_sent_raw_and_arrives_still_encrypted() {
+    let _alone = alone();
     let bed = require();
     let dir = tempfile::tempdir().unwrap();
     bed.ssh_script(
@@ -383,6 +396,7 @@ fn an_encrypted_proto_is_sent_raw_and_arrives_still_encrypted() {
 
 #[test]
 fn zvol_nodes_boot_beside_dataset_nodes_are_left_alone_replaced_and_destroyed() {
+    let _alone = alone();
     let bed = require();
     let build = tempfile::tempdir().unwrap();
     let b = build.path();
@@ -593,6 +607,7 @@ fn zvol_nodes_boot_beside_dataset_nodes_are_left_alone_replaced_and_destroyed() 
 
 #[test]
 fn a_partition_that_never_appears_is_a_clear_error_and_the_node_is_rolled_back() {
+    let _alone = alone();
     let bed = require();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nopart.yaml");
@@ -708,6 +723,7 @@ impl Drop for Undo<'_> {
 
 #[test]
 fn doctor_passes_a_healthy_bed_and_names_each_fault_with_its_fix() {
+    let _alone = alone();
     let bed = require();
     let dir = tempfile::tempdir().unwrap();
     let file = doctor_lab(dir.path(), "");
