@@ -333,22 +333,8 @@ fn make_steps(
     if remove_clone {
         steps.push(("remove old clone", cmd::detach(hv, node)));
         // A replaced clone's lab snapshots go with it (`--force` says so).
-        let snaps: Vec<&str> = state
-            .snapshots_of(&node.dataset)
-            .iter()
-            .map(|s| s.name.as_str())
-            .collect();
-        if !snaps.is_empty() {
-            steps.push((
-                "remove old clone",
-                cmd::only_lab_snapshots(&node.dataset, &snaps),
-            ));
-        }
-        for snap in state.snapshots_of(&node.dataset) {
-            steps.push((
-                "remove old clone",
-                cmd::destroy_snapshot(&node.dataset, &snap.name),
-            ));
+        for c in cmd::destroy_lab_snapshots(node, state) {
+            steps.push(("remove old clone", c));
         }
         steps.push(("remove old clone", cmd::destroy_dataset(node)));
     }

@@ -338,22 +338,8 @@ fn node_plan(
                 steps.push(("unmount", cmd::detach(hv, node)));
                 // Its lab snapshots first, each looked at on the hypervisor (never one lab
                 // did not take); a snapshot someone else took keeps the clone and them.
-                let snaps: Vec<&str> = state
-                    .snapshots_of(&node.dataset)
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .collect();
-                if !snaps.is_empty() {
-                    steps.push((
-                        "destroy snapshot",
-                        cmd::only_lab_snapshots(&node.dataset, &snaps),
-                    ));
-                }
-                for snap in state.snapshots_of(&node.dataset) {
-                    steps.push((
-                        "destroy snapshot",
-                        cmd::destroy_snapshot(&node.dataset, &snap.name),
-                    ));
+                for c in cmd::destroy_lab_snapshots(node, state) {
+                    steps.push(("destroy snapshot", c));
                 }
                 steps.push(("destroy clone", cmd::destroy_dataset(node)));
             }

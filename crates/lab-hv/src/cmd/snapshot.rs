@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use lab_exec::Cmd;
 
+use lab_model::LabNode;
+
 use crate::own::prop;
+use crate::state::HostState;
 
 /// Takes snapshot `name` of every one of `clones` (one hypervisor's: each dataset with the
 /// overlay digest it holds, recorded on its snapshot so that a restore gives it back), with
@@ -182,6 +185,23 @@ for s in $list; do
   fi
 done
 "#;
+
+/// The commands that take a clone's lab snapshots away before the clone itself (`destroy`,
+/// `create --force`): a look that it has no other snapshot, then each lab snapshot, its mark
+/// checked; none when it has no lab snapshot.
+pub fn destroy_lab_snapshots(node: &LabNode, state: &HostState) -> Vec<Cmd> {
+    let snaps: Vec<&str> = state
+        .snapshots_of(&node.dataset)
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    if snaps.is_empty() {
+        return Vec::new();
+    }
+    let mut cmds = vec![only_lab_snapshots(&node.dataset, &snaps)];
+    cmds.extend(snaps.iter().map(|s| destroy_snapshot(&node.dataset, s)));
+    cmds
+}
 
 /// Rolls `dataset` back to `@name`: never `-r` (a later snapshot makes it fail). zfs-fuse
 /// sometimes answers a rollback right after an unmount with "I/O error" and does it a moment
