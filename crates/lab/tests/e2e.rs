@@ -2183,15 +2183,16 @@ fn a_link_is_captured_taken_down_and_brought_back() {
     assert_eq!(passing.code, 0, "{}{}", passing.stdout, passing.stderr);
 
     // Impaired: 50 ms each way adds about 100 ms to a ping's round trip; 100% loss drops
-    // it; reset gives the link back as it was.
+    // it; reset gives the link back as it was. The shortest of ten round trips is compared:
+    // a delay is a floor under every one, while a busy machine makes some of them longer.
     let rtt = || {
         let out = ping("10").stdout;
-        let avg = out
+        let min = out
             .lines()
             .find_map(|l| l.split(" = ").nth(1))
-            .and_then(|v| v.split('/').nth(1))
+            .and_then(|v| v.split('/').next())
             .and_then(|v| v.parse::<f64>().ok());
-        avg.unwrap_or_else(|| panic!("no round trip in: {out}"))
+        min.unwrap_or_else(|| panic!("no round trip in: {out}"))
     };
     let before = rtt();
     // The declared 20 ms, one way, on the second link.
@@ -2222,13 +2223,13 @@ fn a_link_is_captured_taken_down_and_brought_back() {
         .stdout;
         out.lines()
             .find_map(|l| l.split(" = ").nth(1))
-            .and_then(|v| v.split('/').nth(1))
+            .and_then(|v| v.split('/').next())
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or_else(|| panic!("no round trip in: {out}"))
     };
     let slow = rtt2();
     assert!(
-        slow > before + 15.0 && slow < before + 60.0,
+        slow >= 20.0 && slow > before && slow < before + 60.0,
         "{before} ms on the first link, {slow} ms on the one delayed 20 ms one way"
     );
     let set = lab(
@@ -2238,13 +2239,13 @@ fn a_link_is_captured_taken_down_and_brought_back() {
     assert_eq!(set.code, 0, "{}{}", set.stdout, set.stderr);
     let delayed = rtt();
     assert!(
-        delayed > before + 80.0 && delayed < before + 130.0,
+        delayed >= 100.0 && delayed < before + 150.0,
         "{before} ms, then {delayed} ms with 50 ms each way"
     );
     // The other link between the same two guests keeps its own round trip.
     let other = rtt2();
     assert!(
-        (other - slow).abs() < 15.0,
+        other >= 20.0 && (other - slow).abs() < 15.0,
         "the second link's round trip went from {slow} to {other} ms when the first was delayed"
     );
     let links = lab(b, &["--format", "json", "link", "--lab", f]).json();
@@ -2725,4 +2726,207 @@ fn create_starts_a_hypervisors_nodes_in_batches_in_the_order_of_links_and_start_
         "{}{}",
         destroyed.stdout, destroyed.stderr
     );
+}
+
+/// Issue 23, reconcile: a node and two links added to the file of a running lab. `create`
+/// again makes the node, plugs the new links' NICs into the running ends (across two
+/// hypervisors too), pushes their new configuration, and the ends ping across the new links
+/// while the old nodes run on. Taken out of the file again, the links and the node are only
+/// reported; with `--prune` their NICs are unplugged and the node destroyed.
+#[test]
+fn create_again_adds_a_node_and_links_to_a_running_lab_and_prune_takes_them_out() {
+    let bed = require();
+    let build = tempfile::tempdir().unwrap();
+    let b = build.path();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rc.yaml");
+    let write = |more_nodes: &str, more_links: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "include: {}\nlab: {{name: e2e-rc, id: 71, p2p_ipv4: 100.64.71.0/24}}\noverlay: bird\n\
+                 vars: {{domain: e2e.example, dns: [192.0.2.53]}}\n\
+                 defaults: {{node: {{vars: {{ospf_area: 0, vpp_workers: 1}}}}}}\n\
+                 hypervisors:\n  hv0: {{mgmt_ipv4: 192.168.75.0/24}}\n  hv1: {{mgmt_ipv4: 192.168.76.0/24}}\n\
+                 nodes:\n  rc-1: {{hypervisor: hv0, id: 1}}\n  rc-2: {{hypervisor: hv1, id: 1}}\n{more_nodes}\
+                 links:\n  - [rc-1, rc-2]\n{more_links}",
+                repo().join("labs/testbed.yaml").display(),
+            ),
+        )
+        .unwrap();
+    };
+    write("", "");
+    let f = file.to_str().unwrap();
+    let on = |node: &str, words: &[&str]| -> Run {
+        let mut args = vec!["exec", "--lab", f, "--node", node, "--"];
+        args.extend(words);
+        lab(b, &args)
+    };
+    let uptime = |node: &str| -> f64 {
+        let r = on(node, &["cut", "-d", " ", "-f", "1", "/proc/uptime"]);
+        assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+        r.stdout.trim().rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let nic_names = |node: &str| -> String {
+        let r = on(node, &["ls", "/sys/class/net"]);
+        assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+        r.stdout
+            .split_whitespace()
+            .filter(|w| w.starts_with("eth"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    lab(b, &["destroy", "--lab", f, "--yes", "-q"]);
+    let created = lab(
+        b,
+        &["create", "--lab", f, "--wait", "--wait-timeout", "420"],
+    );
+    assert_eq!(created.code, 0, "{}{}", created.stdout, created.stderr);
+    let before = (uptime("rc-1"), uptime("rc-2"));
+
+    // A new node rc-3 on hv0 linked to rc-1, and a second link between rc-1 (hv0) and rc-2
+    // (hv1): the dry run plans the NICs and changes nothing.
+    write(
+        "  rc-3: {hypervisor: hv0, id: 2}\n",
+        "  - [rc-1, rc-3]\n  - [rc-2, rc-1]\n",
+    );
+    let dry = lab(b, &["--format", "json", "create", "--lab", f, "--dry-run"]);
+    assert_eq!(dry.code, 0, "{}{}", dry.stdout, dry.stderr);
+    let planned: Vec<String> = dry.json()["reconcile"]["nics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            format!(
+                "{} {} {} {}",
+                n["node"], n["interface"], n["change"], n["result"]
+            )
+            .replace('"', "")
+        })
+        .collect();
+    assert_eq!(
+        planned,
+        [
+            "rc-1 eth2 add planned",
+            "rc-1 eth3 add planned",
+            "rc-2 eth2 add planned"
+        ],
+        "{}",
+        dry.stdout
+    );
+    assert_eq!(nics(&bed, "hv0", "rc-1").split(' ').count(), 2);
+    assert!(!domain_exists(&bed, "hv0", "rc-3"));
+
+    let started = std::time::Instant::now();
+    let again = lab(
+        b,
+        &[
+            "--format",
+            "json",
+            "create",
+            "--lab",
+            f,
+            "--wait",
+            "--wait-timeout",
+            "420",
+        ],
+    );
+    eprintln!(
+        "reconcile with one new node and two new links: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
+    let doc = again.json();
+    let nodes = by_node(&doc);
+    assert_eq!(nodes["rc-3"]["result"], "done", "{doc}");
+    assert_eq!(nodes["rc-1"]["result"], "unchanged", "{doc}");
+    assert_eq!(nodes["rc-2"]["result"], "unchanged", "{doc}");
+    let nics_done = doc["reconcile"]["nics"].as_array().unwrap();
+    assert!(nics_done.iter().all(|n| n["result"] == "done"), "{doc}");
+    let pushed = doc["reconcile"]["pushed"].as_array().unwrap();
+    assert_eq!(pushed.len(), 2, "{doc}");
+    for p in pushed {
+        assert_eq!(p["reload"]["ok"], true, "{p}");
+    }
+    // Both ends of each new link have the NIC, named by the plan, and ping across it.
+    assert_eq!(nic_names("rc-1"), "eth0 eth1 eth2 eth3");
+    assert_eq!(nic_names("rc-2"), "eth0 eth1 eth2");
+    let model = lab_model::load(std::slice::from_ref(&file)).unwrap();
+    let peer_of = |node: &str, iface: &str| -> String {
+        let n = model.node(node).unwrap();
+        let i = n.interfaces.iter().find(|i| i.name == iface).unwrap();
+        i.peer_ipv4.unwrap().to_string()
+    };
+    for (node, iface) in [
+        ("rc-1", "eth3"),
+        ("rc-2", "eth2"),
+        ("rc-3", "eth1"),
+        ("rc-1", "eth2"),
+    ] {
+        let peer = peer_of(node, iface);
+        let ping = on(node, &["ping", "-c", "2", "-W", "3", &peer]);
+        assert_eq!(
+            ping.code, 0,
+            "{node} {iface} to {peer}: {}{}",
+            ping.stdout, ping.stderr
+        );
+    }
+    // The old nodes ran on; status sees the lab as the file says.
+    let after = (uptime("rc-1"), uptime("rc-2"));
+    assert!(
+        after.0 > before.0 && after.1 > before.1,
+        "{before:?} -> {after:?}"
+    );
+    let status = lab(b, &["--format", "json", "status", "--lab", f]).json();
+    for n in status["nodes"].as_array().unwrap() {
+        assert_eq!(n["overlay_drift"], false, "{n}");
+        assert!(n.get("nic_drift").is_none(), "{n}");
+    }
+
+    // Out of the file again: reported, nothing changed...
+    write("", "");
+    let kept = lab(b, &["--format", "json", "create", "--lab", f]);
+    assert_eq!(kept.code, 3, "{}{}", kept.stdout, kept.stderr);
+    let doc = kept.json();
+    let gone: Vec<&str> = doc["reconcile"]["gone"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(gone, ["rc-3"], "{doc}");
+    assert!(
+        doc["reconcile"]["nics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["result"] == "kept"),
+        "{doc}"
+    );
+    assert_eq!(nic_names("rc-1"), "eth0 eth1 eth2 eth3");
+    assert!(domain_exists(&bed, "hv0", "rc-3"));
+    // ... and with --prune, taken out: NICs unplugged, rc-3 destroyed, the first link untouched.
+    let pruned = lab(b, &["--format", "json", "create", "--lab", f, "--prune"]);
+    assert_eq!(pruned.code, 0, "{}{}", pruned.stdout, pruned.stderr);
+    let doc = pruned.json();
+    assert!(
+        doc["reconcile"]["nics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["result"] == "done"),
+        "{doc}"
+    );
+    assert_eq!(doc["reconcile"]["pruned"][0]["result"], "done", "{doc}");
+    assert!(!domain_exists(&bed, "hv0", "rc-3"));
+    assert!(!exists(&bed, "hv0", &format!("{}/rc-3", bed.pool)));
+    assert_eq!(nic_names("rc-1"), "eth0 eth1");
+    assert_eq!(nic_names("rc-2"), "eth0 eth1");
+    assert_eq!(nics(&bed, "hv0", "rc-1").split(' ').count(), 2);
+    let first = peer_of("rc-1", "eth1");
+    let ping = on("rc-1", &["ping", "-c", "2", "-W", "3", &first]);
+    assert_eq!(ping.code, 0, "{}{}", ping.stdout, ping.stderr);
+
+    let gone = lab(b, &["destroy", "--lab", f, "--yes", "-q"]);
+    assert_eq!(gone.code, 0, "{}", gone.stderr);
 }
