@@ -377,6 +377,7 @@ fn decision(
         force: req.force,
         has_domain_xml: build.domain_xml.is_some(),
         digest: &build.digest,
+        reconciled: req.reconciled.contains(&node.name),
     };
     let mut decision = decide(&facts, &node.domain, &node.dataset, ask);
     // Another owner's clone of a lab of this name: nothing of it is replaced, stopped,

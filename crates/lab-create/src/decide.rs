@@ -31,6 +31,9 @@ pub struct Ask<'a> {
     pub has_domain_xml: bool,
     /// The overlay digest of the node's current build.
     pub digest: &'a str,
+    /// Reconcile changed (or, in a dry run, would change) the node's NICs and pushed its new
+    /// build into it: a different digest is no drift then.
+    pub reconciled: bool,
 }
 
 /// Decides what `create` does with a node (see [`Decision`]): first by whose its clone and
@@ -71,7 +74,7 @@ fn by_ownership(facts: &NodeFacts, node: &str, dataset: &str, ask: Ask<'_>) -> D
     // Our complete clone and no --force: converge by starting what is there, unless it was
     // filled from another build than the current one (that is drift, not "unchanged").
     if filling == Some(false) && !ask.force {
-        if digest != Some(ask.digest) {
+        if digest != Some(ask.digest) && !ask.reconciled {
             let how = if domain.running() {
                 "running"
             } else {
@@ -331,6 +334,7 @@ mod tests {
                     force,
                     has_domain_xml,
                     digest: "d",
+                    reconciled: false,
                 },
             );
             assert_eq!(
@@ -353,6 +357,7 @@ mod tests {
                 force,
                 has_domain_xml: true,
                 digest: "d",
+                reconciled: false,
             };
             decide(&f, "n", "tank/n", ask)
         };

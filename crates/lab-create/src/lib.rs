@@ -46,6 +46,9 @@ pub struct CreateRequest<'a> {
     /// `--start-batch`: every hypervisor starts its nodes this many at a time, whatever its
     /// `start_batch` says.
     pub start_batch: Option<u32>,
+    /// The nodes whose NICs reconcile changed (or, in a dry run, would change) and whose new
+    /// build it pushed: their running domains are as the build says.
+    pub reconciled: std::collections::HashSet<String>,
     /// `--start-interval`: seconds between two batches, whatever a hypervisor's
     /// `start_interval` says.
     pub start_interval: Option<u64>,

@@ -3,11 +3,13 @@
 //! assert is exactly what runs. Commands take names as arguments, never as shell text.
 
 mod network;
+mod nic;
 mod proto;
 mod push;
 mod snapshot;
 
 pub use network::*;
+pub use nic::*;
 pub use proto::*;
 pub use push::*;
 pub use snapshot::*;

@@ -32,9 +32,45 @@ give_qemu() {
 }
 
 /// The steps that take the link of the node's NIC `mac` down or up: in the running domain
-/// (when it runs), then in its definition, so that a restart keeps it.
-pub fn set_link(node: &LabNode, mac: &str, up: bool, running: bool) -> Vec<(&'static str, Cmd)> {
+/// (when it runs), then in its definition, so that a restart keeps it. A NIC `create`
+/// plugged in through QEMU's monitor (`hot`) is unknown to libvirt's running domain: its
+/// link is set through the monitor (HMP answers nothing when it did it).
+pub fn set_link(
+    node: &LabNode,
+    mac: &str,
+    up: bool,
+    running: bool,
+    hot: bool,
+) -> Vec<(&'static str, Cmd)> {
     let state = if up { "up" } else { "down" };
+    if running && hot {
+        let hmp = format!(
+            "set_link {} {}",
+            crate::cmd::hot_nic_device(mac),
+            if up { "on" } else { "off" }
+        );
+        let live = Cmd::change([
+            "sh",
+            "-c",
+            SET_HOT_LINK,
+            "lab-set-link",
+            &node.domain,
+            &hmp,
+            &mac.to_ascii_lowercase(),
+            if up { "" } else { " link='down'" },
+            crate::cmd::HOT_NICS_URI,
+        ]);
+        let config = Cmd::change([
+            "virsh",
+            "-q",
+            "domif-setlink",
+            &node.domain,
+            mac,
+            state,
+            "--config",
+        ]);
+        return vec![("link", live), ("link definition", config)];
+    }
     let argv = |config: bool| {
         let mut argv = vec!["virsh", "-q", "domif-setlink", &node.domain, mac, state];
         if config {
@@ -49,6 +85,17 @@ pub fn set_link(node: &LabNode, mac: &str, up: bool, running: bool) -> Vec<(&'st
     steps.push(("link definition", argv(true)));
     steps
 }
+
+/// A monitor-plugged NIC's link set through QEMU's monitor, then noted on its element in the
+/// live definition's metadata (`link='down'`, or none when up), where the probe reads it.
+const SET_HOT_LINK: &str = r#"dom=$1 hmp=$2 mac=$3 attr=$4 uri=$5
+said=$(virsh qemu-monitor-command --hmp "$dom" "$hmp" 2>&1) && [ -z "$said" ] ||
+  { printf '%s\n' "$said" >&2; exit 3; }
+nics=$(virsh -q metadata "$dom" "$uri" --live 2>/dev/null | grep -o '<[a-z]*:*nic [^>]*>' |
+  sed 's/^<[a-z]*:nic /<nic /' | tr -d '\n' |
+  sed "s#<nic mac=.$mac.\( link=.[a-z]*.\)\{0,1\}#<nic mac='$mac'$attr#")
+[ -z "$nics" ] || virsh -q metadata "$dom" "$uri" --key labnics --set "<nics>$nics</nics>" --live
+"#;
 
 /// The node's NIC `mac`'s frames, as a pcap stream on stdout (both directions, Ethernet, as
 /// the guest sees them; through tcpdump with `filter` when there is one), until stdin ends or

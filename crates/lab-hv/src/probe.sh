@@ -154,13 +154,25 @@ f=/proc/net/udp; [ -r /proc/net/udp6 ] && f="$f /proc/net/udp6"
 awk 'FNR > 1 && $4 == "07" { n = split($2, a, ":"); print a[n] }' $f; echo "$m rc $?"
 if [ "$detail" = nics ]; then
   echo "$m nics"
-  # Each domain's NICs, in order, from its definition (live when it runs): MAC and link
-  # state (`lab link down` sets it; a NIC without a <link state=...> is up).
+  # Each domain's NICs, in order, from its definition (live when it runs): MAC, link state
+  # (`lab link down` sets it; a NIC without a <link state=...> is up) and a UDP wire's
+  # `LOCAL>REMOTE`; then the NICs `create` plugged in through QEMU's monitor (libvirt cannot
+  # hot-plug a udp interface), which the live definition's metadata names, marked `hot`.
   each_domain dumpxml "" | answers | awk -F '\t' '
-    $2 ~ /^ *<interface / { nic = 1; mac = ""; link = "up"; next }
+    function attr(s, a) { return match(s, " " a "=.[^\047\"]*") ? substr(s, RSTART + length(a) + 3, RLENGTH - length(a) - 3) : "" }
+    $2 ~ /^ *<interface / { nic = 1; mac = ""; link = "up"; src = ""; loc = ""; next }
     nic && match($2, /<mac address=.[0-9a-fA-F:]+/) { mac = substr($2, RSTART + 14, RLENGTH - 14) }
     nic && $2 ~ /<link state=.down./ { link = "down" }
-    nic && $2 ~ /^ *<\/interface>/ { nic = 0; if (mac != "") print $1 "\t" mac "\t" link }'
+    nic && $2 ~ /<source address=/ { src = attr($2, "address") ":" attr($2, "port") }
+    nic && $2 ~ /<local address=/ { loc = attr($2, "address") ":" attr($2, "port") }
+    nic && $2 ~ /^ *<\/interface>/ { nic = 0; if (mac != "") print $1 "\t" mac "\t" link "\t" (src == "" ? "-" : loc ">" src) }
+    $2 ~ /<([a-z]+:)?nic .*local=/ {
+      s = $2
+      while (match(s, /<([a-z]+:)?nic [^>]*>/)) {
+        e = substr(s, RSTART, RLENGTH); s = substr(s, RSTART + RLENGTH)
+        print $1 "\t" attr(e, "mac") "\t" (attr(e, "link") == "down" ? "down" : "up") "\t" attr(e, "local") ">" attr(e, "remote") "\thot"
+      }
+    }'
   # `lab link set`'s relays (each one direction of one link, labelled DOMAIN/MAC).
   echo "$m relays"
   ps -eo args= | awk '$2 == "relay" && $3 == "--socket" && / --label /'; echo "$m rc 0"

@@ -252,6 +252,13 @@ pub struct HostState {
     /// `DOMAIN/MAC` (lower case) → how the frames that NIC sends are impaired (`lab link
     /// set`'s relays that run; with [`Detail::Nics`] only).
     pub impairments: BTreeMap<String, Impairment>,
+    /// `DOMAIN/MAC` (lower case) → a UDP wire's `LOCAL_ADDRESS:PORT>REMOTE_ADDRESS:PORT`, as
+    /// the domain has it (with [`Detail::Nics`] only).
+    pub wires: BTreeMap<String, String>,
+    /// `DOMAIN/MAC` of the NICs `create` plugged into a running domain through QEMU's monitor
+    /// (libvirt cannot hot-plug a udp interface): libvirt's live definition does not list
+    /// them; its metadata does, until the domain stops (with [`Detail::Nics`] only).
+    pub hot_nics: BTreeSet<String>,
     /// Domain → the MACs of its NICs whose link is down (`lab link down`; with
     /// [`Detail::Nics`] only).
     pub links_down: BTreeMap<String, BTreeSet<String>>,
@@ -688,12 +695,14 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
                 state.ready.insert(line.to_owned());
             }
             "nics" => {
-                // DOMAIN, MAC and (since the link state is read) `up` or `down`.
+                // DOMAIN, MAC, `up` or `down`, the wire (`LOCAL>REMOTE` or `-`), and `hot`
+                // for a NIC plugged in through QEMU's monitor.
                 let mut fields = line.split('\t');
                 if let (Some(domain), Some(mac)) = (fields.next(), fields.next())
                     && !mac.is_empty()
                 {
                     let mac = mac.to_ascii_lowercase();
+                    let key = format!("{domain}/{mac}");
                     if fields.next() == Some("down") {
                         state
                             .links_down
@@ -701,7 +710,16 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
                             .or_default()
                             .insert(mac.clone());
                     }
-                    state.nics.entry(domain.to_owned()).or_default().push(mac);
+                    if let Some(wire) = fields.next().filter(|w| *w != "-" && !w.is_empty()) {
+                        state.wires.insert(key.clone(), wire.to_owned());
+                    }
+                    if fields.next() == Some("hot") {
+                        state.hot_nics.insert(key);
+                    }
+                    let macs = state.nics.entry(domain.to_owned()).or_default();
+                    if !macs.contains(&mac) {
+                        macs.push(mac);
+                    }
                 }
             }
             _ => {}

@@ -26,7 +26,8 @@ const GOOD: &str = "#snapshots\n\
     #networks\nlab-demo\tactive\tu-1\t<lab:net xmlns:lab='https://lab.invalid/schema/1' lab='demo' sha256='ab12'/>\ndefault\tinactive\tu-2\t\tvirbr0\n#rc 0\n\
     #addrs\nlo\t127.0.0.1/8\nlab2\t192.168.20.254/24\nptp0\t10.9.9.1\n#rc 0\n\
     #udp\n0035\n4F60\n4F60\n#rc 0\n\
-    #nics\nr1\t52:54:00:01:00:01\tup\nr1\t52:54:01:01:00:01\tdown\n#relays\n/run/lab/demo.relay.77 relay --socket /run/lab/demo.relay.77.sock --to 10.0.0.2:20001 --label r1/52:54:01:01:00:01 --delay-us 50000 --loss-ppm 10000\n#rc 0\n#end\n";
+    #nics\nr1\t52:54:00:01:00:01\tup\t-\nr1\t52:54:01:01:00:01\tdown\t10.0.0.1:20000>10.0.0.2:20001\n\
+    r1\t52:54:02:01:00:01\tup\t10.0.0.1:20002>10.0.0.2:20003\thot\n#relays\n/run/lab/demo.relay.77 relay --socket /run/lab/demo.relay.77.sock --to 10.0.0.2:20001 --label r1/52:54:01:01:00:01 --delay-us 50000 --loss-ppm 10000\n#rc 0\n#end\n";
 
 #[test]
 fn parses_every_section() {
@@ -78,7 +79,26 @@ fn parses_every_section() {
     );
     assert!(s.networks["lab-demo"].active);
     assert!(!s.networks["default"].active && s.networks["default"].marker.is_none());
-    assert_eq!(s.nics["r1"], ["52:54:00:01:00:01", "52:54:01:01:00:01"]);
+    assert_eq!(
+        s.nics["r1"],
+        [
+            "52:54:00:01:00:01",
+            "52:54:01:01:00:01",
+            "52:54:02:01:00:01"
+        ]
+    );
+    // Each UDP wire as the domain has it, and the NIC plugged in through the monitor.
+    assert_eq!(
+        s.wires
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>(),
+        [
+            "r1/52:54:01:01:00:01 10.0.0.1:20000>10.0.0.2:20001",
+            "r1/52:54:02:01:00:01 10.0.0.1:20002>10.0.0.2:20003"
+        ]
+    );
+    assert_eq!(s.hot_nics, ["r1/52:54:02:01:00:01".to_owned()].into());
     assert_eq!(s.links_down["r1"], ["52:54:01:01:00:01".to_owned()].into());
     assert_eq!(
         s.impairments["r1/52:54:01:01:00:01"].to_string(),

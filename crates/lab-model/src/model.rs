@@ -236,6 +236,17 @@ pub struct Wire {
     pub remote_port: u16,
 }
 
+impl Wire {
+    /// `LOCAL_ADDRESS:PORT>REMOTE_ADDRESS:PORT`: how `lab` says a wire, in its probe's answer
+    /// and in reports.
+    pub fn text(&self) -> String {
+        format!(
+            "{}:{}>{}:{}",
+            self.local_address, self.local_port, self.remote_address, self.remote_port
+        )
+    }
+}
+
 /// How a hypervisor's management network is provided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -248,6 +248,10 @@ pub struct CreateArgs {
     /// replaced clone's snapshots (`lab snapshot`) go with it.
     #[arg(long)]
     pub force: bool,
+    /// Take out what the lab file no longer names: NICs of nodes that exist (unplugged from
+    /// running domains), and this lab's nodes (destroyed). Without it they are only reported.
+    #[arg(long)]
+    pub prune: bool,
     #[command(flatten)]
     pub owners: OwnerArgs,
     /// Clone, fill and define every node, but start none (`lab start` starts them later).

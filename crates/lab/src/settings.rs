@@ -83,6 +83,8 @@ pub struct Create {
     pub generate: bool,
     /// Replace this lab's running domains and complete clones; read by `lab_create::decide`.
     pub force: bool,
+    /// Unplug NICs and destroy nodes the lab file no longer names (reconcile).
+    pub prune: bool,
     /// Start the nodes (`--no-start`: only clone, fill and define them).
     pub start: bool,
     /// Other owners whose clones may be replaced (`--owner`).
@@ -455,6 +457,7 @@ impl Settings {
                 select: select(a.select),
                 generate: !a.no_generate,
                 force: a.force,
+                prune: a.prune,
                 start: !a.no_start,
                 owners: a.owners.owner,
                 mode: Mode::from_flag(a.dry_run),

@@ -256,6 +256,7 @@ fn plans(lab: &Lab, build: &Path) -> Vec<(Vec<String>, Option<String>)> {
                     })
                     .collect();
                 let req = lab_create::CreateRequest {
+                    reconciled: Default::default(),
                     lab,
                     nodes: nodes.clone(),
                     builds,

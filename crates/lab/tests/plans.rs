@@ -952,6 +952,7 @@ fn run(s: &Scenario) -> String {
                 })
                 .collect();
             let req = lab_create::CreateRequest {
+                reconciled: Default::default(),
                 lab: &lab,
                 nodes: nodes.clone(),
                 builds,

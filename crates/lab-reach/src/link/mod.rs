@@ -114,7 +114,13 @@ pub async fn set_state(
     events: Events<'_>,
 ) -> Vec<NodeReport> {
     let nodes: Vec<&LabNode> = ends.iter().map(|e| e.node).collect();
-    let states = lab_hv::run::probe_nodes(exec, lab, &nodes).await;
+    // With NICs: one `create` plugged in through QEMU's monitor is set through it too.
+    let states: lab_hv::run::States =
+        lab_hv::run::probe_all(exec, &lab.hypervisors_of(&nodes), Detail::Nics)
+            .await
+            .into_iter()
+            .map(|(k, v)| (k, v.map(std::sync::Arc::new)))
+            .collect();
     let macs_of = |node: &LabNode| -> Vec<&str> {
         ends.iter()
             .filter(|e| e.node.name == node.name)
@@ -155,7 +161,11 @@ pub async fn set_state(
             let running = facts.domain.running();
             let steps = macs_of(node)
                 .into_iter()
-                .flat_map(|mac| lab_hv::link::set_link(node, mac, up, running))
+                .flat_map(|mac| {
+                    let key = format!("{}/{}", node.domain, mac.to_ascii_lowercase());
+                    let hot = state.hot_nics.contains(&key);
+                    lab_hv::link::set_link(node, mac, up, running, hot)
+                })
                 .collect();
             Work::Steps(steps, running)
         },

@@ -36,8 +36,8 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
     } else {
         s.build.dir.as_path()
     };
-    let request = request(s, &lab, &nodes, &overlay, source)?;
-    let (created, published, impaired) = change_nodes(
+    let mut request = request(s, &lab, &nodes, &overlay, source)?;
+    let (created, published, impaired, reconciled, pruned) = change_nodes(
         out,
         &lab,
         &nodes,
@@ -45,6 +45,41 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
         s.mode,
         s.lock_wait,
         async |exec, events| {
+            // The nodes that exist first: their links as the file says (and what it no longer
+            // names, listed or, with --prune, taken out); then create makes what is missing.
+            let reconciled = lab_change::reconcile::reconcile(
+                exec,
+                &lab_change::ReconcileRequest {
+                    lab: &lab,
+                    nodes: nodes.clone(),
+                    builds: &request.builds,
+                    owners: request.owners.clone(),
+                    prune: s.prune,
+                },
+                events,
+            )
+            .await;
+            // The lock's reading of a hypervisor reconcile changed is stale now: create reads
+            // that one again.
+            for hv in &reconciled.changed_on {
+                exec.forget_answers(hv);
+            }
+            let gone: Vec<LabNode> = reconciled
+                .gone
+                .iter()
+                .filter_map(|g| lab_change::reconcile::gone_node(&lab, g))
+                .collect();
+            let pruned = if s.prune && !gone.is_empty() {
+                let req = lab_destroy::DestroyRequest {
+                    lab: &lab,
+                    nodes: gone.iter().collect(),
+                    owners: request.owners.clone(),
+                };
+                lab_destroy::destroy(exec, &req, events).await.nodes
+            } else {
+                Vec::new()
+            };
+            request.reconciled = reconciled.reconciled_nodes();
             let created = lab_create::create(exec, &request, events).await;
             // The lab file's impairments on the nodes started now, under the same lock.
             let impaired = match &created {
@@ -65,7 +100,7 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
             } else {
                 Ok(())
             };
-            (created, published, impaired)
+            (created, published, impaired, reconciled, pruned)
         },
     )?;
     let reports = created?;
@@ -123,6 +158,8 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
         &render::Then {
             waits: &waits,
             validation: early.as_ref(),
+            reconcile: Some(&reconciled),
+            pruned: &pruned,
         },
     );
     let created = created
@@ -305,5 +342,6 @@ fn request<'a>(
         now: lab_hv::now(),
         start_batch: s.start_batch,
         start_interval: s.start_interval,
+        reconciled: Default::default(),
     })
 }

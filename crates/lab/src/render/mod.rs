@@ -3,12 +3,16 @@
 
 mod link;
 pub mod proto;
+mod reconcile;
+mod status;
 
 pub use link::{capture, links, recorded};
+pub(crate) use status::age;
+pub use status::status;
 
 use std::io::Write;
 
-use lab_hv::{NetworkReport, NodeReport, Outcome, StatusReport};
+use lab_hv::{NetworkReport, NodeReport, Outcome};
 use lab_model::{Lab, LabNode};
 use lab_reach::{ExecReport, WaitReport};
 
@@ -65,6 +69,9 @@ fn outcome_text(outcome: &Outcome, done: &str, detail: String) -> (String, Strin
 pub struct Then<'a> {
     pub waits: &'a [WaitReport],
     pub validation: Option<&'a lab_reach::validate::Validation>,
+    /// What reconcile found and did before the create, and the nodes `--prune` destroyed.
+    pub reconcile: Option<&'a lab_change::ReconcileReport>,
+    pub pruned: &'a [NodeReport],
 }
 
 /// Prints the result of create or destroy (networks and nodes) and turns it into the exit
@@ -79,7 +86,12 @@ pub fn node_reports(
     mode: Mode,
     then: &Then<'_>,
 ) -> Result<(), Failure> {
-    let Then { waits, validation } = *then;
+    let Then {
+        waits,
+        validation,
+        reconcile,
+        pruned,
+    } = *then;
     let summary = lab_hv::summary(reports);
     let dry_run = mode.is_dry_run();
     let networks_failed = networks
@@ -96,6 +108,12 @@ pub fn node_reports(
             "nodes": reports,
             "ready": (!waits.is_empty()).then_some(waits),
             "validation": validation,
+            "reconcile": reconcile.map(|r| serde_json::json!({
+                "nics": r.nics,
+                "pushed": r.pushed,
+                "gone": r.gone,
+                "pruned": pruned,
+            })),
             "wires": if verb == Verb::Create {
                 reports
                     .iter()
@@ -136,6 +154,9 @@ pub fn node_reports(
             // Networks exist before the nodes that use them, and go after them.
             if verb == Verb::Create {
                 networks.iter().for_each(|n| print_network(&mut stdout, n));
+            }
+            if let Some(r) = reconcile {
+                reconcile::lines(&mut stdout, r, pruned, dry_run);
             }
             for r in reports {
                 let (word, detail) = match &r.outcome {
@@ -195,6 +216,10 @@ pub fn node_reports(
         }
     }
     let verb = verb.as_str();
+    let reconcile_failed = reconcile.is_some_and(|r| r.failed())
+        || pruned
+            .iter()
+            .any(|r| matches!(r.outcome, Outcome::Failed { .. }));
     if summary.failed > 0 && summary.failed == reports.len() {
         Err(Failure::new(
             Exit::Failure,
@@ -207,6 +232,11 @@ pub fn node_reports(
                 "{verb}: {} node(s) skipped, {} failed; {networks_failed} network(s) failed",
                 summary.skipped, summary.failed
             ),
+        ))
+    } else if reconcile_failed {
+        Err(Failure::new(
+            Exit::Partial,
+            format!("{verb}: changing the links of nodes that exist failed (see above)"),
         ))
     } else {
         Ok(())
@@ -233,102 +263,6 @@ fn wires(lab: &Lab, node: &str) -> Vec<String> {
             ))
         })
         .collect()
-}
-
-/// `lab status`: one line per node, then the orphans.
-pub fn status(out: &Output, report: &StatusReport) {
-    if out.format == Format::Json {
-        print_json(report);
-        return;
-    }
-    let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(
-        stdout,
-        "{:<8} {:<16} {:<10} {:<8} {:<6} {:<36} {:>8} {:<20} DRIFT",
-        "HV", "NODE", "DOMAIN", "PHASE", "CLONE", "ORIGIN", "AGE", "OWNER"
-    );
-    for n in &report.nodes {
-        let mut drift = Vec::new();
-        match n.overlay_drift {
-            Some(true) => drift.push("overlay changed".to_owned()),
-            None if n.clone && n.foreign.is_none() => {
-                drift.push("overlay unknown: no build to compare (lab generate)".to_owned())
-            }
-            _ => {}
-        }
-        if let Some(s) = &n.newer_snapshot {
-            drift.push(format!("newer {s}"));
-        }
-        if n.state.as_deref() == Some(lab_hv::own::prop::FILLING) {
-            drift.push("INCOMPLETE: an interrupted create left it (create redoes it)".to_owned());
-        }
-        if let Some(f) = &n.foreign {
-            drift.push(format!("NOT OURS: {f}"));
-        }
-        if let Some(f) = &n.foreign_domain {
-            drift.push(format!("NOT OURS: {f}"));
-        }
-        if let Some(d) = &n.nic_drift {
-            drift.push(format!("NICs: {d}"));
-        }
-        if !n.links_down.is_empty() {
-            drift.push(format!("link down: {}", n.links_down.join(", ")));
-        }
-        if let Some(e) = &n.error {
-            drift.push(e.clone());
-        }
-        let _ = writeln!(
-            stdout,
-            "{:<8} {:<16} {:<10} {:<8} {:<6} {:<36} {:>8} {:<20} {}",
-            n.hypervisor,
-            n.node,
-            n.domain,
-            n.phase.as_deref().unwrap_or("-"),
-            if n.clone { "yes" } else { "no" },
-            n.origin.as_deref().unwrap_or("-"),
-            n.age_seconds.map_or("-".to_owned(), age),
-            n.owner.as_deref().unwrap_or("-"),
-            if drift.is_empty() {
-                "-".to_owned()
-            } else {
-                drift.join("; ")
-            }
-        );
-    }
-    for n in &report.networks {
-        let whose = match (n.state, n.ours) {
-            ("absent", _) => "",
-            (_, true) => " (lab's)",
-            (_, false) => " (operator's)",
-        };
-        let drift = match n.definition_drift {
-            Some(true) => {
-                "; runs an older definition than the build (create redefines it; it takes the new one when it next starts)"
-            }
-            _ => "",
-        };
-        let _ = writeln!(
-            stdout,
-            "network: {} {} {}{whose}{drift}",
-            n.hypervisor, n.network, n.state
-        );
-    }
-    for o in &report.orphans {
-        let _ = writeln!(
-            stdout,
-            "orphan: {} {} (node {}, not in the lab file)",
-            o.hypervisor, o.dataset, o.node
-        );
-    }
-}
-
-pub(crate) fn age(seconds: u64) -> String {
-    match seconds {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86400),
-    }
 }
 
 /// One line per waited-for node; a late one's last console lines under it.
