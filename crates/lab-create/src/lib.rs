@@ -97,6 +97,53 @@ pub async fn create(
     events: Events<'_>,
 ) -> Result<CreateReport, PlanError> {
     let states = lab_hv::run::probe_nodes(exec, req.lab, &req.nodes).await;
+    create_from(exec, req, states, events).await
+}
+
+/// Whether `create` would refuse (see [`PlanError`]), from one reading of each hypervisor,
+/// which it hands back: what a run that changes something before it creates (reconcile)
+/// looks at first, so that a refusal still changes nothing.
+pub async fn check<'a>(
+    exec: &Executor,
+    req: &CreateRequest<'a>,
+) -> Result<lab_hv::run::States<'a>, PlanError> {
+    let states = lab_hv::run::probe_nodes(exec, req.lab, &req.nodes).await;
+    plan(req, &states)?;
+    Ok(states)
+}
+
+/// What `create` decided before any change: each hypervisor's snapshot, management network
+/// and the nodes' DHCP reservations.
+struct Plan<'r> {
+    picked: HashMap<&'r str, Snapshot>,
+    decisions: Vec<(
+        &'r lab_model::Hypervisor,
+        NetworkDecision,
+        Option<&'r NetworkBuild>,
+        Option<String>,
+    )>,
+    reservations: HashMap<&'r str, reserve::Reservation>,
+}
+
+/// [`create`] from hypervisor states already read (by [`check`], say).
+pub async fn create_from(
+    exec: &Executor,
+    req: &CreateRequest<'_>,
+    states: lab_hv::run::States<'_>,
+    events: Events<'_>,
+) -> Result<CreateReport, PlanError> {
+    let Plan {
+        picked,
+        decisions,
+        reservations,
+    } = plan(req, &states)?;
+    apply_all(exec, req, &states, picked, decisions, reservations, events).await
+}
+
+fn plan<'r>(
+    req: &'r CreateRequest<'_>,
+    states: &lab_hv::run::States<'_>,
+) -> Result<Plan<'r>, PlanError> {
     let mut picked: HashMap<&str, Snapshot> = HashMap::new();
     for hv in req.lab.hypervisors_of(&req.nodes) {
         let Some(Ok(state)) = states.get(hv.name.as_str()) else {
@@ -183,6 +230,27 @@ pub async fn create(
             }
         }
     }
+    Ok(Plan {
+        picked,
+        decisions,
+        reservations,
+    })
+}
+
+async fn apply_all(
+    exec: &Executor,
+    req: &CreateRequest<'_>,
+    states: &lab_hv::run::States<'_>,
+    picked: HashMap<&str, Snapshot>,
+    decisions: Vec<(
+        &lab_model::Hypervisor,
+        NetworkDecision,
+        Option<&NetworkBuild>,
+        Option<String>,
+    )>,
+    reservations: HashMap<&str, reserve::Reservation>,
+    events: Events<'_>,
+) -> Result<CreateReport, PlanError> {
     // Each hypervisor's network and nodes in one plan (see `apply::hypervisor`), all
     // hypervisors at once.
     let mut network_work: HashMap<&str, network::NetworkWork> = HashMap::new();
@@ -195,7 +263,6 @@ pub async fn create(
     // Each hypervisor's network and nodes in one exchange (see `apply::hypervisor`), all hypervisors
     // at once.
     let (picked, reservations, network_work) = (&picked, &reservations, &network_work);
-    let states = &states;
     let jobs = req
         .lab
         .hypervisors_of(&req.nodes)

@@ -160,11 +160,11 @@ if [ "$detail" = nics ]; then
   # hot-plug a udp interface), which the live definition's metadata names, marked `hot`.
   each_domain dumpxml "" | answers | awk -F '\t' '
     function attr(s, a) { return match(s, " " a "=.[^\047\"]*") ? substr(s, RSTART + length(a) + 3, RLENGTH - length(a) - 3) : "" }
-    $2 ~ /^ *<interface / { nic = 1; mac = ""; link = "up"; src = ""; loc = ""; next }
+    $2 ~ /^ *<interface / { nic = 1; udp = $2 ~ /type=.udp./; mac = ""; link = "up"; src = ""; loc = ""; next }
     nic && match($2, /<mac address=.[0-9a-fA-F:]+/) { mac = substr($2, RSTART + 14, RLENGTH - 14) }
     nic && $2 ~ /<link state=.down./ { link = "down" }
-    nic && $2 ~ /<source address=/ { src = attr($2, "address") ":" attr($2, "port") }
-    nic && $2 ~ /<local address=/ { loc = attr($2, "address") ":" attr($2, "port") }
+    nic && udp && $2 ~ /<source address=/ { src = attr($2, "address") ":" attr($2, "port") }
+    nic && udp && $2 ~ /<local address=/ { loc = attr($2, "address") ":" attr($2, "port") }
     nic && $2 ~ /^ *<\/interface>/ { nic = 0; if (mac != "") print $1 "\t" mac "\t" link "\t" (src == "" ? "-" : loc ">" src) }
     $2 ~ /<([a-z]+:)?nic .*local=/ {
       s = $2

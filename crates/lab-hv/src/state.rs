@@ -698,8 +698,10 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
                 // DOMAIN, MAC, `up` or `down`, the wire (`LOCAL>REMOTE` or `-`), and `hot`
                 // for a NIC plugged in through QEMU's monitor.
                 let mut fields = line.split('\t');
+                // A MAC that is not one (the metadata's words are anyone's who can write
+                // a domain's metadata) is left out: it would reach the monitor and scripts.
                 if let (Some(domain), Some(mac)) = (fields.next(), fields.next())
-                    && !mac.is_empty()
+                    && lab_model::names::mac(&mac.to_ascii_lowercase()).is_ok()
                 {
                     let mac = mac.to_ascii_lowercase();
                     let key = format!("{domain}/{mac}");
@@ -716,10 +718,8 @@ pub fn parse(proto: &str, text: &str, nonce: &str) -> Result<HostState, String> 
                     if fields.next() == Some("hot") {
                         state.hot_nics.insert(key);
                     }
-                    let macs = state.nics.entry(domain.to_owned()).or_default();
-                    if !macs.contains(&mac) {
-                        macs.push(mac);
-                    }
+                    // Every NIC, a MAC twice included: two NICs with one MAC is drift.
+                    state.nics.entry(domain.to_owned()).or_default().push(mac);
                 }
             }
             _ => {}

@@ -7,14 +7,19 @@
 //! NICs changed then gets its new build as `lab push` brings it (changed files, then its
 //! reload hook), so the guest can use the new link at once. Nodes of this lab that the file
 //! no longer names are listed ([`Gone`]); `create --prune` destroys them through `destroy`.
+//!
+//! In three steps around `create` ([`Reconcile::plan`], [`Reconcile::take_out`],
+//! [`Reconcile::put_in`]): what goes (and every change to a domain that is not running, so
+//! that `create` starts it as the file says) before `create` makes new nodes; what comes into
+//! running domains after, once every port a removed NIC or node held is free.
 
 use std::collections::{BTreeSet, HashMap};
 
 use lab_exec::Executor;
 use lab_generate::NodeBuild;
-use lab_hv::own::{CloneFacts, Owners, inspect, prop};
-use lab_hv::state::{Detail, MarkerRead};
-use lab_hv::{Events, HostState, cmd};
+use lab_hv::own::Owners;
+use lab_hv::state::Detail;
+use lab_hv::{Events, cmd};
 use lab_model::{Interface, Lab, LabNode};
 
 use crate::push::{PushReport, PushRequest, push};
@@ -73,6 +78,9 @@ pub struct Gone {
     pub dataset: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
+    /// Whether `--prune` destroys it: only a node with a clone of this lab there, whose
+    /// names are names.
+    pub prunable: bool,
 }
 
 /// What reconcile found and did.
@@ -88,28 +96,16 @@ pub struct ReconcileReport {
 }
 
 impl ReconcileReport {
-    /// The nodes whose NICs changed (or, in a dry run, would change) and whose new build
-    /// was pushed (or would be): their running domains are as their build says.
-    pub fn reconciled_nodes(&self) -> std::collections::HashSet<String> {
-        let pushed_ok = |node: &str| {
-            self.pushed.iter().any(|p| {
-                p.report.node == node && !matches!(p.report.outcome, lab_hv::Outcome::Failed { .. })
-            })
-        };
-        self.nics
-            .iter()
-            .filter(|n| n.result == "planned" || (n.result == "done" && pushed_ok(&n.node)))
-            .map(|n| n.node.clone())
-            .collect()
-    }
-
-    /// Whether anything it did failed.
+    /// Whether anything it did failed, or a node whose NICs changed did not get its new
+    /// build (a push skipped counts: the guest does not know its new NIC).
     pub fn failed(&self) -> bool {
         self.nics.iter().any(|n| n.result == "failed")
-            || self
-                .pushed
-                .iter()
-                .any(|p| matches!(p.report.outcome, lab_hv::Outcome::Failed { .. }))
+            || self.pushed.iter().any(|p| {
+                !matches!(
+                    p.report.outcome,
+                    lab_hv::Outcome::Done | lab_hv::Outcome::Unchanged { .. }
+                )
+            })
     }
 }
 
@@ -121,289 +117,350 @@ struct Work<'a> {
     nics: Vec<(Change, String, Option<&'a Interface>, bool)>,
 }
 
-/// Decides and carries out every node's NIC changes, then pushes into the nodes that
-/// changed; lists the nodes the file no longer names.
-pub async fn reconcile(
-    exec: &Executor,
-    req: &ReconcileRequest<'_>,
-    events: Events<'_>,
-) -> ReconcileReport {
-    let lab = req.lab;
-    let hypervisors = lab.hypervisors_of(&req.nodes);
-    let states = lab_hv::run::probe_all(exec, &hypervisors, Detail::Nics).await;
-    let mut report = ReconcileReport::default();
-    let mut works = Vec::new();
-    for node in &req.nodes {
-        let Some(Ok(state)) = states.get(node.hypervisor.as_str()) else {
-            continue;
-        };
-        if let Some(work) = decide(lab, node, state, &req.owners) {
-            works.push(work);
-        }
-    }
-    for hv in &hypervisors {
-        if let Some(Ok(state)) = states.get(hv.name.as_str()) {
-            report.gone.extend(gone(lab, &hv.name, state));
-        }
-    }
-    let live = exec.is_live();
-    let jobs = works.iter().map(|work| async move {
-        let mut out = Vec::new();
-        let build = req.builds.get(&work.node.name);
-        for (change, mac, iface, hot) in &work.nics {
-            let mut nic = NicReport {
-                node: work.node.name.clone(),
-                hypervisor: work.node.hypervisor.clone(),
-                mac: mac.clone(),
-                interface: iface.map(|i| i.name.clone()),
-                peer: iface.and_then(|i| {
-                    Some(format!(
-                        "{} {}",
-                        i.peer.as_ref()?,
-                        i.peer_interface.as_ref()?
-                    ))
-                }),
-                change: *change,
-                result: "kept",
-                error: None,
-                commands: Vec::new(),
-            };
-            if *change != Change::Add && !req.prune {
-                out.push(nic);
-                continue;
-            }
-            let mut steps = Vec::new();
-            if *change != Change::Add {
-                steps.push(cmd::unplug_nic(work.node, mac, work.running, *hot));
-            }
-            if *change != Change::Remove {
-                let xml = build
-                    .and_then(|b| b.domain_xml.as_ref())
-                    .map(|x| String::from_utf8_lossy(x).into_owned())
-                    .and_then(|x| cmd::interface_xml(&x, mac));
-                match (xml, iface) {
-                    (Some(xml), Some(i)) => {
-                        steps.extend(cmd::plug_nic(work.node, i, &xml, work.running));
-                    }
-                    _ => {
-                        nic.result = "failed";
-                        nic.error = Some(format!(
-                            "the overlay's domain.xml.j2 renders no <interface> with MAC {mac} \
-                             for {}",
-                            work.node.name
-                        ));
-                        out.push(nic);
-                        continue;
-                    }
-                }
-            }
-            nic.result = if live { "done" } else { "planned" };
-            let before = exec.recorded().len();
-            for step in steps {
-                if let Err(e) = exec.run(&work.node.hypervisor, &step).await {
-                    nic.result = "failed";
-                    // The script's own words say what went wrong; its text would drown them.
-                    nic.error = Some(match e {
-                        lab_exec::ExecError::Failed {
-                            host,
-                            status,
-                            stderr,
-                            ..
-                        } => format!("{host}: {} (status {status})", stderr.trim()),
-                        e => e.to_string(),
-                    });
-                    break;
-                }
-            }
-            if !live {
-                nic.commands = exec.recorded()[before..]
-                    .iter()
-                    .map(|c| c.line.clone())
-                    .collect();
-            }
-            out.push(nic);
-        }
-        out
-    });
-    let per_node = lab_hv::run::at_once_when_live(exec, jobs.collect()).await;
-    report.nics = per_node.into_iter().flatten().collect();
-    // The nodes whose NICs changed get their new build: the guest's configuration of the link.
-    let changed: Vec<&LabNode> = works
-        .iter()
-        .filter(|w| {
-            report
-                .nics
-                .iter()
-                .any(|n| n.node == w.node.name && n.result == "done")
-        })
-        .map(|w| w.node)
-        .collect();
-    report.changed_on = report
-        .nics
-        .iter()
-        .filter(|n| n.result != "kept")
-        .map(|n| n.hypervisor.clone())
-        .collect();
-    if !changed.is_empty() {
-        let builds = changed
-            .iter()
-            .filter_map(|n| Some((n.name.clone(), req.builds.get(&n.name)?.clone())))
-            .collect();
-        let push_req = PushRequest {
-            lab,
-            nodes: changed,
-            builds,
-            owners: req.owners.clone(),
-            reload: true,
-        };
-        report.pushed = push(exec, &push_req, events).await;
-    }
-    report
+/// A reconcile under way (see the module's doc).
+pub struct Reconcile<'r, 'a> {
+    req: &'r ReconcileRequest<'a>,
+    works: Vec<Work<'a>>,
+    /// Per hypervisor: the UDP ports bound there when it was read.
+    bound: HashMap<String, BTreeSet<u16>>,
+    /// `HYPERVISOR/DOMAIN/MAC` → the NIC's wire (`LOCAL>REMOTE`), as read.
+    wires: HashMap<String, String>,
+    /// `NODE/MAC` of the NICs whose first half failed: their second is not tried.
+    failed: BTreeSet<String>,
+    report: ReconcileReport,
 }
 
-/// A node's NIC work: only for a complete clone of this lab that this run may change, with
-/// a domain `lab` defined for the node; nothing when its NICs are as the file says.
-fn decide<'a>(
-    lab: &Lab,
-    node: &'a LabNode,
-    state: &HostState,
-    owners: &Owners,
-) -> Option<Work<'a>> {
-    let hv = lab.hypervisor_of(node);
-    let facts = inspect(hv, &lab.name, node, state).ok()?;
-    if !matches!(facts.clone, CloneFacts::Ours { filling: false, .. })
-        || owners.refusal(state, node).is_some()
-        || !facts.domain.ours()
-    {
-        return None;
-    }
-    let have = state.nics.get(&node.domain)?;
-    let key = |mac: &str| format!("{}/{mac}", node.domain);
-    let mgmt = node.mac.to_ascii_lowercase();
-    let mut nics = Vec::new();
-    for iface in node.links() {
-        let mac = iface.mac.to_ascii_lowercase();
-        let want = iface.wire.as_ref().map(|w| w.text());
-        if !have.contains(&mac) {
-            nics.push((Change::Add, mac, Some(iface), false));
-        } else if want.is_some() && state.wires.get(&key(&mac)) != want.as_ref() {
-            let hot = state.hot_nics.contains(&key(&mac));
-            nics.push((Change::Rewire, mac, Some(iface), hot));
-        }
-    }
-    // Only a link's NIC is ever taken out: one with a UDP wire (what a lab's link is); a NIC
-    // an overlay's domain adds of another kind is not the lab file's to remove.
-    for mac in have {
-        let link = state.wires.contains_key(&key(mac));
-        if link && *mac != mgmt && !node.links().any(|i| i.mac.eq_ignore_ascii_case(mac)) {
-            let hot = state.hot_nics.contains(&key(mac));
-            nics.push((Change::Remove, mac.clone(), None, hot));
-        }
-    }
-    if nics.is_empty() {
-        return None;
-    }
-    Some(Work {
-        node,
-        running: facts.domain.running(),
-        nics,
-    })
-}
-
-/// This lab's nodes on `hv` that the lab file does not name: by their clones (`lab:lab`,
-/// `lab:node`) and by their domains' markers.
-fn gone(lab: &Lab, hv: &str, state: &HostState) -> Vec<Gone> {
-    let named = |node: &str| lab.nodes.iter().any(|n| n.name == node);
-    let mut found: std::collections::BTreeMap<String, Gone> = Default::default();
-    for ds in state.datasets.values() {
-        if ds.prop(prop::LAB) != Some(lab.name.as_str()) {
-            continue;
-        }
-        let Some(node) = ds.prop(prop::NODE).filter(|n| !named(n)) else {
-            continue;
-        };
-        found.entry(node.to_owned()).or_insert_with(|| Gone {
-            node: node.to_owned(),
-            hypervisor: hv.to_owned(),
-            dataset: None,
-            domain: None,
+impl<'r, 'a> Reconcile<'r, 'a> {
+    /// Reads every hypervisor of the selected nodes once (with their domains' NICs) and
+    /// decides each node's NIC changes; changes nothing. When `known` (a reading of the same
+    /// hypervisors) shows nothing of this lab on any of them, there is nothing to reconcile
+    /// and nothing is read.
+    pub async fn plan(
+        exec: &Executor,
+        req: &'r ReconcileRequest<'a>,
+        known: &lab_hv::run::States<'_>,
+    ) -> Reconcile<'r, 'a> {
+        let lab = req.lab;
+        let hypervisors = lab.hypervisors_of(&req.nodes);
+        let there = known.values().any(|s| match s {
+            Ok(state) => holds_lab(lab, state),
+            Err(_) => false,
         });
-        found.get_mut(node).expect("just put").dataset = Some(ds.name.clone());
-    }
-    for (name, domain) in &state.domains {
-        let MarkerRead::Some(m) = &domain.marker else {
-            continue;
+        let states = if there {
+            lab_hv::run::probe_all(exec, &hypervisors, Detail::Nics).await
+        } else {
+            HashMap::new()
         };
-        if m.lab != lab.name || named(&m.node) {
-            continue;
+        let mut report = ReconcileReport::default();
+        let mut works = Vec::new();
+        let mut bound = HashMap::new();
+        let mut wires = HashMap::new();
+        for node in &req.nodes {
+            let Some(Ok(state)) = states.get(node.hypervisor.as_str()) else {
+                continue;
+            };
+            if let Some(work) = decide(lab, node, state, &req.owners) {
+                works.push(work);
+            }
         }
-        found
-            .entry(m.node.clone())
-            .or_insert_with(|| Gone {
-                node: m.node.clone(),
-                hypervisor: hv.to_owned(),
-                dataset: None,
-                domain: None,
-            })
-            .domain = Some(name.clone());
+        for hv in &hypervisors {
+            if let Some(Ok(state)) = states.get(hv.name.as_str()) {
+                report.gone.extend(gone(lab, &hv.name, state));
+                bound.insert(hv.name.clone(), state.udp_ports.clone().unwrap_or_default());
+                for (key, wire) in &state.wires {
+                    wires.insert(format!("{}/{key}", hv.name), wire.clone());
+                }
+            }
+        }
+        Reconcile {
+            req,
+            works,
+            bound,
+            wires,
+            failed: BTreeSet::new(),
+            report,
+        }
     }
-    found.into_values().collect()
+
+    /// Whether [`Reconcile::take_out`] changed (or tried to change) anything.
+    pub fn touched(&self) -> bool {
+        self.report
+            .nics
+            .iter()
+            .any(|n| n.result == "done" || n.result == "failed")
+    }
+
+    /// This lab's nodes on the hypervisors read that the lab file no longer names.
+    pub fn gone(&self) -> &[Gone] {
+        &self.report.gone
+    }
+
+    /// The nodes whose NICs this reconcile changes (or, in a dry run, would change): their
+    /// new build goes in by push, so a digest that differs from it is no drift.
+    pub fn reconciled(&self) -> std::collections::HashSet<String> {
+        self.works
+            .iter()
+            .filter(|w| {
+                w.nics
+                    .iter()
+                    .any(|(change, ..)| *change == Change::Add || self.req.prune)
+            })
+            .map(|w| w.node.name.clone())
+            .collect()
+    }
+
+    /// Before `create`: with `--prune`, every NIC that goes out of a running domain (removed,
+    /// or the old half of a rewired one); and every change to a domain that is not running.
+    pub async fn take_out(&mut self, exec: &Executor) {
+        let nics = self.run(exec, Phase::Before).await;
+        self.failed = nics
+            .iter()
+            .filter(|n| n.result == "failed")
+            .map(|n| format!("{}/{}", n.node, n.mac))
+            .collect();
+        self.report.nics.extend(nics);
+    }
+
+    /// After `create`: the NICs that come into running domains, then the new build of every
+    /// node whose NICs changed.
+    pub async fn put_in(mut self, exec: &Executor, events: Events<'_>) -> ReconcileReport {
+        let nics = self.run(exec, Phase::After).await;
+        self.report.nics.extend(nics);
+        let req = self.req;
+        let changed: Vec<&LabNode> = self
+            .works
+            .iter()
+            .filter(|w| {
+                self.report
+                    .nics
+                    .iter()
+                    .any(|n| n.node == w.node.name && n.result == "done")
+            })
+            .map(|w| w.node)
+            .collect();
+        self.report.changed_on = self
+            .report
+            .nics
+            .iter()
+            .filter(|n| n.result != "kept")
+            .map(|n| n.hypervisor.clone())
+            .collect();
+        if !changed.is_empty() {
+            let builds = changed
+                .iter()
+                .filter_map(|n| Some((n.name.clone(), req.builds.get(&n.name)?.clone())))
+                .collect();
+            let push_req = PushRequest {
+                lab: req.lab,
+                nodes: changed,
+                builds,
+                owners: req.owners.clone(),
+                reload: true,
+            };
+            self.report.pushed = push(exec, &push_req, events).await;
+        }
+        self.report
+    }
+
+    /// The steps of `phase`, each NIC's in order, the nodes at once; a NIC whose steps all
+    /// come in the other phase is left to it.
+    async fn run(&self, exec: &Executor, phase: Phase) -> Vec<NicReport> {
+        let req = self.req;
+        let live = exec.is_live();
+        let jobs = self.works.iter().map(|work| async move {
+            let mut out = Vec::new();
+            let build = req.builds.get(&work.node.name);
+            for (change, mac, iface, hot) in &work.nics {
+                if self.failed.contains(&format!("{}/{mac}", work.node.name)) {
+                    continue;
+                }
+                let mut nic = NicReport {
+                    node: work.node.name.clone(),
+                    hypervisor: work.node.hypervisor.clone(),
+                    mac: mac.clone(),
+                    interface: iface.map(|i| i.name.clone()),
+                    peer: iface.and_then(|i| {
+                        Some(format!(
+                            "{} {}",
+                            i.peer.as_ref()?,
+                            i.peer_interface.as_ref()?
+                        ))
+                    }),
+                    change: *change,
+                    result: "kept",
+                    error: None,
+                    commands: Vec::new(),
+                };
+                let goes = *change != Change::Add;
+                let comes = *change != Change::Remove;
+                if goes && !req.prune {
+                    // Reported once, before create.
+                    if phase == Phase::Before {
+                        out.push(nic);
+                    }
+                    continue;
+                }
+                // A domain that is not running changes before create (which may start it);
+                // a running one loses NICs before and gets them after.
+                let (take, put) = match (work.running, phase) {
+                    (false, Phase::Before) => (goes, comes),
+                    (false, Phase::After) => (false, false),
+                    (true, Phase::Before) => (goes, false),
+                    (true, Phase::After) => (false, comes),
+                };
+                if !take && !put {
+                    continue;
+                }
+                let mut steps = Vec::new();
+                if take {
+                    steps.push(cmd::unplug_nic(work.node, mac, work.running, *hot));
+                }
+                if put {
+                    match self.plug_step(work, mac, *iface, build) {
+                        Ok(step) => steps.push(step),
+                        Err(why) => {
+                            nic.result = "failed";
+                            nic.error = Some(why);
+                        }
+                    }
+                }
+                if nic.result != "failed" {
+                    nic.result = if live { "done" } else { "planned" };
+                    let before = exec.recorded().len();
+                    for step in steps {
+                        if let Err(e) = exec.run(&work.node.hypervisor, &step).await {
+                            nic.result = "failed";
+                            nic.error = Some(short(e));
+                            break;
+                        }
+                    }
+                    if !live {
+                        nic.commands = exec.recorded()[before..]
+                            .iter()
+                            .map(|c| c.line.clone())
+                            .collect();
+                    }
+                }
+                // A running domain's rewired NIC: the report of its second half stands.
+                if phase == Phase::After
+                    || !(work.running && *change == Change::Rewire)
+                    || nic.result == "failed"
+                {
+                    out.push(nic);
+                }
+            }
+            out
+        });
+        lab_hv::run::at_once_when_live(exec, jobs.collect())
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// The command that plugs the file's NIC `mac` in, or why it cannot: the overlay renders
+    /// no such `<interface>`, or its wire's port on this hypervisor is bound by something
+    /// that stays (QEMU binds with SO_REUSEADDR: two sockets on one port share its frames).
+    fn plug_step(
+        &self,
+        work: &Work<'_>,
+        mac: &str,
+        iface: Option<&Interface>,
+        build: Option<&NodeBuild>,
+    ) -> Result<lab_exec::Cmd, String> {
+        let node = work.node;
+        let xml = build
+            .and_then(|b| b.domain_xml.as_ref())
+            .map(|x| String::from_utf8_lossy(x).into_owned())
+            .and_then(|x| cmd::interface_xml(&x, mac));
+        let (Some(xml), Some(iface)) = (xml, iface) else {
+            return Err(format!(
+                "the overlay's domain.xml.j2 renders no <interface> with MAC {mac} for {}",
+                node.name
+            ));
+        };
+        if work.running
+            && let Some(wire) = &iface.wire
+            && self
+                .bound
+                .get(&node.hypervisor)
+                .is_some_and(|b| b.contains(&wire.local_port))
+            && !self.frees(&node.hypervisor, wire.local_port)
+        {
+            return Err(format!(
+                "UDP port {} on {} is bound by something this run does not take out (a NIC \
+                 the lab file no longer names: --prune takes it out first)",
+                wire.local_port, node.hypervisor
+            ));
+        }
+        cmd::plug_nic(node, iface, &xml, work.running)
+            .ok_or_else(|| format!("{} {} has no wire", node.name, iface.name))
+    }
+
+    /// Whether this run frees `port` on `hv` before it plugs: a running domain's NIC it takes
+    /// out with `--prune` had it, or a node the file no longer names that `--prune` destroys.
+    fn frees(&self, hv: &str, port: u16) -> bool {
+        if !self.req.prune {
+            return false;
+        }
+        let nic_frees = self.works.iter().any(|w| {
+            w.node.hypervisor == hv
+                && w.nics.iter().any(|(change, mac, ..)| {
+                    *change != Change::Add
+                        && self.wire_of(w.node, mac).is_some_and(|local| local == port)
+                })
+        });
+        // A node the file no longer names that --prune destroys (before anything is
+        // plugged in) frees the ports of its NICs.
+        let gone_frees = self.report.gone.iter().any(|g| {
+            g.hypervisor == hv
+                && gone_node(self.req.lab, g).is_some()
+                && g.domain.as_deref().is_some_and(|d| {
+                    let prefix = format!("{hv}/{d}/");
+                    self.wires
+                        .iter()
+                        .any(|(k, w)| k.starts_with(&prefix) && local_port(w) == Some(port))
+                })
+        });
+        nic_frees || gone_frees
+    }
+
+    fn wire_of(&self, node: &LabNode, mac: &str) -> Option<u16> {
+        let wire = self
+            .wires
+            .get(&format!("{}/{}/{mac}", node.hypervisor, node.domain))?;
+        local_port(wire)
+    }
 }
 
-/// A node of the lab that the file no longer names, as `destroy` needs it to find (and judge
-/// again, on the hypervisor) its clone and domain: no links, no management address. Its
-/// names come from the hypervisor, not from a lab file, so they are checked here as a lab
-/// file's are (`None`: a name that is not one).
-pub fn gone_node(lab: &Lab, gone: &Gone) -> Option<LabNode> {
-    use lab_model::names;
-    let hv = lab.hypervisor(&gone.hypervisor)?;
-    let domain = gone.domain.clone().or_else(|| {
-        gone.dataset
-            .as_deref()
-            .and_then(|d| d.rsplit('/').next())
-            .map(str::to_owned)
-    })?;
-    names::ident(&gone.node).ok()?;
-    // `<lab>-<node>` with `lab.prefix_names`: longer than a node name may be.
-    let plain = domain.len() <= 80
-        && domain.starts_with(|c: char| c.is_ascii_lowercase())
-        && domain
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if !plain {
-        return None;
-    }
-    if let Some(d) = &gone.dataset {
-        names::dataset(d).ok()?;
-    }
-    Some(LabNode {
-        name: gone.node.clone(),
-        hostname: gone.node.clone(),
-        hypervisor: hv.name.clone(),
-        id: 0,
-        dataset: gone
-            .dataset
-            .clone()
-            .unwrap_or_else(|| format!("{}/{domain}", hv.clones.trim_end_matches('/'))),
-        domain,
-        staging: format!(
-            "{}/{}/{}",
-            hv.staging.trim_end_matches('/'),
-            lab.name,
-            gone.node
-        ),
-        mac: String::new(),
-        mgmt_ipv4: None,
-        mgmt_ipv6: None,
-        interfaces: Vec::new(),
-        ssh: lab_model::NodeSsh {
-            user: "root".to_owned(),
-            options: Vec::new(),
-        },
-        start_after: Vec::new(),
-        vars: Default::default(),
-    })
+/// The local port of a wire as the probe says it (`ADDRESS:PORT>ADDRESS:PORT`).
+fn local_port(wire: &str) -> Option<u16> {
+    wire.split('>').next()?.rsplit(':').next()?.parse().ok()
 }
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Before,
+    After,
+}
+
+/// A failed command's own words (what the script said), without its text.
+fn short(e: lab_exec::ExecError) -> String {
+    match e {
+        lab_exec::ExecError::Failed {
+            host,
+            status,
+            stderr,
+            ..
+        } => format!("{host}: {} (status {status})", stderr.trim()),
+        e => e.to_string(),
+    }
+}
+
+mod decide;
+
+pub use decide::gone_node;
+use decide::{decide, gone, holds_lab};
 
 #[cfg(test)]
 mod tests;

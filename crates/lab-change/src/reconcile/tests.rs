@@ -1,6 +1,7 @@
 //! Reconcile's decisions from forged hypervisor states: which NICs of which node change.
 
 use super::*;
+use lab_hv::HostState;
 use std::path::{Path, PathBuf};
 
 const LAB: &str = "lab: {name: demo, id: 3, p2p_ipv4: 100.64.3.0/24}\n\
@@ -116,6 +117,7 @@ fn each_nic_is_added_removed_or_rewired_as_the_file_says() {
         ),
         ("old", Some("p/old"), Some("old"))
     );
+    assert!(gone[0].prunable);
     let node = gone_node(&lab, &gone[0]).unwrap();
     assert_eq!(
         (node.dataset.as_str(), node.domain.as_str()),
@@ -141,6 +143,7 @@ fn a_gone_node_with_a_name_that_is_not_one_is_not_rebuilt() {
         hypervisor: "hvd".to_owned(),
         dataset: Some("p/x".to_owned()),
         domain: None,
+        prunable: false,
     };
     assert!(gone_node(&lab, &bad).is_none());
 }

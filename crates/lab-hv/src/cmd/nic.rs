@@ -76,6 +76,14 @@ macro_rules! nic_prelude {
 hmp() { virsh qemu-monitor-command --hmp "$dom" "$1" 2>&1; }
 others=$(virsh -q metadata "$dom" "$uri" --live 2>/dev/null | grep -o '<[a-z]*:*nic [^>]*>' |
   sed 's/^<[a-z]*:nic /<nic /' | grep -v "mac=.$mac." | tr -d '\n')
+# Until QEMU lists no NIC with this MAC (its guest let go of it), at most 60 s.
+wait_gone() {
+  n=0
+  while hmp 'info network' | grep -qi "macaddr=$mac"; do
+    n=$((n + 1)); [ $n -le 300 ] || return 1
+    sleep 0.2
+  done
+}
 record() {
   if [ -n "$1" ]; then
     virsh -q metadata "$dom" "$uri" --key labnics --set "<nics>$1</nics>" --live
@@ -104,13 +112,13 @@ if [ "$live" = yes ]; then
     printf 'QEMU did not plug in NIC %s: %s\n' "$mac" "$said" >&2; exit 3
   fi
   if ! said=$(record "$others<nic mac='$mac' local='$la:$lp' remote='$ra:$rp'/>" 2>&1); then
-    hmp "device_del $id-dev" >/dev/null; hmp "netdev_del $id" >/dev/null
+    hmp "device_del $id-dev" >/dev/null; wait_gone; hmp "netdev_del $id" >/dev/null
     printf 'the live definition of %s did not take the note of NIC %s: %s\n' "$dom" "$mac" "$said" >&2; exit 3
   fi
 fi
 if ! said=$(virsh -q attach-device "$dom" "$f" --config 2>&1); then
   if [ "$live" = yes ]; then
-    hmp "device_del $id-dev" >/dev/null; hmp "netdev_del $id" >/dev/null
+    hmp "device_del $id-dev" >/dev/null; wait_gone; hmp "netdev_del $id" >/dev/null
     record "$others" >/dev/null 2>&1
   fi
   printf 'the definition of %s did not take NIC %s: %s\n' "$dom" "$mac" "$said" >&2; exit 3
@@ -125,20 +133,22 @@ const UNPLUG: &str = concat!(
     r#"dom=$1 mac=$2 live=$3 hot=$4 uri=$5
 "#,
     nic_prelude!(),
-    r#"if [ "$live" = yes ] && [ "$hot" = yes ]; then
+    r#"let_go() { echo "the guest of $dom did not let go of NIC $mac in 60 s" >&2; exit 3; }
+if [ "$live" = yes ] && [ "$hot" = yes ]; then
+  # (a NIC an earlier run took out, whose note it could not take away, is not found: done)
   said=$(hmp "device_del $id-dev")
-  [ -z "$said" ] || { printf 'QEMU did not take out NIC %s: %s\n' "$mac" "$said" >&2; exit 3; }
-  n=0
-  while hmp 'info network' | grep -qi "macaddr=$mac"; do
-    n=$((n + 1))
-    [ $n -le 300 ] || { echo "the guest of $dom did not let go of NIC $mac in 60 s" >&2; exit 3; }
-    sleep 0.2
-  done
+  case $said in
+    '' | *"not found"*) ;;
+    *) printf 'QEMU did not take out NIC %s: %s\n' "$mac" "$said" >&2; exit 3 ;;
+  esac
+  wait_gone || let_go
   hmp "netdev_del $id" >/dev/null
   record "$others" >/dev/null || exit 3
 elif [ "$live" = yes ]; then
+  # libvirt waits a while for the guest, then says the request was sent: QEMU says when.
   said=$(virsh -q detach-interface "$dom" udp --mac "$mac" --live 2>&1) ||
     { printf 'libvirt did not take out NIC %s: %s\n' "$mac" "$said" >&2; exit 3; }
+  wait_gone || let_go
 fi
 if virsh -q dumpxml --inactive "$dom" | grep -qi "<mac address=.$mac./>"; then
   said=$(virsh -q detach-interface "$dom" udp --mac "$mac" --config 2>&1) ||

@@ -45,42 +45,61 @@ pub fn run(out: &Output, s: &Create) -> Result<(), Failure> {
         s.mode,
         s.lock_wait,
         async |exec, events| {
-            // The nodes that exist first: their links as the file says (and what it no longer
-            // names, listed or, with --prune, taken out); then create makes what is missing.
-            let reconciled = lab_change::reconcile::reconcile(
-                exec,
-                &lab_change::ReconcileRequest {
-                    lab: &lab,
-                    nodes: nodes.clone(),
-                    builds: &request.builds,
-                    owners: request.owners.clone(),
-                    prune: s.prune,
-                },
-                events,
-            )
-            .await;
-            // The lock's reading of a hypervisor reconcile changed is stale now: create reads
-            // that one again.
-            for hv in &reconciled.changed_on {
-                exec.forget_answers(hv);
-            }
-            let gone: Vec<LabNode> = reconciled
-                .gone
-                .iter()
-                .filter_map(|g| lab_change::reconcile::gone_node(&lab, g))
-                .collect();
-            let pruned = if s.prune && !gone.is_empty() {
+            // What create would refuse is refused before anything changes.
+            let states = match lab_create::check(exec, &request).await {
+                Ok(states) => states,
+                Err(e) => {
+                    let none = lab_change::ReconcileReport::default();
+                    return (Err(e), Ok(()), Ok(Vec::new()), none, Vec::new());
+                }
+            };
+            // The nodes that exist: their links as the file says, and what it no longer names
+            // listed or, with --prune, taken out, around create, which makes what is missing
+            // (see `lab_change::reconcile`). A lab with nothing on its hypervisors yet has
+            // nothing to reconcile, and costs no reading more.
+            let builds = request.builds.clone();
+            let reconcile_req = lab_change::ReconcileRequest {
+                lab: &lab,
+                nodes: nodes.clone(),
+                builds: &builds,
+                owners: request.owners.clone(),
+                prune: s.prune,
+            };
+            let mut reconcile =
+                lab_change::reconcile::Reconcile::plan(exec, &reconcile_req, &states).await;
+            reconcile.take_out(exec).await;
+            let gone: Vec<LabNode> = if s.prune {
+                reconcile
+                    .gone()
+                    .iter()
+                    .filter_map(|g| lab_change::reconcile::gone_node(&lab, g))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let pruned = if gone.is_empty() {
+                Vec::new()
+            } else {
                 let req = lab_destroy::DestroyRequest {
                     lab: &lab,
                     nodes: gone.iter().collect(),
                     owners: request.owners.clone(),
                 };
                 lab_destroy::destroy(exec, &req, events).await.nodes
-            } else {
-                Vec::new()
             };
-            request.reconciled = reconciled.reconciled_nodes();
-            let created = lab_create::create(exec, &request, events).await;
+            request.reconciled = reconcile.reconciled();
+            // The reading `check` made holds unless something changed since (a dry run
+            // changes nothing).
+            let changed = !s.mode.is_dry_run() && (reconcile.touched() || !pruned.is_empty());
+            let created = if changed {
+                for hv in lab.hypervisors_of(&nodes) {
+                    exec.forget_answers(&hv.name);
+                }
+                lab_create::create(exec, &request, events).await
+            } else {
+                lab_create::create_from(exec, &request, states, events).await
+            };
+            let reconciled = reconcile.put_in(exec, events).await;
             // The lab file's impairments on the nodes started now, under the same lock.
             let impaired = match &created {
                 Ok(r) if !s.mode.is_dry_run() && s.start => {

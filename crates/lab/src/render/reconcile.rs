@@ -70,7 +70,9 @@ pub(super) fn lines(
     for g in &r.gone {
         let result = pruned.iter().find(|p| p.node == g.node);
         let detail = match result.map(|p| &p.outcome) {
-            None => "not in the lab file any more (--prune destroys it)".to_owned(),
+            None if g.prunable => "not in the lab file any more (--prune destroys it)".to_owned(),
+            None => "not in the lab file any more (no clone of this lab there: lab leaves it)"
+                .to_owned(),
             Some(Outcome::Done) if dry_run => {
                 "not in the lab file any more: destroyed by --prune (planned)".to_owned()
             }
