@@ -140,16 +140,8 @@ pub fn node_reports(
                     n.action.as_deref().unwrap_or("done")
                 };
                 let (word, detail) = outcome_text(&n.outcome, action, String::new());
-                let _ = writeln!(
-                    stdout,
-                    "{:<8} {:<16} {:<10} {detail}",
-                    n.hypervisor,
-                    format!("net {}", n.network),
-                    word
-                );
-                for c in &n.commands {
-                    let _ = writeln!(stdout, "    $ {c}");
-                }
+                let name = format!("net {}", n.network);
+                row(stdout, &n.hypervisor, &name, &word, &detail, &n.commands);
             };
             // Networks exist before the nodes that use them, and go after them.
             if verb == Verb::Create {
@@ -182,14 +174,14 @@ pub fn node_reports(
                         },
                     ),
                 };
-                let _ = writeln!(
-                    stdout,
-                    "{:<8} {:<16} {:<10} {detail}",
-                    r.hypervisor, r.node, word
+                row(
+                    &mut stdout,
+                    &r.hypervisor,
+                    &r.node,
+                    &word,
+                    &detail,
+                    &r.commands,
                 );
-                for c in &r.commands {
-                    let _ = writeln!(stdout, "    $ {c}");
-                }
                 if dry_run && verb == Verb::Create {
                     for w in wires(lab, &r.node) {
                         let _ = writeln!(stdout, "    wire {w}");
@@ -240,6 +232,22 @@ pub fn node_reports(
         ))
     } else {
         Ok(())
+    }
+}
+
+/// One row of a verb's report: hypervisor, node (or `net NAME`), result, detail; then the
+/// commands of a dry run, a line each.
+fn row(
+    out: &mut impl Write,
+    hypervisor: &str,
+    name: &str,
+    word: &str,
+    detail: &str,
+    commands: &[String],
+) {
+    let _ = writeln!(out, "{hypervisor:<8} {name:<16} {word:<10} {detail}");
+    for c in commands {
+        let _ = writeln!(out, "    $ {c}");
     }
 }
 

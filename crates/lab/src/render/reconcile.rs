@@ -1,8 +1,6 @@
 //! What `create`'s reconcile did, in its text report: a line per NIC, per push, per node the
 //! lab file no longer names.
 
-use std::io::Write;
-
 use lab_hv::{NodeReport, Outcome};
 
 /// Reconcile's lines: each NIC plugged in or out (or kept, without `--prune`), each push
@@ -41,14 +39,7 @@ pub(super) fn lines(
         } else {
             "nic"
         };
-        let _ = writeln!(
-            stdout,
-            "{:<8} {:<16} {:<10} {detail}",
-            n.hypervisor, n.node, word
-        );
-        for c in &n.commands {
-            let _ = writeln!(stdout, "    $ {c}");
-        }
+        super::row(stdout, &n.hypervisor, &n.node, word, &detail, &n.commands);
     }
     for p in &r.pushed {
         let files = p.files.as_ref().map_or(0, Vec::len);
@@ -61,10 +52,13 @@ pub(super) fn lines(
             Outcome::Failed { step, error, .. } => format!("push failed at {step}: {error}"),
             _ => format!("{files} file(s) of its new build pushed{reload}"),
         };
-        let _ = writeln!(
+        super::row(
             stdout,
-            "{:<8} {:<16} {:<10} {detail}",
-            p.report.hypervisor, p.report.node, "pushed"
+            &p.report.hypervisor,
+            &p.report.node,
+            "pushed",
+            &detail,
+            &[],
         );
     }
     for g in &r.gone {
@@ -82,10 +76,6 @@ pub(super) fn lines(
                 format!("not in the lab file any more; --prune: {word} {detail}")
             }
         };
-        let _ = writeln!(
-            stdout,
-            "{:<8} {:<16} {:<10} {detail}",
-            g.hypervisor, g.node, "gone"
-        );
+        super::row(stdout, &g.hypervisor, &g.node, "gone", &detail, &[]);
     }
 }
