@@ -19,7 +19,7 @@ use lab_exec::Executor;
 use lab_generate::NodeBuild;
 use lab_hv::own::Owners;
 use lab_hv::state::Detail;
-use lab_hv::{Events, cmd};
+use lab_hv::{Events, HostState, cmd};
 use lab_model::{Interface, Lab, LabNode};
 
 use crate::push::{PushReport, PushRequest, push};
@@ -121,10 +121,8 @@ struct Work<'a> {
 pub struct Reconcile<'r, 'a> {
     req: &'r ReconcileRequest<'a>,
     works: Vec<Work<'a>>,
-    /// Per hypervisor: the UDP ports bound there when it was read.
-    bound: HashMap<String, BTreeSet<u16>>,
-    /// `HYPERVISOR/DOMAIN/MAC` → the NIC's wire (`LOCAL>REMOTE`), as read.
-    wires: HashMap<String, String>,
+    /// Each hypervisor read (the UDP ports bound there, its NICs' wires).
+    states: HashMap<String, HostState>,
     /// `NODE/MAC` of the NICs whose first half failed: their second is not tried.
     failed: BTreeSet<String>,
     report: ReconcileReport,
@@ -153,8 +151,6 @@ impl<'r, 'a> Reconcile<'r, 'a> {
         };
         let mut report = ReconcileReport::default();
         let mut works = Vec::new();
-        let mut bound = HashMap::new();
-        let mut wires = HashMap::new();
         for node in &req.nodes {
             let Some(Ok(state)) = states.get(node.hypervisor.as_str()) else {
                 continue;
@@ -163,20 +159,19 @@ impl<'r, 'a> Reconcile<'r, 'a> {
                 works.push(work);
             }
         }
+        let states: HashMap<String, HostState> = states
+            .into_iter()
+            .filter_map(|(hv, state)| Some((hv.to_owned(), state.ok()?)))
+            .collect();
         for hv in &hypervisors {
-            if let Some(Ok(state)) = states.get(hv.name.as_str()) {
+            if let Some(state) = states.get(&hv.name) {
                 report.gone.extend(gone(lab, &hv.name, state));
-                bound.insert(hv.name.clone(), state.udp_ports.clone().unwrap_or_default());
-                for (key, wire) in &state.wires {
-                    wires.insert(format!("{}/{key}", hv.name), wire.clone());
-                }
             }
         }
         Reconcile {
             req,
             works,
-            bound,
-            wires,
+            states,
             failed: BTreeSet::new(),
             report,
         }
@@ -382,8 +377,9 @@ impl<'r, 'a> Reconcile<'r, 'a> {
         if work.running
             && let Some(wire) = &iface.wire
             && self
-                .bound
+                .states
                 .get(&node.hypervisor)
+                .and_then(|s| s.udp_ports.as_ref())
                 .is_some_and(|b| b.contains(&wire.local_port))
             && !self.frees(&node.hypervisor, wire.local_port)
         {
@@ -406,36 +402,35 @@ impl<'r, 'a> Reconcile<'r, 'a> {
         let nic_frees = self.works.iter().any(|w| {
             w.node.hypervisor == hv
                 && w.nics.iter().any(|(change, mac, ..)| {
-                    *change != Change::Add
-                        && self.wire_of(w.node, mac).is_some_and(|local| local == port)
+                    *change != Change::Add && self.holds(hv, &w.node.domain, Some(mac), port)
                 })
         });
         // A node the file no longer names that --prune destroys (before anything is
         // plugged in) frees the ports of its NICs.
         let gone_frees = self.report.gone.iter().any(|g| {
             g.hypervisor == hv
-                && gone_node(self.req.lab, g).is_some()
-                && g.domain.as_deref().is_some_and(|d| {
-                    let prefix = format!("{hv}/{d}/");
-                    self.wires
-                        .iter()
-                        .any(|(k, w)| k.starts_with(&prefix) && local_port(w) == Some(port))
-                })
+                && g.prunable
+                && g.domain
+                    .as_deref()
+                    .is_some_and(|d| self.holds(hv, d, None, port))
         });
         nic_frees || gone_frees
     }
 
-    fn wire_of(&self, node: &LabNode, mac: &str) -> Option<u16> {
-        let wire = self
-            .wires
-            .get(&format!("{}/{}/{mac}", node.hypervisor, node.domain))?;
-        local_port(wire)
+    /// Whether a NIC of `domain` on `hv` (the one with `mac`, or any) has `port` as its
+    /// wire's local port, as read (the probe says a wire as `ADDRESS:PORT>ADDRESS:PORT`).
+    fn holds(&self, hv: &str, domain: &str, mac: Option<&str>, port: u16) -> bool {
+        let Some(state) = self.states.get(hv) else {
+            return false;
+        };
+        let prefix = format!("{domain}/");
+        state.wires.iter().any(|(key, wire)| {
+            let local = wire.split('>').next().and_then(|l| l.rsplit(':').next());
+            key.strip_prefix(&prefix)
+                .is_some_and(|m| mac.is_none_or(|mac| m == mac))
+                && local.and_then(|p| p.parse::<u16>().ok()) == Some(port)
+        })
     }
-}
-
-/// The local port of a wire as the probe says it (`ADDRESS:PORT>ADDRESS:PORT`).
-fn local_port(wire: &str) -> Option<u16> {
-    wire.split('>').next()?.rsplit(':').next()?.parse().ok()
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
