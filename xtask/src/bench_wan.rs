@@ -17,7 +17,10 @@ use crate::{Result, cargo, say};
 /// With `nodes`, a synthetic lab of that many nodes (no links) spread over the three namespace
 /// hypervisors replaces the example lab; without `start`, nodes are cloned, filled and
 /// defined but not started (`lab create --no-start`, and the floor likewise).
-pub fn distance(root: &Path, rtts: &[u64], nodes: Option<u32>, boot: bool) -> Result {
+///
+/// The floor and every figure of `lab` are measured `runs` times; the medians are printed
+/// (round trips: of the last run).
+pub fn distance(root: &Path, rtts: &[u64], nodes: Option<u32>, boot: bool, runs: u32) -> Result {
     use lab_testbed::{Testbed, UpOptions};
     let bed = Testbed::default();
     bed.up(&UpOptions::default(), &mut |l| say(l))
@@ -85,7 +88,12 @@ pub fn distance(root: &Path, rtts: &[u64], nodes: Option<u32>, boot: bool) -> Re
     remove_floor_leftovers(&bed, &nodes);
     lab(&["-q", "destroy", "--yes"])?;
     lab(&["-q", "generate"])?;
-    let (floor_create, floor_destroy) = floor(&bed, &nodes, &build, boot)?;
+    let mut floors = Vec::new();
+    for _ in 0..runs {
+        floors.push(floor(&bed, &nodes, &build, boot)?);
+    }
+    let floor_create = median(floors.iter().map(|f| f.0).collect());
+    let floor_destroy = median(floors.iter().map(|f| f.1).collect());
     let result = (|| -> Result<Vec<String>> {
         let mut rows = Vec::new();
         for &ms in rtts {
@@ -113,23 +121,30 @@ pub fn distance(root: &Path, rtts: &[u64], nodes: Option<u32>, boot: bool) -> Re
             let per_hv = |before: &[u64]| -> Vec<u64> {
                 hvs.clone().map(|k| trips(k) - before[k as usize]).collect()
             };
-            let before: Vec<u64> = hvs.clone().map(trips).collect();
-            let create = if boot {
-                lab(&["-q", "create", "--no-generate"])?
-            } else {
-                lab(&["-q", "create", "--no-generate", "--no-start"])?
-            };
-            let create_trips = per_hv(&before);
-            let before: Vec<u64> = hvs.clone().map(trips).collect();
-            let status = lab(&["-q", "status"])?;
-            let status_trips = per_hv(&before);
-            let before: Vec<u64> = hvs.clone().map(trips).collect();
-            let destroy = lab(&["-q", "destroy", "--yes"])?;
-            let destroy_trips = per_hv(&before);
+            let (mut creates, mut statuses, mut destroys) = (Vec::new(), Vec::new(), Vec::new());
+            let mut counted = ([0; 3].to_vec(), [0; 3].to_vec(), [0; 3].to_vec());
+            for _ in 0..runs {
+                let before: Vec<u64> = hvs.clone().map(trips).collect();
+                creates.push(if boot {
+                    lab(&["-q", "create", "--no-generate"])?
+                } else {
+                    lab(&["-q", "create", "--no-generate", "--no-start"])?
+                });
+                counted.0 = per_hv(&before);
+                let before: Vec<u64> = hvs.clone().map(trips).collect();
+                statuses.push(lab(&["-q", "status"])?);
+                counted.1 = per_hv(&before);
+                let before: Vec<u64> = hvs.clone().map(trips).collect();
+                destroys.push(lab(&["-q", "destroy", "--yes"])?);
+                counted.2 = per_hv(&before);
+            }
+            let (create, status, destroy) = (median(creates), median(statuses), median(destroys));
+            let (create_trips, status_trips, destroy_trips) = counted;
             rows.push(format!(
-                "{ms:>5} ms | create {create:6.2} s vs floor {:6.2} s (+{:5.2}) | destroy {destroy:6.2} s vs floor {:6.2} s (+{:5.2}) | status {status:5.2} s | round trips per hypervisor: create {create_trips:?}, status {status_trips:?}, destroy {destroy_trips:?}",
+                "{ms:>5} ms | create {create:6.2} s vs floor {:6.2} s (+{:5.2}, {:.2}x) | destroy {destroy:6.2} s vs floor {:6.2} s (+{:5.2}) | status {status:5.2} s | round trips per hypervisor: create {create_trips:?}, status {status_trips:?}, destroy {destroy_trips:?}",
                 floor_create + reach,
                 create - floor_create - reach,
+                create / (floor_create + reach),
                 floor_destroy + reach,
                 destroy - floor_destroy - reach,
             ));
@@ -151,7 +166,7 @@ pub fn distance(root: &Path, rtts: &[u64], nodes: Option<u32>, boot: bool) -> Re
         (n, false) => format!("{n} nodes, not started (--no-start)"),
     };
     println!(
-        "bench create --rtt: {what} over 3 hypervisors; floor = the work on the \
+        "bench create --rtt: {what} over 3 hypervisors, medians of {runs} runs; floor = the work on the \
          hypervisors directly ({floor_create:.2} s create, {floor_destroy:.2} s destroy) + one \
          connection and exchange per hypervisor at that distance"
     );
@@ -178,4 +193,15 @@ fn synthetic_lab(root: &Path, nodes: &[(u32, String)]) -> String {
         text.push_str(&format!("  {name}: {{hypervisor: hv{k}, id: {id}}}\n"));
     }
     text
+}
+
+/// The middle of `figures` (of the two middle ones, the mean).
+fn median(mut figures: Vec<f64>) -> f64 {
+    figures.sort_by(f64::total_cmp);
+    let n = figures.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => figures[n / 2],
+        _ => (figures[n / 2 - 1] + figures[n / 2]) / 2.0,
+    }
 }

@@ -45,6 +45,10 @@ enum Cmd {
         /// `create --rtt` only: clone, fill and define, start nothing (the control path alone).
         #[arg(long, requires = "rtt")]
         no_start: bool,
+        /// `create --rtt` only: how many times the floor and each figure are measured; the
+        /// median is printed (two busy cores make single runs vary by a second).
+        #[arg(long, default_value_t = 3, requires = "rtt")]
+        runs: u32,
     },
     /// A TCP relay for ssh's ProxyCommand that delays each direction by half of RTT-MS (the
     /// bench's WAN); appends a byte to COUNT per round trip.
@@ -120,9 +124,12 @@ fn main() -> ExitCode {
             nodes,
             rtt,
             no_start,
+            runs,
         } => match which.as_str() {
             "generate" => bench::generate(&root(), nodes.unwrap_or(1000)),
-            "create" if !rtt.is_empty() => bench_wan::distance(&root(), &rtt, nodes, !no_start),
+            "create" if !rtt.is_empty() => {
+                bench_wan::distance(&root(), &rtt, nodes, !no_start, runs.max(1))
+            }
             "create" => bench::create(&root()),
             "proto" => bench_proto::proto(&root()),
             _ => unreachable!("clap checked the value"),
