@@ -342,9 +342,11 @@ fn make_steps(
         steps.push(("undefine old domain", cmd::undefine(node)));
     }
     steps.push(("clone", cmd::clone(hv, node, t.snap, &own, &state.zfs)));
-    steps.push(("mount", cmd::attach(hv, node)));
-    steps.push(("copy", cmd::refuse_symlinked_dirs(node, &t.build.dirs)));
-    steps.push(("copy", cmd::copy_tree(node, trees)));
+    if hv.storage == Storage::Zvol {
+        steps.push(("mount", cmd::attach(hv, node)));
+    }
+    let modes = t.build.modes.iter().map(lab_generate::PathMode::args);
+    steps.push(("copy", cmd::fill(hv, node, trees, &t.build.dirs, modes)));
     steps.extend(finish_steps(hv, t, &req.lab.name));
     steps
 }
@@ -398,21 +400,18 @@ fn decision(
     }
 }
 
-/// A made node's steps after its tree is in: the overlay's modes, a zvol's partition let go,
-/// the clone marked complete, its DHCP reservation, its domain defined and started. (A
-/// dataset stays mounted for the domain's life: its 9p share is that directory.)
+/// A made node's steps after its tree is in (and, for a dataset, the clone marked complete,
+/// by [`cmd::fill`]): a zvol's partition let go and the clone marked complete, its DHCP
+/// reservation, its domain defined and started. (A dataset stays mounted for the domain's
+/// life: its 9p share is that directory.)
 fn finish_steps(hv: &Hypervisor, t: &Todo<'_>, lab: &str) -> Vec<(&'static str, Cmd)> {
     let node = t.node;
     let mut steps = Vec::new();
-    if !t.build.modes.is_empty() {
-        let modes = t.build.modes.iter().map(lab_generate::PathMode::args);
-        steps.push(("copy", cmd::set_modes(node, modes)));
-    }
     if hv.storage == Storage::Zvol {
         steps.push(("unmount", cmd::detach(hv, node)));
         steps.push(("unmount", cmd::remove_staging(node)));
+        steps.push(("copy", cmd::mark_ready(node)));
     }
-    steps.push(("copy", cmd::mark_ready(node)));
     if let Some(claim) = t.reservation.and_then(|r| r.add.as_ref()) {
         steps.push(("reserve DHCP", lab_hv::dhcp::reserve(claim)));
     }

@@ -2,12 +2,14 @@
 //! in `lock.rs`), as pure functions of the model: what `--dry-run` prints and the plan tests
 //! assert is exactly what runs. Commands take names as arguments, never as shell text.
 
+mod fill;
 mod network;
 mod nic;
 mod proto;
 mod push;
 mod snapshot;
 
+pub use fill::*;
 pub use network::*;
 pub use nic::*;
 pub use proto::*;
@@ -150,7 +152,7 @@ pub fn refuse_symlinked_dirs(node: &LabNode, dirs: &[String]) -> Cmd {
     .stdin(list.into_bytes())
 }
 
-const SYMLINKED_DIRS: &str = r#"root=$1; bad=
+pub(crate) const SYMLINKED_DIRS: &str = r#"root=$1; bad=
 while IFS= read -r d; do
   if [ -L "$root/$d" ]; then bad="$bad $d -> $(readlink -- "$root/$d");"; fi
 done
@@ -189,11 +191,18 @@ pub fn set_modes<'a>(node: &LabNode, modes: impl IntoIterator<Item = [&'a str; 4
 }
 
 pub(crate) const SET_MODES: &str = r#"root=$1; shift
-id_in() {
-  case $2 in *[!0-9]*) ;; *) echo "$2"; return 0 ;; esac
-  awk -F: -v n="$2" '$1 "" == n "" { print $3; found = 1; exit } END { exit !found }' "$root/etc/$1" 2>/dev/null
+# `_look FILE NAME`: NAME's id in the image's /etc/FILE (a number is its own) into $_id. The
+# last name found in each file is kept: a tree's paths mostly share an owner, and every
+# process here costs each node of a create.
+_pn= _pi= _gn= _gi=
+_look() {
+  case $2 in *[!0-9]*) ;; *) _id=$2; return 0 ;; esac
+  if [ "$1" = passwd ] && [ "$2" = "$_pn" ]; then _id=$_pi; return 0; fi
+  if [ "$1" = group ] && [ "$2" = "$_gn" ]; then _id=$_gi; return 0; fi
+  _id=$(awk -F: -v n="$2" '$1 "" == n "" { print $3; found = 1; exit } END { exit !found }' "$root/etc/$1" 2>/dev/null) || return 1
+  case $_id in ''|*[!0-9]*) return 1 ;; esac
+  if [ "$1" = passwd ]; then _pn=$2 _pi=$_id; else _gn=$2 _gi=$_id; fi
 }
-numeric() { case $1 in ''|*[!0-9]*) return 1 ;; esac; }
 while [ $# -ge 4 ]; do
   p=$1 m=$2 o=$3 g=$4; shift 4
   f=$root/$p d=$root rest=$p
@@ -205,14 +214,17 @@ while [ $# -ge 4 ]; do
     if [ -L "$d" ]; then echo "modes: /$p: /${d#"$root"/} is a symlink in the clone" >&2; exit 1; fi
   done
   if [ -L "$f" ] || [ ! -e "$f" ]; then echo "modes: /$p is not a file or directory in the clone" >&2; exit 1; fi
+  # Owner and group in one chown (`UID`, `UID:GID` or `:GID`).
+  who=
   if [ "$o" != - ]; then
-    u=$(id_in passwd "$o") && numeric "$u" || { echo "modes: /$p: user $o is not in the image's /etc/passwd" >&2; exit 1; }
-    chown -h "$u" "$f" || exit 1
+    _look passwd "$o" || { echo "modes: /$p: user $o is not in the image's /etc/passwd" >&2; exit 1; }
+    who=$_id
   fi
   if [ "$g" != - ]; then
-    n=$(id_in group "$g") && numeric "$n" || { echo "modes: /$p: group $g is not in the image's /etc/group" >&2; exit 1; }
-    chgrp -h "$n" "$f" || exit 1
+    _look group "$g" || { echo "modes: /$p: group $g is not in the image's /etc/group" >&2; exit 1; }
+    who=$who:$_id
   fi
+  if [ -n "$who" ]; then chown -h "$who" "$f" || exit 1; fi
   # Five digits: a directory's set-id bits go too, unless the mode sets them.
   if [ "$m" != - ]; then chmod "0$m" "$f" || exit 1; fi
 done"#;

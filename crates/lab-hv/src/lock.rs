@@ -1,7 +1,7 @@
 //! Per-lab locks, held on the hypervisors: two runs that change the same lab never interleave.
 //!
 //! On each hypervisor a small remote shell takes `flock` on `<lock_dir>/<lab>.lock`, writes
-//! who holds it into the file, says `locked`, and then waits for the controller's heartbeat on
+//! who holds it into the file, says `locked` with its process id, and then waits for the controller's heartbeat on
 //! its stdin. It ends, and the kernel drops the lock, when the controller releases it, when
 //! the controller dies (the ssh channel closes, stdin reads end-of-file) or when the heartbeat
 //! stops for [`PATIENCE_SECS`] (the network went away). No lock file ever needs a human.
@@ -61,7 +61,9 @@ if ! flock -n 9; then
 fi
 printf '%s\n' "$holder" >"$lock"
 flock -x -w 600 "$busy" true 9>&- || { echo "changes of an earlier run still run here" >&2; exit 1; }
-echo locked
+# (Its pid: the plan's steps check that this shell still holds the lock file, without a
+# process of their own for each check.)
+echo "locked $$"
 if [ $# -gt 0 ]; then
   for nonce; do :; done
   # (Under a deadline: a probe that hangs must not keep the lock.)
@@ -210,12 +212,14 @@ pub fn lock_cmd(
 /// takes exclusively after writing its name: a change of this run that reaches the
 /// hypervisor late (queued in a connection that came back after the lock timed out) either
 /// ran before the new holder went on, or does not run at all (review 3, N19).
+/// The lock's holder, when known (`none` when not), goes to plans as `LAB_LOCK_PID`.
 const STILL_OURS: &str = r#"[ "$(cat -- "$1")" = "$2" ] || exit 77
-LAB_LOCK=$1 LAB_HOLDER=$2; export LAB_LOCK LAB_HOLDER
-shift 2; exec "$@""#;
+LAB_LOCK=$1 LAB_HOLDER=$2 LAB_LOCK_PID=$3; export LAB_LOCK LAB_HOLDER LAB_LOCK_PID
+shift 3; exec "$@""#;
 
-/// The words in front of every change `me`, holding `lab`'s lock, makes on `hv`.
-pub fn guard(hv: &Hypervisor, lab: &str, me: &Holder) -> Vec<String> {
+/// The words in front of every change `me`, holding `lab`'s lock, makes on `hv`; `pid` is
+/// the process on `hv` that holds the lock, when known.
+pub fn guard(hv: &Hypervisor, lab: &str, me: &Holder, pid: Option<u32>) -> Vec<String> {
     vec![
         "flock".into(),
         "-s".into(),
@@ -226,6 +230,7 @@ pub fn guard(hv: &Hypervisor, lab: &str, me: &Holder) -> Vec<String> {
         "lab-guard".into(),
         lock_file(hv, lab, "lock"),
         me.line(),
+        pid.map_or_else(|| "none".to_owned(), |p| p.to_string()),
     ]
 }
 
@@ -233,7 +238,7 @@ pub fn guard(hv: &Hypervisor, lab: &str, me: &Holder) -> Vec<String> {
 /// `--dry-run`, so that it prints what a real run (as `me`) would send.
 pub fn guard_only(exec: &Executor, lab: &str, hypervisors: &[&Hypervisor], me: &Holder) {
     for hv in hypervisors {
-        exec.guard(&hv.name, guard(hv, lab, me));
+        exec.guard(&hv.name, guard(hv, lab, me, None));
     }
 }
 
@@ -268,14 +273,14 @@ pub async fn lock(
         .map(|hv| lock_one(&ask, hv, 0, &quiet))
         .collect();
     let tried = crate::run::join_all(tries).await;
-    let mut taken: Vec<(&Hypervisor, Holding)> = Vec::new();
+    let mut taken: Vec<(&Hypervisor, Taken)> = Vec::new();
     let mut reachable: Vec<&Hypervisor> = Vec::new();
     let mut held_elsewhere = false;
     let mut refused = None;
     for (hv, result) in hypervisors.iter().copied().zip(tried) {
         match result {
-            Ok(holding) => {
-                taken.push((hv, holding));
+            Ok(t) => {
+                taken.push((hv, t));
                 reachable.push(hv);
             }
             Err(LockError::Held { .. }) if wait_secs > 0 => {
@@ -290,9 +295,9 @@ pub async fn lock(
     }
     let mut locks = Locks { held: Vec::new() };
     if refused.is_none() && !held_elsewhere {
-        for (hv, mut holding) in taken {
-            stand_guard(exec, hv, lab, me, &mut holding);
-            locks.held.push(holding);
+        for (hv, mut t) in taken {
+            stand_guard(exec, hv, lab, me, &mut t);
+            locks.held.push(t.holding);
         }
         return Ok(locks);
     }
@@ -300,7 +305,7 @@ pub async fn lock(
     for (hv, _) in &taken {
         exec.forget_answers(&hv.name);
     }
-    locks.held = taken.into_iter().map(|(_, h)| h).collect();
+    locks.held = taken.into_iter().map(|(_, t)| t.holding).collect();
     locks.release().await;
     if let Some(e) = refused {
         return Err(e);
@@ -309,9 +314,9 @@ pub async fn lock(
     let mut locks = Locks { held: Vec::new() };
     for hv in reachable {
         match lock_one(&ask, hv, wait_secs, waiting).await {
-            Ok(mut holding) => {
-                stand_guard(exec, hv, lab, me, &mut holding);
-                locks.held.push(holding);
+            Ok(mut t) => {
+                stand_guard(exec, hv, lab, me, &mut t);
+                locks.held.push(t.holding);
             }
             Err(e) => {
                 if let Err(e) = keep_going(exec, hv, e).await {
@@ -326,9 +331,9 @@ pub async fn lock(
 
 /// From now on every change on `hv` runs behind the guard, and first checks that this lock
 /// is still held.
-fn stand_guard(exec: &Executor, hv: &Hypervisor, lab: &str, me: &Holder, holding: &mut Holding) {
-    exec.guard(&hv.name, guard(hv, lab, me));
-    exec.require_lock(&hv.name, holding.watch());
+fn stand_guard(exec: &Executor, hv: &Hypervisor, lab: &str, me: &Holder, taken: &mut Taken) {
+    exec.guard(&hv.name, guard(hv, lab, me, taken.pid));
+    exec.require_lock(&hv.name, taken.holding.watch());
 }
 
 /// A hypervisor that cannot be reached is fenced off and the run goes on without it; any
@@ -355,12 +360,19 @@ struct Ask<'a> {
     read_state: bool,
 }
 
+/// A lock taken: its exchange, and the process id of the shell on the hypervisor that holds
+/// it (`None` from a scripted or dry-run executor).
+struct Taken {
+    holding: Holding,
+    pid: Option<u32>,
+}
+
 async fn lock_one(
     ask: &Ask<'_>,
     hv: &Hypervisor,
     wait_secs: u64,
     waiting: &(dyn Fn(&str, &Holder) + Sync),
-) -> Result<Holding, LockError> {
+) -> Result<Taken, LockError> {
     let Ask { exec, lab, me, .. } = *ask;
     let failed = |source| LockError::Failed {
         lab: lab.to_owned(),
@@ -377,13 +389,14 @@ async fn lock_one(
     let within = Duration::from_secs(wait_secs + 660);
     loop {
         match holding.next_line(within).await.map_err(failed)? {
-            Some(line) if line == "locked" => {
+            Some(line) if line == "locked" || line.starts_with("locked ") => {
+                let pid = line.strip_prefix("locked ").and_then(|p| p.parse().ok());
                 if let Some(probe) = probe {
                     read_after_lock(exec, hv, probe, &mut holding)
                         .await
                         .map_err(failed)?;
                 }
-                return Ok(holding);
+                return Ok(Taken { holding, pid });
             }
             Some(line) => {
                 if let Some(h) = line.strip_prefix("held ").and_then(Holder::parse) {

@@ -1,6 +1,8 @@
 //! The shell `lab` sends to hypervisors, run here as a hypervisor runs it (`sh`, `flock`,
 //! `/proc/net/udp`), on scratch directories: the checks that stand between a change and what
 //! it must not touch (review 3: N5, N10, N19).
+//! Long: each test stands up its own scratch hypervisor directory and runs the real scripts
+//! there; split by subject they would share that setup through a module of their own.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -82,6 +84,75 @@ fn modes_refuse_a_symlinked_directory_along_the_path() {
     assert_eq!(mode, 0o600);
 }
 
+/// `modes` names owners and groups as the image's own /etc/passwd and /etc/group say (a name
+/// found once serves the paths after it), takes numbers as they are, leaves `-` alone, and
+/// refuses a name the image does not have.
+#[test]
+fn modes_take_owners_and_groups_from_the_images_files() {
+    use std::os::unix::fs::MetadataExt;
+    let uid = Command::new("id").arg("-u").output().unwrap().stdout;
+    if uid != b"0\n" {
+        eprintln!("skipped: chown needs root");
+        return;
+    }
+    let root = scratch("owners");
+    let lab = lab(&root);
+    let r1 = &lab.nodes[0];
+    let clone = PathBuf::from(lab_hv::cmd::staging_dir(r1));
+    std::fs::create_dir_all(clone.join("etc/bird")).unwrap();
+    std::fs::write(
+        clone.join("etc/passwd"),
+        "root:x:0:0::/root:/bin/sh\nbird:x:101:102::/run/bird:/usr/sbin/nologin\n",
+    )
+    .unwrap();
+    std::fs::write(
+        clone.join("etc/group"),
+        "root:x:0:\nbird:x:102:\nfrr:x:103:\n",
+    )
+    .unwrap();
+    for f in ["etc/bird/bird.conf", "a", "b"] {
+        std::fs::write(clone.join(f), "x").unwrap();
+    }
+    let cmd = lab_hv::cmd::set_modes(
+        r1,
+        [
+            ["etc/bird", "0750", "bird", "bird"],
+            ["etc/bird/bird.conf", "0640", "bird", "bird"],
+            ["a", "-", "7", "frr"],
+            ["b", "0600", "-", "-"],
+        ],
+    );
+    let (code, stderr) = run(&cmd.argv);
+    let got = |f: &str| {
+        let m = std::fs::metadata(clone.join(f)).unwrap();
+        (m.uid(), m.gid(), m.mode() & 0o7777)
+    };
+    let table = [
+        got("etc/bird"),
+        got("etc/bird/bird.conf"),
+        got("a"),
+        got("b"),
+    ];
+    let missing = lab_hv::cmd::set_modes(r1, [["a", "-", "named", "-"]]);
+    let (missing_code, missing_err) = run(&missing.argv);
+    std::fs::remove_dir_all(&root).unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        table,
+        [
+            (101, 102, 0o750),
+            (101, 102, 0o640),
+            (7, 103, 0o644),
+            (0, 0, 0o600)
+        ]
+    );
+    assert_eq!(missing_code, Some(1));
+    assert!(
+        missing_err.contains("modes: /a: user named is not in the image's /etc/passwd"),
+        "{missing_err}"
+    );
+}
+
 /// N19: a change that reaches the hypervisor after another run took the lab's lock (its name
 /// in the lock file) does not run, and says so with `LOCK_GONE`; while the file names this
 /// run, it runs.
@@ -100,7 +171,7 @@ fn a_guarded_change_runs_only_while_the_lock_names_its_run() {
     let marker = root.join("ran");
     let attempt = |holder: &str| {
         std::fs::write(root.join("lock/t.lock"), format!("{holder}\n")).unwrap();
-        let mut argv = lab_hv::lock::guard(hv, "t", &me);
+        let mut argv = lab_hv::lock::guard(hv, "t", &me, None);
         argv.extend(["touch".to_owned(), marker.display().to_string()]);
         (run(&argv).0, marker.exists())
     };
@@ -391,4 +462,77 @@ fn a_plans_last_wave_starts_batch_after_batch() {
     let gap = at("r2") - at("r1");
     assert!((2000..10_000).contains(&gap), "{gap} ms: {lines:?}");
     assert!(lines.contains(&"DONE r1".to_owned()) && lines.contains(&"DONE r2".to_owned()));
+}
+
+/// Issue 24: a plan's steps check the lock through the pid the lock's shell says it has (no
+/// `flock` per step): while that shell holds the lock the steps run; once it is gone, even
+/// with the lock file still naming this run, no step runs (status 77).
+#[test]
+fn a_plans_steps_run_only_while_the_locks_shell_holds_it() {
+    use std::io::{BufRead, BufReader};
+    let root = scratch("lockpid");
+    let lab = lab(&root);
+    let (hv, r1) = (&lab.hypervisors[0], &lab.nodes[0]);
+    let me = lab_hv::lock::Holder {
+        owner: "ops@ctl".into(),
+        pid: 42,
+        verb: "create".into(),
+        since: 1_700_000_000,
+    };
+    let cmd = lab_hv::lock::lock_cmd(hv, "t", &me, 0, None);
+    let mut holder = Command::new(&cmd.argv[0])
+        .args(&cmd.argv[1..])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut said)
+        .unwrap();
+    let pid: u32 = said
+        .trim()
+        .strip_prefix("locked ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let marker = root.join("ran");
+    let plan_under_guard = || {
+        let plans = [lab_hv::plan::NodePlan::new(
+            r1,
+            vec![(
+                "touch",
+                lab_exec::Cmd::change(["touch", &marker.display().to_string()]),
+            )],
+        )];
+        let plan = lab_hv::plan::plan_cmd(hv, "t", &plans, &Default::default());
+        let mut argv = lab_hv::lock::guard(hv, "t", &me, Some(pid));
+        argv.extend(plan.argv);
+        let mut child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(plan.stdin.as_ref().unwrap()).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let held = plan_under_guard();
+    let ran_held = marker.exists();
+    let _ = std::fs::remove_file(&marker);
+    // The holder goes (its stdin closes, as when the controller dies); its lock goes with it,
+    // and its name stays in the lock file.
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
+    let gone = plan_under_guard();
+    let ran_gone = marker.exists();
+    std::fs::remove_dir_all(&root).unwrap();
+    assert!(ran_held && held.contains("DONE r1"), "{held}");
+    assert!(!ran_gone, "{gone}");
+    assert!(gone.contains("FAIL r1 77 0 touch"), "{gone}");
 }

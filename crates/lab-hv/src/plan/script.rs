@@ -61,15 +61,24 @@ pub(super) const HYPERVISOR_LAST: &str = "-hypervisor-last";
 /// [`BOOT`]); it goes when the plan ends, by a signal too.
 const RUNNER: &str = r#"trap 'rm -rf -- "$_tmp"' EXIT; trap 'exit 1' HUP INT TERM PIPE
 _ok=$_tmp/ok _done=$_tmp/done; mkdir "$_ok" "$_done" "$_tmp/err" || exit 1
+_held() {
+  case ${LAB_LOCK_PID:-none} in
+    none) ! flock -n "$LAB_LOCK" true ;;
+    *) for _f in "/proc/$LAB_LOCK_PID/fd/"*; do [ "$_f" -ef "$LAB_LOCK" ] && return 0; done
+       return 1 ;;
+  esac
+}
 step() { _n=$1 _i=$2 _s=$3 _t=$4; shift 4; _run "" "$@"; }
 feed() { _n=$1 _i=$2 _s=$3 _t=$4 _d=$5; shift 5; _run fed "$@"; }
 _run() {
   _fed=$1; shift
   # Behind the guard, each step looks again: the lock file still names this run and its
-  # holder still holds it (a lock nobody holds is free to anyone).
-  # (`read`, not `cat`: a builtin; every step pays for what runs here.)
+  # holder still holds it (a lock nobody holds is free to anyone): the holder's shell still
+  # has the lock file open (on fd 9, which the shell moves while a command runs without it),
+  # or, with no pid known, `flock` finds it taken.
+  # (Builtins where they do: every step pays for what runs here.)
   _h=; [ -z "${LAB_LOCK:-}" ] || read -r _h <"$LAB_LOCK"
-  if [ -n "${LAB_LOCK:-}" ] && { [ "$_h" != "$LAB_HOLDER" ] || flock -n "$LAB_LOCK" true; }; then
+  if [ -n "${LAB_LOCK:-}" ] && { [ "$_h" != "$LAB_HOLDER" ] || ! _held; }; then
     echo "FAIL $_n 77 $_i $_s"
     echo "ERR $_n the lab's lock on this hypervisor is no longer this run's: nothing more is changed"
     return 1
