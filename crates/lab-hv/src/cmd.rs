@@ -271,6 +271,10 @@ pub fn mark_ready(node: &LabNode) -> Cmd {
     ])
 }
 
+/// The command line of [`define_domain`] (a plan defines its nodes' domains in one virsh: see
+/// `plan_script`).
+pub const DEFINE_ARGV: [&str; 4] = ["virsh", "-q", "define", "/dev/stdin"];
+
 /// Defines a domain from `xml` with `lab`'s marker put into its `<metadata>`, in one step: a
 /// domain `lab` defined always carries its marker, whatever happens to the run.
 pub fn define_domain(xml: &[u8], lab: &str, node: &LabNode) -> Cmd {
@@ -279,7 +283,7 @@ pub fn define_domain(xml: &[u8], lab: &str, node: &LabNode) -> Cmd {
         "domain",
         &domain_marker(lab, &node.name),
     );
-    Cmd::change(["virsh", "-q", "define", "/dev/stdin"]).stdin(marked.into_bytes())
+    Cmd::change(DEFINE_ARGV).stdin(marked.into_bytes())
 }
 
 /// `xml` with `mark` as the first child of its `<metadata>` (an empty `<metadata/>` opened up),

@@ -481,6 +481,51 @@ fn a_full_pool_rolls_the_node_back_says_no_space_and_leaves_the_pool_as_it_was()
     assert!(!staging && !domain);
 }
 
+/// Issue 24: a plan defines its nodes' domains in one virsh; the one definition libvirt
+/// refuses fails its node alone, at `define`, with libvirt's words, and that node is rolled
+/// back; the nodes before and after it in the same virsh are defined.
+#[test]
+fn a_definition_libvirt_refuses_fails_its_node_only_and_rolls_it_back() {
+    let _serial = serial();
+    let bed = require();
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = [("hv1", "df-1"), ("hv1", "df-2"), ("hv1", "df-3")];
+    let file = write_lab(
+        dir.path(),
+        "e2e-define",
+        59,
+        "nodes:\n  df-1: {hypervisor: hv1, id: 1}\n  \
+         df-2: {hypervisor: hv1, id: 2, vars: {memory_mib: lots}}\n  \
+         df-3: {hypervisor: hv1, id: 3}\n",
+    );
+    let f = file.to_str().unwrap();
+    let run = lab(
+        dir.path(),
+        &["--format", "json", "create", "--no-start", "--lab", f],
+    );
+    let report = by_node(&run.json());
+    let defined: Vec<bool> = nodes
+        .iter()
+        .map(|(hv, n)| domain_exists(&bed, hv, n))
+        .collect();
+    let bad_clone = exists(&bed, "hv1", &format!("{}/df-2", bed.pool));
+    let destroy = lab(dir.path(), &["destroy", "--yes", "--lab", f]);
+
+    // Partial: some nodes failed.
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    let bad = &report["df-2"];
+    assert_eq!(bad["result"], "failed", "{bad}");
+    assert_eq!(bad["step"], "define", "{bad}");
+    assert_eq!(bad["rolled_back"], true, "{bad}");
+    assert!(bad["error"].as_str().unwrap().contains("lots"), "{bad}");
+    assert_eq!(report["df-1"]["result"], "done", "{}", report["df-1"]);
+    assert_eq!(report["df-3"]["result"], "done", "{}", report["df-3"]);
+    assert_eq!(defined, [true, false, true]);
+    assert!(!bad_clone, "the refused node's clone was rolled back");
+    assert_eq!(destroy.code, 0, "{}", destroy.stderr);
+    assert_nothing_left(&bed, &nodes);
+}
+
 #[test]
 fn hostile_arguments_reach_the_hypervisor_as_data_never_as_shell() {
     let _serial = serial();

@@ -53,6 +53,15 @@ impl<'a> NodePlan<'a> {
         self.last_wave < self.steps.len()
     }
 
+    /// The index of its domain's definition when the plan's define wave runs it (see
+    /// [`script::plan_script`]): a `virsh define` fed the definition, as the last step of
+    /// its first wave.
+    fn defined_in_wave(&self) -> Option<usize> {
+        let i = self.last_wave.checked_sub(1)?;
+        let (_, cmd) = &self.steps[i];
+        (cmd.argv == crate::cmd::DEFINE_ARGV && cmd.stdin.is_some()).then_some(i)
+    }
+
     /// The node as functions of the plan script: `n<index>` its first wave, `f<index>` its
     /// last (when it has one), each ended by a failure; `DONE` after the last step.
     fn function(&self, index: usize) -> String {
@@ -62,6 +71,27 @@ impl<'a> NodePlan<'a> {
             quote_line(&[format!("DONE {}", self.node.name)])
         );
         let mut body = format!("n{index}() {{\n");
+        if let Some(define) = self.defined_in_wave() {
+            // Up to its definition, which it leaves for the define wave; the rest after it.
+            body.push_str(&step_lines(&self.node.name, &self.steps, 0..define));
+            let xml =
+                String::from_utf8_lossy(self.steps[define].1.stdin.as_deref().unwrap_or_default());
+            let write = quote_line(&["printf".to_owned(), "%s".to_owned(), xml.into_owned()]);
+            body.push_str(&format!("  {write} >\"$_tmp/def/{index}.xml\"\n}}\n"));
+            let name = quote_line(std::slice::from_ref(&self.node.name));
+            let step = quote_line(&[self.steps[define].0.to_owned()]);
+            body.push_str(&format!(
+                "d{index}() {{\n  _defined {name} {index} {define} {step} || return\n"
+            ));
+            if self.waits() {
+                body.push_str(&format!("  : >\"$_ok/{index}\"\n}}\nf{index}() {{\n"));
+                let wave = self.last_wave..self.steps.len();
+                body.push_str(&step_lines(&self.node.name, &self.steps, wave));
+            }
+            body.push_str(&done);
+            body.push_str("}\n");
+            return body;
+        }
         body.push_str(&step_lines(&self.node.name, &self.steps, 0..self.last_wave));
         if self.waits() {
             body.push_str(&format!("  : >\"$_ok/{index}\"\n}}\nf{index}() {{\n"));
@@ -84,6 +114,11 @@ impl<'a> NodePlan<'a> {
                 } else {
                     ""
                 };
+                if Some(i) == self.defined_in_wave() {
+                    return "(the plan's define wave: one virsh for the hypervisor's nodes) \
+                            virsh define {its definition} <<< (stdin)"
+                        .to_owned();
+                }
                 format!("{held}{}", shown_step(cmd))
             })
             .collect()
