@@ -1097,12 +1097,14 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
         ),
         "{commands:?}"
     );
-    let copy = commands.iter().find(|c| c.contains(" lab-copy ")).unwrap();
+    // One step mounts, checks, copies, sets the modes and marks the clone complete.
+    let fill = commands.iter().find(|c| c.contains(" lab-fill ")).unwrap();
     assert!(
-        copy.ends_with(
-            " lab-copy /run/lab/e2e-dry.plan/trees/dr-1/ /var/lib/lab/staging/e2e-dry/dr-1/"
-        ),
-        "{copy}"
+        fill.contains(&format!(
+            " lab-fill /var/lib/lab/staging/e2e-dry/dr-1 {}/dr-1 /run/lab/e2e-dry.plan/trees/dr-1/ ",
+            bed.pool
+        )),
+        "{fill}"
     );
     let last = commands.last().unwrap();
     assert_eq!(
