@@ -161,23 +161,6 @@ if [ -n "$bad" ]; then
   exit 1
 fi"#;
 
-/// Copies a node's tree, unpacked by its plan under `trees` (see [`crate::plan::Trees`]), into
-/// its clone: into the image's own files, which so keep their owner, group and mode (a
-/// daemon's `root:bird 0640` config stays readable by the daemon); the execute bit follows the
-/// overlay's; new files and directories get the overlay's modes under umask 022; every file
-/// of the tree is written, whatever its size and time; symlinks stay symlinks.
-pub fn copy_tree(node: &LabNode, trees: &str) -> Cmd {
-    Cmd::change([
-        "sh",
-        "-c",
-        "umask 022\nexec rsync -rltDH --executability --ignore-times --inplace --omit-dir-times \"$1\" \"$2\"",
-        "lab-copy",
-        &format!("{trees}/{}/", node.name),
-        &format!("{}/", staging_dir(node).trim_end_matches('/')),
-    ])
-    .timeout(Duration::from_secs(600))
-}
-
 /// Gives paths of the filled clone the owner, group and mode the overlay's `modes` says; each
 /// of `modes` is `[path, mode, owner, group]`, `-` for "keep". Names are looked up in the
 /// image's own `/etc/passwd` and `/etc/group`, never the hypervisor's; a path that is a symlink

@@ -360,8 +360,10 @@ proptest! {
 
 /// The words of a hypervisor's plan's steps (`sh -c BOOT lab-plan SIZE ...` fed the runner, then a
 /// function per node whose lines are `step NODE INDEX NAME SECS COMMAND...` or `feed NODE
-/// INDEX NAME SECS DATA COMMAND...`): the node and the command's words (step names are the
-/// code's own, the data is stdin, no argument). Nothing for any other command.
+/// INDEX NAME SECS DATA COMMAND...`, and `_defined NODE I INDEX NAME` where the define wave
+/// left the node's definition): the node and the command's words (step names are the code's
+/// own, the data is stdin or a file of the plan's, no argument). Nothing for any other
+/// command.
 fn split_plan(argv: &[String], fed: Option<&str>) -> Vec<String> {
     let Some(at) = argv.iter().position(|a| a == "lab-plan") else {
         return Vec::new();
@@ -408,6 +410,8 @@ fn split_plan(argv: &[String], fed: Option<&str>) -> Vec<String> {
         let skip = match w.first().map(String::as_str) {
             Some("step") => 5,
             Some("feed") => 6,
+            // The node; the rest are numbers and the step's name.
+            Some("_defined") => w.len(),
             _ => {
                 words_of_steps.push(body.to_owned());
                 continue;

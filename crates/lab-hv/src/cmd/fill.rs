@@ -9,11 +9,15 @@ use lab_model::{Hypervisor, LabNode, Storage};
 use super::{SET_MODES, SYMLINKED_DIRS, staging_dir};
 use crate::own::prop;
 
-/// Fills a new clone with its node's tree, as `attach`, `refuse_symlinked_dirs`, `copy_tree`,
-/// `set_modes` and `mark_ready` would one after the other, in one command:
+/// Fills a new clone with its node's tree, as `attach`, `refuse_symlinked_dirs`, `set_modes`
+/// and `mark_ready` would one after the other with the copy between them, in one command:
 /// - a dataset is mounted when it is not (a zvol's partition is mounted before, by `attach`);
 /// - directories of the tree (on stdin) that are symlinks in the image are refused;
-/// - the tree is copied in from its plan's `trees` (see `copy_tree` for how);
+/// - the tree, unpacked by its plan under `trees` (see [`crate::plan::Trees`]), is copied in:
+///   into the image's own files, which so keep their owner, group and mode (a daemon's
+///   `root:bird 0640` config stays readable by the daemon); the execute bit follows the
+///   overlay's; new files and directories get the overlay's modes under umask 022; every file
+///   of the tree is written, whatever its size and time; symlinks stay symlinks;
 /// - paths get the owner, group and mode `modes` says (`[path, mode, owner, group]`);
 /// - a dataset is marked complete (a zvol is, once its partition is let go).
 ///
