@@ -71,28 +71,24 @@ impl<'a> NodePlan<'a> {
             quote_line(&[format!("DONE {}", self.node.name)])
         );
         let mut body = format!("n{index}() {{\n");
-        if let Some(define) = self.defined_in_wave() {
-            // Up to its definition, which it leaves for the define wave; the rest after it.
-            body.push_str(&step_lines(&self.node.name, &self.steps, 0..define));
-            let xml =
-                String::from_utf8_lossy(self.steps[define].1.stdin.as_deref().unwrap_or_default());
-            let write = quote_line(&["printf".to_owned(), "%s".to_owned(), xml.into_owned()]);
-            body.push_str(&format!("  {write} >\"$_tmp/def/{index}.xml\"\n}}\n"));
-            let name = quote_line(std::slice::from_ref(&self.node.name));
-            let step = quote_line(&[self.steps[define].0.to_owned()]);
-            body.push_str(&format!(
-                "d{index}() {{\n  _defined {name} {index} {define} {step} || return\n"
-            ));
-            if self.waits() {
-                body.push_str(&format!("  : >\"$_ok/{index}\"\n}}\nf{index}() {{\n"));
-                let wave = self.last_wave..self.steps.len();
-                body.push_str(&step_lines(&self.node.name, &self.steps, wave));
+        match self.defined_in_wave() {
+            // Up to its definition, which it leaves for the define wave (`d<index>`); the
+            // rest after it, as any node's.
+            Some(define) => {
+                body.push_str(&step_lines(&self.node.name, &self.steps, 0..define));
+                let xml = String::from_utf8_lossy(
+                    self.steps[define].1.stdin.as_deref().unwrap_or_default(),
+                );
+                let write = quote_line(&["printf".to_owned(), "%s".to_owned(), xml.into_owned()]);
+                body.push_str(&format!("  {write} >\"$_tmp/def/{index}.xml\"\n}}\n"));
+                let name = quote_line(std::slice::from_ref(&self.node.name));
+                let step = quote_line(&[self.steps[define].0.to_owned()]);
+                body.push_str(&format!(
+                    "d{index}() {{\n  _defined {name} {index} {define} {step} || return\n"
+                ));
             }
-            body.push_str(&done);
-            body.push_str("}\n");
-            return body;
+            None => body.push_str(&step_lines(&self.node.name, &self.steps, 0..self.last_wave)),
         }
-        body.push_str(&step_lines(&self.node.name, &self.steps, 0..self.last_wave));
         if self.waits() {
             body.push_str(&format!("  : >\"$_ok/{index}\"\n}}\nf{index}() {{\n"));
             let wave = self.last_wave..self.steps.len();
