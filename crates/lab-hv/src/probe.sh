@@ -1,7 +1,13 @@
 # The probe of a hypervisor (see PROBE in state.rs). Arguments: pool, proto dataset,
-# detail (`nics` or not), the marker namespace, `domain address` pairs to look at for an ssh
-# banner (one word list, with `nics` only; `none`: one word, no pair), a nonce.
+# detail (`normal`, `nics`, or `status`: NICs without the clones' snapshots), the marker
+# namespace, `domain address` pairs to look at for an ssh banner (one word list, with
+# `status` only; `none`: one word, no pair), a nonce.
 pool=$1 proto=$2 detail=$3 ns=$4 ready=$5 m="#$6" nonce=$6
+nics= snaps=yes
+case $detail in
+  nics) nics=yes ;;
+  status) nics=yes snaps= ;;
+esac
 echo "$m snapshots"
 out=$(zfs list -H -o name "$proto" 2>&1); r=$?
 if [ $r -eq 0 ]; then
@@ -48,10 +54,11 @@ fi
 # The pool's datasets and snapshots, from one listing (each listing walks the whole pool,
 # which costs zfs-fuse about a millisecond per dataset): names only, which hold no tab or
 # newline, so a property value read after them cannot invent one.
+# `status` shows no clone's snapshots, and listing them costs zfs-fuse a third more.
 echo "$m names"
-all=$(zfs list -H -o name -t filesystem,volume,snapshot -r "$pool"); rc=$?
+all=$(zfs list -H -o name -t "filesystem,volume${snaps:+,snapshot}" -r "$pool"); rc=$?
 names=$(printf '%s\n' "$all" | grep -v '@')
-snaps=$(printf '%s\n' "$all" | grep '@')
+snapnames=$(printf '%s\n' "$all" | grep '@')
 if [ -n "$names" ]; then printf '%s\n' "$names"; fi
 echo "$m rc $rc"
 echo "$m datasets"
@@ -64,51 +71,98 @@ fi
 # Every snapshot with its `lab:snapshot`, read as datasets are: those `lab snapshot` took
 # of clones carry one.
 echo "$m labsnaps"
-if [ -n "$snaps" ]; then printf '%s\n' "$snaps"; fi
-echo "$m rc $rc"
-echo "$m labsnapprops"
-if [ -n "$snaps" ]; then
-  printf '%s\n' "$snaps" | xargs -d '\n' zfs get -H -p -o name,property,value,source lab:snapshot,creation,createtxg,used
-  echo "$m rc $?"
+if [ -z "$snaps" ]; then
+  echo "$m rc skipped"
+  echo "$m labsnapprops"
+  echo "$m rc skipped"
 else
-  echo "$m rc 0"
+  if [ -n "$snapnames" ]; then printf '%s\n' "$snapnames"; fi
+  echo "$m rc $rc"
+  echo "$m labsnapprops"
+  if [ -n "$snapnames" ]; then
+    printf '%s\n' "$snapnames" | xargs -d '\n' zfs get -H -p -o name,property,value,source lab:snapshot,creation,createtxg,used
+    echo "$m rc $?"
+  else
+    echo "$m rc 0"
+  fi
 fi
+# libvirt's domains and networks, listed by one virsh (not `-q`, which also drops the newline
+# of every `echo`): a line of it that starts with `error:` (virsh goes on after a failed
+# command, and says so) fails all three lists, so that a failure never reads as absence.
+s="lab-$nonce"
+lists=$(virsh "echo $s a; list --all; echo $s b; list --all --uuid; echo $s c; net-list --all --uuid" 2>&1); rc=$?
+[ $rc -ne 0 ] || ! printf '%s\n' "$lists" | grep -q '^error:' || rc=1
+# `part X`: the lines virsh printed after `echo lab-NONCE X`, blank ones left out.
+part() { printf '%s\n' "$lists" | awk -v s="$s" -v p="$1" '$1 == s { on = $2 == p; next } on && NF'; }
+# The domains' rows, after `list`'s heading and its line of dashes.
+doms=$(part a | awk 'rows; /^-+$/ { rows = 1 }')
+uuids= netuuids=
+[ $rc -ne 0 ] || uuids=$(part b) netuuids=$(part c)
 echo "$m domains"
-virsh -q list --all; echo "$m rc $?"
+if [ -n "$doms" ]; then printf '%s\n' "$doms"; fi
+echo "$m rc $rc"
 echo "$m markers"
-uuids=$(virsh -q list --all --uuid); rc=$?
-# `each_domain CMD ARGS`: every domain's name and what `virsh CMD UUID ARGS` says (errors
-# too), from one virsh: one connection to libvirtd for them all (a virsh of its own costs
-# 0.1 s on a busy host, so a thousand domains cost seconds). Domains go by UUID: no name
-# reaches virsh's command line. Around each answer, lines of the nonce's own: `lab-NONCE
-# UUID` and the domain's name before it, `lab-NONCE -` right before it, `lab-NONCE .` after
-# it (virsh keeps its output and errors in order). `answers` then prints `NAME<TAB>LINE` for
-# each line of an answer and `NAME<TAB>lab-NONCE .` at its end: a domain without that end
-# was not answered whole.
-# (Two hundred domains per virsh: its command line stays far below the 128 KiB an argument
-# may have.)
+# `each_domain`: what virsh says of every domain, from one virsh per 250 of them: one
+# connection to libvirtd for them all (a virsh of its own costs 20 ms of CPU, more on a busy
+# host). Domains go by UUID: no name reaches virsh's command line. Each domain's answers sit
+# between lines of the nonce's own (virsh keeps its output and errors in order):
+# `lab-NONCE UUID`, its name (`domname`), `lab-NONCE -`, its marker (`metadata`), then for
+# `nics` `lab-NONCE +` and its definition (`dumpxml`, live when it runs), and `lab-NONCE .`.
+# `status` asks for the definition alone: its <name> names the domain and its <metadata>
+# holds the marker, for a third of the calls to libvirtd (the definition it shows is the
+# live one, as for the NICs).
+# (250 domains per virsh: its command line stays far below the 128 KiB an argument may have.)
 each_domain() {
-  batch= n=0
-  for u in $uuids; do
-    batch="$batch echo lab-$nonce $u; domname $u; echo lab-$nonce -; $1 $u $2; echo lab-$nonce .;"
-    n=$((n + 1))
-    if [ $n -eq 200 ]; then virsh "$batch" 2>&1; batch= n=0; fi
-  done
-  [ -z "$batch" ] || virsh "$batch" 2>&1
+  [ -n "$uuids" ] || return 0
+  printf '%s\n' "$uuids" | awk -v s="$s" -v ns="$ns" -v detail="$detail" '
+    {
+      printf " echo %s %s;", s, $1
+      if (detail != "status") printf " domname %s; echo %s -; metadata %s --uri \047%s\047 --config;", $1, s, $1, ns
+      if (detail != "normal") printf " echo %s +; dumpxml %s;", s, $1
+      printf " echo %s .;", s
+      if (NR % 250 == 0) printf "\n"
+    }
+    END { if (NR % 250) printf "\n" }' |
+    while IFS= read -r batch; do virsh "$batch" </dev/null 2>&1; done
 }
+# `answers KIND`: `NAME<TAB>LINE` for each line of every domain's marker (`-`) or definition
+# (`+`), and `NAME<TAB>lab-NONCE .` at each domain's end: a domain without that end was not
+# answered whole. A domain whose name could not be read (gone since the list) is left out.
+# Without a `metadata` answer (`status`), the marker is its definition's element of the
+# marker namespace among <metadata>'s own (not one nested in another's).
 answers() {
-  awk -v sep="lab-$nonce" '
-    $1 == sep && $2 == "-" { state = "answer"; next }
-    $1 == sep && $2 == "." { if (ok) print name "\t" sep " ."; state = ""; next }
-    $1 == sep { name = ""; ok = 0; state = "name"; next }
-    state == "name" { if (name == "" && $0 != "") name = $0; ok = name !~ /^error: /; next }
-    state == "answer" && ok { print name "\t" $0 }
+  printf '%s\n' "$answered" | awk -v sep="$s" -v kind="$1" -v ns="$ns" '
+    function flush(   i, part, line, meta) {
+      if (named && ok) {
+        for (i = 1; i <= n; i++) {
+          part = substr(buf[i], 1, 1); line = substr(buf[i], 3)
+          if (part == kind) print name "\t" line
+          else if (kind == "-" && !asked && part == "+") {
+            if (line == "  <metadata>") meta = 1
+            else if (line == "  </metadata>") meta = 0
+            else if (meta && line ~ /^    <[^\/!?]/ && line ~ /^    <[^ >]* xmlns:/ &&
+                     (index(line, "=\"" ns "\"") || index(line, "=\047" ns "\047"))) {
+              sub(/^ +/, "", line); print name "\t" line
+            }
+          }
+        }
+        print name "\t" sep " ."
+      }
+      n = 0
+    }
+    $1 == sep && ($2 == "-" || $2 == "+") { state = $2; if ($2 == "-") asked = 1; next }
+    $1 == sep && $2 == "." { flush(); state = ""; next }
+    $1 == sep { name = ""; named = 0; ok = 1; asked = 0; n = 0; state = "name"; next }
+    state == "name" { if (!named && $0 != "") { name = $0; named = 1; ok = name !~ /^error: / } next }
+    state == "+" && !asked && !named && /^  <name>.*<\/name>$/ { name = substr($0, 9, length($0) - 15); named = 1 }
+    state != "" { buf[++n] = state "\t" $0 }
   '
 }
+answered=$(each_domain)
 # A domain's marker: what `metadata` printed; none when it says "metadata not found"; `?`
 # (unknown) for any other error, or an answer that did not end. A domain gone since the list
 # is left out (its `domname` failed).
-each_domain metadata "--uri '$ns' --config" | answers | awk -F '\t' -v end="lab-$nonce ." '
+answers - | awk -F '\t' -v end="$s ." '
   { name = $1; sub(/^[^\t]*\t/, "") }
   !(name in seen) { seen[name] = 1; order[++n] = name; text[name] = "" }
   $0 == end { done[name] = 1; next }
@@ -124,24 +178,42 @@ each_domain metadata "--uri '$ns' --config" | answers | awk -F '\t' -v end="lab-
   }'
 echo "$m rc $rc"
 echo "$m networks"
-nets=$(virsh -q net-list --all); rc=$?
-printf '%s\n' "$nets" | while read -r name state rest; do
-  [ -n "$name" ] || continue
-  info=$(virsh -q net-info "$name" 2>/dev/null)
-  uuid=$(printf '%s\n' "$info" | awk '$1 == "UUID:" { print $2 }')
-  bridge=$(printf '%s\n' "$info" | awk '$1 == "Bridge:" { print $2 }')
-  # lab's own networks: the mark; an operator's: its IPv4 prefixes and DHCP reservations
-  # (`reserve` adds to them, never over someone else's).
-  dhcp=
-  case $name in
-    lab-*) mark=$(virsh -q net-dumpxml "$name" 2>/dev/null | grep -o '<lab:net [^>]*>' | head -n 1) ;;
-    *) mark= dhcp=$(virsh -q net-dumpxml "$name" 2>/dev/null | grep -o -e '<ip [^>]*>' -e '<host [^>]*mac=[^>]*>' | tr -d '\n') ;;
-  esac
+# Each network's name, state, UUID and bridge (`net-info`) and its definition, from one virsh,
+# by UUID and between the nonce's lines like the domains'. lab's own networks: the mark; an
+# operator's: its IPv4 prefixes and DHCP reservations (`reserve` adds to them, never over
+# someone else's). A network gone since the list is left out. Fields go out separated by
+# \001, which no name or XML holds, so that an empty one stays a field.
+batch=
+for u in $netuuids; do batch="$batch echo $s $u; net-info $u; echo $s -; net-dumpxml $u; echo $s .;"; done
+[ -z "$batch" ] || virsh "$batch" 2>&1 | awk -v sep="$s" '
+  $1 == sep && $2 == "-" { part = "xml"; next }
+  $1 == sep && $2 == "." {
+    if (name != "" && !gone) printf "%s\001%s\001%s\001%s\001%s\001%s\n", name, state, uuid, mark, bridge, dhcp
+    part = ""; next
+  }
+  $1 == sep { part = "info"; name = uuid = bridge = mark = dhcp = ""; state = "inactive"; gone = 0; next }
+  part == "info" && /^error: / { gone = 1 }
+  part == "info" && /^Name: / { sub(/^Name: +/, ""); name = $0 }
+  part == "info" && $1 == "UUID:" { uuid = $2 }
+  part == "info" && $1 == "Active:" { state = $2 == "yes" ? "active" : "inactive" }
+  part == "info" && $1 == "Bridge:" { bridge = $2 }
+  part == "xml" && mark == "" && match($0, /<lab:net [^>]*>/) { mark = substr($0, RSTART, RLENGTH) }
+  part == "xml" {
+    rest = $0
+    while (match(rest, /<ip [^>]*>|<host [^>]*mac=[^>]*>/)) {
+      dhcp = dhcp substr(rest, RSTART, RLENGTH); rest = substr(rest, RSTART + RLENGTH)
+    }
+  }' | while IFS=$(printf '\001') read -r name state uuid mark bridge dhcp; do
+  case $name in lab-*) dhcp= ;; *) mark= ;; esac
   # What is plugged into its bridge (a running domain's tap): a network in use is never
-  # restarted or removed under it, whoever's it is.
+  # restarted or removed under it, whoever's it is. (Older libvirt keeps a dummy
+  # <bridge>-nic on every bridge it makes: no one's.)
   ports=0
-  # (older libvirt keeps a dummy <bridge>-nic on every bridge it makes: no one's)
-  [ -n "$bridge" ] && [ -d "/sys/class/net/$bridge/brif" ] && ports=$(ls "/sys/class/net/$bridge/brif" | grep -cvx -- "$bridge-nic")
+  if [ -n "$bridge" ]; then
+    for port in "/sys/class/net/$bridge/brif/"*; do
+      [ -e "$port" ] && [ "${port##*/}" != "$bridge-nic" ] && ports=$((ports + 1))
+    done
+  fi
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$state" "$uuid" "$mark" "$bridge" "$ports" "$dhcp"
 done
 echo "$m rc $rc"
@@ -155,13 +227,13 @@ echo "$m udp"
 f=/proc/net/udp; [ -r /proc/net/udp6 ] && f="$f /proc/net/udp6"
 # Unconnected sockets only (state 07): a client's connected socket is no one's wire.
 awk 'FNR > 1 && $4 == "07" { n = split($2, a, ":"); print a[n] }' $f; echo "$m rc $?"
-if [ "$detail" = nics ]; then
+if [ -n "$nics" ]; then
   echo "$m nics"
   # Each domain's NICs, in order, from its definition (live when it runs): MAC, link state
   # (`lab link down` sets it; a NIC without a <link state=...> is up) and a UDP wire's
   # `LOCAL>REMOTE`; then the NICs `create` plugged in through QEMU's monitor (libvirt cannot
   # hot-plug a udp interface), which the live definition's metadata names, marked `hot`.
-  each_domain dumpxml "" | answers | awk -F '\t' '
+  answers + | awk -F '\t' '
     function attr(s, a) { return match(s, " " a "=.[^\047\"]*") ? substr(s, RSTART + length(a) + 3, RLENGTH - length(a) - 3) : "" }
     $2 ~ /^ *<interface / { nic = 1; udp = $2 ~ /type=.udp./; mac = ""; link = "up"; src = ""; loc = ""; next }
     nic && match($2, /<mac address=.[0-9a-fA-F:]+/) { mac = substr($2, RSTART + 14, RLENGTH - 14) }
@@ -183,8 +255,8 @@ if [ "$detail" = nics ]; then
   # node answers with an ssh banner within two seconds (an emulated guest's sshd may take
   # one to fork), all at once.
   echo "$m ready"
-  # The running domains, from one virsh (not one per pair: a thousand of them cost seconds).
-  running=" $(virsh -q list --name | tr '\n' ' ') "
+  # The running domains, from the list above ("ID NAME running"; a lab's names hold no space).
+  running=" $(printf '%s\n' "$doms" | awk '$NF == "running" && NF == 3 { printf "%s ", $2 }') "
   set -f; set -- $ready; set +f
   while [ $# -ge 2 ]; do
     dom=$1 ip=$2; shift 2

@@ -364,3 +364,21 @@ fn the_ready_section_names_the_nodes_that_answered() {
     assert!(s.ready.contains("r1") && !s.ready.contains("r2"));
     assert!(read(GOOD).unwrap().ready.is_empty());
 }
+
+#[test]
+fn a_status_probe_skips_the_clones_snapshots_both_or_neither() {
+    let (before, rest) = GOOD.split_once("#labsnaps\n").unwrap();
+    let (_, after) = rest.split_once("#domains\n").unwrap();
+    let probe = |labsnaps: &str, labsnapprops: &str| {
+        format!(
+            "{before}#labsnaps\n#rc {labsnaps}\n#labsnapprops\n#rc {labsnapprops}\n#domains\n{after}"
+        )
+    };
+    let s = read(&probe("skipped", "skipped")).unwrap();
+    assert!(s.clone_snapshots.is_empty());
+    assert!(s.domain_running("r1"));
+    assert!(read(&probe("0", "0")).is_ok());
+    // One read and the other skipped is no probe this reader wrote.
+    let one = read(&probe("skipped", "0")).unwrap_err();
+    assert!(one.contains("clones' snapshots"), "{one}");
+}
