@@ -267,9 +267,16 @@ pub(crate) async fn hypervisor(
                 failed(t.node, step, &e, false)
             }
             (Some(_), Err((step, e))) => {
-                let defined = step == "start" && t.build.domain_xml.is_some();
+                use crate::rollback::Defined;
+                let defined = match (step, t.build.domain_xml.is_some()) {
+                    ("start", true) => Defined::Yes,
+                    ("define", true) => Defined::Maybe,
+                    _ => Defined::No,
+                };
                 let claim = t.reservation.and_then(|r| r.claim.as_ref());
-                let rollback = crate::rollback::rollback(exec, hv, plan.node, defined, claim).await;
+                let lab = &req.lab.name;
+                let rollback =
+                    crate::rollback::rollback(exec, hv, lab, plan.node, defined, claim).await;
                 let mut report = failed(t.node, step, &e, rollback.is_ok());
                 if let (Err(e), Outcome::Failed { error, .. }) = (rollback, &mut report.outcome) {
                     error.push_str(&format!("; rollback incomplete: {e}"));

@@ -5,14 +5,28 @@ use lab_hv::cmd;
 use lab_hv::run::run_patiently;
 use lab_model::{Hypervisor, LabNode};
 
-/// Removes what this run made for a node: its domain definition (if this run defined it),
-/// the DHCP reservation its clone claims (the clone is its proof), the mount, the clone and
-/// the staging directory. Returns the first thing that would not go.
+/// Whether the run defined the node's domain before the step that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Defined {
+    /// Not yet: the step that failed came before the definition.
+    No,
+    /// The definition itself failed, and may have been made all the same (a `virsh` killed
+    /// by its deadline after libvirt took it): undone when the domain's marker names this
+    /// lab and node.
+    Maybe,
+    /// It was defined (a later step failed).
+    Yes,
+}
+
+/// Removes what this run made for a node: its domain definition (see [`Defined`]), the DHCP
+/// reservation its clone claims (the clone is its proof), the mount, the clone and the
+/// staging directory. Returns the first thing that would not go.
 pub(crate) async fn rollback(
     exec: &Executor,
     hv: &Hypervisor,
+    lab: &str,
     node: &LabNode,
-    defined: bool,
+    defined: Defined,
     claim: Option<&lab_hv::dhcp::Claim>,
 ) -> Result<(), ExecError> {
     let mut first = Ok(());
@@ -21,8 +35,12 @@ pub(crate) async fn rollback(
             first = Err(e);
         }
     };
-    if defined {
-        note(run_patiently(exec, &hv.name, &cmd::undefine(node)).await);
+    match defined {
+        Defined::No => {}
+        Defined::Maybe => {
+            note(run_patiently(exec, &hv.name, &cmd::undefine_if_marked(node, lab)).await);
+        }
+        Defined::Yes => note(run_patiently(exec, &hv.name, &cmd::undefine(node)).await),
     }
     // A reservation that would not go keeps its clone: the clone is the claim on it.
     let kept = match claim {

@@ -526,6 +526,87 @@ fn a_definition_libvirt_refuses_fails_its_node_only_and_rolls_it_back() {
     assert_nothing_left(&bed, &nodes);
 }
 
+/// A node whose definition failed may have been defined all the same (a `virsh` killed by
+/// its deadline after libvirt took it): its rollback undefines the domain at its name only
+/// when the domain's marker names this lab and that node, and finds nothing to do without one.
+#[test]
+fn a_failed_definitions_rollback_undefines_only_the_labs_own_domain() {
+    let _serial = serial();
+    let bed = require();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_lab(
+        dir.path(),
+        "e2e-undef",
+        60,
+        "nodes:\n  ud-1: {hypervisor: hv1, id: 1}\n  ud-2: {hypervisor: hv1, id: 2}\n  \
+         ud-3: {hypervisor: hv1, id: 3}\n  ud-4: {hypervisor: hv1, id: 4}\n",
+    );
+    let model = lab_model::load(std::slice::from_ref(&file)).unwrap();
+    let node = |n: &str| model.nodes.iter().find(|x| x.name == n).unwrap();
+    // ud-1 is this lab's, ud-2 another lab's, ud-3 no one's; ud-4 has no domain.
+    let marker = |lab: &str, n: &str| {
+        format!(
+            "<metadata><lab:lab xmlns:lab='{}' lab='{lab}' node='{n}'/></metadata>",
+            lab_model::LAB_XML_NS
+        )
+    };
+    for (name, metadata) in [
+        ("ud-1", marker("e2e-undef", "ud-1")),
+        ("ud-2", marker("other", "ud-2")),
+        ("ud-3", String::new()),
+    ] {
+        let xml = format!(
+            "<domain type='qemu'><name>{name}</name>{metadata}<memory unit='MiB'>64</memory>\
+             <os><type arch='x86_64' machine='pc'>hvm</type></os></domain>"
+        );
+        bed.exec(
+            1,
+            &[
+                "sh",
+                "-c",
+                "printf '%s' \"$1\" | virsh -q define /dev/stdin",
+                "d",
+                &xml,
+            ],
+        )
+        .unwrap();
+    }
+    let exec = lab_exec::Executor::new(
+        lab_exec::Mode::Live,
+        vec![lab_exec::Target {
+            name: "hv1".into(),
+            ssh: "hv1".into(),
+            parallel: 1,
+        }],
+        1,
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let results: Vec<_> = rt.block_on(async {
+        let mut results = Vec::new();
+        for n in ["ud-1", "ud-2", "ud-3", "ud-4"] {
+            let cmd = lab_hv::cmd::undefine_if_marked(node(n), "e2e-undef");
+            results.push(exec.run("hv1", &cmd).await.map(|_| ()));
+        }
+        exec.close().await;
+        results
+    });
+    let left: Vec<bool> = ["ud-1", "ud-2", "ud-3", "ud-4"]
+        .iter()
+        .map(|n| domain_exists(&bed, "hv1", n))
+        .collect();
+    for n in ["ud-1", "ud-2", "ud-3"] {
+        let _ = bed.exec(1, &["virsh", "-q", "undefine", n]);
+    }
+
+    for r in &results {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    assert_eq!(left, [false, true, true, false]);
+}
+
 #[test]
 fn hostile_arguments_reach_the_hypervisor_as_data_never_as_shell() {
     let _serial = serial();
