@@ -76,16 +76,16 @@ _lost() {
 # `_defs COMMANDS SECS`: the define wave. One virsh runs COMMANDS in $_tmp/def, where node
 # I's definition is I.xml, and says what it has of node I between `lab-def-PID I` and
 # `lab-def-PID .`: into I.out, with I.bad when a line of it is an error and I.end once it
-# ended. (virsh goes on after a command that fails.)
+# ended. (virsh goes on after a command that fails; only a number names a node's files.)
 _defs() {
   [ -n "$1" ] || return 0
   if _lost; then : >"$_tmp/def/lost"; return 0; fi
-  (cd "$_tmp/def" && exec timeout -k 5 "$2" virsh "$1") >"$_tmp/def/out" 2>&1
+  (cd "$_tmp/def" && exec timeout -k 5 "$2" virsh "$1") </dev/null >"$_tmp/def/out" 2>&1
   _c=
   while IFS= read -r _l || [ -n "$_l" ]; do
     case $_l in
       "lab-def-$$ .") [ -z "$_c" ] || : >"$_tmp/def/$_c.end"; _c= ;;
-      "lab-def-$$ "*) _c=${_l#"lab-def-$$ "} ;;
+      "lab-def-$$ "*) _c=${_l#"lab-def-$$ "}; case $_c in "" | *[!0-9]*) _c= ;; esac ;;
       *) [ -n "$_c" ] || continue
          printf '%s\n' "$_l" >>"$_tmp/def/$_c.out"
          case $_l in error:*) : >"$_tmp/def/$_c.bad" ;; esac ;;
@@ -106,8 +106,8 @@ _defined() {
   if [ -e "$_tmp/def/$2.bad" ]; then
     grep -v '^$' "$_tmp/def/$2.out" | sed "s/^/ERR $1 /"
   else
-    echo "ERR $1 virsh ended before it defined this domain"
-    sed "s/^/ERR $1 /" "$_tmp/def/out"
+    echo "ERR $1 virsh ended before it defined this domain; its last words:"
+    grep -v '^$' "$_tmp/def/out" | tail -n 3 | sed "s/^/ERR $1 /"
   fi
   return 1
 }
