@@ -34,21 +34,8 @@ enum Cmd {
     Bench {
         #[arg(value_parser = ["generate", "create", "proto"])]
         which: String,
-        /// Nodes in the synthetic lab (`generate`: 1000 by default; `create --rtt`: spread
-        /// over the bed's three namespace hypervisors instead of the example lab's 12).
-        #[arg(long)]
-        nodes: Option<u32>,
-        /// `create` only: round-trip times (ms) to put between lab and the hypervisors, each
-        /// measured in turn (e.g. `--rtt 0,50,200`).
-        #[arg(long, value_delimiter = ',')]
-        rtt: Vec<u64>,
-        /// `create --rtt` only: clone, fill and define, start nothing (the control path alone).
-        #[arg(long, requires = "rtt")]
-        no_start: bool,
-        /// `create --rtt` only: how many times the floor and each figure are measured; the
-        /// median is printed (two busy cores make single runs vary by a second).
-        #[arg(long, default_value_t = 3, requires = "rtt")]
-        runs: u32,
+        #[command(flatten)]
+        shape: bench_wan::Shape,
     },
     /// A TCP relay for ssh's ProxyCommand that delays each direction by half of RTT-MS (the
     /// bench's WAN); appends a byte to COUNT per round trip.
@@ -119,17 +106,9 @@ fn main() -> ExitCode {
             host,
             port,
         } => relay::relay(&host, port, Duration::from_millis(rtt_ms), count),
-        Cmd::Bench {
-            which,
-            nodes,
-            rtt,
-            no_start,
-            runs,
-        } => match which.as_str() {
-            "generate" => bench::generate(&root(), nodes.unwrap_or(1000)),
-            "create" if !rtt.is_empty() => {
-                bench_wan::distance(&root(), &rtt, nodes, !no_start, runs.max(1))
-            }
+        Cmd::Bench { which, shape } => match which.as_str() {
+            "generate" => bench::generate(&root(), shape.nodes.unwrap_or(1000)),
+            "create" if !shape.rtt.is_empty() => bench_wan::distance(&root(), &shape),
             "create" => bench::create(&root()),
             "proto" => bench_proto::proto(&root()),
             _ => unreachable!("clap checked the value"),
