@@ -349,6 +349,10 @@ fn make_steps(
         steps.push(("undefine old domain", cmd::undefine(node)));
     }
     steps.push(("clone", cmd::clone(hv, node, t.snap, &own, &state.zfs)));
+    // The clone carries its claim on the reservation from here on.
+    if let Some(claim) = t.reservation.and_then(|r| r.add.as_ref()) {
+        steps.push(("reserve DHCP", lab_hv::dhcp::reserve(claim)));
+    }
     if hv.storage == Storage::Zvol {
         steps.push(("mount", cmd::attach(hv, node)));
     }
@@ -407,21 +411,18 @@ fn decision(
     }
 }
 
-/// A made node's steps after its tree is in (and, for a dataset, the clone marked complete,
-/// by [`cmd::fill`]): a zvol's partition let go and the clone marked complete, its DHCP
-/// reservation, its domain defined and started. (A dataset stays mounted for the domain's
-/// life: its 9p share is that directory.)
+/// A made node's steps after its tree is in: a zvol's partition let go, the clone marked
+/// complete (the plan's ready wave: one `zfs set` for all its nodes), its domain defined (the
+/// define wave) and started. (A dataset stays mounted for the domain's life: its 9p share is
+/// that directory.)
 fn finish_steps(hv: &Hypervisor, t: &Todo<'_>, lab: &str) -> Vec<(&'static str, Cmd)> {
     let node = t.node;
     let mut steps = Vec::new();
     if hv.storage == Storage::Zvol {
         steps.push(("unmount", cmd::detach(hv, node)));
         steps.push(("unmount", cmd::remove_staging(node)));
-        steps.push(("copy", cmd::mark_ready(node)));
     }
-    if let Some(claim) = t.reservation.and_then(|r| r.add.as_ref()) {
-        steps.push(("reserve DHCP", lab_hv::dhcp::reserve(claim)));
-    }
+    steps.push(("copy", cmd::mark_ready(node)));
     if let Some(xml) = &t.build.domain_xml {
         steps.push(("define", cmd::define_domain(xml, lab, node)));
     }

@@ -8,6 +8,7 @@ mod nic;
 mod proto;
 mod push;
 mod snapshot;
+mod undefine;
 
 pub use fill::*;
 pub use network::*;
@@ -15,6 +16,7 @@ pub use nic::*;
 pub use proto::*;
 pub use push::*;
 pub use snapshot::*;
+pub use undefine::*;
 
 use std::time::Duration;
 
@@ -246,13 +248,13 @@ pub fn remove_staging(node: &LabNode) -> Cmd {
 
 /// Records that the clone's tree is complete: a later run may start it as it is.
 pub fn mark_ready(node: &LabNode) -> Cmd {
-    Cmd::change([
-        "zfs",
-        "set",
-        &format!("{}=ready", prop::STATE),
-        &node.dataset,
-    ])
+    let [zfs, set, ready] = READY_ARGV;
+    Cmd::change([zfs, set, ready, &node.dataset])
 }
+
+/// The command line of [`mark_ready`] before its dataset (a plan marks its nodes' clones
+/// ready with one `zfs set`: see `plan_script`).
+pub const READY_ARGV: [&str; 3] = ["zfs", "set", "lab:state=ready"];
 
 /// The command line of [`define_domain`] (a plan defines its nodes' domains in one virsh: see
 /// `plan_script`).
@@ -400,35 +402,6 @@ pub fn undefine(node: &LabNode) -> Cmd {
     Cmd::change(["virsh", "-q", "undefine", &node.domain])
 }
 
-/// Undefines the node's domain when there is one and its marker (read now, on the
-/// hypervisor) names `lab` and this node; succeeds with nothing done when there is none.
-/// For a node whose definition failed: a `virsh` killed by its deadline may have defined it
-/// before anyone heard, and without its clone it serves nothing.
-pub fn undefine_if_marked(node: &LabNode, lab: &str) -> Cmd {
-    Cmd::change([
-        "sh",
-        "-c",
-        UNDEFINE_IF_MARKED,
-        "lab-undefine",
-        &node.domain,
-        crate::own::DOMAIN_NS,
-        lab,
-        &node.name,
-    ])
-}
-
-/// Arguments: domain, marker namespace, lab, node. libvirt prints a marker's attributes as
-/// they were written (see [`crate::own`]); lab and node names hold no quote.
-const UNDEFINE_IF_MARKED: &str = r#"out=$(virsh -q domuuid "$1" 2>&1) || {
-  case $out in *"failed to get domain"*) exit 0 ;; esac
-  printf '%s\n' "$out" >&2; exit 1
-}
-m=$(virsh -q metadata "$1" --uri "$2" --config 2>&1) || {
-  case $m in *"metadata not found"*) exit 0 ;; esac
-  printf '%s\n' "$m" >&2; exit 1
-}
-case $m in *" lab=\"$3\" node=\"$4\""*) exec virsh -q undefine "$1" ;; esac"#;
-
 /// Destroys exactly one dataset: never `-r`, never `-R`.
 pub fn destroy_dataset(node: &LabNode) -> Cmd {
     Cmd::change(["zfs", "destroy", &node.dataset])
@@ -440,6 +413,11 @@ pub fn destroy_dataset(node: &LabNode) -> Cmd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ready_mark_sets_the_state_property() {
+        assert_eq!(READY_ARGV[2], format!("{}=ready", prop::STATE));
+    }
 
     #[test]
     fn a_shut_down_says_how_it_ended() {

@@ -360,8 +360,9 @@ proptest! {
 
 /// The words of a hypervisor's plan's steps (`sh -c BOOT lab-plan SIZE ...` fed the runner, then a
 /// function per node whose lines are `step NODE INDEX NAME SECS COMMAND...` or `feed NODE
-/// INDEX NAME SECS DATA COMMAND...`, and `_defined NODE I INDEX NAME` where the define wave
-/// left the node's definition): the node and the command's words (step names are the code's
+/// INDEX NAME SECS DATA COMMAND...`, `_readied NODE INDEX NAME SECS COMMAND...` where the
+/// ready wave left the node's ready mark, and `_defined NODE I INDEX NAME` where the define
+/// wave left the node's definition): the node and the command's words (step names are the code's
 /// own, the data is stdin or a file of the plan's, no argument). Nothing for any other
 /// command.
 fn split_plan(argv: &[String], fed: Option<&str>) -> Vec<String> {
@@ -408,7 +409,7 @@ fn split_plan(argv: &[String], fed: Option<&str>) -> Vec<String> {
             continue;
         };
         let skip = match w.first().map(String::as_str) {
-            Some("step") => 5,
+            Some("step" | "_readied") => 5,
             Some("feed") => 6,
             // The node; the rest are numbers and the step's name.
             Some("_defined") => w.len(),

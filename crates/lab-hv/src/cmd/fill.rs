@@ -7,10 +7,9 @@ use lab_exec::Cmd;
 use lab_model::{Hypervisor, LabNode, Storage};
 
 use super::{SET_MODES, SYMLINKED_DIRS, staging_dir};
-use crate::own::prop;
 
-/// Fills a new clone with its node's tree, as `attach`, `refuse_symlinked_dirs`, `set_modes`
-/// and `mark_ready` would one after the other with the copy between them, in one command:
+/// Fills a new clone with its node's tree, as `attach`, `refuse_symlinked_dirs` and
+/// `set_modes` would one after the other with the copy between them, in one command:
 /// - a dataset is mounted when it is not (a zvol's partition is mounted before, by `attach`);
 /// - directories of the tree (on stdin) that are symlinks in the image are refused;
 /// - the tree, unpacked by its plan under `trees` (see [`crate::plan::Trees`]), is copied in:
@@ -18,8 +17,10 @@ use crate::own::prop;
 ///   `root:bird 0640` config stays readable by the daemon); the execute bit follows the
 ///   overlay's; new files and directories get the overlay's modes under umask 022; every file
 ///   of the tree is written, whatever its size and time; symlinks stay symlinks;
-/// - paths get the owner, group and mode `modes` says (`[path, mode, owner, group]`);
-/// - a dataset is marked complete (a zvol is, once its partition is let go).
+/// - paths get the owner, group and mode `modes` says (`[path, mode, owner, group]`).
+///
+/// [`super::mark_ready`] marks the clone complete after it: the plan does so for all its
+/// nodes' clones with one `zfs set` (a zvol's once its partition is let go).
 ///
 /// The first part that fails ends it, with its own message.
 pub fn fill<'a>(
@@ -44,9 +45,6 @@ pub fn fill<'a>(
          _r=$1; shift 3; set -- \"$_r\" \"$@\"\n",
     );
     script.push_str(SET_MODES);
-    if dataset {
-        script.push_str(&format!("\nzfs set {}=ready \"$_ds\"", prop::STATE));
-    }
     let list: String = dirs.iter().map(|d| format!("{d}\n")).collect();
     let mut argv: Vec<String> = vec![
         "sh".into(),

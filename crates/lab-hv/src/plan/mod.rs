@@ -62,40 +62,79 @@ impl<'a> NodePlan<'a> {
         (cmd.argv == crate::cmd::DEFINE_ARGV && cmd.stdin.is_some()).then_some(i)
     }
 
-    /// The node as functions of the plan script: `n<index>` its first wave, `f<index>` its
-    /// last (when it has one), each ended by a failure; `DONE` after the last step.
+    /// The index of its clone's ready mark when the plan's ready wave sets it (see
+    /// [`script::plan_script`]): a [`crate::cmd::mark_ready`] right before the steps the
+    /// waves run (its definition, or its last wave).
+    fn ready_in_wave(&self) -> Option<usize> {
+        let i = self
+            .defined_in_wave()
+            .unwrap_or(self.last_wave)
+            .checked_sub(1)?;
+        let (_, cmd) = &self.steps[i];
+        let ready =
+            cmd.argv.len() == 4 && cmd.argv[..3] == crate::cmd::READY_ARGV && cmd.stdin.is_none();
+        ready.then_some(i)
+    }
+
+    /// Its clone's dataset, as the ready wave names it.
+    fn ready_dataset(&self) -> Option<&str> {
+        let i = self.ready_in_wave()?;
+        self.steps[i].1.argv.last().map(String::as_str)
+    }
+
+    /// The node as functions of the plan script: `n<index>` its first wave, `r<index>` its
+    /// ready mark after the ready wave, `d<index>` its definition after the define wave (when
+    /// the waves take them), `f<index>` its last wave (when it has one), each ended by a
+    /// failure; `DONE` after the last step.
     fn function(&self, index: usize) -> String {
-        // Also counted in `$_done` (the plan's steps after every node's ask).
-        let done = format!(
-            "  echo {}\n  : >\"$_done/{index}\"\n",
-            quote_line(&[format!("DONE {}", self.node.name)])
-        );
+        let (ready, define) = (self.ready_in_wave(), self.defined_in_wave());
         let mut body = format!("n{index}() {{\n");
-        match self.defined_in_wave() {
-            // Up to its definition, which it leaves for the define wave (`d<index>`); the
-            // rest after it, as any node's.
-            Some(define) => {
-                body.push_str(&step_lines(&self.node.name, &self.steps, 0..define));
-                let xml = String::from_utf8_lossy(
-                    self.steps[define].1.stdin.as_deref().unwrap_or_default(),
-                );
-                let write = quote_line(&["printf".to_owned(), "%s".to_owned(), xml.into_owned()]);
-                body.push_str(&format!("  {write} >\"$_tmp/def/{index}.xml\"\n}}\n"));
-                let name = quote_line(std::slice::from_ref(&self.node.name));
-                let step = quote_line(&[self.steps[define].0.to_owned()]);
-                body.push_str(&format!(
-                    "d{index}() {{\n  _defined {name} {index} {define} {step} || return\n"
-                ));
-            }
-            None => body.push_str(&step_lines(&self.node.name, &self.steps, 0..self.last_wave)),
+        let first_end = ready.or(define).unwrap_or(self.last_wave);
+        body.push_str(&step_lines(&self.node.name, &self.steps, 0..first_end));
+        let name = quote_line(std::slice::from_ref(&self.node.name));
+        if ready.is_some() {
+            body.push_str(&format!("  : >\"$_tmp/rdy/{index}\"\n"));
+        }
+        if let Some(define) = define {
+            // Written now, left for the define wave (gone again if the ready mark fails: see
+            // `plan_script`).
+            let xml =
+                String::from_utf8_lossy(self.steps[define].1.stdin.as_deref().unwrap_or_default());
+            let write = quote_line(&["printf".to_owned(), "%s".to_owned(), xml.into_owned()]);
+            body.push_str(&format!("  {write} >\"$_tmp/def/{index}.xml\"\n"));
+        }
+        if let Some(r) = ready {
+            // Passed when the ready wave's `zfs set` did; else its own, as any step.
+            let (step, cmd) = &self.steps[r];
+            let mut words = vec![
+                "_readied".to_owned(),
+                self.node.name.clone(),
+                r.to_string(),
+                (*step).to_owned(),
+                cmd.timeout.as_secs().max(1).to_string(),
+            ];
+            words.extend(cmd.argv.iter().cloned());
+            body.push_str(&format!(
+                "}}\nr{index}() {{\n  {} || return\n",
+                quote_line(&words)
+            ));
+        }
+        if let Some(define) = define {
+            let step = quote_line(&[self.steps[define].0.to_owned()]);
+            body.push_str(&format!(
+                "}}\nd{index}() {{\n  _defined {name} {index} {define} {step} || return\n"
+            ));
         }
         if self.waits() {
             body.push_str(&format!("  : >\"$_ok/{index}\"\n}}\nf{index}() {{\n"));
             let wave = self.last_wave..self.steps.len();
             body.push_str(&step_lines(&self.node.name, &self.steps, wave));
         }
-        body.push_str(&done);
-        body.push_str("}\n");
+        // Also counted in `$_done` (the plan's steps after every node's ask).
+        body.push_str(&format!(
+            "  echo {}\n  : >\"$_done/{index}\"\n}}\n",
+            quote_line(&[format!("DONE {}", self.node.name)])
+        ));
         body
     }
 
@@ -114,6 +153,12 @@ impl<'a> NodePlan<'a> {
                     return "(the plan's define wave: one virsh for the hypervisor's nodes) \
                             virsh define {its definition} <<< (stdin)"
                         .to_owned();
+                }
+                if Some(i) == self.ready_in_wave() {
+                    return format!(
+                        "(the plan's ready wave: one zfs set for the hypervisor's nodes) {}",
+                        shown_step(cmd)
+                    );
                 }
                 format!("{held}{}", shown_step(cmd))
             })

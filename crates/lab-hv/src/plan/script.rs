@@ -60,7 +60,7 @@ pub(super) const HYPERVISOR_LAST: &str = "-hypervisor-last";
 /// is the same with DATA on the command's stdin. `$_tmp` is the plan's directory (see
 /// [`BOOT`]); it goes when the plan ends, by a signal too.
 const RUNNER: &str = r#"trap 'rm -rf -- "$_tmp"' EXIT; trap 'exit 1' HUP INT TERM PIPE
-_ok=$_tmp/ok _done=$_tmp/done; mkdir "$_ok" "$_done" "$_tmp/err" "$_tmp/def" || exit 1
+_ok=$_tmp/ok _done=$_tmp/done; mkdir "$_ok" "$_done" "$_tmp/err" "$_tmp/def" "$_tmp/rdy" || exit 1
 _held() {
   case ${LAB_LOCK_PID:-none} in
     none) ! flock -n "$LAB_LOCK" true ;;
@@ -72,6 +72,20 @@ _lost() {
   [ -n "${LAB_LOCK:-}" ] || return 1
   _h=; read -r _h <"$LAB_LOCK"
   [ "$_h" != "$LAB_HOLDER" ] || ! _held
+}
+# `_readies SECS COMMAND...`: the ready wave. One `zfs set` marks every clone named on
+# COMMAND's line ready; rdy/ok says it passed.
+_readies() {
+  _t=$1; shift
+  [ $# -gt 3 ] || return 0
+  _lost && return 0
+  timeout -k 5 "$_t" "$@" </dev/null >"$_tmp/rdy/out" 2>&1 && : >"$_tmp/rdy/ok"
+}
+# `_readied NODE INDEX NAME SECS COMMAND...`: node's ready mark, as the ready wave left it:
+# passed, or run again on its own as any step (its failure its own, the lock looked at).
+_readied() {
+  if [ -e "$_tmp/rdy/ok" ]; then echo "STEP $1 $2 $3"; return 0; fi
+  step "$@"
 }
 # `_defs COMMANDS SECS`: the define wave. One virsh runs COMMANDS in $_tmp/def, where node
 # I's definition is I.xml, and says what it has of node I between `lab-def-PID I` and
@@ -184,6 +198,34 @@ pub fn plan_script(hv: &Hypervisor, plans: &[NodePlan<'_>], extras: &Extras) -> 
             script.push_str(&format!("read -r _ <&7; {{ (n{i}); echo >&7; }} &\n"));
         }
         script.push_str("wait\nexec 7>&-\n");
+    }
+    // The ready wave: the clones of every node whose steps up to its ready mark passed,
+    // marked by one `zfs set` (one per clone cost zfs-fuse three times as much, each behind
+    // the others); then each such node's mark passed, or is tried again on its own.
+    let ready: Vec<(usize, &str, &Cmd)> = plans
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| Some((i, p.ready_dataset()?, &p.steps[p.ready_in_wave()?].1)))
+        .collect();
+    if let Some((_, _, cmd)) = ready.first() {
+        script.push_str(&format!(
+            "_rw() {{\n  set -- {}\n",
+            quote_line(&crate::cmd::READY_ARGV.map(str::to_owned))
+        ));
+        for (i, dataset) in ready.iter().map(|(i, d, _)| (i, d)) {
+            let dataset = quote_line(&[dataset.to_string()]);
+            script.push_str(&format!(
+                "  [ ! -e \"$_tmp/rdy/{i}\" ] || set -- \"$@\" {dataset}\n"
+            ));
+        }
+        let secs = cmd.timeout.as_secs().max(1) + ready.len() as u64;
+        script.push_str(&format!("  _readies {secs} \"$@\"\n}}\n_rw\n"));
+        for (i, _, _) in &ready {
+            // A node whose mark failed has no definition for the define wave.
+            script.push_str(&format!(
+                "[ ! -e \"$_tmp/rdy/{i}\" ] || r{i} || rm -f -- \"$_tmp/def/{i}.xml\"\n"
+            ));
+        }
     }
     // The define wave: the domains of every node whose steps up to its definition passed,
     // defined by one virsh (a virsh of its own per node costs each about 20 ms of CPU).
