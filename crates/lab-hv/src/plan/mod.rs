@@ -13,7 +13,7 @@ mod each;
 mod script;
 
 pub use each::{Work, each_hypervisor, each_hypervisor_then};
-use script::{HYPERVISOR, HYPERVISOR_LAST, step_lines};
+use script::{HYPERVISOR, HYPERVISOR_LAST, step_line, step_lines};
 pub use script::{plan_cmd, plan_script, shown_step};
 
 use std::collections::HashMap;
@@ -106,18 +106,8 @@ impl<'a> NodePlan<'a> {
         if let Some(r) = ready {
             // Passed when the ready wave's `zfs set` did; else its own, as any step.
             let (step, cmd) = &self.steps[r];
-            let mut words = vec![
-                "_readied".to_owned(),
-                self.node.name.clone(),
-                r.to_string(),
-                (*step).to_owned(),
-                cmd.timeout.as_secs().max(1).to_string(),
-            ];
-            words.extend(cmd.argv.iter().cloned());
-            body.push_str(&format!(
-                "}}\nr{index}() {{\n  {} || return\n",
-                quote_line(&words)
-            ));
+            let line = step_line("_readied", &self.node.name, r, step, cmd);
+            body.push_str(&format!("}}\nr{index}() {{\n{line}"));
         }
         if let Some(define) = define {
             let step = quote_line(&[self.steps[define].0.to_owned()]);

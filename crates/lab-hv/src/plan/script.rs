@@ -32,20 +32,28 @@ pub(super) fn step_lines(
 ) -> String {
     let mut body = String::new();
     for (i, (name, cmd)) in steps.iter().enumerate().take(range.end).skip(range.start) {
-        let secs = cmd.timeout.as_secs().max(1).to_string();
-        let mut words = match &cmd.stdin {
-            None => vec!["step".to_owned()],
-            Some(_) => vec!["feed".to_owned()],
-        };
-        words.extend([who.to_owned(), i.to_string(), (*name).to_owned(), secs]);
-        if let Some(bytes) = &cmd.stdin {
-            words.push(String::from_utf8_lossy(bytes).into_owned());
-        }
-        words.extend(cmd.argv.iter().cloned());
-        let line = quote_line(&words);
-        body.push_str(&format!("  {line} || return\n"));
+        let verb = if cmd.stdin.is_some() { "feed" } else { "step" };
+        body.push_str(&step_line(verb, who, i, name, cmd));
     }
     body
+}
+
+/// The runner's line for step `i` (`name`, `cmd`) of `who`, run by the runner's function
+/// `verb` (`step`, `feed`, or `_readied`), ending the function when it fails.
+pub(super) fn step_line(verb: &str, who: &str, i: usize, name: &str, cmd: &Cmd) -> String {
+    let secs = cmd.timeout.as_secs().max(1).to_string();
+    let mut words = vec![
+        verb.to_owned(),
+        who.to_owned(),
+        i.to_string(),
+        name.to_owned(),
+        secs,
+    ];
+    if let Some(bytes) = &cmd.stdin {
+        words.push(String::from_utf8_lossy(bytes).into_owned());
+    }
+    words.extend(cmd.argv.iter().cloned());
+    format!("  {} || return\n", quote_line(&words))
 }
 
 /// The names the runner gives the hypervisor's own steps, before and after the nodes': no
