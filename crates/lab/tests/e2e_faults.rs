@@ -517,7 +517,9 @@ fn a_definition_libvirt_refuses_fails_its_node_only_and_rolls_it_back() {
     assert_eq!(bad["result"], "failed", "{bad}");
     assert_eq!(bad["step"], "define", "{bad}");
     assert_eq!(bad["rolled_back"], true, "{bad}");
-    assert!(bad["error"].as_str().unwrap().contains("lots"), "{bad}");
+    let error = bad["error"].as_str().unwrap();
+    assert!(error.contains("lots"), "{bad}");
+    assert!(error.contains("the plan's define wave"), "{bad}");
     assert_eq!(report["df-1"]["result"], "done", "{}", report["df-1"]);
     assert_eq!(report["df-3"]["result"], "done", "{}", report["df-3"]);
     assert_eq!(defined, [true, false, true]);

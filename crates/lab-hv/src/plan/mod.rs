@@ -140,9 +140,7 @@ impl<'a> NodePlan<'a> {
                     ""
                 };
                 if Some(i) == self.defined_in_wave() {
-                    return "(the plan's define wave: one virsh for the hypervisor's nodes) \
-                            virsh define {its definition} <<< (stdin)"
-                        .to_owned();
+                    return DEFINE_WAVE.to_owned();
                 }
                 if Some(i) == self.ready_in_wave() {
                     return format!(
@@ -155,6 +153,10 @@ impl<'a> NodePlan<'a> {
             .collect()
     }
 }
+
+/// A definition the define wave made, as `--dry-run` shows it and a failure names it.
+const DEFINE_WAVE: &str = "(the plan's define wave: one virsh for the hypervisor's nodes) \
+                           virsh define {its definition} <<< (stdin)";
 
 /// What the runner said of a node (or of the hypervisor's own steps).
 #[derive(Default)]
@@ -290,7 +292,13 @@ pub async fn run_with(
                 } else {
                     ExecError::Failed {
                         host: hv.name.clone(),
-                        command: steps[i].1.line(),
+                        // (Not the step's own `virsh -q define /dev/stdin`: the wave ran it.)
+                        command: match by_name.get(who) {
+                            Some(plan) if plan.defined_in_wave() == Some(i) => {
+                                DEFINE_WAVE.to_owned()
+                            }
+                            _ => steps[i].1.line(),
+                        },
                         status,
                         stderr: s.errors.join("\n"),
                     }
