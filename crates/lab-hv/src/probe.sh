@@ -115,24 +115,34 @@ echo "$m markers"
 each_domain() {
   [ -n "$uuids" ] || return 0
   printf '%s\n' "$uuids" | awk -v s="$s" -v ns="$ns" -v detail="$detail" '
+    # (A UUID is 36 of these: nothing else reaches the command line.)
+    !/^[0-9a-fA-F-]+$/ || length($0) != 36 { next }
     {
       printf " echo %s %s;", s, $1
       if (detail != "status") printf " domname %s; echo %s -; metadata %s --uri \047%s\047 --config;", $1, s, $1, ns
       if (detail != "normal") printf " echo %s +; dumpxml %s;", s, $1
       printf " echo %s .;", s
-      if (NR % 250 == 0) printf "\n"
+      if (++n % 250 == 0) printf "\n"
     }
-    END { if (NR % 250) printf "\n" }' |
+    END { if (n % 250) printf "\n" }' |
     while IFS= read -r batch; do virsh "$batch" </dev/null 2>&1; done
 }
 # `answers KIND`: `NAME<TAB>LINE` for each line of every domain's marker (`-`) or definition
 # (`+`), and `NAME<TAB>lab-NONCE .` at each domain's end: a domain without that end was not
 # answered whole. A domain whose name could not be read (gone since the list) is left out.
-# Without a `metadata` answer (`status`), the marker is its definition's element of the
-# marker namespace among <metadata>'s own (not one nested in another's).
+# Without a `metadata` answer (`status`), the marker is the first of <metadata>'s own
+# elements (not one inside another's) whose prefix is bound to the marker namespace right
+# after its tag: what status shows of ownership is a reading, and the verbs that change a
+# domain read its marker with `metadata`, which looks the namespace up itself.
 answers() {
   printf '%s\n' "$answered" | awk -v sep="$s" -v kind="$1" -v ns="$ns" '
-    function flush(   i, part, line, meta) {
+    function marker(line,   t, p, rest) {
+      t = substr(line, 6); p = index(t, ":"); rest = index(t, " ")
+      if (p < 2 || rest < p) return 0
+      rest = substr(t, rest); p = substr(t, 1, p - 1)
+      return index(rest, " xmlns:" p "=\"" ns "\"") == 1 || index(rest, " xmlns:" p "=\047" ns "\047") == 1
+    }
+    function flush(   i, part, line, meta, inner, found) {
       if (named && ok) {
         for (i = 1; i <= n; i++) {
           part = substr(buf[i], 1, 1); line = substr(buf[i], 3)
@@ -140,9 +150,11 @@ answers() {
           else if (kind == "-" && !asked && part == "+") {
             if (line == "  <metadata>") meta = 1
             else if (line == "  </metadata>") meta = 0
-            else if (meta && line ~ /^    <[^\/!?]/ && line ~ /^    <[^ >]* xmlns:/ &&
-                     (index(line, "=\"" ns "\"") || index(line, "=\047" ns "\047"))) {
-              sub(/^ +/, "", line); print name "\t" line
+            else if (meta && line ~ /^    <\//) inner = 0
+            else if (meta && !inner && line ~ /^    <[^\/!?]/) {
+              if (!found && marker(line)) { found = 1; sub(/^ +/, "", line); print name "\t" line }
+              # An element that does not end on its line holds others until its end tag.
+              if (line !~ /\/>$/ && line !~ /<\/[^<>]*>$/) inner = 1
             }
           }
         }
@@ -154,7 +166,11 @@ answers() {
     $1 == sep && $2 == "." { flush(); state = ""; next }
     $1 == sep { name = ""; named = 0; ok = 1; asked = 0; n = 0; state = "name"; next }
     state == "name" { if (!named && $0 != "") { name = $0; named = 1; ok = name !~ /^error: / } next }
-    state == "+" && !asked && !named && /^  <name>.*<\/name>$/ { name = substr($0, 9, length($0) - 15); named = 1 }
+    state == "+" && !asked && !named && /^  <name>.*<\/name>$/ {
+      name = substr($0, 9, length($0) - 15); named = 1
+      gsub(/&lt;/, "<", name); gsub(/&gt;/, ">", name); gsub(/&quot;/, "\"", name)
+      gsub(/&apos;/, "\047", name); gsub(/&amp;/, "\\&", name)
+    }
     state != "" { buf[++n] = state "\t" $0 }
   '
 }
@@ -178,21 +194,33 @@ answers - | awk -F '\t' -v end="$s ." '
   }'
 echo "$m rc $rc"
 echo "$m networks"
-# Each network's name, state, UUID and bridge (`net-info`) and its definition, from one virsh,
-# by UUID and between the nonce's lines like the domains'. lab's own networks: the mark; an
-# operator's: its IPv4 prefixes and DHCP reservations (`reserve` adds to them, never over
-# someone else's). A network gone since the list is left out. Fields go out separated by
-# \001, which no name or XML holds, so that an empty one stays a field.
-batch=
-for u in $netuuids; do batch="$batch echo $s $u; net-info $u; echo $s -; net-dumpxml $u; echo $s .;"; done
-[ -z "$batch" ] || virsh "$batch" 2>&1 | awk -v sep="$s" '
+nrc=$rc
+# Each network's name, state, UUID and bridge (`net-info`) and its definition, from one virsh
+# per 200, by UUID and between the nonce's lines like the domains'. lab's own networks: the
+# mark; an operator's: its IPv4 prefixes and DHCP reservations (`reserve` adds to them, never
+# over someone else's). A network gone since the list is left out; any other error, or a
+# network whose answer did not end, fails the section. Fields go out separated by \001,
+# which no name or XML holds, so that an empty one stays a field.
+nets=$(printf '%s\n' "$netuuids" | awk -v s="$s" '
+  !/^[0-9a-fA-F-]+$/ || length($0) != 36 { next }
+  {
+    printf " echo %s %s; net-info %s; echo %s -; net-dumpxml %s; echo %s .;", s, $1, $1, s, $1, s
+    if (++n % 200 == 0) printf "\n"
+  }
+  END { if (n % 200) printf "\n" }' |
+  while IFS= read -r batch; do virsh "$batch" </dev/null 2>&1; done)
+want=$(printf '%s\n' "$netuuids" | grep -c .)
+rows=$(printf '%s\n' "$nets" | awk -v sep="$s" -v want="$want" '
   $1 == sep && $2 == "-" { part = "xml"; next }
   $1 == sep && $2 == "." {
-    if (name != "" && !gone) printf "%s\001%s\001%s\001%s\001%s\001%s\n", name, state, uuid, mark, bridge, dhcp
+    ended++
+    if (err && !gone) bad = 1
+    else if (name != "" && !gone) printf "%s\001%s\001%s\001%s\001%s\001%s\n", name, state, uuid, mark, bridge, dhcp
     part = ""; next
   }
-  $1 == sep { part = "info"; name = uuid = bridge = mark = dhcp = ""; state = "inactive"; gone = 0; next }
-  part == "info" && /^error: / { gone = 1 }
+  $1 == sep { part = "info"; name = uuid = bridge = mark = dhcp = ""; state = "inactive"; gone = err = 0; next }
+  /^error: / && /Network not found/ { gone = 1; next }
+  /^error: / { err = 1; next }
   part == "info" && /^Name: / { sub(/^Name: +/, ""); name = $0 }
   part == "info" && $1 == "UUID:" { uuid = $2 }
   part == "info" && $1 == "Active:" { state = $2 == "yes" ? "active" : "inactive" }
@@ -203,7 +231,9 @@ for u in $netuuids; do batch="$batch echo $s $u; net-info $u; echo $s -; net-dum
     while (match(rest, /<ip [^>]*>|<host [^>]*mac=[^>]*>/)) {
       dhcp = dhcp substr(rest, RSTART, RLENGTH); rest = substr(rest, RSTART + RLENGTH)
     }
-  }' | while IFS=$(printf '\001') read -r name state uuid mark bridge dhcp; do
+  }
+  END { exit bad || ended != want }') || nrc=1
+[ -z "$rows" ] || printf '%s\n' "$rows" | while IFS=$(printf '\001') read -r name state uuid mark bridge dhcp; do
   case $name in lab-*) dhcp= ;; *) mark= ;; esac
   # What is plugged into its bridge (a running domain's tap): a network in use is never
   # restarted or removed under it, whoever's it is. (Older libvirt keeps a dummy
@@ -216,7 +246,7 @@ for u in $netuuids; do batch="$batch echo $s $u; net-info $u; echo $s -; net-dum
   fi
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$state" "$uuid" "$mark" "$bridge" "$ports" "$dhcp"
 done
-echo "$m rc $rc"
+echo "$m rc $nrc"
 # The host's IPv4 addresses: a management prefix already on an interface cannot be served again.
 echo "$m addrs"
 out=$(ip -4 -o addr show); r=$?
