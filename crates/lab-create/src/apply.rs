@@ -268,10 +268,13 @@ pub(crate) async fn hypervisor(
             }
             (Some(_), Err((step, e))) => {
                 use crate::rollback::Defined;
+                // After the clone, a node with a definition may have one, whatever step
+                // failed: the plan may have been cut in its define wave, with the node's
+                // last word its ready mark. (An old domain went before the clone.)
                 let defined = match (step, t.build.domain_xml.is_some()) {
                     ("start", true) => Defined::Yes,
-                    ("define", true) => Defined::Maybe,
-                    _ => Defined::No,
+                    (_, true) => Defined::Maybe,
+                    (_, false) => Defined::No,
                 };
                 let claim = t.reservation.and_then(|r| r.claim.as_ref());
                 let lab = &req.lab.name;

@@ -8,11 +8,12 @@ use lab_model::{Hypervisor, LabNode};
 /// Whether the run defined the node's domain before the step that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Defined {
-    /// Not yet: the step that failed came before the definition.
+    /// The node has no definition to make.
     No,
-    /// The definition itself failed, and may have been made all the same (a `virsh` killed
-    /// by its deadline after libvirt took it): undone when the domain's marker names this
-    /// lab and node.
+    /// A step up to its definition failed, or the plan ended there: the definition may
+    /// have been made all the same (a `virsh` killed by its deadline after libvirt took it,
+    /// a plan cut in its define wave): undone when the domain's marker names this lab and
+    /// node.
     Maybe,
     /// It was defined (a later step failed).
     Yes,
