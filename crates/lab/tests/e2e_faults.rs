@@ -528,6 +528,24 @@ fn a_definition_libvirt_refuses_fails_its_node_only_and_rolls_it_back() {
     assert_nothing_left(&bed, &nodes);
 }
 
+/// An executor of one command at a time on the bed's hypervisor `hv`, and a runtime for it.
+fn live_on(hv: &str) -> (lab_exec::Executor, tokio::runtime::Runtime) {
+    let exec = lab_exec::Executor::new(
+        lab_exec::Mode::Live,
+        vec![lab_exec::Target {
+            name: hv.into(),
+            ssh: hv.into(),
+            parallel: 1,
+        }],
+        1,
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    (exec, rt)
+}
+
 /// A node whose definition failed may have been defined all the same (a `virsh` killed by
 /// its deadline after libvirt took it): its rollback undefines the domain at its name only
 /// when the domain's marker names this lab and that node, and finds nothing to do without one.
@@ -573,19 +591,7 @@ fn a_failed_definitions_rollback_undefines_only_the_labs_own_domain() {
         )
         .unwrap();
     }
-    let exec = lab_exec::Executor::new(
-        lab_exec::Mode::Live,
-        vec![lab_exec::Target {
-            name: "hv1".into(),
-            ssh: "hv1".into(),
-            parallel: 1,
-        }],
-        1,
-    );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (exec, rt) = live_on("hv1");
     let results: Vec<_> = rt.block_on(async {
         let mut results = Vec::new();
         for n in ["ud-1", "ud-2", "ud-3", "ud-4"] {
@@ -637,19 +643,7 @@ fn hostile_arguments_reach_the_hypervisor_as_data_never_as_shell() {
     .to_vec();
     let mut argv = vec!["printf".to_owned(), "<%s>\\n".to_owned()];
     argv.extend(hostile.iter().cloned());
-    let exec = lab_exec::Executor::new(
-        lab_exec::Mode::Live,
-        vec![lab_exec::Target {
-            name: "hv0".into(),
-            ssh: "hv0".into(),
-            parallel: 1,
-        }],
-        1,
-    );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (exec, rt) = live_on("hv0");
     let out = rt.block_on(async {
         let out = exec.run("hv0", &lab_exec::Cmd::change(argv)).await;
         exec.close().await;
