@@ -76,12 +76,6 @@ impl<'a> NodePlan<'a> {
         ready.then_some(i)
     }
 
-    /// Its clone's dataset, as the ready wave names it.
-    fn ready_dataset(&self) -> Option<&str> {
-        let i = self.ready_in_wave()?;
-        self.steps[i].1.argv.last().map(String::as_str)
-    }
-
     /// The node as functions of the plan script: `n<index>` its first wave, `r<index>` its
     /// ready mark after the ready wave, `d<index>` its definition after the define wave (when
     /// the waves take them), `f<index>` its last wave (when it has one), each ended by a

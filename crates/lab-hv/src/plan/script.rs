@@ -210,25 +210,26 @@ pub fn plan_script(hv: &Hypervisor, plans: &[NodePlan<'_>], extras: &Extras) -> 
     // The ready wave: the clones of every node whose steps up to its ready mark passed,
     // marked by one `zfs set` (one per clone cost zfs-fuse three times as much, each behind
     // the others); then each such node's mark passed, or is tried again on its own.
-    let ready: Vec<(usize, &str, &Cmd)> = plans
+    // (Each mark is `READY_ARGV` and its dataset: see `NodePlan::ready_in_wave`.)
+    let ready: Vec<(usize, &Cmd)> = plans
         .iter()
         .enumerate()
-        .filter_map(|(i, p)| Some((i, p.ready_dataset()?, &p.steps[p.ready_in_wave()?].1)))
+        .filter_map(|(i, p)| Some((i, &p.steps[p.ready_in_wave()?].1)))
         .collect();
-    if let Some((_, _, cmd)) = ready.first() {
+    if let Some((_, cmd)) = ready.first() {
         script.push_str(&format!(
             "_rw() {{\n  set -- {}\n",
             quote_line(&crate::cmd::READY_ARGV.map(str::to_owned))
         ));
-        for (i, dataset) in ready.iter().map(|(i, d, _)| (i, d)) {
-            let dataset = quote_line(&[dataset.to_string()]);
+        for (i, mark) in &ready {
+            let dataset = quote_line(&mark.argv[3..]);
             script.push_str(&format!(
                 "  [ ! -e \"$_tmp/rdy/{i}\" ] || set -- \"$@\" {dataset}\n"
             ));
         }
         let secs = cmd.timeout.as_secs().max(1) + ready.len() as u64;
         script.push_str(&format!("  _readies {secs} \"$@\"\n}}\n_rw\n"));
-        for (i, _, _) in &ready {
+        for (i, _) in &ready {
             // A node whose mark failed has no definition for the define wave.
             script.push_str(&format!(
                 "[ ! -e \"$_tmp/rdy/{i}\" ] || r{i} || rm -f -- \"$_tmp/def/{i}.xml\"\n"
