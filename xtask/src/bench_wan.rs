@@ -151,31 +151,13 @@ pub fn distance(root: &Path, shape: &Shape) -> Result {
             set_rtt(ms)?;
             // What any remote tool pays at this distance: a connection and one exchange per
             // hypervisor, all at once.
-            let start = Instant::now();
-            all_at_once(|k| {
-                Command::new("ssh")
-                    .args([&format!("hv{k}-wan"), "true"])
-                    .status()
-                    .map_err(|e| e.to_string())
-                    .map(|_| ())
-            })?;
-            let reach = start.elapsed().as_secs_f64();
-            let status_floor = |bed: &lab_testbed::Testbed| -> Result<f64> {
-                let read = format!(
-                    "zfs get -r -H -p -o name,property,value lab:lab,lab:node,origin {} >/dev/null \
-                     && virsh -q list --all >/dev/null",
-                    bed.pool
-                );
-                let start = Instant::now();
-                all_at_once(|k| {
-                    Command::new("ssh")
-                        .args([&format!("hv{k}-wan"), &read])
-                        .status()
-                        .map_err(|e| e.to_string())
-                        .map(|_| ())
-                })?;
-                Ok(start.elapsed().as_secs_f64())
-            };
+            let reach = on_all_at_once("true")?;
+            // Status's floor: the pool's datasets with lab's properties and the domains.
+            let read = format!(
+                "zfs get -r -H -p -o name,property,value lab:lab,lab:node,origin {} >/dev/null \
+                 && virsh -q list --all >/dev/null",
+                bed.pool
+            );
             let per_hv = |before: &[u64]| -> Vec<u64> {
                 hvs.clone().map(|k| trips(k) - before[k as usize]).collect()
             };
@@ -190,7 +172,7 @@ pub fn distance(root: &Path, shape: &Shape) -> Result {
                     lab(&["-q", "create", "--no-generate", "--no-start"])?
                 });
                 counted.0 = per_hv(&before);
-                status_floors.push(status_floor(&bed)?);
+                status_floors.push(on_all_at_once(&read)?);
                 let before: Vec<u64> = hvs.clone().map(trips).collect();
                 statuses.push(lab(&["-q", "status"])?);
                 counted.1 = per_hv(&before);
@@ -264,6 +246,20 @@ fn synthetic_lab(root: &Path, name: &str, id: u8, nodes: &[(u32, String)], extra
     }
     text.push_str(extra);
     text
+}
+
+/// How long `command` takes over ssh on the three namespace hypervisors at once, through
+/// the bench's WAN.
+fn on_all_at_once(command: &str) -> Result<f64> {
+    let start = Instant::now();
+    all_at_once(|k| {
+        Command::new("ssh")
+            .args([&format!("hv{k}-wan"), command])
+            .status()
+            .map_err(|e| e.to_string())
+            .map(|_| ())
+    })?;
+    Ok(start.elapsed().as_secs_f64())
 }
 
 /// Runs `job` for each of the three namespace hypervisors at once.
